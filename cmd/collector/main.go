@@ -1,0 +1,63 @@
+// Command collector assembles query results into rows and writes each row exactly once
+// to <out>/<run>/results.jsonl or errors.jsonl (and CSV with --csv), then summary.json
+// when a sealed run is complete. Run one per deployment of the system.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/multiquery/multiquery/internal/collector"
+	"github.com/multiquery/multiquery/internal/ops"
+	"github.com/multiquery/multiquery/internal/queue"
+)
+
+func main() {
+	var (
+		natsURL  = flag.String("nats", ops.NATSURL(), "NATS server URL (env NATS_URL)")
+		out      = flag.String("out", "out", "output directory (one sub-directory per run)")
+		withCSV  = flag.Bool("csv", false, "also write results.csv and errors.csv")
+		order    = flag.String("order", "", "row order: input | completion (default: the run's own)")
+		memory   = flag.Int64("memory-limit", 256<<20, "bytes of row bodies kept in memory; beyond, read back from JetStream")
+		replicas = flag.Int("replicas", 1, "stream replicas when creating streams (3 in a NATS cluster)")
+		opsAddr  = flag.String("ops-addr", ":9091", "address of /metrics, /healthz, /readyz (empty: off)")
+		level    = flag.String("log-level", "info", "log level")
+	)
+	flag.Parse()
+	log := ops.Logger("collector", *level)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	nc, err := queue.Connect(*natsURL, "multiquery-collector", log)
+	if err != nil {
+		log.Fatal().Err(err).Msg("connect")
+	}
+	defer nc.Drain()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		log.Fatal().Err(err).Msg("jetstream")
+	}
+	c, err := collector.New(js, collector.Config{OutDir: *out, CSV: *withCSV, Order: *order, MemoryLimit: *memory,
+		Topology: queue.Topology{Replicas: *replicas}}, log)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "collector: %v\n", err)
+		os.Exit(2)
+	}
+	srv := ops.NewServer(*opsAddr, log, c.Collectors()...)
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return srv.Run(gctx) })
+	g.Go(func() error {
+		srv.SetReady(true)
+		return c.Run(gctx)
+	})
+	if err := g.Wait(); err != nil {
+		log.Error().Err(err).Msg("collector stopped")
+		os.Exit(1)
+	}
+}

@@ -1,0 +1,80 @@
+// Command worker serves query jobs: it pulls jobs of its configured deployments from
+// NATS JetStream, calls the model, and publishes each job's final result. Run as many
+// replicas as you like; SIGTERM drains (stop pulling, finish or NAK in-flight jobs).
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/multiquery/multiquery/internal/config"
+	"github.com/multiquery/multiquery/internal/ops"
+	"github.com/multiquery/multiquery/internal/queue"
+	"github.com/multiquery/multiquery/internal/worker"
+)
+
+func main() {
+	var (
+		natsURL     = flag.String("nats", ops.NATSURL(), "NATS server URL (env NATS_URL)")
+		cfgPath     = flag.String("config", "", "worker config (YAML: deployments), required")
+		concurrency = flag.Int("concurrency", 32, "in-flight calls per deployment")
+		name        = flag.String("name", "", "worker name (default host-pid)")
+		drain       = flag.Duration("drain-timeout", 30*time.Second, "on SIGTERM, how long in-flight calls may finish")
+		ackWait     = flag.Duration("ack-wait", 10*time.Second, "job AckWait (in-flight jobs are kept alive with InProgress)")
+		replicas    = flag.Int("replicas", 1, "stream replicas when creating streams (3 in a NATS cluster)")
+		opsAddr     = flag.String("ops-addr", ":9090", "address of /metrics, /healthz, /readyz (empty: off)")
+		level       = flag.String("log-level", "info", "log level")
+	)
+	flag.Parse()
+	log := ops.Logger("worker", *level)
+	if *cfgPath == "" {
+		fmt.Fprintln(os.Stderr, "worker: --config is required")
+		os.Exit(2)
+	}
+	wc, err := config.LoadWorker(*cfgPath)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "worker: %v\n", err)
+		os.Exit(2)
+	}
+	deps, err := worker.DeploymentsFromConfig(wc)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "worker: %v\n", err)
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	nc, err := queue.Connect(*natsURL, "multiquery-worker", log)
+	if err != nil {
+		log.Fatal().Err(err).Msg("connect")
+	}
+	defer nc.Drain()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		log.Fatal().Err(err).Msg("jetstream")
+	}
+	w, err := worker.New(js, worker.Config{Name: *name, Concurrency: *concurrency, Deployments: deps, DrainTimeout: *drain,
+		Topology: queue.Topology{AckWait: *ackWait, Replicas: *replicas}}, log)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "worker: %v\n", err)
+		os.Exit(2)
+	}
+	srv := ops.NewServer(*opsAddr, log, w.Collectors()...)
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return srv.Run(gctx) })
+	g.Go(func() error {
+		srv.SetReady(true)
+		return w.Run(gctx)
+	})
+	if err := g.Wait(); err != nil {
+		log.Error().Err(err).Msg("worker stopped")
+		os.Exit(1)
+	}
+}

@@ -1,0 +1,339 @@
+// Package collector owns row assembly: it folds run records, input rows and query
+// results into per-row completion bitsets and emits every row exactly once, as a success
+// row (input + all M outputs) or an error row (input + _error), never partially.
+//
+// It reads the input and results streams with ordered consumers (no acks, nothing to
+// block: JetStream is the reorder buffer), keeps bodies in memory up to a bound and reads
+// the others back by subject when their row's turn comes, and checkpoints after every
+// fsynced batch: a restart truncates the files to the checkpoint and replays the streams,
+// skipping rows already emitted.
+package collector
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/multiquery/multiquery/internal/queue"
+	"github.com/multiquery/multiquery/internal/sink"
+	"github.com/multiquery/multiquery/internal/wire"
+)
+
+// Config configures the collector.
+type Config struct {
+	OutDir        string        // one sub-directory per run
+	CSV           bool          // also write results.csv / errors.csv
+	Order         string        // "" = the run's own order; input | completion overrides
+	MemoryLimit   int64         // bytes of bodies kept in memory; beyond, read back by subject
+	FlushInterval time.Duration // max time between checkpoints
+	FlushRows     int           // checkpoint after this many emitted rows
+	Topology      queue.Topology
+}
+
+func (c *Config) defaults() {
+	if c.MemoryLimit <= 0 {
+		c.MemoryLimit = 256 << 20
+	}
+	if c.FlushInterval <= 0 {
+		c.FlushInterval = 200 * time.Millisecond
+	}
+	if c.FlushRows <= 0 {
+		c.FlushRows = 1000
+	}
+}
+
+// Validate checks the configuration.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.OutDir == "" {
+		errs = append(errs, errors.New("out: an output directory is required"))
+	}
+	switch c.Order {
+	case "", wire.OrderInput, wire.OrderCompletion:
+	default:
+		errs = append(errs, fmt.Errorf("order: %q is not input or completion", c.Order))
+	}
+	return errors.Join(errs...)
+}
+
+// Collector assembles rows.
+type Collector struct {
+	cfg     Config
+	js      jetstream.JetStream
+	log     zerolog.Logger
+	runsKV  jetstream.KeyValue
+	input   jetstream.Stream
+	results jetstream.Stream
+
+	runs    map[string]*run
+	orphans map[string][]event // results of runs whose open record is not seen yet
+	cached  int64
+	dirty   map[string]*run
+	pending int // rows emitted since the last checkpoint
+	m       *metrics
+}
+
+type eventKind int
+
+const (
+	evOpen eventKind = iota
+	evRow
+	evSeal
+	evResult
+)
+
+type event struct {
+	kind eventKind
+	run  string
+	row  int
+	q    string
+	data []byte
+}
+
+// New builds a collector.
+func New(js jetstream.JetStream, cfg Config, log zerolog.Logger) (*Collector, error) {
+	cfg.defaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &Collector{cfg: cfg, js: js, log: log.With().Str("component", "collector").Logger(),
+		runs: map[string]*run{}, orphans: map[string][]event{}, dirty: map[string]*run{}, m: newMetrics()}, nil
+}
+
+// Run folds events until ctx ends, checkpointing as it goes; it returns after a last
+// checkpoint and once every goroutine it started has exited.
+func (c *Collector) Run(ctx context.Context) error {
+	if err := queue.Ensure(ctx, c.js, c.cfg.Topology); err != nil {
+		return err
+	}
+	var err error
+	if c.runsKV, err = c.js.KeyValue(ctx, wire.BucketRuns); err != nil {
+		return fmt.Errorf("open kv %s: %w", wire.BucketRuns, err)
+	}
+	if c.input, err = c.js.Stream(ctx, wire.StreamInput); err != nil {
+		return fmt.Errorf("open stream %s: %w", wire.StreamInput, err)
+	}
+	if c.results, err = c.js.Stream(ctx, wire.StreamResults); err != nil {
+		return fmt.Errorf("open stream %s: %w", wire.StreamResults, err)
+	}
+	events := make(chan event, 4096)
+	stopIn, err := c.consume(ctx, wire.StreamInput, "input.>", events)
+	if err != nil {
+		return err
+	}
+	defer stopIn()
+	stopRes, err := c.consume(ctx, wire.StreamResults, "results.>", events)
+	if err != nil {
+		return err
+	}
+	defer stopRes()
+
+	tick := time.NewTicker(c.cfg.FlushInterval)
+	defer tick.Stop()
+	defer c.closeAll()
+	for {
+		select {
+		case <-ctx.Done():
+			return c.checkpoint(context.WithoutCancel(ctx))
+		case ev := <-events:
+			if err := c.apply(ctx, ev); err != nil {
+				return err
+			}
+			if c.pending >= c.cfg.FlushRows {
+				if err := c.checkpoint(ctx); err != nil {
+					return err
+				}
+			}
+		case <-tick.C:
+			if err := c.checkpoint(ctx); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// consume streams every message of a subject space from the start, in order, into events.
+func (c *Collector) consume(ctx context.Context, stream, filter string, events chan<- event) (func(), error) {
+	var cons jetstream.Consumer
+	err := queue.Retry(ctx, func(ctx context.Context) error {
+		var err error
+		cons, err = c.js.OrderedConsumer(ctx, stream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{filter}})
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("ordered consumer on %s: %w", stream, err)
+	}
+	cc, err := cons.Consume(func(msg jetstream.Msg) {
+		ev, ok := c.decodeEvent(msg)
+		if !ok {
+			return
+		}
+		select {
+		case events <- ev:
+		case <-ctx.Done():
+		}
+	}, jetstream.PullMaxMessages(1000), jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+		if ctx.Err() == nil && !errors.Is(err, jetstream.ErrNoHeartbeat) {
+			c.log.Debug().Err(err).Str("stream", stream).Msg("consume")
+		}
+	}))
+	if err != nil {
+		return nil, fmt.Errorf("consume %s: %w", stream, err)
+	}
+	return cc.Stop, nil
+}
+
+func (c *Collector) decodeEvent(msg jetstream.Msg) (event, bool) {
+	subj := msg.Subject()
+	if len(subj) > 8 && subj[:8] == "results." {
+		a, err := wire.ParseResultSubject(subj)
+		if err != nil {
+			c.log.Warn().Err(err).Msg("ignoring result on a malformed subject")
+			return event{}, false
+		}
+		return event{kind: evResult, run: a.Run, row: a.Row, q: a.Query, data: msg.Data()}, true
+	}
+	run, kind, row, err := wire.ParseInputSubject(subj)
+	if err != nil {
+		c.log.Warn().Err(err).Msg("ignoring input on a malformed subject")
+		return event{}, false
+	}
+	switch kind {
+	case wire.InputOpen:
+		return event{kind: evOpen, run: run, data: msg.Data()}, true
+	case wire.InputSeal:
+		return event{kind: evSeal, run: run, data: msg.Data()}, true
+	default:
+		return event{kind: evRow, run: run, row: row, data: msg.Data()}, true
+	}
+}
+
+func (c *Collector) apply(ctx context.Context, ev event) error {
+	r := c.runs[ev.run]
+	if ev.kind == evOpen {
+		if r != nil {
+			return nil // a duplicate open: first wins
+		}
+		var o wire.Open
+		if err := wire.Decode(ev.data, &o); err != nil {
+			c.log.Error().Err(err).Str("run", ev.run).Msg("undecodable open record; run ignored")
+			return nil
+		}
+		if err := o.Validate(); err != nil || o.Run != ev.run {
+			c.log.Error().Err(err).Str("run", ev.run).Msg("invalid open record; run ignored")
+			return nil
+		}
+		r, err := c.openRun(&o)
+		if err != nil {
+			return err
+		}
+		c.runs[o.Run] = r
+		if r.finished {
+			delete(c.orphans, o.Run)
+			return nil
+		}
+		for _, oe := range c.orphans[o.Run] {
+			if err := c.apply(ctx, oe); err != nil {
+				return err
+			}
+		}
+		delete(c.orphans, o.Run)
+		return c.advance(ctx, r, -1)
+	}
+	if r == nil {
+		if len(c.orphans[ev.run]) < 100000 {
+			c.orphans[ev.run] = append(c.orphans[ev.run], ev)
+		}
+		return nil
+	}
+	if r.finished {
+		return nil
+	}
+	switch ev.kind {
+	case evSeal:
+		var s wire.Seal
+		if err := wire.Decode(ev.data, &s); err != nil {
+			c.log.Error().Err(err).Str("run", r.id).Msg("undecodable seal record")
+			return nil
+		}
+		r.sealed, r.total = true, s.Rows
+		c.dirty[r.id] = r
+	case evRow:
+		if r.isEmitted(ev.row) {
+			return nil
+		}
+		var row wire.Row
+		if err := wire.Decode(ev.data, &row); err != nil {
+			// An input row nobody can read still completes: as an error row.
+			row = wire.Row{Run: r.id, Row: ev.row, Error: &wire.Error{Reason: wire.ReasonMalformedRecord, Message: "undecodable input row: " + err.Error()}}
+		}
+		rs := r.rowState(ev.row)
+		if rs.input {
+			return nil
+		}
+		rs.input = true
+		rs.preErr = row.Error
+		if c.cached+int64(len(row.Data)) <= c.cfg.MemoryLimit {
+			rs.data = row.Data
+			rs.dataCached = true
+			c.cached += int64(len(row.Data))
+		}
+	case evResult:
+		qi := r.open.QueryIndex(ev.q)
+		if qi < 0 {
+			c.log.Warn().Str("run", r.id).Str("query", ev.q).Msg("result of an unknown query ignored")
+			return nil
+		}
+		if r.isEmitted(ev.row) {
+			return nil
+		}
+		rs := r.rowState(ev.row)
+		if rs.has(qi) {
+			return nil // first result wins
+		}
+		rs.set(qi)
+		if c.cached+int64(len(ev.data)) <= c.cfg.MemoryLimit {
+			rs.results[qi] = ev.data
+			c.cached += int64(len(ev.data))
+		}
+	}
+	touched := ev.row
+	if ev.kind == evSeal {
+		touched = -1
+	}
+	return c.advance(ctx, r, touched)
+}
+
+func (c *Collector) closeAll() {
+	for _, r := range c.runs {
+		if r.out != nil {
+			r.out.Close()
+		}
+	}
+}
+
+// runDir is where a run's files live.
+func (c *Collector) runDir(id string) string { return filepath.Join(c.cfg.OutDir, id) }
+
+// loadCheckpoint reads a run's checkpoint; a missing one is an empty checkpoint.
+func loadCheckpoint(dir string) (*checkpoint, error) {
+	b, err := os.ReadFile(filepath.Join(dir, sink.Checkpoint))
+	if errors.Is(err, os.ErrNotExist) {
+		return &checkpoint{}, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read checkpoint: %w", err)
+	}
+	var cp checkpoint
+	if err := json.Unmarshal(b, &cp); err != nil {
+		return nil, fmt.Errorf("decode checkpoint %s: %w", dir, err)
+	}
+	return &cp, nil
+}

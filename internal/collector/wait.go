@@ -1,0 +1,48 @@
+package collector
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/multiquery/multiquery/internal/wire"
+)
+
+// WaitRun watches a run's status until the collector has finished it, calling progress
+// on each change. It returns the final status.
+func WaitRun(ctx context.Context, js jetstream.JetStream, run string, progress func(Status)) (Status, error) {
+	kv, err := js.KeyValue(ctx, wire.BucketRuns)
+	if err != nil {
+		return Status{}, fmt.Errorf("open kv %s: %w", wire.BucketRuns, err)
+	}
+	w, err := kv.Watch(ctx, run)
+	if err != nil {
+		return Status{}, fmt.Errorf("watch run %s: %w", run, err)
+	}
+	defer func() { _ = w.Stop() }()
+	for {
+		select {
+		case <-ctx.Done():
+			return Status{}, fmt.Errorf("wait for run %s: %w", run, ctx.Err())
+		case e, ok := <-w.Updates():
+			if !ok {
+				return Status{}, fmt.Errorf("wait for run %s: watcher closed", run)
+			}
+			if e == nil {
+				continue
+			}
+			var st Status
+			if err := json.Unmarshal(e.Value(), &st); err != nil {
+				continue
+			}
+			if progress != nil {
+				progress(st)
+			}
+			if st.Finished {
+				return st, nil
+			}
+		}
+	}
+}

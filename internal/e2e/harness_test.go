@@ -1,0 +1,258 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/multiquery/multiquery/internal/collector"
+	"github.com/multiquery/multiquery/internal/config"
+	"github.com/multiquery/multiquery/internal/input"
+	"github.com/multiquery/multiquery/internal/llm"
+	"github.com/multiquery/multiquery/internal/llmsim"
+	"github.com/multiquery/multiquery/internal/natstest"
+	"github.com/multiquery/multiquery/internal/producer"
+	"github.com/multiquery/multiquery/internal/queue"
+	"github.com/multiquery/multiquery/internal/sink"
+	"github.com/multiquery/multiquery/internal/throttle"
+	"github.com/multiquery/multiquery/internal/worker"
+)
+
+// env is one test's world: a NATS server, the simulator, an output directory.
+type env struct {
+	t       *testing.T
+	nats    *natstest.Server
+	js      jetstream.JetStream
+	sim     *llmsim.Server
+	simURL  string
+	out     string
+	log     zerolog.Logger
+	logBuf  *syncBuffer
+	topo    queue.Topology
+	stopped []func()
+}
+
+// syncBuffer collects every log line of the test (to prove no key leaks).
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func setup(t *testing.T, sim llmsim.Config) *env {
+	t.Helper()
+	buf := &syncBuffer{}
+	log := zerolog.New(buf).With().Timestamp().Logger()
+	e := &env{t: t, nats: natstest.Start(t), out: t.TempDir(), log: log, logBuf: buf,
+		topo: queue.Topology{AckWait: 5 * time.Second}}
+	_, e.js = e.nats.Connect(t)
+	srv, url, stop, err := llmsim.Start(sim, zerolog.Nop())
+	if err != nil {
+		t.Fatalf("start llmsim: %v", err)
+	}
+	t.Cleanup(stop)
+	e.sim, e.simURL = srv, url
+	return e
+}
+
+// fastThrottle suits tests with injected (not rate-caused) 429s: a high floor so random
+// 429s cannot pin the rate low.
+func fastThrottle() throttle.Params {
+	return throttle.Params{StartRate: 2000, MinRate: 500, MaxRate: 100000, Increase: 0.04, Decrease: 0.9,
+		Window: 250 * time.Millisecond, Jitter: 0.2, MaxPause: 2 * time.Second}
+}
+
+type workerOpts struct {
+	concurrency int
+	key         string
+	alias       string
+	throttle    *throttle.Params
+}
+
+func (e *env) startWorker(o workerOpts) func() {
+	e.t.Helper()
+	if o.concurrency == 0 {
+		o.concurrency = 32
+	}
+	if o.alias == "" {
+		o.alias = "default"
+	}
+	tp := fastThrottle()
+	if o.throttle != nil {
+		tp = *o.throttle
+	}
+	w, err := worker.New(e.js, worker.Config{
+		Name: fmt.Sprintf("w%d", len(e.stopped)), Concurrency: o.concurrency, Topology: e.topo,
+		TransientBackoff: 20 * time.Millisecond, DrainTimeout: 5 * time.Second,
+		Deployments: []worker.Deployment{{
+			LLM:      llm.Options{Alias: o.alias, Provider: "openai", Endpoint: e.simURL + "/v1", APIKey: o.key, Timeout: 10 * time.Second},
+			Throttle: tp,
+		}},
+	}, e.log)
+	if err != nil {
+		e.t.Fatalf("new worker: %v", err)
+	}
+	return e.run("worker", w.Run)
+}
+
+func (e *env) startCollector(order string) func() {
+	e.t.Helper()
+	c, err := collector.New(e.js, collector.Config{OutDir: e.out, Order: order, Topology: e.topo, FlushInterval: 50 * time.Millisecond}, e.log)
+	if err != nil {
+		e.t.Fatalf("new collector: %v", err)
+	}
+	return e.run("collector", c.Run)
+}
+
+// run starts a component; the returned stop cancels it and waits for Run to return.
+func (e *env) run(name string, fn func(context.Context) error) func() {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- fn(ctx) }()
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil && !errors.Is(err, context.Canceled) {
+					e.t.Errorf("%s: %v", name, err)
+				}
+			case <-time.After(30 * time.Second):
+				e.t.Errorf("%s did not stop within 30s", name)
+			}
+		})
+	}
+	e.stopped = append(e.stopped, stop)
+	e.t.Cleanup(stop)
+	return stop
+}
+
+func (e *env) pipeline(yaml string) *config.Pipeline {
+	e.t.Helper()
+	p, err := config.ParsePipeline([]byte(yaml), e.t.TempDir())
+	if err != nil {
+		e.t.Fatalf("pipeline: %v", err)
+	}
+	return p
+}
+
+func (e *env) produce(p *config.Pipeline, data string, f input.Format) (producer.Report, error) {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	return producer.Run(ctx, e.js, producer.Config{Pipeline: p, Input: strings.NewReader(data), Format: f, Topology: e.topo}, e.log)
+}
+
+// waitSummary waits for a run's summary.json.
+func (e *env) waitSummary(run string, timeout time.Duration) collector.Summary {
+	e.t.Helper()
+	path := filepath.Join(e.out, run, sink.Summary)
+	deadline := time.Now().Add(timeout)
+	for {
+		b, err := os.ReadFile(path)
+		if err == nil {
+			var s collector.Summary
+			if err := json.Unmarshal(b, &s); err != nil {
+				e.t.Fatalf("summary: %v", err)
+			}
+			return s
+		}
+		if time.Now().After(deadline) {
+			st := e.sim.Stats()
+			e.t.Fatalf("run %s: no summary after %s (llmsim: %d requests, %d ok, by status %v)", run, timeout, st.Requests, st.OK, st.ByStatus)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// lines reads a run's output file as JSON objects.
+func (e *env) lines(run, name string) []map[string]any {
+	e.t.Helper()
+	f, err := os.Open(filepath.Join(e.out, run, name))
+	if err != nil {
+		e.t.Fatalf("open output: %v", err)
+	}
+	defer f.Close()
+	var out []map[string]any
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 16<<20)
+	for sc.Scan() {
+		var m map[string]any
+		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
+			e.t.Fatalf("%s: line %d is not a JSON object: %v", name, len(out)+1, err)
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+// csvRows builds a CSV input with an id column and extra columns.
+func csvRows(n int, extra func(i int) (fault, faultQuery string)) string {
+	var b strings.Builder
+	b.WriteString("id,text,fault,fault_query\n")
+	for i := range n {
+		f, fq := "", ""
+		if extra != nil {
+			f, fq = extra(i)
+		}
+		fmt.Fprintf(&b, "r%d,\"text of row %d, with a comma\",%s,%s\n", i, i, f, fq)
+	}
+	return b.String()
+}
+
+// matrixPipeline: cases x criteria queries whose prompts carry a marker of their row and
+// query, and a fault directive when the row asks for one on that query.
+func matrixPipeline(cases, criteria int, extra string) string {
+	var b strings.Builder
+	b.WriteString("llm: {deployment: default, model: sim-model}\n")
+	b.WriteString(extra)
+	b.WriteString("output_fields:\n  echo: {type: string}\n  note: {type: string, suffix: why}\n")
+	b.WriteString("case_studies:\n")
+	for c := range cases {
+		fmt.Fprintf(&b, "  - {name: cs%d, input_fields: [text]}\n", c+1)
+	}
+	b.WriteString("criteria:\n")
+	for c := range criteria {
+		fmt.Fprintf(&b, "  - {name: k%d}\n", c+1)
+	}
+	b.WriteString(`template: |
+  Assess {{ row.input_1 }} for {{ row.criterion.name }} in {{ row.case_study.name }}.
+  [[mark:{{ row.source_row.id }}.{{ row.case_study.name }}_{{ row.criterion.name }}]]
+  {% if row.source_row.fault_query == row.case_study.name ~ "_" ~ row.criterion.name %}[[fault:{{ row.source_row.fault }}]]{% endif %}
+`)
+	return b.String()
+}
+
+// queryNames lists the matrix query names in order.
+func queryNames(cases, criteria int) []string {
+	var out []string
+	for c := range cases {
+		for k := range criteria {
+			out = append(out, fmt.Sprintf("cs%d_k%d", c+1, k+1))
+		}
+	}
+	return out
+}

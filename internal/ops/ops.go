@@ -1,0 +1,96 @@
+// Package ops owns what every process exposes to operators: the zerolog logger (JSON,
+// or console on a TTY), the HTTP endpoints /metrics, /healthz and /readyz, and the
+// NATS URL default.
+package ops
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"os"
+	"sync/atomic"
+	"time"
+
+	"github.com/mattn/go-isatty"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/rs/zerolog"
+)
+
+// Logger builds the process logger: console output on a terminal, JSON otherwise.
+func Logger(component, level string) zerolog.Logger {
+	lvl, err := zerolog.ParseLevel(level)
+	if err != nil || level == "" {
+		lvl = zerolog.InfoLevel
+	}
+	var l zerolog.Logger
+	if isatty.IsTerminal(os.Stderr.Fd()) {
+		l = zerolog.New(zerolog.ConsoleWriter{Out: os.Stderr, TimeFormat: time.TimeOnly})
+	} else {
+		l = zerolog.New(os.Stderr)
+	}
+	return l.Level(lvl).With().Timestamp().Str("process", component).Logger()
+}
+
+// NATSURL returns $NATS_URL or the local default.
+func NATSURL() string {
+	if u := os.Getenv("NATS_URL"); u != "" {
+		return u
+	}
+	return "nats://127.0.0.1:4222"
+}
+
+// Server serves /metrics, /healthz and /readyz.
+type Server struct {
+	addr  string
+	reg   *prometheus.Registry
+	ready atomic.Bool
+	log   zerolog.Logger
+}
+
+// NewServer builds the ops server; addr "" disables it.
+func NewServer(addr string, log zerolog.Logger, cs ...prometheus.Collector) *Server {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(cs...)
+	return &Server{addr: addr, reg: reg, log: log}
+}
+
+// SetReady flips /readyz.
+func (s *Server) SetReady(v bool) { s.ready.Store(v) }
+
+// Run serves until ctx ends.
+func (s *Server) Run(ctx context.Context) error {
+	if s.addr == "" {
+		<-ctx.Done()
+		return nil
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusOK) })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if s.ready.Load() {
+			w.WriteHeader(http.StatusOK)
+			return
+		}
+		w.WriteHeader(http.StatusServiceUnavailable)
+	})
+	ln, err := net.Listen("tcp", s.addr)
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	}()
+	s.log.Info().Str("addr", ln.Addr().String()).Msg("ops endpoints: /metrics /healthz /readyz")
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}

@@ -1,0 +1,289 @@
+// Package queue owns the JetStream topology (streams, consumers, KV buckets), the
+// connection settings every process uses, and the error codes that carry meaning
+// (first-writer-wins rejections). Nothing here is a broker of its own: scale-out is
+// JetStream's (cluster, replicas, more consumers).
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/multiquery/multiquery/internal/wire"
+)
+
+// Topology sizes the streams. Zero values take the defaults.
+type Topology struct {
+	Replicas int           // stream replicas (1 single server, 3 in a cluster)
+	AckWait  time.Duration // job consumer AckWait; workers send InProgress well within it
+	// MaxDeliver is the crash-loop backstop per job.
+	MaxDeliver int
+	// MaxAckPending bounds the jobs in flight per deployment consumer (fleet-wide).
+	MaxAckPending int
+	// Duplicates is the dedup window for Nats-Msg-Id.
+	Duplicates time.Duration
+	// MaxJobs and MaxBytes bound the jobs stream; publishers back off when it is full.
+	MaxJobs      int64
+	MaxJobsBytes int64
+	// AuditMaxAge and AuditMaxBytes bound the audit stream (old records are discarded).
+	AuditMaxAge   time.Duration
+	AuditMaxBytes int64
+}
+
+// Defaults returns the topology with every zero field set.
+func (t Topology) Defaults() Topology {
+	if t.Replicas <= 0 {
+		t.Replicas = 1
+	}
+	if t.AckWait <= 0 {
+		t.AckWait = 10 * time.Second
+	}
+	if t.MaxDeliver <= 0 {
+		t.MaxDeliver = 1000
+	}
+	if t.MaxAckPending <= 0 {
+		t.MaxAckPending = 10000
+	}
+	if t.Duplicates <= 0 {
+		t.Duplicates = 2 * time.Minute
+	}
+	if t.MaxJobs == 0 {
+		t.MaxJobs = -1
+	}
+	if t.MaxJobsBytes == 0 {
+		t.MaxJobsBytes = -1
+	}
+	if t.AuditMaxAge <= 0 {
+		t.AuditMaxAge = 7 * 24 * time.Hour
+	}
+	if t.AuditMaxBytes == 0 {
+		t.AuditMaxBytes = 1 << 30
+	}
+	return t
+}
+
+// Streams returns the stream configurations of the topology.
+func (t Topology) Streams() []jetstream.StreamConfig {
+	t = t.Defaults()
+	firstWins := func(name, subj, desc string) jetstream.StreamConfig {
+		return jetstream.StreamConfig{
+			Name:                 name,
+			Description:          desc,
+			Subjects:             []string{subj},
+			Retention:            jetstream.LimitsPolicy,
+			Storage:              jetstream.FileStorage,
+			Replicas:             t.Replicas,
+			MaxMsgsPerSubject:    1,
+			Discard:              jetstream.DiscardNew,
+			DiscardNewPerSubject: true,
+			MaxMsgs:              -1,
+			MaxBytes:             -1,
+			Duplicates:           t.Duplicates,
+		}
+	}
+	return []jetstream.StreamConfig{
+		firstWins(wire.StreamInput, "input.>", "run records and input rows; first publish per subject wins"),
+		{
+			Name:        wire.StreamJobs,
+			Description: "query jobs, one consumer per deployment",
+			Subjects:    []string{"jobs.>"},
+			Retention:   jetstream.WorkQueuePolicy,
+			Storage:     jetstream.FileStorage,
+			Replicas:    t.Replicas,
+			Discard:     jetstream.DiscardNew,
+			MaxMsgs:     t.MaxJobs,
+			MaxBytes:    t.MaxJobsBytes,
+			Duplicates:  t.Duplicates,
+		},
+		firstWins(wire.StreamResults, "results.>", "final result per query; first result wins"),
+		firstWins(wire.StreamRows, "rows.>", "emitted rows; first publish per row wins"),
+		{
+			Name:        wire.StreamAudit,
+			Description: "one record per LLM HTTP attempt",
+			Subjects:    []string{"audit.>"},
+			Retention:   jetstream.LimitsPolicy,
+			Storage:     jetstream.FileStorage,
+			Replicas:    t.Replicas,
+			Discard:     jetstream.DiscardOld,
+			MaxAge:      t.AuditMaxAge,
+			MaxBytes:    t.AuditMaxBytes,
+			MaxMsgs:     -1,
+		},
+		{
+			Name:        wire.StreamDead,
+			Description: "dead-lettered job payloads with the reason",
+			Subjects:    []string{"dead.>"},
+			Retention:   jetstream.LimitsPolicy,
+			Storage:     jetstream.FileStorage,
+			Replicas:    t.Replicas,
+			Discard:     jetstream.DiscardOld,
+			MaxAge:      30 * 24 * time.Hour,
+			MaxMsgs:     -1,
+			MaxBytes:    -1,
+		},
+	}
+}
+
+// Ensure creates or updates every stream and KV bucket of the topology. Safe to call
+// from every process at start-up; API calls are retried through cluster elections.
+func Ensure(ctx context.Context, js jetstream.JetStream, t Topology) error {
+	t = t.Defaults()
+	for _, cfg := range t.Streams() {
+		err := Retry(ctx, func(ctx context.Context) error {
+			_, err := js.CreateOrUpdateStream(ctx, cfg)
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("ensure stream %s: %w", cfg.Name, err)
+		}
+	}
+	kvs := []jetstream.KeyValueConfig{
+		{Bucket: wire.BucketRetry, Description: "per-job retry state <run>.<row>.<query>", TTL: 7 * 24 * time.Hour, Storage: jetstream.FileStorage, Replicas: t.Replicas},
+		{Bucket: wire.BucketFleet, Description: "deployment aliases served by live workers", TTL: FleetTTL, Storage: jetstream.FileStorage, Replicas: t.Replicas, History: 1},
+		{Bucket: wire.BucketRuns, Description: "run status, watermark and checkpoints", Storage: jetstream.FileStorage, Replicas: t.Replicas, History: 1},
+	}
+	for _, cfg := range kvs {
+		err := Retry(ctx, func(ctx context.Context) error {
+			_, err := js.CreateOrUpdateKeyValue(ctx, cfg)
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("ensure kv %s: %w", cfg.Bucket, err)
+		}
+	}
+	return nil
+}
+
+// FleetTTL is how long a served alias stays registered without a refresh.
+const FleetTTL = 30 * time.Second
+
+// JobConsumerName is the durable consumer serving one deployment.
+func JobConsumerName(deployment string) string { return "worker-" + deployment }
+
+// EnsureJobConsumer creates or updates the durable pull consumer of one deployment.
+// One consumer per deployment: a NAK-delayed message keeps counting toward MaxAckPending,
+// so a throttled deployment must not share a consumer with the others.
+func EnsureJobConsumer(ctx context.Context, js jetstream.JetStream, t Topology, deployment string) (jetstream.Consumer, error) {
+	t = t.Defaults()
+	cfg := jetstream.ConsumerConfig{
+		Durable:       JobConsumerName(deployment),
+		Description:   "query jobs of deployment " + deployment,
+		FilterSubject: wire.JobFilter(deployment),
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       t.AckWait,
+		MaxDeliver:    t.MaxDeliver,
+		MaxAckPending: t.MaxAckPending,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+	}
+	var c jetstream.Consumer
+	err := Retry(ctx, func(ctx context.Context) error {
+		var err error
+		c, err = js.CreateOrUpdateConsumer(ctx, wire.StreamJobs, cfg)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("ensure consumer %s: %w", cfg.Durable, err)
+	}
+	return c, nil
+}
+
+// Server error codes with meaning for us.
+const (
+	codeMaxMsgsPerSubject = 10077
+	codeWrongLastSequence = 10071
+)
+
+// IsFirstWriterLost reports whether a publish was rejected because the subject already
+// holds its one message (first-writer-wins): the work is already done.
+func IsFirstWriterLost(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == codeMaxMsgsPerSubject
+}
+
+// IsKeyExists reports whether a KV Create lost to an earlier writer.
+func IsKeyExists(err error) bool {
+	if errors.Is(err, jetstream.ErrKeyExists) {
+		return true
+	}
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && (apiErr.ErrorCode == codeWrongLastSequence || apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
+}
+
+// retryable reports whether a JetStream API error is worth retrying (elections,
+// timeouts, a server not yet ready).
+func retryable(err error) bool {
+	if err == nil {
+		return false
+	}
+	for _, target := range []error{context.DeadlineExceeded, nats.ErrTimeout, nats.ErrNoResponders,
+		jetstream.ErrNoHeartbeat, nats.ErrDisconnected, nats.ErrConnectionReconnecting,
+		jetstream.ErrJetStreamNotEnabled} {
+		if errors.Is(err, target) {
+			return true
+		}
+	}
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) {
+		// 10008: cluster not available / no leader; 503 codes during elections.
+		return apiErr.Code == 503 && apiErr.ErrorCode != codeMaxMsgsPerSubject || apiErr.ErrorCode == 10008
+	}
+	return false
+}
+
+// Retry runs fn until it succeeds, fails with a non-retryable error, or ctx ends.
+// Each attempt gets a 5 s deadline; waits grow from 50 ms to 2 s with jitter.
+func Retry(ctx context.Context, fn func(ctx context.Context) error) error {
+	wait := 50 * time.Millisecond
+	for {
+		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := fn(actx)
+		cancel()
+		if err == nil || !retryable(err) || ctx.Err() != nil {
+			if err != nil && ctx.Err() != nil {
+				return fmt.Errorf("%w (last error: %w)", ctx.Err(), err)
+			}
+			return err
+		}
+		d := time.Duration(float64(wait) * (0.5 + rand.Float64()))
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w (last error: %w)", ctx.Err(), err)
+		case <-time.After(d):
+		}
+		wait = min(wait*2, 2*time.Second)
+	}
+}
+
+// Connect dials NATS with settings for long-lived processes: reconnect forever,
+// a name for monitoring, and state changes logged.
+func Connect(url, name string, log zerolog.Logger) (*nats.Conn, error) {
+	nc, err := nats.Connect(url,
+		nats.Name(name),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(250*time.Millisecond),
+		nats.ReconnectJitter(100*time.Millisecond, time.Second),
+		nats.RetryOnFailedConnect(true),
+		nats.ReconnectBufSize(64<<20),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				log.Warn().Err(err).Msg("nats disconnected")
+			}
+		}),
+		nats.ReconnectHandler(func(c *nats.Conn) {
+			log.Info().Str("url", c.ConnectedUrlRedacted()).Msg("nats reconnected")
+		}),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			log.Warn().Err(err).Msg("nats async error")
+		}),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("connect %s: %w", url, err)
+	}
+	return nc, nil
+}

@@ -1,0 +1,247 @@
+// Package throttle owns the AIMD pacing of calls to one deployment: a rate that starts
+// low and doubles each window (slow start) until the first capacity signal, then grows
+// by a fraction of itself per second and shrinks multiplicatively at most once per
+// window; a Retry-After pauses dispatch until it passes. Dispatch permits are spaced by
+// jittered intervals so that many pacers never phase-lock into bursts.
+//
+// The controller is pure arithmetic over an injected clock; Wait is the only blocking
+// call. Permits are taken before a job is fetched, so no message waits in a worker
+// while the deployment is paused.
+package throttle
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"time"
+)
+
+// Params are the controller's parameters (see config.Throttle for the defaults).
+type Params struct {
+	StartRate float64       // req/s at start
+	MinRate   float64       // floor
+	MaxRate   float64       // ceiling
+	Increase  float64       // fraction of the rate added per second after slow start
+	Decrease  float64       // factor applied on a capacity signal, at most once per Window
+	Window    time.Duration // decrease window and slow-start doubling period
+	Jitter    float64       // pacing intervals are multiplied by U(1-Jitter, 1+Jitter)
+	MaxPause  time.Duration // cap on a Retry-After pause
+	Burst     int           // permits that may be taken at once after idling (>= 1)
+}
+
+// Validate checks the invariants; each error names the parameter.
+func (p Params) Validate() error {
+	var errs []error
+	if !(p.Decrease > 0 && p.Decrease < 1) {
+		errs = append(errs, fmt.Errorf("decrease: must be in (0,1), got %g", p.Decrease))
+	}
+	if !(p.Increase > 0) {
+		errs = append(errs, fmt.Errorf("increase: must be > 0, got %g", p.Increase))
+	}
+	if p.Window <= 0 {
+		errs = append(errs, fmt.Errorf("window: must be > 0, got %s", p.Window))
+	}
+	if !(p.MinRate > 0 && p.MinRate <= p.StartRate && p.StartRate <= p.MaxRate) {
+		errs = append(errs, fmt.Errorf("rates: need 0 < min_rate <= start_rate <= max_rate, got %g <= %g <= %g", p.MinRate, p.StartRate, p.MaxRate))
+	}
+	if p.Jitter < 0 || p.Jitter >= 1 {
+		errs = append(errs, fmt.Errorf("jitter: must be in [0,1), got %g", p.Jitter))
+	}
+	if p.MaxPause < 0 {
+		errs = append(errs, fmt.Errorf("max_pause: must be >= 0, got %s", p.MaxPause))
+	}
+	if p.Burst < 1 {
+		errs = append(errs, fmt.Errorf("burst: must be >= 1, got %d", p.Burst))
+	}
+	return errors.Join(errs...)
+}
+
+// Controller paces one deployment. Safe for concurrent use.
+type Controller struct {
+	mu    sync.Mutex
+	p     Params
+	now   func() time.Time
+	rand  func() float64
+	sleep func(ctx context.Context, d time.Duration) error
+
+	rate         float64
+	slowStart    bool
+	lastGrow     time.Time
+	lastDecrease time.Time
+	pausedUntil  time.Time
+	next         time.Time // earliest time of the next permit
+	signals      int64
+	pauses       int64
+}
+
+// Option adjusts a controller (tests inject the clock and randomness).
+type Option func(*Controller)
+
+// WithClock injects the clock.
+func WithClock(now func() time.Time) Option { return func(c *Controller) { c.now = now } }
+
+// WithRand injects the jitter source (values in [0,1)).
+func WithRand(r func() float64) Option { return func(c *Controller) { c.rand = r } }
+
+// WithSleep injects how Wait sleeps.
+func WithSleep(s func(ctx context.Context, d time.Duration) error) Option {
+	return func(c *Controller) { c.sleep = s }
+}
+
+// New returns a controller in slow start at p.StartRate.
+func New(p Params, opts ...Option) (*Controller, error) {
+	if err := p.Validate(); err != nil {
+		return nil, err
+	}
+	c := &Controller{p: p, now: time.Now, rand: rand.Float64, sleep: sleepCtx, rate: p.StartRate, slowStart: true}
+	for _, o := range opts {
+		o(c)
+	}
+	t := c.now()
+	c.lastGrow = t
+	c.lastDecrease = t.Add(-p.Window)
+	c.next = t
+	return c, nil
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return ctx.Err()
+	}
+	tm := time.NewTimer(d)
+	defer tm.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-tm.C:
+		return nil
+	}
+}
+
+// grow applies the increase due since the last call. Growth only happens while
+// permits are being asked for (demand), never while idle: dt is capped at one window.
+func (c *Controller) grow(t time.Time) {
+	dt := t.Sub(c.lastGrow)
+	if dt <= 0 {
+		return
+	}
+	if c.slowStart {
+		for dt >= c.p.Window {
+			c.rate = min(c.rate*2, c.p.MaxRate)
+			dt -= c.p.Window
+			c.lastGrow = c.lastGrow.Add(c.p.Window)
+		}
+		if t.Sub(c.lastGrow) > c.p.Window { // idle: do not bank doublings
+			c.lastGrow = t
+		}
+		return
+	}
+	dt = min(dt, c.p.Window)
+	c.rate = min(c.rate*(1+c.p.Increase*dt.Seconds()), c.p.MaxRate)
+	c.lastGrow = t
+}
+
+// Reserve takes one permit and returns how long the caller must wait before using it.
+func (c *Controller) Reserve() time.Duration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t := c.now()
+	c.grow(t)
+	// Idle time banks at most Burst permits.
+	if floor := t.Add(-time.Duration(float64(c.p.Burst) / c.rate * float64(time.Second))); c.next.Before(floor) {
+		c.next = floor
+	}
+	at := c.next
+	if at.Before(c.pausedUntil) {
+		at = c.pausedUntil
+	}
+	interval := time.Duration(float64(time.Second) / c.rate * (1 + c.p.Jitter*(2*c.rand()-1)))
+	if at.Before(t) {
+		c.next = c.next.Add(interval)
+	} else {
+		c.next = at.Add(interval)
+	}
+	if at.Before(t) {
+		return 0
+	}
+	return at.Sub(t)
+}
+
+// Wait blocks until a permit may be used, or ctx ends.
+func (c *Controller) Wait(ctx context.Context) error {
+	return c.sleep(ctx, c.Reserve())
+}
+
+// OnCapacity records a capacity signal: a multiplicative decrease (at most once per
+// window, however many calls saw it) and, with a Retry-After, a pause of every permit
+// until it has passed (capped at MaxPause).
+func (c *Controller) OnCapacity(retryAfter time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t := c.now()
+	c.signals++
+	c.slowStart = false
+	if t.Sub(c.lastDecrease) >= c.p.Window {
+		c.rate = max(c.rate*c.p.Decrease, c.p.MinRate)
+		c.lastDecrease = t
+		c.lastGrow = t
+	}
+	if retryAfter > 0 {
+		until := t.Add(min(retryAfter, c.p.MaxPause))
+		if until.After(c.pausedUntil) {
+			c.pausedUntil = until
+			c.pauses++
+		}
+		if c.next.Before(c.pausedUntil) {
+			c.next = c.pausedUntil // no burst banked across a pause
+		}
+	}
+}
+
+// PausedFor returns how long dispatch stays paused from now (0 if not paused).
+func (c *Controller) PausedFor() time.Duration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if d := c.pausedUntil.Sub(c.now()); d > 0 {
+		return d
+	}
+	return 0
+}
+
+// Snapshot is the controller's observable state.
+type Snapshot struct {
+	Rate      float64
+	SlowStart bool
+	Signals   int64
+	Pauses    int64
+	PausedFor time.Duration
+}
+
+// Snapshot returns the current state.
+func (c *Controller) Snapshot() Snapshot {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s := Snapshot{Rate: c.rate, SlowStart: c.slowStart, Signals: c.signals, Pauses: c.pauses}
+	if d := c.pausedUntil.Sub(c.now()); d > 0 {
+		s.PausedFor = d
+	}
+	return s
+}
+
+// TryReserve takes a permit only if one is available now.
+func (c *Controller) TryReserve() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t := c.now()
+	c.grow(t)
+	if floor := t.Add(-time.Duration(float64(c.p.Burst) / c.rate * float64(time.Second))); c.next.Before(floor) {
+		c.next = floor
+	}
+	if c.next.After(t) || c.pausedUntil.After(t) {
+		return false
+	}
+	c.next = c.next.Add(time.Duration(float64(time.Second) / c.rate * (1 + c.p.Jitter*(2*c.rand()-1))))
+	return true
+}

@@ -1,0 +1,480 @@
+// Package wire owns the v1 wire format shared by every process and by upstream publishers:
+// subject names, headers, and the JSON of run records, input rows, query jobs and results.
+// docs/WIRE.md is the public description of the same contract; change both together.
+package wire
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Version is the schema version this build writes and fully understands.
+const Version = 1
+
+// Stream names.
+const (
+	StreamInput   = "MQ_INPUT"
+	StreamJobs    = "MQ_JOBS"
+	StreamResults = "MQ_RESULTS"
+	StreamRows    = "MQ_ROWS"
+	StreamAudit   = "MQ_AUDIT"
+	StreamDead    = "MQ_DEAD"
+)
+
+// KV bucket names.
+const (
+	BucketRetry = "mq_retry"
+	BucketRuns  = "mq_runs"
+	// BucketFleet holds one key per served deployment alias, refreshed by workers.
+	BucketFleet = "mq_fleet"
+)
+
+// Header names.
+const (
+	HeaderMsgID   = "Nats-Msg-Id"
+	HeaderSchema  = "Mq-Schema"
+	HeaderReason  = "Mq-Reason"
+	HeaderSubject = "Mq-Subject"
+)
+
+var tokenRE = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
+
+// ValidToken reports whether s can be used as one subject token (run id, query name,
+// deployment alias): letters, digits, '_' and '-'.
+func ValidToken(s string) bool { return tokenRE.MatchString(s) }
+
+// Subject builders. Rows are 0-based indices in input order.
+
+// InputOpenSubject is where a run's open record is published.
+func InputOpenSubject(run string) string { return "input." + run + ".open" }
+
+// InputSealSubject is where a run's seal record is published.
+func InputSealSubject(run string) string { return "input." + run + ".seal" }
+
+// InputRowSubject is where a run's input row is published (once).
+func InputRowSubject(run string, row int) string { return "input." + run + "." + strconv.Itoa(row) }
+
+// JobSubject is where one query job is published; workers filter on JobFilter(deployment).
+func JobSubject(deployment, run string, row int, query string) string {
+	return "jobs." + deployment + "." + run + "." + strconv.Itoa(row) + "." + query
+}
+
+// JobFilter is the filter subject of the consumer serving one deployment.
+func JobFilter(deployment string) string { return "jobs." + deployment + ".>" }
+
+// ResultSubject is where the (first) result of one query is kept.
+func ResultSubject(run string, row int, query string) string {
+	return "results." + run + "." + strconv.Itoa(row) + "." + query
+}
+
+// RowSubject is where an emitted row is published by the MQ_ROWS sink.
+func RowSubject(run string, row int) string { return "rows." + run + "." + strconv.Itoa(row) }
+
+// AuditSubject is where audit records of one query's attempts go.
+func AuditSubject(run string, row int, query string) string {
+	return "audit." + run + "." + strconv.Itoa(row) + "." + query
+}
+
+// DeadSubject is where dead-lettered job payloads go.
+func DeadSubject(deployment, run string) string { return "dead." + deployment + "." + run }
+
+// JobKey is the KV key of a job's retry state: "<run>.<row>.<query>".
+func JobKey(run string, row int, query string) string {
+	return run + "." + strconv.Itoa(row) + "." + query
+}
+
+// JobMsgID is the Nats-Msg-Id of a job.
+func JobMsgID(run string, row int, query string) string { return "job." + JobKey(run, row, query) }
+
+// ResultMsgID is the Nats-Msg-Id of a result.
+func ResultMsgID(run string, row int, query string) string {
+	return "result." + JobKey(run, row, query)
+}
+
+// InputKind tells what an input-stream subject carries.
+type InputKind int
+
+// Input subject kinds.
+const (
+	InputUnknown InputKind = iota
+	InputOpen
+	InputSeal
+	InputRow
+)
+
+// ParseInputSubject splits "input.<run>.<open|seal|row>".
+func ParseInputSubject(subject string) (run string, kind InputKind, row int, err error) {
+	parts := strings.Split(subject, ".")
+	if len(parts) != 3 || parts[0] != "input" {
+		return "", InputUnknown, 0, fmt.Errorf("input subject %q: want input.<run>.<open|seal|row>", subject)
+	}
+	run = parts[1]
+	switch parts[2] {
+	case "open":
+		return run, InputOpen, 0, nil
+	case "seal":
+		return run, InputSeal, 0, nil
+	}
+	row, err = strconv.Atoi(parts[2])
+	if err != nil || row < 0 {
+		return "", InputUnknown, 0, fmt.Errorf("input subject %q: row %q is not a non-negative integer", subject, parts[2])
+	}
+	return run, InputRow, row, nil
+}
+
+// Addr names one query of one row of one run.
+type Addr struct {
+	Run   string
+	Row   int
+	Query string
+}
+
+// String renders the address as "<run>.<row>.<query>".
+func (a Addr) String() string { return JobKey(a.Run, a.Row, a.Query) }
+
+// ParseJobSubject splits "jobs.<deployment>.<run>.<row>.<query>"; it works on the subject
+// alone so that an undecodable job can still be answered with a synthetic result.
+func ParseJobSubject(subject string) (deployment string, a Addr, err error) {
+	parts := strings.Split(subject, ".")
+	if len(parts) != 5 || parts[0] != "jobs" {
+		return "", Addr{}, fmt.Errorf("job subject %q: want jobs.<deployment>.<run>.<row>.<query>", subject)
+	}
+	row, err := strconv.Atoi(parts[3])
+	if err != nil || row < 0 {
+		return "", Addr{}, fmt.Errorf("job subject %q: row %q is not a non-negative integer", subject, parts[3])
+	}
+	return parts[1], Addr{Run: parts[2], Row: row, Query: parts[4]}, nil
+}
+
+// ParseResultSubject splits "results.<run>.<row>.<query>".
+func ParseResultSubject(subject string) (Addr, error) {
+	parts := strings.Split(subject, ".")
+	if len(parts) != 4 || parts[0] != "results" {
+		return Addr{}, fmt.Errorf("result subject %q: want results.<run>.<row>.<query>", subject)
+	}
+	row, err := strconv.Atoi(parts[2])
+	if err != nil || row < 0 {
+		return Addr{}, fmt.Errorf("result subject %q: row %q is not a non-negative integer", subject, parts[2])
+	}
+	return Addr{Run: parts[1], Row: row, Query: parts[3]}, nil
+}
+
+// Order values of a run.
+const (
+	OrderInput      = "input"
+	OrderCompletion = "completion"
+)
+
+// QueryInfo describes one of a run's M queries for the collector.
+type QueryInfo struct {
+	Name    string   `json:"name"`
+	Columns []string `json:"columns"` // output columns excluding <q>_usage and <q>_model
+}
+
+// Open is the run's open record, published once before any row.
+type Open struct {
+	V            int         `json:"v"`
+	Run          string      `json:"run"`
+	Queries      []QueryInfo `json:"queries"`
+	Order        string      `json:"order"`
+	InputColumns []string    `json:"input_columns,omitempty"`
+	Deployments  []string    `json:"deployments"` // aliases the run's jobs name
+	ConfigHash   string      `json:"config_hash,omitempty"`
+	InputHash    string      `json:"input_hash,omitempty"`
+	Created      time.Time   `json:"created"`
+	// Cost per 1k tokens, for the run summary.
+	PromptPer1K     float64 `json:"prompt_per_1k,omitempty"`
+	CompletionPer1K float64 `json:"completion_per_1k,omitempty"`
+}
+
+// Validate checks what the collector relies on.
+func (o *Open) Validate() error {
+	var errs []error
+	if !ValidToken(o.Run) {
+		errs = append(errs, fmt.Errorf("run: %q is not a valid id ([A-Za-z0-9_-]+)", o.Run))
+	}
+	if len(o.Queries) == 0 {
+		errs = append(errs, errors.New("queries: empty"))
+	}
+	if len(o.Queries) > MaxQueries {
+		errs = append(errs, fmt.Errorf("queries: %d exceeds the maximum of %d", len(o.Queries), MaxQueries))
+	}
+	seen := map[string]bool{}
+	for i, q := range o.Queries {
+		if !ValidToken(q.Name) {
+			errs = append(errs, fmt.Errorf("queries[%d].name: %q is not a valid name", i, q.Name))
+		}
+		if seen[q.Name] {
+			errs = append(errs, fmt.Errorf("queries[%d].name: duplicate %q", i, q.Name))
+		}
+		seen[q.Name] = true
+	}
+	switch o.Order {
+	case "", OrderInput, OrderCompletion:
+	default:
+		errs = append(errs, fmt.Errorf("order: %q is not input or completion", o.Order))
+	}
+	return errors.Join(errs...)
+}
+
+// QueryIndex returns the position of a query name, or -1.
+func (o *Open) QueryIndex(name string) int {
+	for i, q := range o.Queries {
+		if q.Name == name {
+			return i
+		}
+	}
+	return -1
+}
+
+// MaxQueries bounds M so a row's completion fits a fixed bitset.
+const MaxQueries = 1024
+
+// Seal is the run's seal record: the input is complete with Rows rows (0..Rows-1).
+type Seal struct {
+	V    int    `json:"v"`
+	Run  string `json:"run"`
+	Rows int    `json:"rows"`
+}
+
+// Row is one input row as published on InputRowSubject. Data is the original row as a JSON
+// object (keys in input order). Error is set when the producer already knows the row failed
+// (malformed record, template rendering failed): then no job is published for it.
+type Row struct {
+	V     int             `json:"v"`
+	Run   string          `json:"run"`
+	Row   int             `json:"row"`
+	Data  json.RawMessage `json:"data,omitempty"`
+	Error *Error          `json:"error,omitempty"`
+}
+
+// Message is one chat message of a rendered prompt.
+type Message struct {
+	Role    string `json:"role"`
+	Content string `json:"content"`
+}
+
+// Output types.
+const (
+	TypeString  = "string"
+	TypeInteger = "integer"
+	TypeNumber  = "number"
+	TypeBoolean = "boolean"
+	TypeEnum    = "enum"
+)
+
+// OutputField maps one JSON field of the answer to an output column.
+type OutputField struct {
+	Field  string   `json:"field"`
+	Column string   `json:"column"`
+	Type   string   `json:"type"`
+	Values []string `json:"values,omitempty"`
+}
+
+// Response formats.
+const (
+	FormatStandard   = "standard"
+	FormatStructured = "structured"
+)
+
+// Request is the model call a job asks for. It names a deployment alias, never an endpoint
+// or a key: the worker resolves the alias in its own configuration.
+type Request struct {
+	Model               string         `json:"model"`
+	Messages            []Message      `json:"messages"`
+	Temperature         *float64       `json:"temperature,omitempty"`
+	MaxCompletionTokens int            `json:"max_completion_tokens,omitempty"`
+	ResponseFormat      string         `json:"response_format"`
+	Schema              map[string]any `json:"schema,omitempty"`
+}
+
+// Job is one query of one row.
+type Job struct {
+	V          int           `json:"v"`
+	Run        string        `json:"run"`
+	Row        int           `json:"row"`
+	Query      string        `json:"query"`
+	Deployment string        `json:"deployment"`
+	Request    Request       `json:"request"`
+	Outputs    []OutputField `json:"outputs"`
+	// MaxCapacityRetrySeconds bounds capacity retries, counted from the first capacity error.
+	MaxCapacityRetrySeconds int `json:"max_capacity_retry_seconds"`
+	// MaxAttempts bounds transient-error attempts.
+	MaxAttempts int       `json:"max_attempts"`
+	Enqueued    time.Time `json:"enqueued"`
+}
+
+// Addr returns the job's address.
+func (j *Job) Addr() Addr { return Addr{Run: j.Run, Row: j.Row, Query: j.Query} }
+
+// Validate checks a decoded job; a job that fails it is poison.
+func (j *Job) Validate() error {
+	var errs []error
+	if !ValidToken(j.Run) {
+		errs = append(errs, fmt.Errorf("run: %q is not a valid id", j.Run))
+	}
+	if j.Row < 0 {
+		errs = append(errs, fmt.Errorf("row: %d is negative", j.Row))
+	}
+	if !ValidToken(j.Query) {
+		errs = append(errs, fmt.Errorf("query: %q is not a valid name", j.Query))
+	}
+	if !ValidToken(j.Deployment) {
+		errs = append(errs, fmt.Errorf("deployment: %q is not a valid alias", j.Deployment))
+	}
+	if len(j.Request.Messages) == 0 {
+		errs = append(errs, errors.New("request.messages: empty"))
+	}
+	switch j.Request.ResponseFormat {
+	case FormatStandard, FormatStructured:
+	default:
+		errs = append(errs, fmt.Errorf("request.response_format: %q is not standard or structured", j.Request.ResponseFormat))
+	}
+	if len(j.Outputs) == 0 {
+		errs = append(errs, errors.New("outputs: empty"))
+	}
+	for i, o := range j.Outputs {
+		switch o.Type {
+		case TypeString, TypeInteger, TypeNumber, TypeBoolean:
+		case TypeEnum:
+			if len(o.Values) == 0 {
+				errs = append(errs, fmt.Errorf("outputs[%d].values: enum without values", i))
+			}
+		default:
+			errs = append(errs, fmt.Errorf("outputs[%d].type: unknown type %q", i, o.Type))
+		}
+		if o.Field == "" || o.Column == "" {
+			errs = append(errs, fmt.Errorf("outputs[%d]: field and column are required", i))
+		}
+	}
+	if j.MaxCapacityRetrySeconds <= 0 {
+		errs = append(errs, fmt.Errorf("max_capacity_retry_seconds: %d must be > 0", j.MaxCapacityRetrySeconds))
+	}
+	if j.MaxAttempts <= 0 {
+		errs = append(errs, fmt.Errorf("max_attempts: %d must be > 0", j.MaxAttempts))
+	}
+	return errors.Join(errs...)
+}
+
+// Usage is the token usage of a successful call.
+type Usage struct {
+	PromptTokens     int64 `json:"prompt_tokens"`
+	CompletionTokens int64 `json:"completion_tokens"`
+	TotalTokens      int64 `json:"total_tokens"`
+}
+
+// Error reasons. Row-level reasons appear in "_error.reason", query-level ones in
+// "_error.failed_queries[].error.reason".
+const (
+	ReasonQueryFailed           = "query_failed"
+	ReasonTemplateRendering     = "template_rendering_failed"
+	ReasonMalformedRecord       = "malformed_record"
+	ReasonCancelled             = "cancelled"
+	ReasonCapacityTimeout       = "capacity_retry_timeout"
+	ReasonRetryExhausted        = "retry_exhausted"
+	ReasonInvalidJSON           = "invalid_json"
+	ReasonMissingField          = "missing_output_field"
+	ReasonTypeMismatch          = "type_mismatch"
+	ReasonTruncated             = "response_truncated"
+	ReasonContentFiltered       = "content_filtered"
+	ReasonLLMCallFailed         = "llm_call_failed"
+	ReasonUnknownDeployment     = "unknown_deployment"
+	ReasonPoison                = "poison_job"
+	ReasonMaxDeliveries         = "max_deliveries_exceeded"
+	ReasonEmptyResponse         = "empty_response"
+	ReasonContextLengthExceeded = "context_length_exceeded"
+)
+
+// Error is a structured error: a reason plus details. It marshals flat:
+// {"reason": "...", "message": "...", ...details}.
+type Error struct {
+	Reason  string
+	Message string
+	Details map[string]any
+}
+
+// Error implements error.
+func (e *Error) Error() string {
+	if e.Message == "" {
+		return e.Reason
+	}
+	return e.Reason + ": " + e.Message
+}
+
+// MarshalJSON writes reason, message and details as one flat object.
+func (e *Error) MarshalJSON() ([]byte, error) {
+	m := make(map[string]any, len(e.Details)+2)
+	for k, v := range e.Details {
+		m[k] = v
+	}
+	m["reason"] = e.Reason
+	if e.Message != "" {
+		m["message"] = e.Message
+	}
+	return json.Marshal(m)
+}
+
+// UnmarshalJSON reads the flat form written by MarshalJSON.
+func (e *Error) UnmarshalJSON(b []byte) error {
+	var m map[string]any
+	if err := json.Unmarshal(b, &m); err != nil {
+		return err
+	}
+	e.Reason, _ = m["reason"].(string)
+	e.Message, _ = m["message"].(string)
+	delete(m, "reason")
+	delete(m, "message")
+	if len(m) > 0 {
+		e.Details = m
+	}
+	return nil
+}
+
+// Result is the final outcome of one job. The first result for an address wins.
+type Result struct {
+	V       int                        `json:"v"`
+	Run     string                     `json:"run"`
+	Row     int                        `json:"row"`
+	Query   string                     `json:"query"`
+	OK      bool                       `json:"ok"`
+	Fields  map[string]json.RawMessage `json:"fields,omitempty"` // column -> value
+	Usage   *Usage                     `json:"usage,omitempty"`
+	Model   string                     `json:"model,omitempty"`
+	Error   *Error                     `json:"error,omitempty"`
+	Attempt int                        `json:"attempt,omitempty"`
+	Retries int                        `json:"retries,omitempty"`
+	Worker  string                     `json:"worker,omitempty"`
+	Elapsed float64                    `json:"elapsed_seconds,omitempty"`
+}
+
+// Addr returns the result's address.
+func (r *Result) Addr() Addr { return Addr{Run: r.Run, Row: r.Row, Query: r.Query} }
+
+// Decode unmarshals a payload and checks the schema version: a version above Version
+// returns ErrNewerVersion so the caller can leave the message for a newer build.
+func Decode(data []byte, v any) error {
+	var probe struct {
+		V int `json:"v"`
+	}
+	if err := json.Unmarshal(data, &probe); err != nil {
+		return fmt.Errorf("decode: %w", err)
+	}
+	if probe.V > Version {
+		return fmt.Errorf("decode: schema version %d: %w", probe.V, ErrNewerVersion)
+	}
+	if probe.V < 1 {
+		return fmt.Errorf("decode: schema version %d: missing or invalid \"v\"", probe.V)
+	}
+	if err := json.Unmarshal(data, v); err != nil {
+		return fmt.Errorf("decode: %w", err)
+	}
+	return nil
+}
+
+// ErrNewerVersion marks a payload written by a newer schema version.
+var ErrNewerVersion = errors.New("newer schema version")

@@ -1,0 +1,37 @@
+package worker
+
+import (
+	"fmt"
+	"sort"
+
+	"github.com/multiquery/multiquery/internal/config"
+	"github.com/multiquery/multiquery/internal/llm"
+	"github.com/multiquery/multiquery/internal/throttle"
+)
+
+// DeploymentsFromConfig resolves the worker configuration, reading every API key now.
+// Keys live only in the llm clients; they are never logged or published.
+func DeploymentsFromConfig(w *config.Worker) ([]Deployment, error) {
+	aliases := make([]string, 0, len(w.Deployments))
+	for a := range w.Deployments {
+		aliases = append(aliases, a)
+	}
+	sort.Strings(aliases)
+	out := make([]Deployment, 0, len(aliases))
+	for _, a := range aliases {
+		d := w.Deployments[a]
+		key, err := d.APIKey()
+		if err != nil {
+			return nil, fmt.Errorf("deployments.%s: %w", a, err)
+		}
+		t := d.Throttle
+		out = append(out, Deployment{
+			LLM: llm.Options{Alias: a, Provider: d.Provider, Endpoint: d.Endpoint, APIVersion: d.APIVersion,
+				AzureDeployment: d.AzureDeployment, APIKey: key, Timeout: d.Timeout},
+			Throttle: throttle.Params{StartRate: t.StartRate, MinRate: t.MinRate, MaxRate: t.MaxRate, Increase: t.Increase,
+				Decrease: t.Decrease, Window: t.Window, Jitter: t.Jitter, MaxPause: t.MaxPause},
+			MaxConcurrency: d.MaxConcurrency,
+		})
+	}
+	return out, nil
+}

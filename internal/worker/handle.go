@@ -1,0 +1,375 @@
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/multiquery/multiquery/internal/llm"
+	"github.com/multiquery/multiquery/internal/queue"
+	"github.com/multiquery/multiquery/internal/wire"
+)
+
+// retryState survives redeliveries: NAK carries no state.
+type retryState struct {
+	FirstCapacity   time.Time `json:"first_capacity,omitzero"` // server time of the first capacity error
+	CapacityErrors  int       `json:"capacity_errors"`
+	TransientErrors int       `json:"transient_errors"`
+	LastError       string    `json:"last_error,omitempty"`
+}
+
+// handle runs one delivery of one job to a single queue action.
+func (w *Worker) handle(ctx context.Context, d *deployment, msg jetstream.Msg) {
+	log := w.log.With().Str("deployment", d.alias).Str("subject", msg.Subject()).Logger()
+	defer func() {
+		if r := recover(); r != nil {
+			// A panic is this job's error, never the worker's end: retry it later.
+			log.Error().Interface("panic", r).Msg("handler panic; job NAKed")
+			_ = msg.NakWithDelay(5 * time.Second)
+		}
+	}()
+	_, addr, subjErr := wire.ParseJobSubject(msg.Subject())
+	var job wire.Job
+	if err := wire.Decode(msg.Data(), &job); err != nil {
+		if errors.Is(err, wire.ErrNewerVersion) {
+			// A newer worker will take it: never Term during a rolling upgrade.
+			log.Warn().Err(err).Msg("job of a newer schema version; NAK for a newer worker")
+			_ = msg.NakWithDelay(30 * time.Second)
+			return
+		}
+		w.poison(ctx, d.alias, msg, addr, subjErr, err, log)
+		return
+	}
+	if err := job.Validate(); err != nil {
+		w.poison(ctx, d.alias, msg, addr, subjErr, err, log)
+		return
+	}
+	if subjErr != nil || job.Addr() != addr || job.Deployment != d.alias {
+		w.poison(ctx, d.alias, msg, addr, subjErr, fmt.Errorf("payload %s on %s does not match its subject", job.Addr(), msg.Subject()), log)
+		return
+	}
+	log = log.With().Str("run", job.Run).Int("row", job.Row).Str("query", job.Query).Logger()
+	meta, err := msg.Metadata()
+	if err != nil {
+		log.Error().Err(err).Msg("message metadata")
+		_ = msg.Nak()
+		return
+	}
+	attempt := int(meta.NumDelivered)
+	if meta.NumDelivered > w.cfg.HardDeliverCap {
+		w.final(ctx, msg, &job, nil, &wire.Error{Reason: wire.ReasonMaxDeliveries, Message: fmt.Sprintf("delivered %d times", meta.NumDelivered), Details: map[string]any{"deliveries": meta.NumDelivered}}, attempt, 0, log)
+		return
+	}
+
+	// Keep the message ours while the call runs (AckWait is short so that a killed
+	// worker's jobs come back quickly).
+	callCtx, stop := context.WithCancel(ctx)
+	go keepAlive(callCtx, msg, w.cfg.Topology.AckWait/3)
+	w.m.calls.WithLabelValues(d.alias).Inc()
+	ans, callErr := d.client.Call(callCtx, job.Request)
+	stop()
+	if ctx.Err() != nil {
+		// Drain timeout hit: give the job back at once.
+		_ = msg.Nak()
+		return
+	}
+	if callErr == nil {
+		fields, perr := llm.ParseAnswer(ans.Content, job.Outputs)
+		if perr != nil {
+			callErr = perr
+		} else {
+			st := w.loadState(ctx, &job)
+			res := &wire.Result{OK: true, Fields: fields, Usage: &ans.Usage, Model: ans.Model, Retries: st.CapacityErrors + st.TransientErrors}
+			w.final(ctx, msg, &job, res, nil, attempt, 0, log)
+			return
+		}
+	}
+	w.onError(ctx, d, msg, &job, callErr, attempt, log)
+}
+
+// onError maps a classified error to its queue action (DESIGN.md section 3).
+func (w *Worker) onError(ctx context.Context, d *deployment, msg jetstream.Msg, job *wire.Job, callErr error, attempt int, log zerolog.Logger) {
+	var (
+		capErr  *llm.CapacityError
+		tranErr *llm.TransientError
+		depErr  *llm.DeploymentError
+		permErr *llm.PermanentError
+	)
+	switch {
+	case errors.As(callErr, &capErr):
+		w.m.capacity.WithLabelValues(d.alias).Inc()
+		d.ctrl.OnCapacity(capErr.RetryAfter)
+		st, elapsed, err := w.recordCapacity(ctx, job, capErr)
+		if err != nil {
+			log.Warn().Err(err).Msg("retry state")
+			w.nak(msg, time.Second, d.alias)
+			return
+		}
+		budget := time.Duration(job.MaxCapacityRetrySeconds) * time.Second
+		if elapsed >= budget {
+			w.final(ctx, msg, job, nil, &wire.Error{Reason: wire.ReasonCapacityTimeout, Message: capErr.Message, Details: map[string]any{
+				"status_code": capErr.StatusCode, "elapsed": elapsed.Seconds(), "max": budget.Seconds(), "capacity_errors": st.CapacityErrors,
+			}}, attempt, st.CapacityErrors+st.TransientErrors, log)
+			return
+		}
+		delay := max(capErr.RetryAfter, 100*time.Millisecond)
+		delay = jitter(delay)
+		delay = min(delay, w.cfg.MaxNakDelay, budget-elapsed+50*time.Millisecond)
+		w.nak(msg, delay, d.alias)
+	case errors.As(callErr, &tranErr):
+		st, err := w.recordTransient(ctx, job, callErr)
+		if err != nil {
+			log.Warn().Err(err).Msg("retry state")
+			w.nak(msg, time.Second, d.alias)
+			return
+		}
+		if st.TransientErrors >= job.MaxAttempts {
+			w.final(ctx, msg, job, nil, &wire.Error{Reason: wire.ReasonRetryExhausted, Message: tranErr.Message, Details: map[string]any{
+				"status_code": tranErr.StatusCode, "attempts": st.TransientErrors,
+			}}, attempt, st.CapacityErrors+st.TransientErrors, log)
+			return
+		}
+		backoff := w.cfg.TransientBackoff << min(st.TransientErrors-1, 5)
+		w.nak(msg, jitter(min(backoff, 30*time.Second)), d.alias)
+	case errors.As(callErr, &depErr):
+		// Not a row's fault: pause the deployment and let the job wait.
+		log.Error().Int("status", depErr.StatusCode).Str("code", depErr.Code).Msg("deployment-wide error: pausing the deployment; jobs wait")
+		d.pause(w.cfg.DeploymentPause)
+		w.nak(msg, w.cfg.DeploymentPause, d.alias)
+	case errors.As(callErr, &permErr):
+		details := map[string]any{}
+		if permErr.Field != "" {
+			details["field"] = permErr.Field
+		}
+		if permErr.StatusCode != 0 {
+			details["status_code"] = permErr.StatusCode
+		}
+		st := w.loadState(ctx, job)
+		w.final(ctx, msg, job, nil, &wire.Error{Reason: permErr.Reason, Message: permErr.Message, Details: details}, attempt, st.CapacityErrors+st.TransientErrors, log)
+	default:
+		log.Warn().Err(callErr).Msg("unclassified error; retrying")
+		w.nak(msg, 5*time.Second, d.alias)
+	}
+}
+
+func (w *Worker) nak(msg jetstream.Msg, delay time.Duration, alias string) {
+	w.m.naks.WithLabelValues(alias).Inc()
+	_ = msg.NakWithDelay(delay)
+}
+
+// jitter multiplies d by U(0.8, 1.2).
+func jitter(d time.Duration) time.Duration {
+	return time.Duration(float64(d) * (0.8 + 0.4*rand.Float64()))
+}
+
+// final publishes the job's final result, then acks the job. A result already there
+// (first result wins) means the job is done. The retry state is deleted last.
+func (w *Worker) final(ctx context.Context, msg jetstream.Msg, job *wire.Job, res *wire.Result, failure *wire.Error, attempt, retries int, log zerolog.Logger) {
+	if res == nil {
+		res = &wire.Result{OK: false, Error: failure, Retries: retries}
+	}
+	res.V, res.Run, res.Row, res.Query = wire.Version, job.Run, job.Row, job.Query
+	res.Attempt, res.Worker = attempt, w.cfg.Name
+	if !job.Enqueued.IsZero() {
+		res.Elapsed = time.Since(job.Enqueued).Seconds()
+	}
+	if err := w.publishResult(ctx, res); err != nil {
+		log.Warn().Err(err).Msg("publish result; job NAKed")
+		_ = msg.NakWithDelay(time.Second)
+		return
+	}
+	if err := msg.DoubleAck(ctx); err != nil {
+		// The result is stored; a redelivery will find it there and ack.
+		log.Warn().Err(err).Msg("ack")
+	}
+	outcome := "ok"
+	if !res.OK {
+		outcome = res.Error.Reason
+		log.Info().Str("reason", res.Error.Reason).Str("message", res.Error.Message).Msg("query failed")
+	}
+	w.m.results.WithLabelValues(job.Deployment, outcome).Inc()
+	if err := w.retry.Delete(ctx, wire.JobKey(job.Run, job.Row, job.Query)); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+		log.Debug().Err(err).Msg("delete retry state")
+	}
+}
+
+func (w *Worker) publishResult(ctx context.Context, res *wire.Result) error {
+	data, err := json.Marshal(res)
+	if err != nil {
+		return fmt.Errorf("encode result: %w", err)
+	}
+	subj := wire.ResultSubject(res.Run, res.Row, res.Query)
+	err = queue.Retry(ctx, func(ctx context.Context) error {
+		_, err := w.js.Publish(ctx, subj, data, jetstream.WithMsgID(wire.ResultMsgID(res.Run, res.Row, res.Query)))
+		if queue.IsFirstWriterLost(err) {
+			return nil // an earlier result won: the job is done
+		}
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("publish %s: %w", subj, err)
+	}
+	return nil
+}
+
+// poison handles an undecodable or invalid job: dead-letter the original payload with the
+// reason, publish a synthetic error result so the row completes, then Term.
+func (w *Worker) poison(ctx context.Context, alias string, msg jetstream.Msg, addr wire.Addr, subjErr, cause error, log zerolog.Logger) {
+	log.Error().Err(cause).Msg("poison job: dead-lettered and terminated")
+	w.m.poison.WithLabelValues(alias).Inc()
+	dead := nats.NewMsg(wire.DeadSubject(alias, orUnknown(addr.Run)))
+	dead.Data = msg.Data()
+	dead.Header.Set(wire.HeaderReason, cause.Error())
+	dead.Header.Set(wire.HeaderSubject, msg.Subject())
+	if _, err := w.js.PublishMsg(ctx, dead); err != nil {
+		log.Error().Err(err).Msg("dead-letter publish; job NAKed")
+		_ = msg.NakWithDelay(5 * time.Second)
+		return
+	}
+	if subjErr == nil {
+		res := &wire.Result{V: wire.Version, Run: addr.Run, Row: addr.Row, Query: addr.Query, Worker: w.cfg.Name,
+			Error: &wire.Error{Reason: wire.ReasonPoison, Message: cause.Error()}}
+		if err := w.publishResult(ctx, res); err != nil {
+			log.Error().Err(err).Msg("synthetic result publish; job NAKed")
+			_ = msg.NakWithDelay(5 * time.Second)
+			return
+		}
+	}
+	_ = msg.TermWithReason(truncate(cause.Error(), 200))
+}
+
+func orUnknown(s string) string {
+	if wire.ValidToken(s) {
+		return s
+	}
+	return "unknown"
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n]
+}
+
+func keepAlive(ctx context.Context, msg jetstream.Msg, every time.Duration) {
+	if every <= 0 {
+		every = time.Second
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			_ = msg.InProgress()
+		}
+	}
+}
+
+func (w *Worker) loadState(ctx context.Context, job *wire.Job) retryState {
+	var st retryState
+	e, err := w.retry.Get(ctx, wire.JobKey(job.Run, job.Row, job.Query))
+	if err == nil {
+		_ = json.Unmarshal(e.Value(), &st)
+	}
+	return st
+}
+
+// recordCapacity counts a capacity error and returns the time elapsed since the job's
+// first one. Both ends are KV server timestamps, so workers' clocks do not matter.
+func (w *Worker) recordCapacity(ctx context.Context, job *wire.Job, capErr *llm.CapacityError) (retryState, time.Duration, error) {
+	key := wire.JobKey(job.Run, job.Row, job.Query)
+	for range 5 {
+		var st retryState
+		e, err := w.retry.Get(ctx, key)
+		switch {
+		case errors.Is(err, jetstream.ErrKeyNotFound):
+			st.CapacityErrors = 1
+			st.LastError = capErr.Error()
+			rev, err := w.retry.Create(ctx, key, mustJSON(st))
+			if queue.IsKeyExists(err) {
+				continue
+			}
+			if err != nil {
+				return st, 0, fmt.Errorf("create %s: %w", key, err)
+			}
+			e, err := w.retry.Get(ctx, key)
+			if err != nil {
+				return st, 0, fmt.Errorf("get %s: %w", key, err)
+			}
+			st.FirstCapacity = e.Created()
+			if _, err := w.retry.Update(ctx, key, mustJSON(st), rev); err != nil && !queue.IsKeyExists(err) {
+				return st, 0, fmt.Errorf("update %s: %w", key, err)
+			}
+			return st, 0, nil
+		case err != nil:
+			return st, 0, fmt.Errorf("get %s: %w", key, err)
+		}
+		_ = json.Unmarshal(e.Value(), &st)
+		if st.FirstCapacity.IsZero() {
+			st.FirstCapacity = e.Created()
+		}
+		st.CapacityErrors++
+		st.LastError = capErr.Error()
+		rev, err := w.retry.Update(ctx, key, mustJSON(st), e.Revision())
+		if queue.IsKeyExists(err) {
+			continue // a concurrent delivery wrote first: read again
+		}
+		if err != nil {
+			return st, 0, fmt.Errorf("update %s: %w", key, err)
+		}
+		now, err := w.retry.GetRevision(ctx, key, rev)
+		if err != nil {
+			return st, 0, fmt.Errorf("get %s: %w", key, err)
+		}
+		return st, now.Created().Sub(st.FirstCapacity), nil
+	}
+	return retryState{}, 0, fmt.Errorf("update %s: too much contention", key)
+}
+
+// recordTransient counts a transient error.
+func (w *Worker) recordTransient(ctx context.Context, job *wire.Job, callErr error) (retryState, error) {
+	key := wire.JobKey(job.Run, job.Row, job.Query)
+	for range 5 {
+		var st retryState
+		e, err := w.retry.Get(ctx, key)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			st.TransientErrors = 1
+			st.LastError = callErr.Error()
+			_, err := w.retry.Create(ctx, key, mustJSON(st))
+			if queue.IsKeyExists(err) {
+				continue
+			}
+			return st, err
+		}
+		if err != nil {
+			return st, fmt.Errorf("get %s: %w", key, err)
+		}
+		_ = json.Unmarshal(e.Value(), &st)
+		st.TransientErrors++
+		st.LastError = callErr.Error()
+		_, err = w.retry.Update(ctx, key, mustJSON(st), e.Revision())
+		if queue.IsKeyExists(err) {
+			continue
+		}
+		return st, err
+	}
+	return retryState{}, fmt.Errorf("update %s: too much contention", key)
+}
+
+func mustJSON(v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(err)
+	}
+	return b
+}

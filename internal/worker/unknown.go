@@ -1,0 +1,133 @@
+package worker
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/multiquery/multiquery/internal/queue"
+	"github.com/multiquery/multiquery/internal/wire"
+)
+
+// rejectUnknown keeps the fleet registry of served aliases fresh and fails the jobs of
+// runs that name an alias no live worker serves: such a job is a permanent error
+// (unknown_deployment), never a job left waiting forever. Workers never send a key to
+// an endpoint a job names: jobs name aliases only.
+func (w *Worker) rejectUnknown(ctx, callCtx context.Context) {
+	fleet, err := w.js.KeyValue(ctx, wire.BucketFleet)
+	if err != nil {
+		w.log.Error().Err(err).Msg("open fleet registry")
+		return
+	}
+	register := func() {
+		for alias := range w.deps {
+			if _, err := fleet.Put(ctx, alias, []byte(w.cfg.Name)); err != nil && ctx.Err() == nil {
+				w.log.Warn().Err(err).Str("deployment", alias).Msg("fleet registry refresh")
+			}
+		}
+	}
+	register()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	rejecting := map[string]bool{}
+	var mu sync.Mutex
+
+	cons, err := w.js.OrderedConsumer(ctx, wire.StreamInput, jetstream.OrderedConsumerConfig{FilterSubjects: []string{"input.*.open"}})
+	if err != nil {
+		w.log.Error().Err(err).Msg("watch run records")
+		return
+	}
+	opens := make(chan []string, 16)
+	cc, err := cons.Consume(func(msg jetstream.Msg) {
+		var o wire.Open
+		if err := wire.Decode(msg.Data(), &o); err != nil {
+			return
+		}
+		select {
+		case opens <- o.Deployments:
+		case <-ctx.Done():
+		}
+	})
+	if err != nil {
+		w.log.Error().Err(err).Msg("watch run records")
+		return
+	}
+	defer cc.Stop()
+	tick := time.NewTicker(queue.FleetTTL / 3)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+			register()
+		case aliases := <-opens:
+			for _, alias := range aliases {
+				if _, ok := w.deps[alias]; ok || !wire.ValidToken(alias) {
+					continue
+				}
+				mu.Lock()
+				busy := rejecting[alias]
+				mu.Unlock()
+				if busy || served(ctx, fleet, alias) {
+					continue
+				}
+				mu.Lock()
+				rejecting[alias] = true
+				mu.Unlock()
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					w.rejectAlias(ctx, callCtx, fleet, alias)
+					mu.Lock()
+					delete(rejecting, alias)
+					mu.Unlock()
+				}()
+			}
+		}
+	}
+}
+
+func served(ctx context.Context, fleet jetstream.KeyValue, alias string) bool {
+	_, err := fleet.Get(ctx, alias)
+	return err == nil
+}
+
+// rejectAlias fails the jobs of one unserved alias until a worker serving it shows up
+// or its backlog stays empty for a while.
+func (w *Worker) rejectAlias(ctx, callCtx context.Context, fleet jetstream.KeyValue, alias string) {
+	log := w.log.With().Str("deployment", alias).Logger()
+	log.Error().Msg("a run names a deployment alias no worker serves: its jobs fail with unknown_deployment")
+	cons, err := queue.EnsureJobConsumer(ctx, w.js, w.cfg.Topology, alias)
+	if err != nil {
+		log.Error().Err(err).Msg("consumer for unknown alias")
+		return
+	}
+	idle := 0
+	for ctx.Err() == nil && idle < 30 && !served(ctx, fleet, alias) {
+		batch, err := cons.Fetch(64, jetstream.FetchMaxWait(time.Second))
+		if err != nil {
+			sleep(ctx, time.Second)
+			continue
+		}
+		n := 0
+		for msg := range batch.Messages() {
+			n++
+			_, addr, err := wire.ParseJobSubject(msg.Subject())
+			if err != nil {
+				w.poison(callCtx, alias, msg, addr, err, err, log)
+				continue
+			}
+			job := wire.Job{Run: addr.Run, Row: addr.Row, Query: addr.Query, Deployment: alias}
+			w.final(callCtx, msg, &job, nil, &wire.Error{Reason: wire.ReasonUnknownDeployment,
+				Message: "no worker serves deployment alias " + alias, Details: map[string]any{"deployment": alias}}, 1, 0, log)
+		}
+		if n == 0 {
+			idle++
+		} else {
+			idle = 0
+		}
+	}
+}

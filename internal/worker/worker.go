@@ -1,0 +1,301 @@
+// Package worker owns the job lifecycle on the worker side: pull only as many jobs as
+// there are free slots and pacing permits, call the model, classify the outcome, and map
+// it to exactly one queue action (publish the final result then ack, NAK with delay, or
+// terminate a poison message). Retry state that must survive redelivery lives in KV.
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/multiquery/multiquery/internal/llm"
+	"github.com/multiquery/multiquery/internal/queue"
+	"github.com/multiquery/multiquery/internal/throttle"
+	"github.com/multiquery/multiquery/internal/wire"
+)
+
+// Deployment is one alias this worker serves.
+type Deployment struct {
+	LLM            llm.Options
+	Throttle       throttle.Params
+	MaxConcurrency int // 0 = the worker's Concurrency
+}
+
+// Config configures a worker process.
+type Config struct {
+	Name         string // worker id in results and logs; default hostname-pid
+	Concurrency  int    // slots per deployment
+	Deployments  []Deployment
+	Topology     queue.Topology
+	DrainTimeout time.Duration // SIGTERM: how long in-flight calls may finish
+	MaxNakDelay  time.Duration // cap on one NAK delay
+	// HardDeliverCap fails a job that was delivered this many times (crash-loop backstop
+	// below the consumer's MaxDeliver).
+	HardDeliverCap uint64
+	// TransientBackoff is the first transient retry delay (doubles per attempt, cap 30 s).
+	TransientBackoff time.Duration
+	// DeploymentPause is how long jobs wait after a deployment-wide error (401/403/404,
+	// insufficient_quota) before being retried.
+	DeploymentPause time.Duration
+}
+
+func (c *Config) defaults() {
+	if c.Name == "" {
+		h, _ := os.Hostname()
+		c.Name = fmt.Sprintf("%s-%d", h, os.Getpid())
+	}
+	if c.Concurrency <= 0 {
+		c.Concurrency = 16
+	}
+	if c.DrainTimeout <= 0 {
+		c.DrainTimeout = 30 * time.Second
+	}
+	if c.MaxNakDelay <= 0 {
+		c.MaxNakDelay = 60 * time.Second
+	}
+	if c.HardDeliverCap == 0 {
+		c.HardDeliverCap = 900
+	}
+	if c.TransientBackoff <= 0 {
+		c.TransientBackoff = time.Second
+	}
+	if c.DeploymentPause <= 0 {
+		c.DeploymentPause = 15 * time.Second
+	}
+	c.Topology = c.Topology.Defaults()
+}
+
+// Validate checks the configuration; errors name the field.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.Concurrency < 0 {
+		errs = append(errs, fmt.Errorf("concurrency: must be >= 1, got %d", c.Concurrency))
+	}
+	if len(c.Deployments) == 0 {
+		errs = append(errs, errors.New("deployments: at least one is required"))
+	}
+	seen := map[string]bool{}
+	for _, d := range c.Deployments {
+		if !wire.ValidToken(d.LLM.Alias) {
+			errs = append(errs, fmt.Errorf("deployments.%s: alias must match [A-Za-z0-9_-]+", d.LLM.Alias))
+		}
+		if seen[d.LLM.Alias] {
+			errs = append(errs, fmt.Errorf("deployments.%s: duplicate alias", d.LLM.Alias))
+		}
+		seen[d.LLM.Alias] = true
+		tp := d.Throttle
+		tp.Burst = max(tp.Burst, 1) // defaulted to the slot count in New
+		if err := tp.Validate(); err != nil {
+			errs = append(errs, fmt.Errorf("deployments.%s.throttle: %w", d.LLM.Alias, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Worker serves the configured deployments.
+type Worker struct {
+	cfg   Config
+	js    jetstream.JetStream
+	log   zerolog.Logger
+	retry jetstream.KeyValue
+	deps  map[string]*deployment
+	m     *metrics
+}
+
+type deployment struct {
+	alias  string
+	client *llm.Client
+	ctrl   *throttle.Controller
+	slots  int
+	cons   jetstream.Consumer
+	paused chan struct{}
+	mu     sync.Mutex
+	// pausedUntil is set by deployment-wide errors (bad key, quota): no fetching.
+	pausedUntil time.Time
+}
+
+// New builds a worker: one client and one throttle per deployment.
+func New(js jetstream.JetStream, cfg Config, log zerolog.Logger) (*Worker, error) {
+	cfg.defaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	w := &Worker{cfg: cfg, js: js, log: log.With().Str("component", "worker").Str("worker", cfg.Name).Logger(), deps: map[string]*deployment{}, m: newMetrics()}
+	for _, d := range cfg.Deployments {
+		slots := cfg.Concurrency
+		if d.MaxConcurrency > 0 && d.MaxConcurrency < slots {
+			slots = d.MaxConcurrency
+		}
+		o := d.LLM
+		o.Concurrency = slots
+		client, err := llm.New(o)
+		if err != nil {
+			return nil, err
+		}
+		p := d.Throttle
+		if p.Burst <= 0 {
+			p.Burst = slots
+		}
+		ctrl, err := throttle.New(p)
+		if err != nil {
+			return nil, fmt.Errorf("deployments.%s.throttle: %w", o.Alias, err)
+		}
+		w.deps[o.Alias] = &deployment{alias: o.Alias, client: client, ctrl: ctrl, slots: slots}
+	}
+	return w, nil
+}
+
+// Run serves until ctx ends, then drains: stops fetching, lets in-flight calls finish
+// up to DrainTimeout, NAKs what is left, and returns after every goroutine exited.
+func (w *Worker) Run(ctx context.Context) error {
+	if err := queue.Ensure(ctx, w.js, w.cfg.Topology); err != nil {
+		return err
+	}
+	kv, err := w.js.KeyValue(ctx, wire.BucketRetry)
+	if err != nil {
+		return fmt.Errorf("open kv %s: %w", wire.BucketRetry, err)
+	}
+	w.retry = kv
+	for _, d := range w.deps {
+		c, err := queue.EnsureJobConsumer(ctx, w.js, w.cfg.Topology, d.alias)
+		if err != nil {
+			return err
+		}
+		d.cons = c
+	}
+	// Calls outlive ctx during the drain; they get their own context.
+	callCtx, cancelCalls := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelCalls()
+
+	var wg sync.WaitGroup
+	var inflight sync.WaitGroup
+	for _, d := range w.deps {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			w.fetchLoop(ctx, callCtx, d, &inflight)
+		}()
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		w.rejectUnknown(ctx, callCtx)
+	}()
+	<-ctx.Done()
+	wg.Wait() // fetching stopped
+	done := make(chan struct{})
+	go func() { inflight.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(w.cfg.DrainTimeout):
+		w.log.Warn().Dur("drain_timeout", w.cfg.DrainTimeout).Msg("drain timeout: cancelling in-flight calls, their jobs are NAKed")
+		cancelCalls()
+		<-done
+	}
+	w.log.Info().Msg("drained")
+	return nil
+}
+
+// fetchLoop pulls jobs for one deployment: a slot and a pacing permit first, then a
+// fetch of at most that many messages, so no message waits in the worker.
+func (w *Worker) fetchLoop(ctx, callCtx context.Context, d *deployment, inflight *sync.WaitGroup) {
+	slots := make(chan struct{}, d.slots)
+	release := func() { <-slots }
+	for ctx.Err() == nil {
+		// Deployment-wide pause (bad key, quota): fetch nothing.
+		if p := d.pausedFor(); p > 0 {
+			sleep(ctx, p)
+			continue
+		}
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+			return
+		}
+		if err := d.ctrl.Wait(ctx); err != nil {
+			release()
+			return
+		}
+		n := 1
+		for n < 64 && d.ctrl.TryReserve() {
+			select {
+			case slots <- struct{}{}:
+				n++
+				continue
+			default:
+			}
+			break
+		}
+		got := w.fetch(ctx, d, n, func(msg jetstream.Msg) {
+			inflight.Add(1)
+			go func() {
+				defer inflight.Done()
+				defer release()
+				w.handle(callCtx, d, msg)
+			}()
+		})
+		for i := got; i < n; i++ {
+			release()
+		}
+	}
+}
+
+// fetch gets up to n messages without waiting; when none is there it waits up to a
+// second for one, so an idle worker does not spin.
+func (w *Worker) fetch(ctx context.Context, d *deployment, n int, start func(jetstream.Msg)) int {
+	batch, err := d.cons.FetchNoWait(n)
+	got := 0
+	if err == nil {
+		for msg := range batch.Messages() {
+			start(msg)
+			got++
+		}
+	}
+	if got > 0 || ctx.Err() != nil {
+		return got
+	}
+	batch, err = d.cons.Fetch(1, jetstream.FetchMaxWait(time.Second))
+	if err != nil {
+		w.log.Warn().Err(err).Str("deployment", d.alias).Msg("fetch")
+		sleep(ctx, 250*time.Millisecond)
+		return 0
+	}
+	for msg := range batch.Messages() {
+		start(msg)
+		got++
+	}
+	if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && ctx.Err() == nil && !errors.Is(err, context.DeadlineExceeded) {
+		w.log.Debug().Err(err).Str("deployment", d.alias).Msg("fetch batch")
+	}
+	return got
+}
+
+func (d *deployment) pausedFor() time.Duration {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return time.Until(d.pausedUntil)
+}
+
+func (d *deployment) pause(dur time.Duration) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if u := time.Now().Add(dur); u.After(d.pausedUntil) {
+		d.pausedUntil = u
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
