@@ -31,12 +31,16 @@
 // second with capacity Burst, default RPM/6) and a token bucket (TPM/60 per
 // second, capacity TPM/6) charged prompt chars/4 plus max_completion_tokens
 // (or max_tokens, or 16). A request is charged to both buckets or neither.
-// MaxConcurrency caps admitted requests in flight. A rejection is a 429 with
+// MaxConcurrency caps admitted requests in flight (a request it refuses has
+// already been charged to the buckets). A rejection is a 429 with
 // an Azure-style body ("... have exceeded call rate limit ... Please retry
 // after N seconds."), retry-after (whole seconds, rounded up, at least 1) and
 // retry-after-ms (time until a token is available). Admitted answers and
 // rejections carry x-ratelimit-remaining-requests and
 // x-ratelimit-remaining-tokens for the limits in force.
+//
+// Stats and the request log count a request before its response is
+// written: once a client has a response, Stats and Requests include it.
 //
 // # Faults
 //

@@ -8,7 +8,9 @@ import (
 )
 
 // Stats counts the chat completion requests a [Server] has answered since it
-// started or since the last [Server.ResetStats].
+// started or since the last [Server.ResetStats]. A request is counted, logged
+// and leaves InFlight just before its response is written, so a client that
+// holds a response always finds it in Stats and the request log.
 type Stats struct {
 	// Requests counts answered chat requests of every outcome.
 	Requests int64 `json:"requests"`

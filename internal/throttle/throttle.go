@@ -102,7 +102,8 @@ func New(p Params, opts ...Option) (*Controller, error) {
 	t := c.now()
 	c.lastGrow = t
 	c.lastDecrease = t.Add(-p.Window)
-	c.next = t
+	// Start with a full bucket: Burst permits at once (a worker's slots), then the rate.
+	c.next = t.Add(-time.Duration(float64(p.Burst) / c.rate * float64(time.Second)))
 	return c, nil
 }
 

@@ -224,7 +224,7 @@ func (w *Worker) fetchLoop(ctx, callCtx context.Context, d *deployment, inflight
 			return
 		}
 		n := 1
-		for n < 64 && d.ctrl.TryReserve() {
+		for n < d.slots && d.ctrl.TryReserve() {
 			select {
 			case slots <- struct{}{}:
 				n++
