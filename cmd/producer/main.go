@@ -138,4 +138,3 @@ func run() int {
 	}
 	return 0
 }
-

@@ -103,7 +103,7 @@ func New(p Params, opts ...Option) (*Controller, error) {
 	c.lastGrow = t
 	c.lastDecrease = t.Add(-p.Window)
 	// Start with a full bucket: Burst permits at once (a worker's slots), then the rate.
-	c.next = t.Add(-time.Duration(float64(p.Burst) / c.rate * float64(time.Second)))
+	c.next = t.Add(-time.Duration(float64(p.Burst-1) / c.rate * float64(time.Second)))
 	return c, nil
 }
 
@@ -151,7 +151,7 @@ func (c *Controller) Reserve() time.Duration {
 	t := c.now()
 	c.grow(t)
 	// Idle time banks at most Burst permits.
-	if floor := t.Add(-time.Duration(float64(c.p.Burst) / c.rate * float64(time.Second))); c.next.Before(floor) {
+	if floor := t.Add(-time.Duration(float64(c.p.Burst-1) / c.rate * float64(time.Second))); c.next.Before(floor) {
 		c.next = floor
 	}
 	at := c.next
@@ -237,7 +237,7 @@ func (c *Controller) TryReserve() bool {
 	defer c.mu.Unlock()
 	t := c.now()
 	c.grow(t)
-	if floor := t.Add(-time.Duration(float64(c.p.Burst) / c.rate * float64(time.Second))); c.next.Before(floor) {
+	if floor := t.Add(-time.Duration(float64(c.p.Burst-1) / c.rate * float64(time.Second))); c.next.Before(floor) {
 		c.next = floor
 	}
 	if c.next.After(t) || c.pausedUntil.After(t) {

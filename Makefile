@@ -1,0 +1,57 @@
+# multiquery — the single entry point. `make help` lists the targets.
+GO        ?= go
+BIN       ?= bin
+PKGS      := ./...
+FUZZTIME  ?= 10s
+GOLANGCI_VERSION ?= v2.6.2
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*##"} /^[a-zA-Z_-]+:.*##/ {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: build
+build: ## build producer, worker, collector, llmsim and nats-server into bin/
+	@mkdir -p $(BIN)
+	$(GO) build -o $(BIN)/ ./cmd/...
+	$(GO) build -o $(BIN)/nats-server github.com/nats-io/nats-server/v2
+
+.PHONY: demo
+demo: build ## run the whole system on examples/assessment (no Docker, no account)
+	./scripts/demo.sh
+
+.PHONY: test
+test: ## vet, then every test with -race, then short fuzz runs of the decoders and readers
+	$(GO) vet $(PKGS)
+	$(GO) test -race -count=1 -timeout 12m $(PKGS)
+	$(MAKE) fuzz FUZZTIME=5s
+
+.PHONY: fuzz
+fuzz: ## fuzz the CSV/JSONL readers and the answer parser for FUZZTIME each
+	$(GO) test -run '^$$' -fuzz '^FuzzCSV$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 3s ./internal/input/
+	$(GO) test -run '^$$' -fuzz '^FuzzJSONL$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 3s ./internal/input/
+	$(GO) test -run '^$$' -fuzz '^FuzzParseAnswer$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 3s ./internal/llm/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeJob$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 3s ./internal/wire/
+
+.PHONY: bench
+bench: ## benchmarks (see docs/BENCHMARKS.md)
+	$(GO) test -run '^$$' -bench . -benchmem $(PKGS)
+
+.PHONY: fmt
+fmt: ## gofmt the tree
+	gofmt -w $$(git ls-files '*.go')
+
+.PHONY: lint
+lint: ## gofmt check, go vet, golangci-lint (pinned) when installed
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || (gofmt -l $$(git ls-files '*.go'); exit 1)
+	$(GO) vet $(PKGS)
+	@if command -v golangci-lint >/dev/null; then golangci-lint run; else echo "golangci-lint $(GOLANGCI_VERSION) not installed: skipped"; fi
+
+.PHONY: tidy-check
+tidy-check: ## fail if go.mod/go.sum are not tidy
+	$(GO) mod tidy -diff
+
+.PHONY: clean
+clean: ## remove build and demo outputs
+	rm -rf $(BIN) .demo out
