@@ -11,9 +11,6 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/nats-io/nats.go/jetstream"
-	"golang.org/x/sync/errgroup"
-
 	"github.com/multiquery/multiquery/internal/collector"
 	"github.com/multiquery/multiquery/internal/ops"
 	"github.com/multiquery/multiquery/internal/queue"
@@ -34,15 +31,11 @@ func main() {
 	log := ops.Logger("collector", *level)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	nc, err := queue.Connect(*natsURL, "multiquery-collector", log)
+	nc, js, err := queue.ConnectJetStream(*natsURL, "multiquery-collector", log)
 	if err != nil {
 		log.Fatal().Err(err).Msg("connect")
 	}
 	defer nc.Drain()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		log.Fatal().Err(err).Msg("jetstream")
-	}
 	c, err := collector.New(js, collector.Config{OutDir: *out, CSV: *withCSV, Order: *order, MemoryLimit: *memory,
 		Topology: queue.Topology{Replicas: *replicas}}, log)
 	if err != nil {
@@ -50,13 +43,7 @@ func main() {
 		os.Exit(2)
 	}
 	srv := ops.NewServer(*opsAddr, log, c.Collectors()...)
-	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return srv.Run(gctx) })
-	g.Go(func() error {
-		srv.SetReady(true)
-		return c.Run(gctx)
-	})
-	if err := g.Wait(); err != nil {
+	if err := srv.Serve(ctx, c.Run); err != nil {
 		log.Error().Err(err).Msg("collector stopped")
 		os.Exit(1)
 	}

@@ -18,7 +18,6 @@ import (
 	"syscall"
 
 	"github.com/mattn/go-isatty"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/vbauerster/mpb/v8"
 	"github.com/vbauerster/mpb/v8/decor"
 
@@ -82,17 +81,12 @@ func run() int {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	nc, err := queue.Connect(*natsURL, "multiquery-producer", log)
+	nc, js, err := queue.ConnectJetStream(*natsURL, "multiquery-producer", log)
 	if err != nil {
 		log.Error().Err(err).Msg("connect")
 		return 1
 	}
 	defer nc.Drain()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		log.Error().Err(err).Msg("jetstream")
-		return 1
-	}
 	cfg := producer.Config{Pipeline: p, Input: in, Format: f, Run: *runID, Topology: queue.Topology{Replicas: *replicas}}
 	var bar *mpb.Bar
 	var progress *mpb.Progress

@@ -12,9 +12,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-	"golang.org/x/sync/errgroup"
-
 	"github.com/multiquery/multiquery/internal/config"
 	"github.com/multiquery/multiquery/internal/ops"
 	"github.com/multiquery/multiquery/internal/queue"
@@ -51,15 +48,11 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	nc, err := queue.Connect(*natsURL, "multiquery-worker", log)
+	nc, js, err := queue.ConnectJetStream(*natsURL, "multiquery-worker", log)
 	if err != nil {
 		log.Fatal().Err(err).Msg("connect")
 	}
 	defer nc.Drain()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		log.Fatal().Err(err).Msg("jetstream")
-	}
 	w, err := worker.New(js, worker.Config{Name: *name, Concurrency: *concurrency, Deployments: deps, DrainTimeout: *drain,
 		Topology: queue.Topology{AckWait: *ackWait, Replicas: *replicas}}, log)
 	if err != nil {
@@ -67,13 +60,7 @@ func main() {
 		os.Exit(2)
 	}
 	srv := ops.NewServer(*opsAddr, log, w.Collectors()...)
-	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return srv.Run(gctx) })
-	g.Go(func() error {
-		srv.SetReady(true)
-		return w.Run(gctx)
-	})
-	if err := g.Wait(); err != nil {
+	if err := srv.Serve(ctx, w.Run); err != nil {
 		log.Error().Err(err).Msg("worker stopped")
 		os.Exit(1)
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/rs/zerolog"
+	"golang.org/x/sync/errgroup"
 )
 
 // Logger builds the process logger: console output on a terminal, JSON otherwise.
@@ -93,4 +94,16 @@ func (s *Server) Run(ctx context.Context) error {
 		return err
 	}
 	return nil
+}
+
+// Serve runs a component next to its ops endpoints and returns when either ends: the
+// endpoints report ready once the component is started.
+func (s *Server) Serve(ctx context.Context, run func(context.Context) error) error {
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return s.Run(gctx) })
+	g.Go(func() error {
+		s.SetReady(true)
+		return run(gctx)
+	})
+	return g.Wait()
 }

@@ -287,3 +287,18 @@ func Connect(url, name string, log zerolog.Logger) (*nats.Conn, error) {
 	}
 	return nc, nil
 }
+
+// ConnectJetStream dials NATS (see Connect) and returns the connection and its
+// JetStream context.
+func ConnectJetStream(url, name string, log zerolog.Logger) (*nats.Conn, jetstream.JetStream, error) {
+	nc, err := Connect(url, name, log)
+	if err != nil {
+		return nil, nil, err
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, nil, fmt.Errorf("jetstream: %w", err)
+	}
+	return nc, js, nil
+}
