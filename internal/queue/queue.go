@@ -45,7 +45,9 @@ func (t Topology) Defaults() Topology {
 		t.AckWait = 10 * time.Second
 	}
 	if t.MaxDeliver <= 0 {
-		t.MaxDeliver = 1000
+		// Large but finite: capacity NAKs count as deliveries, and a job may wait out
+		// an hour of 429s with Retry-After of a second or less.
+		t.MaxDeliver = 100000
 	}
 	if t.MaxAckPending <= 0 {
 		t.MaxAckPending = 10000

@@ -63,7 +63,8 @@ func (w *Worker) handle(ctx context.Context, d *deployment, msg jetstream.Msg) {
 		return
 	}
 	attempt := int(meta.NumDelivered)
-	if meta.NumDelivered > w.cfg.HardDeliverCap {
+	// Capacity NAKs are deliveries too: only the others count toward the crash-loop cap.
+	if meta.NumDelivered > w.cfg.HardDeliverCap && meta.NumDelivered-uint64(w.loadState(ctx, &job).CapacityErrors) > w.cfg.HardDeliverCap {
 		w.final(ctx, msg, &job, nil, &wire.Error{Reason: wire.ReasonMaxDeliveries, Message: fmt.Sprintf("delivered %d times", meta.NumDelivered), Details: map[string]any{"deliveries": meta.NumDelivered}}, attempt, 0, log)
 		return
 	}
@@ -119,8 +120,9 @@ func (w *Worker) onError(ctx context.Context, d *deployment, msg jetstream.Msg, 
 			}}, attempt, st.CapacityErrors+st.TransientErrors, log)
 			return
 		}
+		// Never before Retry-After: jitter only lengthens the delay.
 		delay := max(capErr.RetryAfter, 100*time.Millisecond)
-		delay = jitter(delay)
+		delay = time.Duration(float64(delay) * (1 + 0.2*rand.Float64()))
 		delay = min(delay, w.cfg.MaxNakDelay, budget-elapsed+50*time.Millisecond)
 		w.nak(msg, delay, d.alias)
 	case errors.As(callErr, &tranErr):
@@ -192,7 +194,7 @@ func (w *Worker) final(ctx context.Context, msg jetstream.Msg, job *wire.Job, re
 	outcome := "ok"
 	if !res.OK {
 		outcome = res.Error.Reason
-		log.Info().Str("reason", res.Error.Reason).Str("message", res.Error.Message).Msg("query failed")
+		log.Info().Str("reason", res.Error.Reason).Str("detail", res.Error.Message).Msg("query failed")
 	}
 	w.m.results.WithLabelValues(job.Deployment, outcome).Inc()
 	if err := w.retry.Delete(ctx, wire.JobKey(job.Run, job.Row, job.Query)); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {

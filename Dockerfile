@@ -1,0 +1,23 @@
+# syntax=docker/dockerfile:1
+# One image with the four binaries: producer, worker, collector, llmsim.
+# Pick the process with the command, e.g. `docker run IMAGE /usr/local/bin/worker --config ...`.
+
+FROM golang:1.26 AS build
+WORKDIR /src
+COPY go.mod go.sum ./
+RUN go mod download
+COPY cmd ./cmd
+COPY internal ./internal
+ARG TARGETOS
+ARG TARGETARCH
+RUN CGO_ENABLED=0 GOOS=${TARGETOS:-linux} GOARCH=${TARGETARCH} \
+    go build -trimpath -ldflags="-s -w" -o /out/ \
+      ./cmd/producer ./cmd/worker ./cmd/collector ./cmd/llmsim
+
+FROM gcr.io/distroless/static-debian12:nonroot
+COPY --from=build /out/ /usr/local/bin/
+# uid/gid 65532 (distroless "nonroot")
+USER nonroot:nonroot
+# worker ops, collector ops, llmsim
+EXPOSE 9090 9091 8081
+CMD ["/usr/local/bin/worker", "-h"]
