@@ -43,6 +43,7 @@ func main() {
 		os.Exit(2)
 	}
 	srv := ops.NewServer(*opsAddr, log, c.Collectors()...)
+	srv.ReadyWhen(nc.IsConnected)
 	if err := srv.Serve(ctx, c.Run); err != nil {
 		log.Error().Err(err).Msg("collector stopped")
 		os.Exit(1)

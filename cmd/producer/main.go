@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/mattn/go-isatty"
 	"github.com/vbauerster/mpb/v8"
@@ -87,6 +88,10 @@ func run() int {
 		return 1
 	}
 	defer nc.Drain()
+	if err := queue.WaitConnected(ctx, nc, 30*time.Second); err != nil {
+		log.Error().Err(err).Msg("connect")
+		return 1
+	}
 	cfg := producer.Config{Pipeline: p, Input: in, Format: f, Run: *runID, Topology: queue.Topology{Replicas: *replicas}}
 	var bar *mpb.Bar
 	var progress *mpb.Progress

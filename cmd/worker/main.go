@@ -60,6 +60,7 @@ func main() {
 		os.Exit(2)
 	}
 	srv := ops.NewServer(*opsAddr, log, w.Collectors()...)
+	srv.ReadyWhen(nc.IsConnected)
 	if err := srv.Serve(ctx, w.Run); err != nil {
 		log.Error().Err(err).Msg("worker stopped")
 		os.Exit(1)

@@ -80,6 +80,9 @@ type Collector struct {
 	m       *metrics
 }
 
+// maxOrphans bounds the events kept per run whose open record is missing.
+const maxOrphans = 100000
+
 type eventKind int
 
 const (
@@ -248,8 +251,26 @@ func (c *Collector) apply(ctx context.Context, ev event) error {
 		return c.advance(ctx, r, -1)
 	}
 	if r == nil {
-		if len(c.orphans[ev.run]) < 100000 {
+		// The two streams are read independently: a result may come before its run's
+		// open record. Read the open record by subject rather than buffering.
+		data, err := c.getLast(ctx, c.input, wire.InputOpenSubject(ev.run))
+		if err == nil {
+			if err := c.apply(ctx, event{kind: evOpen, run: ev.run, data: data}); err != nil {
+				return err
+			}
+			if r = c.runs[ev.run]; r != nil {
+				return c.apply(ctx, ev)
+			}
+		} else if !errors.Is(err, jetstream.ErrMsgNotFound) {
+			return err
+		}
+		// No open record (yet): a late duplicate of a finished, purged run, or a publisher
+		// that broke the open-first rule. Keep it, bounded, until an open record shows up.
+		if n := len(c.orphans[ev.run]); n < maxOrphans {
 			c.orphans[ev.run] = append(c.orphans[ev.run], ev)
+			if n+1 == maxOrphans {
+				c.log.Error().Str("run", ev.run).Int("kept", maxOrphans).Msg("events of a run without an open record: later ones are ignored")
+			}
 		}
 		return nil
 	}

@@ -48,8 +48,12 @@ type Server struct {
 	addr  string
 	reg   *prometheus.Registry
 	ready atomic.Bool
+	check func() bool
 	log   zerolog.Logger
 }
+
+// ReadyWhen adds a readiness condition (e.g. the NATS connection is up).
+func (s *Server) ReadyWhen(f func() bool) { s.check = f }
 
 // NewServer builds the ops server; addr "" disables it.
 func NewServer(addr string, log zerolog.Logger, cs ...prometheus.Collector) *Server {
@@ -72,7 +76,7 @@ func (s *Server) Run(ctx context.Context) error {
 	mux.Handle("/metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusOK) })
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if s.ready.Load() {
+		if s.ready.Load() && (s.check == nil || s.check()) {
 			w.WriteHeader(http.StatusOK)
 			return
 		}
@@ -104,6 +108,11 @@ func (s *Server) Serve(ctx context.Context, run func(context.Context) error) err
 	g.Go(func() error {
 		s.SetReady(true)
 		return run(gctx)
+	})
+	g.Go(func() error {
+		<-gctx.Done() // draining: not ready for new work
+		s.SetReady(false)
+		return nil
 	})
 	return g.Wait()
 }

@@ -71,16 +71,20 @@ func Run(ctx context.Context, js jetstream.JetStream, cfg Config, log zerolog.Lo
 	queries := p.Queries()
 	// Whole-run checks before anything is published.
 	header := rd.Header()
-	var first *input.Row
-	if header == nil { // JSONL: check the first well-formed row's keys
-		row, err := rd.Next()
-		if err != nil && !errors.Is(err, io.EOF) {
-			return Report{}, fmt.Errorf("read input: %w", err)
-		}
-		if err == nil {
-			first = &row
+	var pre []input.Row // records read ahead to find a JSONL header
+	if header == nil {  // JSONL: the first well-formed row's keys are the columns
+		for {
+			row, err := rd.Next()
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				return Report{}, fmt.Errorf("read input: %w", err)
+			}
+			pre = append(pre, row)
 			if row.Err == nil {
 				header = row.Columns
+				break
 			}
 		}
 	}
@@ -107,9 +111,7 @@ func Run(ctx context.Context, js jetstream.JetStream, cfg Config, log zerolog.Lo
 
 	open := wire.Open{V: wire.Version, Run: cfg.Run, Order: p.Order, ConfigHash: p.Hash(), Created: time.Now().UTC(),
 		PromptPer1K: p.Cost.PromptPer1K, CompletionPer1K: p.Cost.CompletionPer1K}
-	if rd.Header() != nil {
-		open.InputColumns = rd.Header()
-	}
+	open.InputColumns = header
 	for d := range deps {
 		open.Deployments = append(open.Deployments, d)
 	}
@@ -129,9 +131,9 @@ func Run(ctx context.Context, js jetstream.JetStream, cfg Config, log zerolog.Lo
 
 	rep := Report{Run: cfg.Run}
 	next := func() (input.Row, error) {
-		if first != nil {
-			r := *first
-			first = nil
+		if len(pre) > 0 {
+			r := pre[0]
+			pre = pre[1:]
 			return r, nil
 		}
 		return rd.Next()

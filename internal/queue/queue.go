@@ -147,7 +147,7 @@ func Ensure(ctx context.Context, js jetstream.JetStream, t Topology) error {
 	}
 	kvs := []jetstream.KeyValueConfig{
 		{Bucket: wire.BucketRetry, Description: "per-job retry state <run>.<row>.<query>", TTL: 7 * 24 * time.Hour, Storage: jetstream.FileStorage, Replicas: t.Replicas},
-		{Bucket: wire.BucketFleet, Description: "deployment aliases served by live workers", TTL: FleetTTL, Storage: jetstream.FileStorage, Replicas: t.Replicas, History: 1},
+		{Bucket: wire.BucketFleet, Description: "deployment aliases ever served by a worker, with the last time seen", Storage: jetstream.FileStorage, Replicas: t.Replicas, History: 1},
 		{Bucket: wire.BucketRuns, Description: "run status, watermark and checkpoints", Storage: jetstream.FileStorage, Replicas: t.Replicas, History: 1},
 	}
 	for _, cfg := range kvs {
@@ -162,8 +162,8 @@ func Ensure(ctx context.Context, js jetstream.JetStream, t Topology) error {
 	return nil
 }
 
-// FleetTTL is how long a served alias stays registered without a refresh.
-const FleetTTL = 30 * time.Second
+// FleetRefresh is how often a worker refreshes its aliases in the fleet registry.
+const FleetRefresh = 10 * time.Second
 
 // JobConsumerName is the durable consumer serving one deployment.
 func JobConsumerName(deployment string) string { return "worker-" + deployment }
@@ -303,4 +303,21 @@ func ConnectJetStream(url, name string, log zerolog.Logger) (*nats.Conn, jetstre
 		return nil, nil, fmt.Errorf("jetstream: %w", err)
 	}
 	return nc, js, nil
+}
+
+// WaitConnected waits until the connection is up (Connect retries in the background),
+// or fails after timeout naming the URL.
+func WaitConnected(ctx context.Context, nc *nats.Conn, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for !nc.IsConnected() {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("connect %s: not connected after %s", nc.Opts.Url, timeout)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return nil
 }

@@ -287,51 +287,40 @@ func (w *Worker) loadState(ctx context.Context, job *wire.Job) retryState {
 }
 
 // recordCapacity counts a capacity error and returns the time elapsed since the job's
-// first one. Both ends are KV server timestamps, so workers' clocks do not matter.
+// first one. Both ends are KV server timestamps (the revision written for each capacity
+// error), so workers' clocks do not matter and a transient error never starts the budget.
 func (w *Worker) recordCapacity(ctx context.Context, job *wire.Job, capErr *llm.CapacityError) (retryState, time.Duration, error) {
 	key := wire.JobKey(job.Run, job.Row, job.Query)
 	for range 5 {
 		var st retryState
+		var rev uint64
 		e, err := w.retry.Get(ctx, key)
 		switch {
 		case errors.Is(err, jetstream.ErrKeyNotFound):
-			st.CapacityErrors = 1
-			st.LastError = capErr.Error()
-			rev, err := w.retry.Create(ctx, key, mustJSON(st))
-			if queue.IsKeyExists(err) {
-				continue
-			}
-			if err != nil {
-				return st, 0, fmt.Errorf("create %s: %w", key, err)
-			}
-			e, err := w.retry.Get(ctx, key)
-			if err != nil {
-				return st, 0, fmt.Errorf("get %s: %w", key, err)
-			}
-			st.FirstCapacity = e.Created()
-			if _, err := w.retry.Update(ctx, key, mustJSON(st), rev); err != nil && !queue.IsKeyExists(err) {
-				return st, 0, fmt.Errorf("update %s: %w", key, err)
-			}
-			return st, 0, nil
+			st.CapacityErrors, st.LastError = 1, capErr.Error()
+			rev, err = w.retry.Create(ctx, key, mustJSON(st))
 		case err != nil:
 			return st, 0, fmt.Errorf("get %s: %w", key, err)
+		default:
+			_ = json.Unmarshal(e.Value(), &st)
+			st.CapacityErrors++
+			st.LastError = capErr.Error()
+			rev, err = w.retry.Update(ctx, key, mustJSON(st), e.Revision())
 		}
-		_ = json.Unmarshal(e.Value(), &st)
-		if st.FirstCapacity.IsZero() {
-			st.FirstCapacity = e.Created()
-		}
-		st.CapacityErrors++
-		st.LastError = capErr.Error()
-		rev, err := w.retry.Update(ctx, key, mustJSON(st), e.Revision())
 		if queue.IsKeyExists(err) {
 			continue // a concurrent delivery wrote first: read again
 		}
 		if err != nil {
-			return st, 0, fmt.Errorf("update %s: %w", key, err)
+			return st, 0, fmt.Errorf("write %s: %w", key, err)
 		}
 		now, err := w.retry.GetRevision(ctx, key, rev)
 		if err != nil {
 			return st, 0, fmt.Errorf("get %s: %w", key, err)
+		}
+		if st.FirstCapacity.IsZero() {
+			st.FirstCapacity = now.Created()
+			// Best effort: a concurrent writer that lost this race anchors on its own read.
+			_, _ = w.retry.Update(ctx, key, mustJSON(st), rev)
 		}
 		return st, now.Created().Sub(st.FirstCapacity), nil
 	}

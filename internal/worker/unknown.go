@@ -12,9 +12,10 @@ import (
 )
 
 // rejectUnknown keeps the fleet registry of served aliases fresh and fails the jobs of
-// runs that name an alias no live worker serves: such a job is a permanent error
-// (unknown_deployment), never a job left waiting forever. Workers never send a key to
-// an endpoint a job names: jobs name aliases only.
+// runs that name an alias no worker has ever served: such a job is a permanent error
+// (unknown_deployment), never a job left waiting forever. An alias that was served once
+// and whose workers are down is an outage, not an unknown alias: its jobs wait. Workers
+// never send a key to an endpoint a job names: jobs name aliases only.
 func (w *Worker) rejectUnknown(ctx, callCtx context.Context) {
 	fleet, err := w.js.KeyValue(ctx, wire.BucketFleet)
 	if err != nil {
@@ -23,7 +24,8 @@ func (w *Worker) rejectUnknown(ctx, callCtx context.Context) {
 	}
 	register := func() {
 		for alias := range w.deps {
-			if _, err := fleet.Put(ctx, alias, []byte(w.cfg.Name)); err != nil && ctx.Err() == nil {
+			v := mustJSON(map[string]any{"worker": w.cfg.Name, "seen": time.Now().UTC()})
+			if _, err := fleet.Put(ctx, alias, v); err != nil && ctx.Err() == nil {
 				w.log.Warn().Err(err).Str("deployment", alias).Msg("fleet registry refresh")
 			}
 		}
@@ -39,14 +41,14 @@ func (w *Worker) rejectUnknown(ctx, callCtx context.Context) {
 		w.log.Error().Err(err).Msg("watch run records")
 		return
 	}
-	opens := make(chan []string, 16)
+	opens := make(chan wire.Open, 16)
 	cc, err := cons.Consume(func(msg jetstream.Msg) {
 		var o wire.Open
 		if err := wire.Decode(msg.Data(), &o); err != nil {
 			return
 		}
 		select {
-		case opens <- o.Deployments:
+		case opens <- o:
 		case <-ctx.Done():
 		}
 	})
@@ -55,7 +57,7 @@ func (w *Worker) rejectUnknown(ctx, callCtx context.Context) {
 		return
 	}
 	defer cc.Stop()
-	tick := time.NewTicker(queue.FleetTTL / 3)
+	tick := time.NewTicker(queue.FleetRefresh)
 	defer tick.Stop()
 	for {
 		select {
@@ -63,8 +65,8 @@ func (w *Worker) rejectUnknown(ctx, callCtx context.Context) {
 			return
 		case <-tick.C:
 			register()
-		case aliases := <-opens:
-			for _, alias := range aliases {
+		case o := <-opens:
+			for _, alias := range o.Deployments {
 				if _, ok := w.deps[alias]; ok || !wire.ValidToken(alias) {
 					continue
 				}
@@ -80,7 +82,7 @@ func (w *Worker) rejectUnknown(ctx, callCtx context.Context) {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
-					w.rejectAlias(ctx, callCtx, fleet, alias)
+					w.rejectAlias(ctx, callCtx, fleet, alias, o.Created)
 					mu.Lock()
 					delete(rejecting, alias)
 					mu.Unlock()
@@ -95,10 +97,17 @@ func served(ctx context.Context, fleet jetstream.KeyValue, alias string) bool {
 	return err == nil
 }
 
-// rejectAlias fails the jobs of one unserved alias until a worker serving it shows up
-// or its backlog stays empty for a while.
-func (w *Worker) rejectAlias(ctx, callCtx context.Context, fleet jetstream.KeyValue, alias string) {
+// rejectAlias fails the jobs of one never-served alias until a worker serving it shows
+// up or its backlog stays empty for a while. It waits UnknownAliasGrace after the run
+// opened first, so a fleet rolled out together with its first run is not raced.
+func (w *Worker) rejectAlias(ctx, callCtx context.Context, fleet jetstream.KeyValue, alias string, opened time.Time) {
 	log := w.log.With().Str("deployment", alias).Logger()
+	for wait := time.Until(opened.Add(w.cfg.UnknownAliasGrace)); wait > 0 && ctx.Err() == nil; wait = time.Until(opened.Add(w.cfg.UnknownAliasGrace)) {
+		sleep(ctx, min(wait, time.Second))
+		if served(ctx, fleet, alias) {
+			return
+		}
+	}
 	log.Error().Msg("a run names a deployment alias no worker serves: its jobs fail with unknown_deployment")
 	cons, err := queue.EnsureJobConsumer(ctx, w.js, w.cfg.Topology, alias)
 	if err != nil {

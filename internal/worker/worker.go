@@ -44,6 +44,9 @@ type Config struct {
 	// DeploymentPause is how long jobs wait after a deployment-wide error (401/403/404,
 	// insufficient_quota) before being retried.
 	DeploymentPause time.Duration
+	// UnknownAliasGrace is how long after a run opened its jobs for an alias no worker
+	// has ever served are left waiting before they fail with unknown_deployment.
+	UnknownAliasGrace time.Duration
 }
 
 func (c *Config) defaults() {
@@ -68,6 +71,9 @@ func (c *Config) defaults() {
 	}
 	if c.DeploymentPause <= 0 {
 		c.DeploymentPause = 15 * time.Second
+	}
+	if c.UnknownAliasGrace <= 0 {
+		c.UnknownAliasGrace = 30 * time.Second
 	}
 	c.Topology = c.Topology.Defaults()
 }
