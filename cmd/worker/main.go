@@ -28,12 +28,17 @@ func main() {
 		ackWait     = flag.Duration("ack-wait", 10*time.Second, "job AckWait (in-flight jobs are kept alive with InProgress)")
 		replicas    = flag.Int("replicas", 1, "stream replicas when creating streams (3 in a NATS cluster)")
 		opsAddr     = flag.String("ops-addr", ":9090", "address of /metrics, /healthz, /readyz (empty: off)")
+		mode        = flag.String("throttle", "fleet", "fleet (the fleet-wide AIMD throttle) | naive (benchmark baseline: no pacing, fixed 1 s NAK)")
 		level       = flag.String("log-level", "info", "log level")
 	)
 	flag.Parse()
 	log := ops.Logger("worker", *level)
 	if *cfgPath == "" {
 		fmt.Fprintln(os.Stderr, "worker: --config is required")
+		os.Exit(2)
+	}
+	if *mode != "fleet" && *mode != "naive" {
+		fmt.Fprintf(os.Stderr, "worker: --throttle: %q is not fleet or naive\n", *mode)
 		os.Exit(2)
 	}
 	wc, err := config.LoadWorker(*cfgPath)
@@ -53,7 +58,7 @@ func main() {
 		log.Fatal().Err(err).Msg("connect")
 	}
 	defer nc.Drain()
-	w, err := worker.New(js, worker.Config{Name: *name, Concurrency: *concurrency, Deployments: deps, DrainTimeout: *drain,
+	w, err := worker.New(js, worker.Config{Name: *name, Concurrency: *concurrency, Deployments: deps, DrainTimeout: *drain, Naive: *mode == "naive",
 		Topology: queue.Topology{AckWait: *ackWait, Replicas: *replicas}}, log)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "worker: %v\n", err)

@@ -66,7 +66,10 @@ type Controller struct {
 	rand  func() float64
 	sleep func(ctx context.Context, d time.Duration) error
 
-	rate         float64
+	rate         float64 // the fleet's rate to the deployment (req/s)
+	share        float64 // this pacer's part of it, in (0,1]
+	growth       bool    // the fleet is rate-bound somewhere: the rate may grow
+	lastWaited   time.Time
 	slowStart    bool
 	lastGrow     time.Time
 	lastDecrease time.Time
@@ -95,7 +98,7 @@ func New(p Params, opts ...Option) (*Controller, error) {
 	if err := p.Validate(); err != nil {
 		return nil, err
 	}
-	c := &Controller{p: p, now: time.Now, rand: rand.Float64, sleep: sleepCtx, rate: p.StartRate, slowStart: true}
+	c := &Controller{p: p, now: time.Now, rand: rand.Float64, sleep: sleepCtx, rate: p.StartRate, share: 1, growth: true, slowStart: true}
 	for _, o := range opts {
 		o(c)
 	}
@@ -103,7 +106,7 @@ func New(p Params, opts ...Option) (*Controller, error) {
 	c.lastGrow = t
 	c.lastDecrease = t.Add(-p.Window)
 	// Start with a full bucket: Burst permits at once (a worker's slots), then the rate.
-	c.next = t.Add(-time.Duration(float64(p.Burst-1) / c.rate * float64(time.Second)))
+	c.next = t.Add(-c.interval(float64(p.Burst - 1)))
 	return c, nil
 }
 
@@ -126,6 +129,10 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 func (c *Controller) grow(t time.Time) {
 	dt := t.Sub(c.lastGrow)
 	if dt <= 0 {
+		return
+	}
+	if !c.growth { // no demand above the rate anywhere: no inflation
+		c.lastGrow = t
 		return
 	}
 	if c.slowStart {
@@ -151,22 +158,20 @@ func (c *Controller) Reserve() time.Duration {
 	t := c.now()
 	c.grow(t)
 	// Idle time banks at most Burst permits.
-	if floor := t.Add(-time.Duration(float64(c.p.Burst-1) / c.rate * float64(time.Second))); c.next.Before(floor) {
+	if floor := t.Add(-c.interval(float64(c.p.Burst - 1))); c.next.Before(floor) {
 		c.next = floor
 	}
 	at := c.next
 	if at.Before(c.pausedUntil) {
 		at = c.pausedUntil
 	}
-	interval := time.Duration(float64(time.Second) / c.rate * (1 + c.p.Jitter*(2*c.rand()-1)))
+	interval := c.interval(1 + c.p.Jitter*(2*c.rand()-1))
 	if at.Before(t) {
 		c.next = c.next.Add(interval)
-	} else {
-		c.next = at.Add(interval)
-	}
-	if at.Before(t) {
 		return 0
 	}
+	c.next = at.Add(interval)
+	c.lastWaited = t
 	return at.Sub(t)
 }
 
@@ -213,7 +218,8 @@ func (c *Controller) PausedFor() time.Duration {
 
 // Snapshot is the controller's observable state.
 type Snapshot struct {
-	Rate      float64
+	Rate      float64 // the fleet rate
+	Share     float64 // this pacer's part of it
 	SlowStart bool
 	Signals   int64
 	Pauses    int64
@@ -224,7 +230,7 @@ type Snapshot struct {
 func (c *Controller) Snapshot() Snapshot {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	s := Snapshot{Rate: c.rate, SlowStart: c.slowStart, Signals: c.signals, Pauses: c.pauses}
+	s := Snapshot{Rate: c.rate, Share: c.share, SlowStart: c.slowStart, Signals: c.signals, Pauses: c.pauses}
 	if d := c.pausedUntil.Sub(c.now()); d > 0 {
 		s.PausedFor = d
 	}
@@ -237,12 +243,66 @@ func (c *Controller) TryReserve() bool {
 	defer c.mu.Unlock()
 	t := c.now()
 	c.grow(t)
-	if floor := t.Add(-time.Duration(float64(c.p.Burst-1) / c.rate * float64(time.Second))); c.next.Before(floor) {
+	if floor := t.Add(-c.interval(float64(c.p.Burst - 1))); c.next.Before(floor) {
 		c.next = floor
 	}
 	if c.next.After(t) || c.pausedUntil.After(t) {
 		return false
 	}
-	c.next = c.next.Add(time.Duration(float64(time.Second) / c.rate * (1 + c.p.Jitter*(2*c.rand()-1))))
+	c.next = c.next.Add(c.interval(1 + c.p.Jitter*(2*c.rand()-1)))
 	return true
+}
+
+// interval is n pacing intervals at this pacer's rate (fleet rate x share).
+func (c *Controller) interval(n float64) time.Duration {
+	return time.Duration(n / (c.rate * c.share) * float64(time.Second))
+}
+
+// SetShare sets this pacer's part of the fleet rate, in (0,1].
+func (c *Controller) SetShare(s float64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if s > 0 && s <= 1 {
+		c.share = s
+	}
+}
+
+// SetGrowth allows or stops the rate's growth: it grows only while some pacer of the
+// fleet is rate-bound (demand >= rate), never while the fleet idles or is slot-bound.
+func (c *Controller) SetGrowth(on bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.growth = on
+}
+
+// RateBound reports whether a permit had to wait within the last d: demand >= rate.
+func (c *Controller) RateBound(d time.Duration) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return !c.lastWaited.IsZero() && c.now().Sub(c.lastWaited) <= d
+}
+
+// Adopt aligns the fleet rate with what peers report: a pacer still in slow start
+// that never saw a capacity signal takes the peers' state (a joining worker adopts the
+// fleet's rate); otherwise it moves halfway to the peers' mean, so pacers that missed
+// a signal converge.
+func (c *Controller) Adopt(peerRate float64, peerSlowStart bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if peerRate <= 0 {
+		return
+	}
+	if c.slowStart && c.signals == 0 {
+		if !peerSlowStart {
+			c.slowStart = false
+			c.rate = min(max(peerRate, c.p.MinRate), c.p.MaxRate)
+		} else if peerRate > c.rate {
+			c.rate = min(peerRate, c.p.MaxRate)
+		}
+		return
+	}
+	if peerSlowStart {
+		return
+	}
+	c.rate = min(max((c.rate+peerRate)/2, c.p.MinRate), c.p.MaxRate)
 }

@@ -69,6 +69,12 @@ func (w *Worker) handle(ctx context.Context, d *deployment, msg jetstream.Msg) {
 		return
 	}
 
+	// The deployment may have been paused (fleet-wide Retry-After) since the permit was
+	// taken: do not dispatch into the pause.
+	if p := d.ctrl.PausedFor(); p > 0 {
+		w.nak(msg, p+time.Duration(float64(p)*0.2*rand.Float64()), d.alias)
+		return
+	}
 	// Keep the message ours while the call runs (AckWait is short so that a killed
 	// worker's jobs come back quickly).
 	callCtx, stop := context.WithCancel(ctx)
@@ -106,7 +112,7 @@ func (w *Worker) onError(ctx context.Context, d *deployment, msg jetstream.Msg, 
 	switch {
 	case errors.As(callErr, &capErr):
 		w.m.capacity.WithLabelValues(d.alias).Inc()
-		d.ctrl.OnCapacity(capErr.RetryAfter)
+		d.capacity(capErr.StatusCode, capErr.RetryAfter)
 		st, elapsed, err := w.recordCapacity(ctx, job, capErr)
 		if err != nil {
 			log.Warn().Err(err).Msg("retry state")
@@ -120,8 +126,12 @@ func (w *Worker) onError(ctx context.Context, d *deployment, msg jetstream.Msg, 
 			}}, attempt, st.CapacityErrors+st.TransientErrors, log)
 			return
 		}
+		if w.cfg.Naive {
+			w.nak(msg, min(NaiveNakDelay, budget-elapsed+50*time.Millisecond), d.alias)
+			return
+		}
 		// Never before Retry-After: jitter only lengthens the delay.
-		delay := max(capErr.RetryAfter, 100*time.Millisecond)
+		delay := max(capErr.RetryAfter, 100*time.Millisecond, d.ctrl.PausedFor())
 		delay = time.Duration(float64(delay) * (1 + 0.2*rand.Float64()))
 		delay = min(delay, w.cfg.MaxNakDelay, budget-elapsed+50*time.Millisecond)
 		w.nak(msg, delay, d.alias)

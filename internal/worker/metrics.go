@@ -3,24 +3,35 @@ package worker
 import "github.com/prometheus/client_golang/prometheus"
 
 type metrics struct {
-	calls    *prometheus.CounterVec
-	capacity *prometheus.CounterVec
-	naks     *prometheus.CounterVec
-	results  *prometheus.CounterVec
-	poison   *prometheus.CounterVec
+	calls                                   *prometheus.CounterVec
+	capacity                                *prometheus.CounterVec
+	naks                                    *prometheus.CounterVec
+	results                                 *prometheus.CounterVec
+	poison                                  *prometheus.CounterVec
+	rate, fleetRate, share, members, paused *prometheus.GaugeVec
 }
 
 func newMetrics() *metrics {
 	return &metrics{
-		calls:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mq_worker_calls_total", Help: "LLM calls started."}, []string{"deployment"}),
-		capacity: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mq_worker_capacity_signals_total", Help: "Capacity errors (429/503/529) seen."}, []string{"deployment"}),
-		naks:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mq_worker_naks_total", Help: "Jobs NAKed with delay."}, []string{"deployment"}),
-		results:  prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mq_worker_results_total", Help: "Final results published, by outcome."}, []string{"deployment", "outcome"}),
-		poison:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mq_worker_poison_total", Help: "Poison jobs dead-lettered."}, []string{"deployment"}),
+		calls:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mq_worker_calls_total", Help: "LLM calls started."}, []string{"deployment"}),
+		capacity:  prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mq_worker_capacity_signals_total", Help: "Capacity errors (429/503/529) seen."}, []string{"deployment"}),
+		naks:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mq_worker_naks_total", Help: "Jobs NAKed with delay."}, []string{"deployment"}),
+		results:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mq_worker_results_total", Help: "Final results published, by outcome."}, []string{"deployment", "outcome"}),
+		poison:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mq_worker_poison_total", Help: "Poison jobs dead-lettered."}, []string{"deployment"}),
+		rate:      gauge("mq_throttle_rate", "This worker's dispatch rate to the deployment (req/s): fleet rate x share."),
+		fleetRate: gauge("mq_throttle_fleet_rate", "The fleet's dispatch rate to the deployment (req/s)."),
+		share:     gauge("mq_throttle_share", "This worker's share of the fleet rate."),
+		members:   gauge("mq_throttle_members", "Workers pacing the deployment (heartbeats)."),
+		paused:    gauge("mq_throttle_paused_seconds", "Seconds left of a fleet-wide Retry-After pause."),
 	}
 }
 
 // Collectors returns the worker's metrics for registration.
 func (w *Worker) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{w.m.calls, w.m.capacity, w.m.naks, w.m.results, w.m.poison}
+	return []prometheus.Collector{w.m.calls, w.m.capacity, w.m.naks, w.m.results, w.m.poison,
+		w.m.rate, w.m.fleetRate, w.m.share, w.m.members, w.m.paused}
+}
+
+func gauge(name, help string) *prometheus.GaugeVec {
+	return prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: name, Help: help}, []string{"deployment"})
 }

@@ -8,7 +8,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"os"
+	"strconv"
 	"sync"
 	"time"
 
@@ -47,7 +49,13 @@ type Config struct {
 	// UnknownAliasGrace is how long after a run opened its jobs for an alias no worker
 	// has ever served are left waiting before they fail with unknown_deployment.
 	UnknownAliasGrace time.Duration
+	// Naive turns the fleet throttle off (a baseline for benchmarks): no pacing, no
+	// shared signal, a fixed NAK delay on capacity errors.
+	Naive bool
 }
+
+// NaiveNakDelay is the fixed capacity NAK delay of the naive baseline.
+const NaiveNakDelay = time.Second
 
 func (c *Config) defaults() {
 	if c.Name == "" {
@@ -119,6 +127,7 @@ type deployment struct {
 	alias  string
 	client *llm.Client
 	ctrl   *throttle.Controller
+	fleet  *throttle.Fleet // nil in naive mode
 	slots  int
 	cons   jetstream.Consumer
 	paused chan struct{}
@@ -149,6 +158,9 @@ func New(js jetstream.JetStream, cfg Config, log zerolog.Logger) (*Worker, error
 		if p.Burst <= 0 {
 			p.Burst = slots
 		}
+		if cfg.Naive {
+			p.StartRate, p.MinRate, p.MaxRate = 1e6, 1e6, 1e6
+		}
 		ctrl, err := throttle.New(p)
 		if err != nil {
 			return nil, fmt.Errorf("deployments.%s.throttle: %w", o.Alias, err)
@@ -176,11 +188,30 @@ func (w *Worker) Run(ctx context.Context) error {
 		}
 		d.cons = c
 	}
+	var wg sync.WaitGroup
+	for _, d := range w.deps {
+		if w.cfg.Naive {
+			continue
+		}
+		d.fleet = throttle.NewFleet(w.js.Conn(), d.alias, w.cfg.Name+"-"+randomID(), d.ctrl, w.log.With().Str("deployment", d.alias).Logger())
+		alias := d.alias
+		d.fleet.OnTick(func(s throttle.Snapshot, members int) {
+			w.m.rate.WithLabelValues(alias).Set(s.Rate * s.Share)
+			w.m.fleetRate.WithLabelValues(alias).Set(s.Rate)
+			w.m.share.WithLabelValues(alias).Set(s.Share)
+			w.m.members.WithLabelValues(alias).Set(float64(members))
+			w.m.paused.WithLabelValues(alias).Set(s.PausedFor.Seconds())
+		})
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = d.fleet.Run(ctx)
+		}()
+	}
 	// Calls outlive ctx during the drain; they get their own context.
 	callCtx, cancelCalls := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelCalls()
 
-	var wg sync.WaitGroup
 	var inflight sync.WaitGroup
 	for _, d := range w.deps {
 		wg.Add(1)
@@ -295,6 +326,17 @@ func (d *deployment) pause(dur time.Duration) {
 	if u := time.Now().Add(dur); u.After(d.pausedUntil) {
 		d.pausedUntil = u
 	}
+}
+
+// capacity feeds a capacity signal to the throttle (and, through it, to the fleet).
+func (d *deployment) capacity(status int, retryAfter time.Duration) {
+	if d.fleet != nil {
+		d.fleet.Capacity(status, retryAfter)
+	}
+}
+
+func randomID() string {
+	return strconv.FormatUint(rand.Uint64()%1e9, 36)
 }
 
 func sleep(ctx context.Context, d time.Duration) {
