@@ -55,3 +55,11 @@ tidy-check: ## fail if go.mod/go.sum are not tidy
 .PHONY: clean
 clean: ## remove build and demo outputs
 	rm -rf $(BIN) .demo out
+
+.PHONY: bench-throttle
+bench-throttle: build ## fleet throttle vs naive baseline on real processes, W = 1,2,4,8 x 3 runs, then the limit-change scenario (~40 min)
+	$(GO) run ./cmd/mqbench --bin $(BIN)
+
+.PHONY: bench-throttle-short
+bench-throttle-short: build ## the same with W = 2, one run, 20 s window, no limit change (~1 min)
+	$(GO) run ./cmd/mqbench --bin $(BIN) --workers 2 --runs 1 --warmup 5s --measure 20s --adapt=false

@@ -1,0 +1,76 @@
+// Command mqbench runs the throttle benchmark on real processes (see docs/BENCHMARKS.md):
+// for each throttle mode and fleet size it starts nats-server, llmsim with a token-bucket
+// limit, W worker processes, the collector and the producer, and measures goodput and
+// 429 share from llmsim's request log; then the limit-change scenario.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/multiquery/multiquery/internal/bench"
+)
+
+func main() {
+	var (
+		bin     = flag.String("bin", "bin", "directory of the built binaries (make build)")
+		dir     = flag.String("dir", "", "work directory (default: a temp dir)")
+		workers = flag.String("workers", "1,2,4,8", "fleet sizes")
+		runs    = flag.Int("runs", 3, "runs per cell (the table keeps the worst)")
+		modes   = flag.String("modes", "fleet,naive", "throttle modes")
+		warmup  = flag.Duration("warmup", 10*time.Second, "warm-up excluded from the measurement")
+		measure = flag.Duration("measure", 60*time.Second, "measurement window")
+		rps     = flag.Float64("rps", 50, "llmsim request limit (token bucket)")
+		burst   = flag.Int("burst", 5, "llmsim bucket size")
+		latency = flag.Duration("latency", 50*time.Millisecond, "llmsim latency")
+		conc    = flag.Int("concurrency", 32, "worker --concurrency")
+		adapt   = flag.Bool("adapt", true, "also run the 50 -> 20 -> 50 req/s scenario with 4 workers")
+	)
+	flag.Parse()
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if *dir == "" {
+		d, err := os.MkdirTemp("", "mqbench-")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		*dir = d
+	}
+	var ws []int
+	for _, f := range strings.Split(*workers, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 {
+			fmt.Fprintf(os.Stderr, "mqbench: --workers: %q is not a positive integer\n", f)
+			os.Exit(2)
+		}
+		ws = append(ws, n)
+	}
+	cfg := bench.ThrottleConfig{Bin: *bin, Dir: *dir, Workers: ws, Runs: *runs, Modes: strings.Split(*modes, ","),
+		Warmup: *warmup, Measure: *measure, RPS: *rps, Burst: *burst, Latency: *latency, Concurrency: *conc, Log: os.Stdout}
+	fmt.Printf("mqbench: llmsim %g req/s burst %d, latency %s; workers x %d slots; warm-up %s, window %s; work dir %s\n",
+		*rps, *burst, *latency, *conc, *warmup, *measure, *dir)
+	cells, err := bench.Throttle(ctx, cfg)
+	fmt.Println()
+	fmt.Print(bench.Table(cells))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "mqbench:", err)
+		os.Exit(1)
+	}
+	if *adapt {
+		res, err := bench.Adapt(ctx, cfg, 4, 40*time.Second, 80*time.Second, 40*time.Second)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "mqbench: adapt:", err)
+			os.Exit(1)
+		}
+		fmt.Printf("\nlimit 50 -> 20 req/s (W=4): 429 share over [t+5 s, t+35 s] = %.1f %%\n", 100*res.Share429AfterDrop)
+		fmt.Printf("limit 20 -> 50 req/s (W=4): goodput >= 90 %% of 50 after %s (per second ok/429: %s)\n", res.RecoverAfterRise, strings.Join(res.PerSecond, " "))
+	}
+}

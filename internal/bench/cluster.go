@@ -1,0 +1,199 @@
+// Package bench runs the system as real processes (nats-server, llmsim, workers,
+// collector, producer built into a bin directory) on 127.0.0.1 and measures it from
+// llmsim's request log: the throttle benchmark of docs/BENCHMARKS.md.
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/multiquery/multiquery/internal/llmsim"
+)
+
+// Stack is one set of running processes.
+type Stack struct {
+	Bin     string
+	Dir     string
+	NATSURL string
+	SimURL  string
+	procs   []*exec.Cmd
+	workers []*exec.Cmd
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+func (s *Stack) start(name string, args ...string) (*exec.Cmd, error) {
+	logf, err := os.Create(filepath.Join(s.Dir, name+".log"))
+	if err != nil {
+		return nil, err
+	}
+	bin := name
+	if strings.HasPrefix(name, "worker-") {
+		bin = "worker"
+	}
+	cmd := exec.Command(filepath.Join(s.Bin, bin), args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Env = append(os.Environ(), "NATS_URL="+s.NATSURL, "LLM_ENDPOINT="+s.SimURL+"/v1")
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	s.procs = append(s.procs, cmd)
+	return cmd, nil
+}
+
+// StartStack starts nats-server and llmsim.
+func StartStack(bin, dir string, sim []string) (*Stack, error) {
+	s := &Stack{Bin: bin, Dir: dir}
+	np, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	sp, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	s.NATSURL = fmt.Sprintf("nats://127.0.0.1:%d", np)
+	s.SimURL = fmt.Sprintf("http://127.0.0.1:%d", sp)
+	if _, err := s.start("nats-server", "-a", "127.0.0.1", "-p", strconv.Itoa(np), "-js", "-sd", filepath.Join(dir, "nats")); err != nil {
+		return nil, err
+	}
+	if _, err := s.start("llmsim", append([]string{"--addr", fmt.Sprintf("127.0.0.1:%d", sp)}, sim...)...); err != nil {
+		s.Stop()
+		return nil, err
+	}
+	for _, a := range []string{fmt.Sprintf("127.0.0.1:%d", np), fmt.Sprintf("127.0.0.1:%d", sp)} {
+		if err := waitPort(a, 10*time.Second); err != nil {
+			s.Stop()
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+func waitPort(addr string, d time.Duration) error {
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return fmt.Errorf("%s did not come up in %s", addr, d)
+}
+
+// WriteWorkerConfig writes the worker config pointing at the stack's llmsim.
+func (s *Stack) WriteWorkerConfig(throttle string) (string, error) {
+	p := filepath.Join(s.Dir, "worker.yaml")
+	cfg := "deployments:\n  default:\n    provider: openai\n    endpoint: ${LLM_ENDPOINT}\n    timeout: 30s\n" + throttle
+	return p, os.WriteFile(p, []byte(cfg), 0o644)
+}
+
+// StartWorker starts one worker process.
+func (s *Stack) StartWorker(cfg string, args ...string) error {
+	name := fmt.Sprintf("worker-%d", len(s.workers)+1)
+	cmd, err := s.start(name, append([]string{"--config", cfg, "--name", name, "--ops-addr", ""}, args...)...)
+	if err != nil {
+		return err
+	}
+	s.workers = append(s.workers, cmd)
+	return nil
+}
+
+// StartCollector starts the collector writing under dir/out.
+func (s *Stack) StartCollector() error {
+	_, err := s.start("collector", "--out", filepath.Join(s.Dir, "out"), "--ops-addr", "")
+	return err
+}
+
+// Produce runs the producer to completion and returns the run id.
+func (s *Stack) Produce(ctx context.Context, pipeline, input string) (string, error) {
+	cmd := exec.CommandContext(ctx, filepath.Join(s.Bin, "producer"), "--config", pipeline, "--input", input, "--log-level", "warn")
+	cmd.Env = append(os.Environ(), "NATS_URL="+s.NATSURL)
+	out, err := cmd.Output()
+	if err != nil {
+		return "", fmt.Errorf("producer: %w: %s", err, out)
+	}
+	f := strings.Fields(string(out))
+	if len(f) < 2 || f[0] != "run" {
+		return "", fmt.Errorf("producer printed %q", out)
+	}
+	return strings.TrimSuffix(f[1], ":"), nil
+}
+
+// WaitSummary waits for the run's summary.json.
+func (s *Stack) WaitSummary(ctx context.Context, run string) (map[string]any, error) {
+	p := filepath.Join(s.Dir, "out", run, "summary.json")
+	for {
+		b, err := os.ReadFile(p)
+		if err == nil {
+			var m map[string]any
+			return m, json.Unmarshal(b, &m)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("run %s not complete: %w", run, ctx.Err())
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// Admin changes llmsim's settings at run time.
+func (s *Stack) Admin(body string) error {
+	resp, err := http.Post(s.SimURL+"/admin", "application/json", strings.NewReader(body))
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		return fmt.Errorf("admin %s: status %d", body, resp.StatusCode)
+	}
+	return nil
+}
+
+// Requests reads llmsim's request log.
+func (s *Stack) Requests() ([]llmsim.RequestLog, error) {
+	resp, err := http.Get(s.SimURL + "/requests?since=0")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	var out []llmsim.RequestLog
+	return out, json.NewDecoder(resp.Body).Decode(&out)
+}
+
+// Stop terminates every process (SIGTERM, then SIGKILL after 10 s) and waits.
+func (s *Stack) Stop() {
+	for i := len(s.procs) - 1; i >= 0; i-- {
+		c := s.procs[i]
+		_ = c.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { _ = c.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			_ = c.Process.Kill()
+			<-done
+		}
+	}
+	s.procs = nil
+}
