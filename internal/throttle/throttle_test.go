@@ -128,3 +128,42 @@ func TestBurstAllowsSlotsAtOnce(t *testing.T) {
 		t.Fatalf("took %d permits at once, want the burst of 50", n)
 	}
 }
+
+func TestAJoiningPacerAdoptsTheFleetRate(t *testing.T) {
+	ctl, _ := newCtl(t, params())
+	ctl.Adopt(37, false)
+	if s := ctl.Snapshot(); s.SlowStart || s.Rate != 37 {
+		t.Fatalf("after adopting: %+v, want rate 37 out of slow start", s)
+	}
+	ctl.Adopt(41, false) // later heartbeats pull halfway
+	if got := ctl.Snapshot().Rate; got != 39 {
+		t.Fatalf("rate = %g, want 39 (halfway to the peer)", got)
+	}
+}
+
+func TestShareScalesThePacingInterval(t *testing.T) {
+	ctl, c := newCtl(t, params())
+	ctl.OnCapacity(0) // 9/s fleet-wide
+	ctl.SetShare(0.25)
+	c.advance(time.Second)
+	ctl.Reserve()
+	if w := ctl.Reserve(); w < 400*time.Millisecond || w > 500*time.Millisecond {
+		t.Fatalf("wait = %s, want about 1/(9 x 0.25) s = 444ms", w)
+	}
+	if !ctl.RateBound(time.Second) {
+		t.Fatal("a pacer that made a permit wait is not rate-bound")
+	}
+}
+
+func TestNoGrowthWhileNobodyIsRateBound(t *testing.T) {
+	ctl, c := newCtl(t, params())
+	ctl.OnCapacity(0)
+	ctl.SetGrowth(false)
+	for range 20 {
+		c.advance(100 * time.Millisecond)
+		ctl.Reserve()
+	}
+	if got := ctl.Snapshot().Rate; got != 9 {
+		t.Fatalf("rate = %g, want 9: no growth without demand", got)
+	}
+}
