@@ -28,6 +28,13 @@ type Stack struct {
 	SimURL  string
 	procs   []*exec.Cmd
 	workers []*exec.Cmd
+	byName  map[string]*proc
+}
+
+type proc struct {
+	cmd  *exec.Cmd
+	args []string
+	log  *os.File
 }
 
 func freePort() (int, error) {
@@ -40,7 +47,7 @@ func freePort() (int, error) {
 }
 
 func (s *Stack) start(name string, args ...string) (*exec.Cmd, error) {
-	logf, err := os.Create(filepath.Join(s.Dir, name+".log"))
+	logf, err := os.OpenFile(filepath.Join(s.Dir, name+".log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
 	if err != nil {
 		return nil, err
 	}
@@ -56,7 +63,52 @@ func (s *Stack) start(name string, args ...string) (*exec.Cmd, error) {
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
 	s.procs = append(s.procs, cmd)
+	if s.byName == nil {
+		s.byName = map[string]*proc{}
+	}
+	s.byName[name] = &proc{cmd: cmd, args: args, log: logf}
 	return cmd, nil
+}
+
+// Kill9 kills a process by name with SIGKILL and reaps it.
+func (s *Stack) Kill9(name string) error {
+	p := s.byName[name]
+	if p == nil {
+		return fmt.Errorf("no process %s", name)
+	}
+	_ = p.cmd.Process.Kill()
+	_ = p.cmd.Wait()
+	p.log.Close()
+	return nil
+}
+
+// Restart starts a killed process again with the same arguments (same port, same store).
+func (s *Stack) Restart(name string) error {
+	p := s.byName[name]
+	if p == nil {
+		return fmt.Errorf("no process %s", name)
+	}
+	_, err := s.start(name, p.args...)
+	return err
+}
+
+// Signal sends sig to a process and waits up to d for it to exit.
+func (s *Stack) Signal(name string, sig os.Signal, d time.Duration) (exited bool, err error) {
+	p := s.byName[name]
+	if p == nil {
+		return false, fmt.Errorf("no process %s", name)
+	}
+	if err := p.cmd.Process.Signal(sig); err != nil {
+		return false, err
+	}
+	done := make(chan struct{})
+	go func() { _ = p.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+		return true, nil
+	case <-time.After(d):
+		return false, nil
+	}
 }
 
 // StartStack starts nats-server and llmsim.
@@ -127,7 +179,16 @@ func (s *Stack) StartCollector() error {
 
 // Produce runs the producer to completion and returns the run id.
 func (s *Stack) Produce(ctx context.Context, pipeline, input string) (string, error) {
-	cmd := exec.CommandContext(ctx, filepath.Join(s.Bin, "producer"), "--config", pipeline, "--input", input, "--log-level", "warn")
+	return s.ProduceRun(ctx, pipeline, input, "")
+}
+
+// ProduceRun runs the producer with a given run id ("" = a new one).
+func (s *Stack) ProduceRun(ctx context.Context, pipeline, input, run string) (string, error) {
+	args := []string{"--config", pipeline, "--input", input, "--log-level", "warn"}
+	if run != "" {
+		args = append(args, "--run", run)
+	}
+	cmd := exec.CommandContext(ctx, filepath.Join(s.Bin, "producer"), args...)
 	cmd.Env = append(os.Environ(), "NATS_URL="+s.NATSURL)
 	out, err := cmd.Output()
 	if err != nil {
@@ -185,6 +246,9 @@ func (s *Stack) Requests() ([]llmsim.RequestLog, error) {
 func (s *Stack) Stop() {
 	for i := len(s.procs) - 1; i >= 0; i-- {
 		c := s.procs[i]
+		if c.ProcessState != nil {
+			continue // already reaped
+		}
 		_ = c.Process.Signal(syscall.SIGTERM)
 		done := make(chan struct{})
 		go func() { _ = c.Wait(); close(done) }()

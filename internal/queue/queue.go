@@ -297,7 +297,9 @@ func ConnectJetStream(url, name string, log zerolog.Logger) (*nats.Conn, jetstre
 	if err != nil {
 		return nil, nil, err
 	}
-	js, err := jetstream.New(nc)
+	// Async publishes get a timeout: a server killed after taking a message never acks
+	// it, and the publisher must find out and publish again (ids make that idempotent).
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncTimeout(10*time.Second), jetstream.WithPublishAsyncMaxPending(4096))
 	if err != nil {
 		nc.Close()
 		return nil, nil, fmt.Errorf("jetstream: %w", err)
