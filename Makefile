@@ -63,3 +63,8 @@ bench-throttle: build ## fleet throttle vs naive baseline on real processes, W =
 .PHONY: bench-throttle-short
 bench-throttle-short: build ## the same with W = 2, one run, 20 s window, no limit change (~1 min)
 	$(GO) run ./cmd/mqbench --bin $(BIN) --workers 2 --runs 1 --warmup 5s --measure 20s --adapt=false
+
+.PHONY: chaos
+chaos: build ## kill -9 workers, collector and nats-server during 2000 rows x 4 queries; 3 seeds; checks rows in = rows out
+	$(GO) build -o $(BIN)/ ./cmd/mqchaos
+	$(BIN)/mqchaos --bin $(BIN) --rows 2000 --queries 4 --workers 3 --seeds 1,2,3
