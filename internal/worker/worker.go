@@ -214,10 +214,14 @@ func (w *Worker) Run(ctx context.Context) error {
 
 	var inflight sync.WaitGroup
 	for _, d := range w.deps {
-		wg.Add(1)
+		wg.Add(2)
 		go func() {
 			defer wg.Done()
 			w.fetchLoop(ctx, callCtx, d, &inflight)
+		}()
+		go func() {
+			defer wg.Done()
+			w.watchMaxDeliveries(ctx, d)
 		}()
 	}
 	wg.Add(1)

@@ -1,0 +1,112 @@
+// Package deadletter owns reading and replaying the dead-letter stream (MQ_DEAD): job
+// payloads that were terminated as poison or that reached MaxDeliver, each with the
+// reason (Mq-Reason) and the subject it came from (Mq-Subject).
+package deadletter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/multiquery/multiquery/internal/wire"
+)
+
+// Letter is one dead-lettered job.
+type Letter struct {
+	Seq     uint64    `json:"seq"`
+	Time    time.Time `json:"time"`
+	Subject string    `json:"subject"` // the job's original subject
+	Reason  string    `json:"reason"`
+	Data    []byte    `json:"-"`
+	Size    int       `json:"size"`
+}
+
+// List returns the dead letters, optionally of one run only ("" = all).
+func List(ctx context.Context, js jetstream.JetStream, run string) ([]Letter, error) {
+	s, err := js.Stream(ctx, wire.StreamDead)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", wire.StreamDead, err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("info %s: %w", wire.StreamDead, err)
+	}
+	var out []Letter
+	for seq := info.State.FirstSeq; seq > 0 && seq <= info.State.LastSeq; seq++ {
+		m, err := s.GetMsg(ctx, seq)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue
+		}
+		if err != nil {
+			return out, fmt.Errorf("get dead letter %d: %w", seq, err)
+		}
+		l := letter(m)
+		if run != "" {
+			if _, a, err := wire.ParseJobSubject(l.Subject); err != nil || a.Run != run {
+				continue
+			}
+		}
+		out = append(out, l)
+	}
+	return out, nil
+}
+
+func letter(m *jetstream.RawStreamMsg) Letter {
+	return Letter{Seq: m.Sequence, Time: m.Time, Subject: m.Header.Get(wire.HeaderSubject), Reason: m.Header.Get(wire.HeaderReason), Data: m.Data, Size: len(m.Data)}
+}
+
+// ErrHasResult means the dead letter's query already has a final result (the synthetic
+// error published when it was dead-lettered) or its row has been emitted: replaying it
+// could not change the row.
+var ErrHasResult = errors.New("the query already has a final result or its row was emitted; rerun the row in a new run")
+
+// Replay publishes a dead letter's payload again on its original subject and removes it
+// from MQ_DEAD. It refuses (ErrHasResult) when the query already has a final result.
+func Replay(ctx context.Context, js jetstream.JetStream, seq uint64) error {
+	dead, err := js.Stream(ctx, wire.StreamDead)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", wire.StreamDead, err)
+	}
+	m, err := dead.GetMsg(ctx, seq)
+	if err != nil {
+		return fmt.Errorf("get dead letter %d: %w", seq, err)
+	}
+	l := letter(m)
+	_, a, err := wire.ParseJobSubject(l.Subject)
+	if err != nil {
+		return fmt.Errorf("dead letter %d: %w", seq, err)
+	}
+	in, err := js.Stream(ctx, wire.StreamInput)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", wire.StreamInput, err)
+	}
+	if _, err := in.GetLastMsgForSubject(ctx, wire.InputRowSubject(a.Run, a.Row)); errors.Is(err, jetstream.ErrMsgNotFound) {
+		return fmt.Errorf("dead letter %d (%s): %w", seq, l.Subject, ErrHasResult) // emitted: its input row is purged
+	} else if err != nil {
+		return fmt.Errorf("look up the row of %s: %w", a, err)
+	}
+	results, err := js.Stream(ctx, wire.StreamResults)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", wire.StreamResults, err)
+	}
+	if _, err := results.GetLastMsgForSubject(ctx, wire.ResultSubject(a.Run, a.Row, a.Query)); err == nil {
+		return fmt.Errorf("dead letter %d (%s): %w", seq, l.Subject, ErrHasResult)
+	} else if !errors.Is(err, jetstream.ErrMsgNotFound) {
+		return fmt.Errorf("look up the result of %s: %w", a, err)
+	}
+	msg := nats.NewMsg(l.Subject)
+	msg.Data = l.Data
+	msg.Header.Set(wire.HeaderMsgID, "replay."+strconv.FormatUint(seq, 10)+"."+wire.JobKey(a.Run, a.Row, a.Query))
+	if _, err := js.PublishMsg(ctx, msg); err != nil {
+		return fmt.Errorf("republish %s: %w", l.Subject, err)
+	}
+	if err := dead.DeleteMsg(ctx, seq); err != nil {
+		return fmt.Errorf("remove dead letter %d: %w", seq, err)
+	}
+	return nil
+}
