@@ -68,3 +68,7 @@ bench-throttle-short: build ## the same with W = 2, one run, 20 s window, no lim
 chaos: build ## kill -9 workers, collector and nats-server during 2000 rows x 4 queries; 3 seeds; checks rows in = rows out
 	$(GO) build -o $(BIN)/ ./cmd/mqchaos
 	$(BIN)/mqchaos --bin $(BIN) --rows 2000 --queries 4 --workers 3 --seeds 1,2,3
+
+.PHONY: bench-memory
+bench-memory: build ## the collector's peak RSS at 50 000 and 200 000 rows x 2 queries
+	$(GO) run ./cmd/mqbench --bin $(BIN) --collector-memory 50000,200000

@@ -22,7 +22,7 @@ func main() {
 		out      = flag.String("out", "out", "output directory (one sub-directory per run)")
 		withCSV  = flag.Bool("csv", false, "also write results.csv and errors.csv")
 		order    = flag.String("order", "", "row order: input | completion (default: the run's own)")
-		memory   = flag.Int64("memory-limit", 256<<20, "bytes of row bodies kept in memory; beyond, read back from JetStream")
+		memory   = flag.Int64("memory-limit", 64<<20, "bytes of row bodies kept in memory; beyond, read back from JetStream")
 		replicas = flag.Int("replicas", 1, "stream replicas when creating streams (3 in a NATS cluster)")
 		opsAddr  = flag.String("ops-addr", ":9091", "address of /metrics, /healthz, /readyz (empty: off)")
 		level    = flag.String("log-level", "info", "log level")

@@ -32,6 +32,8 @@ func main() {
 		latency = flag.Duration("latency", 50*time.Millisecond, "llmsim latency")
 		conc    = flag.Int("concurrency", 32, "worker --concurrency")
 		adapt   = flag.Bool("adapt", true, "also run the 50 -> 20 -> 50 req/s scenario with 4 workers")
+		memory  = flag.String("collector-memory", "", "instead: the collector's peak RSS for these row counts (e.g. 50000,200000), 2 queries a row")
+		nruns   = flag.Int("naive-runs", 1, "runs per cell of the naive baseline")
 	)
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -44,6 +46,23 @@ func main() {
 		}
 		*dir = d
 	}
+	if *memory != "" {
+		for _, f := range strings.Split(*memory, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil || n < 1 {
+				fmt.Fprintf(os.Stderr, "mqbench: --collector-memory: %q is not a positive integer\n", f)
+				os.Exit(2)
+			}
+			d, _ := os.MkdirTemp(*dir, "mem-")
+			res, err := bench.CollectorMemory(ctx, *bin, d, n)
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "mqbench:", err)
+				os.Exit(1)
+			}
+			fmt.Printf("collector: %d rows x 2 queries: peak RSS %.1f MiB, wall %s\n", n, float64(res.PeakRSSKB)/1024, res.Wall.Round(time.Second))
+		}
+		return
+	}
 	var ws []int
 	for _, f := range strings.Split(*workers, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(f))
@@ -54,7 +73,7 @@ func main() {
 		ws = append(ws, n)
 	}
 	cfg := bench.ThrottleConfig{Bin: *bin, Dir: *dir, Workers: ws, Runs: *runs, Modes: strings.Split(*modes, ","),
-		Warmup: *warmup, Measure: *measure, RPS: *rps, Burst: *burst, Latency: *latency, Concurrency: *conc, Log: os.Stdout}
+		NaiveRuns: *nruns, Warmup: *warmup, Measure: *measure, RPS: *rps, Burst: *burst, Latency: *latency, Concurrency: *conc, Log: os.Stdout}
 	fmt.Printf("mqbench: llmsim %g req/s burst %d, latency %s; workers x %d slots; warm-up %s, window %s; work dir %s\n",
 		*rps, *burst, *latency, *conc, *warmup, *measure, *dir)
 	cells, err := bench.Throttle(ctx, cfg)

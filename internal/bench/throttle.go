@@ -18,6 +18,7 @@ type ThrottleConfig struct {
 	Bin, Dir    string
 	Workers     []int    // fleet sizes
 	Runs        int      // runs per cell; the table keeps the worst
+	NaiveRuns   int      // runs per cell of the naive baseline (0 = Runs)
 	Modes       []string // fleet, naive
 	Warmup      time.Duration
 	Measure     time.Duration
@@ -150,8 +151,12 @@ func (c ThrottleConfig) runOnce(ctx context.Context, mode string, w, run int) (C
 func Throttle(ctx context.Context, c ThrottleConfig) ([]Cell, error) {
 	var cells []Cell
 	for _, mode := range c.Modes {
+		runs := c.Runs
+		if mode == "naive" && c.NaiveRuns > 0 {
+			runs = c.NaiveRuns
+		}
 		for _, w := range c.Workers {
-			for run := 1; run <= c.Runs; run++ {
+			for run := 1; run <= runs; run++ {
 				cell, err := c.runOnce(ctx, mode, w, run)
 				if err != nil {
 					return cells, fmt.Errorf("%s W=%d run %d: %w", mode, w, run, err)

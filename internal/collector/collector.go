@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -34,18 +35,24 @@ type Config struct {
 	MemoryLimit   int64         // bytes of bodies kept in memory; beyond, read back by subject
 	FlushInterval time.Duration // max time between checkpoints
 	FlushRows     int           // checkpoint after this many emitted rows
-	Topology      queue.Topology
+	// MaxPendingRows bounds the rows held (input in, not yet emitted): past it no input
+	// row is read until rows go out. Memory is bounded by it and MemoryLimit.
+	MaxPendingRows int
+	Topology       queue.Topology
 }
 
 func (c *Config) defaults() {
 	if c.MemoryLimit <= 0 {
-		c.MemoryLimit = 256 << 20
+		c.MemoryLimit = 64 << 20
 	}
 	if c.FlushInterval <= 0 {
 		c.FlushInterval = 200 * time.Millisecond
 	}
 	if c.FlushRows <= 0 {
 		c.FlushRows = 1000
+	}
+	if c.MaxPendingRows <= 0 {
+		c.MaxPendingRows = 20000
 	}
 }
 
@@ -77,6 +84,8 @@ type Collector struct {
 	cached  int64
 	dirty   map[string]*run
 	pending int // rows emitted since the last checkpoint
+	waiting int // rows whose input is in and which are not emitted yet
+	purges  chan purge
 	m       *metrics
 }
 
@@ -98,6 +107,7 @@ type event struct {
 	row  int
 	q    string
 	data []byte
+	seq  uint64 // stream sequence, to delete the message once its row is out
 }
 
 // New builds a collector.
@@ -107,7 +117,7 @@ func New(js jetstream.JetStream, cfg Config, log zerolog.Logger) (*Collector, er
 		return nil, err
 	}
 	return &Collector{cfg: cfg, js: js, log: log.With().Str("component", "collector").Logger(),
-		runs: map[string]*run{}, orphans: map[string][]event{}, dirty: map[string]*run{}, m: newMetrics()}, nil
+		runs: map[string]*run{}, orphans: map[string][]event{}, dirty: map[string]*run{}, purges: make(chan purge, 100000), m: newMetrics()}, nil
 }
 
 // Run folds events until ctx ends, checkpointing as it goes; it returns after a last
@@ -126,35 +136,53 @@ func (c *Collector) Run(ctx context.Context) error {
 	if c.results, err = c.js.Stream(ctx, wire.StreamResults); err != nil {
 		return fmt.Errorf("open stream %s: %w", wire.StreamResults, err)
 	}
-	events := make(chan event, 4096)
-	stopIn, err := c.consume(ctx, wire.StreamInput, "input.>", events)
+	// Two channels: input rows are taken only while fewer than MaxPendingRows rows wait
+	// for results, so a fast input stream cannot fill memory; results are always taken
+	// (a row's results are what frees it).
+	inputs := make(chan event, 1024)
+	results := make(chan event, 4096)
+	stopIn, err := c.consume(ctx, wire.StreamInput, "input.>", inputs)
 	if err != nil {
 		return err
 	}
 	defer stopIn()
-	stopRes, err := c.consume(ctx, wire.StreamResults, "results.>", events)
+	stopRes, err := c.consume(ctx, wire.StreamResults, "results.>", results)
 	if err != nil {
 		return err
 	}
 	defer stopRes()
 
+	var wg sync.WaitGroup
+	pctx, stopPurge := context.WithCancel(ctx)
+	defer func() { stopPurge(); wg.Wait() }()
+	for range 4 {
+		wg.Add(1)
+		go func() { defer wg.Done(); c.purger(pctx) }()
+	}
 	tick := time.NewTicker(c.cfg.FlushInterval)
 	defer tick.Stop()
 	defer c.closeAll()
 	for {
+		in := inputs
+		if c.waiting >= c.cfg.MaxPendingRows {
+			in = nil
+		}
+		var ev event
 		select {
 		case <-ctx.Done():
 			return c.checkpoint(context.WithoutCancel(ctx))
-		case ev := <-events:
-			if err := c.apply(ctx, ev); err != nil {
+		case ev = <-in:
+		case ev = <-results:
+		case <-tick.C:
+			if err := c.checkpoint(ctx); err != nil {
 				return err
 			}
-			if c.pending >= c.cfg.FlushRows {
-				if err := c.checkpoint(ctx); err != nil {
-					return err
-				}
-			}
-		case <-tick.C:
+			continue
+		}
+		if err := c.apply(ctx, ev); err != nil {
+			return err
+		}
+		if c.pending >= c.cfg.FlushRows {
 			if err := c.checkpoint(ctx); err != nil {
 				return err
 			}
@@ -194,6 +222,14 @@ func (c *Collector) consume(ctx context.Context, stream, filter string, events c
 }
 
 func (c *Collector) decodeEvent(msg jetstream.Msg) (event, bool) {
+	ev, ok := c.decodeSubject(msg)
+	if meta, err := msg.Metadata(); err == nil {
+		ev.seq = meta.Sequence.Stream
+	}
+	return ev, ok
+}
+
+func (c *Collector) decodeSubject(msg jetstream.Msg) (event, bool) {
 	subj := msg.Subject()
 	if len(subj) > 8 && subj[:8] == "results." {
 		a, err := wire.ParseResultSubject(subj)
@@ -300,6 +336,8 @@ func (c *Collector) apply(ctx context.Context, ev event) error {
 			return nil
 		}
 		rs.input = true
+		c.waiting++
+		rs.inputSeq = ev.seq
 		rs.preErr = row.Error
 		if c.cached+int64(len(row.Data)) <= c.cfg.MemoryLimit {
 			rs.data = row.Data
@@ -320,6 +358,7 @@ func (c *Collector) apply(ctx context.Context, ev event) error {
 			return nil // first result wins
 		}
 		rs.set(qi)
+		rs.resultSeqs[qi] = ev.seq
 		if c.cached+int64(len(ev.data)) <= c.cfg.MemoryLimit {
 			rs.results[qi] = ev.data
 			c.cached += int64(len(ev.data))

@@ -31,8 +31,8 @@ type run struct {
 	above map[int]bool
 	rows  map[int]*rowState
 	stats Stats
-	// rows emitted since the last checkpoint, to purge once it is durable
-	toPurge []int
+	// messages of rows emitted since the last checkpoint, deleted once it is durable
+	toPurge []purge
 	started time.Time
 }
 
@@ -65,6 +65,8 @@ type rowState struct {
 	data       json.RawMessage
 	dataCached bool
 	results    [][]byte // per query; nil when not cached (read back by subject)
+	inputSeq   uint64   // stream sequences, deleted once the row is durably out
+	resultSeqs []uint64
 }
 
 func (rs *rowState) has(i int) bool { return rs.have[i/64]&(1<<(i%64)) != 0 }
@@ -78,7 +80,7 @@ func (rs *rowState) set(i int) {
 func (r *run) rowState(i int) *rowState {
 	rs := r.rows[i]
 	if rs == nil {
-		rs = &rowState{have: make([]uint64, (r.m+63)/64), results: make([][]byte, r.m)}
+		rs = &rowState{have: make([]uint64, (r.m+63)/64), results: make([][]byte, r.m), resultSeqs: make([]uint64, r.m)}
 		r.rows[i] = rs
 	}
 	return rs
@@ -236,6 +238,9 @@ func (c *Collector) emit(ctx context.Context, r *run, i int) error {
 		return err
 	}
 	// release memory
+	if rs.input {
+		c.waiting--
+	}
 	if rs.dataCached {
 		c.cached -= int64(len(rs.data))
 	}
@@ -252,7 +257,10 @@ func (c *Collector) emit(ctx context.Context, r *run, i int) error {
 	} else {
 		r.above[i] = true
 	}
-	r.toPurge = append(r.toPurge, i)
+	r.toPurge = append(r.toPurge, purge{stream: c.input, seq: rs.inputSeq})
+	for _, seq := range rs.resultSeqs {
+		r.toPurge = append(r.toPurge, purge{stream: c.results, seq: seq})
+	}
 	c.dirty[r.id] = r
 	c.pending++
 	return nil
@@ -445,13 +453,41 @@ func (c *Collector) publishStatus(ctx context.Context, r *run) {
 	}
 }
 
-// purgeRows deletes the input and results of durably emitted rows.
-func (c *Collector) purgeRows(ctx context.Context, r *run) {
-	for _, i := range r.toPurge {
-		_ = c.input.Purge(ctx, jetstream.WithPurgeSubject(wire.InputRowSubject(r.id, i)))
-		_ = c.results.Purge(ctx, jetstream.WithPurgeSubject(fmt.Sprintf("results.%s.%d.>", r.id, i)))
+// purgeRows hands the durably emitted rows to the purger: their input and results are
+// no longer needed. The fold never waits for it; a row the purger drops (queue full, an
+// error) stays until its run finishes and is purged whole.
+func (c *Collector) purgeRows(_ context.Context, r *run) {
+	for _, p := range r.toPurge {
+		if p.seq == 0 {
+			continue
+		}
+		select {
+		case c.purges <- p:
+		default:
+		}
 	}
 	r.toPurge = r.toPurge[:0]
+}
+
+// purge is one message to delete, by stream sequence: a subject purge would scan the
+// stream's subjects (quadratic over a run), a delete by sequence does not.
+type purge struct {
+	stream jetstream.Stream
+	seq    uint64
+}
+
+// purger deletes emitted rows' messages, a few requests at a time, until ctx ends.
+func (c *Collector) purger(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case p := <-c.purges:
+			if err := p.stream.DeleteMsg(ctx, p.seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) && ctx.Err() == nil {
+				c.log.Debug().Err(err).Uint64("seq", p.seq).Msg("delete emitted message")
+			}
+		}
+	}
 }
 
 // finish writes the summary of a sealed run whose rows are all out, marks it completed

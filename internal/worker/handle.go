@@ -240,6 +240,9 @@ func (w *Worker) poison(ctx context.Context, alias string, msg jetstream.Msg, ad
 	dead.Data = msg.Data()
 	dead.Header.Set(wire.HeaderReason, cause.Error())
 	dead.Header.Set(wire.HeaderSubject, msg.Subject())
+	if meta, err := msg.Metadata(); err == nil { // a redelivery dead-letters it once
+		dead.Header.Set(wire.HeaderMsgID, fmt.Sprintf("dead.%s.%d", alias, meta.Sequence.Stream))
+	}
 	if _, err := w.js.PublishMsg(ctx, dead); err != nil {
 		log.Error().Err(err).Msg("dead-letter publish; job NAKed")
 		_ = msg.NakWithDelay(5 * time.Second)

@@ -1,0 +1,61 @@
+package sink
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+// A collector killed mid-write leaves a torn last line and lines written after its last
+// checkpoint; reopening at the checkpoint's offsets drops both.
+func TestOpenTruncatesToTheCheckpoint(t *testing.T) {
+	dir := t.TempDir()
+	r, err := Open(dir, true, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.SetCSVColumns([]string{"id", "q_x"}, []string{"id", "_error"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.WriteOK([]byte(`{"id":"a","q_x":1}`)); err != nil {
+		t.Fatal(err)
+	}
+	off, err := r.Sync()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// After the checkpoint: one more full line, then a torn one.
+	if err := r.WriteOK([]byte(`{"id":"b","q_x":2}`)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	f, _ := os.OpenFile(filepath.Join(dir, ResultsJSONL), os.O_APPEND|os.O_WRONLY, 0)
+	_, _ = f.WriteString(`{"id":"c","q_`)
+	f.Close()
+	r.Close()
+
+	r2, err := Open(dir, true, off)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r2.SetCSVColumns([]string{"id", "q_x"}, []string{"id", "_error"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := r2.WriteOK([]byte(`{"id":"b","q_x":2}`)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r2.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	r2.Close()
+	got, _ := os.ReadFile(filepath.Join(dir, ResultsJSONL))
+	if want := "{\"id\":\"a\",\"q_x\":1}\n{\"id\":\"b\",\"q_x\":2}\n"; string(got) != want {
+		t.Fatalf("results.jsonl = %q, want %q", got, want)
+	}
+	csv, _ := os.ReadFile(filepath.Join(dir, ResultsCSV))
+	if want := "id,q_x\na,1\nb,2\n"; string(csv) != want {
+		t.Fatalf("results.csv = %q, want %q (one header, no duplicate)", csv, want)
+	}
+}
