@@ -72,3 +72,8 @@ chaos: build ## kill -9 workers, collector and nats-server during 2000 rows x 4 
 .PHONY: bench-memory
 bench-memory: build ## the collector's peak RSS at 50 000 and 200 000 rows x 2 queries
 	$(GO) run ./cmd/mqbench --bin $(BIN) --collector-memory 50000,200000
+
+.PHONY: chaos-cluster
+chaos-cluster: build ## the chaos run on a 3-node JetStream cluster (3 replicas), kill -9 of one node that stays down
+	$(GO) build -o $(BIN)/ ./cmd/mqchaos
+	$(BIN)/mqchaos --bin $(BIN) --rows 2000 --queries 4 --workers 3 --seeds 1 --cluster

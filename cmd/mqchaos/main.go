@@ -29,6 +29,7 @@ func main() {
 		nats       = flag.Int("nats-kills", 1, "kill -9 of nats-server per run")
 		faults     = flag.String("faults", "429=1,503=1,500=1,invalid_json=1,missing_field=1", "llmsim faults (5 % mixed)")
 		timeout    = flag.Duration("timeout", 6*time.Minute, "a run must complete within this")
+		cluster    = flag.Bool("cluster", false, "a 3-node JetStream cluster with 3 replicas; --nats-kills kill -9 nodes that stay down")
 	)
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -55,7 +56,7 @@ func main() {
 			}
 		}
 		rep, err := bench.Chaos(ctx, bench.ChaosConfig{Bin: *bin, Dir: d, Rows: *rows, Queries: *queries, Workers: *workers, Seed: sd,
-			KillEvery: *killEvery, CollectorKills: *collectors, NATSKills: *nats, Faults: strings.Split(*faults, ","), Timeout: *timeout, Log: os.Stdout})
+			KillEvery: *killEvery, CollectorKills: *collectors, NATSKills: *nats, Faults: strings.Split(*faults, ","), Timeout: *timeout, Cluster: *cluster, Log: os.Stdout})
 		if err == nil {
 			err = bench.CheckChaos(rep)
 		}

@@ -28,7 +28,10 @@ type ChaosConfig struct {
 	NATSKills      int           // kill -9 + restart of nats-server on the same port and store
 	Faults         []string      // llmsim --fault KIND=PCT
 	Timeout        time.Duration
-	Log            io.Writer
+	// Cluster runs a 3-node JetStream cluster (streams with 3 replicas); NATSKills then
+	// kill -9 one node each, which stays down.
+	Cluster bool
+	Log     io.Writer
 }
 
 // ChaosReport is what a chaos run checks and measures.
@@ -81,7 +84,11 @@ func Chaos(ctx context.Context, c ChaosConfig) (ChaosReport, error) {
 	for _, f := range c.Faults {
 		sim = append(sim, "--fault", f)
 	}
-	s, err := StartStack(c.Bin, c.Dir, sim)
+	start2 := StartStack
+	if c.Cluster {
+		start2 = StartClusterStack
+	}
+	s, err := start2(c.Bin, c.Dir, sim)
 	if err != nil {
 		return rep, err
 	}
@@ -169,13 +176,16 @@ func Chaos(ctx context.Context, c ChaosConfig) (ChaosReport, error) {
 		case len(natsAt) > 0 && frac >= natsAt[0]:
 			natsAt = natsAt[1:]
 			rep.NATSKills++
-			fmt.Fprintf(c.Log, "chaos: kill -9 nats-server at %.0f %%\n", 100*frac)
-			if err := s.Kill9("nats-server"); err != nil {
+			node := s.Nodes[(rep.NATSKills-1)%len(s.Nodes)]
+			fmt.Fprintf(c.Log, "chaos: kill -9 %s at %.0f %%\n", node, 100*frac)
+			if err := s.Kill9(node); err != nil {
 				return rep, err
 			}
-			time.Sleep(2 * time.Second)
-			if err := s.Restart("nats-server"); err != nil {
-				return rep, err
+			if !c.Cluster { // a single server comes back on the same port and store
+				time.Sleep(2 * time.Second)
+				if err := s.Restart(node); err != nil {
+					return rep, err
+				}
 			}
 		case time.Now().After(nextKill):
 			nextKill = time.Now().Add(c.KillEvery)

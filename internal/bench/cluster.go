@@ -26,6 +26,10 @@ type Stack struct {
 	Dir     string
 	NATSURL string
 	SimURL  string
+	// Extra are arguments given to every worker, collector and producer (--replicas 3).
+	Extra []string
+	// Nodes are the nats-server process names (one, or three in a cluster).
+	Nodes   []string
 	procs   []*exec.Cmd
 	workers []*exec.Cmd
 	byName  map[string]*proc
@@ -52,8 +56,11 @@ func (s *Stack) start(name string, args ...string) (*exec.Cmd, error) {
 		return nil, err
 	}
 	bin := name
-	if strings.HasPrefix(name, "worker-") {
+	switch {
+	case strings.HasPrefix(name, "worker-"):
 		bin = "worker"
+	case strings.HasPrefix(name, "nats-server-"):
+		bin = "nats-server"
 	}
 	cmd := exec.Command(filepath.Join(s.Bin, bin), args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
@@ -113,25 +120,54 @@ func (s *Stack) Signal(name string, sig os.Signal, d time.Duration) (exited bool
 
 // StartStack starts nats-server and llmsim.
 func StartStack(bin, dir string, sim []string) (*Stack, error) {
+	return startStack(bin, dir, sim, 1)
+}
+
+// StartClusterStack starts a 3-node JetStream cluster and llmsim; every process is
+// given --replicas 3.
+func StartClusterStack(bin, dir string, sim []string) (*Stack, error) {
+	return startStack(bin, dir, sim, 3)
+}
+
+func startStack(bin, dir string, sim []string, nodes int) (*Stack, error) {
 	s := &Stack{Bin: bin, Dir: dir}
-	np, err := freePort()
-	if err != nil {
-		return nil, err
+	ports := make([]int, 2*nodes+1)
+	for i := range ports {
+		p, err := freePort()
+		if err != nil {
+			return nil, err
+		}
+		ports[i] = p
 	}
-	sp, err := freePort()
-	if err != nil {
-		return nil, err
+	var urls, routes, addrs []string
+	for i := range nodes {
+		urls = append(urls, fmt.Sprintf("nats://127.0.0.1:%d", ports[i]))
+		routes = append(routes, fmt.Sprintf("nats://127.0.0.1:%d", ports[nodes+i]))
+		addrs = append(addrs, fmt.Sprintf("127.0.0.1:%d", ports[i]))
 	}
-	s.NATSURL = fmt.Sprintf("nats://127.0.0.1:%d", np)
+	s.NATSURL = strings.Join(urls, ",")
+	sp := ports[2*nodes]
 	s.SimURL = fmt.Sprintf("http://127.0.0.1:%d", sp)
-	if _, err := s.start("nats-server", "-a", "127.0.0.1", "-p", strconv.Itoa(np), "-js", "-sd", filepath.Join(dir, "nats")); err != nil {
-		return nil, err
+	for i := range nodes {
+		name := "nats-server"
+		args := []string{"-a", "127.0.0.1", "-p", strconv.Itoa(ports[i]), "-js", "-sd", filepath.Join(dir, "nats")}
+		if nodes > 1 {
+			name = fmt.Sprintf("nats-server-%d", i+1)
+			args = []string{"-a", "127.0.0.1", "-p", strconv.Itoa(ports[i]), "-js", "-sd", filepath.Join(dir, name),
+				"-n", name, "--cluster_name", "mq", "--cluster", routes[i], "--routes", strings.Join(routes, ",")}
+			s.Extra = []string{"--replicas", "3"}
+		}
+		if _, err := s.start(name, args...); err != nil {
+			s.Stop()
+			return nil, err
+		}
+		s.Nodes = append(s.Nodes, name)
 	}
 	if _, err := s.start("llmsim", append([]string{"--addr", fmt.Sprintf("127.0.0.1:%d", sp)}, sim...)...); err != nil {
 		s.Stop()
 		return nil, err
 	}
-	for _, a := range []string{fmt.Sprintf("127.0.0.1:%d", np), fmt.Sprintf("127.0.0.1:%d", sp)} {
+	for _, a := range append(addrs, fmt.Sprintf("127.0.0.1:%d", sp)) {
 		if err := waitPort(a, 10*time.Second); err != nil {
 			s.Stop()
 			return nil, err
@@ -163,7 +199,7 @@ func (s *Stack) WriteWorkerConfig(throttle string) (string, error) {
 // StartWorker starts one worker process.
 func (s *Stack) StartWorker(cfg string, args ...string) error {
 	name := fmt.Sprintf("worker-%d", len(s.workers)+1)
-	cmd, err := s.start(name, append([]string{"--config", cfg, "--name", name, "--ops-addr", ""}, args...)...)
+	cmd, err := s.start(name, append(append([]string{"--config", cfg, "--name", name, "--ops-addr", ""}, s.Extra...), args...)...)
 	if err != nil {
 		return err
 	}
@@ -173,7 +209,7 @@ func (s *Stack) StartWorker(cfg string, args ...string) error {
 
 // StartCollector starts the collector writing under dir/out.
 func (s *Stack) StartCollector() error {
-	_, err := s.start("collector", "--out", filepath.Join(s.Dir, "out"), "--ops-addr", "")
+	_, err := s.start("collector", append([]string{"--out", filepath.Join(s.Dir, "out"), "--ops-addr", ""}, s.Extra...)...)
 	return err
 }
 
@@ -184,7 +220,7 @@ func (s *Stack) Produce(ctx context.Context, pipeline, input string) (string, er
 
 // ProduceRun runs the producer with a given run id ("" = a new one).
 func (s *Stack) ProduceRun(ctx context.Context, pipeline, input, run string) (string, error) {
-	args := []string{"--config", pipeline, "--input", input, "--log-level", "warn"}
+	args := append([]string{"--config", pipeline, "--input", input, "--log-level", "warn"}, s.Extra...)
 	if run != "" {
 		args = append(args, "--run", run)
 	}

@@ -81,6 +81,34 @@ func TestBadInputIsReportedAndNothingIsLost(t *testing.T) {
 	})
 }
 
+// Malformed CSV records (a wrong field count, a stray quote) become error rows naming
+// their line, and the records around them are processed.
+func TestMalformedCSVRecordsBecomeErrorRows(t *testing.T) {
+	e := setup(t, llmsim.Config{})
+	e.startWorker(workerOpts{})
+	e.startCollector("")
+	p := e.pipeline(matrixPipeline(1, 1, ""))
+	data := "id,text,fault,fault_query\nr0,a,,\nr1,b,,,extra\nr2,\"c\",,\nr3,d\"x,,\nr4,e,,\n"
+	rep, err := e.produce(p, data, input.CSV)
+	if err != nil {
+		t.Fatalf("produce: %v", err)
+	}
+	if rep.Rows != 5 || rep.RowErrors != 2 {
+		t.Fatalf("report = %+v, want 5 rows with 2 row errors", rep)
+	}
+	e.waitSummary(rep.Run, 60*time.Second)
+	ok, bad := e.lines(rep.Run, sink.ResultsJSONL), e.lines(rep.Run, sink.ErrorsJSONL)
+	if len(ok) != 3 || len(bad) != 2 {
+		t.Fatalf("got %d ok and %d error rows, want 3 and 2", len(ok), len(bad))
+	}
+	for i, wantLine := range []float64{3, 5} {
+		e := errorOf(t, bad[i])
+		if e["reason"] != wire.ReasonMalformedRecord || e["line"] != wantLine || e["raw"] == "" {
+			t.Errorf("error row %d = %v, want malformed_record on line %v with its raw text", i, e, wantLine)
+		}
+	}
+}
+
 // Acceptance 7: under random seeded fault mixes every input row comes out exactly once,
 // either with all M x fields or as an error row with none of them.
 func TestRowsAreAtomicUnderRandomFaults(t *testing.T) {
