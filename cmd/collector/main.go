@@ -25,6 +25,7 @@ func main() {
 		memory   = flag.Int64("memory-limit", 64<<20, "bytes of row bodies kept in memory; beyond, read back from JetStream")
 		replicas = flag.Int("replicas", 1, "stream replicas when creating streams (3 in a NATS cluster)")
 		opsAddr  = flag.String("ops-addr", ":9091", "address of /metrics, /healthz, /readyz (empty: off)")
+		name     = flag.String("name", "", "collector name in its lease (default host-pid)")
 		level    = flag.String("log-level", "info", "log level")
 	)
 	flag.Parse()
@@ -36,7 +37,7 @@ func main() {
 		log.Fatal().Err(err).Msg("connect")
 	}
 	defer nc.Drain()
-	c, err := collector.New(js, collector.Config{OutDir: *out, CSV: *withCSV, Order: *order, MemoryLimit: *memory,
+	c, err := collector.New(js, collector.Config{OutDir: *out, CSV: *withCSV, Order: *order, MemoryLimit: *memory, Name: *name,
 		Topology: queue.Topology{Replicas: *replicas}}, log)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "collector: %v\n", err)

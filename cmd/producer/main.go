@@ -44,6 +44,7 @@ func run() int {
 		wait     = flag.Bool("wait", false, "wait until the collector has emitted every row, then print the summary")
 		waitMax  = flag.Duration("wait-timeout", 0, "give up waiting after this long (0 = no limit)")
 		replicas = flag.Int("replicas", 1, "stream replicas when creating streams (3 in a NATS cluster)")
+		ahead    = flag.Int("max-ahead", 1000, "flow control: rows published ahead of the rows the collector has written")
 		level    = flag.String("log-level", "info", "log level")
 	)
 	flag.Parse()
@@ -92,7 +93,7 @@ func run() int {
 		log.Error().Err(err).Msg("connect")
 		return 1
 	}
-	cfg := producer.Config{Pipeline: p, Input: in, Format: f, Run: *runID, Topology: queue.Topology{Replicas: *replicas}}
+	cfg := producer.Config{Pipeline: p, Input: in, Format: f, Run: *runID, Topology: queue.Topology{Replicas: *replicas}, MaxAhead: *ahead}
 	var bar *mpb.Bar
 	var progress *mpb.Progress
 	if isatty.IsTerminal(os.Stderr.Fd()) {

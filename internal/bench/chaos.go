@@ -152,8 +152,10 @@ func Chaos(ctx context.Context, c ChaosConfig) (ChaosReport, error) {
 		_, err := os.Stat(filepath.Join(out, sink.Summary))
 		return err == nil
 	}
-	collectorAt := spread(c.CollectorKills, 0.15, 0.75)
-	natsAt := spread(c.NATSKills, 0.35, 0.55)
+	// NATS first: after a collector kill the standby waits out the lease TTL, then
+	// catches up fast and could skip a later threshold.
+	natsAt := spread(c.NATSKills, 0.12, 0.2)
+	collectorAt := spread(c.CollectorKills, 0.3, 0.75)
 	nextKill := time.Now().Add(c.KillEvery)
 	for !done() {
 		if ctx.Err() != nil {
@@ -161,6 +163,12 @@ func Chaos(ctx context.Context, c ChaosConfig) (ChaosReport, error) {
 			return rep, fmt.Errorf("run %s not complete after %s (%d of %d rows out)", run, c.Timeout, progress(), c.Rows)
 		}
 		frac := float64(progress()) / float64(c.Rows)
+		if s.Exited("collector") { // as an orchestrator would: restart what stopped
+			fmt.Fprintf(c.Log, "chaos: the collector exited on its own; restarting it\n")
+			if err := s.Restart("collector"); err != nil {
+				return rep, err
+			}
+		}
 		switch {
 		case len(collectorAt) > 0 && frac >= collectorAt[0]:
 			collectorAt = collectorAt[1:]

@@ -58,3 +58,20 @@ func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(string(p))
 	return len(p), nil
 }
+
+// Issue 5, acceptance 4: two collectors, the active one kill -9'd mid-run: the standby
+// takes the lease over and the output has no gap and no duplicate.
+func TestCollectorTakeover(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs real processes")
+	}
+	bin := buildBinaries(t)
+	rep, err := CollectorTakeover(context.Background(), bin, t.TempDir(), 600)
+	if err != nil {
+		t.Fatalf("takeover: %v (%s)", err, rep.ChaosReport)
+	}
+	t.Logf("takeover after %s: %s", rep.Takeover, rep.ChaosReport)
+	if err := CheckChaos(rep.ChaosReport); err != nil {
+		t.Fatal(err)
+	}
+}

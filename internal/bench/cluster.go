@@ -30,7 +30,6 @@ type Stack struct {
 	Extra []string
 	// Nodes are the nats-server process names (one, or three in a cluster).
 	Nodes   []string
-	procs   []*exec.Cmd
 	workers []*exec.Cmd
 	byName  map[string]*proc
 }
@@ -39,6 +38,7 @@ type proc struct {
 	cmd  *exec.Cmd
 	args []string
 	log  *os.File
+	done chan struct{} // closed when the process has exited and been reaped
 }
 
 func freePort() (int, error) {
@@ -61,6 +61,8 @@ func (s *Stack) start(name string, args ...string) (*exec.Cmd, error) {
 		bin = "worker"
 	case strings.HasPrefix(name, "nats-server-"):
 		bin = "nats-server"
+	case strings.HasPrefix(name, "collector-"):
+		bin = "collector"
 	}
 	cmd := exec.Command(filepath.Join(s.Bin, bin), args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
@@ -69,12 +71,31 @@ func (s *Stack) start(name string, args ...string) (*exec.Cmd, error) {
 		logf.Close()
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
-	s.procs = append(s.procs, cmd)
 	if s.byName == nil {
 		s.byName = map[string]*proc{}
 	}
-	s.byName[name] = &proc{cmd: cmd, args: args, log: logf}
+	p := &proc{cmd: cmd, args: args, log: logf, done: make(chan struct{})}
+	s.byName[name] = p
+	go func() {
+		_ = cmd.Wait()
+		logf.Close()
+		close(p.done)
+	}()
 	return cmd, nil
+}
+
+// Exited reports whether a process has exited.
+func (s *Stack) Exited(name string) bool {
+	p := s.byName[name]
+	if p == nil {
+		return false
+	}
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
 }
 
 // Kill9 kills a process by name with SIGKILL and reaps it.
@@ -84,8 +105,7 @@ func (s *Stack) Kill9(name string) error {
 		return fmt.Errorf("no process %s", name)
 	}
 	_ = p.cmd.Process.Kill()
-	_ = p.cmd.Wait()
-	p.log.Close()
+	<-p.done
 	return nil
 }
 
@@ -108,10 +128,8 @@ func (s *Stack) Signal(name string, sig os.Signal, d time.Duration) (exited bool
 	if err := p.cmd.Process.Signal(sig); err != nil {
 		return false, err
 	}
-	done := make(chan struct{})
-	go func() { _ = p.cmd.Wait(); close(done) }()
 	select {
-	case <-done:
+	case <-p.done:
 		return true, nil
 	case <-time.After(d):
 		return false, nil
@@ -280,20 +298,18 @@ func (s *Stack) Requests() ([]llmsim.RequestLog, error) {
 
 // Stop terminates every process (SIGTERM, then SIGKILL after 10 s) and waits.
 func (s *Stack) Stop() {
-	for i := len(s.procs) - 1; i >= 0; i-- {
-		c := s.procs[i]
-		if c.ProcessState != nil {
-			continue // already reaped
-		}
-		_ = c.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { _ = c.Wait(); close(done) }()
+	for _, p := range s.byName {
 		select {
-		case <-done:
+		case <-p.done:
+			continue
+		default:
+		}
+		_ = p.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-p.done:
 		case <-time.After(10 * time.Second):
-			_ = c.Process.Kill()
-			<-done
+			_ = p.cmd.Process.Kill()
+			<-p.done
 		}
 	}
-	s.procs = nil
 }

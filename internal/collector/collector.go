@@ -22,6 +22,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
+	"github.com/multiquery/multiquery/internal/lease"
 	"github.com/multiquery/multiquery/internal/queue"
 	"github.com/multiquery/multiquery/internal/sink"
 	"github.com/multiquery/multiquery/internal/wire"
@@ -39,6 +40,10 @@ type Config struct {
 	// row is read until rows go out. Memory is bounded by it and MemoryLimit.
 	MaxPendingRows int
 	Topology       queue.Topology
+	// Name identifies this collector in its lease; NoLease turns the single-active lease
+	// off (one collector by deployment).
+	Name    string
+	NoLease bool
 }
 
 func (c *Config) defaults() {
@@ -50,6 +55,10 @@ func (c *Config) defaults() {
 	}
 	if c.FlushRows <= 0 {
 		c.FlushRows = 1000
+	}
+	if c.Name == "" {
+		h, _ := os.Hostname()
+		c.Name = fmt.Sprintf("%s-%d", h, os.Getpid())
 	}
 	if c.MaxPendingRows <= 0 {
 		c.MaxPendingRows = 20000
@@ -136,6 +145,22 @@ func (c *Collector) Run(ctx context.Context) error {
 	if c.results, err = c.js.Stream(ctx, wire.StreamResults); err != nil {
 		return fmt.Errorf("open stream %s: %w", wire.StreamResults, err)
 	}
+	if c.cfg.NoLease {
+		return c.active(ctx)
+	}
+	kv, err := lease.Ensure(ctx, c.js, c.cfg.Topology.Defaults().Replicas)
+	if err != nil {
+		return err
+	}
+	// Several collectors may run; one holds the lease and emits, the others stand by.
+	return lease.Hold(ctx, kv, "collector", c.cfg.Name, c.log, func(ctx context.Context, waited time.Duration) error {
+		c.m.takeover.Set(waited.Seconds())
+		return c.active(ctx)
+	})
+}
+
+// active is the collector's work while it holds the lease.
+func (c *Collector) active(ctx context.Context) error {
 	// Two channels: input rows are taken only while fewer than MaxPendingRows rows wait
 	// for results, so a fast input stream cannot fill memory; results are always taken
 	// (a row's results are what frees it).
@@ -170,6 +195,9 @@ func (c *Collector) Run(ctx context.Context) error {
 		var ev event
 		select {
 		case <-ctx.Done():
+			if errors.Is(context.Cause(ctx), lease.ErrLost) {
+				return nil // another collector may be active: write nothing more
+			}
 			return c.checkpoint(context.WithoutCancel(ctx))
 		case ev = <-in:
 		case ev = <-results:
@@ -337,7 +365,6 @@ func (c *Collector) apply(ctx context.Context, ev event) error {
 		}
 		rs.input = true
 		c.waiting++
-		rs.inputSeq = ev.seq
 		rs.preErr = row.Error
 		if c.cached+int64(len(row.Data)) <= c.cfg.MemoryLimit {
 			rs.data = row.Data

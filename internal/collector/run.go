@@ -65,8 +65,7 @@ type rowState struct {
 	data       json.RawMessage
 	dataCached bool
 	results    [][]byte // per query; nil when not cached (read back by subject)
-	inputSeq   uint64   // stream sequences, deleted once the row is durably out
-	resultSeqs []uint64
+	resultSeqs []uint64 // stream sequences, deleted once the row is durably out
 }
 
 func (rs *rowState) has(i int) bool { return rs.have[i/64]&(1<<(i%64)) != 0 }
@@ -257,7 +256,8 @@ func (c *Collector) emit(ctx context.Context, r *run, i int) error {
 	} else {
 		r.above[i] = true
 	}
-	r.toPurge = append(r.toPurge, purge{stream: c.input, seq: rs.inputSeq})
+	// The input row stays until the run finishes: it tells a resuming producer that the
+	// row (and, published before it, every job of it) is on the bus.
 	for _, seq := range rs.resultSeqs {
 		r.toPurge = append(r.toPurge, purge{stream: c.results, seq: seq})
 	}
@@ -555,12 +555,18 @@ func retryGet(ctx context.Context, fn func(ctx context.Context) error) error {
 }
 
 type metrics struct {
-	rows *prometheus.CounterVec
+	rows     *prometheus.CounterVec
+	takeover prometheus.Gauge
 }
 
 func newMetrics() *metrics {
-	return &metrics{rows: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mq_collector_rows_total", Help: "Rows emitted, by outcome."}, []string{"outcome"})}
+	return &metrics{
+		rows:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mq_collector_rows_total", Help: "Rows emitted, by outcome."}, []string{"outcome"}),
+		takeover: prometheus.NewGauge(prometheus.GaugeOpts{Name: "mq_collector_lease_wait_seconds", Help: "How long this collector stood by before it took the lease."}),
+	}
 }
 
 // Collectors returns the collector's metrics for registration.
-func (c *Collector) Collectors() []prometheus.Collector { return []prometheus.Collector{c.m.rows} }
+func (c *Collector) Collectors() []prometheus.Collector {
+	return []prometheus.Collector{c.m.rows, c.m.takeover}
+}

@@ -1,7 +1,9 @@
 // Package producer owns turning input rows into a run on the bus: it validates the
 // pipeline against the input header, renders all M prompts of a row before publishing
-// any of its jobs, publishes the row once and then its jobs (Nats-Msg-Id on everything,
-// first-writer-wins streams), and brackets the run with open and seal records.
+// any of them, publishes the row's jobs and then the row once (Nats-Msg-Id on
+// everything, first-writer-wins streams), and brackets the run with open and seal
+// records. It stays at most MaxAhead rows ahead of the collector, and checkpoints in KV
+// so that a rerun with the same run id resumes without calling any job twice.
 package producer
 
 import (
@@ -37,6 +39,9 @@ type Config struct {
 	Progress func(rows int)
 	// Window bounds publishes awaiting their ack.
 	Window int
+	// MaxAhead is how many rows the producer may be ahead of the rows the collector has
+	// written (flow control: the streams never hold a whole giant input).
+	MaxAhead int
 }
 
 // UsageError is a whole-run problem found before anything was published (exit 2).
@@ -61,6 +66,9 @@ func Run(ctx context.Context, js jetstream.JetStream, cfg Config, log zerolog.Lo
 	}
 	if cfg.Window <= 0 {
 		cfg.Window = 2048
+	}
+	if cfg.MaxAhead <= 0 {
+		cfg.MaxAhead = 1000
 	}
 	hasher := sha256.New()
 	rd, err := input.NewReader(io.TeeReader(cfg.Input, hasher), cfg.Format)
@@ -122,6 +130,22 @@ func Run(ctx context.Context, js jetstream.JetStream, cfg Config, log zerolog.Lo
 		}
 		open.Queries = append(open.Queries, qi)
 	}
+	runs, err := js.KeyValue(ctx, wire.BucketRuns)
+	if err != nil {
+		return Report{}, fmt.Errorf("open kv %s: %w", wire.BucketRuns, err)
+	}
+	ck := &checkpointer{kv: runs, run: cfg.Run, configHash: open.ConfigHash}
+	prev, err := ck.load(ctx)
+	if err != nil {
+		return Report{}, err
+	}
+	if prev != nil && prev.ConfigHash != open.ConfigHash {
+		return Report{}, &UsageError{fmt.Errorf("run %s was started with another pipeline config (hash %.12s, now %.12s); use a new run id", cfg.Run, prev.ConfigHash, open.ConfigHash)}
+	}
+	if prev != nil {
+		log.Info().Str("run", cfg.Run).Int("published_through", prev.Through).Msg("resuming from the checkpoint")
+	}
+	flow := &flowControl{kv: runs, run: cfg.Run, ahead: cfg.MaxAhead}
 	pub := &publisher{js: js, window: cfg.Window, log: log}
 	if err := pub.sync(ctx, wire.InputOpenSubject(cfg.Run), "open."+cfg.Run, open); err != nil {
 		return Report{}, err
@@ -138,6 +162,10 @@ func Run(ctx context.Context, js jetstream.JetStream, cfg Config, log zerolog.Lo
 		}
 		return rd.Next()
 	}
+	// Checkpoint every few rows, once everything before it is acknowledged: a rerun with
+	// the same run id skips what the checkpoint covers and checks the rows after it.
+	every := max(1, cfg.Window/(len(queries)+1))
+	rolling := sha256.New()
 	for {
 		if err := ctx.Err(); err != nil {
 			return rep, fmt.Errorf("run %s interrupted after %d rows (unsealed; rerun with --run %s to resume): %w", cfg.Run, rep.Rows, cfg.Run, err)
@@ -149,20 +177,47 @@ func Run(ctx context.Context, js jetstream.JetStream, cfg Config, log zerolog.Lo
 		if err != nil {
 			return rep, fmt.Errorf("read input after row %d: %w", rep.Rows, err)
 		}
-		n, rowErr, err := publishRow(ctx, pub, p, queries, cfg.Run, rec, header)
-		if err != nil {
+		hashRow(rolling, rec)
+		pl := planRow(p, queries, cfg.Run, rec, header)
+		rep.Rows++
+		if pl.rowErr {
+			rep.RowErrors++
+		}
+		if prev != nil && rec.Index < prev.Through {
+			rep.Jobs += len(pl.jobs)
+			if rec.Index == prev.Through-1 && hex.EncodeToString(rolling.Sum(nil)) != prev.RowsSHA256 {
+				return rep, &UsageError{fmt.Errorf("run %s: the input differs from the one this run was started with (rows 0..%d); use a new run id", cfg.Run, rec.Index)}
+			}
+			continue
+		}
+		if err := flow.wait(ctx, rec.Index); err != nil {
 			return rep, err
 		}
-		rep.Rows++
+		careful := prev != nil && rec.Index < prev.Through+every
+		n, err := publishPlan(ctx, pub, cfg.Run, pl, careful)
 		rep.Jobs += n
-		if rowErr {
-			rep.RowErrors++
+		if err != nil {
+			return rep, err
 		}
 		if cfg.Progress != nil {
 			cfg.Progress(rep.Rows)
 		}
+		if rep.Rows%every == 0 {
+			if err := pub.wait(ctx); err != nil {
+				return rep, err
+			}
+			if err := ck.save(ctx, rep.Rows, hex.EncodeToString(rolling.Sum(nil))); err != nil {
+				return rep, err
+			}
+		}
+	}
+	if prev != nil && rep.Rows < prev.Through {
+		return rep, &UsageError{fmt.Errorf("run %s: the input has %d rows, fewer than the %d already published; use a new run id", cfg.Run, rep.Rows, prev.Through)}
 	}
 	if err := pub.wait(ctx); err != nil {
+		return rep, err
+	}
+	if err := ck.save(ctx, rep.Rows, hex.EncodeToString(rolling.Sum(nil))); err != nil {
 		return rep, err
 	}
 	seal := wire.Seal{V: wire.Version, Run: cfg.Run, Rows: rep.Rows}
@@ -173,33 +228,41 @@ func Run(ctx context.Context, js jetstream.JetStream, cfg Config, log zerolog.Lo
 	return rep, nil
 }
 
-// publishRow renders all M prompts of a row, then publishes the row and its jobs. A row
-// that cannot be rendered is published with its error and no job.
-func publishRow(ctx context.Context, pub *publisher, p *config.Pipeline, queries []config.Query, run string, rec input.Row, header []string) (jobs int, rowErr bool, err error) {
+// plan is what one record becomes on the bus: its jobs, then its row. A record that
+// cannot be parsed or rendered is a row carrying its error and no job.
+type plan struct {
+	row    wire.Row
+	jobs   []wire.Job
+	rowErr bool
+}
+
+// planRow renders all M prompts of a row before anything of it is published.
+func planRow(p *config.Pipeline, queries []config.Query, run string, rec input.Row, header []string) plan {
 	row := wire.Row{V: wire.Version, Run: run, Row: rec.Index}
+	fail := func(e *wire.Error) plan {
+		row.Error = e
+		return plan{row: row, rowErr: true}
+	}
 	if rec.Err != nil {
 		var re *input.RecordError
 		line := rec.Line
 		if errors.As(rec.Err, &re) {
 			line = re.Line
 		}
-		row.Error = &wire.Error{Reason: wire.ReasonMalformedRecord, Message: rec.Err.Error(), Details: map[string]any{"line": line, "raw": rec.Raw}}
-		return 0, true, pub.async(ctx, wire.InputRowSubject(run, rec.Index), "row."+run+"."+itoa(rec.Index), row)
+		return fail(&wire.Error{Reason: wire.ReasonMalformedRecord, Message: rec.Err.Error(), Details: map[string]any{"line": line, "raw": rec.Raw}})
 	}
 	data, err := rec.JSON()
 	if err != nil {
-		row.Error = &wire.Error{Reason: wire.ReasonMalformedRecord, Message: err.Error(), Details: map[string]any{"line": rec.Line}}
-		return 0, true, pub.async(ctx, wire.InputRowSubject(run, rec.Index), "row."+run+"."+itoa(rec.Index), row)
+		return fail(&wire.Error{Reason: wire.ReasonMalformedRecord, Message: err.Error(), Details: map[string]any{"line": rec.Line}})
 	}
 	row.Data = data
 	if header != nil && !sameColumns(header, rec.Columns) {
 		if err := p.CheckInputColumns(rec.Columns); err != nil {
-			row.Error = &wire.Error{Reason: wire.ReasonMalformedRecord, Message: err.Error(), Details: map[string]any{"line": rec.Line}}
-			return 0, true, pub.async(ctx, wire.InputRowSubject(run, rec.Index), "row."+run+"."+itoa(rec.Index), row)
+			return fail(&wire.Error{Reason: wire.ReasonMalformedRecord, Message: err.Error(), Details: map[string]any{"line": rec.Line}})
 		}
 	}
 	values := rec.Map()
-	built := make([]wire.Job, 0, len(queries))
+	jobs := make([]wire.Job, 0, len(queries))
 	now := time.Now().UTC()
 	for _, q := range queries {
 		msgs, err := q.Render(values, p.Lookup)
@@ -209,21 +272,49 @@ func publishRow(ctx context.Context, pub *publisher, p *config.Pipeline, queries
 			if errors.As(err, &re) && re.Field != "" {
 				details["field"] = re.Field
 			}
-			row.Error = &wire.Error{Reason: wire.ReasonTemplateRendering, Message: err.Error(), Details: details}
-			return 0, true, pub.async(ctx, wire.InputRowSubject(run, rec.Index), "row."+run+"."+itoa(rec.Index), row)
+			return fail(&wire.Error{Reason: wire.ReasonTemplateRendering, Message: err.Error(), Details: details})
 		}
-		built = append(built, buildJob(p, q, run, rec.Index, msgs, now))
+		jobs = append(jobs, buildJob(p, q, run, rec.Index, msgs, now))
 	}
-	if err := pub.async(ctx, wire.InputRowSubject(run, rec.Index), "row."+run+"."+itoa(rec.Index), row); err != nil {
-		return 0, false, err
-	}
-	for i := range built {
-		j := &built[i]
-		if err := pub.async(ctx, wire.JobSubject(j.Deployment, run, j.Row, j.Query), wire.JobMsgID(run, j.Row, j.Query), j); err != nil {
-			return i, false, err
+	return plan{row: row, jobs: jobs}
+}
+
+// publishPlan publishes a row's jobs, then the row: an input row on the bus means every
+// job of it is too, which is what a resuming producer relies on. With careful set
+// (rows a crashed producer may have published in part), it first looks for each message
+// on the bus and publishes only what is missing, so no job is ever called twice.
+func publishPlan(ctx context.Context, pub *publisher, run string, pl plan, careful bool) (int, error) {
+	rowSubj := wire.InputRowSubject(run, pl.row.Row)
+	if careful {
+		there, err := pub.exists(ctx, wire.StreamInput, rowSubj)
+		if err != nil {
+			return 0, err
+		}
+		if there {
+			return len(pl.jobs), nil
 		}
 	}
-	return len(built), false, nil
+	for i := range pl.jobs {
+		j := &pl.jobs[i]
+		subj := wire.JobSubject(j.Deployment, run, j.Row, j.Query)
+		if careful {
+			queued, err := pub.exists(ctx, wire.StreamJobs, subj)
+			if err != nil {
+				return i, err
+			}
+			answered, err := pub.exists(ctx, wire.StreamResults, wire.ResultSubject(run, j.Row, j.Query))
+			if err != nil {
+				return i, err
+			}
+			if queued || answered {
+				continue
+			}
+		}
+		if err := pub.async(ctx, subj, wire.JobMsgID(run, j.Row, j.Query), j); err != nil {
+			return i, err
+		}
+	}
+	return len(pl.jobs), pub.async(ctx, rowSubj, "row."+run+"."+itoa(pl.row.Row), pl.row)
 }
 
 func sameColumns(a, b []string) bool {

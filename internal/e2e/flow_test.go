@@ -1,0 +1,112 @@
+package e2e
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/multiquery/multiquery/internal/input"
+	"github.com/multiquery/multiquery/internal/llmsim"
+	"github.com/multiquery/multiquery/internal/producer"
+	"github.com/multiquery/multiquery/internal/sink"
+	"github.com/multiquery/multiquery/internal/wire"
+)
+
+// Issue 5, acceptance 2 (short variant; `make bench-flow` runs 100 000 rows): the
+// producer stays at most K rows ahead of the collector, so the jobs stream never holds
+// more than K x M jobs, and the run completes.
+func TestFlowControlBoundsTheJobsStream(t *testing.T) {
+	e := setup(t, llmsim.Config{Latency: 5 * time.Millisecond})
+	tp := fastThrottle()
+	tp.StartRate, tp.MinRate, tp.MaxRate = 300, 300, 300 // a limited fleet
+	e.startWorker(workerOpts{concurrency: 8, throttle: &tp})
+	e.startCollector("")
+	const k, m = 20, 2
+	p := e.pipeline(matrixPipeline(1, m, ""))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var peak atomic.Int64
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		s, err := e.js.Stream(ctx, wire.StreamJobs)
+		for err != nil && ctx.Err() == nil {
+			time.Sleep(10 * time.Millisecond)
+			s, err = e.js.Stream(ctx, wire.StreamJobs)
+		}
+		for ctx.Err() == nil {
+			if info, err := s.Info(ctx); err == nil && int64(info.State.Msgs) > peak.Load() {
+				peak.Store(int64(info.State.Msgs))
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}()
+	rep, err := producer.Run(ctx, e.js, producer.Config{Pipeline: p, Input: strings.NewReader(csvRows(600, nil)), Format: input.CSV,
+		Topology: e.topo, MaxAhead: k}, e.log)
+	if err != nil {
+		t.Fatalf("produce: %v", err)
+	}
+	sum := e.waitSummary(rep.Run, 60*time.Second)
+	cancel()
+	<-sampled
+	if sum.Stats.RowsOK != 600 {
+		t.Fatalf("%d rows ok, want 600", sum.Stats.RowsOK)
+	}
+	if got := peak.Load(); got == 0 || got > k*m {
+		t.Fatalf("MQ_JOBS held at most %d jobs, want 1..%d (K x M)", got, k*m)
+	}
+	t.Logf("peak jobs in the stream: %d (bound %d)", peak.Load(), k*m)
+}
+
+// Issue 5, acceptance 3: a producer killed half-way and rerun with the same run id after
+// the dedup window resumes from its checkpoint: no job is called twice and the run
+// completes; a different input under the same run id is refused before publishing.
+func TestProducerResumesWithoutDuplicateCalls(t *testing.T) {
+	e := setup(t, llmsim.Config{Latency: 5 * time.Millisecond})
+	e.topo.Duplicates = 500 * time.Millisecond // the dedup window is no resume mechanism
+	e.startWorker(workerOpts{concurrency: 16})
+	e.startCollector("")
+	p := e.pipeline(matrixPipeline(1, 2, ""))
+	data := csvRows(400, nil)
+	const run = "resume-run"
+	ctx, kill := context.WithCancel(context.Background())
+	_, err := producer.Run(ctx, e.js, producer.Config{Pipeline: p, Input: strings.NewReader(data), Format: input.CSV, Run: run,
+		Topology: e.topo, Window: 64, Progress: func(rows int) {
+			if rows == 200 {
+				kill() // mid-run, with publishes in flight
+			}
+		}}, e.log)
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("first producer: err = %v, want it interrupted", err)
+	}
+	time.Sleep(time.Second) // past the dedup window
+	other := csvRows(400, func(i int) (string, string) {
+		if i == 3 {
+			return "x", "y"
+		}
+		return "", ""
+	})
+	_, err = producer.Run(context.Background(), e.js, producer.Config{Pipeline: p, Input: strings.NewReader(other), Format: input.CSV, Run: run, Topology: e.topo}, e.log)
+	var ue *producer.UsageError
+	if !errors.As(err, &ue) || !strings.Contains(err.Error(), "input differs") {
+		t.Fatalf("rerun with another input: err = %v, want a UsageError saying the input differs", err)
+	}
+	rep, err := producer.Run(context.Background(), e.js, producer.Config{Pipeline: p, Input: strings.NewReader(data), Format: input.CSV, Run: run, Topology: e.topo}, e.log)
+	if err != nil {
+		t.Fatalf("rerun: %v", err)
+	}
+	if rep.Rows != 400 {
+		t.Fatalf("rerun report %+v, want 400 rows", rep)
+	}
+	e.waitSummary(run, 60*time.Second)
+	rows := e.lines(run, sink.ResultsJSONL)
+	if len(rows) != 400 || len(byID(rows)) != 400 {
+		t.Fatalf("%d lines, %d distinct rows, want 400", len(rows), len(byID(rows)))
+	}
+	if st := e.sim.Stats(); st.Requests != 800 {
+		t.Fatalf("llmsim saw %d calls for 800 jobs: some job was called twice", st.Requests)
+	}
+}
