@@ -1,8 +1,9 @@
-// Command mqctl operates a multiquery system: dead letters (list, replay) and run status.
+// Command mqctl operates a multiquery system: run status and control, dead letters.
 //
+//	mqctl status RUN [--watch] [--json]
+//	mqctl pause|resume|cancel RUN
 //	mqctl dead list [--run ID]
 //	mqctl dead replay SEQ...
-//	mqctl status RUN
 package main
 
 import (
@@ -21,13 +22,17 @@ import (
 	"github.com/multiquery/multiquery/internal/deadletter"
 	"github.com/multiquery/multiquery/internal/ops"
 	"github.com/multiquery/multiquery/internal/queue"
-	"github.com/multiquery/multiquery/internal/wire"
+	"github.com/multiquery/multiquery/internal/status"
+	"github.com/multiquery/multiquery/internal/worker"
 )
 
 const usage = `usage:
-  mqctl [--nats URL] dead list [--run ID]   list dead-lettered jobs
-  mqctl [--nats URL] dead replay SEQ...     publish dead letters again on their subjects
-  mqctl [--nats URL] status RUN             print a run's status`
+  mqctl [--nats URL] status RUN [--watch] [--json]   a run's progress, queue, throttle, ETA
+  mqctl [--nats URL] pause RUN                       hold the run (its jobs wait, its producer waits)
+  mqctl [--nats URL] resume RUN                      resume a paused run
+  mqctl [--nats URL] cancel RUN                      cancel: unanswered queries end as 'cancelled' error rows
+  mqctl [--nats URL] dead list [--run ID]            list dead-lettered jobs
+  mqctl [--nats URL] dead replay SEQ...              publish dead letters again on their subjects`
 
 func main() {
 	natsURL := flag.String("nats", ops.NATSURL(), "NATS server URL (env NATS_URL)")
@@ -81,19 +86,37 @@ func main() {
 			fmt.Printf("replayed dead letter %d\n", seq)
 		}
 		os.Exit(code)
-	case len(args) == 2 && args[0] == "status":
-		kv, err := js.KeyValue(ctx, wire.BucketRuns)
-		if err != nil {
+	case len(args) >= 2 && args[0] == "status":
+		fs := flag.NewFlagSet("status", flag.ExitOnError)
+		watch := fs.Bool("watch", false, "refresh every 2 s until the run completes")
+		asJSON := fs.Bool("json", false, "print JSON")
+		_ = fs.Parse(args[2:])
+		for {
+			r, err := status.Get(ctx, nc, js, args[1], 600*time.Millisecond)
+			if err != nil {
+				fail(err)
+			}
+			if *asJSON {
+				b, _ := json.MarshalIndent(r, "", "  ")
+				fmt.Println(string(b))
+			} else {
+				fmt.Print(r.Text())
+			}
+			if !*watch || r.State == "completed" {
+				return
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(2 * time.Second):
+			}
+		}
+	case len(args) == 2 && (args[0] == "pause" || args[0] == "resume" || args[0] == "cancel"):
+		state := map[string]string{"pause": worker.StatePaused, "resume": worker.StateRunning, "cancel": worker.StateCancelled}[args[0]]
+		if err := status.SetControl(ctx, js, args[1], state); err != nil {
 			fail(err)
 		}
-		e, err := kv.Get(ctx, args[1])
-		if err != nil {
-			fail(fmt.Errorf("status of run %s: %w", args[1], err))
-		}
-		var v any
-		_ = json.Unmarshal(e.Value(), &v)
-		b, _ := json.MarshalIndent(v, "", "  ")
-		fmt.Println(string(b))
+		fmt.Printf("run %s: %s\n", args[1], state)
 	default:
 		flag.Usage()
 		os.Exit(2)

@@ -116,6 +116,9 @@ func run() int {
 		return 1
 	}
 	fmt.Printf("run %s: %d rows, %d jobs, %d row errors\n", rep.Run, rep.Rows, rep.Jobs, rep.RowErrors)
+	if rep.Cancelled {
+		fmt.Printf("run %s was cancelled: only the %d rows above were published; their unanswered queries end as 'cancelled' error rows\n", rep.Run, rep.Rows)
+	}
 	if *wait {
 		wctx := ctx
 		if *waitMax > 0 {

@@ -426,21 +426,25 @@ func (c *Collector) writeCheckpoint(r *run, off sink.Offsets) error {
 
 // Status is the run progress published in the runs KV bucket under the run id.
 type Status struct {
-	Run      string    `json:"run"`
-	State    string    `json:"state"` // open | sealed | completed
-	Total    int       `json:"rows_total"`
-	Emitted  int       `json:"rows_emitted"`
-	OK       int       `json:"rows_ok"`
-	Failed   int       `json:"rows_failed"`
-	Next     int       `json:"watermark"` // every row below has been emitted
-	OutDir   string    `json:"out_dir"`
-	Updated  time.Time `json:"updated"`
-	Finished bool      `json:"finished"`
+	Run     string `json:"run"`
+	State   string `json:"state"` // open | sealed | completed
+	Total   int    `json:"rows_total"`
+	Emitted int    `json:"rows_emitted"`
+	OK      int    `json:"rows_ok"`
+	Failed  int    `json:"rows_failed"`
+	Next    int    `json:"watermark"` // every row below has been emitted
+	OutDir  string `json:"out_dir"`
+	// Deployments and Started come from the open record (for status and ETA).
+	Deployments []string  `json:"deployments"`
+	Started     time.Time `json:"started"`
+	Updated     time.Time `json:"updated"`
+	Finished    bool      `json:"finished"`
 }
 
 func (c *Collector) publishStatus(ctx context.Context, r *run) {
 	st := Status{Run: r.id, State: "open", Emitted: r.emittedCount(), OK: r.stats.RowsOK, Failed: r.stats.RowsFailed,
-		Next: r.next, OutDir: r.out.Dir(), Updated: time.Now().UTC(), Finished: r.finished}
+		Next: r.next, OutDir: r.out.Dir(), Updated: time.Now().UTC(), Finished: r.finished,
+		Deployments: r.open.Deployments, Started: r.started}
 	if r.sealed {
 		st.State, st.Total = "sealed", r.total
 	}

@@ -106,6 +106,7 @@ func (e *env) startWorker(o workerOpts) func() {
 	w, err := worker.New(e.js, worker.Config{
 		Name: fmt.Sprintf("w%d", len(e.stopped)), Concurrency: o.concurrency, Topology: e.topo,
 		TransientBackoff: 20 * time.Millisecond, DrainTimeout: 5 * time.Second, UnknownAliasGrace: time.Second,
+		DeploymentPause: time.Second, PausedRunDelay: 300 * time.Millisecond,
 		Deployments: []worker.Deployment{{
 			LLM:      llm.Options{Alias: o.alias, Provider: "openai", Endpoint: e.simURL + "/v1", APIKey: o.key, Timeout: 10 * time.Second},
 			Throttle: tp,

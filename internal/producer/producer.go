@@ -56,6 +56,8 @@ type Report struct {
 	Rows      int // rows published (including error rows)
 	Jobs      int
 	RowErrors int // malformed records and rows that failed to render
+	// Cancelled: the run was cancelled (mqctl cancel); Rows were published before.
+	Cancelled bool
 }
 
 // Run publishes a whole run and returns its report. A *UsageError means nothing was
@@ -190,7 +192,15 @@ func Run(ctx context.Context, js jetstream.JetStream, cfg Config, log zerolog.Lo
 			}
 			continue
 		}
-		if err := flow.wait(ctx, rec.Index); err != nil {
+		if err := flow.wait(ctx, rec.Index); errors.Is(err, errCancelled) {
+			rep.Rows-- // this row is not published
+			if pl.rowErr {
+				rep.RowErrors--
+			}
+			rep.Cancelled = true
+			log.Warn().Int("published", rep.Rows).Msg("run cancelled: no more rows are published")
+			break
+		} else if err != nil {
 			return rep, err
 		}
 		careful := prev != nil && rec.Index < prev.Through+every
@@ -217,8 +227,10 @@ func Run(ctx context.Context, js jetstream.JetStream, cfg Config, log zerolog.Lo
 	if err := pub.wait(ctx); err != nil {
 		return rep, err
 	}
-	if err := ck.save(ctx, rep.Rows, hex.EncodeToString(rolling.Sum(nil))); err != nil {
-		return rep, err
+	if !rep.Cancelled {
+		if err := ck.save(ctx, rep.Rows, hex.EncodeToString(rolling.Sum(nil))); err != nil {
+			return rep, err
+		}
 	}
 	seal := wire.Seal{V: wire.Version, Run: cfg.Run, Rows: rep.Rows}
 	if err := pub.sync(ctx, wire.InputSealSubject(cfg.Run), "seal."+cfg.Run, seal); err != nil {

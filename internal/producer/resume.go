@@ -77,7 +77,40 @@ type flowControl struct {
 	emitted int
 }
 
+// errCancelled stops a producer whose run was cancelled (mqctl cancel).
+var errCancelled = errors.New("run cancelled")
+
+// control reads the run's control state: cancelled stops the producer, paused holds it.
+func (f *flowControl) control(ctx context.Context) error {
+	for {
+		var c struct {
+			State string `json:"state"`
+		}
+		e, err := f.kv.Get(ctx, f.run+".control")
+		if err != nil || json.Unmarshal(e.Value(), &c) != nil {
+			return nil
+		}
+		switch c.State {
+		case "cancelled":
+			return errCancelled
+		case "paused":
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(time.Second):
+			}
+		default:
+			return nil
+		}
+	}
+}
+
 func (f *flowControl) wait(ctx context.Context, row int) error {
+	if row%100 == 0 {
+		if err := f.control(ctx); err != nil {
+			return err
+		}
+	}
 	for row-f.emitted >= f.ahead {
 		e, err := f.kv.Get(ctx, f.run)
 		if err == nil {

@@ -26,6 +26,7 @@ func HeartbeatSubject(alias string) string { return "mq.throttle." + alias + ".h
 
 type signal struct {
 	Member       string `json:"member"`
+	Kind         string `json:"kind,omitempty"` // "" capacity | "deployment": paused, rate untouched
 	Status       int    `json:"status"`
 	RetryAfterMS int64  `json:"retry_after_ms"`
 }
@@ -76,11 +77,25 @@ func (f *Fleet) Capacity(status int, retryAfter time.Duration) {
 	}
 }
 
+// Block pauses the deployment fleet-wide for d after a deployment-wide error (bad key,
+// no quota, deployment not found): every worker stops dispatching, the rate is kept.
+func (f *Fleet) Block(status int, d time.Duration) {
+	f.ctrl.Pause(d)
+	b, _ := json.Marshal(signal{Member: f.id, Kind: "deployment", Status: status, RetryAfterMS: d.Milliseconds()})
+	if err := f.nc.Publish(SignalSubject(f.alias), b); err != nil {
+		f.log.Debug().Err(err).Msg("broadcast deployment pause")
+	}
+}
+
 // Run exchanges signals and heartbeats until ctx ends.
 func (f *Fleet) Run(ctx context.Context) error {
 	sigSub, err := f.nc.Subscribe(SignalSubject(f.alias), func(m *nats.Msg) {
 		var s signal
 		if json.Unmarshal(m.Data, &s) != nil || s.Member == f.id {
+			return
+		}
+		if s.Kind == "deployment" {
+			f.ctrl.Pause(time.Duration(s.RetryAfterMS) * time.Millisecond)
 			return
 		}
 		f.ctrl.OnCapacity(time.Duration(s.RetryAfterMS) * time.Millisecond)

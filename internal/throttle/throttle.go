@@ -306,3 +306,17 @@ func (c *Controller) Adopt(peerRate float64, peerSlowStart bool) {
 	}
 	c.rate = min(max((c.rate+peerRate)/2, c.p.MinRate), c.p.MaxRate)
 }
+
+// Pause stops every permit for d without touching the rate (a deployment-wide error:
+// the provider is not over capacity, it refuses us).
+func (c *Controller) Pause(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if until := c.now().Add(d); until.After(c.pausedUntil) {
+		c.pausedUntil = until
+		c.pauses++
+	}
+	if c.next.Before(c.pausedUntil) {
+		c.next = c.pausedUntil
+	}
+}

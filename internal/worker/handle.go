@@ -63,6 +63,14 @@ func (w *Worker) handle(ctx context.Context, d *deployment, msg jetstream.Msg) {
 		return
 	}
 	attempt := int(meta.NumDelivered)
+	switch w.ctl.run(job.Run) {
+	case StateCancelled:
+		w.final(ctx, msg, &job, nil, &wire.Error{Reason: wire.ReasonCancelled, Message: "the run was cancelled"}, attempt, 0, log)
+		return
+	case StatePaused:
+		w.nak(msg, jitter(w.cfg.PausedRunDelay), d.alias)
+		return
+	}
 	// Capacity NAKs are deliveries too: only the others count toward the crash-loop cap.
 	if meta.NumDelivered > w.cfg.HardDeliverCap && meta.NumDelivered-uint64(w.loadState(ctx, &job).CapacityErrors) > w.cfg.HardDeliverCap {
 		w.final(ctx, msg, &job, nil, &wire.Error{Reason: wire.ReasonMaxDeliveries, Message: fmt.Sprintf("delivered %d times", meta.NumDelivered), Details: map[string]any{"deliveries": meta.NumDelivered}}, attempt, 0, log)
@@ -92,6 +100,7 @@ func (w *Worker) handle(ctx context.Context, d *deployment, msg jetstream.Msg) {
 		if perr != nil {
 			callErr = perr
 		} else {
+			w.closeBreaker(ctx, d)
 			st := w.loadState(ctx, &job)
 			res := &wire.Result{OK: true, Fields: fields, Usage: &ans.Usage, Model: ans.Model, Retries: st.CapacityErrors + st.TransientErrors}
 			w.final(ctx, msg, &job, res, nil, attempt, 0, log)
@@ -152,8 +161,9 @@ func (w *Worker) onError(ctx context.Context, d *deployment, msg jetstream.Msg, 
 		w.nak(msg, jitter(min(backoff, 30*time.Second)), d.alias)
 	case errors.As(callErr, &depErr):
 		// Not a row's fault: pause the deployment and let the job wait.
-		log.Error().Int("status", depErr.StatusCode).Str("code", depErr.Code).Msg("deployment-wide error: pausing the deployment; jobs wait")
+		log.Error().Int("status", depErr.StatusCode).Str("code", depErr.Code).Msg("deployment-wide error: pausing the deployment fleet-wide; jobs wait")
 		d.pause(w.cfg.DeploymentPause)
+		w.openBreaker(ctx, d, depErr.StatusCode, depErr.Code, depErr.Message)
 		w.nak(msg, w.cfg.DeploymentPause, d.alias)
 	case errors.As(callErr, &permErr):
 		details := map[string]any{}

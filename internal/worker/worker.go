@@ -49,6 +49,8 @@ type Config struct {
 	// UnknownAliasGrace is how long after a run opened its jobs for an alias no worker
 	// has ever served are left waiting before they fail with unknown_deployment.
 	UnknownAliasGrace time.Duration
+	// PausedRunDelay is the NAK delay of a paused run's jobs (resume takes effect within it).
+	PausedRunDelay time.Duration
 	// Naive turns the fleet throttle off (a baseline for benchmarks): no pacing, no
 	// shared signal, a fixed NAK delay on capacity errors.
 	Naive bool
@@ -79,6 +81,9 @@ func (c *Config) defaults() {
 	}
 	if c.DeploymentPause <= 0 {
 		c.DeploymentPause = 15 * time.Second
+	}
+	if c.PausedRunDelay <= 0 {
+		c.PausedRunDelay = 30 * time.Second
 	}
 	if c.UnknownAliasGrace <= 0 {
 		c.UnknownAliasGrace = 30 * time.Second
@@ -119,6 +124,8 @@ type Worker struct {
 	js    jetstream.JetStream
 	log   zerolog.Logger
 	retry jetstream.KeyValue
+	runs  jetstream.KeyValue
+	ctl   controls
 	deps  map[string]*deployment
 	m     *metrics
 }
@@ -142,7 +149,8 @@ func New(js jetstream.JetStream, cfg Config, log zerolog.Logger) (*Worker, error
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	w := &Worker{cfg: cfg, js: js, log: log.With().Str("component", "worker").Str("worker", cfg.Name).Logger(), deps: map[string]*deployment{}, m: newMetrics()}
+	w := &Worker{cfg: cfg, js: js, log: log.With().Str("component", "worker").Str("worker", cfg.Name).Logger(), deps: map[string]*deployment{}, m: newMetrics(),
+		ctl: controls{runs: map[string]string{}, breakers: map[string]bool{}}}
 	for _, d := range cfg.Deployments {
 		slots := cfg.Concurrency
 		if d.MaxConcurrency > 0 && d.MaxConcurrency < slots {
@@ -181,6 +189,9 @@ func (w *Worker) Run(ctx context.Context) error {
 		return fmt.Errorf("open kv %s: %w", wire.BucketRetry, err)
 	}
 	w.retry = kv
+	if w.runs, err = w.js.KeyValue(ctx, wire.BucketRuns); err != nil {
+		return fmt.Errorf("open kv %s: %w", wire.BucketRuns, err)
+	}
 	for _, d := range w.deps {
 		c, err := queue.EnsureJobConsumer(ctx, w.js, w.cfg.Topology, d.alias)
 		if err != nil {
@@ -189,6 +200,17 @@ func (w *Worker) Run(ctx context.Context) error {
 		d.cons = c
 	}
 	var wg sync.WaitGroup
+	loaded := make(chan struct{})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		w.watchControls(ctx, w.runs, loaded)
+	}()
+	select { // run controls first: a paused run's jobs must not be called
+	case <-loaded:
+	case <-time.After(10 * time.Second):
+		w.log.Warn().Msg("run controls not loaded after 10 s; starting anyway")
+	}
 	for _, d := range w.deps {
 		if w.cfg.Naive {
 			continue

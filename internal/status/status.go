@@ -1,0 +1,218 @@
+// Package status owns the operator's view of a run, assembled from what the processes
+// publish: the collector's progress, the producer's checkpoint, the run's control record,
+// the deployments' breakers, the queue and the fleet throttle.
+package status
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/multiquery/multiquery/internal/collector"
+	"github.com/multiquery/multiquery/internal/throttle"
+	"github.com/multiquery/multiquery/internal/wire"
+	"github.com/multiquery/multiquery/internal/worker"
+)
+
+// StalledAfter is how long an unsealed run may go without producer progress before it
+// is reported stalled.
+const StalledAfter = 2 * time.Minute
+
+// Report is a run's status.
+type Report struct {
+	Run          string              `json:"run"`
+	State        string              `json:"state"` // open | sealed | completed | paused | cancelled | blocked | stalled
+	Reason       string              `json:"reason,omitempty"`
+	RowsTotal    int                 `json:"rows_total,omitempty"` // known once sealed
+	Published    int                 `json:"rows_published"`
+	Emitted      int                 `json:"rows_emitted"`
+	OK           int                 `json:"rows_ok"`
+	Failed       int                 `json:"rows_failed"`
+	OldestOpen   int                 `json:"oldest_incomplete_row"`
+	JobsQueued   int                 `json:"queries_queued"`
+	JobsInRetry  int                 `json:"queries_in_retry"`
+	Throttle     map[string]Throttle `json:"throttle,omitempty"`
+	RowsPerSec   float64             `json:"rows_per_second"`
+	ETA          string              `json:"eta,omitempty"`
+	OutDir       string              `json:"out_dir,omitempty"`
+	Deployments  []string            `json:"deployments,omitempty"`
+	ProducerSeen time.Time           `json:"producer_checkpoint,omitzero"`
+}
+
+// Throttle is the fleet throttle of one deployment as its heartbeats show it.
+type Throttle struct {
+	FleetRate float64 `json:"fleet_rate"`
+	Members   int     `json:"workers"`
+	Breaker   string  `json:"breaker,omitempty"`
+}
+
+// Get assembles a run's status. listen is how long to collect throttle heartbeats.
+func Get(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, run string, listen time.Duration) (Report, error) {
+	r := Report{Run: run, State: "open", Throttle: map[string]Throttle{}}
+	runs, err := js.KeyValue(ctx, wire.BucketRuns)
+	if err != nil {
+		return r, fmt.Errorf("open kv %s: %w", wire.BucketRuns, err)
+	}
+	found := false
+	if e, err := runs.Get(ctx, run); err == nil {
+		found = true
+		var st collector.Status
+		if err := json.Unmarshal(e.Value(), &st); err == nil {
+			r.State, r.RowsTotal, r.Emitted, r.OK, r.Failed, r.OldestOpen, r.OutDir, r.Deployments =
+				st.State, st.Total, st.Emitted, st.OK, st.Failed, st.Next, st.OutDir, st.Deployments
+			if el := time.Since(st.Started).Seconds(); el > 0 && st.Emitted > 0 {
+				r.RowsPerSec = float64(st.Emitted) / el
+			}
+		}
+	}
+	if e, err := runs.Get(ctx, run+".producer"); err == nil {
+		found = true
+		var cp struct {
+			Through int       `json:"published_through"`
+			Updated time.Time `json:"updated"`
+		}
+		if json.Unmarshal(e.Value(), &cp) == nil {
+			r.Published, r.ProducerSeen = cp.Through, cp.Updated
+		}
+	}
+	if !found {
+		return r, fmt.Errorf("run %s: no status (unknown run, or nothing written yet)", run)
+	}
+	r.Published = max(r.Published, r.RowsTotal)
+	if s, err := js.Stream(ctx, wire.StreamJobs); err == nil {
+		if info, err := s.Info(ctx, jetstream.WithSubjectFilter("jobs.*."+run+".>")); err == nil {
+			for _, n := range info.State.Subjects {
+				r.JobsQueued += int(n)
+			}
+		}
+	}
+	if kv, err := js.KeyValue(ctx, wire.BucketRetry); err == nil {
+		if keys, err := kv.ListKeysFiltered(ctx, run+".>"); err == nil {
+			for range keys.Keys() {
+				r.JobsInRetry++
+			}
+		}
+	}
+	blocked := ""
+	for _, dep := range r.Deployments {
+		t := heartbeats(nc, dep, listen)
+		if e, err := runs.Get(ctx, worker.BreakerKey(dep)); err == nil {
+			var b worker.Breaker
+			if json.Unmarshal(e.Value(), &b) == nil {
+				t.Breaker = fmt.Sprintf("open since %s: status %d %s: %s", b.Since.Format(time.RFC3339), b.Status, b.Code, b.Message)
+				blocked = fmt.Sprintf("deployment %s: status %d %s: %s", dep, b.Status, b.Code, b.Message)
+			}
+		}
+		r.Throttle[dep] = t
+	}
+	var ctl worker.Control
+	if e, err := runs.Get(ctx, worker.ControlKey(run)); err == nil && json.Unmarshal(e.Value(), &ctl) == nil {
+		switch ctl.State {
+		case worker.StatePaused, worker.StateCancelled:
+			if r.State != "completed" {
+				r.State = ctl.State
+			}
+		}
+	}
+	switch {
+	case r.State == "completed" || r.State == worker.StateCancelled || r.State == worker.StatePaused:
+	case blocked != "":
+		r.State, r.Reason = "blocked", blocked
+	case r.State == "open" && !r.ProducerSeen.IsZero() && time.Since(r.ProducerSeen) > StalledAfter:
+		r.State, r.Reason = "stalled", fmt.Sprintf("unsealed, and its producer has published nothing since %s", r.ProducerSeen.Format(time.RFC3339))
+	}
+	if r.RowsPerSec > 0 && r.State != "completed" {
+		left := max(r.RowsTotal, r.Published) - r.Emitted
+		r.ETA = (time.Duration(float64(left)/r.RowsPerSec) * time.Second).Round(time.Second).String()
+	}
+	return r, nil
+}
+
+// heartbeats listens to a deployment's throttle heartbeats for d.
+func heartbeats(nc *nats.Conn, dep string, d time.Duration) Throttle {
+	var mu sync.Mutex
+	members := map[string]float64{}
+	sub, err := nc.Subscribe(throttle.HeartbeatSubject(dep), func(m *nats.Msg) {
+		var hb struct {
+			Member string  `json:"member"`
+			Rate   float64 `json:"rate"`
+		}
+		if json.Unmarshal(m.Data, &hb) == nil {
+			mu.Lock()
+			members[hb.Member] = hb.Rate
+			mu.Unlock()
+		}
+	})
+	if err != nil {
+		return Throttle{}
+	}
+	time.Sleep(d)
+	_ = sub.Unsubscribe()
+	mu.Lock()
+	defer mu.Unlock()
+	t := Throttle{Members: len(members)}
+	for _, r := range members {
+		t.FleetRate = max(t.FleetRate, r)
+	}
+	return t
+}
+
+// SetControl writes a run's control record: paused, cancelled or running (resume).
+func SetControl(ctx context.Context, js jetstream.JetStream, run, state string) error {
+	switch state {
+	case worker.StatePaused, worker.StateCancelled, worker.StateRunning:
+	default:
+		return fmt.Errorf("control: %q is not paused, cancelled or running", state)
+	}
+	runs, err := js.KeyValue(ctx, wire.BucketRuns)
+	if err != nil {
+		return fmt.Errorf("open kv %s: %w", wire.BucketRuns, err)
+	}
+	if e, err := runs.Get(ctx, worker.ControlKey(run)); err == nil {
+		var c worker.Control
+		if json.Unmarshal(e.Value(), &c) == nil && c.State == worker.StateCancelled && state != worker.StateCancelled {
+			return errors.New("control: a cancelled run cannot be resumed or paused")
+		}
+	}
+	b, _ := json.Marshal(worker.Control{State: state, Updated: time.Now().UTC()})
+	if _, err := runs.Put(ctx, worker.ControlKey(run), b); err != nil {
+		return fmt.Errorf("control of run %s: %w", run, err)
+	}
+	return nil
+}
+
+// Text renders a report for a terminal.
+func (r Report) Text() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "run %s: %s", r.Run, r.State)
+	if r.Reason != "" {
+		fmt.Fprintf(&b, " (%s)", r.Reason)
+	}
+	total := "?"
+	if r.RowsTotal > 0 {
+		total = fmt.Sprint(r.RowsTotal)
+	}
+	fmt.Fprintf(&b, "\n  rows: %s total, %d published, %d emitted (%d ok, %d failed); oldest incomplete row %d\n", total, r.Published, r.Emitted, r.OK, r.Failed, r.OldestOpen)
+	fmt.Fprintf(&b, "  queries: %d queued, %d in retry\n", r.JobsQueued, r.JobsInRetry)
+	for dep, t := range r.Throttle {
+		fmt.Fprintf(&b, "  deployment %s: fleet rate %.1f req/s over %d workers", dep, t.FleetRate, t.Members)
+		if t.Breaker != "" {
+			fmt.Fprintf(&b, "; breaker %s", t.Breaker)
+		}
+		b.WriteString("\n")
+	}
+	if r.ETA != "" {
+		fmt.Fprintf(&b, "  %.1f rows/s, ETA %s\n", r.RowsPerSec, r.ETA)
+	}
+	if r.OutDir != "" {
+		fmt.Fprintf(&b, "  output: %s\n", r.OutDir)
+	}
+	return b.String()
+}

@@ -1,0 +1,127 @@
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Run control states (key "<run>.control" in the runs bucket, written by mqctl).
+const (
+	StateRunning   = "running"
+	StatePaused    = "paused"
+	StateCancelled = "cancelled"
+)
+
+// Control is a run's control record.
+type Control struct {
+	State   string    `json:"state"`
+	Updated time.Time `json:"updated"`
+}
+
+// ControlKey is the runs-bucket key of a run's control record.
+func ControlKey(run string) string { return run + ".control" }
+
+// Breaker is a deployment's circuit breaker record (key "breaker.<alias>"): present
+// while the deployment answers with deployment-wide errors.
+type Breaker struct {
+	State   string    `json:"state"` // open
+	Status  int       `json:"status"`
+	Code    string    `json:"code,omitempty"`
+	Message string    `json:"message"`
+	Since   time.Time `json:"since"`
+	Worker  string    `json:"worker"`
+}
+
+// BreakerKey is the runs-bucket key of a deployment's breaker.
+func BreakerKey(alias string) string { return "breaker." + alias }
+
+// controls mirrors run control records and open breakers from the runs bucket.
+type controls struct {
+	mu       sync.RWMutex
+	runs     map[string]string
+	breakers map[string]bool
+}
+
+func (c *controls) run(id string) string {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.runs[id]
+}
+
+func (c *controls) breakerOpen(alias string) bool {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.breakers[alias]
+}
+
+// watchControls keeps the mirror current until ctx ends; loaded is closed once the
+// current records are in (so no job is fetched before a pause is known).
+func (w *Worker) watchControls(ctx context.Context, kv jetstream.KeyValue, loaded chan<- struct{}) {
+	var once sync.Once
+	defer once.Do(func() { close(loaded) })
+	wt, err := kv.WatchFiltered(ctx, []string{"*.control", "breaker.*"})
+	if err != nil {
+		w.log.Error().Err(err).Msg("watch run controls")
+		return
+	}
+	defer func() { _ = wt.Stop() }()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case e, ok := <-wt.Updates():
+			if !ok {
+				return
+			}
+			if e == nil {
+				once.Do(func() { close(loaded) })
+				continue
+			}
+			deleted := e.Operation() != jetstream.KeyValuePut
+			w.ctl.mu.Lock()
+			if alias, ok := strings.CutPrefix(e.Key(), "breaker."); ok {
+				w.ctl.breakers[alias] = !deleted
+			} else if run, ok := strings.CutSuffix(e.Key(), ".control"); ok {
+				var c Control
+				if deleted || json.Unmarshal(e.Value(), &c) != nil {
+					delete(w.ctl.runs, run)
+				} else {
+					w.ctl.runs[run] = c.State
+				}
+			}
+			w.ctl.mu.Unlock()
+		}
+	}
+}
+
+// openBreaker records a deployment-wide failure: the deployment is paused fleet-wide
+// and the breaker record marks its runs blocked.
+func (w *Worker) openBreaker(ctx context.Context, d *deployment, status int, code, message string) {
+	if d.fleet != nil {
+		d.fleet.Block(status, w.cfg.DeploymentPause)
+	}
+	if w.ctl.breakerOpen(d.alias) {
+		return
+	}
+	b, _ := json.Marshal(Breaker{State: "open", Status: status, Code: code, Message: message, Since: time.Now().UTC(), Worker: w.cfg.Name})
+	if _, err := w.runs.Put(ctx, BreakerKey(d.alias), b); err != nil {
+		w.log.Warn().Err(err).Str("deployment", d.alias).Msg("record breaker")
+	}
+}
+
+// closeBreaker clears an open breaker after a successful call.
+func (w *Worker) closeBreaker(ctx context.Context, d *deployment) {
+	if !w.ctl.breakerOpen(d.alias) {
+		return
+	}
+	if err := w.runs.Delete(ctx, BreakerKey(d.alias)); err != nil {
+		w.log.Warn().Err(err).Str("deployment", d.alias).Msg("clear breaker")
+		return
+	}
+	w.log.Info().Str("deployment", d.alias).Msg("deployment answers again: breaker closed")
+}
