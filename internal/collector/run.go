@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/multiquery/multiquery/internal/queue"
 	"github.com/multiquery/multiquery/internal/sink"
 	"github.com/multiquery/multiquery/internal/wire"
 )
@@ -516,6 +517,11 @@ func (c *Collector) finish(ctx context.Context, r *run) error {
 	r.toPurge = r.toPurge[:0]
 	_ = c.input.Purge(ctx, jetstream.WithPurgeSubject("input."+r.id+".>"))
 	_ = c.results.Purge(ctx, jetstream.WithPurgeSubject("results."+r.id+".>"))
+	for _, dep := range r.open.Deployments { // the run's job consumers are done
+		if err := c.js.DeleteConsumer(ctx, wire.StreamJobs, queue.JobConsumerName(dep, r.id)); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+			c.log.Debug().Err(err).Str("run", r.id).Msg("delete job consumer")
+		}
+	}
 	r.out.Close()
 	r.out = nil
 	r.rows = nil

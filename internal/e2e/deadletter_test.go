@@ -60,6 +60,8 @@ func TestPoisonJobsAreDeadLetteredAndTheirRowsComplete(t *testing.T) {
 	publishJSON(t, e.js, wire.JobSubject("default", run, 0, "q"), job(run, 0))
 	publishJSON(t, e.js, wire.JobSubject("default", run, 1, "q"), []byte(`{"v":1,"run":"manual-poison","row":`)) // undecodable
 	publishJSON(t, e.js, wire.JobSubject("default", run, 2, "q"), job(run, 2))
+	publishJSON(t, e.js, wire.InputOpenSubject("newer-run"), wire.Open{V: 1, Run: "newer-run", Order: wire.OrderInput, Deployments: []string{"default"},
+		Queries: []wire.QueryInfo{{Name: "q", Columns: []string{"q_echo"}}}, Created: time.Now()})
 	newer := job(run, 3)
 	newer.V = 2
 	publishJSON(t, e.js, wire.JobSubject("default", "newer-run", 3, "q"), newer)

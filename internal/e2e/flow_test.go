@@ -110,3 +110,36 @@ func TestProducerResumesWithoutDuplicateCalls(t *testing.T) {
 		t.Fatalf("llmsim saw %d calls for 800 jobs: some job was called twice", st.Requests)
 	}
 }
+
+// Issue 5, acceptance 6 (short variant): a small run started while a big one is in
+// progress finishes within 3x its solo time: workers take the runs of a deployment in
+// turn, so the small run is not queued behind the big one.
+func TestASmallRunIsNotStuckBehindABigOne(t *testing.T) {
+	e := setup(t, llmsim.Config{Latency: 20 * time.Millisecond})
+	tp := fastThrottle()
+	tp.StartRate, tp.MinRate, tp.MaxRate = 100, 100, 100 // a fleet limited to 100 calls/s
+	e.startWorker(workerOpts{concurrency: 8, throttle: &tp})
+	e.startCollector("")
+	p := e.pipeline(matrixPipeline(1, 1, ""))
+	solo := func() time.Duration {
+		began := time.Now()
+		rep, err := e.produce(p, csvRows(100, nil), input.CSV)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.waitSummary(rep.Run, 60*time.Second)
+		return time.Since(began)
+	}
+	alone := solo()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { // the big run: 5000 rows, 50 s of work at the limit
+		_, _ = producer.Run(ctx, e.js, producer.Config{Pipeline: p, Input: strings.NewReader(csvRows(5000, nil)), Format: input.CSV, Topology: e.topo}, e.log)
+	}()
+	time.Sleep(2 * time.Second) // the big run is in progress, its backlog queued
+	shared := solo()
+	t.Logf("small run alone %s, beside a big run %s", alone, shared)
+	if shared > 3*alone {
+		t.Fatalf("the small run took %s beside the big run, more than 3x its solo %s", shared, alone)
+	}
+}

@@ -165,23 +165,29 @@ func Ensure(ctx context.Context, js jetstream.JetStream, t Topology) error {
 // FleetRefresh is how often a worker refreshes its aliases in the fleet registry.
 const FleetRefresh = 10 * time.Second
 
-// JobConsumerName is the durable consumer serving one deployment.
-func JobConsumerName(deployment string) string { return "worker-" + deployment }
+// JobConsumerName is the durable consumer of one run's jobs for one deployment. The
+// length prefix keeps the name unique ("a_b"+"c" and "a"+"b_c" differ).
+func JobConsumerName(deployment, run string) string {
+	return fmt.Sprintf("w%d-%s-%s", len(deployment), deployment, run)
+}
 
-// EnsureJobConsumer creates or updates the durable pull consumer of one deployment.
-// One consumer per deployment: a NAK-delayed message keeps counting toward MaxAckPending,
-// so a throttled deployment must not share a consumer with the others.
-func EnsureJobConsumer(ctx context.Context, js jetstream.JetStream, t Topology, deployment string) (jetstream.Consumer, error) {
+// EnsureJobConsumer creates or updates the durable pull consumer of one run's jobs for
+// one deployment. One consumer per (deployment, run): a NAK-delayed message keeps
+// counting toward MaxAckPending, so a throttled deployment must not share a consumer
+// with the others, and workers fetch from the runs of a deployment in turn, so a small
+// run is not queued behind a big one. Consumers of abandoned runs go after a day idle.
+func EnsureJobConsumer(ctx context.Context, js jetstream.JetStream, t Topology, deployment, run string) (jetstream.Consumer, error) {
 	t = t.Defaults()
 	cfg := jetstream.ConsumerConfig{
-		Durable:       JobConsumerName(deployment),
-		Description:   "query jobs of deployment " + deployment,
-		FilterSubject: wire.JobFilter(deployment),
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       t.AckWait,
-		MaxDeliver:    t.MaxDeliver,
-		MaxAckPending: t.MaxAckPending,
-		DeliverPolicy: jetstream.DeliverAllPolicy,
+		Durable:           JobConsumerName(deployment, run),
+		Description:       "query jobs of run " + run + " for deployment " + deployment,
+		FilterSubject:     "jobs." + deployment + "." + run + ".>",
+		AckPolicy:         jetstream.AckExplicitPolicy,
+		AckWait:           t.AckWait,
+		MaxDeliver:        t.MaxDeliver,
+		MaxAckPending:     t.MaxAckPending,
+		DeliverPolicy:     jetstream.DeliverAllPolicy,
+		InactiveThreshold: 24 * time.Hour,
 	}
 	var c jetstream.Consumer
 	err := Retry(ctx, func(ctx context.Context) error {

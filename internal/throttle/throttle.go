@@ -320,3 +320,20 @@ func (c *Controller) Pause(d time.Duration) {
 		c.next = c.pausedUntil
 	}
 }
+
+// Refund gives back n permits that were taken but not used (nothing was there to
+// fetch), so an idle poll does not spend the burst.
+func (c *Controller) Refund(n int) {
+	if n <= 0 {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.next = c.next.Add(-c.interval(float64(n)))
+	if floor := c.now().Add(-c.interval(float64(c.p.Burst - 1))); c.next.Before(floor) {
+		c.next = floor
+	}
+	if c.next.Before(c.pausedUntil) {
+		c.next = c.pausedUntil
+	}
+}

@@ -8,7 +8,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/multiquery/multiquery/internal/queue"
 	"github.com/multiquery/multiquery/internal/wire"
 )
 
@@ -20,15 +19,13 @@ type maxDeliveriesAdvisory struct {
 	Deliveries uint64 `json:"deliveries"`
 }
 
-// AdvisorySubject is where the server announces a job that hit MaxDeliver.
-func AdvisorySubject(deployment string) string {
-	return "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES." + wire.StreamJobs + "." + queue.JobConsumerName(deployment)
-}
+// AdvisorySubject is where the server announces jobs that hit MaxDeliver (any consumer).
+const AdvisorySubject = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES." + wire.StreamJobs + ".*"
 
 // watchMaxDeliveries dead-letters jobs that reached the consumer's MaxDeliver: after it
 // the message stays in the work-queue stream and nobody would ever finish its row. One
 // worker of the fleet handles each advisory (a queue group).
-func (w *Worker) watchMaxDeliveries(ctx context.Context, d *deployment) {
+func (w *Worker) watchMaxDeliveries(ctx context.Context) {
 	nc := w.js.Conn()
 	jobs, err := w.js.Stream(ctx, wire.StreamJobs)
 	if err != nil {
@@ -36,7 +33,7 @@ func (w *Worker) watchMaxDeliveries(ctx context.Context, d *deployment) {
 		return
 	}
 	ch := make(chan *nats.Msg, 64)
-	sub, err := nc.ChanQueueSubscribe(AdvisorySubject(d.alias), "mq-advisory", ch)
+	sub, err := nc.ChanQueueSubscribe(AdvisorySubject, "mq-advisory", ch)
 	if err != nil {
 		w.log.Error().Err(err).Msg("max-deliveries watch")
 		return
@@ -51,20 +48,23 @@ func (w *Worker) watchMaxDeliveries(ctx context.Context, d *deployment) {
 			if err := json.Unmarshal(m.Data, &a); err != nil {
 				continue
 			}
-			if err := w.deadLetterSeq(ctx, jobs, d.alias, a); err != nil {
+			if err := w.deadLetterSeq(ctx, jobs, a); err != nil {
 				w.log.Error().Err(err).Uint64("seq", a.StreamSeq).Msg("dead-letter a job past MaxDeliver")
 			}
 		}
 	}
 }
 
-func (w *Worker) deadLetterSeq(ctx context.Context, jobs jetstream.Stream, alias string, a maxDeliveriesAdvisory) error {
+func (w *Worker) deadLetterSeq(ctx context.Context, jobs jetstream.Stream, a maxDeliveriesAdvisory) error {
 	raw, err := jobs.GetMsg(ctx, a.StreamSeq)
 	if err != nil {
 		return fmt.Errorf("get job %d: %w", a.StreamSeq, err)
 	}
 	reason := fmt.Sprintf("delivered %d times (MaxDeliver)", a.Deliveries)
-	_, addr, subjErr := wire.ParseJobSubject(raw.Subject)
+	alias, addr, subjErr := wire.ParseJobSubject(raw.Subject)
+	if subjErr != nil {
+		alias = "unknown"
+	}
 	dead := nats.NewMsg(wire.DeadSubject(alias, orUnknown(addr.Run)))
 	dead.Data = raw.Data
 	dead.Header.Set(wire.HeaderReason, reason)

@@ -136,9 +136,9 @@ type deployment struct {
 	ctrl   *throttle.Controller
 	fleet  *throttle.Fleet // nil in naive mode
 	slots  int
-	cons   jetstream.Consumer
-	paused chan struct{}
 	mu     sync.Mutex
+	runs   []runConsumer // the runs with jobs for this deployment, fetched in turn
+	turn   int
 	// pausedUntil is set by deployment-wide errors (bad key, quota): no fetching.
 	pausedUntil time.Time
 }
@@ -192,13 +192,6 @@ func (w *Worker) Run(ctx context.Context) error {
 	if w.runs, err = w.js.KeyValue(ctx, wire.BucketRuns); err != nil {
 		return fmt.Errorf("open kv %s: %w", wire.BucketRuns, err)
 	}
-	for _, d := range w.deps {
-		c, err := queue.EnsureJobConsumer(ctx, w.js, w.cfg.Topology, d.alias)
-		if err != nil {
-			return err
-		}
-		d.cons = c
-	}
 	var wg sync.WaitGroup
 	loaded := make(chan struct{})
 	wg.Add(1)
@@ -236,20 +229,21 @@ func (w *Worker) Run(ctx context.Context) error {
 
 	var inflight sync.WaitGroup
 	for _, d := range w.deps {
-		wg.Add(2)
+		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			w.fetchLoop(ctx, callCtx, d, &inflight)
-		}()
-		go func() {
-			defer wg.Done()
-			w.watchMaxDeliveries(ctx, d)
 		}()
 	}
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		w.rejectUnknown(ctx, callCtx)
+		w.watchMaxDeliveries(ctx)
+	}()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		w.watchRuns(ctx, callCtx)
 	}()
 	<-ctx.Done()
 	wg.Wait() // fetching stopped
@@ -275,6 +269,10 @@ func (w *Worker) fetchLoop(ctx, callCtx context.Context, d *deployment, inflight
 		// Deployment-wide pause (bad key, quota): fetch nothing.
 		if p := d.pausedFor(); p > 0 {
 			sleep(ctx, p)
+			continue
+		}
+		if !d.hasRuns() { // nothing to fetch from: take no permit
+			sleep(ctx, 50*time.Millisecond)
 			continue
 		}
 		select {
@@ -307,35 +305,97 @@ func (w *Worker) fetchLoop(ctx, callCtx context.Context, d *deployment, inflight
 		for i := got; i < n; i++ {
 			release()
 		}
+		d.ctrl.Refund(n - got)
 	}
 }
 
-// fetch gets up to n messages without waiting; when none is there it waits up to a
-// second for one, so an idle worker does not spin.
-func (w *Worker) fetch(ctx context.Context, d *deployment, n int, start func(jetstream.Msg)) int {
-	batch, err := d.cons.FetchNoWait(n)
-	got := 0
-	if err == nil {
-		for msg := range batch.Messages() {
-			start(msg)
-			got++
+// runConsumer is one run's job consumer for a deployment.
+type runConsumer struct {
+	run  string
+	cons jetstream.Consumer
+}
+
+func (d *deployment) addRun(run string, c jetstream.Consumer) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, rc := range d.runs {
+		if rc.run == run {
+			return
 		}
 	}
-	if got > 0 || ctx.Err() != nil {
-		return got
+	d.runs = append(d.runs, runConsumer{run: run, cons: c})
+}
+
+func (d *deployment) removeRun(run string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for i, rc := range d.runs {
+		if rc.run == run {
+			d.runs = append(d.runs[:i], d.runs[i+1:]...)
+			return
+		}
 	}
-	batch, err = d.cons.Fetch(1, jetstream.FetchMaxWait(time.Second))
-	if err != nil {
-		w.log.Warn().Err(err).Str("deployment", d.alias).Msg("fetch")
-		sleep(ctx, 250*time.Millisecond)
-		return 0
+}
+
+// dropIfFinished takes a run out of the rotation once its consumer is gone (the
+// collector deletes it when the run is complete).
+func (w *Worker) dropIfFinished(ctx context.Context, d *deployment, rc runConsumer) {
+	_, err := w.js.Consumer(ctx, wire.StreamJobs, queue.JobConsumerName(d.alias, rc.run))
+	if errors.Is(err, jetstream.ErrConsumerNotFound) {
+		d.removeRun(rc.run)
 	}
-	for msg := range batch.Messages() {
-		start(msg)
-		got++
+}
+
+func (d *deployment) hasRuns() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return len(d.runs) > 0
+}
+
+// rotation returns the runs starting with the next one's turn.
+func (d *deployment) rotation() []runConsumer {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	k := len(d.runs)
+	out := make([]runConsumer, 0, k)
+	for i := range k {
+		out = append(out, d.runs[(d.turn+i)%k])
 	}
-	if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && ctx.Err() == nil && !errors.Is(err, context.DeadlineExceeded) {
-		w.log.Debug().Err(err).Str("deployment", d.alias).Msg("fetch batch")
+	d.turn++
+	return out
+}
+
+// fetch gets up to n messages without waiting, sharing them between the deployment's
+// runs (an equal part from each in turn, then whatever is left); when there is nothing,
+// it waits a little so an idle worker does not spin.
+func (w *Worker) fetch(ctx context.Context, d *deployment, n int, start func(jetstream.Msg)) int {
+	runs := d.rotation()
+	got := 0
+	for pass := range 2 {
+		for _, rc := range runs {
+			want := n - got
+			if pass == 0 {
+				want = min(want, max(1, n/len(runs)))
+			}
+			if want <= 0 {
+				return got
+			}
+			batch, err := rc.cons.FetchNoWait(want)
+			if err != nil {
+				w.dropIfFinished(ctx, d, rc)
+				continue
+			}
+			for msg := range batch.Messages() {
+				start(msg)
+				got++
+			}
+			if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
+				w.dropIfFinished(ctx, d, rc)
+			}
+		}
+	}
+	if got == 0 {
+		sleep(ctx, 50*time.Millisecond)
 	}
 	return got
 }

@@ -11,12 +11,13 @@ import (
 	"github.com/multiquery/multiquery/internal/wire"
 )
 
-// rejectUnknown keeps the fleet registry of served aliases fresh and fails the jobs of
-// runs that name an alias no worker has ever served: such a job is a permanent error
-// (unknown_deployment), never a job left waiting forever. An alias that was served once
-// and whose workers are down is an outage, not an unknown alias: its jobs wait. Workers
-// never send a key to an endpoint a job names: jobs name aliases only.
-func (w *Worker) rejectUnknown(ctx, callCtx context.Context) {
+// watchRuns follows run open records (replayed from the start, so runs opened before
+// this worker started are found too). For each alias a run names: a served alias gets
+// the run's job consumer added to its fetch rotation; an alias no worker has ever served
+// has its jobs failed with unknown_deployment (never left waiting forever). It also keeps
+// the fleet registry of served aliases fresh. Jobs name aliases only: a worker never
+// sends a key to an endpoint a job names.
+func (w *Worker) watchRuns(ctx, callCtx context.Context) {
 	fleet, err := w.js.KeyValue(ctx, wire.BucketFleet)
 	if err != nil {
 		w.log.Error().Err(err).Msg("open fleet registry")
@@ -33,18 +34,16 @@ func (w *Worker) rejectUnknown(ctx, callCtx context.Context) {
 	register()
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	rejecting := map[string]bool{}
-	var mu sync.Mutex
 
 	cons, err := w.js.OrderedConsumer(ctx, wire.StreamInput, jetstream.OrderedConsumerConfig{FilterSubjects: []string{"input.*.open"}})
 	if err != nil {
 		w.log.Error().Err(err).Msg("watch run records")
 		return
 	}
-	opens := make(chan wire.Open, 16)
+	opens := make(chan wire.Open, 64)
 	cc, err := cons.Consume(func(msg jetstream.Msg) {
 		var o wire.Open
-		if err := wire.Decode(msg.Data(), &o); err != nil {
+		if err := wire.Decode(msg.Data(), &o); err != nil || !wire.ValidToken(o.Run) {
 			return
 		}
 		select {
@@ -67,25 +66,25 @@ func (w *Worker) rejectUnknown(ctx, callCtx context.Context) {
 			register()
 		case o := <-opens:
 			for _, alias := range o.Deployments {
-				if _, ok := w.deps[alias]; ok || !wire.ValidToken(alias) {
+				if !wire.ValidToken(alias) {
 					continue
 				}
-				mu.Lock()
-				busy := rejecting[alias]
-				mu.Unlock()
-				if busy || served(ctx, fleet, alias) {
+				if d, ok := w.deps[alias]; ok {
+					c, err := queue.EnsureJobConsumer(ctx, w.js, w.cfg.Topology, alias, o.Run)
+					if err != nil {
+						w.log.Error().Err(err).Str("run", o.Run).Msg("job consumer")
+						continue
+					}
+					d.addRun(o.Run, c)
 					continue
 				}
-				mu.Lock()
-				rejecting[alias] = true
-				mu.Unlock()
+				if served(ctx, fleet, alias) {
+					continue
+				}
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
-					w.rejectAlias(ctx, callCtx, fleet, alias, o.Created)
-					mu.Lock()
-					delete(rejecting, alias)
-					mu.Unlock()
+					w.rejectAlias(ctx, callCtx, fleet, alias, o.Run, o.Created)
 				}()
 			}
 		}
@@ -97,11 +96,12 @@ func served(ctx context.Context, fleet jetstream.KeyValue, alias string) bool {
 	return err == nil
 }
 
-// rejectAlias fails the jobs of one never-served alias until a worker serving it shows
-// up or its backlog stays empty for a while. It waits UnknownAliasGrace after the run
-// opened first, so a fleet rolled out together with its first run is not raced.
-func (w *Worker) rejectAlias(ctx, callCtx context.Context, fleet jetstream.KeyValue, alias string, opened time.Time) {
-	log := w.log.With().Str("deployment", alias).Logger()
+// rejectAlias fails the jobs of one run for a never-served alias until a worker serving
+// it shows up or the run's backlog stays empty for a while. It waits UnknownAliasGrace
+// after the run opened first, so a fleet rolled out together with its first run is not
+// raced. Several workers may do it at once: results are first-writer-wins.
+func (w *Worker) rejectAlias(ctx, callCtx context.Context, fleet jetstream.KeyValue, alias, run string, opened time.Time) {
+	log := w.log.With().Str("deployment", alias).Str("run", run).Logger()
 	for wait := time.Until(opened.Add(w.cfg.UnknownAliasGrace)); wait > 0 && ctx.Err() == nil; wait = time.Until(opened.Add(w.cfg.UnknownAliasGrace)) {
 		sleep(ctx, min(wait, time.Second))
 		if served(ctx, fleet, alias) {
@@ -109,7 +109,7 @@ func (w *Worker) rejectAlias(ctx, callCtx context.Context, fleet jetstream.KeyVa
 		}
 	}
 	log.Error().Msg("a run names a deployment alias no worker serves: its jobs fail with unknown_deployment")
-	cons, err := queue.EnsureJobConsumer(ctx, w.js, w.cfg.Topology, alias)
+	cons, err := queue.EnsureJobConsumer(ctx, w.js, w.cfg.Topology, alias, run)
 	if err != nil {
 		log.Error().Err(err).Msg("consumer for unknown alias")
 		return
@@ -119,6 +119,7 @@ func (w *Worker) rejectAlias(ctx, callCtx context.Context, fleet jetstream.KeyVa
 		batch, err := cons.Fetch(64, jetstream.FetchMaxWait(time.Second))
 		if err != nil {
 			sleep(ctx, time.Second)
+			idle++
 			continue
 		}
 		n := 0
