@@ -77,6 +77,11 @@ type Controller struct {
 	next         time.Time // earliest time of the next permit
 	signals      int64
 	pauses       int64
+	// Permits granted in the current window and the rate of the previous one: the
+	// dispatch rate actually seen, which a burst can put above the nominal rate.
+	winStart    time.Time
+	winCount    int
+	lastWinRate float64
 }
 
 // Option adjusts a controller (tests inject the clock and randomness).
@@ -104,6 +109,7 @@ func New(p Params, opts ...Option) (*Controller, error) {
 	}
 	t := c.now()
 	c.lastGrow = t
+	c.winStart = t
 	c.lastDecrease = t.Add(-p.Window)
 	// Start with a full bucket: Burst permits at once (a worker's slots), then the rate.
 	c.next = t.Add(-c.interval(float64(p.Burst - 1)))
@@ -165,6 +171,7 @@ func (c *Controller) Reserve() time.Duration {
 	if at.Before(c.pausedUntil) {
 		at = c.pausedUntil
 	}
+	c.count(t)
 	interval := c.interval(1 + c.p.Jitter*(2*c.rand()-1))
 	if at.Before(t) {
 		c.next = c.next.Add(interval)
@@ -188,6 +195,13 @@ func (c *Controller) OnCapacity(retryAfter time.Duration) {
 	defer c.mu.Unlock()
 	t := c.now()
 	c.signals++
+	if c.slowStart {
+		// Leaving slow start: decrease from the rate actually dispatched (a burst of
+		// free slots can be well above the nominal rate), so the rate converges from
+		// above in a few windows instead of crawling up from the start rate.
+		seen := max(c.lastWinRate, float64(c.winCount)/max(t.Sub(c.winStart).Seconds(), c.p.Window.Seconds()))
+		c.rate = min(max(c.rate, seen/c.share), c.p.MaxRate)
+	}
 	c.slowStart = false
 	if t.Sub(c.lastDecrease) >= c.p.Window {
 		c.rate = max(c.rate*c.p.Decrease, c.p.MinRate)
@@ -249,8 +263,21 @@ func (c *Controller) TryReserve() bool {
 	if c.next.After(t) || c.pausedUntil.After(t) {
 		return false
 	}
+	c.count(t)
 	c.next = c.next.Add(c.interval(1 + c.p.Jitter*(2*c.rand()-1)))
 	return true
+}
+
+// count records a granted permit in the current window.
+func (c *Controller) count(t time.Time) {
+	if d := t.Sub(c.winStart); d >= c.p.Window {
+		c.lastWinRate = float64(c.winCount) / d.Seconds()
+		if d >= 2*c.p.Window { // idle in between
+			c.lastWinRate = 0
+		}
+		c.winStart, c.winCount = t, 0
+	}
+	c.winCount++
 }
 
 // interval is n pacing intervals at this pacer's rate (fleet rate x share).

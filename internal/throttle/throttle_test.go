@@ -167,3 +167,18 @@ func TestNoGrowthWhileNobodyIsRateBound(t *testing.T) {
 		t.Fatalf("rate = %g, want 9: no growth without demand", got)
 	}
 }
+
+func TestLeavingSlowStartDecreasesFromTheRateActuallyDispatched(t *testing.T) {
+	p := params()
+	p.Burst = 32
+	ctl, _ := newCtl(t, p)
+	n := 0
+	for ctl.TryReserve() { // a burst of free slots at 10/s nominal
+		n++
+	}
+	ctl.OnCapacity(0)
+	want := float64(n) / 0.25 * 0.9 // 32 permits in one window, x0.9
+	if got := ctl.Snapshot().Rate; got < want*0.99 || got > want*1.01 {
+		t.Fatalf("rate = %g after a 429 on a burst of %d, want about %g", got, n, want)
+	}
+}
