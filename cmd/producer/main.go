@@ -15,10 +15,13 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/mattn/go-isatty"
+	"github.com/rs/zerolog"
 	"github.com/vbauerster/mpb/v8"
 	"github.com/vbauerster/mpb/v8/decor"
 
@@ -46,12 +49,16 @@ func run() int {
 		replicas = flag.Int("replicas", 1, "stream replicas when creating streams (3 in a NATS cluster)")
 		ahead    = flag.Int("max-ahead", 1000, "flow control: rows published ahead of the rows the collector has written")
 		level    = flag.String("log-level", "info", "log level")
+		serve    = flag.String("serve", "", "run as a service for upstream publishers: a directory of pipeline configs, <name>.yaml each (see docs/WIRE.md, submit subjects)")
 	)
 	flag.Parse()
 	log := ops.Logger("producer", *level)
 	usage := func(err error) int {
 		fmt.Fprintf(os.Stderr, "producer: %v\n", err)
 		return 2
+	}
+	if *serve != "" {
+		return runService(*serve, *natsURL, *replicas, *ahead, log)
 	}
 	if *cfgPath == "" {
 		return usage(errors.New("--config is required"))
@@ -138,6 +145,37 @@ func run() int {
 	}
 	if rep.RowErrors > 0 {
 		return 3
+	}
+	return 0
+}
+
+// runService loads every <name>.yaml of dir and serves submitted runs until SIGTERM.
+func runService(dir, natsURL string, replicas, ahead int, log zerolog.Logger) int {
+	files, err := filepath.Glob(filepath.Join(dir, "*.yaml"))
+	if err != nil || len(files) == 0 {
+		fmt.Fprintf(os.Stderr, "producer: --serve %s: no <name>.yaml pipeline configs\n", dir)
+		return 2
+	}
+	pipelines := map[string]*config.Pipeline{}
+	for _, f := range files {
+		p, err := config.LoadPipeline(f)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "producer: %s: %v\n", f, err)
+			return 2
+		}
+		pipelines[strings.TrimSuffix(filepath.Base(f), ".yaml")] = p
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	nc, js, err := queue.ConnectJetStream(natsURL, "multiquery-producer-service", log)
+	if err != nil {
+		log.Error().Err(err).Msg("connect")
+		return 1
+	}
+	defer nc.Drain()
+	if err := producer.Serve(ctx, js, producer.ServiceConfig{Pipelines: pipelines, Topology: queue.Topology{Replicas: replicas}, MaxAhead: ahead}, log); err != nil {
+		log.Error().Err(err).Msg("producer service")
+		return 1
 	}
 	return 0
 }

@@ -101,10 +101,6 @@ func Run(ctx context.Context, js jetstream.JetStream, cfg Config, log zerolog.Lo
 	if err := p.CheckInputColumns(header); err != nil {
 		return Report{}, &UsageError{fmt.Errorf("input header: %w", err)}
 	}
-	deps := map[string]bool{}
-	for _, q := range queries {
-		deps[q.Deployment] = true
-	}
 	if cfg.Run == "" {
 		id, err := uuid.NewV7()
 		if err != nil {
@@ -119,19 +115,7 @@ func Run(ctx context.Context, js jetstream.JetStream, cfg Config, log zerolog.Lo
 		return Report{}, err
 	}
 
-	open := wire.Open{V: wire.Version, Run: cfg.Run, Order: p.Order, ConfigHash: p.Hash(), Created: time.Now().UTC(),
-		PromptPer1K: p.Cost.PromptPer1K, CompletionPer1K: p.Cost.CompletionPer1K}
-	open.InputColumns = header
-	for d := range deps {
-		open.Deployments = append(open.Deployments, d)
-	}
-	for _, q := range queries {
-		qi := wire.QueryInfo{Name: q.Name}
-		for _, o := range q.Outputs {
-			qi.Columns = append(qi.Columns, o.Column)
-		}
-		open.Queries = append(open.Queries, qi)
-	}
+	open := openRecord(p, cfg.Run, header)
 	runs, err := js.KeyValue(ctx, wire.BucketRuns)
 	if err != nil {
 		return Report{}, fmt.Errorf("open kv %s: %w", wire.BucketRuns, err)
@@ -238,6 +222,25 @@ func Run(ctx context.Context, js jetstream.JetStream, cfg Config, log zerolog.Lo
 	}
 	log.Info().Int("rows", rep.Rows).Int("jobs", rep.Jobs).Int("row_errors", rep.RowErrors).Str("input_sha256", hex.EncodeToString(hasher.Sum(nil))).Msg("run sealed")
 	return rep, nil
+}
+
+// openRecord is the run's open record for a pipeline.
+func openRecord(p *config.Pipeline, run string, header []string) wire.Open {
+	open := wire.Open{V: wire.Version, Run: run, Order: p.Order, ConfigHash: p.Hash(), Created: time.Now().UTC(),
+		PromptPer1K: p.Cost.PromptPer1K, CompletionPer1K: p.Cost.CompletionPer1K, InputColumns: header}
+	seen := map[string]bool{}
+	for _, q := range p.Queries() {
+		if !seen[q.Deployment] {
+			seen[q.Deployment] = true
+			open.Deployments = append(open.Deployments, q.Deployment)
+		}
+		qi := wire.QueryInfo{Name: q.Name}
+		for _, o := range q.Outputs {
+			qi.Columns = append(qi.Columns, o.Column)
+		}
+		open.Queries = append(open.Queries, qi)
+	}
+	return open
 }
 
 // plan is what one record becomes on the bus: its jobs, then its row. A record that

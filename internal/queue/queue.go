@@ -104,6 +104,18 @@ func (t Topology) Streams() []jetstream.StreamConfig {
 			Duplicates:  t.Duplicates,
 		},
 		firstWins(wire.StreamResults, "results.>", "final result per query; first result wins"),
+		{
+			Name:        wire.StreamSubmit,
+			Description: "runs submitted by upstream systems to the producer service",
+			Subjects:    []string{"submit.>"},
+			Retention:   jetstream.WorkQueuePolicy,
+			Storage:     jetstream.FileStorage,
+			Replicas:    t.Replicas,
+			Discard:     jetstream.DiscardNew,
+			MaxMsgs:     -1,
+			MaxBytes:    -1,
+			Duplicates:  t.Duplicates,
+		},
 		firstWins(wire.StreamRows, "rows.>", "emitted rows; first publish per row wins"),
 		{
 			Name:        wire.StreamAudit,

@@ -24,6 +24,8 @@ const (
 	StreamRows    = "MQ_ROWS"
 	StreamAudit   = "MQ_AUDIT"
 	StreamDead    = "MQ_DEAD"
+	// StreamSubmit carries runs that upstream systems submit to the producer service.
+	StreamSubmit = "MQ_SUBMIT"
 )
 
 // KV bucket names.
@@ -94,6 +96,43 @@ func JobMsgID(run string, row int, query string) string { return "job." + JobKey
 // ResultMsgID is the Nats-Msg-Id of a result.
 func ResultMsgID(run string, row int, query string) string {
 	return "result." + JobKey(run, row, query)
+}
+
+// Submit subjects: an upstream system submits a run of a named pipeline row by row; the
+// producer service renders it into the input records and jobs above.
+
+// SubmitOpenSubject opens a submitted run.
+func SubmitOpenSubject(pipeline, run string) string {
+	return "submit." + pipeline + "." + run + ".open"
+}
+
+// SubmitRowSubject carries one submitted row.
+func SubmitRowSubject(pipeline, run string, row int) string {
+	return "submit." + pipeline + "." + run + "." + strconv.Itoa(row)
+}
+
+// SubmitSealSubject seals a submitted run with its row count.
+func SubmitSealSubject(pipeline, run string) string {
+	return "submit." + pipeline + "." + run + ".seal"
+}
+
+// ParseSubmitSubject splits "submit.<pipeline>.<run>.<open|seal|row>".
+func ParseSubmitSubject(subject string) (pipeline, run string, kind InputKind, row int, err error) {
+	parts := strings.Split(subject, ".")
+	if len(parts) != 4 || parts[0] != "submit" {
+		return "", "", InputUnknown, 0, fmt.Errorf("submit subject %q: want submit.<pipeline>.<run>.<open|seal|row>", subject)
+	}
+	run, kind, row, err = ParseInputSubject("input." + parts[2] + "." + parts[3])
+	if err != nil {
+		return "", "", InputUnknown, 0, fmt.Errorf("submit subject %q: %w", subject, err)
+	}
+	return parts[1], run, kind, row, nil
+}
+
+// SubmitRow is a submitted row: the row as a JSON object.
+type SubmitRow struct {
+	V    int             `json:"v"`
+	Data json.RawMessage `json:"data"`
 }
 
 // InputKind tells what an input-stream subject carries.
