@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# One image with the four binaries: producer, worker, collector, llmsim.
+# One image with the binaries: producer, worker, collector, mqctl, llmsim.
 # Pick the process with the command, e.g. `docker run IMAGE /usr/local/bin/worker --config ...`.
 
 FROM golang:1.26 AS build
@@ -12,7 +12,7 @@ ARG TARGETOS
 ARG TARGETARCH
 RUN CGO_ENABLED=0 GOOS=${TARGETOS:-linux} GOARCH=${TARGETARCH} \
     go build -trimpath -ldflags="-s -w" -o /out/ \
-      ./cmd/producer ./cmd/worker ./cmd/collector ./cmd/llmsim
+      ./cmd/producer ./cmd/worker ./cmd/collector ./cmd/mqctl ./cmd/llmsim
 
 FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /out/ /usr/local/bin/
