@@ -80,3 +80,7 @@ bench-memory: build ## the collector's peak RSS at 50 000 and 200 000 rows x 2 q
 chaos-cluster: build ## the chaos run on a 3-node JetStream cluster (3 replicas), kill -9 of one node that stays down
 	$(GO) build -o $(BIN)/ ./cmd/mqchaos
 	$(BIN)/mqchaos --bin $(BIN) --rows 2000 --queries 4 --workers 3 --seeds 1 --cluster
+
+.PHONY: bench-flow
+bench-flow: build ## flow control: 100 000 rows through a fleet limited to 50 req/s, max-ahead 1000 (~35 min)
+	$(GO) run ./cmd/mqbench --bin $(BIN) --flow-rows 100000 --rps 50 --flow-ahead 1000

@@ -34,6 +34,9 @@ func main() {
 		adapt   = flag.Bool("adapt", true, "also run the 50 -> 20 -> 50 req/s scenario with 4 workers")
 		memory  = flag.String("collector-memory", "", "instead: the collector's peak RSS for these row counts (e.g. 50000,200000), 2 queries a row")
 		nruns   = flag.Int("naive-runs", 1, "runs per cell of the naive baseline")
+		flowN   = flag.Int("flow-rows", 0, "instead: flow control, this many rows x --flow-queries through a fleet limited to --rps, producer --max-ahead --flow-ahead")
+		flowQ   = flag.Int("flow-queries", 1, "queries per row of the flow run")
+		flowK   = flag.Int("flow-ahead", 1000, "producer --max-ahead of the flow run")
 	)
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -45,6 +48,17 @@ func main() {
 			os.Exit(1)
 		}
 		*dir = d
+	}
+	if *flowN > 0 {
+		d, _ := os.MkdirTemp(*dir, "flow-")
+		res, err := bench.Flow(ctx, *bin, d, *flowN, *flowQ, *flowK, *rps)
+		fmt.Printf("flow: %d rows x %d queries at %g req/s, max-ahead %d: MQ_JOBS peak %d jobs (bound K x M = %d), completed %v, wall %s\n",
+			res.Rows, res.Queries, *rps, res.MaxAhead, res.PeakJobs, res.MaxAhead*res.Queries, res.Completed, res.Wall.Round(time.Second))
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "mqbench:", err)
+			os.Exit(1)
+		}
+		return
 	}
 	if *memory != "" {
 		for _, f := range strings.Split(*memory, ",") {

@@ -268,3 +268,50 @@ func TestCredentialsStayInTheWorker(t *testing.T) {
 		t.Fatalf("the API key appeared in a log line")
 	}
 }
+
+// Every LLM attempt, retries included, leaves an audit record in MQ_AUDIT.
+func TestEveryAttemptIsAudited(t *testing.T) {
+	e := setup(t, llmsim.Config{})
+	e.startWorker(workerOpts{})
+	e.startCollector("")
+	rep, err := e.produce(e.pipeline(matrixPipeline(1, 2, "")), csvRows(5, func(i int) (string, string) {
+		if i == 1 {
+			return "invalid_json", "cs1_k2"
+		}
+		return "", ""
+	}), input.CSV)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.waitSummary(rep.Run, 30*time.Second)
+	ctx := context.Background()
+	s, err := e.js.Stream(ctx, wire.StreamAudit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		info, err := s.Info(ctx)
+		if err == nil && int64(info.State.Msgs) == e.sim.Stats().Requests {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("MQ_AUDIT holds %v records for %d calls", info.State.Msgs, e.sim.Stats().Requests)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	m, err := s.GetLastMsgForSubject(ctx, wire.AuditSubject(rep.Run, 1, "cs1_k2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rec struct {
+		Status int `json:"status"`
+		Error  *struct {
+			Type string `json:"type"`
+		} `json:"error"`
+		RequestHash string `json:"request_sha256"`
+	}
+	if err := json.Unmarshal(m.Data, &rec); err != nil || rec.Error == nil || rec.Error.Type != "permanent" || len(rec.RequestHash) != 64 {
+		t.Fatalf("audit record of the invalid answer = %s (%v)", m.Data, err)
+	}
+}

@@ -88,24 +88,25 @@ func (w *Worker) handle(ctx context.Context, d *deployment, msg jetstream.Msg) {
 	callCtx, stop := context.WithCancel(ctx)
 	go keepAlive(callCtx, msg, w.cfg.Topology.AckWait/3)
 	w.m.calls.WithLabelValues(d.alias).Inc()
+	began := time.Now()
 	ans, callErr := d.client.Call(callCtx, job.Request)
 	stop()
+	var fields map[string]json.RawMessage
+	if callErr == nil {
+		fields, callErr = llm.ParseAnswer(ans.Content, job.Outputs)
+	}
 	if ctx.Err() != nil {
 		// Drain timeout hit: give the job back at once.
 		_ = msg.Nak()
 		return
 	}
+	w.audit.record(&job, attempt, w.cfg.Name, ans, callErr, time.Since(began))
 	if callErr == nil {
-		fields, perr := llm.ParseAnswer(ans.Content, job.Outputs)
-		if perr != nil {
-			callErr = perr
-		} else {
-			w.closeBreaker(ctx, d)
-			st := w.loadState(ctx, &job)
-			res := &wire.Result{OK: true, Fields: fields, Usage: &ans.Usage, Model: ans.Model, Retries: st.CapacityErrors + st.TransientErrors}
-			w.final(ctx, msg, &job, res, nil, attempt, 0, log)
-			return
-		}
+		w.closeBreaker(ctx, d)
+		st := w.loadState(ctx, &job)
+		res := &wire.Result{OK: true, Fields: fields, Usage: &ans.Usage, Model: ans.Model, Retries: st.CapacityErrors + st.TransientErrors}
+		w.final(ctx, msg, &job, res, nil, attempt, 0, log)
+		return
 	}
 	w.onError(ctx, d, msg, &job, callErr, attempt, log)
 }

@@ -9,6 +9,7 @@ type metrics struct {
 	results                                 *prometheus.CounterVec
 	poison                                  *prometheus.CounterVec
 	rate, fleetRate, share, members, paused *prometheus.GaugeVec
+	auditDropped                            prometheus.Counter
 }
 
 func newMetrics() *metrics {
@@ -23,13 +24,15 @@ func newMetrics() *metrics {
 		share:     gauge("mq_throttle_share", "This worker's share of the fleet rate."),
 		members:   gauge("mq_throttle_members", "Workers pacing the deployment (heartbeats)."),
 		paused:    gauge("mq_throttle_paused_seconds", "Seconds left of a fleet-wide Retry-After pause."),
+		auditDropped: prometheus.NewCounter(prometheus.CounterOpts{Name: "mq_worker_audit_dropped_total",
+			Help: "Audit records not stored (too many pending or a publish error)."}),
 	}
 }
 
 // Collectors returns the worker's metrics for registration.
 func (w *Worker) Collectors() []prometheus.Collector {
 	return []prometheus.Collector{w.m.calls, w.m.capacity, w.m.naks, w.m.results, w.m.poison,
-		w.m.rate, w.m.fleetRate, w.m.share, w.m.members, w.m.paused}
+		w.m.rate, w.m.fleetRate, w.m.share, w.m.members, w.m.paused, w.m.auditDropped}
 }
 
 func gauge(name, help string) *prometheus.GaugeVec {

@@ -126,6 +126,7 @@ type Worker struct {
 	retry jetstream.KeyValue
 	runs  jetstream.KeyValue
 	ctl   controls
+	audit *auditor
 	deps  map[string]*deployment
 	m     *metrics
 }
@@ -151,6 +152,7 @@ func New(js jetstream.JetStream, cfg Config, log zerolog.Logger) (*Worker, error
 	}
 	w := &Worker{cfg: cfg, js: js, log: log.With().Str("component", "worker").Str("worker", cfg.Name).Logger(), deps: map[string]*deployment{}, m: newMetrics(),
 		ctl: controls{runs: map[string]string{}, breakers: map[string]bool{}}}
+	w.audit = &auditor{js: js, dropped: func() { w.m.auditDropped.Inc() }}
 	for _, d := range cfg.Deployments {
 		slots := cfg.Concurrency
 		if d.MaxConcurrency > 0 && d.MaxConcurrency < slots {

@@ -1,0 +1,122 @@
+package worker
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/multiquery/multiquery/internal/llm"
+	"github.com/multiquery/multiquery/internal/wire"
+)
+
+// AuditRecord is one LLM HTTP attempt, published to MQ_AUDIT (audit.<run>.<row>.<query>).
+type AuditRecord struct {
+	V            int         `json:"v"`
+	Run          string      `json:"run"`
+	Row          int         `json:"row"`
+	Query        string      `json:"query"`
+	Attempt      int         `json:"attempt"`
+	Deployment   string      `json:"deployment"`
+	RequestHash  string      `json:"request_sha256"` // over the request's canonical JSON
+	ResponseHash string      `json:"response_sha256,omitempty"`
+	Status       int         `json:"status"`
+	Error        *AuditError `json:"error,omitempty"`
+	LatencyMS    float64     `json:"latency_ms"`
+	Usage        *wire.Usage `json:"usage,omitempty"`
+	Worker       string      `json:"worker"`
+	Time         time.Time   `json:"time"`
+}
+
+// AuditError classifies a failed attempt.
+type AuditError struct {
+	Type      string `json:"type"` // capacity | transient | deployment | permanent
+	Message   string `json:"message"`
+	Retryable bool   `json:"retryable"`
+}
+
+// maxAuditPending bounds audit publishes awaiting their ack; past it records are
+// dropped and counted (mq_worker_audit_dropped_total), never blocking a call.
+const maxAuditPending = 4096
+
+type auditor struct {
+	js      jetstream.JetStream
+	pending atomic.Int64
+	dropped func()
+}
+
+func hashJSON(v any) string {
+	b, _ := json.Marshal(v) // encoding/json sorts map keys: canonical enough for a hash
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
+}
+
+// record publishes one attempt's audit record asynchronously.
+func (a *auditor) record(job *wire.Job, attempt int, worker string, ans *llm.Answer, callErr error, latency time.Duration) {
+	rec := AuditRecord{V: wire.Version, Run: job.Run, Row: job.Row, Query: job.Query, Attempt: attempt, Deployment: job.Deployment,
+		RequestHash: hashJSON(job.Request), Status: 200, LatencyMS: float64(latency.Microseconds()) / 1000, Worker: worker, Time: time.Now().UTC()}
+	if ans != nil {
+		sum := sha256.Sum256([]byte(ans.Content))
+		rec.ResponseHash = hex.EncodeToString(sum[:])
+		rec.Usage = &ans.Usage
+	}
+	if callErr != nil {
+		rec.Error = classifyForAudit(callErr, &rec.Status)
+	}
+	if a.pending.Load() >= maxAuditPending {
+		a.dropped()
+		return
+	}
+	b, err := json.Marshal(rec)
+	if err != nil {
+		a.dropped()
+		return
+	}
+	a.pending.Add(1)
+	fut, err := a.js.PublishMsgAsync(&nats.Msg{Subject: wire.AuditSubject(job.Run, job.Row, job.Query), Data: b})
+	if err != nil {
+		a.pending.Add(-1)
+		a.dropped()
+		return
+	}
+	go func() {
+		select {
+		case <-fut.Ok():
+		case <-fut.Err():
+			a.dropped()
+		}
+		a.pending.Add(-1)
+	}()
+}
+
+func classifyForAudit(err error, status *int) *AuditError {
+	var (
+		c *llm.CapacityError
+		t *llm.TransientError
+		d *llm.DeploymentError
+		p *llm.PermanentError
+	)
+	switch {
+	case errors.As(err, &c):
+		*status = c.StatusCode
+		return &AuditError{Type: "capacity", Message: c.Message, Retryable: true}
+	case errors.As(err, &t):
+		*status = t.StatusCode
+		return &AuditError{Type: "transient", Message: t.Message, Retryable: true}
+	case errors.As(err, &d):
+		*status = d.StatusCode
+		return &AuditError{Type: "deployment", Message: d.Message, Retryable: true}
+	case errors.As(err, &p):
+		if p.StatusCode != 0 {
+			*status = p.StatusCode
+		}
+		return &AuditError{Type: "permanent", Message: p.Error(), Retryable: false}
+	}
+	*status = 0
+	return &AuditError{Type: "unknown", Message: err.Error(), Retryable: true}
+}
