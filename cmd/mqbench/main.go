@@ -32,6 +32,7 @@ func main() {
 		latency = flag.Duration("latency", 50*time.Millisecond, "llmsim latency")
 		conc    = flag.Int("concurrency", 32, "worker --concurrency")
 		adapt   = flag.Bool("adapt", true, "also run the 50 -> 20 -> 50 req/s scenario with 4 workers")
+		adaptOn = flag.Bool("adapt-only", false, "run only the limit-change scenario")
 		memory  = flag.String("collector-memory", "", "instead: the collector's peak RSS for these row counts (e.g. 50000,200000), 2 queries a row")
 		nruns   = flag.Int("naive-runs", 1, "runs per cell of the naive baseline")
 		flowN   = flag.Int("flow-rows", 0, "instead: flow control, this many rows x --flow-queries through a fleet limited to --rps, producer --max-ahead --flow-ahead")
@@ -90,20 +91,22 @@ func main() {
 		NaiveRuns: *nruns, Warmup: *warmup, Measure: *measure, RPS: *rps, Burst: *burst, Latency: *latency, Concurrency: *conc, Log: os.Stdout}
 	fmt.Printf("mqbench: llmsim %g req/s burst %d, latency %s; workers x %d slots; warm-up %s, window %s; work dir %s\n",
 		*rps, *burst, *latency, *conc, *warmup, *measure, *dir)
-	cells, err := bench.Throttle(ctx, cfg)
-	fmt.Println()
-	fmt.Print(bench.Table(cells))
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "mqbench:", err)
-		os.Exit(1)
+	if !*adaptOn {
+		cells, err := bench.Throttle(ctx, cfg)
+		fmt.Println()
+		fmt.Print(bench.Table(cells))
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "mqbench:", err)
+			os.Exit(1)
+		}
 	}
-	if *adapt {
+	if *adapt || *adaptOn {
 		res, err := bench.Adapt(ctx, cfg, 4, 40*time.Second, 80*time.Second, 40*time.Second)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "mqbench: adapt:", err)
 			os.Exit(1)
 		}
-		fmt.Printf("\nlimit 50 -> 20 req/s (W=4): 429 share over [t+5 s, t+35 s] = %.1f %%\n", 100*res.Share429AfterDrop)
+		fmt.Printf("\nlimit 50 -> 20 req/s (W=4): 429 share over [t+5 s, t+35 s] = %.1f %% (per second ok/429: %s)\n", 100*res.Share429AfterDrop, strings.Join(res.PerSecondDrop, " "))
 		fmt.Printf("limit 20 -> 50 req/s (W=4): goodput >= 90 %% of 50 after %s (per second ok/429: %s)\n", res.RecoverAfterRise, strings.Join(res.PerSecond, " "))
 	}
 }

@@ -210,7 +210,8 @@ func Table(cells []Cell) string {
 type AdaptResult struct {
 	Share429AfterDrop float64       // 429 share over [t1+5 s, t1+35 s] after 50 -> 20
 	RecoverAfterRise  time.Duration // first second with goodput >= 90 % of 50 after 20 -> 50 (-1: never in 60 s)
-	PerSecond         []string
+	PerSecond         []string      // ok/429 per second after the rise
+	PerSecondDrop     []string      // ok/429 per second after the drop
 }
 
 // Adapt runs W workers while the limit goes 50 -> 20 (at t1) -> 50 (at t2).
@@ -242,11 +243,15 @@ func Adapt(ctx context.Context, c ThrottleConfig, w int, t1, t2, tail time.Durat
 	if err != nil {
 		return res, err
 	}
-	if _, err := s.Produce(ctx, pipeline, input); err != nil {
-		return res, err
-	}
+	// The producer is flow-controlled (it stays --max-ahead rows ahead of the collector),
+	// so it runs for most of the scenario: in the background.
+	prodErr := make(chan error, 1)
+	go func() {
+		_, err := s.Produce(ctx, pipeline, input)
+		prodErr <- err
+	}()
 	var t0 time.Time
-	for t0.IsZero() {
+	for t0.IsZero() && ctx.Err() == nil {
 		reqs, err := s.Requests()
 		if err != nil {
 			return res, err
@@ -269,9 +274,17 @@ func Adapt(ctx context.Context, c ThrottleConfig, w int, t1, t2, tail time.Durat
 	if err != nil {
 		return res, err
 	}
+	if err := <-prodErr; err != nil {
+		return res, err
+	}
 	_, lim, total := window(reqs, drop.Add(5*time.Second), drop.Add(35*time.Second))
 	if total > 0 {
 		res.Share429AfterDrop = float64(lim) / float64(total)
+	}
+	for sec := 0; sec < int(rise.Sub(drop).Seconds()); sec++ {
+		from := drop.Add(time.Duration(sec) * time.Second)
+		ok, lim, _ := window(reqs, from, from.Add(time.Second))
+		res.PerSecondDrop = append(res.PerSecondDrop, fmt.Sprintf("%d:%d/%d", sec, ok, lim))
 	}
 	res.RecoverAfterRise = -1
 	for sec := 0; sec < int(tail.Seconds()); sec++ {
