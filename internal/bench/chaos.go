@@ -107,17 +107,8 @@ func Chaos(ctx context.Context, c ChaosConfig) (ChaosReport, error) {
 	if err := s.StartCollector(); err != nil {
 		return rep, err
 	}
-	pipeline := filepath.Join(c.Dir, "pipeline.yaml")
-	input := filepath.Join(c.Dir, "rows.csv")
-	if err := os.WriteFile(pipeline, []byte(chaosPipeline(c.Queries)), 0o644); err != nil {
-		return rep, err
-	}
-	var b strings.Builder
-	b.WriteString("id,text\n")
-	for i := range c.Rows {
-		fmt.Fprintf(&b, "r%d,\"item %d, chaos\"\n", i, i)
-	}
-	if err := os.WriteFile(input, []byte(b.String()), 0o644); err != nil {
+	pipeline, input, err := writeInput(c.Dir, chaosPipeline(c.Queries), c.Rows)
+	if err != nil {
 		return rep, err
 	}
 	run := fmt.Sprintf("chaos-%d-%d", c.Seed, time.Now().UnixNano()%1e9)

@@ -4,8 +4,10 @@
 package bench
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -312,4 +314,27 @@ func (s *Stack) Stop() {
 			<-p.done
 		}
 	}
+}
+
+// writeInput writes a run's pipeline config and its input: rows of "r<i>" ids with a
+// quoted text (an embedded comma keeps the CSV quoting path exercised).
+func writeInput(dir, pipelineYAML string, rows int) (pipeline, input string, err error) {
+	pipeline = filepath.Join(dir, "pipeline.yaml")
+	input = filepath.Join(dir, "rows.csv")
+	if err := os.WriteFile(pipeline, []byte(pipelineYAML), 0o644); err != nil {
+		return "", "", err
+	}
+	f, err := os.Create(input)
+	if err != nil {
+		return "", "", err
+	}
+	w := bufio.NewWriter(f)
+	fmt.Fprintln(w, "id,text")
+	for i := range rows {
+		fmt.Fprintf(w, "r%d,\"item %d, bench\"\n", i, i)
+	}
+	if err := errors.Join(w.Flush(), f.Close()); err != nil {
+		return "", "", fmt.Errorf("write %s: %w", input, err)
+	}
+	return pipeline, input, nil
 }

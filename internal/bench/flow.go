@@ -44,20 +44,8 @@ func Flow(ctx context.Context, bin, dir string, rows, queries, maxAhead int, rps
 	if err := s.StartCollector(); err != nil {
 		return res, err
 	}
-	pipeline := filepath.Join(dir, "pipeline.yaml")
-	input := filepath.Join(dir, "rows.csv")
-	if err := os.WriteFile(pipeline, []byte(chaosPipeline(queries)), 0o644); err != nil {
-		return res, err
-	}
-	f, err := os.Create(input)
+	pipeline, input, err := writeInput(dir, chaosPipeline(queries), rows)
 	if err != nil {
-		return res, err
-	}
-	fmt.Fprintln(f, "id,text")
-	for i := range rows {
-		fmt.Fprintf(f, "r%d,item %d\n", i, i)
-	}
-	if err := f.Close(); err != nil {
 		return res, err
 	}
 	nc, js, err := queue.ConnectJetStream(s.NATSURL, "bench-flow", zerolog.Nop())

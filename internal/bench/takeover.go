@@ -3,9 +3,7 @@ package bench
 import (
 	"context"
 	"fmt"
-	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -49,17 +47,8 @@ func CollectorTakeover(ctx context.Context, bin, dir string, rows int) (Takeover
 		return rep, err
 	}
 	defer nc.Close()
-	pipeline := filepath.Join(dir, "pipeline.yaml")
-	input := filepath.Join(dir, "rows.csv")
-	if err := os.WriteFile(pipeline, []byte(chaosPipeline(2)), 0o644); err != nil {
-		return rep, err
-	}
-	var b strings.Builder
-	b.WriteString("id,text\n")
-	for i := range rows {
-		fmt.Fprintf(&b, "r%d,item %d\n", i, i)
-	}
-	if err := os.WriteFile(input, []byte(b.String()), 0o644); err != nil {
+	pipeline, input, err := writeInput(dir, chaosPipeline(2), rows)
+	if err != nil {
 		return rep, err
 	}
 	run := fmt.Sprintf("takeover-%d", time.Now().UnixNano()%1e9)

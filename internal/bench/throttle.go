@@ -53,20 +53,6 @@ queries:
     template: "Answer about {{ row.text }}; reply in json."
 `
 
-func writeInput(dir string, rows int) (pipeline, input string, err error) {
-	pipeline = filepath.Join(dir, "pipeline.yaml")
-	input = filepath.Join(dir, "rows.csv")
-	if err := os.WriteFile(pipeline, []byte(benchPipeline), 0o644); err != nil {
-		return "", "", err
-	}
-	var b strings.Builder
-	b.WriteString("id,text\n")
-	for i := range rows {
-		fmt.Fprintf(&b, "%d,item %d\n", i, i)
-	}
-	return pipeline, input, os.WriteFile(input, []byte(b.String()), 0o644)
-}
-
 // window counts answers received in [from, to).
 func window(reqs []llmsim.RequestLog, from, to time.Time) (ok, limited, total int) {
 	for _, r := range reqs {
@@ -119,7 +105,7 @@ func (c ThrottleConfig) runOnce(ctx context.Context, mode string, w, run int) (C
 		return cell, err
 	}
 	rows := int(c.RPS * (c.Warmup + c.Measure + 5*time.Second).Seconds())
-	pipeline, input, err := writeInput(dir, rows)
+	pipeline, input, err := writeInput(dir, benchPipeline, rows)
 	if err != nil {
 		return cell, err
 	}
@@ -239,7 +225,7 @@ func Adapt(ctx context.Context, c ThrottleConfig, w int, t1, t2, tail time.Durat
 		return res, err
 	}
 	rows := int(50*t1.Seconds() + 20*(t2-t1).Seconds() + 50*tail.Seconds() + 200)
-	pipeline, input, err := writeInput(dir, rows)
+	pipeline, input, err := writeInput(dir, benchPipeline, rows)
 	if err != nil {
 		return res, err
 	}

@@ -48,6 +48,7 @@ type auditor struct {
 	js      jetstream.JetStream
 	pending atomic.Int64
 	dropped func()
+	done    chan struct{} // closed when the worker stops: no ack watcher outlives it
 }
 
 func hashJSON(v any) string {
@@ -89,6 +90,7 @@ func (a *auditor) record(job *wire.Job, attempt int, worker string, ans *llm.Ans
 		case <-fut.Ok():
 		case <-fut.Err():
 			a.dropped()
+		case <-a.done:
 		}
 		a.pending.Add(-1)
 	}()

@@ -103,7 +103,9 @@ func (w *Worker) watchControls(ctx context.Context, kv jetstream.KeyValue, loade
 // and the breaker record marks its runs blocked.
 func (w *Worker) openBreaker(ctx context.Context, d *deployment, status int, code, message string) {
 	if d.fleet != nil {
-		d.fleet.Block(status, w.cfg.DeploymentPause)
+		d.fleet.Block(status, w.cfg.DeploymentPause) // pauses this worker's controller too
+	} else {
+		d.ctrl.Pause(w.cfg.DeploymentPause)
 	}
 	if w.ctl.breakerOpen(d.alias) {
 		return

@@ -163,7 +163,6 @@ func (w *Worker) onError(ctx context.Context, d *deployment, msg jetstream.Msg, 
 	case errors.As(callErr, &depErr):
 		// Not a row's fault: pause the deployment and let the job wait.
 		log.Error().Int("status", depErr.StatusCode).Str("code", depErr.Code).Msg("deployment-wide error: pausing the deployment fleet-wide; jobs wait")
-		d.pause(w.cfg.DeploymentPause)
 		w.openBreaker(ctx, d, depErr.StatusCode, depErr.Code, depErr.Message)
 		w.nak(msg, w.cfg.DeploymentPause, d.alias)
 	case errors.As(callErr, &permErr):

@@ -140,8 +140,6 @@ type deployment struct {
 	mu     sync.Mutex
 	runs   []runConsumer // the runs with jobs for this deployment, fetched in turn
 	turn   int
-	// pausedUntil is set by deployment-wide errors (bad key, quota): no fetching.
-	pausedUntil time.Time
 }
 
 // New builds a worker: one client and one throttle per deployment.
@@ -152,7 +150,7 @@ func New(js jetstream.JetStream, cfg Config, log zerolog.Logger) (*Worker, error
 	}
 	w := &Worker{cfg: cfg, js: js, log: log.With().Str("component", "worker").Str("worker", cfg.Name).Logger(), deps: map[string]*deployment{}, m: newMetrics(),
 		ctl: controls{runs: map[string]string{}, breakers: map[string]bool{}}}
-	w.audit = &auditor{js: js, dropped: func() { w.m.auditDropped.Inc() }}
+	w.audit = &auditor{js: js, dropped: func() { w.m.auditDropped.Inc() }, done: make(chan struct{})}
 	for _, d := range cfg.Deployments {
 		slots := cfg.Concurrency
 		if d.MaxConcurrency > 0 && d.MaxConcurrency < slots {
@@ -183,6 +181,7 @@ func New(js jetstream.JetStream, cfg Config, log zerolog.Logger) (*Worker, error
 // Run serves until ctx ends, then drains: stops fetching, lets in-flight calls finish
 // up to DrainTimeout, NAKs what is left, and returns after every goroutine exited.
 func (w *Worker) Run(ctx context.Context) error {
+	defer close(w.audit.done) // after every handler: no audit ack watcher outlives Run
 	if err := queue.Ensure(ctx, w.js, w.cfg.Topology); err != nil {
 		return err
 	}
@@ -268,8 +267,8 @@ func (w *Worker) fetchLoop(ctx, callCtx context.Context, d *deployment, inflight
 	slots := make(chan struct{}, d.slots)
 	release := func() { <-slots }
 	for ctx.Err() == nil {
-		// Deployment-wide pause (bad key, quota): fetch nothing.
-		if p := d.pausedFor(); p > 0 {
+		// Paused (Retry-After, or a deployment-wide error): take no slot, fetch nothing.
+		if p := d.ctrl.PausedFor(); p > 0 {
 			sleep(ctx, p)
 			continue
 		}
@@ -400,20 +399,6 @@ func (w *Worker) fetch(ctx context.Context, d *deployment, n int, start func(jet
 		sleep(ctx, 50*time.Millisecond)
 	}
 	return got
-}
-
-func (d *deployment) pausedFor() time.Duration {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return time.Until(d.pausedUntil)
-}
-
-func (d *deployment) pause(dur time.Duration) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if u := time.Now().Add(dur); u.After(d.pausedUntil) {
-		d.pausedUntil = u
-	}
 }
 
 // capacity feeds a capacity signal to the throttle (and, through it, to the fleet).
