@@ -30,6 +30,10 @@ test: ## vet, then every test with -race, then short fuzz runs of the decoders a
 	$(GO) test -race -count=1 -timeout 10m ./internal/bench/
 	$(MAKE) fuzz FUZZTIME=5s
 
+.PHONY: test-under-load
+test-under-load: ## make test 3 times in a row beside a CPU hog on every core (ROUNDS=3)
+	./scripts/test-under-load.sh $(or $(ROUNDS),3)
+
 .PHONY: fuzz
 fuzz: ## fuzz the CSV/JSONL readers and the answer parser for FUZZTIME each
 	$(GO) test -run '^$$' -fuzz '^FuzzCSV$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 3s ./internal/input/
