@@ -45,6 +45,16 @@ fuzz: ## fuzz the CSV/JSONL readers and the answer parser for FUZZTIME each
 bench: ## benchmarks (see docs/BENCHMARKS.md)
 	$(GO) test -run '^$$' -bench . -benchmem $(PKGS)
 
+.PHONY: bench-cost
+bench-cost: build ## CPU per query: raw JetStream loop, raw loop + HTTP, the pipeline at 0 latency; 3 interleaved rounds (~5 min)
+	$(GO) build -o $(BIN)/ ./cmd/mqbench
+	$(BIN)/mqbench --bin $(BIN) --cost --rounds 3
+
+.PHONY: bench-cost-short
+bench-cost-short: build ## the same, 1 round of 5000 jobs (~40 s)
+	$(GO) build -o $(BIN)/ ./cmd/mqbench
+	$(BIN)/mqbench --bin $(BIN) --cost --rounds 1 --raw-jobs 5000 --shapes 5000x1,500x10
+
 .PHONY: fmt
 fmt: ## gofmt the tree
 	gofmt -w $$(git ls-files '*.go')

@@ -6,10 +6,12 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -38,6 +40,14 @@ func main() {
 		flowN   = flag.Int("flow-rows", 0, "instead: flow control, this many rows x --flow-queries through a fleet limited to --rps, producer --max-ahead --flow-ahead")
 		flowQ   = flag.Int("flow-queries", 1, "queries per row of the flow run")
 		flowK   = flag.Int("flow-ahead", 1000, "producer --max-ahead of the flow run")
+		cost    = flag.Bool("cost", false, "instead: CPU per query of the pipeline against a raw JetStream loop, --rounds rounds interleaved")
+		rounds  = flag.Int("rounds", 3, "rounds of the cost benchmark")
+		rawJobs = flag.Int("raw-jobs", 20000, "jobs per raw-loop measurement (cost benchmark)")
+		shapes  = flag.String("shapes", "20000x1,2000x10", "pipeline runs of the cost benchmark, rows x queries")
+		child   = flag.Bool("raw-loop-child", false, "internal: run one raw loop and print its result as JSON")
+		natsURL = flag.String("nats", "", "internal: NATS URL of --raw-loop-child")
+		rawSim  = flag.String("raw-sim", "", "internal: llmsim URL of --raw-loop-child (empty: no HTTP call)")
+		rawSlot = flag.Int("raw-slots", 512, "internal: slots of --raw-loop-child")
 	)
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -49,6 +59,42 @@ func main() {
 			os.Exit(1)
 		}
 		*dir = d
+	}
+	if *child {
+		res, err := bench.RawLoop(ctx, bench.RawLoopConfig{NATSURL: *natsURL, SimURL: *rawSim, Jobs: *rawJobs, Slots: *rawSlot})
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "mqbench: raw loop:", err)
+			os.Exit(1)
+		}
+		b, _ := json.Marshal(res)
+		fmt.Println(string(b))
+		return
+	}
+	if *cost {
+		self, err := os.Executable()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		var sh [][2]int
+		for _, f := range strings.Split(*shapes, ",") {
+			var r, q int
+			if _, err := fmt.Sscanf(strings.TrimSpace(f), "%dx%d", &r, &q); err != nil || r < 1 || q < 1 {
+				fmt.Fprintf(os.Stderr, "mqbench: --shapes: %q is not ROWSxQUERIES\n", f)
+				os.Exit(2)
+			}
+			sh = append(sh, [2]int{r, q})
+		}
+		fmt.Printf("mqbench cost: %d cores, %d rounds, raw loop %d jobs at %d slots, pipeline 2 workers x 256 slots, llmsim 0 latency\n",
+			runtime.NumCPU(), *rounds, *rawJobs, 512)
+		res, err := bench.Cost(ctx, bench.CostConfig{Bin: *bin, Dir: *dir, Self: self, Rounds: *rounds, RawJobs: *rawJobs,
+			Shapes: sh, Slots: 256, Workers: 2, Log: os.Stdout})
+		fmt.Print(bench.CostTable(res))
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "mqbench:", err)
+			os.Exit(1)
+		}
+		return
 	}
 	if *flowN > 0 {
 		d, _ := os.MkdirTemp(*dir, "flow-")

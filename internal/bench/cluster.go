@@ -28,6 +28,8 @@ type Stack struct {
 	Dir     string
 	NATSURL string
 	SimURL  string
+	// MonitorURL is nats-server's monitoring endpoint (single server only).
+	MonitorURL string
 	// Extra are arguments given to every worker, collector and producer (--replicas 3).
 	Extra []string
 	// Nodes are the nats-server process names (one, or three in a cluster).
@@ -151,7 +153,7 @@ func StartClusterStack(bin, dir string, sim []string) (*Stack, error) {
 
 func startStack(bin, dir string, sim []string, nodes int) (*Stack, error) {
 	s := &Stack{Bin: bin, Dir: dir}
-	ports := make([]int, 2*nodes+1)
+	ports := make([]int, 2*nodes+2)
 	for i := range ports {
 		p, err := freePort()
 		if err != nil {
@@ -170,7 +172,9 @@ func startStack(bin, dir string, sim []string, nodes int) (*Stack, error) {
 	s.SimURL = fmt.Sprintf("http://127.0.0.1:%d", sp)
 	for i := range nodes {
 		name := "nats-server"
-		args := []string{"-a", "127.0.0.1", "-p", strconv.Itoa(ports[i]), "-js", "-sd", filepath.Join(dir, "nats")}
+		args := []string{"-a", "127.0.0.1", "-p", strconv.Itoa(ports[i]), "-js", "-sd", filepath.Join(dir, "nats"),
+			"-m", strconv.Itoa(ports[2*nodes+1])}
+		s.MonitorURL = fmt.Sprintf("http://127.0.0.1:%d", ports[2*nodes+1])
 		if nodes > 1 {
 			name = fmt.Sprintf("nats-server-%d", i+1)
 			args = []string{"-a", "127.0.0.1", "-p", strconv.Itoa(ports[i]), "-js", "-sd", filepath.Join(dir, name),

@@ -1,0 +1,320 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// CostConfig sizes the cost-per-query benchmark (docs/BENCHMARKS.md, "Cost per query").
+type CostConfig struct {
+	Bin, Dir string
+	Self     string // this executable, re-run with --raw-loop-child for the baseline
+	Rounds   int
+	RawJobs  int // jobs of each raw-loop measurement
+	// Pipeline runs: rows x queries at 0 latency.
+	Shapes  [][2]int
+	Slots   int // worker concurrency in the 0-latency pipeline (2 workers)
+	Workers int
+	Log     io.Writer
+}
+
+// CostRow is one measurement of one round.
+type CostRow struct {
+	Name       string
+	Queries    int
+	Wall       time.Duration
+	CPU        map[string]time.Duration // by process kind, llmsim excluded
+	MsgsIn     int64                    // nats-server in_msgs during the run
+	MsgsOut    int64
+	StoreBytes int64 // bytes left in the streams after the run (audit included)
+}
+
+// PerQuery returns the CPU per query of every process but llmsim.
+func (r CostRow) PerQuery() time.Duration {
+	var t time.Duration
+	for _, d := range r.CPU {
+		t += d
+	}
+	return t / time.Duration(max(1, r.Queries))
+}
+
+// Rate is queries per second.
+func (r CostRow) Rate() float64 { return float64(r.Queries) / r.Wall.Seconds() }
+
+// procCPU reads a process's user+system CPU time from /proc.
+func procCPU(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// Fields after the command name (which may hold spaces) start after the last ')'.
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * time.Second / 100, nil // USER_HZ is 100 on Linux
+}
+
+// cpu sums the CPU of the stack's processes by kind (worker, collector, nats-server).
+func (s *Stack) cpu() map[string]time.Duration {
+	out := map[string]time.Duration{}
+	for name, p := range s.byName {
+		kind := strings.SplitN(name, "-", 2)[0]
+		if strings.HasPrefix(name, "nats-server") {
+			kind = "nats-server"
+		}
+		if kind == "llmsim" {
+			continue
+		}
+		if d, err := procCPU(p.cmd.Process.Pid); err == nil {
+			out[kind] += d
+		}
+	}
+	return out
+}
+
+func diffCPU(a, b map[string]time.Duration) map[string]time.Duration {
+	out := map[string]time.Duration{}
+	for k, v := range b {
+		out[k] = v - a[k]
+	}
+	return out
+}
+
+// varz reads nats-server's message counters from its monitoring port.
+func (s *Stack) varz() (in, out int64, err error) {
+	if s.MonitorURL == "" {
+		return 0, 0, fmt.Errorf("no monitoring port")
+	}
+	resp, err := http.Get(s.MonitorURL + "/varz")
+	if err != nil {
+		return 0, 0, err
+	}
+	defer resp.Body.Close()
+	var v struct {
+		InMsgs  int64 `json:"in_msgs"`
+		OutMsgs int64 `json:"out_msgs"`
+	}
+	return v.InMsgs, v.OutMsgs, json.NewDecoder(resp.Body).Decode(&v)
+}
+
+// jszBytes reads the bytes stored in every stream.
+func (s *Stack) jszBytes() (int64, error) {
+	resp, err := http.Get(s.MonitorURL + "/jsz")
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	var v struct {
+		Bytes int64 `json:"bytes"`
+	}
+	return v.Bytes, json.NewDecoder(resp.Body).Decode(&v)
+}
+
+// rawLoop runs the baseline in a child process (its CPU from rusage) on the stack.
+func (c CostConfig) rawLoop(ctx context.Context, s *Stack, withHTTP bool, slots, jobs int) (CostRow, error) {
+	name := "raw"
+	args := []string{"--raw-loop-child", "--nats", s.NATSURL, "--raw-jobs", strconv.Itoa(jobs), "--raw-slots", strconv.Itoa(slots)}
+	if withHTTP {
+		name = "raw+http"
+		args = append(args, "--raw-sim", s.SimURL)
+	}
+	natsBefore := s.cpu()["nats-server"]
+	in0, out0, _ := s.varz()
+	cmd := exec.CommandContext(ctx, c.Self, args...)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	outb, err := cmd.Output()
+	if err != nil {
+		return CostRow{}, fmt.Errorf("%s: %w: %s", name, err, stderr.String())
+	}
+	var res RawLoopResult
+	if err := json.Unmarshal(outb, &res); err != nil {
+		return CostRow{}, fmt.Errorf("%s printed %q: %w", name, outb, err)
+	}
+	in1, out1, _ := s.varz()
+	st := cmd.ProcessState
+	row := CostRow{Name: fmt.Sprintf("%s %d slots", name, slots), Queries: res.Jobs, Wall: res.Wall,
+		CPU:    map[string]time.Duration{"loop": st.UserTime() + st.SystemTime(), "nats-server": s.cpu()["nats-server"] - natsBefore},
+		MsgsIn: in1 - in0, MsgsOut: out1 - out0}
+	return row, nil
+}
+
+// pipeline runs rows x queries through the real processes already started on s.
+func (c CostConfig) pipeline(ctx context.Context, s *Stack, name string, rows, queries int) (CostRow, error) {
+	dir, err := os.MkdirTemp(c.Dir, "run-")
+	if err != nil {
+		return CostRow{}, err
+	}
+	pipeline, input, err := writeInput(dir, costPipeline(queries), rows)
+	if err != nil {
+		return CostRow{}, err
+	}
+	before := s.cpu()
+	in0, out0, _ := s.varz()
+	began := time.Now()
+	args := append([]string{"--config", pipeline, "--input", input, "--log-level", "warn"}, s.Extra...)
+	cmd := exec.CommandContext(ctx, filepath.Join(s.Bin, "producer"), args...)
+	cmd.Env = append(os.Environ(), "NATS_URL="+s.NATSURL)
+	out, err := cmd.Output()
+	if err != nil {
+		return CostRow{}, fmt.Errorf("producer: %w: %s", err, out)
+	}
+	f := strings.Fields(string(out))
+	if len(f) < 2 {
+		return CostRow{}, fmt.Errorf("producer printed %q", out)
+	}
+	run := strings.TrimSuffix(f[1], ":")
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+	defer cancel()
+	if _, err := s.WaitSummary(wctx, run); err != nil {
+		return CostRow{}, err
+	}
+	wall := time.Since(began)
+	cpu := diffCPU(before, s.cpu())
+	cpu["producer"] = cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
+	in1, out1, _ := s.varz()
+	stored, _ := s.jszBytes()
+	return CostRow{Name: name, Queries: rows * queries, Wall: wall, CPU: cpu, MsgsIn: in1 - in0, MsgsOut: out1 - out0, StoreBytes: stored}, nil
+}
+
+func costPipeline(queries int) string {
+	var b strings.Builder
+	b.WriteString("llm: {deployment: default, model: bench}\noutput_fields:\n  answer: {type: string}\nqueries:\n")
+	for q := range queries {
+		fmt.Fprintf(&b, "  - name: q%d\n    template: \"Answer {{ row.text }} for q%d; reply in json.\"\n", q, q)
+	}
+	return b.String()
+}
+
+// nonLimiting is a throttle that never holds the pipeline back (0-latency runs measure
+// cost, not pacing).
+const nonLimiting = "    throttle: {start_rate: 100000, min_rate: 50000, max_rate: 1000000}\n"
+
+// Cost runs the rounds: in each, the raw loop, the raw loop with HTTP, and the pipeline
+// at 0 latency for every shape, interleaved so that every ratio is taken within a round.
+func Cost(ctx context.Context, c CostConfig) ([][]CostRow, error) {
+	var rounds [][]CostRow
+	for r := range c.Rounds {
+		dir, err := os.MkdirTemp(c.Dir, fmt.Sprintf("round%d-", r+1))
+		if err != nil {
+			return rounds, err
+		}
+		s, err := startStack(c.Bin, dir, []string{"--latency", "0s"}, 1)
+		if err != nil {
+			return rounds, err
+		}
+		rows, err := c.round(ctx, s, dir)
+		s.Stop()
+		rounds = append(rounds, rows)
+		if err != nil {
+			return rounds, fmt.Errorf("round %d: %w", r+1, err)
+		}
+		fmt.Fprintf(c.Log, "round %d done\n", r+1)
+	}
+	return rounds, nil
+}
+
+func (c CostConfig) round(ctx context.Context, s *Stack, dir string) ([]CostRow, error) {
+	var out []CostRow
+	slots := c.Slots * c.Workers
+	for _, http := range []bool{false, true} {
+		row, err := c.rawLoop(ctx, s, http, slots, c.RawJobs)
+		if err != nil {
+			return out, err
+		}
+		out = append(out, row)
+	}
+	cfg, err := s.WriteWorkerConfig(nonLimiting)
+	if err != nil {
+		return out, err
+	}
+	for range c.Workers {
+		if err := s.StartWorker(cfg, "--concurrency", strconv.Itoa(c.Slots), "--log-level", "warn"); err != nil {
+			return out, err
+		}
+	}
+	if err := s.StartCollector(); err != nil {
+		return out, err
+	}
+	for _, sh := range c.Shapes {
+		row, err := c.pipeline(ctx, s, fmt.Sprintf("pipeline %dx%d", sh[0], sh[1]), sh[0], sh[1])
+		if err != nil {
+			return out, err
+		}
+		out = append(out, row)
+	}
+	return out, nil
+}
+
+// CostTable prints min/median/max per measurement and the within-round ratios against
+// the raw loop with HTTP.
+func CostTable(rounds [][]CostRow) string {
+	if len(rounds) == 0 {
+		return ""
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "| measure | q/s (min/med/max) | CPU/query µs (min/med/max) | x raw+http CPU (med) | throughput / raw+http (med) | NATS msgs/query in+out (med) | CPU by process (med round) |\n|---|---|---|---|---|---|---|\n")
+	for i := range rounds[0] {
+		var rate, cpu, ratioCPU, ratioRate, msgs []float64
+		for _, rs := range rounds {
+			if i >= len(rs) {
+				continue
+			}
+			r := rs[i]
+			rate = append(rate, r.Rate())
+			cpu = append(cpu, float64(r.PerQuery().Microseconds()))
+			msgs = append(msgs, float64(r.MsgsIn+r.MsgsOut)/float64(max(1, r.Queries)))
+			if base := findRow(rs, "raw+http"); base != nil {
+				ratioCPU = append(ratioCPU, float64(r.PerQuery())/float64(base.PerQuery()))
+				ratioRate = append(ratioRate, r.Rate()/base.Rate())
+			}
+		}
+		med := rounds[len(rounds)/2][i]
+		var procs []string
+		for k, v := range med.CPU {
+			procs = append(procs, fmt.Sprintf("%s %d", k, (v/time.Duration(max(1, med.Queries))).Microseconds()))
+		}
+		sort.Strings(procs)
+		fmt.Fprintf(&b, "| %s | %s | %s | %.2f | %.0f %% | %.1f | %s |\n", rounds[0][i].Name, mmm(rate, "%.0f"), mmm(cpu, "%.0f"),
+			median(ratioCPU), 100*median(ratioRate), median(msgs), strings.Join(procs, ", "))
+	}
+	return b.String()
+}
+
+func findRow(rs []CostRow, prefix string) *CostRow {
+	for i := range rs {
+		if strings.HasPrefix(rs[i].Name, prefix) {
+			return &rs[i]
+		}
+	}
+	return nil
+}
+
+func mmm(v []float64, f string) string {
+	if len(v) == 0 {
+		return "-"
+	}
+	s := append([]float64(nil), v...)
+	sort.Float64s(s)
+	return fmt.Sprintf(f+" / "+f+" / "+f, s[0], median(s), s[len(s)-1])
+}
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := append([]float64(nil), v...)
+	sort.Float64s(s)
+	return s[len(s)/2]
+}
