@@ -53,7 +53,7 @@ bench-cost: build ## CPU per query: raw JetStream loop, raw loop + HTTP, the pip
 .PHONY: bench-cost-short
 bench-cost-short: build ## the same, 1 round of 5000 jobs (~40 s)
 	$(GO) build -o $(BIN)/ ./cmd/mqbench
-	$(BIN)/mqbench --bin $(BIN) --cost --rounds 1 --raw-jobs 5000 --shapes 5000x1,500x10
+	$(BIN)/mqbench --bin $(BIN) --cost --rounds 1 --raw-jobs 5000 --shapes 5000x1,500x10 --latency-calls-per-slot 5
 
 .PHONY: fmt
 fmt: ## gofmt the tree

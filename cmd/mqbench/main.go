@@ -48,6 +48,7 @@ func main() {
 		natsURL = flag.String("nats", "", "internal: NATS URL of --raw-loop-child")
 		rawSim  = flag.String("raw-sim", "", "internal: llmsim URL of --raw-loop-child (empty: no HTTP call)")
 		rawSlot = flag.Int("raw-slots", 512, "internal: slots of --raw-loop-child")
+		latRows = flag.Int("latency-calls-per-slot", 20, "latency-bound runs: calls per slot")
 	)
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -94,6 +95,30 @@ func main() {
 			fmt.Fprintln(os.Stderr, "mqbench:", err)
 			os.Exit(1)
 		}
+		cc := bench.CostConfig{Bin: *bin, Dir: *dir, Self: self}
+		var lat []bench.LatencyRow
+		for r := range *rounds {
+			for _, ws := range [][2]int{{1, 64}, {2, 128}, {4, 256}} {
+				rows, err := bench.LatencyBound(ctx, cc, 50*time.Millisecond, ws[0], ws[1], ws[1]*(*latRows), 1, bench.NonLimiting)
+				lat = append(lat, rows...)
+				if err != nil {
+					fmt.Fprintln(os.Stderr, "mqbench: latency-bound:", err)
+					os.Exit(1)
+				}
+			}
+			// The replaced system's scenario: 50 rows x 10 queries, 100 slots, 50 ms,
+			// shipped throttle defaults; ideal wall 500 / (100 / 50 ms) = 0.25 s.
+			for _, ws := range [][2]int{{1, 100}, {4, 100}} {
+				rows, err := bench.LatencyBound(ctx, bench.CostConfig{Bin: *bin, Dir: *dir}, 50*time.Millisecond, ws[0], ws[1], 50, 10, "")
+				lat = append(lat, rows...)
+				if err != nil {
+					fmt.Fprintln(os.Stderr, "mqbench: replaced-system scenario:", err)
+					os.Exit(1)
+				}
+			}
+			fmt.Printf("latency round %d done\n", r+1)
+		}
+		fmt.Print(bench.LatencyTable(lat))
 		return
 	}
 	if *flowN > 0 {

@@ -197,9 +197,9 @@ func costPipeline(queries int) string {
 	return b.String()
 }
 
-// nonLimiting is a throttle that never holds the pipeline back (0-latency runs measure
+// NonLimiting is a throttle that never holds the pipeline back (0-latency runs measure
 // cost, not pacing).
-const nonLimiting = "    throttle: {start_rate: 100000, min_rate: 50000, max_rate: 1000000}\n"
+const NonLimiting = "    throttle: {start_rate: 100000, min_rate: 50000, max_rate: 1000000}\n"
 
 // Cost runs the rounds: in each, the raw loop, the raw loop with HTTP, and the pipeline
 // at 0 latency for every shape, interleaved so that every ratio is taken within a round.
@@ -235,7 +235,7 @@ func (c CostConfig) round(ctx context.Context, s *Stack, dir string) ([]CostRow,
 		}
 		out = append(out, row)
 	}
-	cfg, err := s.WriteWorkerConfig(nonLimiting)
+	cfg, err := s.WriteWorkerConfig(NonLimiting)
 	if err != nil {
 		return out, err
 	}

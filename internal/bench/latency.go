@@ -1,0 +1,103 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// LatencyRow is one latency-bound measurement: achieved calls/s against what the slots
+// allow at the model's latency (slots / latency).
+type LatencyRow struct {
+	Name     string
+	Slots    int
+	Ideal    float64 // slots / latency, calls/s
+	Achieved float64
+	Wall     time.Duration
+	Peak     int64 // llmsim peak in flight
+}
+
+// Share is achieved / ideal.
+func (r LatencyRow) Share() float64 { return r.Achieved / r.Ideal }
+
+// simPeak reads llmsim's peak in-flight count and resets its counters.
+func (s *Stack) simPeak(reset bool) (int64, error) {
+	resp, err := http.Get(s.SimURL + "/stats")
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	var st struct {
+		Peak int64 `json:"peak_in_flight"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		return 0, err
+	}
+	if reset {
+		r, err := http.Post(s.SimURL+"/stats/reset", "application/json", nil)
+		if err == nil {
+			r.Body.Close()
+		}
+	}
+	return st.Peak, nil
+}
+
+// LatencyBound measures, at a model latency, the raw loop with HTTP at `slots` and the
+// pipeline with `workers` workers x slots/workers, each on a fresh stack; the pipeline
+// runs with the throttle given (the shipped defaults when "").
+func LatencyBound(ctx context.Context, c CostConfig, latency time.Duration, workers, slots, rows, queries int, throttle string) ([]LatencyRow, error) {
+	dir, err := os.MkdirTemp(c.Dir, fmt.Sprintf("lat-%dx%d-", workers, slots/workers))
+	if err != nil {
+		return nil, err
+	}
+	s, err := startStack(c.Bin, dir, []string{"--latency", latency.String()}, 1)
+	if err != nil {
+		return nil, err
+	}
+	defer s.Stop()
+	ideal := float64(slots) / latency.Seconds()
+	var out []LatencyRow
+	if c.Self != "" {
+		raw, err := c.rawLoop(ctx, s, true, slots, rows*queries)
+		if err != nil {
+			return out, err
+		}
+		peak, _ := s.simPeak(true)
+		out = append(out, LatencyRow{Name: fmt.Sprintf("raw+http %d slots", slots), Slots: slots, Ideal: ideal, Achieved: raw.Rate(), Wall: raw.Wall, Peak: peak})
+	}
+	cfg, err := s.WriteWorkerConfig(throttle)
+	if err != nil {
+		return out, err
+	}
+	for range workers {
+		if err := s.StartWorker(cfg, "--concurrency", strconv.Itoa(slots/workers), "--log-level", "warn"); err != nil {
+			return out, err
+		}
+	}
+	if err := s.StartCollector(); err != nil {
+		return out, err
+	}
+	row, err := c.pipeline(ctx, s, "", rows, queries)
+	if err != nil {
+		return out, err
+	}
+	peak, _ := s.simPeak(true)
+	out = append(out, LatencyRow{Name: fmt.Sprintf("pipeline %dx%d slots, %dx%d", workers, slots/workers, rows, queries), Slots: slots,
+		Ideal: ideal, Achieved: row.Rate(), Wall: row.Wall, Peak: peak})
+	return out, nil
+}
+
+// LatencyTable prints latency-bound rows.
+func LatencyTable(rows []LatencyRow) string {
+	var b strings.Builder
+	b.WriteString("| measure | ideal calls/s (slots/latency) | achieved calls/s | achieved / ideal | wall | llmsim peak in flight |\n|---|---|---|---|---|---|\n")
+	for _, r := range rows {
+		fmt.Fprintf(&b, "| %s | %.0f | %.0f | %.0f %% | %s | %d |\n", r.Name, r.Ideal, r.Achieved, 100*r.Share(), r.Wall.Round(10*time.Millisecond), r.Peak)
+	}
+	return b.String()
+}
