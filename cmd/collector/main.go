@@ -12,6 +12,7 @@ import (
 	"syscall"
 
 	"github.com/multiquery/multiquery/internal/collector"
+	"github.com/multiquery/multiquery/internal/lease"
 	"github.com/multiquery/multiquery/internal/ops"
 	"github.com/multiquery/multiquery/internal/queue"
 )
@@ -26,6 +27,7 @@ func main() {
 		replicas = flag.Int("replicas", 1, "stream replicas when creating streams (3 in a NATS cluster)")
 		opsAddr  = flag.String("ops-addr", ":9091", "address of /metrics, /healthz, /readyz (empty: off)")
 		name     = flag.String("name", "", "collector name in its lease (default host-pid)")
+		leaseTTL = flag.Duration("lease-ttl", lease.DefaultTTL, "single-active lease TTL; give every collector the same value")
 		level    = flag.String("log-level", "info", "log level")
 	)
 	flag.Parse()
@@ -37,7 +39,7 @@ func main() {
 		log.Fatal().Err(err).Msg("connect")
 	}
 	defer nc.Drain()
-	c, err := collector.New(js, collector.Config{OutDir: *out, CSV: *withCSV, Order: *order, MemoryLimit: *memory, Name: *name,
+	c, err := collector.New(js, collector.Config{OutDir: *out, CSV: *withCSV, Order: *order, MemoryLimit: *memory, Name: *name, LeaseTTL: *leaseTTL,
 		Topology: queue.Topology{Replicas: *replicas}}, log)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "collector: %v\n", err)

@@ -44,6 +44,9 @@ type Config struct {
 	// off (one collector by deployment).
 	Name    string
 	NoLease bool
+	// LeaseTTL is the lease's time to live (0: lease.DefaultTTL); every collector on the
+	// same NATS must use the same value.
+	LeaseTTL time.Duration
 }
 
 func (c *Config) defaults() {
@@ -148,12 +151,12 @@ func (c *Collector) Run(ctx context.Context) error {
 	if c.cfg.NoLease {
 		return c.active(ctx)
 	}
-	kv, err := lease.Ensure(ctx, c.js, c.cfg.Topology.Defaults().Replicas)
+	kv, err := lease.Ensure(ctx, c.js, c.cfg.Topology.Defaults().Replicas, c.cfg.LeaseTTL)
 	if err != nil {
 		return err
 	}
 	// Several collectors may run; one holds the lease and emits, the others stand by.
-	return lease.Hold(ctx, kv, "collector", c.cfg.Name, c.log, func(ctx context.Context, waited time.Duration) error {
+	return lease.Hold(ctx, kv, "collector", c.cfg.Name, c.cfg.LeaseTTL, c.log, func(ctx context.Context, waited time.Duration) error {
 		c.m.takeover.Set(waited.Seconds())
 		return c.active(ctx)
 	})

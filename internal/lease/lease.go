@@ -18,19 +18,23 @@ import (
 // Bucket is the KV bucket of leases.
 const Bucket = "mq_lease"
 
-// TTL is how long a lease outlives its holder's last refresh.
-const TTL = 10 * time.Second
+// DefaultTTL is how long a lease outlives its holder's last refresh.
+const DefaultTTL = 10 * time.Second
 
 // ErrLost means the holder could not keep its lease: it must stop acting as active.
 var ErrLost = errors.New("lease lost")
 
-// Ensure creates the lease bucket.
-func Ensure(ctx context.Context, js jetstream.JetStream, replicas int) (jetstream.KeyValue, error) {
+// Ensure creates the lease bucket with the given TTL (0: DefaultTTL). Every holder of
+// the bucket's leases must use the same TTL.
+func Ensure(ctx context.Context, js jetstream.JetStream, replicas int, ttl time.Duration) (jetstream.KeyValue, error) {
+	if ttl <= 0 {
+		ttl = DefaultTTL
+	}
 	var kv jetstream.KeyValue
 	err := queue.Retry(ctx, func(ctx context.Context) error {
 		var err error
 		kv, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: Bucket, Description: "single-active leases",
-			TTL: TTL, History: 1, Storage: jetstream.FileStorage, Replicas: max(replicas, 1)})
+			TTL: ttl, History: 1, Storage: jetstream.FileStorage, Replicas: max(replicas, 1)})
 		return err
 	})
 	if err != nil {
@@ -42,7 +46,10 @@ func Ensure(ctx context.Context, js jetstream.JetStream, replicas int) (jetstrea
 // Hold waits until it holds the lease named key, then runs fn with a context that is
 // cancelled as soon as the lease cannot be kept (refreshes fail for TTL/2). It releases
 // the lease when fn returns. waited is how long it stood by.
-func Hold(ctx context.Context, kv jetstream.KeyValue, key, holder string, log zerolog.Logger, fn func(ctx context.Context, waited time.Duration) error) error {
+func Hold(ctx context.Context, kv jetstream.KeyValue, key, holder string, ttl time.Duration, log zerolog.Logger, fn func(ctx context.Context, waited time.Duration) error) error {
+	if ttl <= 0 {
+		ttl = DefaultTTL
+	}
 	began := time.Now()
 	var rev uint64
 	for {
@@ -67,7 +74,7 @@ func Hold(ctx context.Context, kv jetstream.KeyValue, key, holder string, log ze
 	go func() {
 		defer close(done)
 		last := time.Now()
-		t := time.NewTicker(TTL / 5)
+		t := time.NewTicker(ttl / 5)
 		defer t.Stop()
 		for {
 			select {
@@ -80,7 +87,7 @@ func Hold(ctx context.Context, kv jetstream.KeyValue, key, holder string, log ze
 				rev, last = r, time.Now()
 				continue
 			}
-			if queue.IsKeyExists(err) || errors.Is(err, jetstream.ErrKeyNotFound) || time.Since(last) > TTL/2 {
+			if queue.IsKeyExists(err) || errors.Is(err, jetstream.ErrKeyNotFound) || time.Since(last) > ttl/2 {
 				log.Error().Err(err).Str("lease", key).Msg("lease lost: stopping")
 				cancel(ErrLost)
 				return
