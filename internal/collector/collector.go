@@ -99,6 +99,9 @@ type Collector struct {
 	waiting int // rows whose input is in and which are not emitted yet
 	purges  chan purge
 	m       *metrics
+	// fence is the lease held while active (nil with NoLease): every side effect passes
+	// it first (docs/OPERATIONS.md, "Collector lease and fencing").
+	fence *lease.Fence
 }
 
 // maxOrphans bounds the events kept per run whose open record is missing.
@@ -156,8 +159,9 @@ func (c *Collector) Run(ctx context.Context) error {
 		return err
 	}
 	// Several collectors may run; one holds the lease and emits, the others stand by.
-	return lease.Hold(ctx, kv, "collector", c.cfg.Name, c.cfg.LeaseTTL, c.log, func(ctx context.Context, waited time.Duration) error {
-		c.m.takeover.Set(waited.Seconds())
+	return lease.Hold(ctx, kv, "collector", c.cfg.Name, c.cfg.LeaseTTL, c.log, func(ctx context.Context, f *lease.Fence) error {
+		c.m.takeover.Set(f.Waited().Seconds())
+		c.fence = f
 		return c.active(ctx)
 	})
 }
@@ -199,7 +203,7 @@ func (c *Collector) active(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			if errors.Is(context.Cause(ctx), lease.ErrLost) {
-				return nil // another collector may be active: write nothing more
+				return lease.ErrLost // another collector may be active: write nothing more
 			}
 			return c.checkpoint(context.WithoutCancel(ctx))
 		case ev = <-in:
@@ -300,7 +304,7 @@ func (c *Collector) apply(ctx context.Context, ev event) error {
 			c.log.Error().Err(err).Str("run", ev.run).Msg("invalid open record; run ignored")
 			return nil
 		}
-		r, err := c.openRun(&o)
+		r, err := c.openRun(ctx, &o)
 		if err != nil {
 			return err
 		}
@@ -344,6 +348,10 @@ func (c *Collector) apply(ctx context.Context, ev event) error {
 	if r.finished {
 		return nil
 	}
+	if ev.kind != evSeal && r.sealed && ev.row >= r.total {
+		c.rejectBeyondSeal(r, ev.row)
+		return nil
+	}
 	switch ev.kind {
 	case evSeal:
 		var s wire.Seal
@@ -351,8 +359,26 @@ func (c *Collector) apply(ctx context.Context, ev event) error {
 			c.log.Error().Err(err).Str("run", r.id).Msg("undecodable seal record")
 			return nil
 		}
+		if r.sealed {
+			if s.Rows != r.total {
+				c.log.Error().Str("run", r.id).Int("rows", s.Rows).Int("sealed", r.total).Msg("a second seal with another row count ignored: the first seal wins")
+			}
+			return nil
+		}
 		r.sealed, r.total = true, s.Rows
 		c.dirty[r.id] = r
+		// Rows read before the seal but numbered past it are not part of the run.
+		for i := range r.rows {
+			if i >= r.total {
+				c.rejectBeyondSeal(r, i)
+				c.dropRow(r, i)
+			}
+		}
+		for i := range r.above {
+			if i >= r.total {
+				c.log.Error().Str("run", r.id).Int("row", i).Int("sealed", r.total).Msg("a row numbered past the seal was written before the seal was read")
+			}
+		}
 	case evRow:
 		if r.isEmitted(ev.row) {
 			return nil
@@ -399,6 +425,30 @@ func (c *Collector) apply(ctx context.Context, ev event) error {
 		touched = -1
 	}
 	return c.advance(ctx, r, touched)
+}
+
+// rejectBeyondSeal counts and logs an event of a row the seal says does not exist.
+func (c *Collector) rejectBeyondSeal(r *run, row int) {
+	c.m.reject(rejectRowBeyondSeal)
+	c.log.Error().Str("run", r.id).Int("row", row).Int("sealed", r.total).Msg("row numbered past the seal rejected")
+}
+
+// dropRow forgets a row that will not be written, releasing what it held.
+func (c *Collector) dropRow(r *run, i int) {
+	rs := r.rows[i]
+	if rs == nil {
+		return
+	}
+	if rs.input {
+		c.waiting--
+	}
+	if rs.dataCached {
+		c.cached -= int64(len(rs.data))
+	}
+	for _, b := range rs.results {
+		c.cached -= int64(len(b))
+	}
+	delete(r.rows, i)
 }
 
 func (c *Collector) closeAll() {

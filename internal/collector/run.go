@@ -11,7 +11,9 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 
+	"github.com/multiquery/multiquery/internal/lease"
 	"github.com/multiquery/multiquery/internal/queue"
 	"github.com/multiquery/multiquery/internal/sink"
 	"github.com/multiquery/multiquery/internal/wire"
@@ -35,6 +37,9 @@ type run struct {
 	// messages of rows emitted since the last checkpoint, deleted once it is durable
 	toPurge []purge
 	started time.Time
+	// statusRev is the revision of the run's status key this collector last saw or
+	// wrote: status writes are compare-and-set on it.
+	statusRev uint64
 }
 
 // Stats are a run's counters, kept in the checkpoint and the summary.
@@ -56,6 +61,10 @@ type checkpoint struct {
 	Stats    Stats        `json:"stats"`
 	Started  time.Time    `json:"started"`
 	Finished bool         `json:"finished"`
+	// The lease under which it was written: a collector never overwrites a checkpoint
+	// of a later epoch of the same lease bucket (it has been fenced off).
+	LeaseEpoch  uint64 `json:"lease_epoch,omitempty"`
+	LeaseBucket string `json:"lease_bucket,omitempty"`
 }
 
 type rowState struct {
@@ -94,7 +103,7 @@ func (r *run) complete(rs *rowState) bool {
 
 func (r *run) emittedCount() int { return r.next + len(r.above) }
 
-func (c *Collector) openRun(o *wire.Open) (*run, error) {
+func (c *Collector) openRun(ctx context.Context, o *wire.Open) (*run, error) {
 	dir := c.runDir(o.Run)
 	cp, err := loadCheckpoint(dir)
 	if err != nil {
@@ -118,14 +127,23 @@ func (c *Collector) openRun(o *wire.Open) (*run, error) {
 			r.started = time.Now()
 		}
 	}
+	if err := c.loadStatusRev(ctx, r); err != nil {
+		return nil, err
+	}
 	if r.finished {
 		return r, nil
 	}
-	out, err := sink.Open(dir, c.cfg.CSV, cp.Offsets)
+	out, err := sink.Open(dir, sink.Options{CSV: c.cfg.CSV, Guard: c.fence.Check}, cp.Offsets)
 	if err != nil {
 		return nil, err
 	}
 	r.out = out
+	// Claim the run for this lease epoch before anything else is written: a stale
+	// collector that slipped past its fence cannot put an older checkpoint back.
+	if err := c.writeCheckpoint(r, cp.Offsets); err != nil {
+		out.Close()
+		return nil, err
+	}
 	if len(o.InputColumns) > 0 {
 		if err := r.setCSVColumns(o.InputColumns); err != nil {
 			return nil, err
@@ -178,7 +196,8 @@ func (c *Collector) advance(ctx context.Context, r *run, touched int) error {
 			}
 		}
 	}
-	if r.sealed && r.emittedCount() >= r.total && !r.finished {
+	// Finished when every row of [0, total) is out: not when as many rows are.
+	if r.sealed && r.next >= r.total && !r.finished {
 		return c.finish(ctx, r)
 	}
 	return nil
@@ -237,17 +256,7 @@ func (c *Collector) emit(ctx context.Context, r *run, i int) error {
 	if err != nil {
 		return err
 	}
-	// release memory
-	if rs.input {
-		c.waiting--
-	}
-	if rs.dataCached {
-		c.cached -= int64(len(rs.data))
-	}
-	for _, b := range rs.results {
-		c.cached -= int64(len(b))
-	}
-	delete(r.rows, i)
+	c.dropRow(r, i) // release memory
 	if i == r.next {
 		r.next++
 		for r.above[r.next] {
@@ -404,7 +413,9 @@ func (c *Collector) checkpoint(ctx context.Context) error {
 		if err := c.writeCheckpoint(r, off); err != nil {
 			return err
 		}
-		c.publishStatus(ctx, r)
+		if err := c.publishStatus(ctx, r); err != nil {
+			return err
+		}
 		c.purgeRows(ctx, r)
 		delete(c.dirty, id)
 	}
@@ -412,8 +423,18 @@ func (c *Collector) checkpoint(ctx context.Context) error {
 	return nil
 }
 
+// writeCheckpoint replaces the run's checkpoint, unless the one on disk was written
+// under a later epoch of the lease (then this collector is stale: ErrLost).
 func (c *Collector) writeCheckpoint(r *run, off sink.Offsets) error {
-	cp := checkpoint{Run: r.id, Next: r.next, Offsets: off, Stats: r.stats, Started: r.started, Finished: r.finished}
+	disk, err := loadCheckpoint(r.out.Dir())
+	if err != nil {
+		return err
+	}
+	if disk.LeaseBucket == c.fence.Bucket() && disk.LeaseEpoch > c.fence.Epoch() {
+		return fmt.Errorf("run %s: checkpoint written under lease epoch %d, this collector holds %d: %w", r.id, disk.LeaseEpoch, c.fence.Epoch(), lease.ErrLost)
+	}
+	cp := checkpoint{Run: r.id, Next: r.next, Offsets: off, Stats: r.stats, Started: r.started, Finished: r.finished,
+		LeaseEpoch: c.fence.Epoch(), LeaseBucket: c.fence.Bucket()}
 	for a := range r.above {
 		cp.Above = append(cp.Above, a)
 	}
@@ -422,7 +443,7 @@ func (c *Collector) writeCheckpoint(r *run, off sink.Offsets) error {
 	if err != nil {
 		return fmt.Errorf("encode checkpoint: %w", err)
 	}
-	return sink.WriteFileAtomic(r.out.Dir(), sink.Checkpoint, b)
+	return r.out.WriteFile(sink.Checkpoint, b)
 }
 
 // Status is the run progress published in the runs KV bucket under the run id.
@@ -440,9 +461,29 @@ type Status struct {
 	Started     time.Time `json:"started"`
 	Updated     time.Time `json:"updated"`
 	Finished    bool      `json:"finished"`
+	// LeaseEpoch is the epoch of the collector lease it was written under.
+	LeaseEpoch uint64 `json:"lease_epoch,omitempty"`
 }
 
-func (c *Collector) publishStatus(ctx context.Context, r *run) {
+// loadStatusRev reads the revision of the run's status key, the base of its
+// compare-and-set writes.
+func (c *Collector) loadStatusRev(ctx context.Context, r *run) error {
+	e, err := c.runsKV.Get(ctx, r.id)
+	switch {
+	case errors.Is(err, jetstream.ErrKeyNotFound):
+		r.statusRev = 0
+	case err != nil:
+		return fmt.Errorf("read status of run %s: %w", r.id, err)
+	default:
+		r.statusRev = e.Revision()
+	}
+	return nil
+}
+
+// publishStatus writes the run's status by compare-and-set on the revision this
+// collector last saw: a status written by a collector of a later lease epoch is never
+// overwritten (ErrLost). Other failures are logged: the status is advisory.
+func (c *Collector) publishStatus(ctx context.Context, r *run) error {
 	st := Status{Run: r.id, State: "open", Emitted: r.emittedCount(), OK: r.stats.RowsOK, Failed: r.stats.RowsFailed,
 		Next: r.next, OutDir: r.out.Dir(), Updated: time.Now().UTC(), Finished: r.finished,
 		Deployments: r.open.Deployments, Started: r.started}
@@ -452,10 +493,46 @@ func (c *Collector) publishStatus(ctx context.Context, r *run) {
 	if r.finished {
 		st.State = "completed"
 	}
+	st.LeaseEpoch = c.fence.Epoch()
 	b, _ := json.Marshal(st)
-	if _, err := c.runsKV.Put(ctx, r.id, b); err != nil && ctx.Err() == nil {
-		c.log.Warn().Err(err).Str("run", r.id).Msg("publish run status")
+	for range 3 {
+		if err := c.fence.Check(); err != nil {
+			return fmt.Errorf("publish status of run %s: %w", r.id, err)
+		}
+		var rev uint64
+		var err error
+		if r.statusRev == 0 {
+			rev, err = c.runsKV.Create(ctx, r.id, b)
+		} else {
+			rev, err = c.runsKV.Update(ctx, r.id, b, r.statusRev)
+		}
+		if err == nil {
+			r.statusRev = rev
+			return nil
+		}
+		if !queue.IsKeyExists(err) {
+			if ctx.Err() == nil {
+				c.log.Warn().Err(err).Str("run", r.id).Msg("publish run status")
+			}
+			return nil
+		}
+		// Someone wrote it since: a later collector (stop), or a leftover of ours.
+		e, gerr := c.runsKV.Get(ctx, r.id)
+		if errors.Is(gerr, jetstream.ErrKeyNotFound) {
+			r.statusRev = 0
+			continue
+		}
+		if gerr != nil {
+			c.log.Warn().Err(gerr).Str("run", r.id).Msg("read run status")
+			return nil
+		}
+		var cur Status
+		if json.Unmarshal(e.Value(), &cur) == nil && cur.LeaseEpoch > c.fence.Epoch() {
+			return fmt.Errorf("status of run %s written under lease epoch %d, this collector holds %d: %w", r.id, cur.LeaseEpoch, c.fence.Epoch(), lease.ErrLost)
+		}
+		r.statusRev = e.Revision()
 	}
+	return nil
 }
 
 // purgeRows hands the durably emitted rows to the purger: their input and results are
@@ -488,6 +565,9 @@ func (c *Collector) purger(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case p := <-c.purges:
+			if c.fence.Check() != nil {
+				continue // not ours to delete any more
+			}
 			if err := p.stream.DeleteMsg(ctx, p.seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) && ctx.Err() == nil {
 				c.log.Debug().Err(err).Uint64("seq", p.seq).Msg("delete emitted message")
 			}
@@ -507,14 +587,19 @@ func (c *Collector) finish(ctx context.Context, r *run) error {
 		Dir: r.out.Dir(), Results: r.out.Dir() + "/" + sink.ResultsJSONL, Errors: r.out.Dir() + "/" + sink.ErrorsJSONL}
 	sum.WallSeconds = sum.Finished.Sub(r.started).Seconds()
 	b, _ := json.MarshalIndent(sum, "", "  ")
-	if err := sink.WriteFileAtomic(r.out.Dir(), sink.Summary, append(b, '\n')); err != nil {
+	if err := r.out.WriteFile(sink.Summary, append(b, '\n')); err != nil {
 		return err
 	}
 	if err := c.writeCheckpoint(r, off); err != nil {
 		return err
 	}
-	c.publishStatus(ctx, r)
+	if err := c.publishStatus(ctx, r); err != nil {
+		return err
+	}
 	r.toPurge = r.toPurge[:0]
+	if err := c.fence.Check(); err != nil {
+		return fmt.Errorf("purge run %s: %w", r.id, err)
+	}
 	_ = c.input.Purge(ctx, jetstream.WithPurgeSubject("input."+r.id+".>"))
 	_ = c.results.Purge(ctx, jetstream.WithPurgeSubject("results."+r.id+".>"))
 	for _, dep := range r.open.Deployments { // the run's job consumers are done
@@ -524,6 +609,9 @@ func (c *Collector) finish(ctx context.Context, r *run) error {
 	}
 	r.out.Close()
 	r.out = nil
+	for i := range r.rows {
+		c.dropRow(r, i)
+	}
 	r.rows = nil
 	delete(c.dirty, r.id)
 	c.log.Info().Str("run", r.id).Int("rows_ok", r.stats.RowsOK).Int("rows_failed", r.stats.RowsFailed).Float64("wall_seconds", sum.WallSeconds).Msg("run completed")
@@ -566,17 +654,38 @@ func retryGet(ctx context.Context, fn func(ctx context.Context) error) error {
 
 type metrics struct {
 	rows     *prometheus.CounterVec
+	rejected *prometheus.CounterVec
 	takeover prometheus.Gauge
+}
+
+// Reasons of mq_collector_rejected_total.
+const (
+	rejectRowBeyondSeal = "row_beyond_seal"
+	rejectInvalidRunID  = "invalid_run_id"
+	rejectOrphanLimit   = "orphan_limit"
+	rejectFinishedRun   = "finished_run"
+)
+
+func (m *metrics) reject(reason string) { m.rejected.WithLabelValues(reason).Inc() }
+
+// rejectedCount reads a rejection counter (for tests).
+func (m *metrics) rejectedCount(reason string) float64 {
+	var out dto.Metric
+	if err := m.rejected.WithLabelValues(reason).Write(&out); err != nil {
+		return -1
+	}
+	return out.GetCounter().GetValue()
 }
 
 func newMetrics() *metrics {
 	return &metrics{
 		rows:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mq_collector_rows_total", Help: "Rows emitted, by outcome."}, []string{"outcome"}),
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mq_collector_rejected_total", Help: "Events refused at the door, by reason."}, []string{"reason"}),
 		takeover: prometheus.NewGauge(prometheus.GaugeOpts{Name: "mq_collector_lease_wait_seconds", Help: "How long this collector stood by before it took the lease."}),
 	}
 }
 
 // Collectors returns the collector's metrics for registration.
 func (c *Collector) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{c.m.rows, c.m.takeover}
+	return []prometheus.Collector{c.m.rows, c.m.rejected, c.m.takeover}
 }

@@ -28,11 +28,29 @@ const (
 // Offsets maps a file name to its durable length.
 type Offsets map[string]int64
 
+// Options configure a run's files.
+type Options struct {
+	CSV bool // also write results.csv and errors.csv
+	// Guard, when set, is called immediately before every change to the run's files
+	// (truncate, write, rename); an error from it stops the change and is returned. The
+	// collector passes its lease fence: a collector that may have lost its lease never
+	// touches the files.
+	Guard func() error
+}
+
+func (o Options) guard() error {
+	if o.Guard == nil {
+		return nil
+	}
+	return o.Guard()
+}
+
 // Run is the set of output files of one run.
 type Run struct {
 	dir   string
 	files map[string]*file
 	csv   bool
+	opts  Options
 	// CSV headers, fixed when the first row of each kind is written.
 	okCols, errCols []string
 }
@@ -42,9 +60,27 @@ type file struct {
 	w *bufio.Writer
 }
 
+// guarded passes the guard before every write to the file: bufio writes only when it
+// flushes, so the check is made immediately before each write system call.
+type guarded struct {
+	f     *os.File
+	guard func() error
+}
+
+func (g guarded) Write(p []byte) (int, error) {
+	if err := g.guard(); err != nil {
+		return 0, err
+	}
+	return g.f.Write(p)
+}
+
 // Open opens (creating) the run's files under dir, truncated to the offsets of the last
 // checkpoint (nil offsets: start empty).
-func Open(dir string, withCSV bool, offsets Offsets) (*Run, error) {
+func Open(dir string, opts Options, offsets Offsets) (*Run, error) {
+	withCSV := opts.CSV
+	if err := opts.guard(); err != nil {
+		return nil, err
+	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("create %s: %w", dir, err)
 	}
@@ -52,7 +88,7 @@ func Open(dir string, withCSV bool, offsets Offsets) (*Run, error) {
 	if withCSV {
 		names = append(names, ResultsCSV, ErrorsCSV)
 	}
-	r := &Run{dir: dir, files: map[string]*file{}, csv: withCSV}
+	r := &Run{dir: dir, files: map[string]*file{}, csv: withCSV, opts: opts}
 	for _, n := range names {
 		p := filepath.Join(dir, n)
 		f, err := os.OpenFile(p, os.O_CREATE|os.O_RDWR, 0o644)
@@ -61,6 +97,11 @@ func Open(dir string, withCSV bool, offsets Offsets) (*Run, error) {
 			return nil, fmt.Errorf("open %s: %w", p, err)
 		}
 		off := offsets[n]
+		if err := opts.guard(); err != nil {
+			f.Close()
+			r.Close()
+			return nil, err
+		}
 		if err := f.Truncate(off); err != nil {
 			f.Close()
 			r.Close()
@@ -71,7 +112,7 @@ func Open(dir string, withCSV bool, offsets Offsets) (*Run, error) {
 			r.Close()
 			return nil, fmt.Errorf("seek %s: %w", p, err)
 		}
-		r.files[n] = &file{f: f, w: bufio.NewWriterSize(f, 256<<10)}
+		r.files[n] = &file{f: f, w: bufio.NewWriterSize(guarded{f: f, guard: opts.guard}, 256<<10)}
 	}
 	return r, nil
 }
@@ -181,6 +222,11 @@ func (r *Run) Sync() (Offsets, error) {
 	return off, nil
 }
 
+// WriteFile writes dir/name atomically (WriteFileAtomic), passing the guard first.
+func (r *Run) WriteFile(name string, data []byte) error {
+	return writeFileAtomic(r.dir, name, data, r.opts.guard)
+}
+
 // Close closes the files without syncing.
 func (r *Run) Close() {
 	for _, f := range r.files {
@@ -190,6 +236,10 @@ func (r *Run) Close() {
 
 // WriteFileAtomic writes data to dir/name through a temp file, fsync and rename.
 func WriteFileAtomic(dir, name string, data []byte) error {
+	return writeFileAtomic(dir, name, data, func() error { return nil })
+}
+
+func writeFileAtomic(dir, name string, data []byte, guard func() error) error {
 	tmp, err := os.CreateTemp(dir, "."+name+".*")
 	if err != nil {
 		return fmt.Errorf("write %s: %w", name, err)
@@ -198,6 +248,10 @@ func WriteFileAtomic(dir, name string, data []byte) error {
 	serr := tmp.Sync()
 	cerr := tmp.Close()
 	if err := errors.Join(werr, serr, cerr); err != nil {
+		os.Remove(tmp.Name())
+		return fmt.Errorf("write %s: %w", name, err)
+	}
+	if err := guard(); err != nil {
 		os.Remove(tmp.Name())
 		return fmt.Errorf("write %s: %w", name, err)
 	}

@@ -10,7 +10,7 @@ import (
 // checkpoint; reopening at the checkpoint's offsets drops both.
 func TestOpenTruncatesToTheCheckpoint(t *testing.T) {
 	dir := t.TempDir()
-	r, err := Open(dir, true, nil)
+	r, err := Open(dir, Options{CSV: true}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -36,7 +36,7 @@ func TestOpenTruncatesToTheCheckpoint(t *testing.T) {
 	f.Close()
 	r.Close()
 
-	r2, err := Open(dir, true, off)
+	r2, err := Open(dir, Options{CSV: true}, off)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,301 @@
+package collector
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/csv"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+	"go.uber.org/goleak"
+
+	"github.com/multiquery/multiquery/internal/natstest"
+	"github.com/multiquery/multiquery/internal/queue"
+	"github.com/multiquery/multiquery/internal/sink"
+	"github.com/multiquery/multiquery/internal/wire"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction("github.com/nats-io/nats-server/v2/server.(*Server).startGoRoutine.func1"),
+		goleak.IgnoreAnyFunction("internal/poll.runtime_pollWait"))
+}
+
+// bundle is one test's world: a NATS server, the topology, a running collector.
+type bundle struct {
+	t    *testing.T
+	srv  *natstest.Server
+	js   jetstream.JetStream
+	cfg  Config
+	c    *Collector
+	log  *syncBuffer
+	stop func()
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func setup(t *testing.T, cfg Config) *bundle {
+	t.Helper()
+	srv := natstest.Start(t)
+	_, js := srv.Connect(t)
+	if cfg.OutDir == "" {
+		cfg.OutDir = t.TempDir()
+	}
+	if cfg.FlushInterval == 0 {
+		cfg.FlushInterval = 20 * time.Millisecond
+	}
+	cfg.Name = "test"
+	if err := queue.Ensure(context.Background(), js, cfg.Topology); err != nil {
+		t.Fatal(err)
+	}
+	b := &bundle{t: t, srv: srv, js: js, cfg: cfg, log: &syncBuffer{}}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("collector log:\n%s", b.log.String())
+		}
+	})
+	b.start()
+	return b
+}
+
+// start runs a fresh collector; stop cancels it and waits until Run has returned.
+func (b *bundle) start() {
+	b.t.Helper()
+	c, err := New(b.js, b.cfg, zerolog.New(b.log))
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	var once sync.Once
+	b.c = c
+	b.stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
+				b.t.Errorf("collector: %v", err)
+			}
+		})
+	}
+	b.t.Cleanup(b.stop)
+}
+
+func (b *bundle) publish(subject string, v any) {
+	b.t.Helper()
+	data, ok := v.([]byte)
+	if !ok {
+		var err error
+		if data, err = json.Marshal(v); err != nil {
+			b.t.Fatal(err)
+		}
+	}
+	if _, err := b.js.Publish(context.Background(), subject, data); err != nil {
+		b.t.Fatalf("publish %s: %v", subject, err)
+	}
+}
+
+// open publishes a run's open record with one query q1 writing column q1_answer.
+func (b *bundle) open(run, order string, inputColumns ...string) {
+	b.publish(wire.InputOpenSubject(run), wire.Open{V: 1, Run: run, Order: order, InputColumns: inputColumns, Deployments: []string{"default"},
+		Queries: []wire.QueryInfo{{Name: "q1", Columns: []string{"q1_answer"}}}, Created: time.Now()})
+}
+
+func (b *bundle) row(run string, i int, data string) {
+	b.publish(wire.InputRowSubject(run, i), wire.Row{V: 1, Run: run, Row: i, Data: json.RawMessage(data)})
+}
+
+func (b *bundle) malformedRow(run string, i int) {
+	b.publish(wire.InputRowSubject(run, i), wire.Row{V: 1, Run: run, Row: i, Error: &wire.Error{Reason: wire.ReasonMalformedRecord, Message: "bad quoting"}})
+}
+
+func (b *bundle) result(run string, i int, fields string) {
+	var f map[string]json.RawMessage
+	if err := json.Unmarshal([]byte(fields), &f); err != nil {
+		b.t.Fatal(err)
+	}
+	b.publish(wire.ResultSubject(run, i, "q1"), wire.Result{V: 1, Run: run, Row: i, Query: "q1", OK: true, Fields: f, Attempt: 1,
+		Usage: &wire.Usage{PromptTokens: 10, CompletionTokens: 2, TotalTokens: 12}, Model: "m"})
+}
+
+func (b *bundle) seal(run string, rows int) {
+	b.publish(wire.InputSealSubject(run), wire.Seal{V: 1, Run: run, Rows: rows})
+}
+
+// waitFor polls cond until it holds or the timeout passes.
+func (b *bundle) waitFor(what string, timeout time.Duration, cond func() bool) {
+	b.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			b.t.Fatalf("waited %s for %s", timeout, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func (b *bundle) summary(run string, timeout time.Duration) Summary {
+	b.t.Helper()
+	var s Summary
+	b.waitFor("the summary of run "+run, timeout, func() bool {
+		data, err := os.ReadFile(filepath.Join(b.cfg.OutDir, run, sink.Summary))
+		return err == nil && json.Unmarshal(data, &s) == nil
+	})
+	return s
+}
+
+func (b *bundle) status(run string) (Status, bool) {
+	kv, err := b.js.KeyValue(context.Background(), wire.BucketRuns)
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	e, err := kv.Get(context.Background(), run)
+	if err != nil {
+		return Status{}, false
+	}
+	var st Status
+	return st, json.Unmarshal(e.Value(), &st) == nil
+}
+
+// lines reads a run's output file as JSON objects.
+func (b *bundle) lines(run, name string) []map[string]any {
+	b.t.Helper()
+	f, err := os.Open(filepath.Join(b.cfg.OutDir, run, name))
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	defer f.Close()
+	var out []map[string]any
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		var m map[string]any
+		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
+			b.t.Fatalf("%s: line %q is not one JSON object: %v", name, sc.Text(), err)
+		}
+		if n := len(strings.Split(sc.Text(), `"q1_answer"`)) - 1; n > 1 {
+			b.t.Fatalf("%s: line %q repeats key q1_answer", name, sc.Text())
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+func ids(lines []map[string]any) []string {
+	var out []string
+	for _, l := range lines {
+		id, _ := l["id"].(string)
+		out = append(out, id)
+	}
+	return out
+}
+
+func readCSV(t *testing.T, path string) [][]string {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	recs, err := csv.NewReader(f).ReadAll()
+	if err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	return recs
+}
+
+// Issue 8, item 4: completion order finishes a run when every row of [0, sealed) is
+// out, not when as many rows as sealed are; a row numbered past the seal is rejected.
+func TestCompletionOrderWaitsForEverySealedRow(t *testing.T) {
+	t.Parallel()
+	b := setup(t, Config{})
+	const run = "completion-gap"
+	b.open(run, wire.OrderCompletion)
+	b.row(run, 0, `{"id":"r0"}`)
+	b.row(run, 1, `{"id":"r1"}`)
+	b.row(run, 3, `{"id":"r3"}`)
+	b.seal(run, 3)
+	b.waitFor("the seal to be read", 10*time.Second, func() bool { st, ok := b.status(run); return ok && st.State != "open" })
+	for _, i := range []int{1, 0, 3} {
+		b.result(run, i, fmt.Sprintf(`{"q1_answer":"a%d"}`, i))
+	}
+	b.waitFor("rows 0 and 1 written", 10*time.Second, func() bool { st, _ := b.status(run); return st.Emitted >= 2 })
+	if st, _ := b.status(run); st.Finished {
+		t.Fatalf("run finished with row 2 missing: %+v", st)
+	}
+	b.row(run, 2, `{"id":"r2"}`)
+	b.result(run, 2, `{"q1_answer":"a2"}`)
+	sum := b.summary(run, 10*time.Second)
+	got := ids(b.lines(run, sink.ResultsJSONL))
+	if diff := cmp.Diff([]string{"r0", "r1", "r2"}, sortStrings(got)); diff != "" {
+		t.Fatalf("rows written (-want +got):\n%s", diff)
+	}
+	if sum.Rows != 3 || sum.Stats.RowsOK != 3 {
+		t.Fatalf("summary: %+v", sum)
+	}
+	if n := b.c.m.rejectedCount(rejectRowBeyondSeal); n < 1 {
+		t.Fatalf("rows beyond the seal rejected: %v, want >= 1", n)
+	}
+}
+
+func sortStrings(s []string) []string {
+	out := append([]string(nil), s...)
+	for i := range out {
+		for j := i + 1; j < len(out); j++ {
+			if out[j] < out[i] {
+				out[i], out[j] = out[j], out[i]
+			}
+		}
+	}
+	return out
+}
+
+// Issue 8, item 4: rows read before the seal but numbered past it must not stay counted
+// as waiting once their run is finished, or input reading stops for every run.
+func TestFinishedRunsReleaseTheirWaitingRows(t *testing.T) {
+	t.Parallel()
+	b := setup(t, Config{MaxPendingRows: 3})
+	for _, run := range []string{"extra-a", "extra-b"} {
+		b.open(run, wire.OrderInput)
+		b.row(run, 0, `{"id":"r0"}`)
+		b.row(run, 1, `{"id":"beyond1"}`)
+		b.row(run, 2, `{"id":"beyond2"}`)
+		b.seal(run, 1)
+		b.result(run, 0, `{"q1_answer":"x"}`)
+		b.summary(run, 15*time.Second)
+	}
+	const run = "after"
+	b.open(run, wire.OrderInput)
+	for i := range 3 {
+		b.row(run, i, fmt.Sprintf(`{"id":"r%d"}`, i))
+		b.result(run, i, `{"q1_answer":"x"}`)
+	}
+	b.seal(run, 3)
+	if s := b.summary(run, 15*time.Second); s.Stats.RowsOK != 3 {
+		t.Fatalf("summary: %+v", s)
+	}
+}
