@@ -22,6 +22,7 @@ func main() {
 		natsURL  = flag.String("nats", ops.NATSURL(), "NATS server URL (env NATS_URL)")
 		out      = flag.String("out", "out", "output directory (one sub-directory per run)")
 		withCSV  = flag.Bool("csv", false, "also write results.csv and errors.csv")
+		escape   = flag.Bool("csv-escape-formulas", true, "prefix CSV cells starting with = + - @ tab or CR with ' (spreadsheet formula injection); false writes them verbatim")
 		order    = flag.String("order", "", "row order: input | completion (default: the run's own)")
 		memory   = flag.Int64("memory-limit", 64<<20, "bytes of row bodies kept in memory; beyond, read back from JetStream")
 		replicas = flag.Int("replicas", 1, "stream replicas when creating streams (3 in a NATS cluster)")
@@ -39,7 +40,7 @@ func main() {
 		log.Fatal().Err(err).Msg("connect")
 	}
 	defer nc.Drain()
-	c, err := collector.New(js, collector.Config{OutDir: *out, CSV: *withCSV, Order: *order, MemoryLimit: *memory, Name: *name, LeaseTTL: *leaseTTL,
+	c, err := collector.New(js, collector.Config{OutDir: *out, CSV: *withCSV, CSVRawFormulas: !*escape, Order: *order, MemoryLimit: *memory, Name: *name, LeaseTTL: *leaseTTL,
 		Topology: queue.Topology{Replicas: *replicas}}, log)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "collector: %v\n", err)

@@ -30,12 +30,15 @@ import (
 
 // Config configures the collector.
 type Config struct {
-	OutDir        string        // one sub-directory per run
-	CSV           bool          // also write results.csv / errors.csv
-	Order         string        // "" = the run's own order; input | completion overrides
-	MemoryLimit   int64         // bytes of bodies kept in memory; beyond, read back by subject
-	FlushInterval time.Duration // max time between checkpoints
-	FlushRows     int           // checkpoint after this many emitted rows
+	OutDir string // one sub-directory per run
+	CSV    bool   // also write results.csv / errors.csv
+	// CSVRawFormulas writes CSV cells verbatim; by default a cell starting with = + - @,
+	// a tab or a carriage return is prefixed with ' (spreadsheet formula injection).
+	CSVRawFormulas bool
+	Order          string        // "" = the run's own order; input | completion overrides
+	MemoryLimit    int64         // bytes of bodies kept in memory; beyond, read back by subject
+	FlushInterval  time.Duration // max time between checkpoints
+	FlushRows      int           // checkpoint after this many emitted rows
 	// MaxPendingRows bounds the rows held (input in, not yet emitted): past it no input
 	// row is read until rows go out. Memory is bounded by it and MemoryLimit.
 	MaxPendingRows int
@@ -387,6 +390,13 @@ func (c *Collector) apply(ctx context.Context, ev event) error {
 		if err := wire.Decode(ev.data, &row); err != nil {
 			// An input row nobody can read still completes: as an error row.
 			row = wire.Row{Run: r.id, Row: ev.row, Error: &wire.Error{Reason: wire.ReasonMalformedRecord, Message: "undecodable input row: " + err.Error()}}
+		}
+		if bad := r.checkRowData(row.Data, row.Error == nil); bad != nil {
+			// What the row cannot be written with is dropped; the row becomes an error row.
+			row.Data = nil
+			if row.Error == nil {
+				row.Error = bad
+			}
 		}
 		rs := r.rowState(ev.row)
 		if rs.input {

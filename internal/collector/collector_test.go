@@ -299,3 +299,164 @@ func TestFinishedRunsReleaseTheirWaitingRows(t *testing.T) {
 		t.Fatalf("summary: %+v", s)
 	}
 }
+
+// Issue 8, item 10: a run without input columns in its open record (a submitted run)
+// takes its CSV header from its first well-formed row, not from a malformed first row.
+func TestCSVHeaderComesFromFirstWellFormedRow(t *testing.T) {
+	t.Parallel()
+	b := setup(t, Config{CSV: true})
+	const run = "csv-header"
+	b.open(run, wire.OrderInput)
+	b.malformedRow(run, 0)
+	b.waitFor("the malformed row written", 10*time.Second, func() bool { st, _ := b.status(run); return st.Emitted >= 1 })
+	b.row(run, 1, `{"id":"r1","text":"hello"}`)
+	b.result(run, 1, `{"q1_answer":"yes"}`)
+	b.seal(run, 2)
+	b.summary(run, 10*time.Second)
+	dir := filepath.Join(b.cfg.OutDir, run)
+	ok := readCSV(t, filepath.Join(dir, sink.ResultsCSV))
+	if diff := cmp.Diff([][]string{{"id", "text", "q1_answer", "q1_usage", "q1_model"}}, ok[:1]); diff != "" {
+		t.Fatalf("results.csv header (-want +got):\n%s", diff)
+	}
+	if len(ok) != 2 || ok[1][0] != "r1" || ok[1][2] != "yes" {
+		t.Fatalf("results.csv rows: %q", ok)
+	}
+	bad := readCSV(t, filepath.Join(dir, sink.ErrorsCSV))
+	if diff := cmp.Diff([]string{"id", "text", "_error"}, bad[0]); diff != "" {
+		t.Fatalf("errors.csv header (-want +got):\n%s", diff)
+	}
+	if len(bad) != 2 || !strings.Contains(bad[1][2], wire.ReasonMalformedRecord) {
+		t.Fatalf("errors.csv rows: %q", bad)
+	}
+}
+
+// Issue 8, item 11: bodies from upstream are checked at the door; what does not fit
+// becomes an error row naming the query or field, never a half row.
+func TestUntrustedBodiesBecomeErrorRows(t *testing.T) {
+	t.Parallel()
+	b := setup(t, Config{})
+	cases := []struct {
+		name, row, fields string
+		wantReason        string // of _error, or of failed_queries[0].error
+		wantField         string
+	}{
+		{name: "a success result missing an output column", row: `{"id":"r0"}`, fields: `{"other":"x"}`, wantReason: wire.ReasonInvalidResult, wantField: "q1_answer"},
+		{name: "input data that is not an object", row: `["r0"]`, fields: `{"q1_answer":"x"}`, wantReason: wire.ReasonMalformedRecord},
+		{name: "input data that is a string", row: `"r0"`, fields: `{"q1_answer":"x"}`, wantReason: wire.ReasonMalformedRecord},
+		{name: "an input key equal to an output column", row: `{"id":"r0","q1_answer":"mine"}`, fields: `{"q1_answer":"x"}`, wantReason: wire.ReasonMalformedRecord, wantField: "q1_answer"},
+		{name: "an input key equal to a usage column", row: `{"id":"r0","q1_usage":1}`, fields: `{"q1_answer":"x"}`, wantReason: wire.ReasonMalformedRecord, wantField: "q1_usage"},
+		{name: "an input key repeated", row: `{"id":"r0","id":"r1"}`, fields: `{"q1_answer":"x"}`, wantReason: wire.ReasonMalformedRecord, wantField: "id"},
+	}
+	for i, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			run := fmt.Sprintf("untrusted-%d", i)
+			b.open(run, wire.OrderInput)
+			b.row(run, 0, tc.row)
+			b.result(run, 0, tc.fields)
+			b.seal(run, 1)
+			b.summary(run, 10*time.Second)
+			if ok := b.lines(run, sink.ResultsJSONL); len(ok) != 0 {
+				t.Fatalf("success rows: %v", ok)
+			}
+			bad := b.lines(run, sink.ErrorsJSONL)
+			if len(bad) != 1 {
+				t.Fatalf("error rows: %v", bad)
+			}
+			e, _ := bad[0]["_error"].(map[string]any)
+			if fq, ok := e["failed_queries"].([]any); ok && len(fq) == 1 {
+				q, _ := fq[0].(map[string]any)
+				if q["query"] != "q1" {
+					t.Fatalf("failed query not named: %v", e)
+				}
+				e, _ = q["error"].(map[string]any)
+			}
+			if e["reason"] != tc.wantReason || (tc.wantField != "" && e["field"] != tc.wantField) {
+				t.Fatalf("_error %v: want reason %s, field %q", bad[0]["_error"], tc.wantReason, tc.wantField)
+			}
+			if _, ok := bad[0]["q1_answer"]; ok && tc.wantField != "q1_answer" {
+				t.Fatalf("error row carries an output: %v", bad[0])
+			}
+		})
+	}
+}
+
+// Issue 8, item 11: CSV cells that a spreadsheet would run as a formula are escaped.
+func TestCSVEscapesFormulaCells(t *testing.T) {
+	t.Parallel()
+	b := setup(t, Config{CSV: true})
+	const run = "csv-formula"
+	b.open(run, wire.OrderInput, "id", "text")
+	b.row(run, 0, `{"id":"=1+1","text":"@SUM(A1)"}`)
+	b.result(run, 0, `{"q1_answer":"-2+3"}`)
+	b.row(run, 1, `{"id":"+cmd","text":"\tx"}`)
+	b.result(run, 1, `{"q1_answer":"plain"}`)
+	b.seal(run, 2)
+	b.summary(run, 10*time.Second)
+	got := readCSV(t, filepath.Join(b.cfg.OutDir, run, sink.ResultsCSV))
+	want := [][]string{{"'=1+1", "'@SUM(A1)", "'-2+3"}, {"'+cmd", "'\tx", "plain"}}
+	for i, w := range want {
+		if diff := cmp.Diff(w, got[i+1][:3]); diff != "" {
+			t.Fatalf("row %d (-want +got):\n%s", i, diff)
+		}
+	}
+}
+
+// Issue 8, item 13: events of runs with an invalid id are dropped, and events of runs
+// whose open record is unknown are kept without their bodies, within the memory limit;
+// they are read back when the open record comes.
+func TestOrphanEventsAreBoundedAndReadBack(t *testing.T) {
+	t.Parallel()
+	b := setup(t, Config{MemoryLimit: 256 << 10})
+	big := strings.Repeat("x", 8<<10)
+	invalid := strings.Repeat("a", 65)
+	for i := range 40 {
+		b.publish(wire.ResultSubject(invalid, i, "q1"), wire.Result{V: 1, Run: invalid, Row: i, Query: "q1", OK: true,
+			Fields: map[string]json.RawMessage{"q1_answer": json.RawMessage(`"` + big + `"`)}})
+	}
+	const late = "open-comes-late"
+	const rows = 60
+	for i := range rows {
+		b.result(late, i, `{"q1_answer":"`+big+`"}`)
+		b.row(late, i, fmt.Sprintf(`{"id":"r%d"}`, i))
+	}
+	// A run after them on both streams: once it is done, every orphan was read.
+	const marker = "marker"
+	b.open(marker, wire.OrderInput)
+	b.row(marker, 0, `{"id":"m"}`)
+	b.result(marker, 0, `{"q1_answer":"x"}`)
+	b.seal(marker, 1)
+	b.summary(marker, 15*time.Second)
+	b.stop()
+	var bodies, events int
+	for id, evs := range b.c.orphans {
+		if id == invalid {
+			t.Errorf("events of invalid run id %q kept", id)
+		}
+		for _, ev := range evs {
+			events++
+			bodies += len(ev.data)
+		}
+	}
+	if bodies > 0 || events > 2*rows {
+		t.Fatalf("orphans: %d events holding %d bytes of bodies", events, bodies)
+	}
+	// A second collector replays the streams: the late run's events come before its open
+	// record again; once a later run is done, they were all read (as body-less events).
+	b.start()
+	const marker2 = "marker-2"
+	b.open(marker2, wire.OrderInput)
+	b.row(marker2, 0, `{"id":"m"}`)
+	b.result(marker2, 0, `{"q1_answer":"x"}`)
+	b.seal(marker2, 1)
+	b.summary(marker2, 15*time.Second)
+	b.open(late, wire.OrderInput)
+	b.seal(late, rows)
+	if s := b.summary(late, 15*time.Second); s.Stats.RowsOK != rows {
+		t.Fatalf("late-opened run: %+v", s)
+	}
+	for _, l := range b.lines(late, sink.ResultsJSONL) {
+		if l["q1_answer"] != big {
+			t.Fatalf("row read back without its result: %v", l["id"])
+		}
+	}
+}

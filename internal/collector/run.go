@@ -40,7 +40,79 @@ type run struct {
 	// statusRev is the revision of the run's status key this collector last saw or
 	// wrote: status writes are compare-and-set on it.
 	statusRev uint64
+	// reserved are the output keys no input key may take (outputs, usage, model, _error).
+	reserved map[string]bool
 }
+
+// checkRowData checks an input row's data at the door: a JSON object without repeated
+// keys and without a key that an output of the run also writes (the output row would
+// carry the key twice). need says whether data is required (a row without an error).
+func (r *run) checkRowData(data json.RawMessage, need bool) *wire.Error {
+	bad := func(msg, field string) *wire.Error {
+		e := &wire.Error{Reason: wire.ReasonMalformedRecord, Message: msg}
+		if field != "" {
+			e.Details = map[string]any{"field": field}
+		}
+		return e
+	}
+	t := bytes.TrimSpace(data)
+	if len(t) == 0 {
+		if need {
+			return bad("input row without data", "")
+		}
+		return nil
+	}
+	if t[0] != '{' {
+		return bad("input row data is not a JSON object", "")
+	}
+	dec := json.NewDecoder(bytes.NewReader(t))
+	if _, err := dec.Token(); err != nil {
+		return bad("input row data: "+err.Error(), "")
+	}
+	seen := map[string]bool{}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return bad("input row data: "+err.Error(), "")
+		}
+		k, _ := tok.(string)
+		switch {
+		case seen[k]:
+			return bad(fmt.Sprintf("input key %q appears twice", k), k)
+		case r.reserved[k]:
+			return bad(fmt.Sprintf("input key %q is also an output column", k), k)
+		}
+		seen[k] = true
+		var skip json.RawMessage
+		if err := dec.Decode(&skip); err != nil {
+			return bad("input row data: "+err.Error(), "")
+		}
+	}
+	return nil
+}
+
+func reservedKeys(o *wire.Open) map[string]bool {
+	m := map[string]bool{"_error": true}
+	for _, q := range o.Queries {
+		for _, c := range q.Columns {
+			m[c] = true
+		}
+		m[q.Name+"_usage"], m[q.Name+"_model"] = true, true
+	}
+	return m
+}
+
+// headerRow reports whether a row can give a run its CSV input columns: its data made
+// it through the door and it has keys.
+func headerRow(rs *rowState, data json.RawMessage) bool {
+	if rs.preErr != nil && rs.preErr.Reason == wire.ReasonMalformedRecord {
+		return false
+	}
+	return len(objectKeys(data)) > 0
+}
+
+// maxCSVPending bounds the rows held for a CSV header that no well-formed row gave yet.
+const maxCSVPending = 1000
 
 // Stats are a run's counters, kept in the checkpoint and the summary.
 type Stats struct {
@@ -109,7 +181,7 @@ func (c *Collector) openRun(ctx context.Context, o *wire.Open) (*run, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &run{id: o.Run, open: *o, m: len(o.Queries), rows: map[int]*rowState{}, above: map[int]bool{},
+	r := &run{id: o.Run, open: *o, m: len(o.Queries), rows: map[int]*rowState{}, above: map[int]bool{}, reserved: reservedKeys(o),
 		next: cp.Next, stats: cp.Stats, started: cp.Started, finished: cp.Finished}
 	for _, a := range cp.Above {
 		r.above[a] = true
@@ -133,7 +205,7 @@ func (c *Collector) openRun(ctx context.Context, o *wire.Open) (*run, error) {
 	if r.finished {
 		return r, nil
 	}
-	out, err := sink.Open(dir, sink.Options{CSV: c.cfg.CSV, Guard: c.fence.Check}, cp.Offsets)
+	out, err := sink.Open(dir, sink.Options{CSV: c.cfg.CSV, RawFormulas: c.cfg.CSVRawFormulas, Guard: c.fence.Check}, cp.Offsets)
 	if err != nil {
 		return nil, err
 	}
@@ -238,7 +310,7 @@ func (c *Collector) emit(ctx context.Context, r *run, i int) error {
 		}
 		line, ok = r.fold(data, results)
 	}
-	if r.out.CSVNeedsColumns() {
+	if r.out.CSVNeedsColumns() && headerRow(rs, data) {
 		if err := r.setCSVColumns(objectKeys(data)); err != nil {
 			return err
 		}
@@ -255,6 +327,12 @@ func (c *Collector) emit(ctx context.Context, r *run, i int) error {
 	}
 	if err != nil {
 		return err
+	}
+	if r.out.CSVNeedsColumns() && r.out.CSVPending() >= maxCSVPending {
+		c.log.Warn().Str("run", r.id).Int("rows", maxCSVPending).Msg("no well-formed row among the first rows: CSV header without input columns")
+		if err := r.setCSVColumns(nil); err != nil {
+			return err
+		}
 	}
 	c.dropRow(r, i) // release memory
 	if i == r.next {
@@ -295,6 +373,14 @@ func (r *run) fold(data json.RawMessage, results []wire.Result) ([]byte, bool) {
 				e = &wire.Error{Reason: wire.ReasonLLMCallFailed, Message: "failed result without an error"}
 			}
 			failed = append(failed, map[string]any{"query": r.open.Queries[qi].Name, "error": e})
+			continue
+		}
+		for _, col := range r.open.Queries[qi].Columns {
+			if _, ok := res.Fields[col]; !ok {
+				failed = append(failed, map[string]any{"query": r.open.Queries[qi].Name, "error": &wire.Error{Reason: wire.ReasonInvalidResult,
+					Message: fmt.Sprintf("success result without output column %q", col), Details: map[string]any{"field": col}}})
+				break
+			}
 		}
 	}
 	if len(failed) > 0 {
@@ -319,11 +405,7 @@ func (r *run) fold(data json.RawMessage, results []wire.Result) ([]byte, bool) {
 	for qi, q := range r.open.Queries {
 		res := &results[qi]
 		for _, col := range q.Columns {
-			v, ok := res.Fields[col]
-			if !ok {
-				v = []byte("null")
-			}
-			add(col, v)
+			add(col, res.Fields[col]) // present: checked above
 		}
 		u, _ := json.Marshal(res.Usage)
 		add(q.Name+"_usage", u)
@@ -578,6 +660,11 @@ func (c *Collector) purger(ctx context.Context) {
 // finish writes the summary of a sealed run whose rows are all out, marks it completed
 // and purges what is left of it.
 func (c *Collector) finish(ctx context.Context, r *run) error {
+	if r.out.CSVNeedsColumns() { // no well-formed row in the whole run
+		if err := r.setCSVColumns(nil); err != nil {
+			return err
+		}
+	}
 	off, err := r.out.Sync()
 	if err != nil {
 		return fmt.Errorf("run %s: %w", r.id, err)

@@ -7,12 +7,14 @@ package sink
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/csv"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 )
 
 // File names inside a run's directory.
@@ -31,6 +33,9 @@ type Offsets map[string]int64
 // Options configure a run's files.
 type Options struct {
 	CSV bool // also write results.csv and errors.csv
+	// RawFormulas turns off the escaping of CSV cells that a spreadsheet would run as a
+	// formula (see EscapeCell).
+	RawFormulas bool
 	// Guard, when set, is called immediately before every change to the run's files
 	// (truncate, write, rename); an error from it stops the change and is returned. The
 	// collector passes its lease fence: a collector that may have lost its lease never
@@ -51,8 +56,15 @@ type Run struct {
 	files map[string]*file
 	csv   bool
 	opts  Options
-	// CSV headers, fixed when the first row of each kind is written.
+	// CSV headers, fixed by SetCSVColumns. Rows written before are held in pending (and
+	// rebuilt from the JSONL files by Open) and written to the CSV files then.
 	okCols, errCols []string
+	pending         []pendingLine
+}
+
+type pendingLine struct {
+	ok   bool
+	line []byte
 }
 
 type file struct {
@@ -114,7 +126,31 @@ func Open(dir string, opts Options, offsets Offsets) (*Run, error) {
 		}
 		r.files[n] = &file{f: f, w: bufio.NewWriterSize(guarded{f: f, guard: opts.guard}, 256<<10)}
 	}
+	if withCSV && offsets[ResultsCSV] == 0 && offsets[ErrorsCSV] == 0 {
+		// No CSV header yet: the rows written so far wait for it, as they did before.
+		for _, n := range []string{ResultsJSONL, ErrorsJSONL} {
+			if err := r.loadPending(n, n == ResultsJSONL, offsets[n]); err != nil {
+				r.Close()
+				return nil, err
+			}
+		}
+	}
 	return r, nil
+}
+
+// loadPending reads the first size bytes of a JSONL file as rows waiting for the header.
+func (r *Run) loadPending(name string, ok bool, size int64) error {
+	if size == 0 {
+		return nil
+	}
+	b := make([]byte, size)
+	if _, err := r.files[name].f.ReadAt(b, 0); err != nil {
+		return fmt.Errorf("read %s: %w", name, err)
+	}
+	for line := range bytes.Lines(b) {
+		r.pending = append(r.pending, pendingLine{ok: ok, line: bytes.TrimSuffix(line, []byte("\n"))})
+	}
+	return nil
 }
 
 // Dir is the run's output directory.
@@ -135,13 +171,26 @@ func (r *Run) SetCSVColumns(ok, errCols []string) error {
 		}
 		pos, _ := f.f.Seek(0, 1)
 		if st.Size() == 0 && pos == 0 && f.w.Buffered() == 0 {
-			if err := writeCSV(f.w, cols); err != nil {
+			if err := writeCSV(f.w, r.escape(cols)); err != nil {
 				return fmt.Errorf("write %s header: %w", name, err)
 			}
 		}
 	}
+	for _, p := range r.pending {
+		name, cols := ResultsCSV, r.okCols
+		if !p.ok {
+			name, cols = ErrorsCSV, r.errCols
+		}
+		if err := r.writeCSVLine(name, cols, p.line); err != nil {
+			return err
+		}
+	}
+	r.pending = nil
 	return nil
 }
+
+// CSVPending is the number of rows written while the CSV header was not fixed yet.
+func (r *Run) CSVPending() int { return len(r.pending) }
 
 // WriteOK appends a success row. line is the row's JSON object.
 func (r *Run) WriteOK(line []byte) error { return r.write(ResultsJSONL, ResultsCSV, r.okCols, line) }
@@ -160,7 +209,15 @@ func (r *Run) write(jsonl, csvName string, cols []string, line []byte) error {
 	if !r.csv {
 		return nil
 	}
-	rec, err := csvRecord(line, cols)
+	if r.okCols == nil {
+		r.pending = append(r.pending, pendingLine{ok: jsonl == ResultsJSONL, line: append([]byte(nil), line...)})
+		return nil
+	}
+	return r.writeCSVLine(csvName, cols, line)
+}
+
+func (r *Run) writeCSVLine(csvName string, cols []string, line []byte) error {
+	rec, err := csvRecord(line, cols, !r.opts.RawFormulas)
 	if err != nil {
 		return fmt.Errorf("%s: %w", csvName, err)
 	}
@@ -168,6 +225,26 @@ func (r *Run) write(jsonl, csvName string, cols []string, line []byte) error {
 		return fmt.Errorf("write %s: %w", csvName, err)
 	}
 	return nil
+}
+
+func (r *Run) escape(rec []string) []string {
+	if r.opts.RawFormulas {
+		return rec
+	}
+	out := make([]string, len(rec))
+	for i, c := range rec {
+		out[i] = EscapeCell(c)
+	}
+	return out
+}
+
+// EscapeCell prefixes with a quote (') a cell that a spreadsheet would read as a formula:
+// one starting with =, +, -, @, a tab or a carriage return (OWASP, CSV injection).
+func EscapeCell(c string) string {
+	if c != "" && strings.ContainsRune("=+-@\t\r", rune(c[0])) {
+		return "'" + c
+	}
+	return c
 }
 
 func writeCSV(w *bufio.Writer, rec []string) error {
@@ -179,8 +256,10 @@ func writeCSV(w *bufio.Writer, rec []string) error {
 	return cw.Error()
 }
 
-// csvRecord flattens a JSON object into cells: strings as they are, anything else as JSON.
-func csvRecord(line []byte, cols []string) ([]string, error) {
+// csvRecord flattens a JSON object into cells: strings as they are (escaped, see
+// EscapeCell), anything else as JSON (a number, object, array or literal is never a
+// formula).
+func csvRecord(line []byte, cols []string, escape bool) ([]string, error) {
 	var m map[string]json.RawMessage
 	if err := json.Unmarshal(line, &m); err != nil {
 		return nil, fmt.Errorf("row is not a JSON object: %w", err)
@@ -194,6 +273,9 @@ func csvRecord(line []byte, cols []string) ([]string, error) {
 		if len(v) > 0 && v[0] == '"' {
 			var s string
 			if err := json.Unmarshal(v, &s); err == nil {
+				if escape {
+					s = EscapeCell(s)
+				}
 				rec[i] = s
 				continue
 			}
@@ -283,5 +365,6 @@ func CountLines(path string) (int, error) {
 }
 
 // CSVNeedsColumns reports whether CSV output is on and its headers are not fixed yet
-// (JSONL input has no header: the first emitted row's keys are used).
+// (a run without input columns in its open record: the first well-formed row's keys
+// are used).
 func (r *Run) CSVNeedsColumns() bool { return r.csv && r.okCols == nil }
