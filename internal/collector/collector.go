@@ -95,20 +95,27 @@ type Collector struct {
 	results jetstream.Stream
 
 	runs    map[string]*run
-	orphans map[string][]event // results of runs whose open record is not seen yet
-	cached  int64
-	dirty   map[string]*run
-	pending int // rows emitted since the last checkpoint
-	waiting int // rows whose input is in and which are not emitted yet
-	purges  chan purge
-	m       *metrics
+	orphans map[string][]event // events (bodies dropped) of runs whose open record is not seen yet
+	// orphanN and orphanBytes bound the orphans (the bytes also count in cached).
+	orphanN     int
+	orphanBytes int64
+	cached      int64
+	dirty       map[string]*run
+	pending     int // rows emitted since the last checkpoint
+	waiting     int // rows whose input is in and which are not emitted yet
+	purges      chan purge
+	m           *metrics
 	// fence is the lease held while active (nil with NoLease): every side effect passes
 	// it first (docs/OPERATIONS.md, "Collector lease and fencing").
 	fence *lease.Fence
 }
 
-// maxOrphans bounds the events kept per run whose open record is missing.
+// maxOrphans bounds the events kept, over all runs, whose open record is missing; their
+// bytes are also bounded by a quarter of MemoryLimit.
 const maxOrphans = 100000
+
+// orphanSize is what an orphan event (without its body) holds in memory, roughly.
+func orphanSize(ev event) int64 { return 96 + int64(len(ev.run)+len(ev.q)) }
 
 type eventKind int
 
@@ -261,10 +268,19 @@ func (c *Collector) consume(ctx context.Context, stream, filter string, events c
 
 func (c *Collector) decodeEvent(msg jetstream.Msg) (event, bool) {
 	ev, ok := c.decodeSubject(msg)
+	if !ok {
+		return ev, false
+	}
+	if err := wire.ValidateRunID(ev.run); err != nil {
+		// Such a run can never be opened: nothing of it is kept.
+		c.m.reject(rejectInvalidRunID)
+		c.log.Warn().Err(err).Str("subject", msg.Subject()).Msg("event of an invalid run id dropped")
+		return event{}, false
+	}
 	if meta, err := msg.Metadata(); err == nil {
 		ev.seq = meta.Sequence.Stream
 	}
-	return ev, ok
+	return ev, true
 }
 
 func (c *Collector) decodeSubject(msg jetstream.Msg) (event, bool) {
@@ -316,12 +332,9 @@ func (c *Collector) apply(ctx context.Context, ev event) error {
 			delete(c.orphans, o.Run)
 			return nil
 		}
-		for _, oe := range c.orphans[o.Run] {
-			if err := c.apply(ctx, oe); err != nil {
-				return err
-			}
+		if err := c.replayOrphans(ctx, o.Run); err != nil {
+			return err
 		}
-		delete(c.orphans, o.Run)
 		return c.advance(ctx, r, -1)
 	}
 	if r == nil {
@@ -339,14 +352,8 @@ func (c *Collector) apply(ctx context.Context, ev event) error {
 			return err
 		}
 		// No open record (yet): a late duplicate of a finished, purged run, or a publisher
-		// that broke the open-first rule. Keep it, bounded, until an open record shows up.
-		if n := len(c.orphans[ev.run]); n < maxOrphans {
-			c.orphans[ev.run] = append(c.orphans[ev.run], ev)
-			if n+1 == maxOrphans {
-				c.log.Error().Str("run", ev.run).Int("kept", maxOrphans).Msg("events of a run without an open record: later ones are ignored")
-			}
-		}
-		return nil
+		// that broke the open-first rule.
+		return c.keepOrphan(ctx, ev)
 	}
 	if r.finished {
 		return nil
@@ -435,6 +442,56 @@ func (c *Collector) apply(ctx context.Context, ev event) error {
 		touched = -1
 	}
 	return c.advance(ctx, r, touched)
+}
+
+// keepOrphan keeps an event of a run without an open record, without its body (read
+// back by subject when the open record shows up), within maxOrphans and a quarter of
+// MemoryLimit. Beyond, the event is dropped and counted: a restart replays it.
+func (c *Collector) keepOrphan(_ context.Context, ev event) error {
+	ev.data = nil
+	size := orphanSize(ev)
+	if c.orphanN >= maxOrphans || c.orphanBytes+size > c.cfg.MemoryLimit/4 {
+		c.m.reject(rejectOrphanLimit)
+		c.log.Warn().Str("run", ev.run).Int("orphans", c.orphanN).Msg("event of a run without an open record dropped: orphan limit reached (a restart reads it again)")
+		return nil
+	}
+	c.orphans[ev.run] = append(c.orphans[ev.run], ev)
+	c.orphanN++
+	c.orphanBytes += size
+	c.cached += size
+	return nil
+}
+
+// replayOrphans applies the kept events of a run that was just opened, reading each
+// body back by subject (one that is gone was purged: skipped).
+func (c *Collector) replayOrphans(ctx context.Context, id string) error {
+	evs := c.orphans[id]
+	delete(c.orphans, id)
+	for _, ev := range evs {
+		size := orphanSize(ev)
+		c.orphanN--
+		c.orphanBytes -= size
+		c.cached -= size
+		s, subject := c.input, wire.InputSealSubject(id)
+		switch ev.kind {
+		case evRow:
+			subject = wire.InputRowSubject(id, ev.row)
+		case evResult:
+			s, subject = c.results, wire.ResultSubject(id, ev.row, ev.q)
+		}
+		msg, err := c.getLastMsg(ctx, s, subject)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		ev.data, ev.seq = msg.Data, msg.Sequence
+		if err := c.apply(ctx, ev); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // rejectBeyondSeal counts and logs an event of a row the seal says does not exist.

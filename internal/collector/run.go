@@ -468,6 +468,14 @@ func objectKeys(data json.RawMessage) []string {
 }
 
 func (c *Collector) getLast(ctx context.Context, s jetstream.Stream, subject string) ([]byte, error) {
+	msg, err := c.getLastMsg(ctx, s, subject)
+	if err != nil {
+		return nil, err
+	}
+	return msg.Data, nil
+}
+
+func (c *Collector) getLastMsg(ctx context.Context, s jetstream.Stream, subject string) (*jetstream.RawStreamMsg, error) {
 	var msg *jetstream.RawStreamMsg
 	err := retryGet(ctx, func(ctx context.Context) error {
 		var err error
@@ -477,7 +485,7 @@ func (c *Collector) getLast(ctx context.Context, s jetstream.Stream, subject str
 	if err != nil {
 		return nil, fmt.Errorf("read back %s: %w", subject, err)
 	}
-	return msg.Data, nil
+	return msg, nil
 }
 
 // checkpoint makes every emitted row durable: fsync the files, write the checkpoint,
