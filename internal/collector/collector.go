@@ -91,8 +91,15 @@ type Collector struct {
 	js      jetstream.JetStream
 	log     zerolog.Logger
 	runsKV  jetstream.KeyValue
+	retryKV jetstream.KeyValue
 	input   jetstream.Stream
 	results jetstream.Stream
+	jobs    jetstream.Stream
+	submit  jetstream.Stream
+	// done remembers recently finished runs (bounded; the runs bucket's final status
+	// answers for older ones), whose late events are deleted on arrival.
+	done      map[string]bool
+	doneOrder []string
 
 	runs    map[string]*run
 	orphans map[string][]event // events (bodies dropped) of runs whose open record is not seen yet
@@ -142,7 +149,7 @@ func New(js jetstream.JetStream, cfg Config, log zerolog.Logger) (*Collector, er
 		return nil, err
 	}
 	return &Collector{cfg: cfg, js: js, log: log.With().Str("component", "collector").Logger(),
-		runs: map[string]*run{}, orphans: map[string][]event{}, dirty: map[string]*run{}, purges: make(chan purge, 100000), m: newMetrics()}, nil
+		runs: map[string]*run{}, orphans: map[string][]event{}, done: map[string]bool{}, dirty: map[string]*run{}, purges: make(chan purge, 100000), m: newMetrics()}, nil
 }
 
 // Run folds events until ctx ends, checkpointing as it goes; it returns after a last
@@ -160,6 +167,15 @@ func (c *Collector) Run(ctx context.Context) error {
 	}
 	if c.results, err = c.js.Stream(ctx, wire.StreamResults); err != nil {
 		return fmt.Errorf("open stream %s: %w", wire.StreamResults, err)
+	}
+	if c.jobs, err = c.js.Stream(ctx, wire.StreamJobs); err != nil {
+		return fmt.Errorf("open stream %s: %w", wire.StreamJobs, err)
+	}
+	if c.submit, err = c.js.Stream(ctx, wire.StreamSubmit); err != nil {
+		return fmt.Errorf("open stream %s: %w", wire.StreamSubmit, err)
+	}
+	if c.retryKV, err = c.js.KeyValue(ctx, wire.BucketRetry); err != nil {
+		return fmt.Errorf("open kv %s: %w", wire.BucketRetry, err)
 	}
 	if c.cfg.NoLease {
 		return c.active(ctx)
@@ -327,11 +343,14 @@ func (c *Collector) apply(ctx context.Context, ev event) error {
 		if err != nil {
 			return err
 		}
-		c.runs[o.Run] = r
 		if r.finished {
-			delete(c.orphans, o.Run)
-			return nil
+			// Finished before (its checkpoint says so), yet its open record is still on
+			// the bus: the collector stopped between the checkpoint and the purge.
+			c.dropOrphans(o.Run)
+			c.forget(o.Run)
+			return c.cleanup(ctx, o.Run, o.Deployments)
 		}
+		c.runs[o.Run] = r
 		if err := c.replayOrphans(ctx, o.Run); err != nil {
 			return err
 		}
@@ -353,6 +372,10 @@ func (c *Collector) apply(ctx context.Context, ev event) error {
 		}
 		// No open record (yet): a late duplicate of a finished, purged run, or a publisher
 		// that broke the open-first rule.
+		if c.isDone(ctx, ev.run) {
+			c.deleteLate(ctx, ev)
+			return nil
+		}
 		return c.keepOrphan(ctx, ev)
 	}
 	if r.finished {
@@ -460,6 +483,69 @@ func (c *Collector) keepOrphan(_ context.Context, ev event) error {
 	c.orphanBytes += size
 	c.cached += size
 	return nil
+}
+
+// dropOrphans forgets the kept events of a run.
+func (c *Collector) dropOrphans(id string) {
+	for _, ev := range c.orphans[id] {
+		size := orphanSize(ev)
+		c.orphanN--
+		c.orphanBytes -= size
+		c.cached -= size
+	}
+	delete(c.orphans, id)
+}
+
+// maxDone bounds the finished runs remembered in memory.
+const maxDone = 10000
+
+// forget drops a finished run from memory, remembering only that it is done.
+func (c *Collector) forget(id string) {
+	delete(c.runs, id)
+	delete(c.dirty, id)
+	if !c.done[id] {
+		c.done[id] = true
+		c.doneOrder = append(c.doneOrder, id)
+		if len(c.doneOrder) > maxDone {
+			delete(c.done, c.doneOrder[0])
+			c.doneOrder = c.doneOrder[1:]
+		}
+	}
+}
+
+// isDone reports whether a run is finished: remembered, or so says its final status.
+func (c *Collector) isDone(ctx context.Context, id string) bool {
+	if c.done[id] {
+		return true
+	}
+	if _, kept := c.orphans[id]; kept {
+		return false // asked already for this run
+	}
+	e, err := c.runsKV.Get(ctx, id)
+	if err != nil {
+		return false
+	}
+	var st Status
+	if json.Unmarshal(e.Value(), &st) != nil || !st.Finished {
+		return false
+	}
+	c.forget(id)
+	return true
+}
+
+// deleteLate deletes a message of a finished run that arrived after its purge.
+func (c *Collector) deleteLate(ctx context.Context, ev event) {
+	c.m.reject(rejectFinishedRun)
+	if ev.seq == 0 || c.fence.Check() != nil {
+		return
+	}
+	s := c.input
+	if ev.kind == evResult {
+		s = c.results
+	}
+	if err := s.DeleteMsg(ctx, ev.seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) && ctx.Err() == nil {
+		c.log.Debug().Err(err).Str("run", ev.run).Uint64("seq", ev.seq).Msg("delete a late message of a finished run")
+	}
 }
 
 // replayOrphans applies the kept events of a run that was just opened, reading each

@@ -460,3 +460,116 @@ func TestOrphanEventsAreBoundedAndReadBack(t *testing.T) {
 		}
 	}
 }
+
+// leftovers lists what is left of a run on the bus: stream subjects (audit and dead
+// letters aside: documented retention), consumers and KV keys but its final status.
+func leftovers(t *testing.T, js jetstream.JetStream, run string) []string {
+	t.Helper()
+	ctx := context.Background()
+	var out []string
+	for name := range js.StreamNames(ctx).Name() {
+		if name == wire.StreamAudit || name == wire.StreamDead || strings.HasPrefix(name, "KV_") {
+			continue
+		}
+		s, err := js.Stream(ctx, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := s.Info(ctx, jetstream.WithSubjectFilter(">"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for subj := range info.State.Subjects {
+			if strings.Contains("."+subj+".", "."+run+".") {
+				out = append(out, name+" "+subj)
+			}
+		}
+		for ci := range s.ListConsumers(ctx).Info() {
+			if strings.Contains(ci.Name, run) || strings.Contains(ci.Config.FilterSubject, run) {
+				out = append(out, name+" consumer "+ci.Name)
+			}
+		}
+	}
+	for _, bucket := range []string{wire.BucketRuns, wire.BucketRetry} {
+		kv, err := js.KeyValue(ctx, bucket)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := js.Stream(ctx, "KV_"+bucket)
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := s.Info(ctx, jetstream.WithSubjectFilter("$KV."+bucket+"."+run+".>"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for subj := range info.State.Subjects {
+			if strings.HasPrefix(subj, "$KV."+bucket+"."+run+".") {
+				out = append(out, "KV_"+bucket+" "+subj)
+			}
+		}
+		if bucket == wire.BucketRuns {
+			if _, err := kv.Get(ctx, run); err != nil {
+				out = append(out, "the final status record is missing: "+err.Error())
+			}
+		}
+	}
+	return out
+}
+
+// Issue 8, item 14: a finished run leaves only its final status record; a run whose
+// checkpoint says finished but whose data is still on the bus (a crash between the two)
+// is purged again when the collector starts; the collector forgets the run.
+func TestFinishedRunLeavesOnlyItsStatusAlsoAfterACrash(t *testing.T) {
+	t.Parallel()
+	b := setup(t, Config{})
+	ctx := context.Background()
+	const run = "leftovers"
+	runsKV, _ := b.js.KeyValue(ctx, wire.BucketRuns)
+	retryKV, _ := b.js.KeyValue(ctx, wire.BucketRetry)
+	put := func() {
+		for _, k := range []string{run + ".control", run + ".producer"} {
+			if _, err := runsKV.Put(ctx, k, []byte(`{}`)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := retryKV.Put(ctx, wire.JobKey(run, 0, "q1"), []byte(`{}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	publishRun := func() {
+		put()
+		b.open(run, wire.OrderInput)
+		b.row(run, 0, `{"id":"r0"}`)
+		b.result(run, 0, `{"q1_answer":"x"}`)
+		b.seal(run, 1)
+	}
+	publishRun()
+	b.summary(run, 10*time.Second)
+	deadline := time.Now().Add(10 * time.Second)
+	for l := leftovers(t, b.js, run); len(l) > 0; l = leftovers(t, b.js, run) {
+		if time.Now().After(deadline) {
+			t.Fatalf("left of a finished run: %q", l)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	b.stop()
+	for id := range b.c.runs {
+		if id == run {
+			t.Errorf("finished run %s still in the collector's memory", id)
+		}
+	}
+	// As if the collector had died between its finished checkpoint and the purge.
+	publishRun()
+	b.start()
+	deadline = time.Now().Add(15 * time.Second)
+	for l := leftovers(t, b.js, run); len(l) > 0; l = leftovers(t, b.js, run) {
+		if time.Now().After(deadline) {
+			t.Fatalf("left of a finished run after a restart: %q", l)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n := len(b.lines(run, sink.ResultsJSONL)); n != 1 {
+		t.Fatalf("results.jsonl has %d rows after the restart, want 1", n)
+	}
+}

@@ -695,21 +695,64 @@ func (c *Collector) finish(ctx context.Context, r *run) error {
 	if err := c.fence.Check(); err != nil {
 		return fmt.Errorf("purge run %s: %w", r.id, err)
 	}
-	_ = c.input.Purge(ctx, jetstream.WithPurgeSubject("input."+r.id+".>"))
-	_ = c.results.Purge(ctx, jetstream.WithPurgeSubject("results."+r.id+".>"))
-	for _, dep := range r.open.Deployments { // the run's job consumers are done
-		if err := c.js.DeleteConsumer(ctx, wire.StreamJobs, queue.JobConsumerName(dep, r.id)); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
-			c.log.Debug().Err(err).Str("run", r.id).Msg("delete job consumer")
-		}
-	}
 	r.out.Close()
 	r.out = nil
 	for i := range r.rows {
 		c.dropRow(r, i)
 	}
 	r.rows = nil
-	delete(c.dirty, r.id)
+	c.forget(r.id)
+	if err := c.cleanup(ctx, r.id, r.open.Deployments); err != nil {
+		return err
+	}
 	c.log.Info().Str("run", r.id).Int("rows_ok", r.stats.RowsOK).Int("rows_failed", r.stats.RowsFailed).Float64("wall_seconds", sum.WallSeconds).Msg("run completed")
+	return nil
+}
+
+// cleanup removes everything of a finished run from the bus but its final status:
+// its subjects in the input, results, jobs and submit streams, its job consumers, and
+// its keys "<run>.*" in the runs and retry buckets (purged, so that watchers see it,
+// then the purge markers removed). It is idempotent: a collector that finds a finished
+// run's data on start runs it again. Failures are logged; a restart retries them.
+func (c *Collector) cleanup(ctx context.Context, id string, deployments []string) error {
+	if err := c.fence.Check(); err != nil {
+		return fmt.Errorf("clean up run %s: %w", id, err)
+	}
+	log := c.log.With().Str("run", id).Logger()
+	for _, p := range []struct {
+		s       jetstream.Stream
+		subject string
+	}{
+		{c.input, "input." + id + ".>"}, {c.results, "results." + id + ".>"},
+		{c.jobs, "jobs.*." + id + ".>"}, {c.submit, "submit.*." + id + ".>"},
+	} {
+		if err := p.s.Purge(ctx, jetstream.WithPurgeSubject(p.subject)); err != nil && ctx.Err() == nil {
+			log.Warn().Err(err).Str("subject", p.subject).Msg("purge a finished run")
+		}
+	}
+	for _, dep := range deployments { // the run's job consumers are done
+		if err := c.js.DeleteConsumer(ctx, wire.StreamJobs, queue.JobConsumerName(dep, id)); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+			log.Debug().Err(err).Msg("delete job consumer")
+		}
+	}
+	for _, kv := range []jetstream.KeyValue{c.runsKV, c.retryKV} {
+		keys, err := kv.ListKeysFiltered(ctx, id+".>")
+		if err != nil {
+			log.Warn().Err(err).Str("bucket", kv.Bucket()).Msg("list keys of a finished run")
+			continue
+		}
+		for k := range keys.Keys() {
+			if err := kv.Purge(ctx, k); err != nil && ctx.Err() == nil {
+				log.Warn().Err(err).Str("key", k).Msg("purge a key of a finished run")
+			}
+		}
+		_ = keys.Stop()
+		if s, err := c.js.Stream(ctx, "KV_"+kv.Bucket()); err == nil {
+			if err := s.Purge(ctx, jetstream.WithPurgeSubject("$KV."+kv.Bucket()+"."+id+".>")); err != nil && ctx.Err() == nil {
+				log.Warn().Err(err).Str("bucket", kv.Bucket()).Msg("purge the purge markers of a finished run")
+			}
+		}
+	}
 	return nil
 }
 
