@@ -12,6 +12,7 @@ import (
 	"syscall"
 
 	"github.com/multiquery/multiquery/internal/collector"
+	"github.com/multiquery/multiquery/internal/lease"
 	"github.com/multiquery/multiquery/internal/ops"
 	"github.com/multiquery/multiquery/internal/queue"
 )
@@ -21,11 +22,13 @@ func main() {
 		natsURL  = flag.String("nats", ops.NATSURL(), "NATS server URL (env NATS_URL)")
 		out      = flag.String("out", "out", "output directory (one sub-directory per run)")
 		withCSV  = flag.Bool("csv", false, "also write results.csv and errors.csv")
+		escape   = flag.Bool("csv-escape-formulas", true, "prefix CSV cells starting with = + - @ tab or CR with ' (spreadsheet formula injection); false writes them verbatim")
 		order    = flag.String("order", "", "row order: input | completion (default: the run's own)")
 		memory   = flag.Int64("memory-limit", 64<<20, "bytes of row bodies kept in memory; beyond, read back from JetStream")
 		replicas = flag.Int("replicas", 1, "stream replicas when creating streams (3 in a NATS cluster)")
 		opsAddr  = flag.String("ops-addr", ":9091", "address of /metrics, /healthz, /readyz (empty: off)")
 		name     = flag.String("name", "", "collector name in its lease (default host-pid)")
+		leaseTTL = flag.Duration("lease-ttl", lease.DefaultTTL, "single-active lease TTL; give every collector the same value")
 		level    = flag.String("log-level", "info", "log level")
 	)
 	flag.Parse()
@@ -37,7 +40,7 @@ func main() {
 		log.Fatal().Err(err).Msg("connect")
 	}
 	defer nc.Drain()
-	c, err := collector.New(js, collector.Config{OutDir: *out, CSV: *withCSV, Order: *order, MemoryLimit: *memory, Name: *name,
+	c, err := collector.New(js, collector.Config{OutDir: *out, CSV: *withCSV, CSVRawFormulas: !*escape, Order: *order, MemoryLimit: *memory, Name: *name, LeaseTTL: *leaseTTL,
 		Topology: queue.Topology{Replicas: *replicas}}, log)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "collector: %v\n", err)

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -74,4 +75,44 @@ func TestCollectorTakeover(t *testing.T) {
 	if err := CheckChaos(rep.ChaosReport); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// Issue 8, item 2: two collectors on one --out with a 2 s lease; the active one is
+// stopped (SIGSTOP) well past the TTL, the standby takes over, then the old one resumes
+// while the new leader is stopped: the old one must write no row, no checkpoint, no
+// status and delete no message before it steps down; the run then completes with no
+// row lost or doubled and a checkpoint that never went back.
+func TestStaleCollectorIsFencedAfterSIGSTOP(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs real processes")
+	}
+	bin := buildBinaries(t)
+	dir := t.TempDir()
+	rep, err := CollectorFencing(context.Background(), bin, dir, 800, 2*time.Second)
+	if err != nil {
+		logs(t, dir)
+		t.Fatalf("fencing: %v (%s)", err, rep.ChaosReport)
+	}
+	t.Logf("stale %s stopped %s, leader %s (restarted %d times): %s", rep.Stale, rep.Stopped.Round(time.Millisecond), rep.Leader, rep.Restarts, rep.ChaosReport)
+	if v := rep.Violations(); len(v) > 0 {
+		logs(t, dir)
+		t.Fatalf("promises broken:\n%s", strings.Join(v, "\n"))
+	}
+}
+
+// logs prints the collectors' logs of a failed real-process test.
+func logs(t *testing.T, dir string) {
+	t.Helper()
+	for _, n := range []string{"collector-a.log", "collector-b.log"} {
+		if b, err := os.ReadFile(filepath.Join(dir, n)); err == nil {
+			t.Logf("--- %s (last 6000 bytes)\n%s", n, tail(b, 6000))
+		}
+	}
+}
+
+func tail(b []byte, n int) []byte {
+	if len(b) > n {
+		return b[len(b)-n:]
+	}
+	return b
 }

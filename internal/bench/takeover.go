@@ -66,7 +66,7 @@ func CollectorTakeover(ctx context.Context, bin, dir string, rows int) (Takeover
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	kv, err := lease.Ensure(ctx, js, 1)
+	kv, err := js.KeyValue(ctx, lease.Bucket)
 	if err != nil {
 		return rep, err
 	}

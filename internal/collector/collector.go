@@ -30,12 +30,15 @@ import (
 
 // Config configures the collector.
 type Config struct {
-	OutDir        string        // one sub-directory per run
-	CSV           bool          // also write results.csv / errors.csv
-	Order         string        // "" = the run's own order; input | completion overrides
-	MemoryLimit   int64         // bytes of bodies kept in memory; beyond, read back by subject
-	FlushInterval time.Duration // max time between checkpoints
-	FlushRows     int           // checkpoint after this many emitted rows
+	OutDir string // one sub-directory per run
+	CSV    bool   // also write results.csv / errors.csv
+	// CSVRawFormulas writes CSV cells verbatim; by default a cell starting with = + - @,
+	// a tab or a carriage return is prefixed with ' (spreadsheet formula injection).
+	CSVRawFormulas bool
+	Order          string        // "" = the run's own order; input | completion overrides
+	MemoryLimit    int64         // bytes of bodies kept in memory; beyond, read back by subject
+	FlushInterval  time.Duration // max time between checkpoints
+	FlushRows      int           // checkpoint after this many emitted rows
 	// MaxPendingRows bounds the rows held (input in, not yet emitted): past it no input
 	// row is read until rows go out. Memory is bounded by it and MemoryLimit.
 	MaxPendingRows int
@@ -44,6 +47,9 @@ type Config struct {
 	// off (one collector by deployment).
 	Name    string
 	NoLease bool
+	// LeaseTTL is the lease's time to live (0: lease.DefaultTTL); every collector on the
+	// same NATS must use the same value.
+	LeaseTTL time.Duration
 }
 
 func (c *Config) defaults() {
@@ -85,21 +91,38 @@ type Collector struct {
 	js      jetstream.JetStream
 	log     zerolog.Logger
 	runsKV  jetstream.KeyValue
+	retryKV jetstream.KeyValue
 	input   jetstream.Stream
 	results jetstream.Stream
+	jobs    jetstream.Stream
+	submit  jetstream.Stream
+	// done remembers recently finished runs (bounded; the runs bucket's final status
+	// answers for older ones), whose late events are deleted on arrival.
+	done      map[string]bool
+	doneOrder []string
 
 	runs    map[string]*run
-	orphans map[string][]event // results of runs whose open record is not seen yet
-	cached  int64
-	dirty   map[string]*run
-	pending int // rows emitted since the last checkpoint
-	waiting int // rows whose input is in and which are not emitted yet
-	purges  chan purge
-	m       *metrics
+	orphans map[string][]event // events (bodies dropped) of runs whose open record is not seen yet
+	// orphanN and orphanBytes bound the orphans (the bytes also count in cached).
+	orphanN     int
+	orphanBytes int64
+	cached      int64
+	dirty       map[string]*run
+	pending     int // rows emitted since the last checkpoint
+	waiting     int // rows whose input is in and which are not emitted yet
+	purges      chan purge
+	m           *metrics
+	// fence is the lease held while active (nil with NoLease): every side effect passes
+	// it first (docs/OPERATIONS.md, "Collector lease and fencing").
+	fence *lease.Fence
 }
 
-// maxOrphans bounds the events kept per run whose open record is missing.
+// maxOrphans bounds the events kept, over all runs, whose open record is missing; their
+// bytes are also bounded by a quarter of MemoryLimit.
 const maxOrphans = 100000
+
+// orphanSize is what an orphan event (without its body) holds in memory, roughly.
+func orphanSize(ev event) int64 { return 96 + int64(len(ev.run)+len(ev.q)) }
 
 type eventKind int
 
@@ -126,7 +149,7 @@ func New(js jetstream.JetStream, cfg Config, log zerolog.Logger) (*Collector, er
 		return nil, err
 	}
 	return &Collector{cfg: cfg, js: js, log: log.With().Str("component", "collector").Logger(),
-		runs: map[string]*run{}, orphans: map[string][]event{}, dirty: map[string]*run{}, purges: make(chan purge, 100000), m: newMetrics()}, nil
+		runs: map[string]*run{}, orphans: map[string][]event{}, done: map[string]bool{}, dirty: map[string]*run{}, purges: make(chan purge, 100000), m: newMetrics()}, nil
 }
 
 // Run folds events until ctx ends, checkpointing as it goes; it returns after a last
@@ -145,16 +168,26 @@ func (c *Collector) Run(ctx context.Context) error {
 	if c.results, err = c.js.Stream(ctx, wire.StreamResults); err != nil {
 		return fmt.Errorf("open stream %s: %w", wire.StreamResults, err)
 	}
+	if c.jobs, err = c.js.Stream(ctx, wire.StreamJobs); err != nil {
+		return fmt.Errorf("open stream %s: %w", wire.StreamJobs, err)
+	}
+	if c.submit, err = c.js.Stream(ctx, wire.StreamSubmit); err != nil {
+		return fmt.Errorf("open stream %s: %w", wire.StreamSubmit, err)
+	}
+	if c.retryKV, err = c.js.KeyValue(ctx, wire.BucketRetry); err != nil {
+		return fmt.Errorf("open kv %s: %w", wire.BucketRetry, err)
+	}
 	if c.cfg.NoLease {
 		return c.active(ctx)
 	}
-	kv, err := lease.Ensure(ctx, c.js, c.cfg.Topology.Defaults().Replicas)
+	kv, err := lease.Ensure(ctx, c.js, c.cfg.Topology.Defaults().Replicas, c.cfg.LeaseTTL)
 	if err != nil {
 		return err
 	}
 	// Several collectors may run; one holds the lease and emits, the others stand by.
-	return lease.Hold(ctx, kv, "collector", c.cfg.Name, c.log, func(ctx context.Context, waited time.Duration) error {
-		c.m.takeover.Set(waited.Seconds())
+	return lease.Hold(ctx, kv, "collector", c.cfg.Name, c.cfg.LeaseTTL, c.log, func(ctx context.Context, f *lease.Fence) error {
+		c.m.takeover.Set(f.Waited().Seconds())
+		c.fence = f
 		return c.active(ctx)
 	})
 }
@@ -196,7 +229,7 @@ func (c *Collector) active(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			if errors.Is(context.Cause(ctx), lease.ErrLost) {
-				return nil // another collector may be active: write nothing more
+				return lease.ErrLost // another collector may be active: write nothing more
 			}
 			return c.checkpoint(context.WithoutCancel(ctx))
 		case ev = <-in:
@@ -251,10 +284,19 @@ func (c *Collector) consume(ctx context.Context, stream, filter string, events c
 
 func (c *Collector) decodeEvent(msg jetstream.Msg) (event, bool) {
 	ev, ok := c.decodeSubject(msg)
+	if !ok {
+		return ev, false
+	}
+	if err := wire.ValidateRunID(ev.run); err != nil {
+		// Such a run can never be opened: nothing of it is kept.
+		c.m.reject(rejectInvalidRunID)
+		c.log.Warn().Err(err).Str("subject", msg.Subject()).Msg("event of an invalid run id dropped")
+		return event{}, false
+	}
 	if meta, err := msg.Metadata(); err == nil {
 		ev.seq = meta.Sequence.Stream
 	}
-	return ev, ok
+	return ev, true
 }
 
 func (c *Collector) decodeSubject(msg jetstream.Msg) (event, bool) {
@@ -297,21 +339,21 @@ func (c *Collector) apply(ctx context.Context, ev event) error {
 			c.log.Error().Err(err).Str("run", ev.run).Msg("invalid open record; run ignored")
 			return nil
 		}
-		r, err := c.openRun(&o)
+		r, err := c.openRun(ctx, &o)
 		if err != nil {
 			return err
 		}
-		c.runs[o.Run] = r
 		if r.finished {
-			delete(c.orphans, o.Run)
-			return nil
+			// Finished before (its checkpoint says so), yet its open record is still on
+			// the bus: the collector stopped between the checkpoint and the purge.
+			c.dropOrphans(o.Run)
+			c.forget(o.Run)
+			return c.cleanup(ctx, o.Run, o.Deployments)
 		}
-		for _, oe := range c.orphans[o.Run] {
-			if err := c.apply(ctx, oe); err != nil {
-				return err
-			}
+		c.runs[o.Run] = r
+		if err := c.replayOrphans(ctx, o.Run); err != nil {
+			return err
 		}
-		delete(c.orphans, o.Run)
 		return c.advance(ctx, r, -1)
 	}
 	if r == nil {
@@ -329,16 +371,18 @@ func (c *Collector) apply(ctx context.Context, ev event) error {
 			return err
 		}
 		// No open record (yet): a late duplicate of a finished, purged run, or a publisher
-		// that broke the open-first rule. Keep it, bounded, until an open record shows up.
-		if n := len(c.orphans[ev.run]); n < maxOrphans {
-			c.orphans[ev.run] = append(c.orphans[ev.run], ev)
-			if n+1 == maxOrphans {
-				c.log.Error().Str("run", ev.run).Int("kept", maxOrphans).Msg("events of a run without an open record: later ones are ignored")
-			}
+		// that broke the open-first rule.
+		if c.isDone(ctx, ev.run) {
+			c.deleteLate(ctx, ev)
+			return nil
 		}
-		return nil
+		return c.keepOrphan(ctx, ev)
 	}
 	if r.finished {
+		return nil
+	}
+	if ev.kind != evSeal && r.sealed && ev.row >= r.total {
+		c.rejectBeyondSeal(r, ev.row)
 		return nil
 	}
 	switch ev.kind {
@@ -348,8 +392,26 @@ func (c *Collector) apply(ctx context.Context, ev event) error {
 			c.log.Error().Err(err).Str("run", r.id).Msg("undecodable seal record")
 			return nil
 		}
+		if r.sealed {
+			if s.Rows != r.total {
+				c.log.Error().Str("run", r.id).Int("rows", s.Rows).Int("sealed", r.total).Msg("a second seal with another row count ignored: the first seal wins")
+			}
+			return nil
+		}
 		r.sealed, r.total = true, s.Rows
 		c.dirty[r.id] = r
+		// Rows read before the seal but numbered past it are not part of the run.
+		for i := range r.rows {
+			if i >= r.total {
+				c.rejectBeyondSeal(r, i)
+				c.dropRow(r, i)
+			}
+		}
+		for i := range r.above {
+			if i >= r.total {
+				c.log.Error().Str("run", r.id).Int("row", i).Int("sealed", r.total).Msg("a row numbered past the seal was written before the seal was read")
+			}
+		}
 	case evRow:
 		if r.isEmitted(ev.row) {
 			return nil
@@ -358,6 +420,13 @@ func (c *Collector) apply(ctx context.Context, ev event) error {
 		if err := wire.Decode(ev.data, &row); err != nil {
 			// An input row nobody can read still completes: as an error row.
 			row = wire.Row{Run: r.id, Row: ev.row, Error: &wire.Error{Reason: wire.ReasonMalformedRecord, Message: "undecodable input row: " + err.Error()}}
+		}
+		if bad := r.checkRowData(row.Data, row.Error == nil); bad != nil {
+			// What the row cannot be written with is dropped; the row becomes an error row.
+			row.Data = nil
+			if row.Error == nil {
+				row.Error = bad
+			}
 		}
 		rs := r.rowState(ev.row)
 		if rs.input {
@@ -396,6 +465,143 @@ func (c *Collector) apply(ctx context.Context, ev event) error {
 		touched = -1
 	}
 	return c.advance(ctx, r, touched)
+}
+
+// keepOrphan keeps an event of a run without an open record, without its body (read
+// back by subject when the open record shows up), within maxOrphans and a quarter of
+// MemoryLimit. Beyond, the event is dropped and counted: a restart replays it.
+func (c *Collector) keepOrphan(_ context.Context, ev event) error {
+	ev.data = nil
+	size := orphanSize(ev)
+	if c.orphanN >= maxOrphans || c.orphanBytes+size > c.cfg.MemoryLimit/4 {
+		c.m.reject(rejectOrphanLimit)
+		c.log.Warn().Str("run", ev.run).Int("orphans", c.orphanN).Msg("event of a run without an open record dropped: orphan limit reached (a restart reads it again)")
+		return nil
+	}
+	c.orphans[ev.run] = append(c.orphans[ev.run], ev)
+	c.orphanN++
+	c.orphanBytes += size
+	c.cached += size
+	return nil
+}
+
+// dropOrphans forgets the kept events of a run.
+func (c *Collector) dropOrphans(id string) {
+	for _, ev := range c.orphans[id] {
+		size := orphanSize(ev)
+		c.orphanN--
+		c.orphanBytes -= size
+		c.cached -= size
+	}
+	delete(c.orphans, id)
+}
+
+// maxDone bounds the finished runs remembered in memory.
+const maxDone = 10000
+
+// forget drops a finished run from memory, remembering only that it is done.
+func (c *Collector) forget(id string) {
+	delete(c.runs, id)
+	delete(c.dirty, id)
+	if !c.done[id] {
+		c.done[id] = true
+		c.doneOrder = append(c.doneOrder, id)
+		if len(c.doneOrder) > maxDone {
+			delete(c.done, c.doneOrder[0])
+			c.doneOrder = c.doneOrder[1:]
+		}
+	}
+}
+
+// isDone reports whether a run is finished: remembered, or so says its final status.
+func (c *Collector) isDone(ctx context.Context, id string) bool {
+	if c.done[id] {
+		return true
+	}
+	if _, kept := c.orphans[id]; kept {
+		return false // asked already for this run
+	}
+	e, err := c.runsKV.Get(ctx, id)
+	if err != nil {
+		return false
+	}
+	var st Status
+	if json.Unmarshal(e.Value(), &st) != nil || !st.Finished {
+		return false
+	}
+	c.forget(id)
+	return true
+}
+
+// deleteLate deletes a message of a finished run that arrived after its purge.
+func (c *Collector) deleteLate(ctx context.Context, ev event) {
+	c.m.reject(rejectFinishedRun)
+	if ev.seq == 0 || c.fence.Check() != nil {
+		return
+	}
+	s := c.input
+	if ev.kind == evResult {
+		s = c.results
+	}
+	if err := s.DeleteMsg(ctx, ev.seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) && ctx.Err() == nil {
+		c.log.Debug().Err(err).Str("run", ev.run).Uint64("seq", ev.seq).Msg("delete a late message of a finished run")
+	}
+}
+
+// replayOrphans applies the kept events of a run that was just opened, reading each
+// body back by subject (one that is gone was purged: skipped).
+func (c *Collector) replayOrphans(ctx context.Context, id string) error {
+	evs := c.orphans[id]
+	delete(c.orphans, id)
+	for _, ev := range evs {
+		size := orphanSize(ev)
+		c.orphanN--
+		c.orphanBytes -= size
+		c.cached -= size
+		s, subject := c.input, wire.InputSealSubject(id)
+		switch ev.kind {
+		case evRow:
+			subject = wire.InputRowSubject(id, ev.row)
+		case evResult:
+			s, subject = c.results, wire.ResultSubject(id, ev.row, ev.q)
+		}
+		msg, err := c.getLastMsg(ctx, s, subject)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		ev.data, ev.seq = msg.Data, msg.Sequence
+		if err := c.apply(ctx, ev); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// rejectBeyondSeal counts and logs an event of a row the seal says does not exist.
+func (c *Collector) rejectBeyondSeal(r *run, row int) {
+	c.m.reject(rejectRowBeyondSeal)
+	c.log.Error().Str("run", r.id).Int("row", row).Int("sealed", r.total).Msg("row numbered past the seal rejected")
+}
+
+// dropRow forgets a row that will not be written, releasing what it held.
+func (c *Collector) dropRow(r *run, i int) {
+	rs := r.rows[i]
+	if rs == nil {
+		return
+	}
+	if rs.input {
+		c.waiting--
+	}
+	if rs.dataCached {
+		c.cached -= int64(len(rs.data))
+	}
+	for _, b := range rs.results {
+		c.cached -= int64(len(b))
+	}
+	delete(r.rows, i)
 }
 
 func (c *Collector) closeAll() {

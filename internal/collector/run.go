@@ -11,7 +11,9 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 
+	"github.com/multiquery/multiquery/internal/lease"
 	"github.com/multiquery/multiquery/internal/queue"
 	"github.com/multiquery/multiquery/internal/sink"
 	"github.com/multiquery/multiquery/internal/wire"
@@ -35,7 +37,82 @@ type run struct {
 	// messages of rows emitted since the last checkpoint, deleted once it is durable
 	toPurge []purge
 	started time.Time
+	// statusRev is the revision of the run's status key this collector last saw or
+	// wrote: status writes are compare-and-set on it.
+	statusRev uint64
+	// reserved are the output keys no input key may take (outputs, usage, model, _error).
+	reserved map[string]bool
 }
+
+// checkRowData checks an input row's data at the door: a JSON object without repeated
+// keys and without a key that an output of the run also writes (the output row would
+// carry the key twice). need says whether data is required (a row without an error).
+func (r *run) checkRowData(data json.RawMessage, need bool) *wire.Error {
+	bad := func(msg, field string) *wire.Error {
+		e := &wire.Error{Reason: wire.ReasonMalformedRecord, Message: msg}
+		if field != "" {
+			e.Details = map[string]any{"field": field}
+		}
+		return e
+	}
+	t := bytes.TrimSpace(data)
+	if len(t) == 0 {
+		if need {
+			return bad("input row without data", "")
+		}
+		return nil
+	}
+	if t[0] != '{' {
+		return bad("input row data is not a JSON object", "")
+	}
+	dec := json.NewDecoder(bytes.NewReader(t))
+	if _, err := dec.Token(); err != nil {
+		return bad("input row data: "+err.Error(), "")
+	}
+	seen := map[string]bool{}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return bad("input row data: "+err.Error(), "")
+		}
+		k, _ := tok.(string)
+		switch {
+		case seen[k]:
+			return bad(fmt.Sprintf("input key %q appears twice", k), k)
+		case r.reserved[k]:
+			return bad(fmt.Sprintf("input key %q is also an output column", k), k)
+		}
+		seen[k] = true
+		var skip json.RawMessage
+		if err := dec.Decode(&skip); err != nil {
+			return bad("input row data: "+err.Error(), "")
+		}
+	}
+	return nil
+}
+
+func reservedKeys(o *wire.Open) map[string]bool {
+	m := map[string]bool{"_error": true}
+	for _, q := range o.Queries {
+		for _, c := range q.Columns {
+			m[c] = true
+		}
+		m[q.Name+"_usage"], m[q.Name+"_model"] = true, true
+	}
+	return m
+}
+
+// headerRow reports whether a row can give a run its CSV input columns: its data made
+// it through the door and it has keys.
+func headerRow(rs *rowState, data json.RawMessage) bool {
+	if rs.preErr != nil && rs.preErr.Reason == wire.ReasonMalformedRecord {
+		return false
+	}
+	return len(objectKeys(data)) > 0
+}
+
+// maxCSVPending bounds the rows held for a CSV header that no well-formed row gave yet.
+const maxCSVPending = 1000
 
 // Stats are a run's counters, kept in the checkpoint and the summary.
 type Stats struct {
@@ -56,6 +133,10 @@ type checkpoint struct {
 	Stats    Stats        `json:"stats"`
 	Started  time.Time    `json:"started"`
 	Finished bool         `json:"finished"`
+	// The lease under which it was written: a collector never overwrites a checkpoint
+	// of a later epoch of the same lease bucket (it has been fenced off).
+	LeaseEpoch  uint64 `json:"lease_epoch,omitempty"`
+	LeaseBucket string `json:"lease_bucket,omitempty"`
 }
 
 type rowState struct {
@@ -94,13 +175,13 @@ func (r *run) complete(rs *rowState) bool {
 
 func (r *run) emittedCount() int { return r.next + len(r.above) }
 
-func (c *Collector) openRun(o *wire.Open) (*run, error) {
+func (c *Collector) openRun(ctx context.Context, o *wire.Open) (*run, error) {
 	dir := c.runDir(o.Run)
 	cp, err := loadCheckpoint(dir)
 	if err != nil {
 		return nil, err
 	}
-	r := &run{id: o.Run, open: *o, m: len(o.Queries), rows: map[int]*rowState{}, above: map[int]bool{},
+	r := &run{id: o.Run, open: *o, m: len(o.Queries), rows: map[int]*rowState{}, above: map[int]bool{}, reserved: reservedKeys(o),
 		next: cp.Next, stats: cp.Stats, started: cp.Started, finished: cp.Finished}
 	for _, a := range cp.Above {
 		r.above[a] = true
@@ -118,14 +199,23 @@ func (c *Collector) openRun(o *wire.Open) (*run, error) {
 			r.started = time.Now()
 		}
 	}
+	if err := c.loadStatusRev(ctx, r); err != nil {
+		return nil, err
+	}
 	if r.finished {
 		return r, nil
 	}
-	out, err := sink.Open(dir, c.cfg.CSV, cp.Offsets)
+	out, err := sink.Open(dir, sink.Options{CSV: c.cfg.CSV, RawFormulas: c.cfg.CSVRawFormulas, Guard: c.fence.Check}, cp.Offsets)
 	if err != nil {
 		return nil, err
 	}
 	r.out = out
+	// Claim the run for this lease epoch before anything else is written: a stale
+	// collector that slipped past its fence cannot put an older checkpoint back.
+	if err := c.writeCheckpoint(r, cp.Offsets); err != nil {
+		out.Close()
+		return nil, err
+	}
 	if len(o.InputColumns) > 0 {
 		if err := r.setCSVColumns(o.InputColumns); err != nil {
 			return nil, err
@@ -178,7 +268,8 @@ func (c *Collector) advance(ctx context.Context, r *run, touched int) error {
 			}
 		}
 	}
-	if r.sealed && r.emittedCount() >= r.total && !r.finished {
+	// Finished when every row of [0, total) is out: not when as many rows are.
+	if r.sealed && r.next >= r.total && !r.finished {
 		return c.finish(ctx, r)
 	}
 	return nil
@@ -219,7 +310,7 @@ func (c *Collector) emit(ctx context.Context, r *run, i int) error {
 		}
 		line, ok = r.fold(data, results)
 	}
-	if r.out.CSVNeedsColumns() {
+	if r.out.CSVNeedsColumns() && headerRow(rs, data) {
 		if err := r.setCSVColumns(objectKeys(data)); err != nil {
 			return err
 		}
@@ -237,17 +328,13 @@ func (c *Collector) emit(ctx context.Context, r *run, i int) error {
 	if err != nil {
 		return err
 	}
-	// release memory
-	if rs.input {
-		c.waiting--
+	if r.out.CSVNeedsColumns() && r.out.CSVPending() >= maxCSVPending {
+		c.log.Warn().Str("run", r.id).Int("rows", maxCSVPending).Msg("no well-formed row among the first rows: CSV header without input columns")
+		if err := r.setCSVColumns(nil); err != nil {
+			return err
+		}
 	}
-	if rs.dataCached {
-		c.cached -= int64(len(rs.data))
-	}
-	for _, b := range rs.results {
-		c.cached -= int64(len(b))
-	}
-	delete(r.rows, i)
+	c.dropRow(r, i) // release memory
 	if i == r.next {
 		r.next++
 		for r.above[r.next] {
@@ -286,6 +373,14 @@ func (r *run) fold(data json.RawMessage, results []wire.Result) ([]byte, bool) {
 				e = &wire.Error{Reason: wire.ReasonLLMCallFailed, Message: "failed result without an error"}
 			}
 			failed = append(failed, map[string]any{"query": r.open.Queries[qi].Name, "error": e})
+			continue
+		}
+		for _, col := range r.open.Queries[qi].Columns {
+			if _, ok := res.Fields[col]; !ok {
+				failed = append(failed, map[string]any{"query": r.open.Queries[qi].Name, "error": &wire.Error{Reason: wire.ReasonInvalidResult,
+					Message: fmt.Sprintf("success result without output column %q", col), Details: map[string]any{"field": col}}})
+				break
+			}
 		}
 	}
 	if len(failed) > 0 {
@@ -310,11 +405,7 @@ func (r *run) fold(data json.RawMessage, results []wire.Result) ([]byte, bool) {
 	for qi, q := range r.open.Queries {
 		res := &results[qi]
 		for _, col := range q.Columns {
-			v, ok := res.Fields[col]
-			if !ok {
-				v = []byte("null")
-			}
-			add(col, v)
+			add(col, res.Fields[col]) // present: checked above
 		}
 		u, _ := json.Marshal(res.Usage)
 		add(q.Name+"_usage", u)
@@ -377,6 +468,14 @@ func objectKeys(data json.RawMessage) []string {
 }
 
 func (c *Collector) getLast(ctx context.Context, s jetstream.Stream, subject string) ([]byte, error) {
+	msg, err := c.getLastMsg(ctx, s, subject)
+	if err != nil {
+		return nil, err
+	}
+	return msg.Data, nil
+}
+
+func (c *Collector) getLastMsg(ctx context.Context, s jetstream.Stream, subject string) (*jetstream.RawStreamMsg, error) {
 	var msg *jetstream.RawStreamMsg
 	err := retryGet(ctx, func(ctx context.Context) error {
 		var err error
@@ -386,7 +485,7 @@ func (c *Collector) getLast(ctx context.Context, s jetstream.Stream, subject str
 	if err != nil {
 		return nil, fmt.Errorf("read back %s: %w", subject, err)
 	}
-	return msg.Data, nil
+	return msg, nil
 }
 
 // checkpoint makes every emitted row durable: fsync the files, write the checkpoint,
@@ -404,7 +503,9 @@ func (c *Collector) checkpoint(ctx context.Context) error {
 		if err := c.writeCheckpoint(r, off); err != nil {
 			return err
 		}
-		c.publishStatus(ctx, r)
+		if err := c.publishStatus(ctx, r); err != nil {
+			return err
+		}
 		c.purgeRows(ctx, r)
 		delete(c.dirty, id)
 	}
@@ -412,8 +513,18 @@ func (c *Collector) checkpoint(ctx context.Context) error {
 	return nil
 }
 
+// writeCheckpoint replaces the run's checkpoint, unless the one on disk was written
+// under a later epoch of the lease (then this collector is stale: ErrLost).
 func (c *Collector) writeCheckpoint(r *run, off sink.Offsets) error {
-	cp := checkpoint{Run: r.id, Next: r.next, Offsets: off, Stats: r.stats, Started: r.started, Finished: r.finished}
+	disk, err := loadCheckpoint(r.out.Dir())
+	if err != nil {
+		return err
+	}
+	if disk.LeaseBucket == c.fence.Bucket() && disk.LeaseEpoch > c.fence.Epoch() {
+		return fmt.Errorf("run %s: checkpoint written under lease epoch %d, this collector holds %d: %w", r.id, disk.LeaseEpoch, c.fence.Epoch(), lease.ErrLost)
+	}
+	cp := checkpoint{Run: r.id, Next: r.next, Offsets: off, Stats: r.stats, Started: r.started, Finished: r.finished,
+		LeaseEpoch: c.fence.Epoch(), LeaseBucket: c.fence.Bucket()}
 	for a := range r.above {
 		cp.Above = append(cp.Above, a)
 	}
@@ -422,7 +533,7 @@ func (c *Collector) writeCheckpoint(r *run, off sink.Offsets) error {
 	if err != nil {
 		return fmt.Errorf("encode checkpoint: %w", err)
 	}
-	return sink.WriteFileAtomic(r.out.Dir(), sink.Checkpoint, b)
+	return r.out.WriteFile(sink.Checkpoint, b)
 }
 
 // Status is the run progress published in the runs KV bucket under the run id.
@@ -440,9 +551,29 @@ type Status struct {
 	Started     time.Time `json:"started"`
 	Updated     time.Time `json:"updated"`
 	Finished    bool      `json:"finished"`
+	// LeaseEpoch is the epoch of the collector lease it was written under.
+	LeaseEpoch uint64 `json:"lease_epoch,omitempty"`
 }
 
-func (c *Collector) publishStatus(ctx context.Context, r *run) {
+// loadStatusRev reads the revision of the run's status key, the base of its
+// compare-and-set writes.
+func (c *Collector) loadStatusRev(ctx context.Context, r *run) error {
+	e, err := c.runsKV.Get(ctx, r.id)
+	switch {
+	case errors.Is(err, jetstream.ErrKeyNotFound):
+		r.statusRev = 0
+	case err != nil:
+		return fmt.Errorf("read status of run %s: %w", r.id, err)
+	default:
+		r.statusRev = e.Revision()
+	}
+	return nil
+}
+
+// publishStatus writes the run's status by compare-and-set on the revision this
+// collector last saw: a status written by a collector of a later lease epoch is never
+// overwritten (ErrLost). Other failures are logged: the status is advisory.
+func (c *Collector) publishStatus(ctx context.Context, r *run) error {
 	st := Status{Run: r.id, State: "open", Emitted: r.emittedCount(), OK: r.stats.RowsOK, Failed: r.stats.RowsFailed,
 		Next: r.next, OutDir: r.out.Dir(), Updated: time.Now().UTC(), Finished: r.finished,
 		Deployments: r.open.Deployments, Started: r.started}
@@ -452,10 +583,46 @@ func (c *Collector) publishStatus(ctx context.Context, r *run) {
 	if r.finished {
 		st.State = "completed"
 	}
+	st.LeaseEpoch = c.fence.Epoch()
 	b, _ := json.Marshal(st)
-	if _, err := c.runsKV.Put(ctx, r.id, b); err != nil && ctx.Err() == nil {
-		c.log.Warn().Err(err).Str("run", r.id).Msg("publish run status")
+	for range 3 {
+		if err := c.fence.Check(); err != nil {
+			return fmt.Errorf("publish status of run %s: %w", r.id, err)
+		}
+		var rev uint64
+		var err error
+		if r.statusRev == 0 {
+			rev, err = c.runsKV.Create(ctx, r.id, b)
+		} else {
+			rev, err = c.runsKV.Update(ctx, r.id, b, r.statusRev)
+		}
+		if err == nil {
+			r.statusRev = rev
+			return nil
+		}
+		if !queue.IsKeyExists(err) {
+			if ctx.Err() == nil {
+				c.log.Warn().Err(err).Str("run", r.id).Msg("publish run status")
+			}
+			return nil
+		}
+		// Someone wrote it since: a later collector (stop), or a leftover of ours.
+		e, gerr := c.runsKV.Get(ctx, r.id)
+		if errors.Is(gerr, jetstream.ErrKeyNotFound) {
+			r.statusRev = 0
+			continue
+		}
+		if gerr != nil {
+			c.log.Warn().Err(gerr).Str("run", r.id).Msg("read run status")
+			return nil
+		}
+		var cur Status
+		if json.Unmarshal(e.Value(), &cur) == nil && cur.LeaseEpoch > c.fence.Epoch() {
+			return fmt.Errorf("status of run %s written under lease epoch %d, this collector holds %d: %w", r.id, cur.LeaseEpoch, c.fence.Epoch(), lease.ErrLost)
+		}
+		r.statusRev = e.Revision()
 	}
+	return nil
 }
 
 // purgeRows hands the durably emitted rows to the purger: their input and results are
@@ -488,6 +655,9 @@ func (c *Collector) purger(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case p := <-c.purges:
+			if c.fence.Check() != nil {
+				continue // not ours to delete any more
+			}
 			if err := p.stream.DeleteMsg(ctx, p.seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) && ctx.Err() == nil {
 				c.log.Debug().Err(err).Uint64("seq", p.seq).Msg("delete emitted message")
 			}
@@ -498,6 +668,11 @@ func (c *Collector) purger(ctx context.Context) {
 // finish writes the summary of a sealed run whose rows are all out, marks it completed
 // and purges what is left of it.
 func (c *Collector) finish(ctx context.Context, r *run) error {
+	if r.out.CSVNeedsColumns() { // no well-formed row in the whole run
+		if err := r.setCSVColumns(nil); err != nil {
+			return err
+		}
+	}
 	off, err := r.out.Sync()
 	if err != nil {
 		return fmt.Errorf("run %s: %w", r.id, err)
@@ -507,26 +682,77 @@ func (c *Collector) finish(ctx context.Context, r *run) error {
 		Dir: r.out.Dir(), Results: r.out.Dir() + "/" + sink.ResultsJSONL, Errors: r.out.Dir() + "/" + sink.ErrorsJSONL}
 	sum.WallSeconds = sum.Finished.Sub(r.started).Seconds()
 	b, _ := json.MarshalIndent(sum, "", "  ")
-	if err := sink.WriteFileAtomic(r.out.Dir(), sink.Summary, append(b, '\n')); err != nil {
+	if err := r.out.WriteFile(sink.Summary, append(b, '\n')); err != nil {
 		return err
 	}
 	if err := c.writeCheckpoint(r, off); err != nil {
 		return err
 	}
-	c.publishStatus(ctx, r)
+	if err := c.publishStatus(ctx, r); err != nil {
+		return err
+	}
 	r.toPurge = r.toPurge[:0]
-	_ = c.input.Purge(ctx, jetstream.WithPurgeSubject("input."+r.id+".>"))
-	_ = c.results.Purge(ctx, jetstream.WithPurgeSubject("results."+r.id+".>"))
-	for _, dep := range r.open.Deployments { // the run's job consumers are done
-		if err := c.js.DeleteConsumer(ctx, wire.StreamJobs, queue.JobConsumerName(dep, r.id)); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
-			c.log.Debug().Err(err).Str("run", r.id).Msg("delete job consumer")
-		}
+	if err := c.fence.Check(); err != nil {
+		return fmt.Errorf("purge run %s: %w", r.id, err)
 	}
 	r.out.Close()
 	r.out = nil
+	for i := range r.rows {
+		c.dropRow(r, i)
+	}
 	r.rows = nil
-	delete(c.dirty, r.id)
+	c.forget(r.id)
+	if err := c.cleanup(ctx, r.id, r.open.Deployments); err != nil {
+		return err
+	}
 	c.log.Info().Str("run", r.id).Int("rows_ok", r.stats.RowsOK).Int("rows_failed", r.stats.RowsFailed).Float64("wall_seconds", sum.WallSeconds).Msg("run completed")
+	return nil
+}
+
+// cleanup removes everything of a finished run from the bus but its final status:
+// its subjects in the input, results, jobs and submit streams, its job consumers, and
+// its keys "<run>.*" in the runs and retry buckets (purged, so that watchers see it,
+// then the purge markers removed). It is idempotent: a collector that finds a finished
+// run's data on start runs it again. Failures are logged; a restart retries them.
+func (c *Collector) cleanup(ctx context.Context, id string, deployments []string) error {
+	if err := c.fence.Check(); err != nil {
+		return fmt.Errorf("clean up run %s: %w", id, err)
+	}
+	log := c.log.With().Str("run", id).Logger()
+	for _, p := range []struct {
+		s       jetstream.Stream
+		subject string
+	}{
+		{c.input, "input." + id + ".>"}, {c.results, "results." + id + ".>"},
+		{c.jobs, "jobs.*." + id + ".>"}, {c.submit, "submit.*." + id + ".>"},
+	} {
+		if err := p.s.Purge(ctx, jetstream.WithPurgeSubject(p.subject)); err != nil && ctx.Err() == nil {
+			log.Warn().Err(err).Str("subject", p.subject).Msg("purge a finished run")
+		}
+	}
+	for _, dep := range deployments { // the run's job consumers are done
+		if err := c.js.DeleteConsumer(ctx, wire.StreamJobs, queue.JobConsumerName(dep, id)); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+			log.Debug().Err(err).Msg("delete job consumer")
+		}
+	}
+	for _, kv := range []jetstream.KeyValue{c.runsKV, c.retryKV} {
+		keys, err := kv.ListKeysFiltered(ctx, id+".>")
+		if err != nil {
+			log.Warn().Err(err).Str("bucket", kv.Bucket()).Msg("list keys of a finished run")
+			continue
+		}
+		for k := range keys.Keys() {
+			if err := kv.Purge(ctx, k); err != nil && ctx.Err() == nil {
+				log.Warn().Err(err).Str("key", k).Msg("purge a key of a finished run")
+			}
+		}
+		_ = keys.Stop()
+		if s, err := c.js.Stream(ctx, "KV_"+kv.Bucket()); err == nil {
+			if err := s.Purge(ctx, jetstream.WithPurgeSubject("$KV."+kv.Bucket()+"."+id+".>")); err != nil && ctx.Err() == nil {
+				log.Warn().Err(err).Str("bucket", kv.Bucket()).Msg("purge the purge markers of a finished run")
+			}
+		}
+	}
 	return nil
 }
 
@@ -566,17 +792,38 @@ func retryGet(ctx context.Context, fn func(ctx context.Context) error) error {
 
 type metrics struct {
 	rows     *prometheus.CounterVec
+	rejected *prometheus.CounterVec
 	takeover prometheus.Gauge
+}
+
+// Reasons of mq_collector_rejected_total.
+const (
+	rejectRowBeyondSeal = "row_beyond_seal"
+	rejectInvalidRunID  = "invalid_run_id"
+	rejectOrphanLimit   = "orphan_limit"
+	rejectFinishedRun   = "finished_run"
+)
+
+func (m *metrics) reject(reason string) { m.rejected.WithLabelValues(reason).Inc() }
+
+// rejectedCount reads a rejection counter (for tests).
+func (m *metrics) rejectedCount(reason string) float64 {
+	var out dto.Metric
+	if err := m.rejected.WithLabelValues(reason).Write(&out); err != nil {
+		return -1
+	}
+	return out.GetCounter().GetValue()
 }
 
 func newMetrics() *metrics {
 	return &metrics{
 		rows:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mq_collector_rows_total", Help: "Rows emitted, by outcome."}, []string{"outcome"}),
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mq_collector_rejected_total", Help: "Events refused at the door, by reason."}, []string{"reason"}),
 		takeover: prometheus.NewGauge(prometheus.GaugeOpts{Name: "mq_collector_lease_wait_seconds", Help: "How long this collector stood by before it took the lease."}),
 	}
 }
 
 // Collectors returns the collector's metrics for registration.
 func (c *Collector) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{c.m.rows, c.m.takeover}
+	return []prometheus.Collector{c.m.rows, c.m.rejected, c.m.takeover}
 }

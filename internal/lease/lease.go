@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -18,19 +19,23 @@ import (
 // Bucket is the KV bucket of leases.
 const Bucket = "mq_lease"
 
-// TTL is how long a lease outlives its holder's last refresh.
-const TTL = 10 * time.Second
+// DefaultTTL is how long a lease outlives its holder's last refresh.
+const DefaultTTL = 10 * time.Second
 
 // ErrLost means the holder could not keep its lease: it must stop acting as active.
 var ErrLost = errors.New("lease lost")
 
-// Ensure creates the lease bucket.
-func Ensure(ctx context.Context, js jetstream.JetStream, replicas int) (jetstream.KeyValue, error) {
+// Ensure creates the lease bucket with the given TTL (0: DefaultTTL). Every holder of
+// the bucket's leases must use the same TTL.
+func Ensure(ctx context.Context, js jetstream.JetStream, replicas int, ttl time.Duration) (jetstream.KeyValue, error) {
+	if ttl <= 0 {
+		ttl = DefaultTTL
+	}
 	var kv jetstream.KeyValue
 	err := queue.Retry(ctx, func(ctx context.Context) error {
 		var err error
 		kv, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: Bucket, Description: "single-active leases",
-			TTL: TTL, History: 1, Storage: jetstream.FileStorage, Replicas: max(replicas, 1)})
+			TTL: ttl, History: 1, Storage: jetstream.FileStorage, Replicas: max(replicas, 1)})
 		return err
 	})
 	if err != nil {
@@ -40,15 +45,29 @@ func Ensure(ctx context.Context, js jetstream.JetStream, replicas int) (jetstrea
 }
 
 // Hold waits until it holds the lease named key, then runs fn with a context that is
-// cancelled as soon as the lease cannot be kept (refreshes fail for TTL/2). It releases
-// the lease when fn returns. waited is how long it stood by.
-func Hold(ctx context.Context, kv jetstream.KeyValue, key, holder string, log zerolog.Logger, fn func(ctx context.Context, waited time.Duration) error) error {
-	began := time.Now()
-	var rev uint64
+// cancelled as soon as the lease cannot be kept, and with the holder's Fence, which every
+// side effect of fn must pass (see Fence). It releases the lease when fn returns.
+func Hold(ctx context.Context, kv jetstream.KeyValue, key, holder string, ttl time.Duration, log zerolog.Logger, fn func(ctx context.Context, f *Fence) error) error {
+	if ttl <= 0 {
+		ttl = DefaultTTL
+	}
+	// The fence must close before the server can expire the key: use the bucket's own
+	// TTL if another holder configured it shorter.
+	bucket, err := bucketInfo(ctx, kv)
+	if err != nil {
+		return err
+	}
+	if bucket.ttl > 0 && bucket.ttl < ttl {
+		ttl = bucket.ttl
+	}
+	f := newFence(ttl, bucket.id, monotonic())
+	began := f.clock()
 	for {
+		sent := f.clock()
 		r, err := kv.Create(ctx, key, []byte(holder))
 		if err == nil {
-			rev = r
+			f.epoch, f.rev = r, r
+			f.renewed.Store(int64(sent))
 			break
 		}
 		if !queue.IsKeyExists(err) && ctx.Err() == nil {
@@ -57,48 +76,166 @@ func Hold(ctx context.Context, kv jetstream.KeyValue, key, holder string, log ze
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(500 * time.Millisecond):
+		case <-time.After(min(500*time.Millisecond, ttl/5)):
 		}
 	}
-	waited := time.Since(began)
-	log.Info().Str("lease", key).Dur("waited", waited).Msg("lease acquired: active")
+	f.waited = f.clock() - began
+	log.Info().Str("lease", key).Dur("waited", f.waited).Uint64("epoch", f.epoch).Msg("lease acquired: active")
 	actx, cancel := context.WithCancelCause(ctx)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		last := time.Now()
-		t := time.NewTicker(TTL / 5)
-		defer t.Stop()
-		for {
-			select {
-			case <-actx.Done():
-				return
-			case <-t.C:
-			}
-			r, err := kv.Update(actx, key, []byte(holder), rev)
-			if err == nil {
-				rev, last = r, time.Now()
-				continue
-			}
-			if queue.IsKeyExists(err) || errors.Is(err, jetstream.ErrKeyNotFound) || time.Since(last) > TTL/2 {
-				log.Error().Err(err).Str("lease", key).Msg("lease lost: stopping")
-				cancel(ErrLost)
-				return
-			}
-		}
+		f.keep(actx, kv, key, holder, log, cancel)
 	}()
-	err := fn(actx, waited)
-	lost := errors.Is(context.Cause(actx), ErrLost)
+	err = fn(actx, f)
+	lost := errors.Is(context.Cause(actx), ErrLost) || errors.Is(err, ErrLost) || f.Check() != nil
 	cancel(nil)
 	<-done
 	if lost {
-		return fmt.Errorf("%s: %w", key, ErrLost)
+		if err == nil || !errors.Is(err, ErrLost) {
+			err = errors.Join(err, ErrLost)
+		}
+		return fmt.Errorf("%s: %w", key, err)
 	}
 	// Hand over at once rather than after the TTL.
 	dctx, dcancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 	defer dcancel()
-	if derr := kv.Delete(dctx, key, jetstream.LastRevision(rev)); derr != nil {
+	if derr := kv.Delete(dctx, key, jetstream.LastRevision(f.rev)); derr != nil {
 		log.Debug().Err(derr).Msg("lease: release")
 	}
 	return err
+}
+
+// keep refreshes the lease every TTL/5 by compare-and-set until ctx ends; it cancels
+// ctx with ErrLost once the key is someone else's or the fence has closed.
+func (f *Fence) keep(ctx context.Context, kv jetstream.KeyValue, key, holder string, log zerolog.Logger, cancel context.CancelCauseFunc) {
+	t := time.NewTicker(f.ttl / 5)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		sent := f.clock()
+		rctx, rcancel := context.WithTimeout(ctx, f.ttl/5)
+		r, err := kv.Update(rctx, key, []byte(holder), f.rev)
+		rcancel()
+		if err == nil && f.Check() == nil {
+			f.rev = r
+			f.renewed.Store(int64(sent))
+			continue
+		}
+		if err == nil {
+			// Refreshed, but too late: the key may have expired and been taken over
+			// in between. Never reopen a closed fence.
+			err = f.Check()
+		}
+		if queue.IsKeyExists(err) || errors.Is(err, jetstream.ErrKeyNotFound) || f.Check() != nil {
+			f.lost.Store(true)
+			log.Error().Err(err).Str("lease", key).Msg("lease lost: stopping")
+			cancel(ErrLost)
+			return
+		}
+	}
+}
+
+// Fence is the holder's proof that it still holds the lease, checked immediately before
+// every side effect (a file write, a rename, a KV write, a message delete).
+//
+// It is closed once TTL-Margin has passed since the last refresh was *sent* (on the
+// local monotonic clock), or once a refresh failed for good. The server cannot expire
+// the key before TTL after that refresh arrived, so a holder that was stalled (SIGSTOP,
+// a VM pause, swap) finds its fence closed on waking, before a successor can have taken
+// over, and refuses every side effect. Once closed it never reopens.
+//
+// Epoch is the KV revision at which the lease was created: a later holder always has a
+// larger one (revisions of a bucket only grow), so records written under the lease can
+// carry it and refuse to be overwritten by an older holder. Bucket identifies the lease
+// bucket (its creation time): epochs of different buckets do not compare.
+type Fence struct {
+	ttl, margin time.Duration
+	clock       func() time.Duration
+	epoch, rev  uint64
+	bucket      string
+	waited      time.Duration
+	renewed     atomic.Int64 // clock() when the last successful refresh was sent
+	lost        atomic.Bool
+}
+
+func newFence(ttl time.Duration, bucket string, clock func() time.Duration) *Fence {
+	return &Fence{ttl: ttl, margin: Margin(ttl), clock: clock, bucket: bucket}
+}
+
+// Margin is how long before the earliest possible expiry a holder stops acting: room
+// for the time between a fence check and the side effect it guards, and for clock rate
+// differences between hosts.
+func Margin(ttl time.Duration) time.Duration { return ttl / 4 }
+
+// Check returns nil while the holder may act, and an error wrapping ErrLost once not.
+// A nil Fence (no lease in use) always passes.
+func (f *Fence) Check() error {
+	if f == nil {
+		return nil
+	}
+	if f.lost.Load() {
+		return fmt.Errorf("fenced: %w", ErrLost)
+	}
+	if age := f.clock() - time.Duration(f.renewed.Load()); age > f.ttl-f.margin {
+		f.lost.Store(true)
+		return fmt.Errorf("fenced: lease not refreshed for %s (limit %s): %w", age.Round(time.Millisecond), f.ttl-f.margin, ErrLost)
+	}
+	return nil
+}
+
+// Epoch is the holder's fencing token (0 for a nil Fence).
+func (f *Fence) Epoch() uint64 {
+	if f == nil {
+		return 0
+	}
+	return f.epoch
+}
+
+// Bucket identifies the lease bucket the epoch belongs to ("" for a nil Fence).
+func (f *Fence) Bucket() string {
+	if f == nil {
+		return ""
+	}
+	return f.bucket
+}
+
+// Waited is how long the holder stood by before it took the lease.
+func (f *Fence) Waited() time.Duration {
+	if f == nil {
+		return 0
+	}
+	return f.waited
+}
+
+func monotonic() func() time.Duration {
+	base := time.Now()
+	return func() time.Duration { return time.Since(base) }
+}
+
+type bucket struct {
+	ttl time.Duration
+	id  string
+}
+
+// bucketInfo reads the bucket's TTL and identity (the creation time of its stream).
+func bucketInfo(ctx context.Context, kv jetstream.KeyValue) (bucket, error) {
+	var st jetstream.KeyValueStatus
+	err := queue.Retry(ctx, func(ctx context.Context) error {
+		var err error
+		st, err = kv.Status(ctx)
+		return err
+	})
+	if err != nil {
+		return bucket{}, fmt.Errorf("lease bucket status: %w", err)
+	}
+	b := bucket{ttl: st.TTL()}
+	if s, ok := st.(interface{ StreamInfo() *jetstream.StreamInfo }); ok && s.StreamInfo() != nil {
+		b.id = s.StreamInfo().Created.UTC().Format(time.RFC3339Nano)
+	}
+	return b, nil
 }

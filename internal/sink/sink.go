@@ -7,12 +7,14 @@ package sink
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/csv"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 )
 
 // File names inside a run's directory.
@@ -28,13 +30,41 @@ const (
 // Offsets maps a file name to its durable length.
 type Offsets map[string]int64
 
+// Options configure a run's files.
+type Options struct {
+	CSV bool // also write results.csv and errors.csv
+	// RawFormulas turns off the escaping of CSV cells that a spreadsheet would run as a
+	// formula (see EscapeCell).
+	RawFormulas bool
+	// Guard, when set, is called immediately before every change to the run's files
+	// (truncate, write, rename); an error from it stops the change and is returned. The
+	// collector passes its lease fence: a collector that may have lost its lease never
+	// touches the files.
+	Guard func() error
+}
+
+func (o Options) guard() error {
+	if o.Guard == nil {
+		return nil
+	}
+	return o.Guard()
+}
+
 // Run is the set of output files of one run.
 type Run struct {
 	dir   string
 	files map[string]*file
 	csv   bool
-	// CSV headers, fixed when the first row of each kind is written.
+	opts  Options
+	// CSV headers, fixed by SetCSVColumns. Rows written before are held in pending (and
+	// rebuilt from the JSONL files by Open) and written to the CSV files then.
 	okCols, errCols []string
+	pending         []pendingLine
+}
+
+type pendingLine struct {
+	ok   bool
+	line []byte
 }
 
 type file struct {
@@ -42,9 +72,27 @@ type file struct {
 	w *bufio.Writer
 }
 
+// guarded passes the guard before every write to the file: bufio writes only when it
+// flushes, so the check is made immediately before each write system call.
+type guarded struct {
+	f     *os.File
+	guard func() error
+}
+
+func (g guarded) Write(p []byte) (int, error) {
+	if err := g.guard(); err != nil {
+		return 0, err
+	}
+	return g.f.Write(p)
+}
+
 // Open opens (creating) the run's files under dir, truncated to the offsets of the last
 // checkpoint (nil offsets: start empty).
-func Open(dir string, withCSV bool, offsets Offsets) (*Run, error) {
+func Open(dir string, opts Options, offsets Offsets) (*Run, error) {
+	withCSV := opts.CSV
+	if err := opts.guard(); err != nil {
+		return nil, err
+	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("create %s: %w", dir, err)
 	}
@@ -52,7 +100,7 @@ func Open(dir string, withCSV bool, offsets Offsets) (*Run, error) {
 	if withCSV {
 		names = append(names, ResultsCSV, ErrorsCSV)
 	}
-	r := &Run{dir: dir, files: map[string]*file{}, csv: withCSV}
+	r := &Run{dir: dir, files: map[string]*file{}, csv: withCSV, opts: opts}
 	for _, n := range names {
 		p := filepath.Join(dir, n)
 		f, err := os.OpenFile(p, os.O_CREATE|os.O_RDWR, 0o644)
@@ -61,6 +109,11 @@ func Open(dir string, withCSV bool, offsets Offsets) (*Run, error) {
 			return nil, fmt.Errorf("open %s: %w", p, err)
 		}
 		off := offsets[n]
+		if err := opts.guard(); err != nil {
+			f.Close()
+			r.Close()
+			return nil, err
+		}
 		if err := f.Truncate(off); err != nil {
 			f.Close()
 			r.Close()
@@ -71,9 +124,33 @@ func Open(dir string, withCSV bool, offsets Offsets) (*Run, error) {
 			r.Close()
 			return nil, fmt.Errorf("seek %s: %w", p, err)
 		}
-		r.files[n] = &file{f: f, w: bufio.NewWriterSize(f, 256<<10)}
+		r.files[n] = &file{f: f, w: bufio.NewWriterSize(guarded{f: f, guard: opts.guard}, 256<<10)}
+	}
+	if withCSV && offsets[ResultsCSV] == 0 && offsets[ErrorsCSV] == 0 {
+		// No CSV header yet: the rows written so far wait for it, as they did before.
+		for _, n := range []string{ResultsJSONL, ErrorsJSONL} {
+			if err := r.loadPending(n, n == ResultsJSONL, offsets[n]); err != nil {
+				r.Close()
+				return nil, err
+			}
+		}
 	}
 	return r, nil
+}
+
+// loadPending reads the first size bytes of a JSONL file as rows waiting for the header.
+func (r *Run) loadPending(name string, ok bool, size int64) error {
+	if size == 0 {
+		return nil
+	}
+	b := make([]byte, size)
+	if _, err := r.files[name].f.ReadAt(b, 0); err != nil {
+		return fmt.Errorf("read %s: %w", name, err)
+	}
+	for line := range bytes.Lines(b) {
+		r.pending = append(r.pending, pendingLine{ok: ok, line: bytes.TrimSuffix(line, []byte("\n"))})
+	}
+	return nil
 }
 
 // Dir is the run's output directory.
@@ -94,13 +171,26 @@ func (r *Run) SetCSVColumns(ok, errCols []string) error {
 		}
 		pos, _ := f.f.Seek(0, 1)
 		if st.Size() == 0 && pos == 0 && f.w.Buffered() == 0 {
-			if err := writeCSV(f.w, cols); err != nil {
+			if err := writeCSV(f.w, r.escape(cols)); err != nil {
 				return fmt.Errorf("write %s header: %w", name, err)
 			}
 		}
 	}
+	for _, p := range r.pending {
+		name, cols := ResultsCSV, r.okCols
+		if !p.ok {
+			name, cols = ErrorsCSV, r.errCols
+		}
+		if err := r.writeCSVLine(name, cols, p.line); err != nil {
+			return err
+		}
+	}
+	r.pending = nil
 	return nil
 }
+
+// CSVPending is the number of rows written while the CSV header was not fixed yet.
+func (r *Run) CSVPending() int { return len(r.pending) }
 
 // WriteOK appends a success row. line is the row's JSON object.
 func (r *Run) WriteOK(line []byte) error { return r.write(ResultsJSONL, ResultsCSV, r.okCols, line) }
@@ -119,7 +209,15 @@ func (r *Run) write(jsonl, csvName string, cols []string, line []byte) error {
 	if !r.csv {
 		return nil
 	}
-	rec, err := csvRecord(line, cols)
+	if r.okCols == nil {
+		r.pending = append(r.pending, pendingLine{ok: jsonl == ResultsJSONL, line: append([]byte(nil), line...)})
+		return nil
+	}
+	return r.writeCSVLine(csvName, cols, line)
+}
+
+func (r *Run) writeCSVLine(csvName string, cols []string, line []byte) error {
+	rec, err := csvRecord(line, cols, !r.opts.RawFormulas)
 	if err != nil {
 		return fmt.Errorf("%s: %w", csvName, err)
 	}
@@ -127,6 +225,26 @@ func (r *Run) write(jsonl, csvName string, cols []string, line []byte) error {
 		return fmt.Errorf("write %s: %w", csvName, err)
 	}
 	return nil
+}
+
+func (r *Run) escape(rec []string) []string {
+	if r.opts.RawFormulas {
+		return rec
+	}
+	out := make([]string, len(rec))
+	for i, c := range rec {
+		out[i] = EscapeCell(c)
+	}
+	return out
+}
+
+// EscapeCell prefixes with a quote (') a cell that a spreadsheet would read as a formula:
+// one starting with =, +, -, @, a tab or a carriage return (OWASP, CSV injection).
+func EscapeCell(c string) string {
+	if c != "" && strings.ContainsRune("=+-@\t\r", rune(c[0])) {
+		return "'" + c
+	}
+	return c
 }
 
 func writeCSV(w *bufio.Writer, rec []string) error {
@@ -138,8 +256,10 @@ func writeCSV(w *bufio.Writer, rec []string) error {
 	return cw.Error()
 }
 
-// csvRecord flattens a JSON object into cells: strings as they are, anything else as JSON.
-func csvRecord(line []byte, cols []string) ([]string, error) {
+// csvRecord flattens a JSON object into cells: strings as they are (escaped, see
+// EscapeCell), anything else as JSON (a number, object, array or literal is never a
+// formula).
+func csvRecord(line []byte, cols []string, escape bool) ([]string, error) {
 	var m map[string]json.RawMessage
 	if err := json.Unmarshal(line, &m); err != nil {
 		return nil, fmt.Errorf("row is not a JSON object: %w", err)
@@ -153,6 +273,9 @@ func csvRecord(line []byte, cols []string) ([]string, error) {
 		if len(v) > 0 && v[0] == '"' {
 			var s string
 			if err := json.Unmarshal(v, &s); err == nil {
+				if escape {
+					s = EscapeCell(s)
+				}
 				rec[i] = s
 				continue
 			}
@@ -181,6 +304,11 @@ func (r *Run) Sync() (Offsets, error) {
 	return off, nil
 }
 
+// WriteFile writes dir/name atomically (WriteFileAtomic), passing the guard first.
+func (r *Run) WriteFile(name string, data []byte) error {
+	return writeFileAtomic(r.dir, name, data, r.opts.guard)
+}
+
 // Close closes the files without syncing.
 func (r *Run) Close() {
 	for _, f := range r.files {
@@ -190,6 +318,10 @@ func (r *Run) Close() {
 
 // WriteFileAtomic writes data to dir/name through a temp file, fsync and rename.
 func WriteFileAtomic(dir, name string, data []byte) error {
+	return writeFileAtomic(dir, name, data, func() error { return nil })
+}
+
+func writeFileAtomic(dir, name string, data []byte, guard func() error) error {
 	tmp, err := os.CreateTemp(dir, "."+name+".*")
 	if err != nil {
 		return fmt.Errorf("write %s: %w", name, err)
@@ -198,6 +330,10 @@ func WriteFileAtomic(dir, name string, data []byte) error {
 	serr := tmp.Sync()
 	cerr := tmp.Close()
 	if err := errors.Join(werr, serr, cerr); err != nil {
+		os.Remove(tmp.Name())
+		return fmt.Errorf("write %s: %w", name, err)
+	}
+	if err := guard(); err != nil {
 		os.Remove(tmp.Name())
 		return fmt.Errorf("write %s: %w", name, err)
 	}
@@ -229,5 +365,6 @@ func CountLines(path string) (int, error) {
 }
 
 // CSVNeedsColumns reports whether CSV output is on and its headers are not fixed yet
-// (JSONL input has no header: the first emitted row's keys are used).
+// (a run without input columns in its open record: the first well-formed row's keys
+// are used).
 func (r *Run) CSVNeedsColumns() bool { return r.csv && r.okCols == nil }

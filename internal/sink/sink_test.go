@@ -1,6 +1,7 @@
 package sink
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"testing"
@@ -10,7 +11,7 @@ import (
 // checkpoint; reopening at the checkpoint's offsets drops both.
 func TestOpenTruncatesToTheCheckpoint(t *testing.T) {
 	dir := t.TempDir()
-	r, err := Open(dir, true, nil)
+	r, err := Open(dir, Options{CSV: true}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -36,7 +37,7 @@ func TestOpenTruncatesToTheCheckpoint(t *testing.T) {
 	f.Close()
 	r.Close()
 
-	r2, err := Open(dir, true, off)
+	r2, err := Open(dir, Options{CSV: true}, off)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -57,5 +58,79 @@ func TestOpenTruncatesToTheCheckpoint(t *testing.T) {
 	csv, _ := os.ReadFile(filepath.Join(dir, ResultsCSV))
 	if want := "id,q_x\na,1\nb,2\n"; string(csv) != want {
 		t.Fatalf("results.csv = %q, want %q (one header, no duplicate)", csv, want)
+	}
+}
+
+// Rows written before the CSV header is known wait for it, also across a restart
+// (rebuilt from the JSONL files), and then go to the CSV files under that header.
+func TestRowsBeforeTheCSVHeaderSurviveARestart(t *testing.T) {
+	dir := t.TempDir()
+	r, err := Open(dir, Options{CSV: true}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.WriteError([]byte(`{"_error":{"reason":"malformed_record"}}`)); err != nil {
+		t.Fatal(err)
+	}
+	off, err := r.Sync()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
+	r2, err := Open(dir, Options{CSV: true}, off)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r2.CSVPending() != 1 {
+		t.Fatalf("pending after reopen: %d, want 1", r2.CSVPending())
+	}
+	if err := r2.SetCSVColumns([]string{"id", "q_x"}, []string{"id", "_error"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r2.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	r2.Close()
+	got, _ := os.ReadFile(filepath.Join(dir, ErrorsCSV))
+	if want := "id,_error\n,\"{\"\"reason\"\":\"\"malformed_record\"\"}\"\n"; string(got) != want {
+		t.Fatalf("errors.csv = %q, want %q", got, want)
+	}
+}
+
+// Formula cells are escaped unless RawFormulas; a failing guard stops every write.
+func TestCSVFormulaEscapingAndGuard(t *testing.T) {
+	for _, raw := range []bool{false, true} {
+		dir := t.TempDir()
+		r, err := Open(dir, Options{CSV: true, RawFormulas: raw}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := r.SetCSVColumns([]string{"a", "n"}, []string{"a", "_error"}); err != nil {
+			t.Fatal(err)
+		}
+		if err := r.WriteOK([]byte(`{"a":"=HYPERLINK(1)","n":-5}`)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := r.Sync(); err != nil {
+			t.Fatal(err)
+		}
+		r.Close()
+		got, _ := os.ReadFile(filepath.Join(dir, ResultsCSV))
+		want := "a,n\n'=HYPERLINK(1),-5\n"
+		if raw {
+			want = "a,n\n=HYPERLINK(1),-5\n"
+		}
+		if string(got) != want {
+			t.Fatalf("raw %v: results.csv = %q, want %q", raw, got, want)
+		}
+	}
+	stop := errors.New("fenced")
+	dir := t.TempDir()
+	r, err := Open(dir, Options{Guard: func() error { return stop }}, nil)
+	if !errors.Is(err, stop) || r != nil {
+		t.Fatalf("open with a closed guard: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, ResultsJSONL)); err == nil {
+		t.Fatal("a file was created past a closed guard")
 	}
 }

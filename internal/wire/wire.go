@@ -427,6 +427,9 @@ const (
 	ReasonMaxDeliveries         = "max_deliveries_exceeded"
 	ReasonEmptyResponse         = "empty_response"
 	ReasonContextLengthExceeded = "context_length_exceeded"
+	// ReasonInvalidResult: a result record the collector cannot trust (a success result
+	// without one of its query's output columns); details name the field.
+	ReasonInvalidResult = "invalid_result"
 )
 
 // Error is a structured error: a reason plus details. It marshals flat:

@@ -1,0 +1,79 @@
+package lease
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+	"go.uber.org/goleak"
+
+	"github.com/multiquery/multiquery/internal/natstest"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction("github.com/nats-io/nats-server/v2/server.(*Server).startGoRoutine.func1"),
+		goleak.IgnoreAnyFunction("internal/poll.runtime_pollWait"))
+}
+
+// The fence closes TTL-Margin after the last refresh was sent, earlier than the server
+// can expire the key, and never reopens.
+func TestFenceClosesBeforeTheLeaseCanExpire(t *testing.T) {
+	t.Parallel()
+	var now time.Duration
+	f := newFence(10*time.Second, "b", func() time.Duration { return now })
+	f.renewed.Store(int64(now))
+	if err := f.Check(); err != nil {
+		t.Fatalf("just refreshed: %v", err)
+	}
+	now = 10*time.Second - Margin(10*time.Second)
+	if err := f.Check(); err != nil {
+		t.Fatalf("at the limit: %v", err)
+	}
+	now += time.Millisecond
+	if err := f.Check(); !errors.Is(err, ErrLost) {
+		t.Fatalf("past TTL-margin: got %v, want ErrLost", err)
+	}
+	f.renewed.Store(int64(now)) // a late refresh must not reopen it
+	if err := f.Check(); !errors.Is(err, ErrLost) {
+		t.Fatalf("reopened by a late refresh: %v", err)
+	}
+	var none *Fence
+	if err := none.Check(); err != nil || none.Epoch() != 0 {
+		t.Fatalf("nil fence: %v, epoch %d", err, none.Epoch())
+	}
+}
+
+// A later holder's epoch is larger than an earlier one's: it is a fencing token.
+func TestLaterHolderHasLargerEpoch(t *testing.T) {
+	t.Parallel()
+	srv := natstest.Start(t)
+	_, js := srv.Connect(t)
+	ctx := context.Background()
+	kv, err := Ensure(ctx, js, 1, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var epochs []uint64
+	var bucket string
+	for _, name := range []string{"a", "b"} {
+		err := Hold(ctx, kv, "k", name, 2*time.Second, zerolog.Nop(), func(_ context.Context, f *Fence) error {
+			if err := f.Check(); err != nil {
+				return err
+			}
+			if bucket != "" && f.Bucket() != bucket {
+				t.Errorf("bucket id changed: %q -> %q", bucket, f.Bucket())
+			}
+			bucket = f.Bucket()
+			epochs = append(epochs, f.Epoch())
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("hold %s: %v", name, err)
+		}
+	}
+	if bucket == "" || len(epochs) != 2 || epochs[1] <= epochs[0] {
+		t.Fatalf("epochs %v (bucket %q): want increasing, non-empty bucket id", epochs, bucket)
+	}
+}
