@@ -360,12 +360,14 @@ func (r *run) fold(data json.RawMessage, results []wire.Result) ([]byte, bool) {
 	var failed []map[string]any
 	for qi := range results {
 		res := &results[qi]
-		r.stats.Calls += int64(max(res.Attempt, 1))
+		// What the provider billed for the query: every call of every delivery
+		// (docs/WIRE.md, "Calls, retries and tokens").
+		r.stats.Calls += int64(res.Calls)
 		r.stats.Retries += int64(res.Retries)
-		if res.Usage != nil {
-			r.stats.PromptTokens += res.Usage.PromptTokens
-			r.stats.CompletionTokens += res.Usage.CompletionTokens
-			r.stats.Cost += float64(res.Usage.PromptTokens)/1000*r.open.PromptPer1K + float64(res.Usage.CompletionTokens)/1000*r.open.CompletionPer1K
+		if b := res.Billed; b != nil {
+			r.stats.PromptTokens += b.PromptTokens
+			r.stats.CompletionTokens += b.CompletionTokens
+			r.stats.Cost += float64(b.PromptTokens)/1000*r.open.PromptPer1K + float64(b.CompletionTokens)/1000*r.open.CompletionPer1K
 		}
 		if !res.OK {
 			e := res.Error

@@ -89,6 +89,7 @@ type workerOpts struct {
 	key         string
 	alias       string
 	throttle    *throttle.Params
+	tweak       func(*worker.Config) // adjusts the worker's configuration last
 }
 
 func (e *env) startWorker(o workerOpts) func() {
@@ -103,7 +104,7 @@ func (e *env) startWorker(o workerOpts) func() {
 	if o.throttle != nil {
 		tp = *o.throttle
 	}
-	w, err := worker.New(e.js, worker.Config{
+	cfg := worker.Config{
 		Name: fmt.Sprintf("w%d", len(e.stopped)), Concurrency: o.concurrency, Topology: e.topo,
 		TransientBackoff: 20 * time.Millisecond, DrainTimeout: 5 * time.Second, UnknownAliasGrace: time.Second,
 		DeploymentPause: time.Second, PausedRunDelay: 300 * time.Millisecond,
@@ -111,7 +112,11 @@ func (e *env) startWorker(o workerOpts) func() {
 			LLM:      llm.Options{Alias: o.alias, Provider: "openai", Endpoint: e.simURL + "/v1", APIKey: o.key, Timeout: 10 * time.Second},
 			Throttle: tp,
 		}},
-	}, e.log)
+	}
+	if o.tweak != nil {
+		o.tweak(&cfg)
+	}
+	w, err := worker.New(e.js, cfg, e.log)
 	if err != nil {
 		e.t.Fatalf("new worker: %v", err)
 	}

@@ -215,10 +215,10 @@ func classify(err error, resp *http.Response, timedOut bool) error {
 		if apiErr.Response != nil {
 			h = apiErr.Response.Header
 		}
-		return classifyStatus(apiErr.StatusCode, code, apiErr.Type, msg, h)
+		return classifyStatus(apiErr.StatusCode, code, apiErr.Type, Redact(msg), h)
 	}
 	if timedOut {
-		return &TransientError{Message: "timeout: " + err.Error()}
+		return &TransientError{Message: "timeout: " + Redact(err.Error())}
 	}
 	status := 0
 	if resp != nil {
@@ -226,18 +226,19 @@ func classify(err error, resp *http.Response, timedOut bool) error {
 	}
 	// Connection errors and 2xx bodies that are not a chat completion (empty body,
 	// an HTML page from a proxy): worth a bounded retry.
-	return &TransientError{StatusCode: status, Message: err.Error()}
+	return &TransientError{StatusCode: status, Message: Redact(err.Error())}
 }
 
 // classifyStatus implements the outcome table of DESIGN.md section 3 for HTTP errors.
+// msg must already be redacted.
 func classifyStatus(status int, code, typ, msg string, h http.Header) error {
 	switch {
 	case status == 429 && (code == "insufficient_quota" || typ == "insufficient_quota"):
-		return &DeploymentError{StatusCode: status, Code: "insufficient_quota", Message: msg}
+		return &DeploymentError{StatusCode: status, Code: "insufficient_quota", Type: typ, Message: msg}
 	case status == 429 || status == 503 || status == 529:
 		return &CapacityError{StatusCode: status, RetryAfter: RetryAfter(h, time.Now()), Message: msg}
 	case status == 401 || status == 403 || status == 404:
-		return &DeploymentError{StatusCode: status, Code: code, Message: msg}
+		return &DeploymentError{StatusCode: status, Code: code, Type: typ, Message: msg}
 	case status == 408 || status == 409 || status >= 500:
 		return &TransientError{StatusCode: status, Message: msg}
 	case code == "context_length_exceeded":

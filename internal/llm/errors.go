@@ -33,7 +33,8 @@ func (e *TransientError) Error() string {
 type DeploymentError struct {
 	StatusCode int
 	Code       string
-	Message    string
+	Type       string
+	Message    string // redacted: safe to store and log
 }
 
 func (e *DeploymentError) Error() string {

@@ -232,8 +232,10 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request, route, deplo
 // status and body are returned for handleChat to write.
 func (s *Server) serveChat(w http.ResponseWriter, r *http.Request, rec *RequestLog) reply {
 	if !s.keyOK(r, rec.Route == "azure") {
+		// Like OpenAI, echo the offered key masked: real provider errors carry key
+		// material, and clients must not store them as is.
 		return jsonReply(http.StatusUnauthorized, apiError{Error: apiErrorBody{
-			Message: "Incorrect API key provided. You can find your API key at https://platform.openai.com/account/api-keys.",
+			Message: "Incorrect API key provided: " + maskKey(offeredKey(r)) + ". You can find your API key at https://platform.openai.com/account/api-keys.",
 			Type:    "invalid_request_error",
 			Code:    "invalid_api_key",
 		}})
@@ -317,6 +319,25 @@ func (s *Server) serveChat(w http.ResponseWriter, r *http.Request, rec *RequestL
 		}
 	}
 	return s.answerReply(req, rec)
+}
+
+// offeredKey is the API key of a request: api-key (Azure) or Bearer.
+func offeredKey(r *http.Request) string {
+	if key := r.Header.Get("api-key"); key != "" {
+		return key
+	}
+	if v, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok {
+		return strings.TrimSpace(v)
+	}
+	return ""
+}
+
+// maskKey masks a key the way OpenAI's 401 does: "sk-abc***wxyz".
+func maskKey(key string) string {
+	if len(key) <= 10 {
+		return "***"
+	}
+	return key[:6] + "***" + key[len(key)-4:]
 }
 
 // keyOK checks the API key: Bearer on every route, api-key on Azure too.

@@ -26,6 +26,9 @@ type Topology struct {
 	MaxDeliver int
 	// MaxAckPending bounds the jobs in flight per deployment consumer (fleet-wide).
 	MaxAckPending int
+	// JobConsumerInactive is the InactiveThreshold of job consumers: workers stop
+	// polling a run with nothing to deliver, and its consumer goes after this long.
+	JobConsumerInactive time.Duration
 	// Duplicates is the dedup window for Nats-Msg-Id.
 	Duplicates time.Duration
 	// MaxJobs and MaxBytes bound the jobs stream; publishers back off when it is full.
@@ -51,6 +54,9 @@ func (t Topology) Defaults() Topology {
 	}
 	if t.MaxAckPending <= 0 {
 		t.MaxAckPending = 10000
+	}
+	if t.JobConsumerInactive <= 0 {
+		t.JobConsumerInactive = time.Hour
 	}
 	if t.Duplicates <= 0 {
 		t.Duplicates = 2 * time.Minute
@@ -130,6 +136,18 @@ func (t Topology) Streams() []jetstream.StreamConfig {
 			MaxMsgs:     -1,
 		},
 		{
+			Name:        wire.StreamAdvisories,
+			Description: "MaxDeliver advisories of MQ_JOBS, kept until a worker dead-letters the job",
+			Subjects:    []string{wire.MaxDeliveriesAdvisories},
+			Retention:   jetstream.WorkQueuePolicy,
+			Storage:     jetstream.FileStorage,
+			Replicas:    t.Replicas,
+			Discard:     jetstream.DiscardOld,
+			MaxAge:      30 * 24 * time.Hour,
+			MaxMsgs:     -1,
+			MaxBytes:    -1,
+		},
+		{
 			Name:        wire.StreamDead,
 			Description: "dead-lettered job payloads with the reason",
 			Subjects:    []string{"dead.>"},
@@ -187,7 +205,9 @@ func JobConsumerName(deployment, run string) string {
 // one deployment. One consumer per (deployment, run): a NAK-delayed message keeps
 // counting toward MaxAckPending, so a throttled deployment must not share a consumer
 // with the others, and workers fetch from the runs of a deployment in turn, so a small
-// run is not queued behind a big one. Consumers of abandoned runs go after a day idle.
+// run is not queued behind a big one. Workers stop polling a run with nothing to
+// deliver, so its consumer goes after JobConsumerInactive (a worker creates it again
+// when the run has new jobs); the collector deletes a finished run's consumers.
 func EnsureJobConsumer(ctx context.Context, js jetstream.JetStream, t Topology, deployment, run string) (jetstream.Consumer, error) {
 	t = t.Defaults()
 	cfg := jetstream.ConsumerConfig{
@@ -199,7 +219,7 @@ func EnsureJobConsumer(ctx context.Context, js jetstream.JetStream, t Topology, 
 		MaxDeliver:        t.MaxDeliver,
 		MaxAckPending:     t.MaxAckPending,
 		DeliverPolicy:     jetstream.DeliverAllPolicy,
-		InactiveThreshold: 24 * time.Hour,
+		InactiveThreshold: t.JobConsumerInactive,
 	}
 	var c jetstream.Consumer
 	err := Retry(ctx, func(ctx context.Context) error {

@@ -27,7 +27,7 @@ type Params struct {
 	Decrease  float64       // factor applied on a capacity signal, at most once per Window
 	Window    time.Duration // decrease window and slow-start doubling period
 	Jitter    float64       // pacing intervals are multiplied by U(1-Jitter, 1+Jitter)
-	MaxPause  time.Duration // cap on a Retry-After pause
+	MaxPause  time.Duration // cap on a Retry-After pause, and on Pause (where 0 = DefaultMaxPause)
 	Burst     int           // permits that may be taken at once after idling (>= 1)
 }
 
@@ -220,6 +220,16 @@ func (c *Controller) OnCapacity(retryAfter time.Duration) {
 	}
 }
 
+// DefaultMaxPause caps Pause when Params.MaxPause is zero.
+const DefaultMaxPause = 60 * time.Second
+
+func (c *Controller) maxPause() time.Duration {
+	if c.p.MaxPause > 0 {
+		return c.p.MaxPause
+	}
+	return DefaultMaxPause
+}
+
 // PausedFor returns how long dispatch stays paused from now (0 if not paused).
 func (c *Controller) PausedFor() time.Duration {
 	c.mu.Lock()
@@ -335,10 +345,14 @@ func (c *Controller) Adopt(peerRate float64, peerSlowStart bool) {
 }
 
 // Pause stops every permit for d without touching the rate (a deployment-wide error:
-// the provider is not over capacity, it refuses us).
+// the provider is not over capacity, it refuses us). Like a Retry-After, d is capped
+// at MaxPause: a pause comes from a message any peer (or anyone on the subject) can
+// send, and one message must not stop a deployment for ever; a deployment that keeps
+// refusing is paused again by its next refusal.
 func (c *Controller) Pause(d time.Duration) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	d = min(d, c.maxPause())
 	if until := c.now().Add(d); until.After(c.pausedUntil) {
 		c.pausedUntil = until
 		c.pauses++

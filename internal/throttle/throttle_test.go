@@ -182,3 +182,30 @@ func TestLeavingSlowStartDecreasesFromTheRateActuallyDispatched(t *testing.T) {
 		t.Fatalf("rate = %g after a 429 on a burst of %d, want about %g", got, n, want)
 	}
 }
+
+// Issue 8 item 15: one pause message cannot stop a deployment for ever: Pause is capped
+// at MaxPause like a Retry-After.
+func TestAPauseEndsByMaxPauseHoweverLongItAsks(t *testing.T) {
+	for name, maxPause := range map[string]time.Duration{"configured cap": 60 * time.Second, "default cap": 0} {
+		t.Run(name, func(t *testing.T) {
+			p := params()
+			p.MaxPause = maxPause
+			ctl, c := newCtl(t, p)
+			ctl.Pause(1000 * time.Hour)
+			limit := maxPause
+			if limit == 0 {
+				limit = DefaultMaxPause
+			}
+			if got := ctl.PausedFor(); got <= 0 || got > limit {
+				t.Fatalf("paused for %s, want (0, %s]", got, limit)
+			}
+			c.advance(limit)
+			if got := ctl.PausedFor(); got != 0 {
+				t.Fatalf("still paused for %s after MaxPause", got)
+			}
+			if ctl.TryReserve() == false {
+				t.Fatal("no permit after MaxPause")
+			}
+		})
+	}
+}

@@ -26,7 +26,18 @@ const (
 	StreamDead    = "MQ_DEAD"
 	// StreamSubmit carries runs that upstream systems submit to the producer service.
 	StreamSubmit = "MQ_SUBMIT"
+	// StreamAdvisories keeps the server's MaxDeliver advisories of MQ_JOBS until a
+	// worker has dead-lettered the job (a core subscription would lose them whenever no
+	// worker listens).
+	StreamAdvisories = "MQ_ADVISORIES"
 )
+
+// MaxDeliveriesAdvisories is where the server announces MQ_JOBS messages that reached
+// a consumer's MaxDeliver (any job consumer), captured by StreamAdvisories.
+const MaxDeliveriesAdvisories = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES." + StreamJobs + ".>"
+
+// AdvisoryConsumer is the durable consumer workers share on StreamAdvisories.
+const AdvisoryConsumer = "mq-advisories"
 
 // KV bucket names.
 const (
@@ -400,7 +411,7 @@ func (j *Job) Validate() error {
 	return errors.Join(errs...)
 }
 
-// Usage is the token usage of a successful call.
+// Usage is the token usage of a call (or, in Result.Billed, of all of a query's calls).
 type Usage struct {
 	PromptTokens     int64 `json:"prompt_tokens"`
 	CompletionTokens int64 `json:"completion_tokens"`
@@ -489,9 +500,14 @@ type Result struct {
 	Model   string                     `json:"model,omitempty"`
 	Error   *Error                     `json:"error,omitempty"`
 	Attempt int                        `json:"attempt,omitempty"`
-	Retries int                        `json:"retries,omitempty"`
-	Worker  string                     `json:"worker,omitempty"`
-	Elapsed float64                    `json:"elapsed_seconds,omitempty"`
+	// Calls, Retries and Billed are what the provider billed for this query over every
+	// delivery of its job: HTTP calls made (429s and failed answers included), calls
+	// beyond the first, and the tokens of every answer (not only the winning one).
+	Calls   int     `json:"calls,omitempty"`
+	Retries int     `json:"retries,omitempty"`
+	Billed  *Usage  `json:"billed,omitempty"`
+	Worker  string  `json:"worker,omitempty"`
+	Elapsed float64 `json:"elapsed_seconds,omitempty"`
 }
 
 // Addr returns the result's address.

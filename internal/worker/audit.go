@@ -34,8 +34,10 @@ type AuditRecord struct {
 }
 
 // AuditError classifies a failed attempt.
+// Message is sanitized (llm.Redact): nothing key-like is stored.
 type AuditError struct {
-	Type      string `json:"type"` // capacity | transient | deployment | permanent
+	Type      string `json:"type"`           // capacity | transient | deployment | permanent
+	Code      string `json:"code,omitempty"` // the provider's error code, if any
 	Message   string `json:"message"`
 	Retryable bool   `json:"retryable"`
 }
@@ -106,19 +108,19 @@ func classifyForAudit(err error, status *int) *AuditError {
 	switch {
 	case errors.As(err, &c):
 		*status = c.StatusCode
-		return &AuditError{Type: "capacity", Message: c.Message, Retryable: true}
+		return &AuditError{Type: "capacity", Message: llm.Redact(c.Message), Retryable: true}
 	case errors.As(err, &t):
 		*status = t.StatusCode
-		return &AuditError{Type: "transient", Message: t.Message, Retryable: true}
+		return &AuditError{Type: "transient", Message: llm.Redact(t.Message), Retryable: true}
 	case errors.As(err, &d):
 		*status = d.StatusCode
-		return &AuditError{Type: "deployment", Message: d.Message, Retryable: true}
+		return &AuditError{Type: "deployment", Code: d.Code, Message: llm.Redact(d.Message), Retryable: true}
 	case errors.As(err, &p):
 		if p.StatusCode != 0 {
 			*status = p.StatusCode
 		}
-		return &AuditError{Type: "permanent", Message: p.Error(), Retryable: false}
+		return &AuditError{Type: "permanent", Message: llm.Redact(p.Error()), Retryable: false}
 	}
 	*status = 0
-	return &AuditError{Type: "unknown", Message: err.Error(), Retryable: true}
+	return &AuditError{Type: "unknown", Message: llm.Redact(err.Error()), Retryable: true}
 }

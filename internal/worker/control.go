@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/multiquery/multiquery/internal/llm"
 )
 
 // Run control states (key "<run>.control" in the runs bucket, written by mqctl).
@@ -28,10 +30,13 @@ func ControlKey(run string) string { return run + ".control" }
 
 // Breaker is a deployment's circuit breaker record (key "breaker.<alias>"): present
 // while the deployment answers with deployment-wide errors.
+// Its reason is sanitized: status, the provider's code and type, and a message with
+// anything key-like redacted (providers echo the offered key, masked).
 type Breaker struct {
 	State   string    `json:"state"` // open
 	Status  int       `json:"status"`
 	Code    string    `json:"code,omitempty"`
+	Type    string    `json:"type,omitempty"`
 	Message string    `json:"message"`
 	Since   time.Time `json:"since"`
 	Worker  string    `json:"worker"`
@@ -101,16 +106,17 @@ func (w *Worker) watchControls(ctx context.Context, kv jetstream.KeyValue, loade
 
 // openBreaker records a deployment-wide failure: the deployment is paused fleet-wide
 // and the breaker record marks its runs blocked.
-func (w *Worker) openBreaker(ctx context.Context, d *deployment, status int, code, message string) {
+func (w *Worker) openBreaker(ctx context.Context, d *deployment, depErr *llm.DeploymentError) {
 	if d.fleet != nil {
-		d.fleet.Block(status, w.cfg.DeploymentPause) // pauses this worker's controller too
+		d.fleet.Block(depErr.StatusCode, w.cfg.DeploymentPause) // pauses this worker's controller too
 	} else {
 		d.ctrl.Pause(w.cfg.DeploymentPause)
 	}
 	if w.ctl.breakerOpen(d.alias) {
 		return
 	}
-	b, _ := json.Marshal(Breaker{State: "open", Status: status, Code: code, Message: message, Since: time.Now().UTC(), Worker: w.cfg.Name})
+	b, _ := json.Marshal(Breaker{State: "open", Status: depErr.StatusCode, Code: depErr.Code, Type: depErr.Type,
+		Message: llm.Redact(depErr.Message), Since: time.Now().UTC(), Worker: w.cfg.Name})
 	if _, err := w.runs.Put(ctx, BreakerKey(d.alias), b); err != nil {
 		w.log.Warn().Err(err).Str("deployment", d.alias).Msg("record breaker")
 	}

@@ -3,11 +3,14 @@ package worker
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/multiquery/multiquery/internal/queue"
 	"github.com/multiquery/multiquery/internal/wire"
 )
 
@@ -20,43 +23,62 @@ type maxDeliveriesAdvisory struct {
 }
 
 // AdvisorySubject is where the server announces jobs that hit MaxDeliver (any consumer).
-const AdvisorySubject = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES." + wire.StreamJobs + ".*"
+const AdvisorySubject = wire.MaxDeliveriesAdvisories
 
 // watchMaxDeliveries dead-letters jobs that reached the consumer's MaxDeliver: after it
-// the message stays in the work-queue stream and nobody would ever finish its row. One
-// worker of the fleet handles each advisory (a queue group).
+// the message stays in the work-queue stream and nobody would ever finish its row. The
+// advisories are kept in MQ_ADVISORIES (an advisory sent while no worker runs waits
+// there), and the fleet shares one durable consumer: each advisory is handled once,
+// and acked only once its job is dead-lettered and answered.
 func (w *Worker) watchMaxDeliveries(ctx context.Context) {
-	nc := w.js.Conn()
 	jobs, err := w.js.Stream(ctx, wire.StreamJobs)
 	if err != nil {
 		w.log.Error().Err(err).Msg("max-deliveries watch")
 		return
 	}
-	ch := make(chan *nats.Msg, 64)
-	sub, err := nc.ChanQueueSubscribe(AdvisorySubject, "mq-advisory", ch)
+	var cons jetstream.Consumer
+	err = queue.Retry(ctx, func(ctx context.Context) error {
+		var err error
+		cons, err = w.js.CreateOrUpdateConsumer(ctx, wire.StreamAdvisories, jetstream.ConsumerConfig{
+			Durable:     wire.AdvisoryConsumer,
+			Description: "workers dead-letter jobs past MaxDeliver",
+			AckPolicy:   jetstream.AckExplicitPolicy,
+			AckWait:     time.Minute,
+		})
+		return err
+	})
 	if err != nil {
 		w.log.Error().Err(err).Msg("max-deliveries watch")
 		return
 	}
-	defer func() { _ = sub.Unsubscribe() }()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case m := <-ch:
+	for ctx.Err() == nil {
+		batch, err := cons.Fetch(16, jetstream.FetchMaxWait(time.Second))
+		if err != nil {
+			w.log.Debug().Err(err).Msg("fetch advisories")
+			sleep(ctx, time.Second)
+			continue
+		}
+		for m := range batch.Messages() {
 			var a maxDeliveriesAdvisory
-			if err := json.Unmarshal(m.Data, &a); err != nil {
+			if err := json.Unmarshal(m.Data(), &a); err != nil {
+				_ = m.TermWithReason("undecodable advisory")
 				continue
 			}
 			if err := w.deadLetterSeq(ctx, jobs, a); err != nil {
-				w.log.Error().Err(err).Uint64("seq", a.StreamSeq).Msg("dead-letter a job past MaxDeliver")
+				w.log.Error().Err(err).Uint64("seq", a.StreamSeq).Msg("dead-letter a job past MaxDeliver; retried")
+				_ = m.NakWithDelay(5 * time.Second)
+				continue
 			}
+			_ = m.Ack()
 		}
 	}
 }
 
 func (w *Worker) deadLetterSeq(ctx context.Context, jobs jetstream.Stream, a maxDeliveriesAdvisory) error {
 	raw, err := jobs.GetMsg(ctx, a.StreamSeq)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil // already dead-lettered (a redelivered advisory) or done
+	}
 	if err != nil {
 		return fmt.Errorf("get job %d: %w", a.StreamSeq, err)
 	}
@@ -74,11 +96,16 @@ func (w *Worker) deadLetterSeq(ctx context.Context, jobs jetstream.Stream, a max
 		return fmt.Errorf("dead-letter: %w", err)
 	}
 	if subjErr == nil {
+		// The job's calls so far were billed: the result carries them.
+		job := wire.Job{Run: addr.Run, Row: addr.Row, Query: addr.Query, Deployment: alias}
+		st := w.loadState(ctx, &job)
 		res := &wire.Result{V: wire.Version, Run: addr.Run, Row: addr.Row, Query: addr.Query, Worker: w.cfg.Name,
 			Error: &wire.Error{Reason: wire.ReasonMaxDeliveries, Message: reason, Details: map[string]any{"deliveries": a.Deliveries}}}
+		st.spent().apply(res)
 		if err := w.publishResult(ctx, res); err != nil {
 			return err
 		}
+		defer func() { _ = w.retry.Delete(ctx, wire.JobKey(addr.Run, addr.Row, addr.Query)) }()
 	}
 	w.m.poison.WithLabelValues(alias).Inc()
 	if err := jobs.DeleteMsg(ctx, a.StreamSeq); err != nil {

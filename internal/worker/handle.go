@@ -17,12 +17,65 @@ import (
 	"github.com/multiquery/multiquery/internal/wire"
 )
 
-// retryState survives redeliveries: NAK carries no state.
+// retryState survives redeliveries: NAK carries no state. It is written only when a
+// delivery ends in a NAK (a retry or a wait), never on the way to a first-time success.
 type retryState struct {
 	FirstCapacity   time.Time `json:"first_capacity,omitzero"` // server time of the first capacity error
 	CapacityErrors  int       `json:"capacity_errors"`
 	TransientErrors int       `json:"transient_errors"`
 	LastError       string    `json:"last_error,omitempty"`
+	// What the NAKed deliveries spent: the provider bills every HTTP call.
+	Calls            int   `json:"calls,omitempty"`
+	PromptTokens     int64 `json:"prompt_tokens,omitempty"`
+	CompletionTokens int64 `json:"completion_tokens,omitempty"`
+	// Naks counts deliveries that ended in a NAK this worker chose (retry, wait, pause):
+	// only the other deliveries (a worker died or hung mid-job) count toward HardDeliverCap.
+	Naks int `json:"naks,omitempty"`
+}
+
+// spend is what the provider billed: HTTP calls and their tokens.
+type spend struct {
+	calls              int
+	prompt, completion int64
+}
+
+func (s spend) plus(o spend) spend {
+	return spend{calls: s.calls + o.calls, prompt: s.prompt + o.prompt, completion: s.completion + o.completion}
+}
+
+// callSpend is one HTTP call: its tokens when an answer came back (a 200 whose answer
+// failed is billed too), none for an error status.
+func callSpend(ans *llm.Answer) spend {
+	s := spend{calls: 1}
+	if ans != nil {
+		s.prompt, s.completion = ans.Usage.PromptTokens, ans.Usage.CompletionTokens
+	}
+	return s
+}
+
+// apply writes the spend into a final result: calls, retries (calls beyond the first)
+// and billed tokens.
+func (s spend) apply(res *wire.Result) {
+	res.Calls, res.Retries = s.calls, max(s.calls-1, 0)
+	if s.calls > 0 {
+		res.Billed = &wire.Usage{PromptTokens: s.prompt, CompletionTokens: s.completion, TotalTokens: s.prompt + s.completion}
+	}
+}
+
+func (st *retryState) spent() spend {
+	return spend{calls: st.Calls, prompt: st.PromptTokens, completion: st.CompletionTokens}
+}
+
+func (st *retryState) add(s spend) {
+	st.Calls += s.calls
+	st.PromptTokens += s.prompt
+	st.CompletionTokens += s.completion
+}
+
+// naks is the number of deliveries that ended cleanly in a NAK (states written before
+// Naks existed counted only errors).
+func (st *retryState) naks() uint64 {
+	return uint64(max(st.Naks, st.CapacityErrors+st.TransientErrors))
 }
 
 // handle runs one delivery of one job to a single queue action.
@@ -65,22 +118,31 @@ func (w *Worker) handle(ctx context.Context, d *deployment, msg jetstream.Msg) {
 	attempt := int(meta.NumDelivered)
 	switch w.ctl.run(job.Run) {
 	case StateCancelled:
-		w.final(ctx, msg, &job, nil, &wire.Error{Reason: wire.ReasonCancelled, Message: "the run was cancelled"}, attempt, 0, log)
+		st := w.loadState(ctx, &job)
+		w.final(ctx, msg, &job, nil, &wire.Error{Reason: wire.ReasonCancelled, Message: "the run was cancelled"}, attempt, st.spent(), spend{}, log)
 		return
 	case StatePaused:
-		w.nak(msg, jitter(w.cfg.PausedRunDelay), d.alias)
+		// Fetched just before the pause was known (paused runs are not fetched): wait.
+		w.wait(ctx, msg, &job, jitter(w.cfg.PausedRunDelay), d.alias, log)
 		return
 	}
-	// Capacity NAKs are deliveries too: only the others count toward the crash-loop cap.
-	if meta.NumDelivered > w.cfg.HardDeliverCap && meta.NumDelivered-uint64(w.loadState(ctx, &job).CapacityErrors) > w.cfg.HardDeliverCap {
-		w.final(ctx, msg, &job, nil, &wire.Error{Reason: wire.ReasonMaxDeliveries, Message: fmt.Sprintf("delivered %d times", meta.NumDelivered), Details: map[string]any{"deliveries": meta.NumDelivered}}, attempt, 0, log)
-		return
+	// Crash-loop backstop: only deliveries that ended without an outcome count.
+	if meta.NumDelivered > w.cfg.HardDeliverCap {
+		if st := w.loadState(ctx, &job); meta.NumDelivered-st.naks() > w.cfg.HardDeliverCap {
+			w.final(ctx, msg, &job, nil, &wire.Error{Reason: wire.ReasonMaxDeliveries, Message: fmt.Sprintf("delivered %d times", meta.NumDelivered),
+				Details: map[string]any{"deliveries": meta.NumDelivered}}, attempt, st.spent(), spend{}, log)
+			return
+		}
 	}
-
 	// The deployment may have been paused (fleet-wide Retry-After) since the permit was
 	// taken: do not dispatch into the pause.
 	if p := d.ctrl.PausedFor(); p > 0 {
-		w.nak(msg, p+time.Duration(float64(p)*0.2*rand.Float64()), d.alias)
+		w.wait(ctx, msg, &job, p+time.Duration(float64(p)*0.2*rand.Float64()), d.alias, log)
+		return
+	}
+	// A redelivery whose result is already stored (the ack was lost) is done: no call.
+	if meta.NumDelivered > 1 && w.resultStored(ctx, &job) {
+		w.done(ctx, msg, &job, log)
 		return
 	}
 	// Keep the message ours while the call runs (AckWait is short so that a killed
@@ -91,12 +153,14 @@ func (w *Worker) handle(ctx context.Context, d *deployment, msg jetstream.Msg) {
 	began := time.Now()
 	ans, callErr := d.client.Call(callCtx, job.Request)
 	stop()
+	this := callSpend(ans)
 	var fields map[string]json.RawMessage
 	if callErr == nil {
 		fields, callErr = llm.ParseAnswer(ans.Content, job.Outputs)
 	}
 	if ctx.Err() != nil {
-		// Drain timeout hit: give the job back at once.
+		// Drain timeout hit: give the job back at once, with what the call cost.
+		w.saveSpend(&job, this, log)
 		_ = msg.Nak()
 		return
 	}
@@ -104,15 +168,16 @@ func (w *Worker) handle(ctx context.Context, d *deployment, msg jetstream.Msg) {
 	if callErr == nil {
 		w.closeBreaker(ctx, d)
 		st := w.loadState(ctx, &job)
-		res := &wire.Result{OK: true, Fields: fields, Usage: &ans.Usage, Model: ans.Model, Retries: st.CapacityErrors + st.TransientErrors}
-		w.final(ctx, msg, &job, res, nil, attempt, 0, log)
+		res := &wire.Result{OK: true, Fields: fields, Usage: &ans.Usage, Model: ans.Model}
+		w.final(ctx, msg, &job, res, nil, attempt, st.spent().plus(this), this, log)
 		return
 	}
-	w.onError(ctx, d, msg, &job, callErr, attempt, log)
+	w.onError(ctx, d, msg, &job, callErr, attempt, this, log)
 }
 
-// onError maps a classified error to its queue action (DESIGN.md section 3).
-func (w *Worker) onError(ctx context.Context, d *deployment, msg jetstream.Msg, job *wire.Job, callErr error, attempt int, log zerolog.Logger) {
+// onError maps a classified error to its queue action (DESIGN.md section 3). this is
+// what the failed call cost; a NAK stores it in the retry state, a final result sums it.
+func (w *Worker) onError(ctx context.Context, d *deployment, msg jetstream.Msg, job *wire.Job, callErr error, attempt int, this spend, log zerolog.Logger) {
 	var (
 		capErr  *llm.CapacityError
 		tranErr *llm.TransientError
@@ -123,7 +188,7 @@ func (w *Worker) onError(ctx context.Context, d *deployment, msg jetstream.Msg, 
 	case errors.As(callErr, &capErr):
 		w.m.capacity.WithLabelValues(d.alias).Inc()
 		d.capacity(capErr.StatusCode, capErr.RetryAfter)
-		st, elapsed, err := w.recordCapacity(ctx, job, capErr)
+		st, elapsed, err := w.recordCapacity(ctx, job, capErr, this)
 		if err != nil {
 			log.Warn().Err(err).Msg("retry state")
 			w.nak(msg, time.Second, d.alias)
@@ -133,7 +198,7 @@ func (w *Worker) onError(ctx context.Context, d *deployment, msg jetstream.Msg, 
 		if elapsed >= budget {
 			w.final(ctx, msg, job, nil, &wire.Error{Reason: wire.ReasonCapacityTimeout, Message: capErr.Message, Details: map[string]any{
 				"status_code": capErr.StatusCode, "elapsed": elapsed.Seconds(), "max": budget.Seconds(), "capacity_errors": st.CapacityErrors,
-			}}, attempt, st.CapacityErrors+st.TransientErrors, log)
+			}}, attempt, st.spent(), spend{}, log)
 			return
 		}
 		if w.cfg.Naive {
@@ -146,7 +211,7 @@ func (w *Worker) onError(ctx context.Context, d *deployment, msg jetstream.Msg, 
 		delay = min(delay, w.cfg.MaxNakDelay, budget-elapsed+50*time.Millisecond)
 		w.nak(msg, delay, d.alias)
 	case errors.As(callErr, &tranErr):
-		st, err := w.recordTransient(ctx, job, callErr)
+		st, err := w.recordTransient(ctx, job, callErr, this)
 		if err != nil {
 			log.Warn().Err(err).Msg("retry state")
 			w.nak(msg, time.Second, d.alias)
@@ -155,7 +220,7 @@ func (w *Worker) onError(ctx context.Context, d *deployment, msg jetstream.Msg, 
 		if st.TransientErrors >= job.MaxAttempts {
 			w.final(ctx, msg, job, nil, &wire.Error{Reason: wire.ReasonRetryExhausted, Message: tranErr.Message, Details: map[string]any{
 				"status_code": tranErr.StatusCode, "attempts": st.TransientErrors,
-			}}, attempt, st.CapacityErrors+st.TransientErrors, log)
+			}}, attempt, st.spent(), spend{}, log)
 			return
 		}
 		backoff := w.cfg.TransientBackoff << min(st.TransientErrors-1, 5)
@@ -163,7 +228,8 @@ func (w *Worker) onError(ctx context.Context, d *deployment, msg jetstream.Msg, 
 	case errors.As(callErr, &depErr):
 		// Not a row's fault: pause the deployment and let the job wait.
 		log.Error().Int("status", depErr.StatusCode).Str("code", depErr.Code).Msg("deployment-wide error: pausing the deployment fleet-wide; jobs wait")
-		w.openBreaker(ctx, d, depErr.StatusCode, depErr.Code, depErr.Message)
+		w.openBreaker(ctx, d, depErr)
+		w.recordNak(ctx, job, this, log)
 		w.nak(msg, w.cfg.DeploymentPause, d.alias)
 	case errors.As(callErr, &permErr):
 		details := map[string]any{}
@@ -174,11 +240,19 @@ func (w *Worker) onError(ctx context.Context, d *deployment, msg jetstream.Msg, 
 			details["status_code"] = permErr.StatusCode
 		}
 		st := w.loadState(ctx, job)
-		w.final(ctx, msg, job, nil, &wire.Error{Reason: permErr.Reason, Message: permErr.Message, Details: details}, attempt, st.CapacityErrors+st.TransientErrors, log)
+		w.final(ctx, msg, job, nil, &wire.Error{Reason: permErr.Reason, Message: permErr.Message, Details: details}, attempt, st.spent().plus(this), this, log)
 	default:
 		log.Warn().Err(callErr).Msg("unclassified error; retrying")
+		w.recordNak(ctx, job, this, log)
 		w.nak(msg, 5*time.Second, d.alias)
 	}
+}
+
+// wait gives a job back without a call (its run or deployment is paused), recording the
+// NAK so that waiting never counts toward the crash-loop cap.
+func (w *Worker) wait(ctx context.Context, msg jetstream.Msg, job *wire.Job, delay time.Duration, alias string, log zerolog.Logger) {
+	w.recordNak(ctx, job, spend{}, log)
+	w.nak(msg, delay, alias)
 }
 
 func (w *Worker) nak(msg jetstream.Msg, delay time.Duration, alias string) {
@@ -192,24 +266,26 @@ func jitter(d time.Duration) time.Duration {
 }
 
 // final publishes the job's final result, then acks the job. A result already there
-// (first result wins) means the job is done. The retry state is deleted last.
-func (w *Worker) final(ctx context.Context, msg jetstream.Msg, job *wire.Job, res *wire.Result, failure *wire.Error, attempt, retries int, log zerolog.Logger) {
+// (first result wins) means the job is done. The retry state is deleted last. spent is
+// every call made for the job (this delivery's included); unsaved is the part of it not
+// yet in the retry state, stored if the job must be given back after all.
+func (w *Worker) final(ctx context.Context, msg jetstream.Msg, job *wire.Job, res *wire.Result, failure *wire.Error, attempt int, spent, unsaved spend, log zerolog.Logger) {
 	if res == nil {
-		res = &wire.Result{OK: false, Error: failure, Retries: retries}
+		res = &wire.Result{OK: false, Error: failure}
 	}
 	res.V, res.Run, res.Row, res.Query = wire.Version, job.Run, job.Row, job.Query
 	res.Attempt, res.Worker = attempt, w.cfg.Name
+	spent.apply(res)
 	if !job.Enqueued.IsZero() {
 		res.Elapsed = time.Since(job.Enqueued).Seconds()
 	}
-	if err := w.publishResult(ctx, res); err != nil {
-		log.Warn().Err(err).Msg("publish result; job NAKed")
+	if err := w.storeResult(ctx, msg, res, job.Deployment, log); err != nil {
+		// Only the drain timeout ends the retries: the next delivery calls again, and
+		// counts this delivery's calls too.
+		log.Warn().Err(err).Msg("publish result; job NAKed at drain")
+		w.saveSpend(job, unsaved, log)
 		_ = msg.NakWithDelay(time.Second)
 		return
-	}
-	if err := msg.DoubleAck(ctx); err != nil {
-		// The result is stored; a redelivery will find it there and ack.
-		log.Warn().Err(err).Msg("ack")
 	}
 	outcome := "ok"
 	if !res.OK {
@@ -217,9 +293,50 @@ func (w *Worker) final(ctx context.Context, msg jetstream.Msg, job *wire.Job, re
 		log.Info().Str("reason", res.Error.Reason).Str("detail", res.Error.Message).Msg("query failed")
 	}
 	w.m.results.WithLabelValues(job.Deployment, outcome).Inc()
+	w.done(ctx, msg, job, log)
+}
+
+// done acks a job whose result is stored and forgets its retry state.
+func (w *Worker) done(ctx context.Context, msg jetstream.Msg, job *wire.Job, log zerolog.Logger) {
+	if err := msg.DoubleAck(ctx); err != nil {
+		// The result is stored; a redelivery will find it there and ack.
+		log.Warn().Err(err).Msg("ack")
+	}
 	if err := w.retry.Delete(ctx, wire.JobKey(job.Run, job.Row, job.Query)); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
 		log.Debug().Err(err).Msg("delete retry state")
 	}
+}
+
+// storeResult publishes a final result, retrying with backoff until it is stored or ctx
+// ends (the drain timeout). The call is paid: while the publish fails (results stream
+// full, unavailable, a network cut) the job stays this worker's (InProgress), so no
+// other delivery pays for the call again.
+func (w *Worker) storeResult(ctx context.Context, msg jetstream.Msg, res *wire.Result, alias string, log zerolog.Logger) error {
+	err := w.publishResult(ctx, res)
+	if err == nil {
+		return nil
+	}
+	alive, stop := context.WithCancel(ctx)
+	defer stop()
+	_ = msg.InProgress()
+	go keepAlive(alive, msg, w.cfg.Topology.AckWait/3)
+	wait := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		w.m.resultRetries.WithLabelValues(alias).Inc()
+		log.Warn().Err(err).Dur("retry_in", wait).Msg("result not stored: job kept, publish retried")
+		sleep(ctx, jitter(wait))
+		wait = min(wait*2, 5*time.Second)
+		if err = w.publishResult(ctx, res); err == nil {
+			return nil
+		}
+	}
+	return err
+}
+
+// resultStored reports whether a job's result is already in MQ_RESULTS.
+func (w *Worker) resultStored(ctx context.Context, job *wire.Job) bool {
+	_, err := w.results.GetLastMsgForSubject(ctx, wire.ResultSubject(job.Run, job.Row, job.Query))
+	return err == nil
 }
 
 func (w *Worker) publishResult(ctx context.Context, res *wire.Result) error {
@@ -309,10 +426,10 @@ func (w *Worker) loadState(ctx context.Context, job *wire.Job) retryState {
 	return st
 }
 
-// recordCapacity counts a capacity error and returns the time elapsed since the job's
-// first one. Both ends are KV server timestamps (the revision written for each capacity
-// error), so workers' clocks do not matter and a transient error never starts the budget.
-func (w *Worker) recordCapacity(ctx context.Context, job *wire.Job, capErr *llm.CapacityError) (retryState, time.Duration, error) {
+// updateState applies fn to a job's retry state (created if absent), first writer
+// wins: a concurrent delivery's write makes it read again. It returns the new state and
+// the revision written.
+func (w *Worker) updateState(ctx context.Context, job *wire.Job, fn func(*retryState)) (retryState, uint64, error) {
 	key := wire.JobKey(job.Run, job.Row, job.Query)
 	for range 5 {
 		var st retryState
@@ -320,14 +437,13 @@ func (w *Worker) recordCapacity(ctx context.Context, job *wire.Job, capErr *llm.
 		e, err := w.retry.Get(ctx, key)
 		switch {
 		case errors.Is(err, jetstream.ErrKeyNotFound):
-			st.CapacityErrors, st.LastError = 1, capErr.Error()
+			fn(&st)
 			rev, err = w.retry.Create(ctx, key, mustJSON(st))
 		case err != nil:
 			return st, 0, fmt.Errorf("get %s: %w", key, err)
 		default:
 			_ = json.Unmarshal(e.Value(), &st)
-			st.CapacityErrors++
-			st.LastError = capErr.Error()
+			fn(&st)
 			rev, err = w.retry.Update(ctx, key, mustJSON(st), e.Revision())
 		}
 		if queue.IsKeyExists(err) {
@@ -336,48 +452,64 @@ func (w *Worker) recordCapacity(ctx context.Context, job *wire.Job, capErr *llm.
 		if err != nil {
 			return st, 0, fmt.Errorf("write %s: %w", key, err)
 		}
-		now, err := w.retry.GetRevision(ctx, key, rev)
-		if err != nil {
-			return st, 0, fmt.Errorf("get %s: %w", key, err)
-		}
-		if st.FirstCapacity.IsZero() {
-			st.FirstCapacity = now.Created()
-			// Best effort: a concurrent writer that lost this race anchors on its own read.
-			_, _ = w.retry.Update(ctx, key, mustJSON(st), rev)
-		}
-		return st, now.Created().Sub(st.FirstCapacity), nil
+		return st, rev, nil
 	}
 	return retryState{}, 0, fmt.Errorf("update %s: too much contention", key)
 }
 
-// recordTransient counts a transient error.
-func (w *Worker) recordTransient(ctx context.Context, job *wire.Job, callErr error) (retryState, error) {
-	key := wire.JobKey(job.Run, job.Row, job.Query)
-	for range 5 {
-		var st retryState
-		e, err := w.retry.Get(ctx, key)
-		if errors.Is(err, jetstream.ErrKeyNotFound) {
-			st.TransientErrors = 1
-			st.LastError = callErr.Error()
-			_, err := w.retry.Create(ctx, key, mustJSON(st))
-			if queue.IsKeyExists(err) {
-				continue
-			}
-			return st, err
-		}
-		if err != nil {
-			return st, fmt.Errorf("get %s: %w", key, err)
-		}
-		_ = json.Unmarshal(e.Value(), &st)
-		st.TransientErrors++
-		st.LastError = callErr.Error()
-		_, err = w.retry.Update(ctx, key, mustJSON(st), e.Revision())
-		if queue.IsKeyExists(err) {
-			continue
-		}
-		return st, err
+// recordNak stores what a delivery spent before it is NAKed, and counts the NAK.
+func (w *Worker) recordNak(ctx context.Context, job *wire.Job, this spend, log zerolog.Logger) {
+	if _, _, err := w.updateState(ctx, job, func(st *retryState) { st.add(this); st.Naks++ }); err != nil {
+		log.Warn().Err(err).Msg("retry state")
 	}
-	return retryState{}, fmt.Errorf("update %s: too much contention", key)
+}
+
+// saveSpend stores a delivery's calls when the job is given back at drain (ctx is
+// over): best effort, with a deadline of its own.
+func (w *Worker) saveSpend(job *wire.Job, this spend, log zerolog.Logger) {
+	if this.calls == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	w.recordNak(ctx, job, this, log)
+}
+
+// recordCapacity counts a capacity error and returns the time elapsed since the job's
+// first one. Both ends are KV server timestamps (the revision written for each capacity
+// error), so workers' clocks do not matter and a transient error never starts the budget.
+func (w *Worker) recordCapacity(ctx context.Context, job *wire.Job, capErr *llm.CapacityError, this spend) (retryState, time.Duration, error) {
+	key := wire.JobKey(job.Run, job.Row, job.Query)
+	st, rev, err := w.updateState(ctx, job, func(st *retryState) {
+		st.CapacityErrors++
+		st.Naks++
+		st.LastError = capErr.Error()
+		st.add(this)
+	})
+	if err != nil {
+		return st, 0, err
+	}
+	now, err := w.retry.GetRevision(ctx, key, rev)
+	if err != nil {
+		return st, 0, fmt.Errorf("get %s: %w", key, err)
+	}
+	if st.FirstCapacity.IsZero() {
+		st.FirstCapacity = now.Created()
+		// Best effort: a concurrent writer that lost this race anchors on its own read.
+		_, _ = w.retry.Update(ctx, key, mustJSON(st), rev)
+	}
+	return st, now.Created().Sub(st.FirstCapacity), nil
+}
+
+// recordTransient counts a transient error.
+func (w *Worker) recordTransient(ctx context.Context, job *wire.Job, callErr error, this spend) (retryState, error) {
+	st, _, err := w.updateState(ctx, job, func(st *retryState) {
+		st.TransientErrors++
+		st.Naks++
+		st.LastError = callErr.Error()
+		st.add(this)
+	})
+	return st, err
 }
 
 func mustJSON(v any) []byte {

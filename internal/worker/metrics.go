@@ -8,17 +8,20 @@ type metrics struct {
 	naks                                    *prometheus.CounterVec
 	results                                 *prometheus.CounterVec
 	poison                                  *prometheus.CounterVec
+	resultRetries                           *prometheus.CounterVec
 	rate, fleetRate, share, members, paused *prometheus.GaugeVec
 	auditDropped                            prometheus.Counter
 }
 
 func newMetrics() *metrics {
 	return &metrics{
-		calls:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mq_worker_calls_total", Help: "LLM calls started."}, []string{"deployment"}),
-		capacity:  prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mq_worker_capacity_signals_total", Help: "Capacity errors (429/503/529) seen."}, []string{"deployment"}),
-		naks:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mq_worker_naks_total", Help: "Jobs NAKed with delay."}, []string{"deployment"}),
-		results:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mq_worker_results_total", Help: "Final results published, by outcome."}, []string{"deployment", "outcome"}),
-		poison:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mq_worker_poison_total", Help: "Poison jobs dead-lettered."}, []string{"deployment"}),
+		calls:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mq_worker_calls_total", Help: "LLM calls started."}, []string{"deployment"}),
+		capacity: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mq_worker_capacity_signals_total", Help: "Capacity errors (429/503/529) seen."}, []string{"deployment"}),
+		naks:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mq_worker_naks_total", Help: "Jobs NAKed with delay."}, []string{"deployment"}),
+		results:  prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mq_worker_results_total", Help: "Final results published, by outcome."}, []string{"deployment", "outcome"}),
+		poison:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mq_worker_poison_total", Help: "Poison jobs dead-lettered."}, []string{"deployment"}),
+		resultRetries: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mq_worker_result_publish_retries_total",
+			Help: "Final results whose publish failed and was retried (the job is kept, the call not repeated)."}, []string{"deployment"}),
 		rate:      gauge("mq_throttle_rate", "This worker's dispatch rate to the deployment (req/s): fleet rate x share."),
 		fleetRate: gauge("mq_throttle_fleet_rate", "The fleet's dispatch rate to the deployment (req/s)."),
 		share:     gauge("mq_throttle_share", "This worker's share of the fleet rate."),
@@ -31,7 +34,7 @@ func newMetrics() *metrics {
 
 // Collectors returns the worker's metrics for registration.
 func (w *Worker) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{w.m.calls, w.m.capacity, w.m.naks, w.m.results, w.m.poison,
+	return []prometheus.Collector{w.m.calls, w.m.capacity, w.m.naks, w.m.results, w.m.poison, w.m.resultRetries,
 		w.m.rate, w.m.fleetRate, w.m.share, w.m.members, w.m.paused, w.m.auditDropped}
 }
 

@@ -75,6 +75,12 @@ func (w *Worker) watchRuns(ctx, callCtx context.Context) {
 						w.log.Error().Err(err).Str("run", o.Run).Msg("job consumer")
 						continue
 					}
+					if w.finished(ctx, o.Run) {
+						// Finished since its open record was read: the collector purged
+						// the run before deleting its consumers, so this one is new. Go.
+						_ = w.js.DeleteConsumer(ctx, wire.StreamJobs, queue.JobConsumerName(alias, o.Run))
+						continue
+					}
 					d.addRun(o.Run, c)
 					continue
 				}
@@ -132,7 +138,7 @@ func (w *Worker) rejectAlias(ctx, callCtx context.Context, fleet jetstream.KeyVa
 			}
 			job := wire.Job{Run: addr.Run, Row: addr.Row, Query: addr.Query, Deployment: alias}
 			w.final(callCtx, msg, &job, nil, &wire.Error{Reason: wire.ReasonUnknownDeployment,
-				Message: "no worker serves deployment alias " + alias, Details: map[string]any{"deployment": alias}}, 1, 0, log)
+				Message: "no worker serves deployment alias " + alias, Details: map[string]any{"deployment": alias}}, 1, spend{}, spend{}, log)
 		}
 		if n == 0 {
 			idle++

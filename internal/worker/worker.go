@@ -51,6 +51,13 @@ type Config struct {
 	UnknownAliasGrace time.Duration
 	// PausedRunDelay is the NAK delay of a paused run's jobs (resume takes effect within it).
 	PausedRunDelay time.Duration
+	// IdleRunAfter is how long a run's consumer may have nothing to deliver before the
+	// worker stops polling it (default 1 min): the run goes dormant and its consumer
+	// expires after Topology.JobConsumerInactive. DormantCheck is how often a dormant
+	// run is checked for new jobs (default 5 s, doubling per empty check up to 5 min);
+	// a finished run (its records purged) is dropped.
+	IdleRunAfter time.Duration
+	DormantCheck time.Duration
 	// Naive turns the fleet throttle off (a baseline for benchmarks): no pacing, no
 	// shared signal, a fixed NAK delay on capacity errors.
 	Naive bool
@@ -87,6 +94,12 @@ func (c *Config) defaults() {
 	}
 	if c.UnknownAliasGrace <= 0 {
 		c.UnknownAliasGrace = 30 * time.Second
+	}
+	if c.IdleRunAfter <= 0 {
+		c.IdleRunAfter = time.Minute
+	}
+	if c.DormantCheck <= 0 {
+		c.DormantCheck = 5 * time.Second
 	}
 	c.Topology = c.Topology.Defaults()
 }
@@ -125,10 +138,15 @@ type Worker struct {
 	log   zerolog.Logger
 	retry jetstream.KeyValue
 	runs  jetstream.KeyValue
-	ctl   controls
-	audit *auditor
-	deps  map[string]*deployment
-	m     *metrics
+	// results and input are read to skip a call whose result is stored, and to tell a
+	// finished run (its records are purged).
+	results jetstream.Stream
+	input   jetstream.Stream
+	jobs    jetstream.Stream
+	ctl     controls
+	audit   *auditor
+	deps    map[string]*deployment
+	m       *metrics
 }
 
 type deployment struct {
@@ -138,7 +156,7 @@ type deployment struct {
 	fleet  *throttle.Fleet // nil in naive mode
 	slots  int
 	mu     sync.Mutex
-	runs   []runConsumer // the runs with jobs for this deployment, fetched in turn
+	runs   []*runConsumer // the runs with jobs for this deployment, fetched in turn
 	turn   int
 }
 
@@ -193,6 +211,15 @@ func (w *Worker) Run(ctx context.Context) error {
 	if w.runs, err = w.js.KeyValue(ctx, wire.BucketRuns); err != nil {
 		return fmt.Errorf("open kv %s: %w", wire.BucketRuns, err)
 	}
+	if w.results, err = w.js.Stream(ctx, wire.StreamResults); err != nil {
+		return fmt.Errorf("open stream %s: %w", wire.StreamResults, err)
+	}
+	if w.input, err = w.js.Stream(ctx, wire.StreamInput); err != nil {
+		return fmt.Errorf("open stream %s: %w", wire.StreamInput, err)
+	}
+	if w.jobs, err = w.js.Stream(ctx, wire.StreamJobs); err != nil {
+		return fmt.Errorf("open stream %s: %w", wire.StreamJobs, err)
+	}
 	var wg sync.WaitGroup
 	loaded := make(chan struct{})
 	wg.Add(1)
@@ -246,6 +273,11 @@ func (w *Worker) Run(ctx context.Context) error {
 		defer wg.Done()
 		w.watchRuns(ctx, callCtx)
 	}()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		w.watchDormant(ctx)
+	}()
 	<-ctx.Done()
 	wg.Wait() // fetching stopped
 	done := make(chan struct{})
@@ -272,7 +304,10 @@ func (w *Worker) fetchLoop(ctx, callCtx context.Context, d *deployment, inflight
 			sleep(ctx, p)
 			continue
 		}
-		if !d.hasRuns() { // nothing to fetch from: take no permit
+		// Only live runs are fetched: a paused run takes no permit and no delivery
+		// (which would count toward its crash-loop cap), a dormant one no round trip.
+		runs := d.rotation(func(run string) bool { return w.ctl.run(run) == StatePaused })
+		if len(runs) == 0 { // nothing to fetch from: take no permit
 			sleep(ctx, 50*time.Millisecond)
 			continue
 		}
@@ -295,7 +330,7 @@ func (w *Worker) fetchLoop(ctx, callCtx context.Context, d *deployment, inflight
 			}
 			break
 		}
-		got := w.fetch(ctx, d, n, func(msg jetstream.Msg) {
+		got := w.fetch(ctx, d, runs, n, func(msg jetstream.Msg) {
 			inflight.Add(1)
 			go func() {
 				defer inflight.Done()
@@ -310,11 +345,22 @@ func (w *Worker) fetchLoop(ctx, callCtx context.Context, d *deployment, inflight
 	}
 }
 
-// runConsumer is one run's job consumer for a deployment.
+// runConsumer is one run's job consumer for a deployment. Fields below cons are
+// guarded by the deployment's mutex.
 type runConsumer struct {
 	run  string
 	cons jetstream.Consumer
+	// busy is the last time the consumer delivered or had something pending. Past
+	// IdleRunAfter the run goes dormant: not fetched, so its consumer can expire, and
+	// checked for new jobs at next, every `every`.
+	busy    time.Time
+	dormant bool
+	next    time.Time
+	every   time.Duration
 }
+
+// maxDormantCheck bounds the interval between checks of a dormant run.
+const maxDormantCheck = 5 * time.Minute
 
 func (d *deployment) addRun(run string, c jetstream.Consumer) {
 	d.mu.Lock()
@@ -324,7 +370,7 @@ func (d *deployment) addRun(run string, c jetstream.Consumer) {
 			return
 		}
 	}
-	d.runs = append(d.runs, runConsumer{run: run, cons: c})
+	d.runs = append(d.runs, &runConsumer{run: run, cons: c, busy: time.Now()})
 }
 
 func (d *deployment) removeRun(run string) {
@@ -338,40 +384,158 @@ func (d *deployment) removeRun(run string) {
 	}
 }
 
-// dropIfFinished takes a run out of the rotation once its consumer is gone (the
-// collector deletes it when the run is complete).
-func (w *Worker) dropIfFinished(ctx context.Context, d *deployment, rc runConsumer) {
-	_, err := w.js.Consumer(ctx, wire.StreamJobs, queue.JobConsumerName(d.alias, rc.run))
-	if errors.Is(err, jetstream.ErrConsumerNotFound) {
-		d.removeRun(rc.run)
-	}
-}
-
-func (d *deployment) hasRuns() bool {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return len(d.runs) > 0
-}
-
-// rotation returns the runs starting with the next one's turn.
-func (d *deployment) rotation() []runConsumer {
+// rotation returns the runs to fetch from (not dormant, not skipped), starting with the
+// next one's turn.
+func (d *deployment) rotation(skip func(run string) bool) []*runConsumer {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	k := len(d.runs)
-	out := make([]runConsumer, 0, k)
+	out := make([]*runConsumer, 0, k)
 	for i := range k {
-		out = append(out, d.runs[(d.turn+i)%k])
+		rc := d.runs[(d.turn+i)%k]
+		if !rc.dormant && !skip(rc.run) {
+			out = append(out, rc)
+		}
 	}
 	d.turn++
 	return out
 }
 
-// fetch gets up to n messages without waiting, sharing them between the deployment's
-// runs (an equal part from each in turn, then whatever is left); when there is nothing,
+// consumer returns a run's current consumer (watchDormant may replace it).
+func (d *deployment) consumer(rc *runConsumer) jetstream.Consumer {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return rc.cons
+}
+
+// touch records that a run had work.
+func (d *deployment) touch(rc *runConsumer) {
+	d.mu.Lock()
+	rc.busy = time.Now()
+	d.mu.Unlock()
+}
+
+// sleepRun stops fetching a run; watchDormant checks it for new jobs from now on.
+func (d *deployment) sleepRun(rc *runConsumer, every time.Duration) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	rc.dormant, rc.every, rc.next = true, every, time.Now().Add(every)
+}
+
+// wake puts a dormant run back in the rotation with a fresh consumer.
+func (d *deployment) wake(rc *runConsumer, c jetstream.Consumer) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	rc.cons, rc.dormant, rc.busy = c, false, time.Now()
+}
+
+// dueDormant returns the dormant runs whose check is due.
+func (d *deployment) dueDormant(now time.Time) []*runConsumer {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var out []*runConsumer
+	for _, rc := range d.runs {
+		if rc.dormant && !now.Before(rc.next) {
+			out = append(out, rc)
+		}
+	}
+	return out
+}
+
+// lost handles a run whose consumer failed a fetch: gone with its run (the collector
+// deletes it when the run finishes) or expired while the run was paused or idle.
+func (w *Worker) lost(ctx context.Context, d *deployment, rc *runConsumer) {
+	_, err := w.js.Consumer(ctx, wire.StreamJobs, queue.JobConsumerName(d.alias, rc.run))
+	if !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return // a passing error: fetch again
+	}
+	if w.finished(ctx, rc.run) {
+		d.removeRun(rc.run)
+		return
+	}
+	d.sleepRun(rc, w.cfg.DormantCheck) // its jobs, if any, bring the consumer back
+}
+
+// finished reports whether a run is over: the collector purges its records when it
+// finishes it.
+func (w *Worker) finished(ctx context.Context, run string) bool {
+	_, err := w.input.GetLastMsgForSubject(ctx, wire.InputOpenSubject(run))
+	return errors.Is(err, jetstream.ErrMsgNotFound)
+}
+
+// settle puts the fetched runs that had nothing to deliver for IdleRunAfter to sleep:
+// workers stop polling them, so their consumers expire (InactiveThreshold).
+func (w *Worker) settle(ctx context.Context, d *deployment, runs []*runConsumer) {
+	now := time.Now()
+	for _, rc := range runs {
+		d.mu.Lock()
+		idle := now.Sub(rc.busy) >= w.cfg.IdleRunAfter && !rc.dormant
+		d.mu.Unlock()
+		if !idle {
+			continue
+		}
+		info, err := d.consumer(rc).Info(ctx)
+		if err != nil || info.NumPending > 0 || info.NumAckPending > 0 {
+			d.touch(rc) // redeliveries pending (NAK delays) or a passing error
+			continue
+		}
+		w.log.Debug().Str("deployment", d.alias).Str("run", rc.run).Msg("run idle: not polled until it has new jobs")
+		d.sleepRun(rc, w.cfg.DormantCheck)
+	}
+}
+
+// watchDormant checks dormant runs: a finished run is dropped (and its consumer deleted
+// if it is still there), a run with jobs in MQ_JOBS gets its consumer back (created
+// again if it expired) and is fetched again; else the next check is later, up to
+// maxDormantCheck apart.
+func (w *Worker) watchDormant(ctx context.Context) {
+	t := time.NewTicker(min(w.cfg.DormantCheck, time.Second))
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			for _, d := range w.deps {
+				for _, rc := range d.dueDormant(now) {
+					w.checkDormant(ctx, d, rc)
+				}
+			}
+		}
+	}
+}
+
+func (w *Worker) checkDormant(ctx context.Context, d *deployment, rc *runConsumer) {
+	if w.finished(ctx, rc.run) {
+		d.removeRun(rc.run)
+		if err := w.js.DeleteConsumer(ctx, wire.StreamJobs, queue.JobConsumerName(d.alias, rc.run)); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+			w.log.Debug().Err(err).Str("run", rc.run).Msg("delete job consumer of a finished run")
+		}
+		return
+	}
+	_, err := w.jobs.GetLastMsgForSubject(ctx, "jobs."+d.alias+"."+rc.run+".>")
+	if err != nil {
+		d.mu.Lock()
+		every := min(rc.every*2, max(maxDormantCheck, w.cfg.DormantCheck))
+		d.mu.Unlock()
+		d.sleepRun(rc, every)
+		return
+	}
+	c, err := queue.EnsureJobConsumer(ctx, w.js, w.cfg.Topology, d.alias, rc.run)
+	if err != nil {
+		w.log.Warn().Err(err).Str("run", rc.run).Msg("job consumer of a dormant run")
+		return
+	}
+	w.log.Debug().Str("deployment", d.alias).Str("run", rc.run).Msg("dormant run has jobs again")
+	d.wake(rc, c)
+}
+
+// fetch gets up to n messages without waiting, sharing them between the given runs
+// (an equal part from each in turn, then whatever is left); when there is nothing,
 // it waits a little so an idle worker does not spin.
-func (w *Worker) fetch(ctx context.Context, d *deployment, n int, start func(jetstream.Msg)) int {
-	runs := d.rotation()
+func (w *Worker) fetch(ctx context.Context, d *deployment, runs []*runConsumer, n int, start func(jetstream.Msg)) int {
 	got := 0
+	defer w.settle(ctx, d, runs)
 	for pass := range 2 {
 		for _, rc := range runs {
 			want := n - got
@@ -381,17 +545,22 @@ func (w *Worker) fetch(ctx context.Context, d *deployment, n int, start func(jet
 			if want <= 0 {
 				return got
 			}
-			batch, err := rc.cons.FetchNoWait(want)
+			batch, err := d.consumer(rc).FetchNoWait(want)
 			if err != nil {
-				w.dropIfFinished(ctx, d, rc)
+				w.lost(ctx, d, rc)
 				continue
 			}
+			k := 0
 			for msg := range batch.Messages() {
 				start(msg)
-				got++
+				k++
+			}
+			got += k
+			if k > 0 {
+				d.touch(rc)
 			}
 			if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
-				w.dropIfFinished(ctx, d, rc)
+				w.lost(ctx, d, rc)
 			}
 		}
 	}
