@@ -19,6 +19,7 @@ import (
 	"github.com/multiquery/multiquery/internal/collector"
 	"github.com/multiquery/multiquery/internal/config"
 	"github.com/multiquery/multiquery/internal/input"
+	"github.com/multiquery/multiquery/internal/lease"
 	"github.com/multiquery/multiquery/internal/llm"
 	"github.com/multiquery/multiquery/internal/llmsim"
 	"github.com/multiquery/multiquery/internal/natstest"
@@ -125,11 +126,25 @@ func (e *env) startWorker(o workerOpts) func() {
 
 func (e *env) startCollector(order string) func() {
 	e.t.Helper()
-	c, err := collector.New(e.js, collector.Config{OutDir: e.out, Order: order, Topology: e.topo, FlushInterval: 50 * time.Millisecond}, e.log)
-	if err != nil {
+	cfg := collector.Config{OutDir: e.out, Order: order, Topology: e.topo, FlushInterval: 50 * time.Millisecond}
+	if _, err := collector.New(e.js, cfg, e.log); err != nil {
 		e.t.Fatalf("new collector: %v", err)
 	}
-	return e.run("collector", c.Run)
+	// A collector that lost its lease (a starved machine can stall its refreshes past the
+	// fence) exits, and an orchestrator starts it again: so does the harness.
+	return e.run("collector", func(ctx context.Context) error {
+		for {
+			c, err := collector.New(e.js, cfg, e.log)
+			if err != nil {
+				return err
+			}
+			err = c.Run(ctx)
+			if !errors.Is(err, lease.ErrLost) || ctx.Err() != nil {
+				return err
+			}
+			e.t.Logf("collector: %v; restarting it, as an orchestrator would", err)
+		}
+	})
 }
 
 // run starts a component; the returned stop cancels it and waits for Run to return.
