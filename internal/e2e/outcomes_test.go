@@ -15,8 +15,8 @@ import (
 	"github.com/multiquery/multiquery/internal/input"
 	"github.com/multiquery/multiquery/internal/llmsim"
 	"github.com/multiquery/multiquery/internal/sink"
-	"github.com/multiquery/multiquery/internal/throttle"
 	"github.com/multiquery/multiquery/internal/wire"
+	"github.com/multiquery/multiquery/internal/worker"
 )
 
 // errorOf returns a row's _error object.
@@ -143,9 +143,7 @@ func TestBadAnswersFailTheirRowWithAPreciseReason(t *testing.T) {
 // replaced system processed one row at a time: 10).
 func TestOneWorkerRunsCallsOfManyRowsAtOnce(t *testing.T) {
 	e := setup(t, llmsim.Config{Latency: 50 * time.Millisecond})
-	def := config.DefaultThrottle()
-	tp := throttle.Params{StartRate: def.StartRate, MinRate: def.MinRate, MaxRate: def.MaxRate, Increase: def.Increase,
-		Decrease: def.Decrease, Window: def.Window, Jitter: def.Jitter, MaxPause: def.MaxPause}
+	tp := worker.ThrottleParams(config.DefaultThrottle())
 	p := e.pipeline(matrixPipeline(2, 5, ""))
 	// Publish first so the backlog is there when the worker starts.
 	rep, err := e.produce(p, csvRows(50, nil), input.CSV)
