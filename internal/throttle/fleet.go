@@ -15,11 +15,10 @@ import (
 // Fleet timing.
 const (
 	HeartbeatEvery = 250 * time.Millisecond
-	memberTimeout  = 4 * HeartbeatEvery
-	// idleWeight is a member's grid weight while it is not rate-bound (slot-bound or
-	// idle): a small part, so it can start dispatching at once and claim a full share
-	// with its next heartbeat, while the rate-bound members keep most slots.
-	idleWeight = 0.25
+	// memberTimeout drops a silent member slowly: counting a departed member only leaves
+	// its slots unused for a while, but dropping a live one whose heartbeats are late (a
+	// busy host) makes two members take the same slots.
+	memberTimeout = 12 * HeartbeatEvery
 )
 
 // SignalSubject carries capacity signals of one deployment (core NATS, no persistence:
@@ -168,8 +167,11 @@ func (f *Fleet) Run(ctx context.Context) error {
 }
 
 // tick publishes this member's heartbeat and recomputes its place in the grid: members
-// sorted by id, a rate-bound member weighs 1, another idleWeight. The rate grows only
-// while some member is rate-bound; the fleet's served rate is the sum of the members'.
+// sorted by id, equal weights. (Demand weights were measured to hurt on a busy host: a
+// member sees its own demand before the others do, so during flicker the members' views
+// of the shares add up to more than the whole, and slots are taken twice; an idle
+// member's unused slots only cost goodput.) The rate grows only while some member is
+// rate-bound; the fleet's served rate is the sum of the members'.
 func (f *Fleet) tick() {
 	now := time.Now()
 	demanding := f.ctrl.RateBound(2 * HeartbeatEvery)
@@ -212,10 +214,7 @@ func (f *Fleet) tick() {
 		weights := make([]float64, len(members))
 		me := 0
 		for i, m := range members {
-			weights[i] = idleWeight
-			if m.demanding || !anyDemanding {
-				weights[i] = 1
-			}
+			weights[i] = 1
 			if m.id == f.id {
 				me = i
 			}
