@@ -3,6 +3,7 @@ GO        ?= go
 BIN       ?= bin
 PKGS      := ./...
 FUZZTIME  ?= 10s
+WORKERS   ?= 1,2,4,8
 GOLANGCI_VERSION ?= v2.6.2
 
 .DEFAULT_GOAL := help
@@ -74,8 +75,8 @@ clean: ## remove build and demo outputs
 	rm -rf $(BIN) .demo out
 
 .PHONY: bench-throttle
-bench-throttle: build ## fleet throttle vs naive baseline on real processes, W = 1,2,4,8 x 3 runs, then the limit-change scenario (~40 min)
-	$(GO) run ./cmd/mqbench --bin $(BIN)
+bench-throttle: build ## fleet throttle vs naive baseline on real processes, W = 1,2,4,8 x 3 runs (WORKERS=1,2,4,8,16,32,64 for more), then the limit-change scenario (~40 min)
+	$(GO) run ./cmd/mqbench --bin $(BIN) --workers $(WORKERS)
 
 .PHONY: bench-throttle-short
 bench-throttle-short: build ## the same with W = 2, one run, 20 s window, no limit change (~1 min)

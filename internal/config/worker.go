@@ -67,24 +67,46 @@ type Deployment struct {
 	Throttle Throttle `yaml:"throttle"`
 }
 
-// Throttle holds the fleet-wide AIMD throttle parameters of one deployment.
+// Throttle holds the fleet-wide throttle parameters of one deployment (docs/THROTTLE.md
+// has the rule and the model results behind each default).
 type Throttle struct {
-	// StartRate is the initial dispatch rate in requests per second, default 5.
+	// StartRate is the initial fleet dispatch rate in requests per second, default 5.
 	StartRate float64 `yaml:"start_rate"`
 	// MinRate is the floor of the rate, default 0.5.
 	MinRate float64 `yaml:"min_rate"`
 	// MaxRate is the ceiling of the rate, default 10000.
 	MaxRate float64 `yaml:"max_rate"`
-	// Increase is the fraction of the rate added per second after slow start,
-	// default 0.04.
+	// Increase is the probe's growth right after a cut, a fraction of the rate per
+	// second, default 0.04.
 	Increase float64 `yaml:"increase"`
-	// Decrease is the multiplicative factor applied on a capacity signal,
-	// default 0.9.
+	// IncreaseDoubling: the probe's growth doubles every this long without pressure,
+	// default 2s (a limit raised from 20 to 50 req/s is found in ~6 s).
+	IncreaseDoubling time.Duration `yaml:"increase_doubling"`
+	// MaxIncrease caps the probe's growth (fraction per second), default 1.
+	MaxIncrease float64 `yaml:"max_increase"`
+	// Recover is the growth (fraction per second) back to recover_to x the last good
+	// rate after a cut, default 1.
+	Recover float64 `yaml:"recover"`
+	// RecoverTo is the part of the last good rate regained fast, default 0.95.
+	RecoverTo float64 `yaml:"recover_to"`
+	// Decrease is the multiplicative factor of a cut, default 0.9.
 	Decrease float64 `yaml:"decrease"`
-	// Window is the minimum time between two decreases, default 250ms.
+	// Window: at most one cut per window fleet-wide; the slow-start doubling period;
+	// the span over which 429s are counted; default 250ms.
 	Window time.Duration `yaml:"window"`
-	// Jitter is the pacing jitter fraction, default 0.2; 0 disables it.
-	Jitter float64 `yaml:"jitter"`
+	// MinSignals and SignalShare: 429s whose rate-limit headers do not show the budget
+	// spent are pressure only when at least min_signals of them are at least
+	// signal_share of a window's answers; defaults 5 and 0.25 (at 5 % random 429s a
+	// false cut happens in at most 0.26 % of windows).
+	MinSignals  int     `yaml:"min_signals"`
+	SignalShare float64 `yaml:"signal_share"`
+	// PauseShare: such 429s also pause the fleet when they are at least this share of
+	// the window's answers, default 0.5.
+	PauseShare float64 `yaml:"pause_share"`
+	// Period is the dispatch grid's period, default 1s.
+	Period time.Duration `yaml:"period"`
+	// CatchUp is how late a worker may still use a dispatch slot, default 50ms.
+	CatchUp time.Duration `yaml:"catch_up"`
 	// MaxPause caps a fleet-wide pause requested by Retry-After, default 60s.
 	MaxPause time.Duration `yaml:"max_pause"`
 }
@@ -92,14 +114,22 @@ type Throttle struct {
 // DefaultThrottle returns the default throttle parameters.
 func DefaultThrottle() Throttle {
 	return Throttle{
-		StartRate: 5,
-		MinRate:   0.5,
-		MaxRate:   10000,
-		Increase:  0.04,
-		Decrease:  0.9,
-		Window:    250 * time.Millisecond,
-		Jitter:    0.2,
-		MaxPause:  60 * time.Second,
+		StartRate:        5,
+		MinRate:          0.5,
+		MaxRate:          10000,
+		Increase:         0.04,
+		IncreaseDoubling: 2 * time.Second,
+		MaxIncrease:      1,
+		Recover:          1,
+		RecoverTo:        0.95,
+		Decrease:         0.9,
+		Window:           250 * time.Millisecond,
+		MinSignals:       5,
+		SignalShare:      0.25,
+		PauseShare:       0.5,
+		Period:           time.Second,
+		CatchUp:          50 * time.Millisecond,
+		MaxPause:         60 * time.Second,
 	}
 }
 
@@ -116,7 +146,7 @@ func (t *Throttle) UnmarshalYAML(n *yaml.Node) error {
 }
 
 // setDefaults fills a zero Throttle with the defaults, and zero fields of a
-// partly set one (except Jitter, whose zero is meaningful).
+// partly set one (catch_up 0 is meaningful: only a slot due now may be used).
 func (t *Throttle) setDefaults() {
 	if *t == (Throttle{}) {
 		*t = DefaultThrottle()
@@ -127,8 +157,16 @@ func (t *Throttle) setDefaults() {
 	setZero(&t.MinRate, d.MinRate)
 	setZero(&t.MaxRate, d.MaxRate)
 	setZero(&t.Increase, d.Increase)
+	setZero(&t.IncreaseDoubling, d.IncreaseDoubling)
+	setZero(&t.MaxIncrease, d.MaxIncrease)
+	setZero(&t.Recover, d.Recover)
+	setZero(&t.RecoverTo, d.RecoverTo)
 	setZero(&t.Decrease, d.Decrease)
 	setZero(&t.Window, d.Window)
+	setZero(&t.MinSignals, d.MinSignals)
+	setZero(&t.SignalShare, d.SignalShare)
+	setZero(&t.PauseShare, d.PauseShare)
+	setZero(&t.Period, d.Period)
 	setZero(&t.MaxPause, d.MaxPause)
 }
 
@@ -160,8 +198,32 @@ func (t Throttle) problems(path string) []error {
 	if t.Window <= 0 {
 		add("window", "must be > 0, got %v", t.Window)
 	}
-	if !(t.Jitter >= 0 && t.Jitter < 1) {
-		add("jitter", "must be in [0,1), got %v", t.Jitter)
+	if t.IncreaseDoubling <= 0 {
+		add("increase_doubling", "must be > 0, got %v", t.IncreaseDoubling)
+	}
+	if !(t.MaxIncrease >= t.Increase) {
+		add("max_increase", "must be >= increase (%v), got %v", t.Increase, t.MaxIncrease)
+	}
+	if !(t.Recover > 0) {
+		add("recover", "must be > 0, got %v", t.Recover)
+	}
+	if !(t.RecoverTo > 0 && t.RecoverTo <= 1) {
+		add("recover_to", "must be in (0,1], got %v", t.RecoverTo)
+	}
+	if t.MinSignals < 1 {
+		add("min_signals", "must be >= 1, got %v", t.MinSignals)
+	}
+	if !(t.SignalShare > 0 && t.SignalShare <= 1) {
+		add("signal_share", "must be in (0,1], got %v", t.SignalShare)
+	}
+	if !(t.PauseShare >= t.SignalShare && t.PauseShare <= 1) {
+		add("pause_share", "must be in [signal_share (%v),1], got %v", t.SignalShare, t.PauseShare)
+	}
+	if t.Period <= 0 {
+		add("period", "must be > 0, got %v", t.Period)
+	}
+	if t.CatchUp < 0 {
+		add("catch_up", "must be >= 0, got %v", t.CatchUp)
 	}
 	if !(t.MinRate > 0) {
 		add("min_rate", "must be > 0, got %v", t.MinRate)

@@ -27,10 +27,11 @@ func TestLoadWorkerExample(t *testing.T) {
 			APIKeyEnv:       "AZURE_OPENAI_API_KEY",
 			Timeout:         90 * time.Second,
 			MaxConcurrency:  64,
-			Throttle: Throttle{
-				StartRate: 10, MinRate: 0.5, MaxRate: 2000, Increase: 0.04, Decrease: 0.9,
-				Window: 250 * time.Millisecond, Jitter: 0.1, MaxPause: 60 * time.Second,
-			},
+			Throttle: func() Throttle {
+				t := DefaultThrottle()
+				t.StartRate, t.MaxRate, t.CatchUp = 10, 2000, 20*time.Millisecond
+				return t
+			}(),
 		},
 		"sim": {
 			Alias:    "sim",
@@ -69,14 +70,15 @@ func TestWorkerDefaults(t *testing.T) {
 			},
 		},
 		{
-			name: "a partial throttle keeps the other defaults and an explicit zero jitter",
-			src:  "deployments:\n  a:\n    provider: openai\n    endpoint: http://localhost:1\n    throttle: {min_rate: 2, jitter: 0, window: 1s}\n",
+			name: "a partial throttle keeps the other defaults and an explicit zero catch_up",
+			src:  "deployments:\n  a:\n    provider: openai\n    endpoint: http://localhost:1\n    throttle: {min_rate: 2, catch_up: 0s, window: 1s}\n",
 			want: Deployment{
 				Alias: "a", Provider: ProviderOpenAI, Endpoint: "http://localhost:1", Timeout: 120 * time.Second,
-				Throttle: Throttle{
-					StartRate: 5, MinRate: 2, MaxRate: 10000, Increase: 0.04, Decrease: 0.9,
-					Window: time.Second, Jitter: 0, MaxPause: 60 * time.Second,
-				},
+				Throttle: func() Throttle {
+					t := DefaultThrottle()
+					t.MinRate, t.CatchUp, t.Window = 2, 0, time.Second
+					return t
+				}(),
 			},
 		},
 		{
@@ -107,7 +109,7 @@ func TestThrottleSetDefaultsFillsZeroFieldsOfAGoValue(t *testing.T) {
 	th := Throttle{StartRate: 7}
 	th.setDefaults()
 	want := DefaultThrottle()
-	want.StartRate, want.Jitter = 7, 0
+	want.StartRate, want.CatchUp = 7, 0
 	if diff := cmp.Diff(want, th); diff != "" {
 		t.Errorf("throttle mismatch (-want +got):\n%s", diff)
 	}
@@ -124,8 +126,15 @@ func TestThrottleValidate(t *testing.T) {
 		{"decrease of 0", func(t *Throttle) { t.Decrease = 0 }, "throttle.decrease: must be in (0,1), got 0"},
 		{"zero increase", func(t *Throttle) { t.Increase = 0 }, "throttle.increase: must be > 0, got 0"},
 		{"zero window", func(t *Throttle) { t.Window = 0 }, "throttle.window: must be > 0, got 0s"},
-		{"negative jitter", func(t *Throttle) { t.Jitter = -0.1 }, "throttle.jitter: must be in [0,1), got -0.1"},
-		{"jitter of 1", func(t *Throttle) { t.Jitter = 1 }, "throttle.jitter: must be in [0,1), got 1"},
+		{"negative catch_up", func(t *Throttle) { t.CatchUp = -time.Millisecond }, "throttle.catch_up: must be >= 0, got -1ms"},
+		{"zero min_signals", func(t *Throttle) { t.MinSignals = 0 }, "throttle.min_signals: must be >= 1, got 0"},
+		{"zero signal_share", func(t *Throttle) { t.SignalShare = 0 }, "throttle.signal_share: must be in (0,1], got 0"},
+		{"pause_share below signal_share", func(t *Throttle) { t.PauseShare = 0.1 }, "throttle.pause_share: must be in [signal_share (0.25),1], got 0.1"},
+		{"recover_to above 1", func(t *Throttle) { t.RecoverTo = 1.1 }, "throttle.recover_to: must be in (0,1], got 1.1"},
+		{"zero recover", func(t *Throttle) { t.Recover = 0 }, "throttle.recover: must be > 0, got 0"},
+		{"max_increase below increase", func(t *Throttle) { t.MaxIncrease = 0.01 }, "throttle.max_increase: must be >= increase (0.04), got 0.01"},
+		{"zero increase_doubling", func(t *Throttle) { t.IncreaseDoubling = 0 }, "throttle.increase_doubling: must be > 0, got 0s"},
+		{"zero period", func(t *Throttle) { t.Period = 0 }, "throttle.period: must be > 0, got 0s"},
 		{"zero min rate", func(t *Throttle) { t.MinRate = 0 }, "throttle.min_rate: must be > 0, got 0"},
 		{"start below min", func(t *Throttle) { t.MinRate, t.StartRate = 2, 1 }, "throttle.start_rate: must be >= min_rate (2), got 1"},
 		{"max below start", func(t *Throttle) { t.MaxRate = 4 }, "throttle.max_rate: must be >= start_rate (5), got 4"},
@@ -148,10 +157,10 @@ func TestThrottleValidate(t *testing.T) {
 			t.Errorf("DefaultThrottle().Validate() = %v", err)
 		}
 	})
-	t.Run("zero jitter and equal rates are valid", func(t *testing.T) {
+	t.Run("zero catch_up and equal rates are valid", func(t *testing.T) {
 		t.Parallel()
 		th := DefaultThrottle()
-		th.Jitter, th.MinRate, th.StartRate, th.MaxRate = 0, 3, 3, 3
+		th.CatchUp, th.MinRate, th.StartRate, th.MaxRate = 0, 3, 3, 3
 		if err := th.Validate(); err != nil {
 			t.Errorf("Validate() = %v", err)
 		}

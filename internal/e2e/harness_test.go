@@ -78,11 +78,12 @@ func setup(t *testing.T, sim llmsim.Config) *env {
 	return e
 }
 
-// fastThrottle suits tests with injected (not rate-caused) 429s: a high floor so random
-// 429s cannot pin the rate low.
+// fastThrottle is the default throttle starting at 2000/s (no slow start to wait for)
+// with a high floor, and pauses capped at 2 s.
 func fastThrottle() throttle.Params {
-	return throttle.Params{StartRate: 2000, MinRate: 500, MaxRate: 100000, Increase: 0.04, Decrease: 0.9,
-		Window: 250 * time.Millisecond, Jitter: 0.2, MaxPause: 2 * time.Second}
+	p := worker.ThrottleParams(config.DefaultThrottle())
+	p.StartRate, p.MinRate, p.MaxRate, p.MaxPause = 2000, 500, 100000, 2*time.Second
+	return p
 }
 
 type workerOpts struct {

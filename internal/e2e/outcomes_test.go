@@ -15,8 +15,8 @@ import (
 	"github.com/multiquery/multiquery/internal/input"
 	"github.com/multiquery/multiquery/internal/llmsim"
 	"github.com/multiquery/multiquery/internal/sink"
-	"github.com/multiquery/multiquery/internal/throttle"
 	"github.com/multiquery/multiquery/internal/wire"
+	"github.com/multiquery/multiquery/internal/worker"
 )
 
 // errorOf returns a row's _error object.
@@ -146,9 +146,7 @@ func TestBadAnswersFailTheirRowWithAPreciseReason(t *testing.T) {
 // is in make bench).
 func TestOneWorkerRunsCallsOfManyRowsAtOnce(t *testing.T) {
 	e := setup(t, llmsim.Config{Latency: 30 * time.Second})
-	def := config.DefaultThrottle()
-	tp := throttle.Params{StartRate: def.StartRate, MinRate: def.MinRate, MaxRate: def.MaxRate, Increase: def.Increase,
-		Decrease: def.Decrease, Window: def.Window, Jitter: def.Jitter, MaxPause: def.MaxPause}
+	tp := worker.ThrottleParams(config.DefaultThrottle())
 	p := e.pipeline(matrixPipeline(2, 5, ""))
 	// Publish first so the backlog is there when the worker starts.
 	if _, err := e.produce(p, csvRows(50, nil), input.CSV); err != nil {

@@ -150,3 +150,31 @@ func FuzzParseAnswer(f *testing.F) {
 		}
 	})
 }
+
+func TestBudgetSpentTellsTheLimitFromABusyBackend(t *testing.T) {
+	for _, tt := range []struct {
+		name    string
+		headers map[string]string
+		want    bool
+	}{
+		{"no rate-limit headers: a busy backend", nil, false},
+		{"requests left", map[string]string{"x-ratelimit-remaining-requests": "12"}, false},
+		{"no request left", map[string]string{"x-ratelimit-remaining-requests": "0"}, true},
+		{"Azure token limit: tokens 0, requests left", map[string]string{"x-ratelimit-remaining-tokens": "0", "x-ratelimit-remaining-requests": "12"}, true},
+		{"garbage", map[string]string{"x-ratelimit-remaining-requests": "n/a"}, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			h := http.Header{}
+			for k, v := range tt.headers {
+				h.Set(k, v)
+			}
+			if got := BudgetSpent(h); got != tt.want {
+				t.Fatalf("BudgetSpent(%v) = %v, want %v", tt.headers, got, tt.want)
+			}
+			var ce *CapacityError
+			if err := classifyStatus(429, "429", "", "msg", h); !errors.As(err, &ce) || ce.BudgetSpent != tt.want {
+				t.Fatalf("classifyStatus: %#v, want a CapacityError with BudgetSpent %v", err, tt.want)
+			}
+		})
+	}
+}

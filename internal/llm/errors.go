@@ -10,7 +10,11 @@ import (
 type CapacityError struct {
 	StatusCode int
 	RetryAfter time.Duration // 0 when the provider gave no hint
-	Message    string
+	// BudgetSpent: the answer's x-ratelimit-remaining-requests or -tokens header reads 0,
+	// so this is the rate limit speaking (OpenAI, Azure and llmsim's limiter send them),
+	// not a busy backend. The throttle takes such a 429 as pressure on its own.
+	BudgetSpent bool
+	Message     string
 }
 
 func (e *CapacityError) Error() string {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"sort"
 	"sync"
 	"time"
 
@@ -14,7 +15,10 @@ import (
 // Fleet timing.
 const (
 	HeartbeatEvery = 250 * time.Millisecond
-	memberTimeout  = 4 * HeartbeatEvery
+	// memberTimeout drops a silent member slowly: counting a departed member only leaves
+	// its slots unused for a while, but dropping a live one whose heartbeats are late (a
+	// busy host) makes two members take the same slots.
+	memberTimeout = 12 * HeartbeatEvery
 )
 
 // SignalSubject carries capacity signals of one deployment (core NATS, no persistence:
@@ -29,6 +33,12 @@ type signal struct {
 	Kind         string `json:"kind,omitempty"` // "" capacity | "deployment": paused, rate untouched
 	Status       int    `json:"status"`
 	RetryAfterMS int64  `json:"retry_after_ms"`
+	// BudgetSpent: the 429's rate-limit headers read 0.
+	BudgetSpent bool `json:"budget_spent,omitempty"`
+	// Cut, when > 0, is the fleet rate after the cut the sender decided on this signal,
+	// Good the last good rate: every member applies the same one cut.
+	Cut  float64 `json:"cut,omitempty"`
+	Good float64 `json:"good,omitempty"`
 }
 
 type heartbeat struct {
@@ -36,27 +46,40 @@ type heartbeat struct {
 	Rate      float64 `json:"rate"`
 	SlowStart bool    `json:"slow_start"`
 	Demanding bool    `json:"demanding"`
+	// Served is this member's answers other than capacity errors per second since its
+	// last heartbeat: their sum is the fleet's served rate.
+	Served float64 `json:"served"`
+	// Counters of the member's controller (for operators and tests).
+	Signals   int64 `json:"signals"`
+	Lone      int64 `json:"lone"`
+	Decreases int64 `json:"decreases"`
+	Pauses    int64 `json:"pauses"`
 }
 
 type member struct {
 	seen      time.Time
 	demanding bool
+	served    float64
 }
 
 // Fleet makes one deployment's Controllers, one per worker process, act as one
-// throttle: a capacity signal seen by any worker is broadcast and applied by all (one
-// decrease per window, a Retry-After pauses everyone); heartbeats carry membership,
-// demand and the fleet rate, from which each worker takes its demand-weighted share. A
-// worker cut off from the others keeps its last share on its local controller.
+// throttle: every capacity signal is broadcast and counted by all; the member that sees
+// pressure decides the window's one cut and broadcasts it with the signal; heartbeats
+// carry membership, demand, the served rate and the fleet rate, from which each member
+// places itself in the dispatch grid. A member cut off from the others keeps its last
+// place on its local controller.
 type Fleet struct {
-	nc     *nats.Conn
-	alias  string
-	id     string
-	ctrl   *Controller
-	log    zerolog.Logger
-	mu     sync.Mutex
-	peers  map[string]member
-	onTick func(Snapshot, int)
+	nc    *nats.Conn
+	alias string
+	id    string
+	ctrl  *Controller
+	log   zerolog.Logger
+
+	mu      sync.Mutex
+	peers   map[string]member
+	refused int64 // own capacity answers since the last heartbeat
+	lastHB  time.Time
+	onTick  func(Snapshot, int)
 }
 
 // NewFleet couples ctrl to the deployment's other pacers. id must be unique per process.
@@ -68,13 +91,22 @@ func NewFleet(nc *nats.Conn, alias, id string, ctrl *Controller, log zerolog.Log
 // and the number of members (for metrics).
 func (f *Fleet) OnTick(fn func(Snapshot, int)) { f.onTick = fn }
 
-// Capacity applies a capacity signal locally and broadcasts it to the fleet.
-func (f *Fleet) Capacity(status int, retryAfter time.Duration) {
-	f.ctrl.OnCapacity(retryAfter)
-	b, _ := json.Marshal(signal{Member: f.id, Status: status, RetryAfterMS: retryAfter.Milliseconds()})
+// Capacity applies a capacity answer of this member's own call and broadcasts it, with
+// the cut it decided if it decided one.
+func (f *Fleet) Capacity(status int, s Signal) Decision {
+	d := f.ctrl.OnCapacity(s)
+	f.mu.Lock()
+	f.refused++
+	f.mu.Unlock()
+	msg := signal{Member: f.id, Status: status, RetryAfterMS: s.RetryAfter.Milliseconds(), BudgetSpent: s.BudgetSpent}
+	if d.Cut {
+		msg.Cut, msg.Good = d.Target, d.Good
+	}
+	b, _ := json.Marshal(msg)
 	if err := f.nc.Publish(SignalSubject(f.alias), b); err != nil {
 		f.log.Debug().Err(err).Msg("broadcast capacity signal")
 	}
+	return d
 }
 
 // Block pauses the deployment fleet-wide for d after a deployment-wide error (bad key,
@@ -98,7 +130,10 @@ func (f *Fleet) Run(ctx context.Context) error {
 			f.ctrl.Pause(time.Duration(s.RetryAfterMS) * time.Millisecond)
 			return
 		}
-		f.ctrl.OnCapacity(time.Duration(s.RetryAfterMS) * time.Millisecond)
+		f.ctrl.OnCapacity(Signal{RetryAfter: time.Duration(s.RetryAfterMS) * time.Millisecond, BudgetSpent: s.BudgetSpent})
+		if s.Cut > 0 {
+			f.ctrl.ApplyCut(s.Cut, s.Good)
+		}
 	})
 	if err != nil {
 		return fmt.Errorf("subscribe %s: %w", SignalSubject(f.alias), err)
@@ -110,7 +145,7 @@ func (f *Fleet) Run(ctx context.Context) error {
 			return
 		}
 		f.mu.Lock()
-		f.peers[h.Member] = member{seen: time.Now(), demanding: h.Demanding}
+		f.peers[h.Member] = member{seen: time.Now(), demanding: h.Demanding, served: h.Served}
 		f.mu.Unlock()
 		f.ctrl.Adopt(h.Rate, h.SlowStart)
 	})
@@ -131,43 +166,64 @@ func (f *Fleet) Run(ctx context.Context) error {
 	}
 }
 
-// tick publishes this pacer's heartbeat and recomputes its share: among N live members
-// of which D are rate-bound, a rate-bound member takes 1/D of the fleet rate, another
-// 1/N. The rate grows only while some member is rate-bound.
+// tick publishes this member's heartbeat and recomputes its place in the grid: members
+// sorted by id, equal weights. (Demand weights were measured to hurt on a busy host: a
+// member sees its own demand before the others do, so during flicker the members' views
+// of the shares add up to more than the whole, and slots are taken twice; an idle
+// member's unused slots only cost goodput.) The rate grows only while some member is
+// rate-bound; the fleet's served rate is the sum of the members'.
 func (f *Fleet) tick() {
+	now := time.Now()
 	demanding := f.ctrl.RateBound(2 * HeartbeatEvery)
+	f.mu.Lock()
+	elapsed := now.Sub(f.lastHB).Seconds()
+	if f.lastHB.IsZero() || elapsed <= 0 {
+		elapsed = HeartbeatEvery.Seconds()
+	}
+	f.lastHB = now
+	refused := f.refused
+	f.refused = 0
+	f.mu.Unlock()
+	served := float64(max(f.ctrl.TakeDispatched()-refused, 0)) / elapsed
 	snap := f.ctrl.Snapshot()
-	b, _ := json.Marshal(heartbeat{Member: f.id, Rate: snap.Rate, SlowStart: snap.SlowStart, Demanding: demanding})
+	b, _ := json.Marshal(heartbeat{Member: f.id, Rate: snap.Rate, SlowStart: snap.SlowStart, Demanding: demanding, Served: served,
+		Signals: snap.Signals, Lone: snap.Lone, Decreases: snap.Decreases, Pauses: snap.Pauses})
 	if err := f.nc.Publish(HeartbeatSubject(f.alias), b); err != nil {
 		f.log.Debug().Err(err).Msg("heartbeat")
 	}
-	now := time.Now()
-	n, d := 1, 0
-	if demanding {
-		d = 1
+	type entry struct {
+		id        string
+		demanding bool
 	}
+	members := []entry{{f.id, demanding}}
+	fleetServed := served
+	anyDemanding := demanding
 	f.mu.Lock()
 	for id, m := range f.peers {
 		if now.Sub(m.seen) > memberTimeout {
 			delete(f.peers, id)
 			continue
 		}
-		n++
-		if m.demanding {
-			d++
-		}
+		members = append(members, entry{id, m.demanding})
+		fleetServed += m.served
+		anyDemanding = anyDemanding || m.demanding
 	}
 	f.mu.Unlock()
-	if f.nc.IsConnected() { // cut off: keep the last share
-		switch {
-		case demanding:
-			f.ctrl.SetShare(1 / float64(d))
-		default:
-			f.ctrl.SetShare(1 / float64(n))
+	if f.nc.IsConnected() { // cut off: keep the last place in the grid
+		sort.Slice(members, func(i, j int) bool { return members[i].id < members[j].id })
+		weights := make([]float64, len(members))
+		me := 0
+		for i, m := range members {
+			weights[i] = 1
+			if m.id == f.id {
+				me = i
+			}
 		}
-		f.ctrl.SetGrowth(d > 0)
+		f.ctrl.SetMembers(weights, me)
+		f.ctrl.SetServed(fleetServed)
+		f.ctrl.SetGrowth(anyDemanding)
 	}
 	if f.onTick != nil {
-		f.onTick(f.ctrl.Snapshot(), n)
+		f.onTick(f.ctrl.Snapshot(), len(members))
 	}
 }

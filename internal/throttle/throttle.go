@@ -1,118 +1,180 @@
-// Package throttle owns the AIMD pacing of calls to one deployment: a rate that starts
-// low and doubles each window (slow start) until the first capacity signal, then grows
-// by a fraction of itself per second and shrinks multiplicatively at most once per
-// window; a Retry-After pauses dispatch until it passes. Dispatch permits are spaced by
-// jittered intervals so that many pacers never phase-lock into bursts.
+// Package throttle owns the pacing of calls to one deployment, fleet-wide
+// (docs/THROTTLE.md has the rule and the numbers behind it):
 //
-// The controller is pure arithmetic over an injected clock; Wait is the only blocking
-// call. Permits are taken before a job is fetched, so no message waits in a worker
-// while the deployment is paused.
+//   - a dispatch grid: every member derives the same evenly spaced slot schedule from the
+//     fleet rate, the member list and the wall clock, so the fleet's calls reach the
+//     provider evenly spaced instead of as a Poisson-like stream;
+//   - a limit told from noise: a 429 is pressure only when its rate-limit headers show the
+//     budget spent, or when it is one of at least MinSignals 429s that are at least
+//     SignalShare of a window's answers; a lone 429 only delays its own job;
+//   - pressure cuts the rate by Decrease, at most once per Window fleet-wide (the cut is
+//     broadcast as a target); headers showing the budget spent, or 429s that are most of
+//     the answers, also pause the fleet until the Retry-After;
+//   - slow start doubles the rate each window until the first pressure and then continues
+//     from what was served, never from StartRate; after a cut the rate returns fast to
+//     RecoverTo x the last good rate, then probes with a growth that starts at Increase
+//     and doubles every IncreaseDoubling.
+//
+// The Controller is pure arithmetic over an injected clock; Wait is the only blocking
+// call. Permits are taken before a job is fetched, so no message waits in a worker while
+// the deployment is paused.
 package throttle
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
+	"math"
 	"sync"
 	"time"
 )
 
-// Params are the controller's parameters (see config.Throttle for the defaults).
+// Params are the controller's parameters (config.DefaultThrottle has the defaults).
 type Params struct {
-	StartRate float64       // req/s at start
-	MinRate   float64       // floor
-	MaxRate   float64       // ceiling
-	Increase  float64       // fraction of the rate added per second after slow start
-	Decrease  float64       // factor applied on a capacity signal, at most once per Window
-	Window    time.Duration // decrease window and slow-start doubling period
-	Jitter    float64       // pacing intervals are multiplied by U(1-Jitter, 1+Jitter)
-	MaxPause  time.Duration // cap on a Retry-After pause, and on Pause (where 0 = DefaultMaxPause)
-	Burst     int           // permits that may be taken at once after idling (>= 1)
+	StartRate float64 // req/s at start, fleet-wide
+	MinRate   float64 // floor
+	MaxRate   float64 // ceiling
+	// Increase is the probe's growth, a fraction of the rate per second, right after a
+	// cut; it doubles every IncreaseDoubling without pressure, up to MaxIncrease.
+	Increase         float64
+	IncreaseDoubling time.Duration
+	MaxIncrease      float64
+	// Recover is the growth (fraction per second) back to RecoverTo x the last good rate
+	// (what was served before the last cut).
+	Recover   float64
+	RecoverTo float64
+	Decrease  float64       // factor of a cut
+	Window    time.Duration // at most one cut per window; slow-start doubling period
+	// MinSignals and SignalShare: 429s without rate-limit headers are pressure only when
+	// at least MinSignals of them are at least SignalShare of a window's answers.
+	MinSignals  int
+	SignalShare float64
+	// PauseShare: such 429s pause the fleet only when they are at least this share.
+	PauseShare float64
+	Period     time.Duration // dispatch grid period
+	CatchUp    time.Duration // how late a slot may still be used (then it is lost, not banked)
+	MaxPause   time.Duration // cap on a Retry-After pause, and on Pause (where 0 = DefaultMaxPause)
 }
 
 // Validate checks the invariants; each error names the parameter.
 func (p Params) Validate() error {
 	var errs []error
+	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	// Negated comparisons also reject NaN.
 	if !(p.Decrease > 0 && p.Decrease < 1) {
-		errs = append(errs, fmt.Errorf("decrease: must be in (0,1), got %g", p.Decrease))
+		add("decrease: must be in (0,1), got %g", p.Decrease)
 	}
 	if !(p.Increase > 0) {
-		errs = append(errs, fmt.Errorf("increase: must be > 0, got %g", p.Increase))
+		add("increase: must be > 0, got %g", p.Increase)
+	}
+	if p.IncreaseDoubling <= 0 {
+		add("increase_doubling: must be > 0, got %s", p.IncreaseDoubling)
+	}
+	if !(p.MaxIncrease >= p.Increase) {
+		add("max_increase: must be >= increase (%g), got %g", p.Increase, p.MaxIncrease)
+	}
+	if !(p.Recover > 0) {
+		add("recover: must be > 0, got %g", p.Recover)
+	}
+	if !(p.RecoverTo > 0 && p.RecoverTo <= 1) {
+		add("recover_to: must be in (0,1], got %g", p.RecoverTo)
 	}
 	if p.Window <= 0 {
-		errs = append(errs, fmt.Errorf("window: must be > 0, got %s", p.Window))
+		add("window: must be > 0, got %s", p.Window)
 	}
 	if !(p.MinRate > 0 && p.MinRate <= p.StartRate && p.StartRate <= p.MaxRate) {
-		errs = append(errs, fmt.Errorf("rates: need 0 < min_rate <= start_rate <= max_rate, got %g <= %g <= %g", p.MinRate, p.StartRate, p.MaxRate))
+		add("rates: need 0 < min_rate <= start_rate <= max_rate, got %g <= %g <= %g", p.MinRate, p.StartRate, p.MaxRate)
 	}
-	if p.Jitter < 0 || p.Jitter >= 1 {
-		errs = append(errs, fmt.Errorf("jitter: must be in [0,1), got %g", p.Jitter))
+	if p.MinSignals < 1 {
+		add("min_signals: must be >= 1, got %d", p.MinSignals)
 	}
-	if p.MaxPause < 0 {
-		errs = append(errs, fmt.Errorf("max_pause: must be >= 0, got %s", p.MaxPause))
+	if !(p.SignalShare > 0 && p.SignalShare <= 1) {
+		add("signal_share: must be in (0,1], got %g", p.SignalShare)
 	}
-	if p.Burst < 1 {
-		errs = append(errs, fmt.Errorf("burst: must be >= 1, got %d", p.Burst))
+	if !(p.PauseShare >= p.SignalShare && p.PauseShare <= 1) {
+		add("pause_share: must be in [signal_share (%g),1], got %g", p.SignalShare, p.PauseShare)
+	}
+	if p.Period <= 0 {
+		add("period: must be > 0, got %s", p.Period)
+	}
+	if p.CatchUp < 0 {
+		add("catch_up: must be >= 0, got %s", p.CatchUp)
+	}
+	if p.MaxPause <= 0 {
+		add("max_pause: must be > 0, got %s", p.MaxPause)
 	}
 	return errors.Join(errs...)
 }
 
-// Controller paces one deployment. Safe for concurrent use.
+// slowStartFactor is the slow-start growth per window.
+const slowStartFactor = 2
+
+// Signal is one capacity answer (429/503/529), seen by this member or a peer.
+type Signal struct {
+	RetryAfter time.Duration
+	// BudgetSpent: the answer's rate-limit headers show the budget spent
+	// (x-ratelimit-remaining-requests or -tokens reads 0): the limit, not noise.
+	BudgetSpent bool
+}
+
+// Decision is what the controller made of a signal.
+type Decision struct {
+	Pressure bool          // corroborated: the rate is cut (once per window) ...
+	Cut      bool          // ... and this signal did it: Target is the new fleet rate
+	Target   float64       // the rate after the cut
+	Good     float64       // the last good rate recovery returns to
+	Pause    time.Duration // the fleet pauses this long (0: no pause)
+}
+
+// Controller paces one deployment for one member of the fleet. Safe for concurrent use.
 type Controller struct {
 	mu    sync.Mutex
 	p     Params
 	now   func() time.Time
-	rand  func() float64
 	sleep func(ctx context.Context, d time.Duration) error
 
-	rate         float64 // the fleet's rate to the deployment (req/s)
-	share        float64 // this pacer's part of it, in (0,1]
-	growth       bool    // the fleet is rate-bound somewhere: the rate may grow
-	lastWaited   time.Time
-	slowStart    bool
-	lastGrow     time.Time
-	lastDecrease time.Time
-	pausedUntil  time.Time
-	next         time.Time // earliest time of the next permit
-	signals      int64
-	pauses       int64
-	// Permits granted in the current window and the rate of the previous one: the
-	// dispatch rate actually seen, which a burst can put above the nominal rate.
-	winStart    time.Time
-	winCount    int
-	lastWinRate float64
+	rate        float64 // the fleet's rate to the deployment (req/s)
+	slowStart   bool
+	good        float64 // last good rate: recovery returns to RecoverTo x good fast
+	lastCut     time.Time
+	probeFrom   time.Time // the probe's growth doubles from here
+	lastGrow    time.Time
+	lastDouble  time.Time
+	growth      bool // some member is rate-bound: the rate may grow
+	served      float64
+	pausedUntil time.Time
+	grid        grid
+	cursor      slot // the last slot used
+	lastWaited  time.Time
+	recent      []time.Time // 429s seen fleet-wide within the last window
+
+	signals, lone, decreases, pauses, dispatched int64
 }
 
-// Option adjusts a controller (tests inject the clock and randomness).
+// Option adjusts a controller (tests inject the clock).
 type Option func(*Controller)
 
 // WithClock injects the clock.
 func WithClock(now func() time.Time) Option { return func(c *Controller) { c.now = now } }
-
-// WithRand injects the jitter source (values in [0,1)).
-func WithRand(r func() float64) Option { return func(c *Controller) { c.rand = r } }
 
 // WithSleep injects how Wait sleeps.
 func WithSleep(s func(ctx context.Context, d time.Duration) error) Option {
 	return func(c *Controller) { c.sleep = s }
 }
 
-// New returns a controller in slow start at p.StartRate.
+// New returns a controller in slow start at p.StartRate, alone in its grid.
 func New(p Params, opts ...Option) (*Controller, error) {
 	if err := p.Validate(); err != nil {
 		return nil, err
 	}
-	c := &Controller{p: p, now: time.Now, rand: rand.Float64, sleep: sleepCtx, rate: p.StartRate, share: 1, growth: true, slowStart: true}
+	c := &Controller{p: p, now: time.Now, sleep: sleepCtx, rate: p.StartRate, slowStart: true, growth: true,
+		grid: grid{period: p.Period, cum: []float64{1}}}
 	for _, o := range opts {
 		o(c)
 	}
 	t := c.now()
-	c.lastGrow = t
-	c.winStart = t
-	c.lastDecrease = t.Add(-p.Window)
-	// Start with a full bucket: Burst permits at once (a worker's slots), then the rate.
-	c.next = t.Add(-c.interval(float64(p.Burst - 1)))
+	c.lastGrow, c.lastDouble, c.probeFrom = t, t, t
+	c.lastCut = t.Add(-p.Window)
 	return c, nil
 }
 
@@ -130,94 +192,58 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 	}
 }
 
-// grow applies the increase due since the last call. Growth only happens while
-// permits are being asked for (demand), never while idle: dt is capped at one window.
+// grow applies the growth due since the last call, only while some member is rate-bound
+// (never while the fleet idles or is slot-bound). dt is capped at one window.
 func (c *Controller) grow(t time.Time) {
 	dt := t.Sub(c.lastGrow)
 	if dt <= 0 {
 		return
 	}
-	if !c.growth { // no demand above the rate anywhere: no inflation
-		c.lastGrow = t
+	c.lastGrow = t
+	if !c.growth {
+		c.lastDouble = t
 		return
 	}
 	if c.slowStart {
-		for dt >= c.p.Window {
-			c.rate = min(c.rate*2, c.p.MaxRate)
-			dt -= c.p.Window
-			c.lastGrow = c.lastGrow.Add(c.p.Window)
+		for t.Sub(c.lastDouble) >= c.p.Window {
+			c.rate = min(c.rate*slowStartFactor, c.p.MaxRate)
+			c.lastDouble = c.lastDouble.Add(c.p.Window)
 		}
-		if t.Sub(c.lastGrow) > c.p.Window { // idle: do not bank doublings
-			c.lastGrow = t
+		if t.Sub(c.lastDouble) > c.p.Window { // idle: bank no doublings
+			c.lastDouble = t
 		}
 		return
 	}
-	dt = min(dt, c.p.Window)
-	c.rate = min(c.rate*(1+c.p.Increase*dt.Seconds()), c.p.MaxRate)
-	c.lastGrow = t
+	sec := min(dt, c.p.Window).Seconds()
+	if floor := c.good * c.p.RecoverTo; c.rate < floor {
+		c.rate = min(c.rate*math.Exp(c.p.Recover*sec), floor, c.p.MaxRate)
+		if c.rate >= floor {
+			c.probeFrom = t
+		}
+		return
+	}
+	g := min(c.p.Increase*math.Exp2(t.Sub(c.probeFrom).Seconds()/c.p.IncreaseDoubling.Seconds()), c.p.MaxIncrease)
+	c.rate = min(c.rate*math.Exp(g*sec), c.p.MaxRate)
 }
 
-// Reserve takes one permit and returns how long the caller must wait before using it.
-func (c *Controller) Reserve() time.Duration {
+// next is this member's next slot from t (not taken).
+func (c *Controller) next(t time.Time) (time.Time, slot, bool) {
+	from := t.Add(-c.p.CatchUp)
+	if from.Before(c.pausedUntil) {
+		from = c.pausedUntil
+	}
+	return c.grid.next(from, c.rate, c.cursor)
+}
+
+// Next returns how long until this member's next slot (0: one is due now). It takes
+// nothing: the rate or the grid may move before then, so callers plan again.
+func (c *Controller) Next() time.Duration {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	t := c.now()
 	c.grow(t)
-	// Idle time banks at most Burst permits.
-	if floor := t.Add(-c.interval(float64(c.p.Burst - 1))); c.next.Before(floor) {
-		c.next = floor
-	}
-	at := c.next
-	if at.Before(c.pausedUntil) {
-		at = c.pausedUntil
-	}
-	c.count(t)
-	interval := c.interval(1 + c.p.Jitter*(2*c.rand()-1))
-	if at.Before(t) {
-		c.next = c.next.Add(interval)
-		return 0
-	}
-	c.next = at.Add(interval)
-	c.lastWaited = t
-	return at.Sub(t)
-}
-
-// Wait blocks until a permit may be used, or ctx ends.
-func (c *Controller) Wait(ctx context.Context) error {
-	return c.sleep(ctx, c.Reserve())
-}
-
-// OnCapacity records a capacity signal: a multiplicative decrease (at most once per
-// window, however many calls saw it) and, with a Retry-After, a pause of every permit
-// until it has passed (capped at MaxPause).
-func (c *Controller) OnCapacity(retryAfter time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	t := c.now()
-	c.signals++
-	if c.slowStart {
-		// Leaving slow start: decrease from the rate actually dispatched (a burst of
-		// free slots can be well above the nominal rate), so the rate converges from
-		// above in a few windows instead of crawling up from the start rate.
-		seen := max(c.lastWinRate, float64(c.winCount)/max(t.Sub(c.winStart).Seconds(), c.p.Window.Seconds()))
-		c.rate = min(max(c.rate, seen/c.share), c.p.MaxRate)
-	}
-	c.slowStart = false
-	if t.Sub(c.lastDecrease) >= c.p.Window {
-		c.rate = max(c.rate*c.p.Decrease, c.p.MinRate)
-		c.lastDecrease = t
-		c.lastGrow = t
-	}
-	if retryAfter > 0 {
-		until := t.Add(min(retryAfter, c.p.MaxPause))
-		if until.After(c.pausedUntil) {
-			c.pausedUntil = until
-			c.pauses++
-		}
-		if c.next.Before(c.pausedUntil) {
-			c.next = c.pausedUntil // no burst banked across a pause
-		}
-	}
+	at, _, _ := c.next(t)
+	return max(at.Sub(t), 0)
 }
 
 // DefaultMaxPause caps Pause when Params.MaxPause is zero.
@@ -230,118 +256,138 @@ func (c *Controller) maxPause() time.Duration {
 	return DefaultMaxPause
 }
 
-// PausedFor returns how long dispatch stays paused from now (0 if not paused).
-func (c *Controller) PausedFor() time.Duration {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if d := c.pausedUntil.Sub(c.now()); d > 0 {
-		return d
-	}
-	return 0
-}
-
-// Snapshot is the controller's observable state.
-type Snapshot struct {
-	Rate      float64 // the fleet rate
-	Share     float64 // this pacer's part of it
-	SlowStart bool
-	Signals   int64
-	Pauses    int64
-	PausedFor time.Duration
-}
-
-// Snapshot returns the current state.
-func (c *Controller) Snapshot() Snapshot {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	s := Snapshot{Rate: c.rate, Share: c.share, SlowStart: c.slowStart, Signals: c.signals, Pauses: c.pauses}
-	if d := c.pausedUntil.Sub(c.now()); d > 0 {
-		s.PausedFor = d
-	}
-	return s
-}
-
-// TryReserve takes a permit only if one is available now.
+// TryReserve takes this member's slot if one is due now.
 func (c *Controller) TryReserve() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	t := c.now()
 	c.grow(t)
-	if floor := t.Add(-c.interval(float64(c.p.Burst - 1))); c.next.Before(floor) {
-		c.next = floor
-	}
-	if c.next.After(t) || c.pausedUntil.After(t) {
+	at, s, ok := c.next(t)
+	if !ok || at.After(t) {
 		return false
 	}
-	c.count(t)
-	c.next = c.next.Add(c.interval(1 + c.p.Jitter*(2*c.rand()-1)))
+	c.cursor = s
+	c.dispatched++
 	return true
 }
 
-// count records a granted permit in the current window.
-func (c *Controller) count(t time.Time) {
-	if d := t.Sub(c.winStart); d >= c.p.Window {
-		c.lastWinRate = float64(c.winCount) / d.Seconds()
-		if d >= 2*c.p.Window { // idle in between
-			c.lastWinRate = 0
+// replanEvery bounds a wait for a slot: the rate and the grid may move meanwhile.
+const replanEvery = 50 * time.Millisecond
+
+// Wait blocks until this member's next slot, takes it, or returns when ctx ends.
+func (c *Controller) Wait(ctx context.Context) error {
+	for {
+		if c.TryReserve() {
+			return nil
 		}
-		c.winStart, c.winCount = t, 0
-	}
-	c.winCount++
-}
-
-// interval is n pacing intervals at this pacer's rate (fleet rate x share).
-func (c *Controller) interval(n float64) time.Duration {
-	return time.Duration(n / (c.rate * c.share) * float64(time.Second))
-}
-
-// SetShare sets this pacer's part of the fleet rate, in (0,1].
-func (c *Controller) SetShare(s float64) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if s > 0 && s <= 1 {
-		c.share = s
-	}
-}
-
-// SetGrowth allows or stops the rate's growth: it grows only while some pacer of the
-// fleet is rate-bound (demand >= rate), never while the fleet idles or is slot-bound.
-func (c *Controller) SetGrowth(on bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.growth = on
-}
-
-// RateBound reports whether a permit had to wait within the last d: demand >= rate.
-func (c *Controller) RateBound(d time.Duration) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return !c.lastWaited.IsZero() && c.now().Sub(c.lastWaited) <= d
-}
-
-// Adopt aligns the fleet rate with what peers report: a pacer still in slow start
-// that never saw a capacity signal takes the peers' state (a joining worker adopts the
-// fleet's rate); otherwise it moves halfway to the peers' mean, so pacers that missed
-// a signal converge.
-func (c *Controller) Adopt(peerRate float64, peerSlowStart bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if peerRate <= 0 {
-		return
-	}
-	if c.slowStart && c.signals == 0 {
-		if !peerSlowStart {
-			c.slowStart = false
-			c.rate = min(max(peerRate, c.p.MinRate), c.p.MaxRate)
-		} else if peerRate > c.rate {
-			c.rate = min(peerRate, c.p.MaxRate)
+		d := c.Next()
+		c.mu.Lock()
+		c.lastWaited = c.now()
+		c.mu.Unlock()
+		if err := c.sleep(ctx, min(max(d, time.Millisecond), replanEvery)); err != nil {
+			return err
 		}
+	}
+}
+
+// Refund gives back n slots that were taken but not used (nothing was there to fetch):
+// they do not count as dispatched. Slots are time-bound, so nothing is banked.
+func (c *Controller) Refund(n int) {
+	if n <= 0 {
 		return
 	}
-	if peerSlowStart {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.dispatched = max(c.dispatched-int64(n), 0)
+}
+
+// OnCapacity records a capacity answer seen by this member or a peer and decides whether
+// it is pressure. A lone 429 (no headers showing the budget spent, too few or too small a
+// share of the window's answers) changes nothing but the counters: only its own job waits.
+// Pressure cuts the rate at most once per window and may pause the fleet.
+func (c *Controller) OnCapacity(s Signal) Decision {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t := c.now()
+	c.grow(t)
+	c.signals++
+	cut := t.Add(-c.p.Window)
+	keep := c.recent[:0]
+	for _, r := range c.recent {
+		if r.After(cut) {
+			keep = append(keep, r)
+		}
+	}
+	c.recent = append(keep, t)
+	n := float64(len(c.recent))
+	answers := max(c.rate*c.p.Window.Seconds(), 1)
+	var d Decision
+	switch {
+	case s.BudgetSpent:
+		d.Pressure = true
+		d.Pause = s.RetryAfter
+	case len(c.recent) >= c.p.MinSignals && n >= c.p.SignalShare*answers:
+		d.Pressure = true
+		if n >= c.p.PauseShare*answers {
+			d.Pause = s.RetryAfter
+		}
+	default:
+		c.lone++
+		return d
+	}
+	if d.Pause > 0 {
+		c.pause(t, min(d.Pause, c.p.MaxPause))
+	}
+	if t.Sub(c.lastCut) >= c.p.Window {
+		d.Cut = true
+		d.Target, d.Good = c.cutTarget()
+		c.applyCut(t, d.Target, d.Good)
+	}
+	return d
+}
+
+// cutTarget is the rate after a cut and the last good rate. Leaving slow start the cut is
+// from what was served (at least the previous window's rate, which drew no pressure),
+// never from the overshoot. The last good rate is what was served, but not less than
+// Decrease x the rate: the served figure lags a growing rate.
+func (c *Controller) cutTarget() (target, good float64) {
+	base := c.rate
+	if c.slowStart {
+		base = min(c.rate, max(c.served, c.rate/slowStartFactor))
+	}
+	good = base
+	if c.served > 0 {
+		good = min(base, max(c.served, base*c.p.Decrease))
+	}
+	return max(base*c.p.Decrease, c.p.MinRate), good
+}
+
+func (c *Controller) applyCut(t time.Time, target, good float64) {
+	if t.Sub(c.lastCut) < c.p.Window { // the same cut, heard twice: align, count once
+		c.rate = max(min(c.rate, target), c.p.MinRate)
 		return
 	}
-	c.rate = min(max((c.rate+peerRate)/2, c.p.MinRate), c.p.MaxRate)
+	c.slowStart = false
+	c.rate = max(min(c.rate, target), c.p.MinRate)
+	c.good = good
+	c.lastCut, c.probeFrom, c.lastGrow = t, t, t
+	c.decreases++
+}
+
+// ApplyCut applies a cut a peer decided (the fleet's one cut of that window).
+func (c *Controller) ApplyCut(target, good float64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t := c.now()
+	c.grow(t)
+	c.applyCut(t, target, good)
+}
+
+func (c *Controller) pause(t time.Time, d time.Duration) {
+	if until := t.Add(d); until.After(c.pausedUntil) {
+		c.pausedUntil = until
+		c.pauses++
+	}
 }
 
 // Pause stops every permit for d without touching the rate (a deployment-wide error:
@@ -357,24 +403,120 @@ func (c *Controller) Pause(d time.Duration) {
 		c.pausedUntil = until
 		c.pauses++
 	}
-	if c.next.Before(c.pausedUntil) {
-		c.next = c.pausedUntil
-	}
 }
 
-// Refund gives back n permits that were taken but not used (nothing was there to
-// fetch), so an idle poll does not spend the burst.
-func (c *Controller) Refund(n int) {
-	if n <= 0 {
-		return
-	}
+// PausedFor returns how long dispatch stays paused from now (0 if not paused).
+func (c *Controller) PausedFor() time.Duration {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.next = c.next.Add(-c.interval(float64(n)))
-	if floor := c.now().Add(-c.interval(float64(c.p.Burst - 1))); c.next.Before(floor) {
-		c.next = floor
+	return max(c.pausedUntil.Sub(c.now()), 0)
+}
+
+// Snapshot is the controller's observable state.
+type Snapshot struct {
+	Rate      float64 // the fleet rate
+	Share     float64 // this member's part of the grid
+	Good      float64 // the last good rate
+	SlowStart bool
+	Signals   int64 // capacity answers seen, fleet-wide
+	Lone      int64 // of which were not pressure: only their own job waited
+	Decreases int64 // cuts applied
+	Pauses    int64
+	PausedFor time.Duration
+}
+
+// Snapshot returns the current state.
+func (c *Controller) Snapshot() Snapshot {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	share := c.grid.cum[c.grid.me]
+	if c.grid.me > 0 {
+		share -= c.grid.cum[c.grid.me-1]
 	}
-	if c.next.Before(c.pausedUntil) {
-		c.next = c.pausedUntil
+	return Snapshot{Rate: c.rate, Share: share, Good: c.good, SlowStart: c.slowStart, Signals: c.signals,
+		Lone: c.lone, Decreases: c.decreases, Pauses: c.pauses, PausedFor: max(c.pausedUntil.Sub(c.now()), 0)}
+}
+
+// SetMembers places this member in the fleet's grid: weights are the members' demand
+// weights in the order of their sorted ids, me this member's index.
+func (c *Controller) SetMembers(weights []float64, me int) {
+	var sum float64
+	for _, w := range weights {
+		if !(w > 0) {
+			return
+		}
+		sum += w
 	}
+	if me < 0 || me >= len(weights) {
+		return
+	}
+	cum := make([]float64, len(weights))
+	acc := 0.0
+	for i, w := range weights {
+		acc += w / sum
+		cum[i] = acc
+	}
+	cum[len(cum)-1] = 1
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.grid.cum, c.grid.me = cum, me
+}
+
+// SetServed sets the fleet's served rate (answers other than capacity errors, per
+// second), summed from the members' heartbeats.
+func (c *Controller) SetServed(r float64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.served = r
+}
+
+// TakeDispatched returns the slots used since the last call.
+func (c *Controller) TakeDispatched() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := c.dispatched
+	c.dispatched = 0
+	return n
+}
+
+// SetGrowth allows or stops the rate's growth: it grows only while some member of the
+// fleet is rate-bound (demand >= rate), never while the fleet idles or is slot-bound.
+func (c *Controller) SetGrowth(on bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.grow(c.now())
+	c.growth = on
+}
+
+// RateBound reports whether a permit had to wait within the last d: demand >= rate.
+func (c *Controller) RateBound(d time.Duration) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return !c.lastWaited.IsZero() && c.now().Sub(c.lastWaited) <= d
+}
+
+// Adopt aligns the fleet rate with what peers report: a member still in slow start that
+// never saw pressure takes the peers' state (a joining worker adopts the fleet's rate);
+// otherwise it moves halfway to the peer's, so members converge on one grid.
+func (c *Controller) Adopt(peerRate float64, peerSlowStart bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !(peerRate > 0) {
+		return
+	}
+	if c.slowStart && c.decreases == 0 {
+		if !peerSlowStart {
+			c.slowStart = false
+			c.rate = min(max(peerRate, c.p.MinRate), c.p.MaxRate)
+			c.good = c.rate
+			c.probeFrom = c.now()
+		} else if peerRate > c.rate {
+			c.rate = min(peerRate, c.p.MaxRate)
+		}
+		return
+	}
+	if peerSlowStart {
+		return
+	}
+	c.rate = min(max((c.rate+peerRate)/2, c.p.MinRate), c.p.MaxRate)
 }

@@ -1,6 +1,8 @@
 package throttle
 
 import (
+	"math"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -11,28 +13,53 @@ type clock struct{ t time.Time }
 func (c *clock) now() time.Time          { return c.t }
 func (c *clock) advance(d time.Duration) { c.t = c.t.Add(d) }
 
+// params are the defaults of config.DefaultThrottle with a start rate of 10/s.
 func params() Params {
-	return Params{StartRate: 10, MinRate: 1, MaxRate: 1000, Increase: 0.04, Decrease: 0.9,
-		Window: 250 * time.Millisecond, Jitter: 0, MaxPause: 60 * time.Second, Burst: 1}
+	return Params{StartRate: 10, MinRate: 1, MaxRate: 10000, Increase: 0.04, IncreaseDoubling: 2 * time.Second,
+		MaxIncrease: 1, Recover: 1, RecoverTo: 0.95, Decrease: 0.9, Window: 250 * time.Millisecond,
+		MinSignals: 5, SignalShare: 0.25, PauseShare: 0.5, Period: time.Second, CatchUp: 50 * time.Millisecond,
+		MaxPause: 60 * time.Second}
 }
 
 func newCtl(t *testing.T, p Params) (*Controller, *clock) {
 	t.Helper()
 	c := &clock{t: time.Unix(1000, 0)}
-	ctl, err := New(p, WithClock(c.now), WithRand(func() float64 { return 0.5 }))
+	ctl, err := New(p, WithClock(c.now))
 	if err != nil {
 		t.Fatal(err)
 	}
 	return ctl, c
 }
 
-func TestValidateNamesTheParameter(t *testing.T) {
+// steady returns a controller out of slow start at the given rate, with that rate served.
+func steady(t *testing.T, rate float64) (*Controller, *clock) {
+	t.Helper()
+	p := params()
+	p.StartRate = rate
+	ctl, c := newCtl(t, p)
+	ctl.Adopt(rate, false) // a peer's steady rate: out of slow start
+	ctl.SetServed(rate)
+	return ctl, c
+}
+
+func near(got, want float64) bool { return math.Abs(got-want) <= 1e-6*math.Max(1, math.Abs(want)) }
+
+func TestValidateNamesEveryParameter(t *testing.T) {
 	for field, mutate := range map[string]func(*Params){
-		"decrease": func(p *Params) { p.Decrease = 1 },
-		"increase": func(p *Params) { p.Increase = 0 },
-		"window":   func(p *Params) { p.Window = 0 },
-		"rates":    func(p *Params) { p.StartRate = 0.5 },
-		"jitter":   func(p *Params) { p.Jitter = 1 },
+		"decrease":          func(p *Params) { p.Decrease = 1 },
+		"increase:":         func(p *Params) { p.Increase = 0 },
+		"increase_doubling": func(p *Params) { p.IncreaseDoubling = 0 },
+		"max_increase":      func(p *Params) { p.MaxIncrease = 0.01 },
+		"recover:":          func(p *Params) { p.Recover = 0 },
+		"recover_to":        func(p *Params) { p.RecoverTo = 1.5 },
+		"window":            func(p *Params) { p.Window = 0 },
+		"rates":             func(p *Params) { p.StartRate = 0.5 },
+		"min_signals":       func(p *Params) { p.MinSignals = 0 },
+		"signal_share":      func(p *Params) { p.SignalShare = 0 },
+		"pause_share":       func(p *Params) { p.PauseShare = 0.1 },
+		"period":            func(p *Params) { p.Period = 0 },
+		"catch_up":          func(p *Params) { p.CatchUp = -1 },
+		"max_pause":         func(p *Params) { p.MaxPause = 0 },
 	} {
 		p := params()
 		mutate(&p)
@@ -40,96 +67,194 @@ func TestValidateNamesTheParameter(t *testing.T) {
 			t.Errorf("%s: Validate = %v, want an error naming it", field, err)
 		}
 	}
+	if err := params().Validate(); err != nil {
+		t.Errorf("the defaults: Validate = %v", err)
+	}
 }
 
-func TestSlowStartDoublesEachWindowUntilTheFirstSignal(t *testing.T) {
+func TestSlowStartDoublesEachWindowUntilPressure(t *testing.T) {
 	ctl, c := newCtl(t, params())
 	for i := range 4 {
 		c.advance(250 * time.Millisecond)
-		ctl.Reserve()
+		ctl.Next()
 		if got, want := ctl.Snapshot().Rate, 10*float64(int(1)<<(i+1)); got != want {
 			t.Fatalf("after %d windows rate = %g, want %g", i+1, got, want)
 		}
 	}
-	ctl.OnCapacity(0)
+	if !ctl.Snapshot().SlowStart {
+		t.Fatal("slow start ended without pressure")
+	}
+}
+
+func TestLeavingSlowStartContinuesFromWhatWasServed(t *testing.T) {
+	ctl, c := newCtl(t, params())
+	c.advance(time.Second) // 10 -> 160/s
+	ctl.Next()
+	ctl.SetServed(100) // the provider answered 100/s of it
+	d := ctl.OnCapacity(Signal{BudgetSpent: true})
 	s := ctl.Snapshot()
-	if s.SlowStart || s.Rate != 160*0.9 {
-		t.Fatalf("after a signal: %+v, want slow start over and rate %g", s, 160*0.9)
+	if !d.Cut || s.SlowStart || !near(s.Rate, 90) {
+		t.Fatalf("after pressure at 160/s with 100/s served: %+v, rate %g; want slow start over at 0.9 x 100 = 90 (not from 160, not from the start rate)", d, s.Rate)
+	}
+	ctl2, c2 := newCtl(t, params())
+	c2.advance(time.Second)
+	ctl2.Next()
+	ctl2.SetServed(20) // the served figure lags: never below the previous window's rate
+	ctl2.OnCapacity(Signal{BudgetSpent: true})
+	if got := ctl2.Snapshot().Rate; !near(got, 72) {
+		t.Fatalf("rate = %g, want 0.9 x 80 (the previous window's rate drew no pressure)", got)
 	}
 }
 
-func TestDecreaseAtMostOncePerWindow(t *testing.T) {
-	ctl, c := newCtl(t, params())
-	for range 10 { // many workers saw the same 429 burst
-		ctl.OnCapacity(0)
-	}
-	if got := ctl.Snapshot().Rate; got != 9 {
-		t.Fatalf("rate = %g after one window of signals, want 9", got)
-	}
-	c.advance(250 * time.Millisecond)
-	ctl.OnCapacity(0)
-	if got := ctl.Snapshot().Rate; got != 9*0.9 {
-		t.Fatalf("rate = %g after a second window, want %g", got, 9*0.9)
+func TestALone429OnlyCounts(t *testing.T) {
+	ctl, _ := steady(t, 50)
+	d := ctl.OnCapacity(Signal{RetryAfter: time.Second})
+	s := ctl.Snapshot()
+	if d.Pressure || d.Pause != 0 || s.Decreases != 0 || s.Rate != 50 || s.PausedFor != 0 || s.Lone != 1 {
+		t.Fatalf("a lone 429: decision %+v, snapshot %+v; want no cut, no pause, counted as lone", d, s)
 	}
 }
 
-func TestAdditiveIncreaseOnlyWhileDemanded(t *testing.T) {
-	ctl, c := newCtl(t, params())
-	ctl.OnCapacity(0) // leave slow start at 9/s
-	c.advance(10 * time.Second)
-	ctl.Reserve() // idle for 10 s: growth is capped at one window
-	if got := ctl.Snapshot().Rate; got > 9*(1+0.04*0.25)+1e-9 {
-		t.Fatalf("rate = %g after idling, want no more than one window of growth", got)
+func TestFivePercentRandom429sNeverCut(t *testing.T) {
+	ctl, c := steady(t, 50)
+	// 60 s at 50 answers/s, every 20th a 429 without headers: 5 % noise, evenly spread.
+	for i := range 3000 {
+		c.advance(20 * time.Millisecond)
+		if i%20 == 0 {
+			ctl.OnCapacity(Signal{RetryAfter: time.Second})
+		}
+	}
+	s := ctl.Snapshot()
+	if s.Decreases != 0 || s.Pauses != 0 || s.Lone != 150 {
+		t.Fatalf("after 150 random 429s: %+v, want no cut, no pause, 150 lone", s)
 	}
 }
 
-func TestPacingSpacesPermitsAtTheRate(t *testing.T) {
-	ctl, c := newCtl(t, params())
-	ctl.OnCapacity(0) // 9/s, no slow start
-	c.advance(time.Second)
-	var waits []time.Duration
-	for range 3 {
-		waits = append(waits, ctl.Reserve())
-	}
-	interval := time.Duration(float64(time.Second) / ctl.Snapshot().Rate)
-	if waits[0] != 0 || waits[1] < interval*9/10 || waits[2] < 2*interval*9/10 {
-		t.Fatalf("waits = %v, want 0, ~%s, ~%s", waits, interval, 2*interval)
-	}
+func TestCorroboratedPressureCuts(t *testing.T) {
+	t.Run("min_signals 429s that are signal_share of the window's answers cut but do not pause", func(t *testing.T) {
+		ctl, c := steady(t, 40) // 10 answers a window
+		var d Decision
+		for range 5 {
+			c.advance(10 * time.Millisecond)
+			d = ctl.OnCapacity(Signal{RetryAfter: time.Second})
+		}
+		s := ctl.Snapshot()
+		if !d.Cut || s.Decreases != 1 || s.Rate < 36 || s.Rate > 36.2 || s.PausedFor != 0 {
+			t.Fatalf("5 of 10 answers refused: decision %+v, snapshot %+v; want one cut to 36, no pause", d, s)
+		}
+	})
+	t.Run("four 429s are not enough", func(t *testing.T) {
+		ctl, c := steady(t, 40)
+		for range 4 {
+			c.advance(10 * time.Millisecond)
+			ctl.OnCapacity(Signal{RetryAfter: time.Second})
+		}
+		if s := ctl.Snapshot(); s.Decreases != 0 {
+			t.Fatalf("%+v: want no cut below min_signals", s)
+		}
+	})
+	t.Run("429s spread over more than a window are not corroborated", func(t *testing.T) {
+		ctl, c := steady(t, 40)
+		for range 10 {
+			c.advance(100 * time.Millisecond)
+			ctl.OnCapacity(Signal{RetryAfter: time.Second})
+		}
+		if s := ctl.Snapshot(); s.Decreases != 0 {
+			t.Fatalf("%+v: want no cut", s)
+		}
+	})
+	t.Run("the same count at a high rate is noise", func(t *testing.T) {
+		ctl, c := steady(t, 1000) // 250 answers a window: 5 is 2 %
+		for range 5 {
+			c.advance(10 * time.Millisecond)
+			ctl.OnCapacity(Signal{RetryAfter: time.Second})
+		}
+		if s := ctl.Snapshot(); s.Decreases != 0 {
+			t.Fatalf("%+v: want no cut", s)
+		}
+	})
+	t.Run("429s that are most of the answers also pause", func(t *testing.T) {
+		ctl, c := steady(t, 20) // 5 answers a window
+		for range 5 {
+			c.advance(10 * time.Millisecond)
+			ctl.OnCapacity(Signal{RetryAfter: time.Second})
+		}
+		if s := ctl.Snapshot(); s.Decreases != 1 || s.PausedFor < 900*time.Millisecond {
+			t.Fatalf("%+v: want a cut and a pause of ~1 s", s)
+		}
+	})
 }
 
-func TestRetryAfterPausesEveryPermit(t *testing.T) {
-	ctl, c := newCtl(t, params())
-	ctl.OnCapacity(2 * time.Second)
-	if w := ctl.Reserve(); w < 2*time.Second {
-		t.Fatalf("wait during a 2 s pause = %s, want >= 2s", w)
+func TestHeadersShowingTheBudgetSpentArePressureOnTheirOwn(t *testing.T) {
+	ctl, _ := steady(t, 50)
+	d := ctl.OnCapacity(Signal{RetryAfter: 2 * time.Second, BudgetSpent: true})
+	s := ctl.Snapshot()
+	if !d.Cut || !near(s.Rate, 45) || s.PausedFor != 2*time.Second {
+		t.Fatalf("decision %+v, snapshot %+v; want a cut to 45 and a 2 s pause", d, s)
 	}
-	if ctl.TryReserve() {
-		t.Fatal("TryReserve succeeded during a pause")
-	}
-	c.advance(3 * time.Second)
-	if ctl.PausedFor() != 0 {
-		t.Fatal("still paused after the Retry-After passed")
-	}
-	ctl.OnCapacity(time.Hour)
+	ctl.OnCapacity(Signal{RetryAfter: time.Hour, BudgetSpent: true})
 	if p := ctl.PausedFor(); p != 60*time.Second {
 		t.Fatalf("pause = %s, want capped at max_pause 60s", p)
 	}
 }
 
-func TestBurstAllowsSlotsAtOnce(t *testing.T) {
-	p := params()
-	p.Burst = 50
-	ctl, _ := newCtl(t, p)
-	n := 0
-	for ctl.TryReserve() {
-		n++
+func TestOneCutPerWindowFleetWide(t *testing.T) {
+	ctl, c := steady(t, 50)
+	for range 10 { // many members saw the same burst
+		ctl.OnCapacity(Signal{BudgetSpent: true})
 	}
-	if n != 50 {
-		t.Fatalf("took %d permits at once, want the burst of 50", n)
+	ctl.ApplyCut(45, 50) // and a peer broadcast its cut of the same window
+	if s := ctl.Snapshot(); s.Decreases != 1 || !near(s.Rate, 45) {
+		t.Fatalf("%+v: want one cut to 45 in one window", s)
+	}
+	ctl.ApplyCut(44, 50) // a peer's target a little lower: align, do not cut again
+	if s := ctl.Snapshot(); s.Decreases != 1 || !near(s.Rate, 44) {
+		t.Fatalf("%+v: want the rate aligned to 44, still one cut", s)
+	}
+	c.advance(250 * time.Millisecond)
+	ctl.OnCapacity(Signal{BudgetSpent: true})
+	if s := ctl.Snapshot(); s.Decreases != 2 {
+		t.Fatalf("%+v: want a second cut in the next window", s)
 	}
 }
 
-func TestAJoiningPacerAdoptsTheFleetRate(t *testing.T) {
+func TestRecoveryIsFastToTheLastGoodRateThenSlowThenFaster(t *testing.T) {
+	ctl, c := steady(t, 50)
+	ctl.OnCapacity(Signal{BudgetSpent: true}) // 50 -> 45, last good 50
+	c.advance(100 * time.Millisecond)
+	ctl.Next()
+	if got := ctl.Snapshot().Rate; !near(got, 47.5) {
+		t.Fatalf("0.1 s after the cut rate = %g, want back at 0.95 x 50 = 47.5", got)
+	}
+	c.advance(250 * time.Millisecond)
+	ctl.Next()
+	slow := ctl.Snapshot().Rate / 47.5
+	for range 16 { // 4 s without pressure: the probe's growth doubled twice
+		c.advance(250 * time.Millisecond)
+		ctl.Next()
+	}
+	before := ctl.Snapshot().Rate
+	c.advance(250 * time.Millisecond)
+	ctl.Next()
+	fast := ctl.Snapshot().Rate / before
+	if slow > math.Exp(0.04*1.2*0.25) || fast < math.Exp(0.04*3.5*0.25) {
+		t.Fatalf("growth per window right after recovery x%.4f, 4 s later x%.4f: want ~4 %%/s, then ~16 %%/s", slow, fast)
+	}
+}
+
+func TestNoGrowthWhileNobodyIsRateBound(t *testing.T) {
+	ctl, c := steady(t, 50)
+	ctl.SetGrowth(false)
+	for range 20 {
+		c.advance(100 * time.Millisecond)
+		ctl.Next()
+	}
+	if got := ctl.Snapshot().Rate; got != 50 {
+		t.Fatalf("rate = %g, want 50: no growth without demand", got)
+	}
+}
+
+func TestAJoiningMemberAdoptsTheFleetRate(t *testing.T) {
 	ctl, _ := newCtl(t, params())
 	ctl.Adopt(37, false)
 	if s := ctl.Snapshot(); s.SlowStart || s.Rate != 37 {
@@ -141,45 +266,106 @@ func TestAJoiningPacerAdoptsTheFleetRate(t *testing.T) {
 	}
 }
 
-func TestShareScalesThePacingInterval(t *testing.T) {
-	ctl, c := newCtl(t, params())
-	ctl.OnCapacity(0) // 9/s fleet-wide
-	ctl.SetShare(0.25)
-	c.advance(time.Second)
-	ctl.Reserve()
-	if w := ctl.Reserve(); w < 400*time.Millisecond || w > 500*time.Millisecond {
-		t.Fatalf("wait = %s, want about 1/(9 x 0.25) s = 444ms", w)
-	}
-	if !ctl.RateBound(time.Second) {
-		t.Fatal("a pacer that made a permit wait is not rate-bound")
-	}
-}
-
-func TestNoGrowthWhileNobodyIsRateBound(t *testing.T) {
-	ctl, c := newCtl(t, params())
-	ctl.OnCapacity(0)
-	ctl.SetGrowth(false)
-	for range 20 {
-		c.advance(100 * time.Millisecond)
-		ctl.Reserve()
-	}
-	if got := ctl.Snapshot().Rate; got != 9 {
-		t.Fatalf("rate = %g, want 9: no growth without demand", got)
-	}
-}
-
-func TestLeavingSlowStartDecreasesFromTheRateActuallyDispatched(t *testing.T) {
+// members returns w controllers on one clock, placed in one grid, at the given rate.
+func members(t *testing.T, weights []float64, rate float64) ([]*Controller, *clock) {
+	t.Helper()
+	c := &clock{t: time.Unix(1000, 0)}
 	p := params()
-	p.Burst = 32
-	ctl, _ := newCtl(t, p)
+	p.StartRate = rate
+	var out []*Controller
+	for i := range weights {
+		ctl, err := New(p, WithClock(c.now))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctl.Adopt(rate, false)
+		ctl.SetGrowth(false)
+		ctl.SetMembers(weights, i)
+		out = append(out, ctl)
+	}
+	return out, c
+}
+
+// dispatch steps the clock by 1 ms for d and returns every permit's time per member.
+func dispatch(ctls []*Controller, c *clock, d time.Duration) [][]time.Time {
+	out := make([][]time.Time, len(ctls))
+	for end := c.t.Add(d); c.t.Before(end); c.advance(time.Millisecond) {
+		for i, ctl := range ctls {
+			for ctl.TryReserve() {
+				out[i] = append(out[i], c.t)
+			}
+		}
+	}
+	return out
+}
+
+func TestTheGridSpacesTheFleetEvenly(t *testing.T) {
+	for _, w := range []int{1, 2, 16, 64} {
+		weights := make([]float64, w)
+		for i := range weights {
+			weights[i] = 1
+		}
+		ctls, c := members(t, weights, 47.5)
+		var all []time.Time
+		for _, ts := range dispatch(ctls, c, 4*time.Second) {
+			all = append(all, ts...)
+		}
+		sort.Slice(all, func(i, j int) bool { return all[i].Before(all[j]) })
+		if n := len(all); n < 188 || n > 192 {
+			t.Errorf("W=%d: %d permits in 4 s, want 4 x 47.5 = 190", w, n)
+		}
+		// Evenly spaced: no two permits closer than the slot spacing (1 ms steps aside),
+		// once the first catch-up allowance is spent.
+		for i := 1; i < len(all); i++ {
+			if all[i].Before(time.Unix(1000, 0).Add(100 * time.Millisecond)) {
+				continue
+			}
+			if gap := all[i].Sub(all[i-1]); gap < 19*time.Millisecond {
+				t.Errorf("W=%d: two permits %s apart at %s, want ~21 ms spacing", w, gap, all[i].Sub(time.Unix(1000, 0)))
+				break
+			}
+		}
+	}
+}
+
+func TestTheGridIsDemandWeighted(t *testing.T) {
+	ctls, c := members(t, []float64{1, 0.25}, 100)
+	got := dispatch(ctls, c, 10*time.Second)
+	if a, b := len(got[0]), len(got[1]); a < 780 || a > 820 || b < 180 || b > 220 {
+		t.Fatalf("permits %d and %d in 10 s at 100/s with weights 1 and 0.25, want ~800 and ~200", a, b)
+	}
+	if s := ctls[1].Snapshot().Share; !near(s, 0.2) {
+		t.Fatalf("share = %g, want 0.2", s)
+	}
+}
+
+func TestSlotsAreNotBanked(t *testing.T) {
+	ctl, c := steady(t, 100)
+	c.advance(10 * time.Second) // idle
 	n := 0
-	for ctl.TryReserve() { // a burst of free slots at 10/s nominal
+	for ctl.TryReserve() {
 		n++
 	}
-	ctl.OnCapacity(0)
-	want := float64(n) / 0.25 * 0.9 // 32 permits in one window, x0.9
-	if got := ctl.Snapshot().Rate; got < want*0.99 || got > want*1.01 {
-		t.Fatalf("rate = %g after a 429 on a burst of %d, want about %g", got, n, want)
+	if n > 6 { // catch_up 50 ms at 100/s
+		t.Fatalf("took %d permits after idling, want at most the 5 of the catch-up allowance", n)
+	}
+	if w := ctl.Next(); w <= 0 || w > 10*time.Millisecond {
+		t.Fatalf("next permit in %s, want within one 10 ms slot", w)
+	}
+}
+
+func TestPauseStopsEveryPermit(t *testing.T) {
+	ctl, c := steady(t, 100)
+	ctl.Pause(2 * time.Second)
+	if ctl.TryReserve() {
+		t.Fatal("TryReserve succeeded during a pause")
+	}
+	if w := ctl.Next(); w < 2*time.Second {
+		t.Fatalf("next permit in %s during a 2 s pause, want >= 2s", w)
+	}
+	c.advance(2*time.Second + 10*time.Millisecond)
+	if !ctl.TryReserve() {
+		t.Fatal("no permit once the pause passed")
 	}
 }
 

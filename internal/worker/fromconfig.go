@@ -24,14 +24,22 @@ func DeploymentsFromConfig(w *config.Worker) ([]Deployment, error) {
 		if err != nil {
 			return nil, fmt.Errorf("deployments.%s: %w", a, err)
 		}
-		t := d.Throttle
 		out = append(out, Deployment{
 			LLM: llm.Options{Alias: a, Provider: d.Provider, Endpoint: d.Endpoint, APIVersion: d.APIVersion,
 				AzureDeployment: d.AzureDeployment, APIKey: key, Timeout: d.Timeout},
-			Throttle: throttle.Params{StartRate: t.StartRate, MinRate: t.MinRate, MaxRate: t.MaxRate, Increase: t.Increase,
-				Decrease: t.Decrease, Window: t.Window, Jitter: t.Jitter, MaxPause: t.MaxPause},
+			Throttle:       ThrottleParams(d.Throttle),
 			MaxConcurrency: d.MaxConcurrency,
 		})
 	}
 	return out, nil
+}
+
+// ThrottleParams maps a deployment's throttle configuration to the controller's
+// parameters (config owns the defaults).
+func ThrottleParams(t config.Throttle) throttle.Params {
+	return throttle.Params{StartRate: t.StartRate, MinRate: t.MinRate, MaxRate: t.MaxRate,
+		Increase: t.Increase, IncreaseDoubling: t.IncreaseDoubling, MaxIncrease: t.MaxIncrease,
+		Recover: t.Recover, RecoverTo: t.RecoverTo, Decrease: t.Decrease, Window: t.Window,
+		MinSignals: t.MinSignals, SignalShare: t.SignalShare, PauseShare: t.PauseShare,
+		Period: t.Period, CatchUp: t.CatchUp, MaxPause: t.MaxPause}
 }

@@ -187,7 +187,7 @@ func (w *Worker) onError(ctx context.Context, d *deployment, msg jetstream.Msg, 
 	switch {
 	case errors.As(callErr, &capErr):
 		w.m.capacity.WithLabelValues(d.alias).Inc()
-		d.capacity(capErr.StatusCode, capErr.RetryAfter)
+		d.capacity(capErr)
 		st, elapsed, err := w.recordCapacity(ctx, job, capErr, this)
 		if err != nil {
 			log.Warn().Err(err).Msg("retry state")

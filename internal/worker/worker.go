@@ -122,9 +122,7 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("deployments.%s: duplicate alias", d.LLM.Alias))
 		}
 		seen[d.LLM.Alias] = true
-		tp := d.Throttle
-		tp.Burst = max(tp.Burst, 1) // defaulted to the slot count in New
-		if err := tp.Validate(); err != nil {
+		if err := d.Throttle.Validate(); err != nil {
 			errs = append(errs, fmt.Errorf("deployments.%s.throttle: %w", d.LLM.Alias, err))
 		}
 	}
@@ -181,9 +179,6 @@ func New(js jetstream.JetStream, cfg Config, log zerolog.Logger) (*Worker, error
 			return nil, err
 		}
 		p := d.Throttle
-		if p.Burst <= 0 {
-			p.Burst = slots
-		}
 		if cfg.Naive {
 			p.StartRate, p.MinRate, p.MaxRate = 1e6, 1e6, 1e6
 		}
@@ -570,10 +565,12 @@ func (w *Worker) fetch(ctx context.Context, d *deployment, runs []*runConsumer, 
 	return got
 }
 
-// capacity feeds a capacity signal to the throttle (and, through it, to the fleet).
-func (d *deployment) capacity(status int, retryAfter time.Duration) {
+// capacity feeds a capacity answer to the throttle (and, through it, to the fleet). A
+// lone one changes nothing there: only its own job waits (its NAK delay honours its
+// Retry-After); corroborated pressure cuts the fleet rate and may pause the fleet.
+func (d *deployment) capacity(e *llm.CapacityError) {
 	if d.fleet != nil {
-		d.fleet.Capacity(status, retryAfter)
+		d.fleet.Capacity(e.StatusCode, throttle.Signal{RetryAfter: e.RetryAfter, BudgetSpent: e.BudgetSpent})
 	}
 }
 
