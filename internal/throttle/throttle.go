@@ -53,7 +53,7 @@ type Params struct {
 	PauseShare float64
 	Period     time.Duration // dispatch grid period
 	CatchUp    time.Duration // how late a slot may still be used (then it is lost, not banked)
-	MaxPause   time.Duration // cap on a Retry-After pause, and on Pause (where 0 = DefaultMaxPause)
+	MaxPause   time.Duration // cap on a Retry-After pause, and on Pause
 }
 
 // Validate checks the invariants; each error names the parameter.
@@ -246,16 +246,6 @@ func (c *Controller) Next() time.Duration {
 	return max(at.Sub(t), 0)
 }
 
-// DefaultMaxPause caps Pause when Params.MaxPause is zero.
-const DefaultMaxPause = 60 * time.Second
-
-func (c *Controller) maxPause() time.Duration {
-	if c.p.MaxPause > 0 {
-		return c.p.MaxPause
-	}
-	return DefaultMaxPause
-}
-
 // TryReserve takes this member's slot if one is due now.
 func (c *Controller) TryReserve() bool {
 	c.mu.Lock()
@@ -398,7 +388,7 @@ func (c *Controller) pause(t time.Time, d time.Duration) {
 func (c *Controller) Pause(d time.Duration) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	d = min(d, c.maxPause())
+	d = min(d, c.p.MaxPause)
 	if until := c.now().Add(d); until.After(c.pausedUntil) {
 		c.pausedUntil = until
 		c.pauses++

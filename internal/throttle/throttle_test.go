@@ -372,26 +372,18 @@ func TestPauseStopsEveryPermit(t *testing.T) {
 // Issue 8 item 15: one pause message cannot stop a deployment for ever: Pause is capped
 // at MaxPause like a Retry-After.
 func TestAPauseEndsByMaxPauseHoweverLongItAsks(t *testing.T) {
-	for name, maxPause := range map[string]time.Duration{"configured cap": 60 * time.Second, "default cap": 0} {
-		t.Run(name, func(t *testing.T) {
-			p := params()
-			p.MaxPause = maxPause
-			ctl, c := newCtl(t, p)
-			ctl.Pause(1000 * time.Hour)
-			limit := maxPause
-			if limit == 0 {
-				limit = DefaultMaxPause
-			}
-			if got := ctl.PausedFor(); got <= 0 || got > limit {
-				t.Fatalf("paused for %s, want (0, %s]", got, limit)
-			}
-			c.advance(limit)
-			if got := ctl.PausedFor(); got != 0 {
-				t.Fatalf("still paused for %s after MaxPause", got)
-			}
-			if ctl.TryReserve() == false {
-				t.Fatal("no permit after MaxPause")
-			}
-		})
+	p := params()
+	p.MaxPause = 60 * time.Second
+	ctl, c := newCtl(t, p)
+	ctl.Pause(1000 * time.Hour)
+	if got := ctl.PausedFor(); got <= 0 || got > p.MaxPause {
+		t.Fatalf("paused for %s, want (0, %s]", got, p.MaxPause)
+	}
+	c.advance(p.MaxPause)
+	if got := ctl.PausedFor(); got != 0 {
+		t.Fatalf("still paused for %s after MaxPause", got)
+	}
+	if w := ctl.Next(); w > p.Period {
+		t.Fatalf("next permit in %s after the pause, want within one grid period (%s)", w, p.Period)
 	}
 }
