@@ -165,7 +165,10 @@ func (s *service) handle(ctx context.Context, msg jetstream.Msg) error {
 			rec.Err, rec.Raw = &input.RecordError{Line: row + 1, Msg: err.Error()}, string(sr.Data)
 		}
 	}
-	pl := planRow(p, p.Queries(), run, rec, nil)
+	pl, err := fit(planRow(p, p.Queries(), run, rec, nil), s.js.Conn().MaxPayload())
+	if err != nil {
+		return err
+	}
 	// Always careful: a redelivered record must not publish a job twice.
 	if _, err := publishPlan(ctx, s.pub, run, pl, true); err != nil {
 		return err

@@ -46,6 +46,23 @@ const (
 
 var tokenRE = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
 
+// MaxRunIDLen bounds a run id: it appears in every subject, key and consumer name of
+// the run (a UUID, the default, has 36 characters).
+const MaxRunIDLen = 64
+
+// ValidateRunID checks a run id, for the file producer's --run and for runs submitted
+// to the producer service alike: 1 to MaxRunIDLen letters, digits, '_' or '-' (one
+// subject token; no '.', wildcard or space).
+func ValidateRunID(id string) error {
+	if len(id) > MaxRunIDLen {
+		return fmt.Errorf("run id %.20q...: %d characters, over the maximum of %d", id, len(id), MaxRunIDLen)
+	}
+	if !ValidToken(id) {
+		return fmt.Errorf("run id %q: want 1 to %d characters of [A-Za-z0-9_-]", id, MaxRunIDLen)
+	}
+	return nil
+}
+
 // ValidToken reports whether s can be used as one subject token (run id, query name,
 // deployment alias): letters, digits, '_' and '-'.
 func ValidToken(s string) bool { return tokenRE.MatchString(s) }
@@ -234,8 +251,8 @@ type Open struct {
 // Validate checks what the collector relies on.
 func (o *Open) Validate() error {
 	var errs []error
-	if !ValidToken(o.Run) {
-		errs = append(errs, fmt.Errorf("run: %q is not a valid id ([A-Za-z0-9_-]+)", o.Run))
+	if err := ValidateRunID(o.Run); err != nil {
+		errs = append(errs, fmt.Errorf("run: %w", err))
 	}
 	if len(o.Queries) == 0 {
 		errs = append(errs, errors.New("queries: empty"))
@@ -410,9 +427,12 @@ type Usage struct {
 // Error reasons. Row-level reasons appear in "_error.reason", query-level ones in
 // "_error.failed_queries[].error.reason".
 const (
-	ReasonQueryFailed           = "query_failed"
-	ReasonTemplateRendering     = "template_rendering_failed"
-	ReasonMalformedRecord       = "malformed_record"
+	ReasonQueryFailed       = "query_failed"
+	ReasonTemplateRendering = "template_rendering_failed"
+	ReasonMalformedRecord   = "malformed_record"
+	// ReasonRowTooLarge: the row, or one of its rendered prompts, does not fit in one
+	// message (the server's max_payload); no job is published for it.
+	ReasonRowTooLarge           = "row_too_large"
 	ReasonCancelled             = "cancelled"
 	ReasonCapacityTimeout       = "capacity_retry_timeout"
 	ReasonRetryExhausted        = "retry_exhausted"
