@@ -46,23 +46,6 @@ const (
 
 var tokenRE = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
 
-// MaxRunIDLen bounds a run id: it appears in every subject, key and consumer name of
-// the run (a UUID, the default, has 36 characters).
-const MaxRunIDLen = 64
-
-// ValidateRunID checks a run id, for the file producer's --run and for runs submitted
-// to the producer service alike: 1 to MaxRunIDLen letters, digits, '_' or '-' (one
-// subject token; no '.', wildcard or space).
-func ValidateRunID(id string) error {
-	if len(id) > MaxRunIDLen {
-		return fmt.Errorf("run id %.20q...: %d characters, over the maximum of %d", id, len(id), MaxRunIDLen)
-	}
-	if !ValidToken(id) {
-		return fmt.Errorf("run id %q: want 1 to %d characters of [A-Za-z0-9_-]", id, MaxRunIDLen)
-	}
-	return nil
-}
-
 // ValidToken reports whether s can be used as one subject token (run id, query name,
 // deployment alias): letters, digits, '_' and '-'.
 func ValidToken(s string) bool { return tokenRE.MatchString(s) }
