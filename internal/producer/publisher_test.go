@@ -69,7 +69,9 @@ func TestFitMakesRowsTooLargeForAMessageErrorRows(t *testing.T) {
 	job := func(content string) wire.Job {
 		return wire.Job{V: 1, Run: "r", Row: 7, Query: "q", Deployment: "d", Request: wire.Request{Messages: []wire.Message{{Role: "user", Content: content}}}}
 	}
-	data := func(n int) json.RawMessage { return json.RawMessage(fmt.Sprintf(`{"text":%q}`, strings.Repeat("x", n))) }
+	data := func(n int) json.RawMessage {
+		return json.RawMessage(fmt.Sprintf(`{"text":%q}`, strings.Repeat("x", n)))
+	}
 	const limit = 4096
 	tests := []struct {
 		name             string
