@@ -2,16 +2,21 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/multiquery/multiquery/internal/config"
+	"github.com/multiquery/multiquery/internal/deadletter"
 	"github.com/multiquery/multiquery/internal/input"
 	"github.com/multiquery/multiquery/internal/llmsim"
 	"github.com/multiquery/multiquery/internal/producer"
@@ -461,4 +466,54 @@ func TestASubmittedRunWithAnInvalidIDIsRejectedAtTheDoor(t *testing.T) {
 		t.Fatalf("file producer with a 65-character --run: err = %v, want a usage error naming the limit", err)
 	}
 	// BEFORE-SKIP-END
+}
+
+// Issue 8, item 9: replaying a dead letter whose row is already written (the run still
+// open, the row's results purged) would pay for a call whose result is ignored: the
+// replay is refused with a message naming the row, and nothing is published.
+func TestReplayIsRefusedForARowAlreadyWritten(t *testing.T) {
+	e := setup(t, llmsim.Config{})
+	ctx := context.Background()
+	if err := queue.Ensure(ctx, e.js, e.topo); err != nil {
+		t.Fatal(err)
+	}
+	const run = "written-row"
+	publishJSON(t, e.js, wire.InputOpenSubject(run), wire.Open{V: 1, Run: run, Order: wire.OrderInput, Deployments: []string{"default"},
+		Queries: []wire.QueryInfo{{Name: "q", Columns: []string{"q_echo"}}}, Created: time.Now()})
+	for row := range 2 {
+		publishJSON(t, e.js, wire.InputRowSubject(run, row), wire.Row{V: 1, Run: run, Row: row, Data: json.RawMessage(fmt.Sprintf(`{"id":"r%d"}`, row))})
+	}
+	publishJSON(t, e.js, wire.ResultSubject(run, 0, "q"), wire.Result{V: 1, Run: run, Row: 0, Query: "q", OK: true,
+		Fields: map[string]json.RawMessage{"q_echo": json.RawMessage(`"hello"`)}, Usage: &wire.Usage{}, Model: "m", Attempt: 1})
+	e.startCollector("")
+	waitFor(t, 60*time.Second, "row 0 to be written and its result purged", func() bool {
+		return streamMsgs(t, e.js, wire.StreamResults, wire.ResultSubject(run, 0, "q")) == 0 &&
+			len(e.linesIfAny(run, sink.ResultsJSONL)) == 1
+	})
+	dead := nats.NewMsg(wire.DeadSubject("default", run))
+	dead.Data, _ = json.Marshal(job(run, 0))
+	dead.Header.Set(wire.HeaderSubject, wire.JobSubject("default", run, 0, "q"))
+	dead.Header.Set(wire.HeaderReason, "test")
+	ack, err := e.js.PublishMsg(ctx, dead)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = deadletter.Replay(ctx, e.js, ack.Sequence)
+	if err == nil {
+		t.Fatal("replay of a dead letter whose row is already written was accepted: a paid call whose result is ignored")
+	}
+	if !strings.Contains(err.Error(), "row 0") || !strings.Contains(err.Error(), "written") {
+		t.Fatalf("replay refused with %q; want a message naming row 0 as written", err)
+	}
+	if n := streamMsgs(t, e.js, wire.StreamJobs, ""); n != 0 {
+		t.Fatalf("MQ_JOBS holds %d jobs after a refused replay", n)
+	}
+}
+
+// linesIfAny is lines, or nothing while the file does not exist yet.
+func (e *env) linesIfAny(run, name string) []map[string]any {
+	if _, err := os.Stat(filepath.Join(e.out, run, name)); err != nil {
+		return nil
+	}
+	return e.lines(run, name)
 }
