@@ -13,8 +13,31 @@ free_port() { # first port from $1 on that nothing listens on
   while port_open 127.0.0.1 "$p"; do p=$((p + 1)); done
   echo "$p"
 }
+# listener_pids PORT: the pids listening on PORT (ss, else lsof).
+listener_pids() {
+  if command -v ss >/dev/null 2>&1; then
+    ss -ltnpH "sport = :$1" 2>/dev/null | grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -u
+  elif command -v lsof >/dev/null 2>&1; then
+    lsof -nP -iTCP:"$1" -sTCP:LISTEN -t 2>/dev/null | sort -u
+  else
+    echo "demo: need ss or lsof to check who listens on port $1" >&2
+    return 1
+  fi
+}
+# require_free PORT NAME: a port chosen (or given) for NAME must not be taken already,
+# or the demo would run against whatever answers there.
+require_free() {
+  if port_open 127.0.0.1 "$1"; then
+    echo "demo: port $1 for $2 is already in use (pid: $(listener_pids "$1" | tr '\n' ' ')); stop that process or choose another port" >&2
+    exit 1
+  fi
+}
 NATS_PORT=${NATS_PORT:-$(free_port 14222)}
 SIM_ADDR=${SIM_ADDR:-127.0.0.1:$(free_port 18081)}
+require_free "$NATS_PORT" nats-server
+require_free "${SIM_ADDR#*:}" llmsim
+# A token this demo sets and checks, so that it never talks to another NATS server.
+TOKEN="mq-demo-$$-$RANDOM"
 EXAMPLE=${EXAMPLE:-examples/assessment}
 
 rm -rf "$DEMO"
@@ -26,19 +49,37 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-wait_port() { # host port name pid
+wait_port() { # host port name pid: wait until the process we started (and only it) listens
   for _ in $(seq 1 100); do
     kill -0 "$4" 2>/dev/null || { echo "demo: $3 exited; see $DEMO/logs" >&2; exit 1; }
-    if port_open "$1" "$2"; then return 0; fi
+    if port_open "$1" "$2"; then
+      local pids
+      pids=$(listener_pids "$2") || exit 1
+      if [ "$pids" != "$4" ]; then
+        echo "demo: port $2 answers from pid ${pids:-unknown}, not from the $3 this demo started (pid $4): refusing to run against another process" >&2
+        exit 1
+      fi
+      return 0
+    fi
     sleep 0.1
   done
   echo "demo: $3 did not start; see $DEMO/logs" >&2; exit 1
 }
 
+nats_server_name() { # port: the server_name of the NATS server's INFO line
+  local info
+  info=$(exec 3<>"/dev/tcp/127.0.0.1/$1" && timeout 5 head -n 1 <&3) || return 1
+  sed -n 's/.*"server_name":"\([^"]*\)".*/\1/p' <<<"$info"
+}
+
 echo "demo: starting nats-server (JetStream, store $DEMO/nats) on 127.0.0.1:$NATS_PORT"
-"$BIN/nats-server" -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$DEMO/nats" -n mq-demo >"$DEMO/logs/nats.log" 2>&1 &
+"$BIN/nats-server" -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$DEMO/nats" -n "$TOKEN" >"$DEMO/logs/nats.log" 2>&1 &
 pids+=($!)
 wait_port 127.0.0.1 "$NATS_PORT" nats-server "${pids[-1]}"
+if [ "$(nats_server_name "$NATS_PORT")" != "$TOKEN" ]; then
+  echo "demo: the NATS server on port $NATS_PORT is not the one this demo started (server name is not $TOKEN)" >&2
+  exit 1
+fi
 export NATS_URL="nats://127.0.0.1:$NATS_PORT"
 
 echo "demo: starting llmsim on $SIM_ADDR (50 ms latency, 5 % injected 429s)"

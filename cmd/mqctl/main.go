@@ -32,7 +32,8 @@ const usage = `usage:
   mqctl [--nats URL] resume RUN                      resume a paused run
   mqctl [--nats URL] cancel RUN                      cancel: unanswered queries end as 'cancelled' error rows
   mqctl [--nats URL] dead list [--run ID]            list dead-lettered jobs
-  mqctl [--nats URL] dead replay SEQ...              publish dead letters again on their subjects`
+  mqctl [--nats URL] dead replay SEQ...              publish dead letters again on their subjects (refused for a
+                                                     query with a result or a row already written)`
 
 func main() {
 	natsURL := flag.String("nats", ops.NATSURL(), "NATS server URL (env NATS_URL)")
@@ -78,7 +79,7 @@ func main() {
 			}
 			if err := deadletter.Replay(ctx, js, seq); err != nil {
 				fmt.Fprintf(os.Stderr, "mqctl: %v\n", err)
-				if !errors.Is(err, deadletter.ErrHasResult) {
+				if !errors.Is(err, deadletter.ErrHasResult) && !errors.Is(err, deadletter.ErrRowWritten) {
 					code = 1
 				}
 				continue

@@ -49,6 +49,7 @@ func run() int {
 		replicas = flag.Int("replicas", 1, "stream replicas when creating streams (3 in a NATS cluster)")
 		ahead    = flag.Int("max-ahead", 1000, "flow control: rows published ahead of the rows the collector has written")
 		level    = flag.String("log-level", "info", "log level")
+		opsAddr  = flag.String("ops-addr", "", "with --serve: address of /metrics, /healthz, /readyz (empty: off)")
 		serve    = flag.String("serve", "", "run as a service for upstream publishers: a directory of pipeline configs, <name>.yaml each (see docs/WIRE.md, submit subjects)")
 	)
 	flag.Parse()
@@ -58,7 +59,7 @@ func run() int {
 		return 2
 	}
 	if *serve != "" {
-		return runService(*serve, *natsURL, *replicas, *ahead, log)
+		return runService(*serve, *natsURL, *opsAddr, *replicas, *ahead, log)
 	}
 	if *cfgPath == "" {
 		return usage(errors.New("--config is required"))
@@ -150,7 +151,7 @@ func run() int {
 }
 
 // runService loads every <name>.yaml of dir and serves submitted runs until SIGTERM.
-func runService(dir, natsURL string, replicas, ahead int, log zerolog.Logger) int {
+func runService(dir, natsURL, opsAddr string, replicas, ahead int, log zerolog.Logger) int {
 	files, err := filepath.Glob(filepath.Join(dir, "*.yaml"))
 	if err != nil || len(files) == 0 {
 		fmt.Fprintf(os.Stderr, "producer: --serve %s: no <name>.yaml pipeline configs\n", dir)
@@ -173,7 +174,19 @@ func runService(dir, natsURL string, replicas, ahead int, log zerolog.Logger) in
 		return 1
 	}
 	defer nc.Drain()
-	if err := producer.Serve(ctx, js, producer.ServiceConfig{Pipelines: pipelines, Topology: queue.Topology{Replicas: replicas}, MaxAhead: ahead}, log); err != nil {
+	m := producer.NewMetrics()
+	srv := ops.NewServer(opsAddr, log, append(m.Collectors(), queue.Collectors()...)...)
+	srv.ReadyWhen(nc.IsConnected)
+	srv.SetReady(true)
+	opsDone := make(chan struct{})
+	go func() {
+		defer close(opsDone)
+		if err := srv.Run(ctx); err != nil {
+			log.Error().Err(err).Msg("ops server")
+		}
+	}()
+	defer func() { stop(); <-opsDone }()
+	if err := producer.Serve(ctx, js, producer.ServiceConfig{Pipelines: pipelines, Topology: queue.Topology{Replicas: replicas}, MaxAhead: ahead, Metrics: m}, log); err != nil {
 		log.Error().Err(err).Msg("producer service")
 		return 1
 	}

@@ -64,7 +64,7 @@ func main() {
 		fmt.Fprintf(os.Stderr, "worker: %v\n", err)
 		os.Exit(2)
 	}
-	srv := ops.NewServer(*opsAddr, log, w.Collectors()...)
+	srv := ops.NewServer(*opsAddr, log, append(w.Collectors(), queue.Collectors()...)...)
 	srv.ReadyWhen(nc.IsConnected)
 	if err := srv.Serve(ctx, w.Run); err != nil {
 		log.Error().Err(err).Msg("worker stopped")

@@ -5,6 +5,7 @@ package deadletter
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -65,8 +66,14 @@ func letter(m *jetstream.RawStreamMsg) Letter {
 // could not change the row.
 var ErrHasResult = errors.New("the query already has a final result or its row was emitted; rerun the row in a new run")
 
+// ErrRowWritten means the dead letter's row is already written by the collector while
+// its run is still open (its results purged): a replay would pay for a call whose
+// result nobody reads.
+var ErrRowWritten = errors.New("the row is already written; a replayed call's result would be ignored")
+
 // Replay publishes a dead letter's payload again on its original subject and removes it
-// from MQ_DEAD. It refuses (ErrHasResult) when the query already has a final result.
+// from MQ_DEAD. It refuses (ErrHasResult) when the query already has a final result,
+// and (ErrRowWritten) when its row is already written.
 func Replay(ctx context.Context, js jetstream.JetStream, seq uint64) error {
 	dead, err := js.Stream(ctx, wire.StreamDead)
 	if err != nil {
@@ -90,6 +97,9 @@ func Replay(ctx context.Context, js jetstream.JetStream, seq uint64) error {
 	} else if err != nil {
 		return fmt.Errorf("look up the row of %s: %w", a, err)
 	}
+	if err := rowWritten(ctx, js, a); err != nil {
+		return fmt.Errorf("dead letter %d (%s): %w", seq, l.Subject, err)
+	}
 	results, err := js.Stream(ctx, wire.StreamResults)
 	if err != nil {
 		return fmt.Errorf("open %s: %w", wire.StreamResults, err)
@@ -107,6 +117,43 @@ func Replay(ctx context.Context, js jetstream.JetStream, seq uint64) error {
 	}
 	if err := dead.DeleteMsg(ctx, seq); err != nil {
 		return fmt.Errorf("remove dead letter %d: %w", seq, err)
+	}
+	return nil
+}
+
+// rowWritten returns an error wrapping ErrRowWritten, naming the row, when the collector
+// has written the row of a: below the run's watermark in its status (runs bucket), or
+// present on MQ_ROWS. A row written in completion order above the watermark is found
+// only when the MQ_ROWS sink is on.
+func rowWritten(ctx context.Context, js jetstream.JetStream, a wire.Addr) error {
+	runs, err := js.KeyValue(ctx, wire.BucketRuns)
+	if err != nil {
+		return fmt.Errorf("open kv %s: %w", wire.BucketRuns, err)
+	}
+	e, err := runs.Get(ctx, a.Run)
+	switch {
+	case errors.Is(err, jetstream.ErrKeyNotFound):
+	case err != nil:
+		return fmt.Errorf("read the status of run %s: %w", a.Run, err)
+	default:
+		var st struct {
+			Watermark int `json:"watermark"`
+		}
+		if json.Unmarshal(e.Value(), &st) == nil && a.Row < st.Watermark {
+			return fmt.Errorf("row %d of run %s is already written (every row below %d is): %w", a.Row, a.Run, st.Watermark, ErrRowWritten)
+		}
+	}
+	rows, err := js.Stream(ctx, wire.StreamRows)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("open %s: %w", wire.StreamRows, err)
+	}
+	if _, err := rows.GetLastMsgForSubject(ctx, wire.RowSubject(a.Run, a.Row)); err == nil {
+		return fmt.Errorf("row %d of run %s is already written (on %s): %w", a.Row, a.Run, wire.StreamRows, ErrRowWritten)
+	} else if !errors.Is(err, jetstream.ErrMsgNotFound) {
+		return fmt.Errorf("look up the written row %d of run %s: %w", a.Row, a.Run, err)
 	}
 	return nil
 }

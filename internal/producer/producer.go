@@ -108,8 +108,8 @@ func Run(ctx context.Context, js jetstream.JetStream, cfg Config, log zerolog.Lo
 		}
 		cfg.Run = id.String()
 	}
-	if !wire.ValidToken(cfg.Run) {
-		return Report{}, &UsageError{fmt.Errorf("run: %q is not a valid id ([A-Za-z0-9_-]+)", cfg.Run)}
+	if err := wire.ValidateRunID(cfg.Run); err != nil {
+		return Report{}, &UsageError{fmt.Errorf("--run: %w", err)}
 	}
 	if err := queue.Ensure(ctx, js, cfg.Topology); err != nil {
 		return Report{}, err
@@ -131,8 +131,9 @@ func Run(ctx context.Context, js jetstream.JetStream, cfg Config, log zerolog.Lo
 	if prev != nil {
 		log.Info().Str("run", cfg.Run).Int("published_through", prev.Through).Msg("resuming from the checkpoint")
 	}
-	flow := &flowControl{kv: runs, run: cfg.Run, ahead: cfg.MaxAhead}
 	pub := &publisher{js: js, window: cfg.Window, log: log}
+	flow := &flowControl{kv: runs, run: cfg.Run, ahead: cfg.MaxAhead, flush: pub.wait}
+	limit := js.Conn().MaxPayload()
 	if err := pub.sync(ctx, wire.InputOpenSubject(cfg.Run), "open."+cfg.Run, open); err != nil {
 		return Report{}, err
 	}
@@ -164,7 +165,13 @@ func Run(ctx context.Context, js jetstream.JetStream, cfg Config, log zerolog.Lo
 			return rep, fmt.Errorf("read input after row %d: %w", rep.Rows, err)
 		}
 		hashRow(rolling, rec)
-		pl := planRow(p, queries, cfg.Run, rec, header)
+		pl, err := fit(planRow(p, queries, cfg.Run, rec, header), limit)
+		if err != nil {
+			return rep, err
+		}
+		if pl.row.Error != nil && pl.row.Error.Reason == wire.ReasonRowTooLarge {
+			log.Warn().Int("row", rec.Index).Str("reason", pl.row.Error.Message).Msg("row too large for a message: published as an error row")
+		}
 		rep.Rows++
 		if pl.rowErr {
 			rep.RowErrors++
@@ -249,6 +256,9 @@ type plan struct {
 	row    wire.Row
 	jobs   []wire.Job
 	rowErr bool
+	// Set by fit: the encoded jobs and row.
+	jobMsgs []*nats.Msg
+	rowMsg  *nats.Msg
 }
 
 // planRow renders all M prompts of a row before anything of it is published.
@@ -294,10 +304,69 @@ func planRow(p *config.Pipeline, queries []config.Query, run string, rec input.R
 	return plan{row: row, jobs: jobs}
 }
 
-// publishPlan publishes a row's jobs, then the row: an input row on the bus means every
-// job of it is too, which is what a resuming producer relies on. With careful set
-// (rows a crashed producer may have published in part), it first looks for each message
-// on the bus and publishes only what is missing, so no job is ever called twice.
+// fit encodes a plan's messages and checks each against limit (the server's
+// max_payload): a row or a rendered prompt too large for one message can never be
+// published, so the row becomes an error row (row_too_large) naming its size and the
+// limit; without its data when the data itself is what does not fit.
+func fit(pl plan, limit int64) (plan, error) {
+	run, row := pl.row.Run, pl.row.Row
+	pl.jobMsgs = pl.jobMsgs[:0]
+	for i := range pl.jobs {
+		j := &pl.jobs[i]
+		m, err := newMsg(wire.JobSubject(j.Deployment, run, j.Row, j.Query), wire.JobMsgID(run, j.Row, j.Query), j)
+		if err != nil {
+			return pl, err
+		}
+		if size := msgSize(m); limit > 0 && size > limit {
+			pl.jobs, pl.jobMsgs, pl.rowErr = nil, nil, true
+			pl.row.Error = tooLarge(row, size, limit, map[string]any{"query": j.Query},
+				fmt.Sprintf("the rendered prompt of query %s is %d bytes, over the server's max_payload of %d", j.Query, size, limit))
+			break
+		}
+		pl.jobMsgs = append(pl.jobMsgs, m)
+	}
+	m, err := newMsg(wire.InputRowSubject(run, row), "row."+run+"."+itoa(row), pl.row)
+	if err != nil {
+		return pl, err
+	}
+	if size := msgSize(m); limit > 0 && size > limit {
+		pl.jobs, pl.jobMsgs, pl.rowErr = nil, nil, true
+		pl.row.Data = nil
+		pl.row.Error = tooLarge(row, size, limit, nil, fmt.Sprintf("the row is %d bytes as a message, over the server's max_payload of %d; its data is left out", size, limit))
+		if m, err = newMsg(m.Subject, m.Header.Get(wire.HeaderMsgID), pl.row); err != nil {
+			return pl, err
+		}
+	}
+	pl.rowMsg = m
+	return pl, nil
+}
+
+func tooLarge(row int, size, limit int64, details map[string]any, msg string) *wire.Error {
+	d := map[string]any{"row": row, "size_bytes": size, "limit_bytes": limit}
+	for k, v := range details {
+		d[k] = v
+	}
+	return &wire.Error{Reason: wire.ReasonRowTooLarge, Message: fmt.Sprintf("row %d: %s", row, msg), Details: d}
+}
+
+// msgSize is what a message counts against max_payload: its data and its encoded
+// headers ("NATS/1.0\r\n", "Key: value\r\n" each, "\r\n").
+func msgSize(m *nats.Msg) int64 {
+	n := len(m.Data) + len("NATS/1.0\r\n") + 2
+	for k, vs := range m.Header {
+		for _, v := range vs {
+			n += len(k) + 2 + len(v) + 2
+		}
+	}
+	return int64(n)
+}
+
+// publishPlan publishes a row's jobs, then the row once its jobs are acknowledged (the
+// publisher holds rows back until then): an input row on the bus means every job of it
+// is too, which is what a resuming producer relies on. With careful set (rows a crashed
+// producer or a redelivered submission may have published in part), it first looks for
+// each message on the bus and publishes only what is missing, so no job is ever called
+// twice. The plan must have been through fit.
 func publishPlan(ctx context.Context, pub *publisher, run string, pl plan, careful bool) (int, error) {
 	rowSubj := wire.InputRowSubject(run, pl.row.Row)
 	if careful {
@@ -311,9 +380,8 @@ func publishPlan(ctx context.Context, pub *publisher, run string, pl plan, caref
 	}
 	for i := range pl.jobs {
 		j := &pl.jobs[i]
-		subj := wire.JobSubject(j.Deployment, run, j.Row, j.Query)
 		if careful {
-			queued, err := pub.exists(ctx, wire.StreamJobs, subj)
+			queued, err := pub.exists(ctx, wire.StreamJobs, pl.jobMsgs[i].Subject)
 			if err != nil {
 				return i, err
 			}
@@ -325,11 +393,12 @@ func publishPlan(ctx context.Context, pub *publisher, run string, pl plan, caref
 				continue
 			}
 		}
-		if err := pub.async(ctx, subj, wire.JobMsgID(run, j.Row, j.Query), j); err != nil {
+		if err := pub.async(ctx, pl.jobMsgs[i]); err != nil {
 			return i, err
 		}
 	}
-	return len(pl.jobs), pub.async(ctx, rowSubj, "row."+run+"."+itoa(pl.row.Row), pl.row)
+	pub.later(pl.rowMsg)
+	return len(pl.jobs), nil
 }
 
 func sameColumns(a, b []string) bool {
@@ -363,17 +432,21 @@ func buildJob(p *config.Pipeline, q config.Query, run string, row int, msgs []co
 func itoa(i int) string { return strconv.Itoa(i) }
 
 // publisher publishes with a bounded window of unacknowledged messages; a message that
-// a first-writer-wins stream already holds counts as published.
+// a first-writer-wins stream already holds counts as published. Input rows wait (later)
+// until every message published before them is acknowledged.
 type publisher struct {
 	js      jetstream.JetStream
 	window  int
 	log     zerolog.Logger
 	pending []pending
+	rows    []*nats.Msg // held back until the jobs before them are acknowledged
 }
 
 type pending struct {
-	msg *nats.Msg
-	fut jetstream.PubAckFuture
+	msg     *nats.Msg
+	fut     jetstream.PubAckFuture
+	settled bool  // the future's outcome was read (its channels yield it once)
+	err     error // that outcome
 }
 
 func newMsg(subject, id string, v any) (*nats.Msg, error) {
@@ -396,58 +469,89 @@ func (p *publisher) sync(ctx context.Context, subject, id string, v any) error {
 	return p.publishSync(ctx, m)
 }
 
+// publishSync publishes m and waits for it to be stored; a full stream is waited out.
 func (p *publisher) publishSync(ctx context.Context, m *nats.Msg) error {
-	err := queue.Retry(ctx, func(ctx context.Context) error {
+	return queue.RetryPublish(ctx, p.log, m.Subject, func(ctx context.Context) error {
 		_, err := p.js.PublishMsg(ctx, m)
-		if queue.IsFirstWriterLost(err) {
-			return nil
-		}
 		return err
 	})
-	if err != nil {
-		return fmt.Errorf("publish %s: %w", m.Subject, err)
-	}
-	return nil
 }
 
-func (p *publisher) async(ctx context.Context, subject, id string, v any) error {
-	m, err := newMsg(subject, id, v)
-	if err != nil {
+// async publishes m without waiting; past the window it settles what is out first.
+func (p *publisher) async(ctx context.Context, m *nats.Msg) error {
+	if err := p.send(ctx, m); err != nil {
 		return err
 	}
-	fut, err := p.js.PublishMsgAsync(m)
-	if err != nil {
-		// Too many pending or disconnected: settle what is out, then publish synchronously.
-		if werr := p.wait(ctx); werr != nil {
-			return werr
-		}
-		return p.publishSync(ctx, m)
-	}
-	p.pending = append(p.pending, pending{msg: m, fut: fut})
 	if len(p.pending) >= p.window {
 		return p.wait(ctx)
 	}
 	return nil
 }
 
-// wait settles every pending publish; failed ones (other than first-writer-wins) are
-// retried synchronously so nothing is dropped.
+func (p *publisher) send(ctx context.Context, m *nats.Msg) error {
+	fut, err := p.js.PublishMsgAsync(m)
+	if err != nil {
+		// Too many pending or disconnected: settle what is out, then publish synchronously.
+		if werr := p.settle(ctx); werr != nil {
+			return werr
+		}
+		return p.publishSync(ctx, m)
+	}
+	p.pending = append(p.pending, pending{msg: m, fut: fut})
+	return nil
+}
+
+// later holds an input row back until wait has every message before it acknowledged.
+func (p *publisher) later(m *nats.Msg) { p.rows = append(p.rows, m) }
+
+// wait settles every pending publish, then publishes the rows held back and settles
+// them too. Failed publishes (other than first-writer-wins) are retried synchronously,
+// a full stream waited out, so nothing is dropped. After an error (ctx ended) what is
+// not settled stays, and the next wait takes up where this one stopped.
 func (p *publisher) wait(ctx context.Context) error {
-	for _, pd := range p.pending {
-		select {
-		case <-pd.fut.Ok():
-			continue
-		case err := <-pd.fut.Err():
-			if queue.IsFirstWriterLost(err) {
-				continue
-			}
-			if err := p.publishSync(ctx, pd.msg); err != nil {
+	for {
+		if err := p.settle(ctx); err != nil {
+			return err
+		}
+		if len(p.rows) == 0 {
+			return nil
+		}
+		for len(p.rows) > 0 {
+			if err := p.send(ctx, p.rows[0]); err != nil {
 				return err
 			}
-		case <-ctx.Done():
-			return ctx.Err()
+			p.rows = p.rows[1:]
+		}
+	}
+}
+
+// settle waits for every pending publish, republishing the failed ones.
+func (p *publisher) settle(ctx context.Context) error {
+	for i := range p.pending {
+		pd := &p.pending[i]
+		if !pd.settled {
+			select {
+			case <-pd.fut.Ok():
+			case pd.err = <-pd.fut.Err():
+			case <-ctx.Done():
+				p.pending = p.pending[i:]
+				return ctx.Err()
+			}
+			pd.settled = true
+		}
+		if pd.err != nil && !queue.IsFirstWriterLost(pd.err) {
+			if err := p.publishSync(ctx, pd.msg); err != nil {
+				p.pending = p.pending[i:]
+				return err
+			}
 		}
 	}
 	p.pending = p.pending[:0]
 	return nil
+}
+
+// reset forgets every publish not yet settled (their submissions are redelivered and
+// published again, carefully).
+func (p *publisher) reset() {
+	p.pending, p.rows = p.pending[:0], p.rows[:0]
 }

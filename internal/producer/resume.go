@@ -75,6 +75,9 @@ type flowControl struct {
 	run     string
 	ahead   int
 	emitted int
+	// flush, if set, publishes what the producer holds back before it waits: rows held
+	// until their jobs are acknowledged are what the collector needs to move on.
+	flush func(ctx context.Context) error
 }
 
 // errCancelled stops a producer whose run was cancelled (mqctl cancel).
@@ -111,7 +114,12 @@ func (f *flowControl) wait(ctx context.Context, row int) error {
 			return err
 		}
 	}
-	for row-f.emitted >= f.ahead {
+	for flushed := false; row-f.emitted >= f.ahead; flushed = true {
+		if !flushed && f.flush != nil {
+			if err := f.flush(ctx); err != nil {
+				return err
+			}
+		}
 		e, err := f.kv.Get(ctx, f.run)
 		if err == nil {
 			var st struct {

@@ -3,12 +3,14 @@ package producer
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
 	"github.com/multiquery/multiquery/internal/config"
@@ -22,7 +24,50 @@ type ServiceConfig struct {
 	Pipelines map[string]*config.Pipeline // by the name upstream systems submit under
 	Topology  queue.Topology
 	MaxAhead  int // flow control per run, as for the file producer
+	// ParkDelay is how long a row that may not be published yet (beyond its run's flow
+	// window, or of a paused run) waits on the stream before it is looked at again.
+	ParkDelay time.Duration
+	// Metrics, if set, counts rejected and parked submissions (see NewMetrics).
+	Metrics *Metrics
 }
+
+// Metrics are the producer service's counters.
+type Metrics struct {
+	rejected *prometheus.CounterVec
+	parked   *prometheus.CounterVec
+}
+
+// NewMetrics returns unregistered service metrics; register Collectors() once.
+func NewMetrics() *Metrics {
+	return &Metrics{
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mq_producer_submitted_rejected_total",
+			Help: "Submitted records terminated without being published, by reason (invalid_run_id, unknown_pipeline, malformed_subject, undecodable_seal)."}, []string{"reason"}),
+		parked: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mq_producer_submitted_parked_total",
+			Help: "Submitted rows left on the stream for later, by cause (flow_control: beyond the run's window; paused)."}, []string{"cause"}),
+	}
+}
+
+// Collectors returns the metrics for a process's /metrics.
+func (m *Metrics) Collectors() []prometheus.Collector {
+	return []prometheus.Collector{m.rejected, m.parked}
+}
+
+// Rejected returns the counter of submitted records rejected for reason.
+func (m *Metrics) Rejected(reason string) prometheus.Counter {
+	return m.rejected.WithLabelValues(reason)
+}
+
+// Reasons a submitted record is rejected (terminated, nothing published).
+const (
+	RejectInvalidRunID      = "invalid_run_id"
+	RejectUnknownPipeline   = "unknown_pipeline"
+	RejectMalformedSubject  = "malformed_subject"
+	RejectUndecodableSeal   = "undecodable_seal"
+	serviceFetch            = 64
+	serviceMaxAckPending    = 100000
+	serviceControlFreshness = time.Second
+	serviceStatusFreshness  = 200 * time.Millisecond
+)
 
 // ServiceConsumer is the durable consumer of submitted runs, shared by every replica.
 const ServiceConsumer = "producer-service"
@@ -31,12 +76,25 @@ const ServiceConsumer = "producer-service"
 // rows, seal) into the same open record, jobs, input rows and seal as the file producer
 // publishes. Every message stands alone (the pipeline is in its subject), so replicas
 // share the work and a redelivery publishes nothing twice. It returns when ctx ends.
+//
+// Runs are independent: nothing of one run ever waits for another. A row that may not
+// be published yet (beyond its run's flow window, or its run paused) is not held: it
+// is NAKed with a delay and looked at again later, so rows may arrive in any order. A
+// submitted record is acked only once everything it published is acknowledged by the
+// server; a cancelled run's remaining rows become error rows (cancelled) so the run
+// completes.
 func Serve(ctx context.Context, js jetstream.JetStream, cfg ServiceConfig, log zerolog.Logger) error {
 	if len(cfg.Pipelines) == 0 {
 		return &UsageError{errors.New("pipelines: at least one is required")}
 	}
 	if cfg.MaxAhead <= 0 {
 		cfg.MaxAhead = 1000
+	}
+	if cfg.ParkDelay <= 0 {
+		cfg.ParkDelay = time.Second
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = NewMetrics()
 	}
 	log = log.With().Str("component", "producer-service").Logger()
 	if err := queue.Ensure(ctx, js, cfg.Topology); err != nil {
@@ -49,54 +107,143 @@ func Serve(ctx context.Context, js jetstream.JetStream, cfg ServiceConfig, log z
 	var cons jetstream.Consumer
 	err = queue.Retry(ctx, func(ctx context.Context) error {
 		var err error
+		// Parked rows count toward MaxAckPending while they wait: a bound in the default
+		// range would let one run's parked rows stop deliveries for every run.
 		cons, err = js.CreateOrUpdateConsumer(ctx, wire.StreamSubmit, jetstream.ConsumerConfig{
 			Durable: ServiceConsumer, AckPolicy: jetstream.AckExplicitPolicy, AckWait: 30 * time.Second, MaxDeliver: -1,
-			DeliverPolicy: jetstream.DeliverAllPolicy, FilterSubject: "submit.>",
+			MaxAckPending: serviceMaxAckPending, DeliverPolicy: jetstream.DeliverAllPolicy, FilterSubject: "submit.>",
 		})
 		return err
 	})
 	if err != nil {
 		return fmt.Errorf("consumer %s: %w", ServiceConsumer, err)
 	}
-	s := &service{cfg: cfg, js: js, runs: runs, log: log, pub: &publisher{js: js, window: 256, log: log}, flows: map[string]*flowControl{}, seen: map[string]int{}}
+	s := &service{cfg: cfg, js: js, runs: runs, log: log, pub: &publisher{js: js, window: 256, log: log},
+		limit: js.Conn().MaxPayload(), states: map[string]*runState{}, seen: map[string]int{}}
 	log.Info().Int("pipelines", len(cfg.Pipelines)).Msg("producer service: waiting for submitted runs")
 	for ctx.Err() == nil {
-		batch, err := cons.Fetch(64, jetstream.FetchMaxWait(time.Second))
+		batch, err := cons.Fetch(serviceFetch, jetstream.FetchMaxWait(time.Second))
 		if err != nil {
 			if ctx.Err() == nil {
 				log.Warn().Err(err).Msg("fetch submitted records")
-				time.Sleep(time.Second)
+				sleep(ctx, time.Second)
 			}
 			continue
 		}
+		var published []jetstream.Msg // acked once the server has every publish
 		for msg := range batch.Messages() {
-			if err := s.handle(ctx, msg); err != nil {
-				if ctx.Err() != nil {
-					_ = msg.Nak()
-					return nil
-				}
+			held, err := s.handle(ctx, msg)
+			switch {
+			case err != nil && ctx.Err() != nil:
+				_ = msg.Nak()
+			case err != nil:
 				log.Warn().Err(err).Str("subject", msg.Subject()).Msg("submitted record; retrying")
 				_ = msg.NakWithDelay(time.Second)
-				continue
+			case held:
+				published = append(published, msg)
 			}
-			_ = msg.Ack()
 		}
-		if err := s.pub.wait(ctx); err != nil && ctx.Err() == nil {
-			log.Warn().Err(err).Msg("settle publishes")
-		}
+		s.settle(ctx, published)
 		s.checkpoint(ctx)
 	}
 	return nil
 }
 
+// settle acks the records whose publishes the server confirmed; if any publish failed,
+// the records are NAKed and their redelivery publishes what is missing (carefully).
+func (s *service) settle(ctx context.Context, published []jetstream.Msg) {
+	if err := s.pub.wait(ctx); err != nil {
+		s.pub.reset()
+		if ctx.Err() == nil {
+			s.log.Warn().Err(err).Int("records", len(published)).Msg("settle publishes; the records are redelivered")
+		}
+		for _, m := range published {
+			_ = m.NakWithDelay(time.Second)
+		}
+		return
+	}
+	for _, m := range published {
+		if err := m.Ack(); err != nil && ctx.Err() == nil {
+			s.log.Debug().Err(err).Str("subject", m.Subject()).Msg("ack submitted record")
+		}
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}
+
 type service struct {
-	cfg   ServiceConfig
-	js    jetstream.JetStream
-	runs  jetstream.KeyValue
-	log   zerolog.Logger
-	pub   *publisher
-	flows map[string]*flowControl
-	seen  map[string]int // rows published per run since the last checkpoint (max index + 1)
+	cfg    ServiceConfig
+	js     jetstream.JetStream
+	runs   jetstream.KeyValue
+	log    zerolog.Logger
+	pub    *publisher
+	limit  int64 // the server's max_payload
+	states map[string]*runState
+	seen   map[string]int // rows published per run since the last checkpoint (max index + 1)
+}
+
+// runState is what the service knows of one run's flow control and control state,
+// read from the runs bucket and kept briefly.
+type runState struct {
+	watermark   int // every row below it is emitted (the collector's status)
+	statusRead  time.Time
+	control     string // running, paused or cancelled (mqctl)
+	controlRead time.Time
+}
+
+func (s *service) state(run string) *runState {
+	st := s.states[run]
+	if st == nil {
+		st = &runState{}
+		s.states[run] = st
+	}
+	return st
+}
+
+// controlState returns the run's control state, read at most once a second.
+func (s *service) controlState(ctx context.Context, run string, st *runState) string {
+	if time.Since(st.controlRead) < serviceControlFreshness {
+		return st.control
+	}
+	st.controlRead = time.Now()
+	st.control = ""
+	if e, err := s.runs.Get(ctx, run+".control"); err == nil {
+		var c struct {
+			State string `json:"state"`
+		}
+		if json.Unmarshal(e.Value(), &c) == nil {
+			st.control = c.State
+		}
+	}
+	return st.control
+}
+
+// inWindow reports whether a row may be published now: at most MaxAhead rows beyond
+// the collector's watermark (every row below it is emitted). Rows arriving out of order
+// cannot deadlock: a row below the window is always published, and the rows the
+// collector waits for are always below it.
+func (s *service) inWindow(ctx context.Context, run string, row int, st *runState) bool {
+	if row < st.watermark+s.cfg.MaxAhead {
+		return true
+	}
+	if time.Since(st.statusRead) < serviceStatusFreshness {
+		return false
+	}
+	st.statusRead = time.Now()
+	if e, err := s.runs.Get(ctx, run); err == nil {
+		var status struct {
+			Watermark int `json:"watermark"`
+		}
+		if json.Unmarshal(e.Value(), &status) == nil {
+			st.watermark = max(st.watermark, status.Watermark)
+		}
+	}
+	return row < st.watermark+s.cfg.MaxAhead
 }
 
 // checkpoint records each active run's progress, which is how status tells a run whose
@@ -114,51 +261,70 @@ func (s *service) checkpoint(ctx context.Context) {
 	}
 }
 
-// handle converts one submitted record. A record that can never be converted (unknown
-// pipeline, bad subject) is logged and dropped with its reason; a row that cannot be
-// parsed or rendered becomes an error row, as with the file producer.
-func (s *service) handle(ctx context.Context, msg jetstream.Msg) error {
+// reject terminates a submitted record that can never be converted, with its reason
+// logged and counted.
+func (s *service) reject(msg jetstream.Msg, reason string, err error) {
+	s.cfg.Metrics.rejected.WithLabelValues(reason).Inc()
+	s.log.Error().Err(err).Str("subject", msg.Subject()).Str("reason", reason).Msg("submitted record rejected: terminated, nothing published")
+	_ = msg.TermWithReason(truncate(reason+": "+err.Error(), 200))
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n]
+}
+
+// handle converts one submitted record. held reports that it published and must be
+// acked once the publisher confirms; otherwise handle has acked, NAKed or terminated
+// it. A record that can never be converted (bad subject, invalid run id, unknown
+// pipeline) is terminated with its reason; a row that cannot be parsed or rendered, or
+// that is too large for a message, becomes an error row, as with the file producer.
+func (s *service) handle(ctx context.Context, msg jetstream.Msg) (held bool, err error) {
 	name, run, kind, row, err := wire.ParseSubmitSubject(msg.Subject())
 	if err != nil {
-		s.log.Error().Err(err).Msg("submitted record on a malformed subject: dropped")
-		return nil
+		s.reject(msg, RejectMalformedSubject, err)
+		return false, nil
+	}
+	if err := wire.ValidateRunID(run); err != nil {
+		s.reject(msg, RejectInvalidRunID, err)
+		return false, nil
 	}
 	p := s.cfg.Pipelines[name]
 	if p == nil {
-		s.log.Error().Str("pipeline", name).Str("run", run).Msg("run submitted for an unknown pipeline: dropped")
-		return nil
+		s.reject(msg, RejectUnknownPipeline, fmt.Errorf("pipeline %q is not served here (run %s)", name, run))
+		return false, nil
 	}
 	switch kind {
 	case wire.InputOpen:
 		open := openRecord(p, run, nil)
-		return s.pub.sync(ctx, wire.InputOpenSubject(run), "open."+run, open)
+		return true, s.pub.sync(ctx, wire.InputOpenSubject(run), "open."+run, open)
 	case wire.InputSeal:
 		var seal wire.Seal
 		if err := wire.Decode(msg.Data(), &seal); err != nil {
-			s.log.Error().Err(err).Str("run", run).Msg("undecodable seal: dropped")
-			return nil
+			s.reject(msg, RejectUndecodableSeal, fmt.Errorf("run %s: %w", run, err))
+			return false, nil
 		}
 		seal.V, seal.Run = wire.Version, run
-		if err := s.pub.wait(ctx); err != nil { // every row before the seal is on the bus
-			return err
-		}
-		delete(s.flows, run)
-		return s.pub.sync(ctx, wire.InputSealSubject(run), "seal."+run, seal)
+		return true, s.pub.sync(ctx, wire.InputSealSubject(run), "seal."+run, seal)
 	}
-	fc := s.flows[run]
-	if fc == nil {
-		fc = &flowControl{kv: s.runs, run: run, ahead: s.cfg.MaxAhead}
-		s.flows[run] = fc
-	}
-	if err := fc.wait(ctx, row); err != nil {
-		return err
+	st := s.state(run)
+	ctl := s.controlState(ctx, run, st)
+	switch {
+	case ctl == "paused":
+		s.cfg.Metrics.parked.WithLabelValues("paused").Inc()
+		return false, msg.NakWithDelay(s.cfg.ParkDelay)
+	case ctl != "cancelled" && !s.inWindow(ctx, run, row, st):
+		s.cfg.Metrics.parked.WithLabelValues("flow_control").Inc()
+		return false, msg.NakWithDelay(s.cfg.ParkDelay)
 	}
 	var sr wire.SubmitRow
 	rec := input.Row{Index: row, Line: row + 1}
 	if err := wire.Decode(msg.Data(), &sr); err != nil {
 		rec.Err, rec.Raw = &input.RecordError{Line: row + 1, Msg: err.Error()}, string(msg.Data())
 	} else if rec, err = parseObject(sr.Data, row); err != nil {
-		return err
+		return false, err
 	}
 	if rec.Err == nil {
 		if err := p.CheckInputColumns(rec.Columns); err != nil {
@@ -166,12 +332,26 @@ func (s *service) handle(ctx context.Context, msg jetstream.Msg) error {
 		}
 	}
 	pl := planRow(p, p.Queries(), run, rec, nil)
+	if ctl == "cancelled" {
+		// Its run was cancelled before this row was published: the row completes as an
+		// error row and nothing of it is called.
+		pl.jobs, pl.rowErr = nil, true
+		if pl.row.Error == nil {
+			pl.row.Error = &wire.Error{Reason: wire.ReasonCancelled, Message: fmt.Sprintf("row %d: run %s was cancelled before this row was published", row, run)}
+		}
+	}
+	if pl, err = fit(pl, s.limit); err != nil {
+		return false, err
+	}
+	if pl.row.Error != nil && pl.row.Error.Reason == wire.ReasonRowTooLarge {
+		s.log.Warn().Str("run", run).Int("row", row).Str("reason", pl.row.Error.Message).Msg("row too large for a message: published as an error row")
+	}
 	// Always careful: a redelivered record must not publish a job twice.
 	if _, err := publishPlan(ctx, s.pub, run, pl, true); err != nil {
-		return err
+		return false, err
 	}
 	s.seen[run] = max(s.seen[run], row+1)
-	return nil
+	return true, nil
 }
 
 // parseObject reads one submitted row object with the JSONL reader (key order kept).

@@ -9,10 +9,12 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
 	"github.com/multiquery/multiquery/internal/wire"
@@ -235,15 +237,105 @@ func EnsureJobConsumer(ctx context.Context, js jetstream.JetStream, t Topology, 
 
 // Server error codes with meaning for us.
 const (
-	codeMaxMsgsPerSubject = 10077
-	codeWrongLastSequence = 10071
+	// codeStoreFailed (JSStreamStoreFailedF) is the one code nats-server gives every
+	// store rejection: a per-subject duplicate, but also a full stream, a message too
+	// large and a closed store. Only the description (the store error's text) tells
+	// them apart.
+	codeStoreFailed         = 10077
+	codeWrongLastSequence   = 10071
+	codeMsgExceedsMaximum   = 10054 // JSStreamMessageExceedsMaximumErr (stream max_msg_size)
+	codeAccountResources    = 10002 // JSAccountResourcesExceededErr
+	codeStorageResources    = 10047 // JSStorageResourcesExceededErr
+	codeInsufficientStorage = 10023 // JSInsufficientResourcesErr
 )
 
-// IsFirstWriterLost reports whether a publish was rejected because the subject already
-// holds its one message (first-writer-wins): the work is already done.
-func IsFirstWriterLost(err error) bool {
+// Descriptions of the store errors behind codeStoreFailed, as nats-server v2.15 words
+// them (server/store.go: ErrMaxMsgsPerSubject, ErrMaxMsgs, ErrMaxBytes, ErrMsgTooLarge,
+// ErrStoreClosed). The server sends nothing more specific.
+const (
+	descMaxMsgsPerSubject = "maximum messages per subject exceeded"
+	descMaxMsgs           = "maximum messages exceeded"
+	descMaxBytes          = "maximum bytes exceeded"
+	descMsgTooLarge       = "message too large"
+)
+
+func storeFailed(err error, desc string) bool {
 	var apiErr *jetstream.APIError
-	return errors.As(err, &apiErr) && apiErr.ErrorCode == codeMaxMsgsPerSubject
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == codeStoreFailed && strings.EqualFold(apiErr.Description, desc)
+}
+
+// IsFirstWriterLost reports whether a publish was rejected because the subject already
+// holds its one message (first-writer-wins, MaxMsgsPerSubject 1 with DiscardNew): the
+// work is already done. Any other store rejection is not.
+func IsFirstWriterLost(err error) bool { return storeFailed(err, descMaxMsgsPerSubject) }
+
+// IsStreamFull reports whether a publish was rejected because the stream (or the
+// account's storage) is at its limit with DiscardNew: the message is not stored, and a
+// publisher must wait for room and publish it again, never count it done.
+func IsStreamFull(err error) bool {
+	if storeFailed(err, descMaxMsgs) || storeFailed(err, descMaxBytes) {
+		return true
+	}
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && (apiErr.ErrorCode == codeAccountResources ||
+		apiErr.ErrorCode == codeStorageResources || apiErr.ErrorCode == codeInsufficientStorage)
+}
+
+// IsTooLarge reports whether a message can never be published as it is: over the
+// connection's max_payload (refused by the client) or the stream's message size limit.
+// Retrying it is pointless.
+func IsTooLarge(err error) bool {
+	if errors.Is(err, nats.ErrMaxPayload) || storeFailed(err, descMsgTooLarge) {
+		return true
+	}
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == codeMsgExceedsMaximum
+}
+
+// streamFull counts publishes that a full stream rejected and that wait to be retried.
+var streamFull = prometheus.NewCounterVec(prometheus.CounterOpts{
+	Name: "mq_publish_stream_full_total",
+	Help: "Publishes rejected by a full stream (max messages or bytes) and retried after a backoff, by subject kind (jobs, input, results...).",
+}, []string{"kind"})
+
+// Collectors returns the metrics of this package, for a process's /metrics.
+func Collectors() []prometheus.Collector { return []prometheus.Collector{streamFull} }
+
+// StreamFullWaits returns the counter of publishes of one subject kind ("jobs",
+// "results"...) that this process retried because their stream was full.
+func StreamFullWaits(kind string) prometheus.Counter { return streamFull.WithLabelValues(kind) }
+
+// RetryPublish runs publish until the message is stored. A first-writer-wins rejection
+// counts as stored (nil). A full stream is waited out with backoff until ctx ends: each
+// wait is counted in mq_publish_stream_full_total and logged, so a stuck pipeline shows
+// why. A message too large fails at once (IsTooLarge). Other errors are retried as
+// Retry does.
+func RetryPublish(ctx context.Context, log zerolog.Logger, subject string, publish func(ctx context.Context) error) error {
+	kind, _, _ := strings.Cut(subject, ".")
+	waits := 0
+	err := retry(ctx, func(ctx context.Context) (bool, error) {
+		err := publish(ctx)
+		switch {
+		case err == nil || IsFirstWriterLost(err):
+			if waits > 0 {
+				log.Info().Str("subject", subject).Int("waits", waits).Msg("stream has room again: published")
+			}
+			return false, nil
+		case IsStreamFull(err):
+			streamFull.WithLabelValues(kind).Inc()
+			if waits%10 == 0 {
+				log.Warn().Err(err).Str("subject", subject).Int("waits", waits).Msg("stream full: the publish waits for room and is retried")
+			}
+			waits++
+			return true, err
+		default:
+			return retryable(err), err
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("publish %s: %w", subject, err)
+	}
+	return nil
 }
 
 // IsKeyExists reports whether a KV Create lost to an earlier writer.
@@ -256,7 +348,7 @@ func IsKeyExists(err error) bool {
 }
 
 // retryable reports whether a JetStream API error is worth retrying (elections,
-// timeouts, a server not yet ready).
+// timeouts, a server not yet ready, a full stream).
 func retryable(err error) bool {
 	if err == nil {
 		return false
@@ -268,10 +360,14 @@ func retryable(err error) bool {
 			return true
 		}
 	}
+	if IsFirstWriterLost(err) || IsTooLarge(err) {
+		return false
+	}
 	var apiErr *jetstream.APIError
 	if errors.As(err, &apiErr) {
-		// 10008: cluster not available / no leader; 503 codes during elections.
-		return apiErr.Code == 503 && apiErr.ErrorCode != codeMaxMsgsPerSubject || apiErr.ErrorCode == 10008
+		// 10008: cluster not available / no leader; 503 codes during elections, a full
+		// stream, a store closed while a stream moves.
+		return apiErr.Code == 503 || apiErr.ErrorCode == 10008 || IsStreamFull(err)
 	}
 	return false
 }
@@ -279,12 +375,21 @@ func retryable(err error) bool {
 // Retry runs fn until it succeeds, fails with a non-retryable error, or ctx ends.
 // Each attempt gets a 5 s deadline; waits grow from 50 ms to 2 s with jitter.
 func Retry(ctx context.Context, fn func(ctx context.Context) error) error {
+	return retry(ctx, func(ctx context.Context) (bool, error) {
+		err := fn(ctx)
+		return retryable(err), err
+	})
+}
+
+// retry runs fn until it returns nil, an error it says is final (again false), or ctx
+// ends.
+func retry(ctx context.Context, fn func(ctx context.Context) (again bool, err error)) error {
 	wait := 50 * time.Millisecond
 	for {
 		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		err := fn(actx)
+		again, err := fn(actx)
 		cancel()
-		if err == nil || !retryable(err) || ctx.Err() != nil {
+		if err == nil || !again || ctx.Err() != nil {
 			if err != nil && ctx.Err() != nil {
 				return fmt.Errorf("%w (last error: %w)", ctx.Err(), err)
 			}

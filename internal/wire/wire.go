@@ -245,8 +245,8 @@ type Open struct {
 // Validate checks what the collector relies on.
 func (o *Open) Validate() error {
 	var errs []error
-	if !ValidToken(o.Run) {
-		errs = append(errs, fmt.Errorf("run: %q is not a valid id ([A-Za-z0-9_-]+)", o.Run))
+	if err := ValidateRunID(o.Run); err != nil {
+		errs = append(errs, fmt.Errorf("run: %w", err))
 	}
 	if len(o.Queries) == 0 {
 		errs = append(errs, errors.New("queries: empty"))
@@ -421,9 +421,12 @@ type Usage struct {
 // Error reasons. Row-level reasons appear in "_error.reason", query-level ones in
 // "_error.failed_queries[].error.reason".
 const (
-	ReasonQueryFailed           = "query_failed"
-	ReasonTemplateRendering     = "template_rendering_failed"
-	ReasonMalformedRecord       = "malformed_record"
+	ReasonQueryFailed       = "query_failed"
+	ReasonTemplateRendering = "template_rendering_failed"
+	ReasonMalformedRecord   = "malformed_record"
+	// ReasonRowTooLarge: the row, or one of its rendered prompts, does not fit in one
+	// message (the server's max_payload); no job is published for it.
+	ReasonRowTooLarge           = "row_too_large"
 	ReasonCancelled             = "cancelled"
 	ReasonCapacityTimeout       = "capacity_retry_timeout"
 	ReasonRetryExhausted        = "retry_exhausted"

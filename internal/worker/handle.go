@@ -345,17 +345,12 @@ func (w *Worker) publishResult(ctx context.Context, res *wire.Result) error {
 		return fmt.Errorf("encode result: %w", err)
 	}
 	subj := wire.ResultSubject(res.Run, res.Row, res.Query)
-	err = queue.Retry(ctx, func(ctx context.Context) error {
+	// An earlier result winning counts as stored (the job is done); a full stream is
+	// waited out, never taken for done.
+	return queue.RetryPublish(ctx, w.log, subj, func(ctx context.Context) error {
 		_, err := w.js.Publish(ctx, subj, data, jetstream.WithMsgID(wire.ResultMsgID(res.Run, res.Row, res.Query)))
-		if queue.IsFirstWriterLost(err) {
-			return nil // an earlier result won: the job is done
-		}
 		return err
 	})
-	if err != nil {
-		return fmt.Errorf("publish %s: %w", subj, err)
-	}
-	return nil
 }
 
 // poison handles an undecodable or invalid job: dead-letter the original payload with the

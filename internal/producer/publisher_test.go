@@ -1,0 +1,107 @@
+package producer
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/multiquery/multiquery/internal/natstest"
+	"github.com/multiquery/multiquery/internal/queue"
+	"github.com/multiquery/multiquery/internal/wire"
+)
+
+// Issue 8, item 3: a wait that failed (its context ended while a publish was not yet
+// acknowledged, here because the server was down) leaves the rest for the next wait,
+// which must finish them once the server is back, not wait again on acks it already
+// read (it used to block for ever).
+func TestAWaitAfterAFailedSettleFinishesWhatIsLeft(t *testing.T) {
+	srv := natstest.Start(t)
+	_, js := srv.Connect(t)
+	ctx := context.Background()
+	if err := queue.Ensure(ctx, js, queue.Topology{}); err != nil {
+		t.Fatal(err)
+	}
+	pub := &publisher{js: js, window: 100, log: zerolog.Nop()}
+	send := func(i int) {
+		t.Helper()
+		m, err := newMsg(wire.JobSubject("d", "run", i, "q"), wire.JobMsgID("run", i, "q"), map[string]int{"v": 1, "row": i})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := pub.async(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send(0)
+	srv.Shutdown()
+	send(1) // buffered by the client while the server is down
+	short, cancel := context.WithTimeout(ctx, time.Second)
+	err := pub.wait(short)
+	cancel()
+	if err == nil {
+		t.Fatal("wait succeeded with the server down")
+	}
+	srv.Restart()
+	long, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	if err := pub.wait(long); err != nil {
+		t.Fatalf("second wait: %v; want the publishes left by the first wait finished", err)
+	}
+	s, err := js.Stream(ctx, wire.StreamJobs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil || info.State.Msgs != 2 {
+		t.Fatalf("MQ_JOBS holds %v messages (%v), want 2", info.State.Msgs, err)
+	}
+}
+
+// Issue 8, item 6: fit turns a row whose data, or one of whose prompts, is over the
+// limit into a row_too_large error row with no job, keeping the data when it fits.
+func TestFitMakesRowsTooLargeForAMessageErrorRows(t *testing.T) {
+	t.Parallel()
+	job := func(content string) wire.Job {
+		return wire.Job{V: 1, Run: "r", Row: 7, Query: "q", Deployment: "d", Request: wire.Request{Messages: []wire.Message{{Role: "user", Content: content}}}}
+	}
+	data := func(n int) json.RawMessage {
+		return json.RawMessage(fmt.Sprintf(`{"text":%q}`, strings.Repeat("x", n)))
+	}
+	const limit = 4096
+	tests := []struct {
+		name             string
+		pl               plan
+		wantErr, keepRow bool
+	}{
+		{name: "a row and prompts that fit are published as they are", pl: plan{row: wire.Row{V: 1, Run: "r", Row: 7, Data: data(100)}, jobs: []wire.Job{job("small")}}, keepRow: true},
+		{name: "a prompt over the limit fails the row, which keeps its data", pl: plan{row: wire.Row{V: 1, Run: "r", Row: 7, Data: data(100)}, jobs: []wire.Job{job("small"), job(strings.Repeat("p", 5000))}}, wantErr: true, keepRow: true},
+		{name: "a row over the limit fails without its data", pl: plan{row: wire.Row{V: 1, Run: "r", Row: 7, Data: data(5000)}, jobs: []wire.Job{job("small")}}, wantErr: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			pl, err := fit(tt.pl, limit)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := pl.row.Error != nil; got != tt.wantErr {
+				t.Fatalf("error row = %v (%v), want %v", got, pl.row.Error, tt.wantErr)
+			}
+			if tt.wantErr && (pl.row.Error.Reason != wire.ReasonRowTooLarge || len(pl.jobs) != 0 || !pl.rowErr ||
+				pl.row.Error.Details["limit_bytes"] != int64(limit) || !strings.Contains(pl.row.Error.Message, "row 7")) {
+				t.Fatalf("plan %+v: want reason %s naming row 7 and the limit, no job", pl.row.Error, wire.ReasonRowTooLarge)
+			}
+			if got := pl.row.Data != nil; got != tt.keepRow {
+				t.Fatalf("row data kept = %v, want %v", got, tt.keepRow)
+			}
+			if pl.rowMsg == nil || msgSize(pl.rowMsg) > limit || len(pl.jobMsgs) != len(pl.jobs) {
+				t.Fatalf("encoded row %v (%d jobs for %d messages): want it within the limit", pl.rowMsg != nil, len(pl.jobs), len(pl.jobMsgs))
+			}
+		})
+	}
+}
