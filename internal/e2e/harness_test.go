@@ -278,3 +278,15 @@ func queryNames(cases, criteria int) []string {
 	}
 	return out
 }
+
+// waitFor polls cond until it holds, failing the test after timeout naming what.
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("after %s: still waiting for %s", timeout, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -27,18 +27,6 @@ import (
 	"github.com/multiquery/multiquery/internal/worker"
 )
 
-// waitFor polls cond until it holds or timeout passes, then fails naming what.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("after %s: still waiting for %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // streamMsgs returns how many messages a stream holds (matching subject, if not "").
 func streamMsgs(t *testing.T, js jetstream.JetStream, stream, subject string) uint64 {
 	t.Helper()

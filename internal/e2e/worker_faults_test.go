@@ -19,18 +19,6 @@ import (
 	"github.com/multiquery/multiquery/internal/worker"
 )
 
-// waitFor polls cond until it holds, failing the test after timeout.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not after %s", what, timeout)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 func (e *env) consumerExists(alias, run string) bool {
 	_, err := e.js.Consumer(context.Background(), wire.StreamJobs, queue.JobConsumerName(alias, run))
 	return err == nil
