@@ -539,23 +539,7 @@ func (c *Collector) writeCheckpoint(r *run, off sink.Offsets) error {
 }
 
 // Status is the run progress published in the runs KV bucket under the run id.
-type Status struct {
-	Run     string `json:"run"`
-	State   string `json:"state"` // open | sealed | completed
-	Total   int    `json:"rows_total"`
-	Emitted int    `json:"rows_emitted"`
-	OK      int    `json:"rows_ok"`
-	Failed  int    `json:"rows_failed"`
-	Next    int    `json:"watermark"` // every row below has been emitted
-	OutDir  string `json:"out_dir"`
-	// Deployments and Started come from the open record (for status and ETA).
-	Deployments []string  `json:"deployments"`
-	Started     time.Time `json:"started"`
-	Updated     time.Time `json:"updated"`
-	Finished    bool      `json:"finished"`
-	// LeaseEpoch is the epoch of the collector lease it was written under.
-	LeaseEpoch uint64 `json:"lease_epoch,omitempty"`
-}
+type Status = wire.RunStatus
 
 // loadStatusRev reads the revision of the run's status key, the base of its
 // compare-and-set writes.

@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/multiquery/multiquery/internal/collector"
 	"github.com/multiquery/multiquery/internal/config"
 	"github.com/multiquery/multiquery/internal/deadletter"
 	"github.com/multiquery/multiquery/internal/input"
@@ -504,4 +505,61 @@ func (e *env) linesIfAny(run, name string) []map[string]any {
 		return nil
 	}
 	return e.lines(run, name)
+}
+
+// A finished run's id is refused: its data and checkpoints are purged, so publishing it
+// again would pay for every call a second time while its output is already final.
+func TestAFinishedRunIDIsRefused(t *testing.T) {
+	e := setup(t, llmsim.Config{})
+	e.startWorker(workerOpts{})
+	e.startCollector("")
+	p := e.pipeline(matrixPipeline(1, 2, ""))
+	rep, err := e.produce(p, csvRows(5, nil), input.CSV)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.waitSummary(rep.Run, 60*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := collector.WaitRun(ctx, e.js, rep.Run, nil); err != nil {
+		t.Fatal(err)
+	}
+	_, err = producer.Run(ctx, e.js, producer.Config{Pipeline: p, Input: strings.NewReader(csvRows(5, nil)), Format: input.CSV, Topology: e.topo, Run: rep.Run}, e.log)
+	var usage *producer.UsageError
+	if !errors.As(err, &usage) || !strings.Contains(err.Error(), "already finished") {
+		t.Fatalf("second producer with run id %s: %v, want a usage error saying the run already finished", rep.Run, err)
+	}
+	for _, stream := range []string{wire.StreamInput, wire.StreamJobs} {
+		if n := streamMsgs(t, e.js, stream, ""); n != 0 {
+			t.Fatalf("%s holds %d messages after the refused rerun: it published", stream, n)
+		}
+	}
+}
+
+// A submitted run whose id belongs to a finished run is refused at the door, as the file
+// producer refuses it: nothing is published, no call is paid twice.
+func TestASubmittedRunReusingAFinishedRunIDIsRefused(t *testing.T) {
+	e := setup(t, llmsim.Config{})
+	e.startWorker(workerOpts{})
+	e.startCollector("")
+	m := producer.NewMetrics()
+	pub := e.serve(e.pipeline(matrixPipeline(1, 1, "")), producer.ServiceConfig{Metrics: m})
+	submit(pub, "used-once", 0, 1)
+	e.waitSummary("used-once", 60*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := collector.WaitRun(ctx, e.js, "used-once", nil); err != nil {
+		t.Fatal(err)
+	}
+	calls := e.sim.Stats().Requests
+	submit(pub, "used-once", 0, 1)
+	waitFor(t, 60*time.Second, "the reused run's records to be refused", func() bool {
+		return counterValue(t, m.Rejected(producer.RejectFinishedRun)) == 4 // open, 2 rows, seal
+	})
+	if n := streamMsgs(t, e.js, wire.StreamInput, "input.used-once.>"); n != 0 {
+		t.Fatalf("%d input records of the reused run on the bus, want none", n)
+	}
+	if got := e.sim.Stats().Requests; got != calls {
+		t.Fatalf("llmsim saw %d calls, want %d: a reused run id was billed again", got, calls)
+	}
 }

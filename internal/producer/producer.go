@@ -120,6 +120,9 @@ func Run(ctx context.Context, js jetstream.JetStream, cfg Config, log zerolog.Lo
 	if err != nil {
 		return Report{}, fmt.Errorf("open kv %s: %w", wire.BucketRuns, err)
 	}
+	if err := refuseFinished(ctx, runs, cfg.Run); err != nil {
+		return Report{}, err
+	}
 	ck := &checkpointer{kv: runs, run: cfg.Run, configHash: open.ConfigHash}
 	prev, err := ck.load(ctx)
 	if err != nil {
@@ -554,4 +557,25 @@ func (p *publisher) settle(ctx context.Context) error {
 // published again, carefully).
 func (p *publisher) reset() {
 	p.pending, p.rows = p.pending[:0], p.rows[:0]
+}
+
+// refuseFinished refuses a run id whose run has finished: the collector purged its data
+// and checkpoints, so publishing it again would pay for every call a second time and
+// its output would go nowhere (the run's files are final).
+func refuseFinished(ctx context.Context, runs jetstream.KeyValue, run string) error {
+	e, err := runs.Get(ctx, run)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read status of run %s: %w", run, err)
+	}
+	var st wire.RunStatus
+	if err := json.Unmarshal(e.Value(), &st); err != nil {
+		return fmt.Errorf("decode status of run %s: %w", run, err)
+	}
+	if st.Finished {
+		return &UsageError{fmt.Errorf("run %s already finished (%d rows: %d ok, %d failed, output in %s); use a new run id", run, st.Total, st.OK, st.Failed, st.OutDir)}
+	}
+	return nil
 }

@@ -63,6 +63,7 @@ const (
 	RejectUnknownPipeline   = "unknown_pipeline"
 	RejectMalformedSubject  = "malformed_subject"
 	RejectUndecodableSeal   = "undecodable_seal"
+	RejectFinishedRun       = "finished_run"
 	serviceFetch            = 64
 	serviceMaxAckPending    = 100000
 	serviceControlFreshness = time.Second
@@ -194,6 +195,9 @@ type runState struct {
 	statusRead  time.Time
 	control     string // running, paused or cancelled (mqctl)
 	controlRead time.Time
+	// checked: the run's status was read once; finished: it said the run had finished
+	// before this service first saw it (a reused run id, refused).
+	checked, finished bool
 }
 
 func (s *service) state(run string) *runState {
@@ -296,6 +300,22 @@ func (s *service) handle(ctx context.Context, msg jetstream.Msg) (held bool, err
 		s.reject(msg, RejectUnknownPipeline, fmt.Errorf("pipeline %q is not served here (run %s)", name, run))
 		return false, nil
 	}
+	st := s.state(run)
+	// Read once per run, and again at every open record: a run id reused after its run
+	// finished is seen at its new open record.
+	if !st.checked || kind == wire.InputOpen {
+		var usage *UsageError
+		err := refuseFinished(ctx, s.runs, run)
+		if err != nil && !errors.As(err, &usage) {
+			return false, err
+		}
+		st.finished = err != nil
+		st.checked = true
+	}
+	if st.finished {
+		s.reject(msg, RejectFinishedRun, fmt.Errorf("run %s already finished; a reused run id is refused (use a new one)", run))
+		return false, nil
+	}
 	switch kind {
 	case wire.InputOpen:
 		open := openRecord(p, run, nil)
@@ -309,7 +329,6 @@ func (s *service) handle(ctx context.Context, msg jetstream.Msg) (held bool, err
 		seal.V, seal.Run = wire.Version, run
 		return true, s.pub.sync(ctx, wire.InputSealSubject(run), "seal."+run, seal)
 	}
-	st := s.state(run)
 	ctl := s.controlState(ctx, run, st)
 	switch {
 	case ctl == "paused":
