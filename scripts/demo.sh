@@ -113,7 +113,20 @@ echo "demo: outputs:"
 for f in results.jsonl errors.jsonl results.csv errors.csv; do
   printf '  %-28s %5d lines\n' "$OUT/$run/$f" "$(wc -l <"$OUT/$run/$f")"
 done
-echo "demo: llmsim counters: $(curl -s "http://$SIM_ADDR/stats" 2>/dev/null | head -c 400 || true)"
+stats=$(curl -s "http://$SIM_ADDR/stats" 2>/dev/null || true)
+echo "demo: llmsim counters: $(printf '%s' "$stats" | head -c 400)"
+# The summary's calls and tokens are what the provider billed: they must equal llmsim's
+# own counters exactly.
+num() { printf '%s' "$1" | tr -d ' \n' | sed -n "s/.*\"$2\":\([0-9]*\).*/\1/p"; }
+summary=$(cat "$OUT/$run/summary.json")
+for pair in calls:requests prompt_tokens:prompt_tokens completion_tokens:completion_tokens; do
+  ours=$(num "$summary" "${pair%%:*}"); theirs=$(num "$stats" "${pair#*:}")
+  if [ -z "$ours" ] || [ "$ours" != "$theirs" ]; then
+    echo "demo: summary ${pair%%:*} = ${ours:-?} but llmsim counted ${pair#*:} = ${theirs:-?}" >&2
+    exit 1
+  fi
+done
+echo "demo: summary calls and tokens equal llmsim's counters (what the provider billed)"
 echo
 echo "demo: first result row:"
 head -c 600 "$OUT/$run/results.jsonl"; echo " ..."
