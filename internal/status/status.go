@@ -175,6 +175,14 @@ func SetControl(ctx context.Context, js jetstream.JetStream, run, state string) 
 	if err != nil {
 		return fmt.Errorf("open kv %s: %w", wire.BucketRuns, err)
 	}
+	// A finished run is final: its per-run keys are purged, and a control key written
+	// now would be left behind for ever.
+	if e, err := runs.Get(ctx, run); err == nil {
+		var st wire.RunStatus
+		if json.Unmarshal(e.Value(), &st) == nil && st.Finished {
+			return fmt.Errorf("control: run %s has finished (%s); nothing left to pause, resume or cancel", run, st.State)
+		}
+	}
 	if e, err := runs.Get(ctx, worker.ControlKey(run)); err == nil {
 		var c worker.Control
 		if json.Unmarshal(e.Value(), &c) == nil && c.State == worker.StateCancelled && state != worker.StateCancelled {
