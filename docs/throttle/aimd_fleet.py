@@ -4,7 +4,7 @@
 Two designs, same provider (token bucket C req/s, burst B; optional random 429s that consume
 no token, like llmsim's injected faults, and carry no rate-limit headers):
 
-run_old  the design this replaces (DESIGN.md section 4 as first built): W independent jittered
+run_old  the design this replaces (the throttle as first built): W independent jittered
          pacers, every 429 broadcast, each worker cuts x0.9 at most once per window, a 429's
          Retry-After pauses the fleet, slow start x2 per window from start_rate.
 run_new  one controller: (1) a fleet dispatch grid -- every member derives the same evenly
@@ -28,7 +28,7 @@ PLASTIC = 0.7548776662466927
 
 
 # ---------------------------------------------------------------------------------------------
-# The replaced design (a copy of ../shared/sims/aimd_fleet.py, plus random 429s and the
+# The replaced design (the first model of it, plus random 429s and the
 # fleet-wide pause on every Retry-After, which the first model left out).
 def run_old(W, C=50.0, B=5.0, beta=0.9, grow=0.04, window=0.25, jitter=0.2, start=5.0,
             T=70.0, warm=10.0, seed=1, C2=None, t_change=None, noise=0.0, noise_ra=1.0,

@@ -93,7 +93,7 @@ func Chaos(ctx context.Context, c ChaosConfig) (ChaosReport, error) {
 		return rep, err
 	}
 	defer s.Stop()
-	// Injected (random) 429s must not pin the AIMD low: a high floor (DESIGN.md section 4).
+	// Injected (random) 429s must not pin the AIMD low: a high floor.
 	cfg, err := s.WriteWorkerConfig("    throttle: {start_rate: 200, min_rate: 100, max_rate: 5000, max_pause: 1s}\n")
 	if err != nil {
 		return rep, err

@@ -229,7 +229,7 @@ func classify(err error, resp *http.Response, timedOut bool) error {
 	return &TransientError{StatusCode: status, Message: Redact(err.Error())}
 }
 
-// classifyStatus implements the outcome table of DESIGN.md section 3 for HTTP errors.
+// classifyStatus implements the outcome table (docs/WIRE.md, docs/OPERATIONS.md) for HTTP errors.
 // msg must already be redacted.
 func classifyStatus(status int, code, typ, msg string, h http.Header) error {
 	switch {

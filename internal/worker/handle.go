@@ -175,7 +175,7 @@ func (w *Worker) handle(ctx context.Context, d *deployment, msg jetstream.Msg) {
 	w.onError(ctx, d, msg, &job, callErr, attempt, this, log)
 }
 
-// onError maps a classified error to its queue action (DESIGN.md section 3). this is
+// onError maps a classified error to its queue action (the outcome table in docs/OPERATIONS.md). this is
 // what the failed call cost; a NAK stores it in the retry state, a final result sums it.
 func (w *Worker) onError(ctx context.Context, d *deployment, msg jetstream.Msg, job *wire.Job, callErr error, attempt int, this spend, log zerolog.Logger) {
 	var (
