@@ -26,6 +26,10 @@ type CostConfig struct {
 	Slots   int // worker concurrency in the 0-latency pipeline (2 workers)
 	Workers int
 	Log     io.Writer
+	// Profile, if set, is a directory: each pipeline run takes CPU profiles of the
+	// workers, the collector and nats-server (ProfileFor long, from the run's start).
+	Profile    string
+	ProfileFor time.Duration
 }
 
 // CostRow is one measurement of one round.
@@ -160,6 +164,13 @@ func (c CostConfig) pipeline(ctx context.Context, s *Stack, name string, rows, q
 	if err != nil {
 		return CostRow{}, err
 	}
+	var profiled chan error
+	if c.Profile != "" {
+		profiled = make(chan error, 1)
+		go func() {
+			profiled <- s.Profile(c.Profile, strings.ReplaceAll(name, " ", "-"), max(c.ProfileFor, time.Second))
+		}()
+	}
 	before := s.cpu()
 	in0, out0, _ := s.varz()
 	began := time.Now()
@@ -185,6 +196,11 @@ func (c CostConfig) pipeline(ctx context.Context, s *Stack, name string, rows, q
 	cpu["producer"] = cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
 	in1, out1, _ := s.varz()
 	stored, _ := s.jszBytes()
+	if profiled != nil {
+		if err := <-profiled; err != nil {
+			fmt.Fprintf(c.Log, "profile %s: %v\n", name, err)
+		}
+	}
 	return CostRow{Name: name, Queries: rows * queries, Wall: wall, CPU: cpu, MsgsIn: in1 - in0, MsgsOut: out1 - out0, StoreBytes: stored}, nil
 }
 
@@ -210,7 +226,7 @@ func Cost(ctx context.Context, c CostConfig) ([][]CostRow, error) {
 		if err != nil {
 			return rounds, err
 		}
-		s, err := startStack(c.Bin, dir, []string{"--latency", "0s"}, 1)
+		s, err := startStack(c.Bin, dir, []string{"--latency", "0s"}, 1, c.Profile != "")
 		if err != nil {
 			return rounds, err
 		}

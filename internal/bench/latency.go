@@ -55,7 +55,7 @@ func LatencyBound(ctx context.Context, c CostConfig, latency time.Duration, work
 	if err != nil {
 		return nil, err
 	}
-	s, err := startStack(c.Bin, dir, []string{"--latency", latency.String()}, 1)
+	s, err := startStack(c.Bin, dir, []string{"--latency", latency.String()}, 1, false)
 	if err != nil {
 		return nil, err
 	}
