@@ -51,7 +51,7 @@ func main() {
 		latRows = flag.Int("latency-calls-per-slot", 20, "latency-bound runs: calls per slot")
 		profile = flag.String("profile", "", "cost benchmark: a directory for CPU profiles of workers, collector and nats-server during each pipeline run")
 		profFor = flag.Duration("profile-for", 3*time.Second, "cost benchmark: length of each CPU profile")
-		withLat = flag.Bool("latency", true, "cost benchmark: also run the latency-bound and replaced-system scenarios")
+		withLat = flag.Bool("cost-latency", true, "cost benchmark: also run the latency-bound and replaced-system scenarios")
 	)
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
