@@ -145,6 +145,7 @@ type Worker struct {
 	jobs    jetstream.Stream
 	ctl     controls
 	audit   *auditor
+	keep    *keeper
 	deps    map[string]*deployment
 	m       *metrics
 }
@@ -168,7 +169,12 @@ func New(js jetstream.JetStream, cfg Config, log zerolog.Logger) (*Worker, error
 	}
 	w := &Worker{cfg: cfg, js: js, log: log.With().Str("component", "worker").Str("worker", cfg.Name).Logger(), deps: map[string]*deployment{}, m: newMetrics(),
 		ctl: controls{runs: map[string]string{}, breakers: map[string]bool{}}}
-	w.audit = &auditor{js: js, dropped: func() { w.m.auditDropped.Inc() }, done: make(chan struct{})}
+	audit, err := newAuditor(js, func() { w.m.auditDropped.Inc() })
+	if err != nil {
+		return nil, err
+	}
+	w.audit = audit
+	w.keep = newKeeper(cfg.Topology.AckWait / 3)
 	for _, d := range cfg.Deployments {
 		slots := cfg.Concurrency
 		if d.MaxConcurrency > 0 && d.MaxConcurrency < slots {
@@ -199,7 +205,11 @@ func New(js jetstream.JetStream, cfg Config, log zerolog.Logger) (*Worker, error
 // Run serves until ctx ends, then drains: stops fetching, lets in-flight calls finish
 // up to DrainTimeout, NAKs what is left, and returns after every goroutine exited.
 func (w *Worker) Run(ctx context.Context) error {
-	defer close(w.audit.done) // after every handler: no audit ack watcher outlives Run
+	// One loop keeps every in-flight job alive; it stops after the last handler.
+	keepCtx, stopKeep := context.WithCancel(context.WithoutCancel(ctx))
+	keeping := make(chan struct{})
+	go func() { defer close(keeping); w.keep.run(keepCtx) }()
+	defer func() { stopKeep(); <-keeping }()
 	if err := queue.Ensure(ctx, w.js, w.cfg.Topology); err != nil {
 		return err
 	}
