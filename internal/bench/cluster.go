@@ -270,6 +270,10 @@ func (s *Stack) Profile(dir, prefix string, d time.Duration) error {
 	done := make(chan error, len(s.OpsAddr))
 	for name, addr := range s.OpsAddr {
 		go func() {
+			if err := waitPort(addr, 10*time.Second); err != nil {
+				done <- err
+				return
+			}
 			url := fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", addr, max(1, int(d.Seconds())))
 			resp, err := http.Get(url)
 			if err != nil {
