@@ -34,12 +34,15 @@ type CostConfig struct {
 
 // CostRow is one measurement of one round.
 type CostRow struct {
-	Name       string
-	Queries    int
-	Wall       time.Duration
-	CPU        map[string]time.Duration // by process kind, llmsim excluded
-	MsgsIn     int64                    // nats-server in_msgs during the run
-	MsgsOut    int64
+	Name    string
+	Queries int
+	Wall    time.Duration
+	CPU     map[string]time.Duration // by process kind, llmsim excluded
+	MsgsIn  int64                    // nats-server in_msgs during the run
+	MsgsOut int64
+	// MsgsBy is in+out messages by client connection name (the server's view), and
+	// "server" for what no client connection counts (internal JetStream traffic).
+	MsgsBy     map[string]int64
 	StoreBytes int64 // bytes left in the streams after the run (audit included)
 }
 
@@ -112,6 +115,42 @@ func (s *Stack) varz() (in, out int64, err error) {
 	return v.InMsgs, v.OutMsgs, json.NewDecoder(resp.Body).Decode(&v)
 }
 
+// connMsgs reads in+out messages by connection name, closed connections included.
+func (s *Stack) connMsgs() map[string]int64 {
+	out := map[string]int64{}
+	resp, err := http.Get(s.MonitorURL + "/connz?state=all&limit=100000")
+	if err != nil {
+		return out
+	}
+	defer resp.Body.Close()
+	var v struct {
+		Conns []struct {
+			CID     uint64 `json:"cid"`
+			Name    string `json:"name"`
+			InMsgs  int64  `json:"in_msgs"`
+			OutMsgs int64  `json:"out_msgs"`
+		} `json:"connections"`
+	}
+	if json.NewDecoder(resp.Body).Decode(&v) != nil {
+		return out
+	}
+	for _, c := range v.Conns {
+		out[fmt.Sprintf("%s#%d", c.Name, c.CID)] = c.InMsgs + c.OutMsgs
+	}
+	return out
+}
+
+// diffMsgs sums the per-connection growth by connection name.
+func diffMsgs(a, b map[string]int64) map[string]int64 {
+	out := map[string]int64{}
+	for k, v := range b {
+		if d := v - a[k]; d > 0 {
+			out[strings.SplitN(k, "#", 2)[0]] += d
+		}
+	}
+	return out
+}
+
 // jszBytes reads the bytes stored in every stream.
 func (s *Stack) jszBytes() (int64, error) {
 	resp, err := http.Get(s.MonitorURL + "/jsz")
@@ -173,6 +212,7 @@ func (c CostConfig) pipeline(ctx context.Context, s *Stack, name string, rows, q
 	}
 	before := s.cpu()
 	in0, out0, _ := s.varz()
+	conns0 := s.connMsgs()
 	began := time.Now()
 	args := append([]string{"--config", pipeline, "--input", input, "--log-level", "warn"}, s.Extra...)
 	cmd := exec.CommandContext(ctx, filepath.Join(s.Bin, "producer"), args...)
@@ -195,13 +235,14 @@ func (c CostConfig) pipeline(ctx context.Context, s *Stack, name string, rows, q
 	cpu := diffCPU(before, s.cpu())
 	cpu["producer"] = cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
 	in1, out1, _ := s.varz()
+	by := diffMsgs(conns0, s.connMsgs())
 	stored, _ := s.jszBytes()
 	if profiled != nil {
 		if err := <-profiled; err != nil {
 			fmt.Fprintf(c.Log, "profile %s: %v\n", name, err)
 		}
 	}
-	return CostRow{Name: name, Queries: rows * queries, Wall: wall, CPU: cpu, MsgsIn: in1 - in0, MsgsOut: out1 - out0, StoreBytes: stored}, nil
+	return CostRow{Name: name, Queries: rows * queries, Wall: wall, CPU: cpu, MsgsIn: in1 - in0, MsgsOut: out1 - out0, MsgsBy: by, StoreBytes: stored}, nil
 }
 
 func costPipeline(queries int) string {
@@ -280,7 +321,7 @@ func CostTable(rounds [][]CostRow) string {
 		return ""
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "| measure | q/s (min/med/max) | CPU/query µs (min/med/max) | x raw+http CPU (med) | throughput / raw+http (med) | NATS msgs/query in+out (med) | CPU by process (med round) |\n|---|---|---|---|---|---|---|\n")
+	fmt.Fprintf(&b, "| measure | q/s (min/med/max) | CPU/query µs (min/med/max) | x raw+http CPU (med) | throughput / raw+http (med) | NATS msgs/query in+out (med) | CPU by process (med round) | msgs/query by connection (med round) |\n|---|---|---|---|---|---|---|---|\n")
 	for i := range rounds[0] {
 		var rate, cpu, ratioCPU, ratioRate, msgs []float64
 		for _, rs := range rounds {
@@ -302,8 +343,13 @@ func CostTable(rounds [][]CostRow) string {
 			procs = append(procs, fmt.Sprintf("%s %d", k, (v/time.Duration(max(1, med.Queries))).Microseconds()))
 		}
 		sort.Strings(procs)
-		fmt.Fprintf(&b, "| %s | %s | %s | %.2f | %.0f %% | %.1f | %s |\n", rounds[0][i].Name, mmm(rate, "%.0f"), mmm(cpu, "%.0f"),
-			median(ratioCPU), 100*median(ratioRate), median(msgs), strings.Join(procs, ", "))
+		var by []string
+		for k, v := range med.MsgsBy {
+			by = append(by, fmt.Sprintf("%s %.1f", strings.TrimPrefix(k, "multiquery-"), float64(v)/float64(max(1, med.Queries))))
+		}
+		sort.Strings(by)
+		fmt.Fprintf(&b, "| %s | %s | %s | %.2f | %.0f %% | %.1f | %s | %s |\n", rounds[0][i].Name, mmm(rate, "%.0f"), mmm(cpu, "%.0f"),
+			median(ratioCPU), 100*median(ratioRate), median(msgs), strings.Join(procs, ", "), strings.Join(by, ", "))
 	}
 	return b.String()
 }

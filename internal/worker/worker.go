@@ -308,6 +308,8 @@ func (w *Worker) Run(ctx context.Context) error {
 func (w *Worker) fetchLoop(ctx, callCtx context.Context, d *deployment, inflight *sync.WaitGroup) {
 	slots := make(chan struct{}, d.slots)
 	release := func() { <-slots }
+	pulls := newPullers(w.js.Conn(), d.alias, d.slots)
+	defer pulls.close()
 	for ctx.Err() == nil {
 		// Paused (Retry-After, or a deployment-wide error): take no slot, fetch nothing.
 		if p := d.ctrl.PausedFor(); p > 0 {
@@ -317,6 +319,7 @@ func (w *Worker) fetchLoop(ctx, callCtx context.Context, d *deployment, inflight
 		// Only live runs are fetched: a paused run takes no permit and no delivery
 		// (which would count toward its crash-loop cap), a dormant one no round trip.
 		runs := d.rotation(func(run string) bool { return w.ctl.run(run) == StatePaused })
+		pulls.keep(runs)
 		if len(runs) == 0 { // nothing to fetch from: take no permit
 			sleep(ctx, 50*time.Millisecond)
 			continue
@@ -340,7 +343,7 @@ func (w *Worker) fetchLoop(ctx, callCtx context.Context, d *deployment, inflight
 			}
 			break
 		}
-		got := w.fetch(ctx, d, runs, n, func(msg jetstream.Msg) {
+		got := w.fetch(ctx, d, pulls, runs, n, func(msg jetstream.Msg) {
 			inflight.Add(1)
 			go func() {
 				defer inflight.Done()
@@ -543,7 +546,7 @@ func (w *Worker) checkDormant(ctx context.Context, d *deployment, rc *runConsume
 // fetch gets up to n messages without waiting, sharing them between the given runs
 // (an equal part from each in turn, then whatever is left); when there is nothing,
 // it waits a little so an idle worker does not spin.
-func (w *Worker) fetch(ctx context.Context, d *deployment, runs []*runConsumer, n int, start func(jetstream.Msg)) int {
+func (w *Worker) fetch(ctx context.Context, d *deployment, pulls *pullers, runs []*runConsumer, n int, start func(jetstream.Msg)) int {
 	got := 0
 	defer w.settle(ctx, d, runs)
 	for pass := range 2 {
@@ -555,21 +558,12 @@ func (w *Worker) fetch(ctx context.Context, d *deployment, runs []*runConsumer, 
 			if want <= 0 {
 				return got
 			}
-			batch, err := d.consumer(rc).FetchNoWait(want)
-			if err != nil {
-				w.lost(ctx, d, rc)
-				continue
-			}
-			k := 0
-			for msg := range batch.Messages() {
-				start(msg)
-				k++
-			}
+			k, err := pulls.of(rc).fetch(ctx, want, start)
 			got += k
 			if k > 0 {
 				d.touch(rc)
 			}
-			if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
+			if err != nil && ctx.Err() == nil {
 				w.lost(ctx, d, rc)
 			}
 		}
