@@ -66,6 +66,12 @@ var errPullStatus = errors.New("pull request failed")
 // fetch asks for up to n messages that are there now and hands each to start. It
 // returns when n came, or the server said there are no more (404/408).
 func (p *puller) fetch(ctx context.Context, n int, start func(jetstream.Msg)) (int, error) {
+	return p.pull(ctx, n, 0, start)
+}
+
+// pull asks for up to n messages, waiting up to expires for them to come (0: only those
+// there now), and hands each to start as it comes.
+func (p *puller) pull(ctx context.Context, n int, expires time.Duration, start func(jetstream.Msg)) (int, error) {
 	if n > p.size {
 		n = p.size
 	}
@@ -75,10 +81,13 @@ func (p *puller) fetch(ctx context.Context, n int, start func(jetstream.Msg)) (i
 		}
 	}
 	req := `{"batch":` + strconv.Itoa(n) + `,"no_wait":true}`
+	if expires > 0 {
+		req = `{"batch":` + strconv.Itoa(n) + `,"expires":` + strconv.FormatInt(expires.Nanoseconds(), 10) + `}`
+	}
 	if err := p.nc.PublishRequest(p.subject, p.inbox, []byte(req)); err != nil {
 		return 0, fmt.Errorf("pull request: %w", err)
 	}
-	timer := time.NewTimer(pullTimeout)
+	timer := time.NewTimer(pullTimeout + expires)
 	defer timer.Stop()
 	got := 0
 	for got < n {

@@ -159,6 +159,26 @@ type deployment struct {
 	mu     sync.Mutex
 	runs   []*runConsumer // the runs with jobs for this deployment, fetched in turn
 	turn   int
+	// added wakes an idle fetch loop when a run joins the rotation.
+	added chan struct{}
+}
+
+// idle waits up to d for a run to join the rotation.
+func (d *deployment) idle(ctx context.Context, wait time.Duration) {
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	case <-d.added:
+	}
+}
+
+func (d *deployment) notify() {
+	select {
+	case d.added <- struct{}{}:
+	default:
+	}
 }
 
 // New builds a worker: one client and one throttle per deployment.
@@ -197,7 +217,7 @@ func New(js jetstream.JetStream, cfg Config, log zerolog.Logger) (*Worker, error
 		if err != nil {
 			return nil, fmt.Errorf("deployments.%s.throttle: %w", o.Alias, err)
 		}
-		w.deps[o.Alias] = &deployment{alias: o.Alias, client: client, ctrl: ctrl, slots: slots}
+		w.deps[o.Alias] = &deployment{alias: o.Alias, client: client, ctrl: ctrl, slots: slots, added: make(chan struct{}, 1)}
 	}
 	return w, nil
 }
@@ -321,7 +341,7 @@ func (w *Worker) fetchLoop(ctx, callCtx context.Context, d *deployment, inflight
 		runs := d.rotation(func(run string) bool { return w.ctl.run(run) == StatePaused })
 		pulls.keep(runs)
 		if len(runs) == 0 { // nothing to fetch from: take no permit
-			sleep(ctx, 50*time.Millisecond)
+			d.idle(ctx, 50*time.Millisecond)
 			continue
 		}
 		select {
@@ -384,6 +404,7 @@ func (d *deployment) addRun(run string, c jetstream.Consumer) {
 		}
 	}
 	d.runs = append(d.runs, &runConsumer{run: run, cons: c, busy: time.Now()})
+	d.notify()
 }
 
 func (d *deployment) removeRun(run string) {
@@ -440,6 +461,7 @@ func (d *deployment) wake(rc *runConsumer, c jetstream.Consumer) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	rc.cons, rc.dormant, rc.busy = c, false, time.Now()
+	d.notify()
 }
 
 // dueDormant returns the dormant runs whose check is due.
@@ -569,10 +591,24 @@ func (w *Worker) fetch(ctx context.Context, d *deployment, pulls *pullers, runs 
 		}
 	}
 	if got == 0 {
-		sleep(ctx, 50*time.Millisecond)
+		// Nothing now: wait for jobs of the first run up to idleWait, holding the
+		// slots and permits taken (as a sleep would), so that a job published
+		// meanwhile starts at once, and an idle worker does not spin.
+		k, err := pulls.of(runs[0]).pull(ctx, n, idleWait, start)
+		got += k
+		if k > 0 {
+			d.touch(runs[0])
+		}
+		if err != nil && ctx.Err() == nil {
+			w.lost(ctx, d, runs[0])
+			sleep(ctx, idleWait)
+		}
 	}
 	return got
 }
+
+// idleWait is how long a fetch that found nothing waits for new jobs.
+const idleWait = 50 * time.Millisecond
 
 // capacity feeds a capacity signal to the throttle (and, through it, to the fleet).
 func (d *deployment) capacity(status int, retryAfter time.Duration) {
