@@ -330,6 +330,8 @@ func (w *Worker) fetchLoop(ctx, callCtx context.Context, d *deployment, inflight
 	release := func() { <-slots }
 	pulls := newPullers(w.js.Conn(), d.alias, d.slots)
 	defer pulls.close()
+	handlers := w.handlers(callCtx, d, inflight, release)
+	defer close(handlers) // the handlers finish their jobs (Run waits for them), then exit
 	for ctx.Err() == nil {
 		// Paused (Retry-After, or a deployment-wide error): take no slot, fetch nothing.
 		if p := d.ctrl.PausedFor(); p > 0 {
@@ -363,19 +365,33 @@ func (w *Worker) fetchLoop(ctx, callCtx context.Context, d *deployment, inflight
 			}
 			break
 		}
-		got := w.fetch(ctx, d, pulls, runs, n, func(msg jetstream.Msg) {
-			inflight.Add(1)
-			go func() {
-				defer inflight.Done()
-				defer release()
-				w.handle(callCtx, d, msg)
-			}()
-		})
+		got := w.fetch(ctx, d, pulls, runs, n, func(msg jetstream.Msg) { handlers <- msg })
 		for i := got; i < n; i++ {
 			release()
 		}
 		d.ctrl.Refund(n - got)
 	}
+}
+
+// handlers starts one goroutine per slot, each handling the jobs sent to the returned
+// channel one after the other and releasing the job's slot after each: a goroutine per
+// job would grow a fresh stack through the HTTP client's calls every time. A job is
+// sent only with a slot taken, so one goroutine is free or about to be (the channel
+// holds a job per slot, so sending never waits). They exit when the channel is closed;
+// inflight counts them.
+func (w *Worker) handlers(callCtx context.Context, d *deployment, inflight *sync.WaitGroup, release func()) chan<- jetstream.Msg {
+	jobs := make(chan jetstream.Msg, d.slots)
+	inflight.Add(d.slots)
+	for range d.slots {
+		go func() {
+			defer inflight.Done()
+			for msg := range jobs {
+				w.handle(callCtx, d, msg)
+				release()
+			}
+		}()
+	}
+	return jobs
 }
 
 // runConsumer is one run's job consumer for a deployment. Fields below cons are
