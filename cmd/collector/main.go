@@ -27,6 +27,7 @@ func main() {
 		memory   = flag.Int64("memory-limit", 64<<20, "bytes of row bodies kept in memory; beyond, read back from JetStream")
 		replicas = flag.Int("replicas", 1, "stream replicas when creating streams (3 in a NATS cluster)")
 		opsAddr  = flag.String("ops-addr", ":9091", "address of /metrics, /healthz, /readyz (empty: off)")
+		profile  = flag.Bool("pprof", false, "serve net/http/pprof under /debug/pprof/ on --ops-addr")
 		name     = flag.String("name", "", "collector name in its lease (default host-pid)")
 		leaseTTL = flag.Duration("lease-ttl", lease.DefaultTTL, "single-active lease TTL; give every collector the same value")
 		level    = flag.String("log-level", "info", "log level")
@@ -47,6 +48,9 @@ func main() {
 		os.Exit(2)
 	}
 	srv := ops.NewServer(*opsAddr, log, c.Collectors()...)
+	if *profile {
+		srv.EnablePprof()
+	}
 	srv.ReadyWhen(nc.IsConnected)
 	if err := srv.Serve(ctx, c.Run); err != nil {
 		log.Error().Err(err).Msg("collector stopped")

@@ -49,6 +49,9 @@ func main() {
 		rawSim  = flag.String("raw-sim", "", "internal: llmsim URL of --raw-loop-child (empty: no HTTP call)")
 		rawSlot = flag.Int("raw-slots", 512, "internal: slots of --raw-loop-child")
 		latRows = flag.Int("latency-calls-per-slot", 20, "latency-bound runs: calls per slot")
+		profile = flag.String("profile", "", "cost benchmark: a directory for CPU profiles of workers, collector and nats-server during each pipeline run")
+		profFor = flag.Duration("profile-for", 3*time.Second, "cost benchmark: length of each CPU profile")
+		withLat = flag.Bool("cost-latency", true, "cost benchmark: also run the latency-bound and replaced-system scenarios")
 	)
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -89,11 +92,14 @@ func main() {
 		fmt.Printf("mqbench cost: %d cores, %d rounds, raw loop %d jobs at %d slots, pipeline 2 workers x 256 slots, llmsim 0 latency\n",
 			runtime.NumCPU(), *rounds, *rawJobs, 512)
 		res, err := bench.Cost(ctx, bench.CostConfig{Bin: *bin, Dir: *dir, Self: self, Rounds: *rounds, RawJobs: *rawJobs,
-			Shapes: sh, Slots: 256, Workers: 2, Log: os.Stdout})
+			Shapes: sh, Slots: 256, Workers: 2, Log: os.Stdout, Profile: *profile, ProfileFor: *profFor})
 		fmt.Print(bench.CostTable(res))
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "mqbench:", err)
 			os.Exit(1)
+		}
+		if !*withLat {
+			return
 		}
 		cc := bench.CostConfig{Bin: *bin, Dir: *dir, Self: self}
 		var lat []bench.LatencyRow

@@ -28,6 +28,7 @@ func main() {
 		ackWait     = flag.Duration("ack-wait", 10*time.Second, "job AckWait (in-flight jobs are kept alive with InProgress)")
 		replicas    = flag.Int("replicas", 1, "stream replicas when creating streams (3 in a NATS cluster)")
 		opsAddr     = flag.String("ops-addr", ":9090", "address of /metrics, /healthz, /readyz (empty: off)")
+		profile     = flag.Bool("pprof", false, "serve net/http/pprof under /debug/pprof/ on --ops-addr")
 		mode        = flag.String("throttle", "fleet", "fleet (the fleet-wide AIMD throttle) | naive (benchmark baseline: no pacing, fixed 1 s NAK)")
 		level       = flag.String("log-level", "info", "log level")
 	)
@@ -65,6 +66,9 @@ func main() {
 		os.Exit(2)
 	}
 	srv := ops.NewServer(*opsAddr, log, append(w.Collectors(), queue.Collectors()...)...)
+	if *profile {
+		srv.EnablePprof()
+	}
 	srv.ReadyWhen(nc.IsConnected)
 	if err := srv.Serve(ctx, w.Run); err != nil {
 		log.Error().Err(err).Msg("worker stopped")

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -36,6 +37,10 @@ type Stack struct {
 	Nodes   []string
 	workers []*exec.Cmd
 	byName  map[string]*proc
+	// Pprof starts workers and the collector with --pprof on a port of their own
+	// (OpsAddr by process name), and nats-server with --profile (OpsAddr["nats-server"]).
+	Pprof   bool
+	OpsAddr map[string]string
 }
 
 type proc struct {
@@ -142,17 +147,17 @@ func (s *Stack) Signal(name string, sig os.Signal, d time.Duration) (exited bool
 
 // StartStack starts nats-server and llmsim.
 func StartStack(bin, dir string, sim []string) (*Stack, error) {
-	return startStack(bin, dir, sim, 1)
+	return startStack(bin, dir, sim, 1, false)
 }
 
 // StartClusterStack starts a 3-node JetStream cluster and llmsim; every process is
 // given --replicas 3.
 func StartClusterStack(bin, dir string, sim []string) (*Stack, error) {
-	return startStack(bin, dir, sim, 3)
+	return startStack(bin, dir, sim, 3, false)
 }
 
-func startStack(bin, dir string, sim []string, nodes int) (*Stack, error) {
-	s := &Stack{Bin: bin, Dir: dir}
+func startStack(bin, dir string, sim []string, nodes int, pprof bool) (*Stack, error) {
+	s := &Stack{Bin: bin, Dir: dir, Pprof: pprof, OpsAddr: map[string]string{}}
 	ports := make([]int, 2*nodes+2)
 	for i := range ports {
 		p, err := freePort()
@@ -180,6 +185,14 @@ func startStack(bin, dir string, sim []string, nodes int) (*Stack, error) {
 			args = []string{"-a", "127.0.0.1", "-p", strconv.Itoa(ports[i]), "-js", "-sd", filepath.Join(dir, name),
 				"-n", name, "--cluster_name", "mq", "--cluster", routes[i], "--routes", strings.Join(routes, ",")}
 			s.Extra = []string{"--replicas", "3"}
+		}
+		if pprof && nodes == 1 {
+			p, err := freePort()
+			if err != nil {
+				return nil, err
+			}
+			s.OpsAddr[name] = fmt.Sprintf("127.0.0.1:%d", p)
+			args = append(args, "--profile", strconv.Itoa(p))
 		}
 		if _, err := s.start(name, args...); err != nil {
 			s.Stop()
@@ -223,7 +236,7 @@ func (s *Stack) WriteWorkerConfig(throttle string) (string, error) {
 // StartWorker starts one worker process.
 func (s *Stack) StartWorker(cfg string, args ...string) error {
 	name := fmt.Sprintf("worker-%d", len(s.workers)+1)
-	cmd, err := s.start(name, append(append([]string{"--config", cfg, "--name", name, "--ops-addr", ""}, s.Extra...), args...)...)
+	cmd, err := s.start(name, append(append(append([]string{"--config", cfg, "--name", name, "--ops-addr", ""}, s.Extra...), args...), s.pprofArgs(name)...)...)
 	if err != nil {
 		return err
 	}
@@ -233,8 +246,54 @@ func (s *Stack) StartWorker(cfg string, args ...string) error {
 
 // StartCollector starts the collector writing under dir/out.
 func (s *Stack) StartCollector() error {
-	_, err := s.start("collector", append([]string{"--out", filepath.Join(s.Dir, "out"), "--ops-addr", ""}, s.Extra...)...)
+	_, err := s.start("collector", append(append([]string{"--out", filepath.Join(s.Dir, "out"), "--ops-addr", ""}, s.Extra...), s.pprofArgs("collector")...)...)
 	return err
+}
+
+// pprofArgs gives a process its own ops port with pprof on (the last --ops-addr wins).
+func (s *Stack) pprofArgs(name string) []string {
+	if !s.Pprof {
+		return nil
+	}
+	p, err := freePort()
+	if err != nil {
+		return nil
+	}
+	s.OpsAddr[name] = fmt.Sprintf("127.0.0.1:%d", p)
+	return []string{"--pprof", "--ops-addr", s.OpsAddr[name]}
+}
+
+// Profile takes a CPU profile of every process with pprof on, for d, into dir as
+// <prefix>-<process>.pprof. It returns when every profile is written.
+func (s *Stack) Profile(dir, prefix string, d time.Duration) error {
+	var errs []error
+	done := make(chan error, len(s.OpsAddr))
+	for name, addr := range s.OpsAddr {
+		go func() {
+			if err := waitPort(addr, 10*time.Second); err != nil {
+				done <- err
+				return
+			}
+			url := fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", addr, max(1, int(d.Seconds())))
+			resp, err := http.Get(url)
+			if err != nil {
+				done <- err
+				return
+			}
+			defer resp.Body.Close()
+			f, err := os.Create(filepath.Join(dir, prefix+"-"+name+".pprof"))
+			if err != nil {
+				done <- err
+				return
+			}
+			_, err = io.Copy(f, resp.Body)
+			done <- errors.Join(err, f.Close())
+		}()
+	}
+	for range s.OpsAddr {
+		errs = append(errs, <-done)
+	}
+	return errors.Join(errs...)
 }
 
 // Produce runs the producer to completion and returns the run id.

@@ -26,16 +26,23 @@ type CostConfig struct {
 	Slots   int // worker concurrency in the 0-latency pipeline (2 workers)
 	Workers int
 	Log     io.Writer
+	// Profile, if set, is a directory: each pipeline run takes CPU profiles of the
+	// workers, the collector and nats-server (ProfileFor long, from the run's start).
+	Profile    string
+	ProfileFor time.Duration
 }
 
 // CostRow is one measurement of one round.
 type CostRow struct {
-	Name       string
-	Queries    int
-	Wall       time.Duration
-	CPU        map[string]time.Duration // by process kind, llmsim excluded
-	MsgsIn     int64                    // nats-server in_msgs during the run
-	MsgsOut    int64
+	Name    string
+	Queries int
+	Wall    time.Duration
+	CPU     map[string]time.Duration // by process kind, llmsim excluded
+	MsgsIn  int64                    // nats-server in_msgs during the run
+	MsgsOut int64
+	// MsgsBy is in+out messages by client connection name (the server's view), and
+	// "server" for what no client connection counts (internal JetStream traffic).
+	MsgsBy     map[string]int64
 	StoreBytes int64 // bytes left in the streams after the run (audit included)
 }
 
@@ -108,6 +115,42 @@ func (s *Stack) varz() (in, out int64, err error) {
 	return v.InMsgs, v.OutMsgs, json.NewDecoder(resp.Body).Decode(&v)
 }
 
+// connMsgs reads in+out messages by connection name, closed connections included.
+func (s *Stack) connMsgs() map[string]int64 {
+	out := map[string]int64{}
+	resp, err := http.Get(s.MonitorURL + "/connz?state=all&limit=100000")
+	if err != nil {
+		return out
+	}
+	defer resp.Body.Close()
+	var v struct {
+		Conns []struct {
+			CID     uint64 `json:"cid"`
+			Name    string `json:"name"`
+			InMsgs  int64  `json:"in_msgs"`
+			OutMsgs int64  `json:"out_msgs"`
+		} `json:"connections"`
+	}
+	if json.NewDecoder(resp.Body).Decode(&v) != nil {
+		return out
+	}
+	for _, c := range v.Conns {
+		out[fmt.Sprintf("%s#%d", c.Name, c.CID)] = c.InMsgs + c.OutMsgs
+	}
+	return out
+}
+
+// diffMsgs sums the per-connection growth by connection name.
+func diffMsgs(a, b map[string]int64) map[string]int64 {
+	out := map[string]int64{}
+	for k, v := range b {
+		if d := v - a[k]; d > 0 {
+			out[strings.SplitN(k, "#", 2)[0]] += d
+		}
+	}
+	return out
+}
+
 // jszBytes reads the bytes stored in every stream.
 func (s *Stack) jszBytes() (int64, error) {
 	resp, err := http.Get(s.MonitorURL + "/jsz")
@@ -160,8 +203,16 @@ func (c CostConfig) pipeline(ctx context.Context, s *Stack, name string, rows, q
 	if err != nil {
 		return CostRow{}, err
 	}
+	var profiled chan error
+	if c.Profile != "" {
+		profiled = make(chan error, 1)
+		go func() {
+			profiled <- s.Profile(c.Profile, strings.ReplaceAll(name, " ", "-"), max(c.ProfileFor, time.Second))
+		}()
+	}
 	before := s.cpu()
 	in0, out0, _ := s.varz()
+	conns0 := s.connMsgs()
 	began := time.Now()
 	args := append([]string{"--config", pipeline, "--input", input, "--log-level", "warn"}, s.Extra...)
 	cmd := exec.CommandContext(ctx, filepath.Join(s.Bin, "producer"), args...)
@@ -184,8 +235,14 @@ func (c CostConfig) pipeline(ctx context.Context, s *Stack, name string, rows, q
 	cpu := diffCPU(before, s.cpu())
 	cpu["producer"] = cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
 	in1, out1, _ := s.varz()
+	by := diffMsgs(conns0, s.connMsgs())
 	stored, _ := s.jszBytes()
-	return CostRow{Name: name, Queries: rows * queries, Wall: wall, CPU: cpu, MsgsIn: in1 - in0, MsgsOut: out1 - out0, StoreBytes: stored}, nil
+	if profiled != nil {
+		if err := <-profiled; err != nil {
+			fmt.Fprintf(c.Log, "profile %s: %v\n", name, err)
+		}
+	}
+	return CostRow{Name: name, Queries: rows * queries, Wall: wall, CPU: cpu, MsgsIn: in1 - in0, MsgsOut: out1 - out0, MsgsBy: by, StoreBytes: stored}, nil
 }
 
 func costPipeline(queries int) string {
@@ -210,7 +267,7 @@ func Cost(ctx context.Context, c CostConfig) ([][]CostRow, error) {
 		if err != nil {
 			return rounds, err
 		}
-		s, err := startStack(c.Bin, dir, []string{"--latency", "0s"}, 1)
+		s, err := startStack(c.Bin, dir, []string{"--latency", "0s"}, 1, c.Profile != "")
 		if err != nil {
 			return rounds, err
 		}
@@ -264,7 +321,7 @@ func CostTable(rounds [][]CostRow) string {
 		return ""
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "| measure | q/s (min/med/max) | CPU/query µs (min/med/max) | x raw+http CPU (med) | throughput / raw+http (med) | NATS msgs/query in+out (med) | CPU by process (med round) |\n|---|---|---|---|---|---|---|\n")
+	fmt.Fprintf(&b, "| measure | q/s (min/med/max) | CPU/query µs (min/med/max) | x raw+http CPU (med) | throughput / raw+http (med) | NATS msgs/query in+out (med) | CPU by process (med round) | msgs/query by connection (med round) |\n|---|---|---|---|---|---|---|---|\n")
 	for i := range rounds[0] {
 		var rate, cpu, ratioCPU, ratioRate, msgs []float64
 		for _, rs := range rounds {
@@ -286,8 +343,13 @@ func CostTable(rounds [][]CostRow) string {
 			procs = append(procs, fmt.Sprintf("%s %d", k, (v/time.Duration(max(1, med.Queries))).Microseconds()))
 		}
 		sort.Strings(procs)
-		fmt.Fprintf(&b, "| %s | %s | %s | %.2f | %.0f %% | %.1f | %s |\n", rounds[0][i].Name, mmm(rate, "%.0f"), mmm(cpu, "%.0f"),
-			median(ratioCPU), 100*median(ratioRate), median(msgs), strings.Join(procs, ", "))
+		var by []string
+		for k, v := range med.MsgsBy {
+			by = append(by, fmt.Sprintf("%s %.1f", strings.TrimPrefix(k, "multiquery-"), float64(v)/float64(max(1, med.Queries))))
+		}
+		sort.Strings(by)
+		fmt.Fprintf(&b, "| %s | %s | %s | %.2f | %.0f %% | %.1f | %s | %s |\n", rounds[0][i].Name, mmm(rate, "%.0f"), mmm(cpu, "%.0f"),
+			median(ratioCPU), 100*median(ratioRate), median(msgs), strings.Join(procs, ", "), strings.Join(by, ", "))
 	}
 	return b.String()
 }

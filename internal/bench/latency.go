@@ -20,6 +20,10 @@ type LatencyRow struct {
 	Achieved float64
 	Wall     time.Duration
 	Peak     int64 // llmsim peak in flight
+	// ToFirst is the time from the producer's start to the first call, AfterLast from
+	// the last call to the summary (pipeline rows only): what the run's wall spends
+	// outside the calls.
+	ToFirst, AfterLast time.Duration
 }
 
 // Share is achieved / ideal.
@@ -55,7 +59,7 @@ func LatencyBound(ctx context.Context, c CostConfig, latency time.Duration, work
 	if err != nil {
 		return nil, err
 	}
-	s, err := startStack(c.Bin, dir, []string{"--latency", latency.String()}, 1)
+	s, err := startStack(c.Bin, dir, []string{"--latency", latency.String()}, 1, false)
 	if err != nil {
 		return nil, err
 	}
@@ -82,22 +86,64 @@ func LatencyBound(ctx context.Context, c CostConfig, latency time.Duration, work
 	if err := s.StartCollector(); err != nil {
 		return out, err
 	}
+	seq0 := s.lastSeq() // the raw loop's calls are not the pipeline's
 	row, err := c.pipeline(ctx, s, "", rows, queries)
 	if err != nil {
 		return out, err
 	}
+	sinceFirst, sinceLast := s.callSpan(seq0)
 	peak, _ := s.simPeak(true)
 	out = append(out, LatencyRow{Name: fmt.Sprintf("pipeline %dx%d slots, %dx%d", workers, slots/workers, rows, queries), Slots: slots,
-		Ideal: ideal, Achieved: row.Rate(), Wall: row.Wall, Peak: peak})
+		Ideal: ideal, Achieved: row.Rate(), Wall: row.Wall, Peak: peak, ToFirst: row.Wall - sinceFirst, AfterLast: sinceLast})
 	return out, nil
+}
+
+// callSpan is how long ago llmsim received the first and the last call logged after
+// sequence since.
+func (s *Stack) callSpan(since uint64) (first, last time.Duration) {
+	reqs, err := s.Requests()
+	now := time.Now()
+	var lo, hi time.Time
+	if err != nil {
+		return 0, 0
+	}
+	for _, r := range reqs {
+		if r.Seq <= since {
+			continue
+		}
+		if lo.IsZero() || r.Received.Before(lo) {
+			lo = r.Received
+		}
+		if r.Received.After(hi) {
+			hi = r.Received
+		}
+	}
+	if lo.IsZero() {
+		return 0, 0
+	}
+	return now.Sub(lo), now.Sub(hi)
+}
+
+// lastSeq is the sequence of llmsim's last logged request.
+func (s *Stack) lastSeq() uint64 {
+	reqs, _ := s.Requests()
+	var seq uint64
+	for _, r := range reqs {
+		seq = max(seq, r.Seq)
+	}
+	return seq
 }
 
 // LatencyTable prints latency-bound rows.
 func LatencyTable(rows []LatencyRow) string {
 	var b strings.Builder
-	b.WriteString("| measure | ideal calls/s (slots/latency) | achieved calls/s | achieved / ideal | wall | llmsim peak in flight |\n|---|---|---|---|---|---|\n")
+	b.WriteString("| measure | ideal calls/s (slots/latency) | achieved calls/s | achieved / ideal | wall | start to first call / last call to summary | llmsim peak in flight |\n|---|---|---|---|---|---|---|\n")
 	for _, r := range rows {
-		fmt.Fprintf(&b, "| %s | %.0f | %.0f | %.0f %% | %s | %d |\n", r.Name, r.Ideal, r.Achieved, 100*r.Share(), r.Wall.Round(10*time.Millisecond), r.Peak)
+		span := "-"
+		if r.ToFirst != 0 || r.AfterLast != 0 {
+			span = fmt.Sprintf("%s / %s", r.ToFirst.Round(time.Millisecond), r.AfterLast.Round(time.Millisecond))
+		}
+		fmt.Fprintf(&b, "| %s | %.0f | %.0f | %.0f %% | %s | %s | %d |\n", r.Name, r.Ideal, r.Achieved, 100*r.Share(), r.Wall.Round(10*time.Millisecond), span, r.Peak)
 	}
 	return b.String()
 }

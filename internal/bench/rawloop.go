@@ -74,7 +74,8 @@ func RawLoop(ctx context.Context, c RawLoopConfig) (RawLoopResult, error) {
 	began := time.Now()
 	payload := bytes.Repeat([]byte("x"), 600) // about a rendered job
 	for i := range c.Jobs {
-		if _, err := js.PublishAsync(jobsSubj+"."+strconv.Itoa(i), payload); err != nil {
+		// A busy machine acks slowly: wait for room in the async window, never fail on it.
+		if _, err := js.PublishAsync(jobsSubj+"."+strconv.Itoa(i), payload, jetstream.WithStallWait(time.Minute)); err != nil {
 			return RawLoopResult{}, fmt.Errorf("publish job %d: %w", i, err)
 		}
 	}

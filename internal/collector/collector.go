@@ -111,6 +111,9 @@ type Collector struct {
 	pending     int // rows emitted since the last checkpoint
 	waiting     int // rows whose input is in and which are not emitted yet
 	purges      chan purge
+	// resultsSeen is the highest results stream sequence read: the stream is read in
+	// order, so every result below it has been applied.
+	resultsSeen uint64
 	m           *metrics
 	// fence is the lease held while active (nil with NoLease): every side effect passes
 	// it first (docs/OPERATIONS.md, "Collector lease and fencing").
@@ -234,6 +237,7 @@ func (c *Collector) active(ctx context.Context) error {
 			return c.checkpoint(context.WithoutCancel(ctx))
 		case ev = <-in:
 		case ev = <-results:
+			c.resultsSeen = max(c.resultsSeen, ev.seq)
 		case <-tick.C:
 			if err := c.checkpoint(ctx); err != nil {
 				return err

@@ -573,3 +573,47 @@ func TestFinishedRunLeavesOnlyItsStatusAlsoAfterACrash(t *testing.T) {
 		t.Fatalf("results.jsonl has %d rows after the restart, want 1", n)
 	}
 }
+
+// TestResultsOfEmittedRowsArePurgedBeforeTheRunEnds pins the purge per checkpoint: the
+// results of rows durably out go, the results of rows waiting (2 and 3 behind row 1)
+// stay until their rows are out.
+func TestResultsOfEmittedRowsArePurgedBeforeTheRunEnds(t *testing.T) {
+	b := setup(t, Config{})
+	ctx := context.Background()
+	results, err := b.js.Stream(ctx, wire.StreamResults)
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := func() []string {
+		var subs []string
+		info, err := results.Info(ctx, jetstream.WithSubjectFilter(">"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for s := range info.State.Subjects {
+			subs = append(subs, s)
+		}
+		return subs
+	}
+	run := "purge-run"
+	b.open(run, "", "id")
+	for i := range 4 {
+		b.row(run, i, fmt.Sprintf(`{"id":"r%d"}`, i))
+	}
+	b.result(run, 0, `{"q1_answer":"a"}`)
+	b.result(run, 2, `{"q1_answer":"c"}`) // waits for row 1
+	b.result(run, 3, `{"q1_answer":"d"}`) // waits for row 1
+	// Row 0 is out: its result goes with the next checkpoint, the waiting ones stay.
+	b.waitFor("row 0's result purged, rows 2 and 3 kept", 5*time.Second, func() bool { return len(held()) == 2 })
+	for _, s := range held() {
+		if s == wire.ResultSubject(run, 0, "q1") {
+			t.Fatalf("results held %v", held())
+		}
+	}
+	b.result(run, 1, `{"q1_answer":"b"}`)
+	b.waitFor("every emitted row's result purged", 5*time.Second, func() bool { return len(held()) == 0 })
+	b.seal(run, 4)
+	if s := b.summary(run, 5*time.Second); s.Stats.RowsOK != 4 {
+		t.Fatalf("rows ok %d", s.Stats.RowsOK)
+	}
+}

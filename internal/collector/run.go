@@ -34,9 +34,13 @@ type run struct {
 	above map[int]bool
 	rows  map[int]*rowState
 	stats Stats
-	// messages of rows emitted since the last checkpoint, deleted once it is durable
-	toPurge []purge
-	started time.Time
+	// Results of emitted rows are purged once a checkpoint made them durable, in one
+	// request per checkpoint: every result of the run below the lowest one still needed
+	// (purgedBelow is the last such bound; emittedTop the highest result sequence of an
+	// emitted row).
+	purgedBelow uint64
+	emittedTop  uint64
+	started     time.Time
 	// statusRev is the revision of the run's status key this collector last saw or
 	// wrote: status writes are compare-and-set on it.
 	statusRev uint64
@@ -347,7 +351,7 @@ func (c *Collector) emit(ctx context.Context, r *run, i int) error {
 	// The input row stays until the run finishes: it tells a resuming producer that the
 	// row (and, published before it, every job of it) is on the bus.
 	for _, seq := range rs.resultSeqs {
-		r.toPurge = append(r.toPurge, purge{stream: c.results, seq: seq})
+		r.emittedTop = max(r.emittedTop, seq)
 	}
 	c.dirty[r.id] = r
 	c.pending++
@@ -611,27 +615,42 @@ func (c *Collector) publishStatus(ctx context.Context, r *run) error {
 	return nil
 }
 
-// purgeRows hands the durably emitted rows to the purger: their input and results are
-// no longer needed. The fold never waits for it; a row the purger drops (queue full, an
-// error) stays until its run finishes and is purged whole.
+// purgeRows hands the results of durably emitted rows to the purger: one purge of the
+// run's results subjects below the lowest sequence still needed, a result of a row not
+// yet out or one not yet read (the results stream is read in order, so every result
+// below resultsSeen+1 has been). A result below that bound whose row is out is no
+// longer needed; one of a row not out is above it. Results held above the bound go with
+// a later checkpoint or the run's final purge. The fold never waits for the purger; a
+// purge it drops (queue full, an error) is done by a later one or the final purge.
 func (c *Collector) purgeRows(_ context.Context, r *run) {
-	for _, p := range r.toPurge {
-		if p.seq == 0 {
-			continue
-		}
-		select {
-		case c.purges <- p:
-		default:
+	if r.emittedTop < r.purgedBelow {
+		return // nothing emitted since the last purge
+	}
+	bound := c.resultsSeen + 1
+	for _, rs := range r.rows {
+		for _, seq := range rs.resultSeqs {
+			if seq != 0 && seq < bound {
+				bound = seq
+			}
 		}
 	}
-	r.toPurge = r.toPurge[:0]
+	if bound <= r.purgedBelow {
+		return
+	}
+	select {
+	case c.purges <- purge{stream: c.results, subject: "results." + r.id + ".>", below: bound}:
+		r.purgedBelow = bound
+	default:
+	}
 }
 
-// purge is one message to delete, by stream sequence: a subject purge would scan the
-// stream's subjects (quadratic over a run), a delete by sequence does not.
+// purge is one request to the purger: the messages of subject below a sequence, or
+// (subject empty) the message at seq.
 type purge struct {
-	stream jetstream.Stream
-	seq    uint64
+	stream  jetstream.Stream
+	subject string
+	below   uint64
+	seq     uint64
 }
 
 // purger deletes emitted rows' messages, a few requests at a time, until ctx ends.
@@ -644,8 +663,14 @@ func (c *Collector) purger(ctx context.Context) {
 			if c.fence.Check() != nil {
 				continue // not ours to delete any more
 			}
-			if err := p.stream.DeleteMsg(ctx, p.seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) && ctx.Err() == nil {
-				c.log.Debug().Err(err).Uint64("seq", p.seq).Msg("delete emitted message")
+			var err error
+			if p.subject != "" {
+				err = p.stream.Purge(ctx, jetstream.WithPurgeSubject(p.subject), jetstream.WithPurgeSequence(p.below))
+			} else {
+				err = p.stream.DeleteMsg(ctx, p.seq)
+			}
+			if err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) && ctx.Err() == nil {
+				c.log.Debug().Err(err).Str("subject", p.subject).Uint64("below", p.below).Uint64("seq", p.seq).Msg("purge emitted messages")
 			}
 		}
 	}
@@ -677,7 +702,6 @@ func (c *Collector) finish(ctx context.Context, r *run) error {
 	if err := c.publishStatus(ctx, r); err != nil {
 		return err
 	}
-	r.toPurge = r.toPurge[:0]
 	if err := c.fence.Check(); err != nil {
 		return fmt.Errorf("purge run %s: %w", r.id, err)
 	}

@@ -22,6 +22,16 @@ func ParseAnswer(content string, outputs []wire.OutputField) (map[string]json.Ra
 	dec := json.NewDecoder(strings.NewReader(body))
 	dec.UseNumber()
 	var obj map[string]any
+	if strings.HasPrefix(body, "{") {
+		// The usual answer, an object: decoded once, straight into its fields.
+		if err := dec.Decode(&obj); err != nil {
+			return nil, &PermanentError{Reason: wire.ReasonInvalidJSON, Message: fmt.Sprintf("answer is not JSON: %v (answer starts %q)", err, head(content))}
+		}
+		if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+			return nil, &PermanentError{Reason: wire.ReasonInvalidJSON, Message: fmt.Sprintf("trailing data after the JSON value (answer starts %q)", head(content))}
+		}
+		return outputFields(obj, outputs)
+	}
 	var raw json.RawMessage
 	if err := dec.Decode(&raw); err != nil {
 		return nil, &PermanentError{Reason: wire.ReasonInvalidJSON, Message: fmt.Sprintf("answer is not JSON: %v (answer starts %q)", err, head(content))}
@@ -37,6 +47,11 @@ func ParseAnswer(content string, outputs []wire.OutputField) (map[string]json.Ra
 	if err := d2.Decode(&obj); err != nil {
 		return nil, &PermanentError{Reason: wire.ReasonInvalidJSON, Message: err.Error()}
 	}
+	return outputFields(obj, outputs)
+}
+
+// outputFields maps the answer's object onto the output columns, checking each type.
+func outputFields(obj map[string]any, outputs []wire.OutputField) (map[string]json.RawMessage, error) {
 	out := make(map[string]json.RawMessage, len(outputs))
 	for _, o := range outputs {
 		v, ok := obj[o.Field]

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"sync/atomic"
 	"time"
@@ -50,7 +51,12 @@ type Server struct {
 	ready atomic.Bool
 	check func() bool
 	log   zerolog.Logger
+	pprof bool
 }
+
+// EnablePprof mounts net/http/pprof under /debug/pprof/ on the ops address. Off by
+// default: profiles expose internals and cost CPU while taken.
+func (s *Server) EnablePprof() { s.pprof = true }
 
 // ReadyWhen adds a readiness condition (e.g. the NATS connection is up).
 func (s *Server) ReadyWhen(f func() bool) { s.check = f }
@@ -82,6 +88,13 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 		w.WriteHeader(http.StatusServiceUnavailable)
 	})
+	if s.pprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	ln, err := net.Listen("tcp", s.addr)
 	if err != nil {
 		return err
@@ -93,7 +106,7 @@ func (s *Server) Run(ctx context.Context) error {
 		defer cancel()
 		_ = srv.Shutdown(sctx)
 	}()
-	s.log.Info().Str("addr", ln.Addr().String()).Msg("ops endpoints: /metrics /healthz /readyz")
+	s.log.Info().Str("addr", ln.Addr().String()).Bool("pprof", s.pprof).Msg("ops endpoints: /metrics /healthz /readyz")
 	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}

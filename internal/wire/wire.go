@@ -517,24 +517,66 @@ type Result struct {
 func (r *Result) Addr() Addr { return Addr{Run: r.Run, Row: r.Row, Query: r.Query} }
 
 // Decode unmarshals a payload and checks the schema version: a version above Version
-// returns ErrNewerVersion so the caller can leave the message for a newer build.
+// returns ErrNewerVersion so the caller can leave the message for a newer build. The
+// version is read without a second decode when the payload starts with it, as every
+// record this package's types encode does ("v" is their first field).
 func Decode(data []byte, v any) error {
-	var probe struct {
-		V int `json:"v"`
+	ver, ok := leadingVersion(data)
+	if !ok {
+		var probe struct {
+			V int `json:"v"`
+		}
+		if err := json.Unmarshal(data, &probe); err != nil {
+			return fmt.Errorf("decode: %w", err)
+		}
+		ver = probe.V
 	}
-	if err := json.Unmarshal(data, &probe); err != nil {
-		return fmt.Errorf("decode: %w", err)
+	if ver > Version {
+		return fmt.Errorf("decode: schema version %d: %w", ver, ErrNewerVersion)
 	}
-	if probe.V > Version {
-		return fmt.Errorf("decode: schema version %d: %w", probe.V, ErrNewerVersion)
-	}
-	if probe.V < 1 {
-		return fmt.Errorf("decode: schema version %d: missing or invalid \"v\"", probe.V)
+	if ver < 1 {
+		return fmt.Errorf("decode: schema version %d: missing or invalid \"v\"", ver)
 	}
 	if err := json.Unmarshal(data, v); err != nil {
 		return fmt.Errorf("decode: %w", err)
 	}
 	return nil
+}
+
+// leadingVersion reads `{"v":<digits>` followed by ',' or '}' at the start of data
+// (JSON whitespace allowed between tokens); ok is false for anything else.
+func leadingVersion(data []byte) (ver int, ok bool) {
+	i := 0
+	skip := func() {
+		for i < len(data) && (data[i] == ' ' || data[i] == '\t' || data[i] == '\n' || data[i] == '\r') {
+			i++
+		}
+	}
+	expect := func(lit string) bool {
+		skip()
+		if len(data)-i < len(lit) || string(data[i:i+len(lit)]) != lit {
+			return false
+		}
+		i += len(lit)
+		return true
+	}
+	if !expect("{") || !expect(`"v"`) || !expect(":") {
+		return 0, false
+	}
+	skip()
+	start := i
+	for i < len(data) && data[i] >= '0' && data[i] <= '9' && i-start < 9 {
+		ver = ver*10 + int(data[i]-'0')
+		i++
+	}
+	if i == start || (data[start] == '0' && i-start > 1) {
+		return 0, false
+	}
+	skip()
+	if i >= len(data) || (data[i] != ',' && data[i] != '}') {
+		return 0, false
+	}
+	return ver, true
 }
 
 // ErrNewerVersion marks a payload written by a newer schema version.

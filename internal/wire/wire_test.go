@@ -111,3 +111,46 @@ func FuzzDecodeJob(f *testing.F) {
 		}
 	})
 }
+
+func TestLeadingVersionAgreesWithAFullDecode(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want int
+		ok   bool
+	}{
+		{`{"v":1,"run":"r"}`, 1, true},
+		{` { "v" : 12 }`, 12, true},
+		{`{"v":2}`, 2, true},
+		{`{"v":01}`, 0, false},  // not JSON: the full decode says so
+		{`{"v":1.5}`, 0, false}, // not an int: the full decode says so
+		{`{"v":"1"}`, 0, false},
+		{`{"run":"r","v":1}`, 0, false}, // not first: the full probe reads it
+		{`{"v":-1}`, 0, false},
+		{`{"v":1`, 0, false},
+		{``, 0, false},
+	} {
+		got, ok := leadingVersion([]byte(tc.in))
+		if got != tc.want || ok != tc.ok {
+			t.Errorf("leadingVersion(%q) = %d, %v; want %d, %v", tc.in, got, ok, tc.want, tc.ok)
+		}
+	}
+}
+
+func FuzzLeadingVersion(f *testing.F) {
+	f.Add([]byte(`{"v":1,"run":"r"}`))
+	f.Add([]byte(`{"v":3}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		got, ok := leadingVersion(data)
+		if !ok {
+			return
+		}
+		var probe struct {
+			V int `json:"v"`
+		}
+		// Where the whole payload is JSON, the full decode reads the same version
+		// (a duplicate "v" key aside: the last one wins there).
+		if err := json.Unmarshal(data, &probe); err == nil && probe.V != got && strings.Count(string(data), `"v"`) == 1 {
+			t.Fatalf("leadingVersion(%q) = %d, full decode %d", data, got, probe.V)
+		}
+	})
+}

@@ -5,7 +5,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"sync/atomic"
+	"fmt"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -46,11 +46,25 @@ type AuditError struct {
 // dropped and counted (mq_worker_audit_dropped_total), never blocking a call.
 const maxAuditPending = 4096
 
+// auditor publishes audit records asynchronously on a JetStream context of its own,
+// whose error handler counts every record the stream did not take (an error ack, an ack
+// timeout, a disconnect): no goroutine per record waits for its ack.
 type auditor struct {
 	js      jetstream.JetStream
-	pending atomic.Int64
 	dropped func()
-	done    chan struct{} // closed when the worker stops: no ack watcher outlives it
+}
+
+func newAuditor(js jetstream.JetStream, dropped func()) (*auditor, error) {
+	a := &auditor{dropped: dropped}
+	ajs, err := jetstream.New(js.Conn(),
+		jetstream.WithPublishAsyncMaxPending(maxAuditPending),
+		jetstream.WithPublishAsyncTimeout(10*time.Second),
+		jetstream.WithPublishAsyncErrHandler(func(jetstream.JetStream, *nats.Msg, error) { dropped() }))
+	if err != nil {
+		return nil, fmt.Errorf("audit publisher: %w", err)
+	}
+	a.js = ajs
+	return a, nil
 }
 
 func hashJSON(v any) string {
@@ -71,8 +85,8 @@ func (a *auditor) record(job *wire.Job, attempt int, worker string, ans *llm.Ans
 	if callErr != nil {
 		rec.Error = classifyForAudit(callErr, &rec.Status)
 	}
-	if a.pending.Load() >= maxAuditPending {
-		a.dropped()
+	if a.js.PublishAsyncPending() >= maxAuditPending {
+		a.dropped() // never block a call on the audit stream
 		return
 	}
 	b, err := json.Marshal(rec)
@@ -80,22 +94,11 @@ func (a *auditor) record(job *wire.Job, attempt int, worker string, ans *llm.Ans
 		a.dropped()
 		return
 	}
-	a.pending.Add(1)
-	fut, err := a.js.PublishMsgAsync(&nats.Msg{Subject: wire.AuditSubject(job.Run, job.Row, job.Query), Data: b})
-	if err != nil {
-		a.pending.Add(-1)
+	// A full window (a race past the check above) fails at once rather than stalling.
+	if _, err := a.js.PublishMsgAsync(&nats.Msg{Subject: wire.AuditSubject(job.Run, job.Row, job.Query), Data: b},
+		jetstream.WithStallWait(time.Millisecond)); err != nil {
 		a.dropped()
-		return
 	}
-	go func() {
-		select {
-		case <-fut.Ok():
-		case <-fut.Err():
-			a.dropped()
-		case <-a.done:
-		}
-		a.pending.Add(-1)
-	}()
 }
 
 func classifyForAudit(err error, status *int) *AuditError {

@@ -118,7 +118,7 @@ func (w *Worker) handle(ctx context.Context, d *deployment, msg jetstream.Msg) {
 	attempt := int(meta.NumDelivered)
 	switch w.ctl.run(job.Run) {
 	case StateCancelled:
-		st := w.loadState(ctx, &job)
+		st := w.stateOf(ctx, &job, attempt)
 		w.final(ctx, msg, &job, nil, &wire.Error{Reason: wire.ReasonCancelled, Message: "the run was cancelled"}, attempt, st.spent(), spend{}, log)
 		return
 	case StatePaused:
@@ -142,17 +142,16 @@ func (w *Worker) handle(ctx context.Context, d *deployment, msg jetstream.Msg) {
 	}
 	// A redelivery whose result is already stored (the ack was lost) is done: no call.
 	if meta.NumDelivered > 1 && w.resultStored(ctx, &job) {
-		w.done(ctx, msg, &job, log)
+		w.done(ctx, msg, &job, attempt, log)
 		return
 	}
 	// Keep the message ours while the call runs (AckWait is short so that a killed
 	// worker's jobs come back quickly).
-	callCtx, stop := context.WithCancel(ctx)
-	go keepAlive(callCtx, msg, w.cfg.Topology.AckWait/3)
+	unhold := w.keep.hold(msg)
 	w.m.calls.WithLabelValues(d.alias).Inc()
 	began := time.Now()
-	ans, callErr := d.client.Call(callCtx, job.Request)
-	stop()
+	ans, callErr := d.client.Call(ctx, job.Request)
+	unhold()
 	this := callSpend(ans)
 	var fields map[string]json.RawMessage
 	if callErr == nil {
@@ -167,7 +166,7 @@ func (w *Worker) handle(ctx context.Context, d *deployment, msg jetstream.Msg) {
 	w.audit.record(&job, attempt, w.cfg.Name, ans, callErr, time.Since(began))
 	if callErr == nil {
 		w.closeBreaker(ctx, d)
-		st := w.loadState(ctx, &job)
+		st := w.stateOf(ctx, &job, attempt)
 		res := &wire.Result{OK: true, Fields: fields, Usage: &ans.Usage, Model: ans.Model}
 		w.final(ctx, msg, &job, res, nil, attempt, st.spent().plus(this), this, log)
 		return
@@ -239,7 +238,7 @@ func (w *Worker) onError(ctx context.Context, d *deployment, msg jetstream.Msg, 
 		if permErr.StatusCode != 0 {
 			details["status_code"] = permErr.StatusCode
 		}
-		st := w.loadState(ctx, job)
+		st := w.stateOf(ctx, job, attempt)
 		w.final(ctx, msg, job, nil, &wire.Error{Reason: permErr.Reason, Message: permErr.Message, Details: details}, attempt, st.spent().plus(this), this, log)
 	default:
 		log.Warn().Err(callErr).Msg("unclassified error; retrying")
@@ -293,14 +292,20 @@ func (w *Worker) final(ctx context.Context, msg jetstream.Msg, job *wire.Job, re
 		log.Info().Str("reason", res.Error.Reason).Str("detail", res.Error.Message).Msg("query failed")
 	}
 	w.m.results.WithLabelValues(job.Deployment, outcome).Inc()
-	w.done(ctx, msg, job, log)
+	w.done(ctx, msg, job, attempt, log)
 }
 
-// done acks a job whose result is stored and forgets its retry state.
-func (w *Worker) done(ctx context.Context, msg jetstream.Msg, job *wire.Job, log zerolog.Logger) {
-	if err := msg.DoubleAck(ctx); err != nil {
-		// The result is stored; a redelivery will find it there and ack.
+// done acks a job whose result is stored and forgets its retry state. The ack is not
+// confirmed (no round trip while the slot is held): if it is lost, the redelivery finds
+// the result stored and acks without a call. A first delivery has no retry state (it
+// is written only when a delivery is NAKed): nothing to delete, so no request, and no
+// delete marker left behind.
+func (w *Worker) done(ctx context.Context, msg jetstream.Msg, job *wire.Job, attempt int, log zerolog.Logger) {
+	if err := msg.Ack(); err != nil {
 		log.Warn().Err(err).Msg("ack")
+	}
+	if attempt <= 1 {
+		return
 	}
 	if err := w.retry.Delete(ctx, wire.JobKey(job.Run, job.Row, job.Query)); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
 		log.Debug().Err(err).Msg("delete retry state")
@@ -316,10 +321,8 @@ func (w *Worker) storeResult(ctx context.Context, msg jetstream.Msg, res *wire.R
 	if err == nil {
 		return nil
 	}
-	alive, stop := context.WithCancel(ctx)
-	defer stop()
 	_ = msg.InProgress()
-	go keepAlive(alive, msg, w.cfg.Topology.AckWait/3)
+	defer w.keep.hold(msg)()
 	wait := 100 * time.Millisecond
 	for ctx.Err() == nil {
 		w.m.resultRetries.WithLabelValues(alias).Inc()
@@ -396,20 +399,13 @@ func truncate(s string, n int) string {
 	return s[:n]
 }
 
-func keepAlive(ctx context.Context, msg jetstream.Msg, every time.Duration) {
-	if every <= 0 {
-		every = time.Second
+// stateOf is a job's retry state as seen by its attempt-th delivery: a first delivery
+// has none (the state is written only when a delivery ends in a NAK), so it is not read.
+func (w *Worker) stateOf(ctx context.Context, job *wire.Job, attempt int) retryState {
+	if attempt <= 1 {
+		return retryState{}
 	}
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			_ = msg.InProgress()
-		}
-	}
+	return w.loadState(ctx, job)
 }
 
 func (w *Worker) loadState(ctx context.Context, job *wire.Job) retryState {

@@ -143,6 +143,7 @@ type Worker struct {
 	jobs    jetstream.Stream
 	ctl     controls
 	audit   *auditor
+	keep    *keeper
 	deps    map[string]*deployment
 	m       *metrics
 }
@@ -156,6 +157,26 @@ type deployment struct {
 	mu     sync.Mutex
 	runs   []*runConsumer // the runs with jobs for this deployment, fetched in turn
 	turn   int
+	// added wakes an idle fetch loop when a run joins the rotation.
+	added chan struct{}
+}
+
+// idle waits up to d for a run to join the rotation.
+func (d *deployment) idle(ctx context.Context, wait time.Duration) {
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	case <-d.added:
+	}
+}
+
+func (d *deployment) notify() {
+	select {
+	case d.added <- struct{}{}:
+	default:
+	}
 }
 
 // New builds a worker: one client and one throttle per deployment.
@@ -166,7 +187,12 @@ func New(js jetstream.JetStream, cfg Config, log zerolog.Logger) (*Worker, error
 	}
 	w := &Worker{cfg: cfg, js: js, log: log.With().Str("component", "worker").Str("worker", cfg.Name).Logger(), deps: map[string]*deployment{}, m: newMetrics(),
 		ctl: controls{runs: map[string]string{}, breakers: map[string]bool{}}}
-	w.audit = &auditor{js: js, dropped: func() { w.m.auditDropped.Inc() }, done: make(chan struct{})}
+	audit, err := newAuditor(js, func() { w.m.auditDropped.Inc() })
+	if err != nil {
+		return nil, err
+	}
+	w.audit = audit
+	w.keep = newKeeper(cfg.Topology.AckWait / 3)
 	for _, d := range cfg.Deployments {
 		slots := cfg.Concurrency
 		if d.MaxConcurrency > 0 && d.MaxConcurrency < slots {
@@ -186,7 +212,7 @@ func New(js jetstream.JetStream, cfg Config, log zerolog.Logger) (*Worker, error
 		if err != nil {
 			return nil, fmt.Errorf("deployments.%s.throttle: %w", o.Alias, err)
 		}
-		w.deps[o.Alias] = &deployment{alias: o.Alias, client: client, ctrl: ctrl, slots: slots}
+		w.deps[o.Alias] = &deployment{alias: o.Alias, client: client, ctrl: ctrl, slots: slots, added: make(chan struct{}, 1)}
 	}
 	return w, nil
 }
@@ -194,7 +220,11 @@ func New(js jetstream.JetStream, cfg Config, log zerolog.Logger) (*Worker, error
 // Run serves until ctx ends, then drains: stops fetching, lets in-flight calls finish
 // up to DrainTimeout, NAKs what is left, and returns after every goroutine exited.
 func (w *Worker) Run(ctx context.Context) error {
-	defer close(w.audit.done) // after every handler: no audit ack watcher outlives Run
+	// One loop keeps every in-flight job alive; it stops after the last handler.
+	keepCtx, stopKeep := context.WithCancel(context.WithoutCancel(ctx))
+	keeping := make(chan struct{})
+	go func() { defer close(keeping); w.keep.run(keepCtx) }()
+	defer func() { stopKeep(); <-keeping }()
 	if err := queue.Ensure(ctx, w.js, w.cfg.Topology); err != nil {
 		return err
 	}
@@ -293,6 +323,10 @@ func (w *Worker) Run(ctx context.Context) error {
 func (w *Worker) fetchLoop(ctx, callCtx context.Context, d *deployment, inflight *sync.WaitGroup) {
 	slots := make(chan struct{}, d.slots)
 	release := func() { <-slots }
+	pulls := newPullers(w.js.Conn(), d.alias, d.slots)
+	defer pulls.close()
+	handlers := w.handlers(callCtx, d, inflight, release)
+	defer close(handlers) // the handlers finish their jobs (Run waits for them), then exit
 	for ctx.Err() == nil {
 		// Paused (Retry-After, or a deployment-wide error): take no slot, fetch nothing.
 		if p := d.ctrl.PausedFor(); p > 0 {
@@ -302,8 +336,9 @@ func (w *Worker) fetchLoop(ctx, callCtx context.Context, d *deployment, inflight
 		// Only live runs are fetched: a paused run takes no permit and no delivery
 		// (which would count toward its crash-loop cap), a dormant one no round trip.
 		runs := d.rotation(func(run string) bool { return w.ctl.run(run) == StatePaused })
+		pulls.keep(runs)
 		if len(runs) == 0 { // nothing to fetch from: take no permit
-			sleep(ctx, 50*time.Millisecond)
+			d.idle(ctx, 50*time.Millisecond)
 			continue
 		}
 		select {
@@ -325,19 +360,33 @@ func (w *Worker) fetchLoop(ctx, callCtx context.Context, d *deployment, inflight
 			}
 			break
 		}
-		got := w.fetch(ctx, d, runs, n, func(msg jetstream.Msg) {
-			inflight.Add(1)
-			go func() {
-				defer inflight.Done()
-				defer release()
-				w.handle(callCtx, d, msg)
-			}()
-		})
+		got := w.fetch(ctx, d, pulls, runs, n, func(msg jetstream.Msg) { handlers <- msg })
 		for i := got; i < n; i++ {
 			release()
 		}
 		d.ctrl.Refund(n - got)
 	}
+}
+
+// handlers starts one goroutine per slot, each handling the jobs sent to the returned
+// channel one after the other and releasing the job's slot after each: a goroutine per
+// job would grow a fresh stack through the HTTP client's calls every time. A job is
+// sent only with a slot taken, so one goroutine is free or about to be (the channel
+// holds a job per slot, so sending never waits). They exit when the channel is closed;
+// inflight counts them.
+func (w *Worker) handlers(callCtx context.Context, d *deployment, inflight *sync.WaitGroup, release func()) chan<- jetstream.Msg {
+	jobs := make(chan jetstream.Msg, d.slots)
+	inflight.Add(d.slots)
+	for range d.slots {
+		go func() {
+			defer inflight.Done()
+			for msg := range jobs {
+				w.handle(callCtx, d, msg)
+				release()
+			}
+		}()
+	}
+	return jobs
 }
 
 // runConsumer is one run's job consumer for a deployment. Fields below cons are
@@ -366,6 +415,7 @@ func (d *deployment) addRun(run string, c jetstream.Consumer) {
 		}
 	}
 	d.runs = append(d.runs, &runConsumer{run: run, cons: c, busy: time.Now()})
+	d.notify()
 }
 
 func (d *deployment) removeRun(run string) {
@@ -422,6 +472,7 @@ func (d *deployment) wake(rc *runConsumer, c jetstream.Consumer) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	rc.cons, rc.dormant, rc.busy = c, false, time.Now()
+	d.notify()
 }
 
 // dueDormant returns the dormant runs whose check is due.
@@ -528,7 +579,7 @@ func (w *Worker) checkDormant(ctx context.Context, d *deployment, rc *runConsume
 // fetch gets up to n messages without waiting, sharing them between the given runs
 // (an equal part from each in turn, then whatever is left); when there is nothing,
 // it waits a little so an idle worker does not spin.
-func (w *Worker) fetch(ctx context.Context, d *deployment, runs []*runConsumer, n int, start func(jetstream.Msg)) int {
+func (w *Worker) fetch(ctx context.Context, d *deployment, pulls *pullers, runs []*runConsumer, n int, start func(jetstream.Msg)) int {
 	got := 0
 	defer w.settle(ctx, d, runs)
 	for pass := range 2 {
@@ -540,30 +591,35 @@ func (w *Worker) fetch(ctx context.Context, d *deployment, runs []*runConsumer, 
 			if want <= 0 {
 				return got
 			}
-			batch, err := d.consumer(rc).FetchNoWait(want)
-			if err != nil {
-				w.lost(ctx, d, rc)
-				continue
-			}
-			k := 0
-			for msg := range batch.Messages() {
-				start(msg)
-				k++
-			}
+			k, err := pulls.of(rc).fetch(ctx, want, start)
 			got += k
 			if k > 0 {
 				d.touch(rc)
 			}
-			if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
+			if err != nil && ctx.Err() == nil {
 				w.lost(ctx, d, rc)
 			}
 		}
 	}
 	if got == 0 {
-		sleep(ctx, 50*time.Millisecond)
+		// Nothing now: wait for jobs of the first run up to idleWait, holding the
+		// slots and permits taken (as a sleep would), so that a job published
+		// meanwhile starts at once, and an idle worker does not spin.
+		k, err := pulls.of(runs[0]).pull(ctx, n, idleWait, start)
+		got += k
+		if k > 0 {
+			d.touch(runs[0])
+		}
+		if err != nil && ctx.Err() == nil {
+			w.lost(ctx, d, runs[0])
+			sleep(ctx, idleWait)
+		}
 	}
 	return got
 }
+
+// idleWait is how long a fetch that found nothing waits for new jobs.
+const idleWait = 50 * time.Millisecond
 
 // capacity feeds a capacity answer to the throttle (and, through it, to the fleet). A
 // lone one changes nothing there: only its own job waits (its NAK delay honours its

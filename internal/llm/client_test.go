@@ -1,0 +1,126 @@
+package llm
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+
+	"github.com/multiquery/multiquery/internal/wire"
+)
+
+// TestCallSendsTheOpenAIBodyAndReadsTheAnswer pins the hand-built request body and the
+// minimal answer decoding against what openai-go's own types sent and read.
+func TestCallSendsTheOpenAIBodyAndReadsTheAnswer(t *testing.T) {
+	temp := 0.5
+	for _, tc := range []struct {
+		name     string
+		opts     Options
+		req      wire.Request
+		wantPath string
+		wantBody string
+	}{
+		{
+			name:     "openai json_object, unknown roles sent as user",
+			opts:     Options{Provider: ProviderOpenAI},
+			req:      wire.Request{Model: "m", Messages: []wire.Message{{Role: "system", Content: "be json"}, {Role: "weird", Content: "q"}}, ResponseFormat: wire.FormatStandard, MaxCompletionTokens: 7, Temperature: &temp},
+			wantPath: "/v1/chat/completions",
+			wantBody: `{"model":"m","messages":[{"role":"system","content":"be json"},{"role":"user","content":"q"}],"temperature":0.5,"max_completion_tokens":7,"response_format":{"type":"json_object"}}`,
+		},
+		{
+			name:     "azure structured, routed by the deployment name",
+			opts:     Options{Provider: ProviderAzure, AzureDeployment: "dep1", APIKey: "k"},
+			req:      wire.Request{Model: "m", Messages: []wire.Message{{Role: "user", Content: "q"}}, ResponseFormat: wire.FormatStructured, Schema: map[string]any{"type": "object"}},
+			wantPath: "/openai/deployments/dep1/chat/completions",
+			wantBody: `{"model":"dep1","messages":[{"role":"user","content":"q"}],"response_format":{"type":"json_schema","json_schema":{"name":"answer","strict":true,"schema":{"type":"object"}}}}`,
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var gotPath, gotBody string
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				b, _ := io.ReadAll(r.Body)
+				gotPath, gotBody = r.URL.Path, string(b)
+				w.Header().Set("Content-Type", "application/json")
+				_, _ = io.WriteString(w, `{"id":"x","model":"served","choices":[{"index":0,"message":{"role":"assistant","content":"{\"a\":1}"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}`)
+			}))
+			defer srv.Close()
+			o := tc.opts
+			o.Endpoint = srv.URL
+			if o.Provider == ProviderOpenAI {
+				o.Endpoint = srv.URL + "/v1"
+			}
+			c, err := New(o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			req := tc.req
+			orig := append([]wire.Message(nil), req.Messages...)
+			a, err := c.Call(context.Background(), req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if gotPath != tc.wantPath {
+				t.Errorf("path %s, want %s", gotPath, tc.wantPath)
+			}
+			if mustCanon(gotBody) != mustCanon(tc.wantBody) {
+				t.Errorf("body %s\nwant %s", gotBody, tc.wantBody)
+			}
+			if a.Content != `{"a":1}` || a.Model != "served" || a.FinishReason != "stop" || a.Usage != (wire.Usage{PromptTokens: 3, CompletionTokens: 2, TotalTokens: 5}) {
+				t.Errorf("answer %+v", a)
+			}
+			for i := range orig {
+				if req.Messages[i] != orig[i] {
+					t.Errorf("the job's messages changed: %+v", req.Messages)
+				}
+			}
+		})
+	}
+}
+
+func mustCanon(s string) string {
+	var v any
+	_ = json.Unmarshal([]byte(s), &v)
+	b, _ := json.Marshal(v)
+	return string(b)
+}
+
+func TestCallClassifiesBadBodiesAndStatuses(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		status int
+		body   string
+		check  func(error) bool
+	}{
+		{"html 200 is transient", 200, `<html>`, func(err error) bool { var e *TransientError; return errors.As(err, &e) && e.StatusCode == 200 }},
+		{"no choices is transient", 200, `{"choices":[]}`, func(err error) bool { var e *TransientError; return errors.As(err, &e) }},
+		{"429 is capacity", 429, `{"error":{"message":"slow down"}}`, func(err error) bool { var e *CapacityError; return errors.As(err, &e) && e.StatusCode == 429 }},
+		{"400 is permanent", 400, `{"error":{"message":"bad","code":"context_length_exceeded"}}`, func(err error) bool {
+			var e *PermanentError
+			return errors.As(err, &e) && e.Reason == wire.ReasonContextLengthExceeded
+		}},
+		{"length is truncated", 200, `{"choices":[{"message":{"content":"{"},"finish_reason":"length"}]}`, func(err error) bool {
+			var e *PermanentError
+			return errors.As(err, &e) && e.Reason == wire.ReasonTruncated
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Type", "application/json")
+				w.WriteHeader(tc.status)
+				_, _ = io.WriteString(w, tc.body)
+			}))
+			defer srv.Close()
+			c, err := New(Options{Endpoint: srv.URL})
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = c.Call(context.Background(), wire.Request{Model: "m", Messages: []wire.Message{{Role: "user", Content: "q"}}})
+			if !tc.check(err) {
+				t.Fatalf("error %T %v", err, err)
+			}
+		})
+	}
+}
