@@ -50,6 +50,21 @@ type proc struct {
 	done chan struct{} // closed when the process has exited and been reaped
 }
 
+// freePorts returns n distinct free ports: every listener stays open until all are
+// chosen, so the kernel cannot hand the same port out twice.
+func freePorts(n int) ([]int, error) {
+	var ports []int
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		defer l.Close()
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ports, nil
+}
+
 func freePort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -158,13 +173,9 @@ func StartClusterStack(bin, dir string, sim []string) (*Stack, error) {
 
 func startStack(bin, dir string, sim []string, nodes int, pprof bool) (*Stack, error) {
 	s := &Stack{Bin: bin, Dir: dir, Pprof: pprof, OpsAddr: map[string]string{}}
-	ports := make([]int, 2*nodes+2)
-	for i := range ports {
-		p, err := freePort()
-		if err != nil {
-			return nil, err
-		}
-		ports[i] = p
+	ports, err := freePorts(2*nodes + 2)
+	if err != nil {
+		return nil, err
 	}
 	var urls, routes, addrs []string
 	for i := range nodes {
