@@ -13,15 +13,21 @@ free_port() { # first port from $1 on that nothing listens on
   while port_open 127.0.0.1 "$p"; do p=$((p + 1)); done
   echo "$p"
 }
-# listener_pids PORT: the pids listening on PORT (ss, else lsof).
+# listener_pids PORT: the pids listening on PORT (ss, else lsof, else /proc).
 listener_pids() {
   if command -v ss >/dev/null 2>&1; then
     ss -ltnpH "sport = :$1" 2>/dev/null | grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -u
   elif command -v lsof >/dev/null 2>&1; then
     lsof -nP -iTCP:"$1" -sTCP:LISTEN -t 2>/dev/null | sort -u
-  else
-    echo "demo: need ss or lsof to check who listens on port $1" >&2
-    return 1
+  else # no ss nor lsof (a minimal image): the socket's inode from /proc/net, then its owner
+    local hex inodes ino fd
+    hex=$(printf '%04X' "$1")
+    inodes=$(awk -v p=":$hex" '$2 ~ p"$" && $4 == "0A" {print $10}' /proc/net/tcp /proc/net/tcp6 2>/dev/null)
+    for ino in $inodes; do
+      for fd in /proc/[0-9]*/fd/*; do
+        [ "$(readlink "$fd" 2>/dev/null)" = "socket:[$ino]" ] && { fd=${fd#/proc/}; echo "${fd%%/*}"; }
+      done
+    done | sort -u
   fi
 }
 # require_free PORT NAME: a port chosen (or given) for NAME must not be taken already,
