@@ -27,7 +27,10 @@ type ChaosConfig struct {
 	CollectorKills int           // kill -9 + restart of the collector, spread over the run
 	NATSKills      int           // kill -9 + restart of nats-server on the same port and store
 	Faults         []string      // llmsim --fault KIND=PCT
-	Timeout        time.Duration
+	// Latency is llmsim's base latency (default 20 ms, plus up to 30 ms of jitter). A
+	// short run needs it longer, so that the run outlasts its progress-timed faults.
+	Latency time.Duration
+	Timeout time.Duration
 	// Cluster runs a 3-node JetStream cluster (streams with 3 replicas); NATSKills then
 	// kill -9 one node each, which stays down.
 	Cluster bool
@@ -80,7 +83,10 @@ func Chaos(ctx context.Context, c ChaosConfig) (ChaosReport, error) {
 	rep := ChaosReport{RowsIn: c.Rows}
 	rnd := rand.New(rand.NewPCG(c.Seed, 99))
 	start := time.Now()
-	sim := []string{"--latency", "20ms", "--jitter", "30ms", "--injected-retry-after", "100ms", "--seed", fmt.Sprint(c.Seed)}
+	if c.Latency <= 0 {
+		c.Latency = 20 * time.Millisecond
+	}
+	sim := []string{"--latency", c.Latency.String(), "--jitter", "30ms", "--injected-retry-after", "100ms", "--seed", fmt.Sprint(c.Seed)}
 	for _, f := range c.Faults {
 		sim = append(sim, "--fault", f)
 	}

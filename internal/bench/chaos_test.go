@@ -39,6 +39,10 @@ func TestChaosShort(t *testing.T) {
 	}
 	bin := buildBinaries(t)
 	rep, err := Chaos(context.Background(), ChaosConfig{Bin: bin, Dir: t.TempDir(), Rows: 300, Queries: 2, Workers: 2, Seed: 7,
+		// 200 ms calls over 2 x 16 slots: at most ~160 calls/s, so the run outlasts the
+		// nats-server kill at 12 % and the collector kill at 30 % however fast the
+		// pipeline is (2.7 % of the rows a progress check at most).
+		Latency:   200 * time.Millisecond,
 		KillEvery: 2 * time.Second, CollectorKills: 1, NATSKills: 1,
 		Faults: []string{"429=1", "503=1", "500=1", "invalid_json=1", "missing_field=1"}, Timeout: 3 * time.Minute, Log: testWriter{t}})
 	if err != nil {

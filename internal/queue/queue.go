@@ -164,13 +164,22 @@ func (t Topology) Streams() []jetstream.StreamConfig {
 	}
 }
 
-// Ensure creates or updates every stream and KV bucket of the topology. Safe to call
-// from every process at start-up; API calls are retried through cluster elections.
+// Ensure creates every stream and KV bucket of the topology that does not exist yet.
+// Safe to call from every process at start-up; API calls are retried through cluster
+// elections. It never updates an existing stream or bucket: an operator's limits and
+// replicas survive every restart, and no process rewrites a stream's config while
+// another creates a consumer on it (nats-server 2.15 races those two internally).
 func Ensure(ctx context.Context, js jetstream.JetStream, t Topology) error {
 	t = t.Defaults()
 	for _, cfg := range t.Streams() {
 		err := Retry(ctx, func(ctx context.Context) error {
-			_, err := js.CreateOrUpdateStream(ctx, cfg)
+			if _, err := js.Stream(ctx, cfg.Name); !errors.Is(err, jetstream.ErrStreamNotFound) {
+				return err // exists (nil), or the lookup failed
+			}
+			_, err := js.CreateStream(ctx, cfg)
+			if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+				return nil // another process created it meanwhile
+			}
 			return err
 		})
 		if err != nil {
@@ -184,7 +193,13 @@ func Ensure(ctx context.Context, js jetstream.JetStream, t Topology) error {
 	}
 	for _, cfg := range kvs {
 		err := Retry(ctx, func(ctx context.Context) error {
-			_, err := js.CreateOrUpdateKeyValue(ctx, cfg)
+			if _, err := js.KeyValue(ctx, cfg.Bucket); !errors.Is(err, jetstream.ErrBucketNotFound) {
+				return err
+			}
+			_, err := js.CreateKeyValue(ctx, cfg)
+			if errors.Is(err, jetstream.ErrBucketExists) || errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+				return nil
+			}
 			return err
 		})
 		if err != nil {
