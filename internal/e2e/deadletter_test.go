@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/multiquery/multiquery/internal/collector"
 	"github.com/multiquery/multiquery/internal/deadletter"
 	"github.com/multiquery/multiquery/internal/input"
 	"github.com/multiquery/multiquery/internal/llmsim"
@@ -85,8 +86,15 @@ func TestPoisonJobsAreDeadLetteredAndTheirRowsComplete(t *testing.T) {
 		string(letters[0].Data) != `{"v":1,"run":"manual-poison","row":` {
 		t.Fatalf("dead letters = %+v, want the poison payload with its subject and a reason", letters)
 	}
-	if err := deadletter.Replay(ctx, e.js, letters[0].Seq); !errors.Is(err, deadletter.ErrHasResult) {
-		t.Fatalf("replay of a dead letter whose query has a result: err = %v, want ErrHasResult", err)
+	// Once the run's status says finished (the summary file comes just before it), a
+	// replay is refused: the query has a result, or its row is written.
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if _, err := collector.WaitRun(wctx, e.js, run, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := deadletter.Replay(ctx, e.js, letters[0].Seq); !errors.Is(err, deadletter.ErrHasResult) && !errors.Is(err, deadletter.ErrRowWritten) {
+		t.Fatalf("replay of a dead letter whose query has a result: err = %v, want ErrHasResult or ErrRowWritten", err)
 	}
 	// The newer-version job is still waiting for a newer worker.
 	s, _ := e.js.Stream(ctx, wire.StreamJobs)
