@@ -43,8 +43,11 @@ type ChaosReport struct {
 	Missing, Duplicates, PartialRows int
 	Calls, ExtraCalls                int64
 	WorkerKills, CollectorKills      int
-	NATSKills, ProducerRuns          int
-	Wall                             time.Duration
+	// CollectorRestarts counts collectors that exited on their own (a lost lease after
+	// a nats-server kill) and were started again: the collector-loss path, like a kill.
+	CollectorRestarts       int
+	NATSKills, ProducerRuns int
+	Wall                    time.Duration
 }
 
 // Violations lists what broke the promises (nothing lost, nothing doubled, never partial).
@@ -162,6 +165,7 @@ func Chaos(ctx context.Context, c ChaosConfig) (ChaosReport, error) {
 		frac := float64(progress()) / float64(c.Rows)
 		if s.Exited("collector") { // as an orchestrator would: restart what stopped
 			fmt.Fprintf(c.Log, "chaos: the collector exited on its own; restarting it\n")
+			rep.CollectorRestarts++
 			if err := s.Restart("collector"); err != nil {
 				return rep, err
 			}
