@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -89,6 +90,14 @@ func parseFlags(args []string) (options, error) {
 	fs.IntVar(&cfg.Burst, "burst", 0, "request bucket capacity (default 1 with --rps, rpm/6 with --rpm)")
 	fs.IntVar(&cfg.TPM, "tpm", 0, "tokens per minute; 0 = unlimited")
 	fs.IntVar(&cfg.MaxConcurrency, "max-concurrency", 0, "admitted requests in flight at once; 0 = unlimited")
+	fs.Func("ratelimit-headers", "`set` of x-ratelimit-* headers on answers and limiter 429s: "+
+		strings.Join(llmsim.RateLimitHeaderSets, ", ")+" (default azure)", func(v string) error {
+		if !slices.Contains(llmsim.RateLimitHeaderSets, v) {
+			return fmt.Errorf("want one of %s", strings.Join(llmsim.RateLimitHeaderSets, ", "))
+		}
+		cfg.RateLimitHeaders = v
+		return nil
+	})
 	fs.DurationVar(&cfg.InjectedRetryAfter, "injected-retry-after", llmsim.DefaultInjectedRetryAfter, "retry-after on injected 429/503/529")
 	fs.DurationVar(&burstEvery, "burst429-every", 0, "period of 429 bursts")
 	fs.DurationVar(&burstFor, "burst429-for", 0, "length of each 429 burst")

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -64,6 +65,43 @@ func TestParseFlags(t *testing.T) {
 			}
 			if diff := cmp.Diff(tt.want, got, cmp.AllowUnexported(options{})); diff != "" {
 				t.Errorf("options (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestParseFlagsRateLimitHeaders(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name    string
+		args    []string
+		want    string // Config.RateLimitHeaders
+		wantErr string // substring of the error; "" means valid
+	}{
+		{name: "unset: the library default, azure", args: nil, want: ""},
+		{name: "azure", args: []string{"--ratelimit-headers", "azure"}, want: llmsim.RateLimitHeadersAzure},
+		{name: "openai", args: []string{"--ratelimit-headers=openai"}, want: llmsim.RateLimitHeadersOpenAI},
+		{name: "none", args: []string{"--ratelimit-headers", "none"}, want: llmsim.RateLimitHeadersNone},
+		{name: "unknown set", args: []string{"--ratelimit-headers", "anthropic"},
+			wantErr: `invalid value "anthropic" for flag -ratelimit-headers: want one of azure, openai, none`},
+		{name: "empty", args: []string{"--ratelimit-headers", ""}, wantErr: "-ratelimit-headers: want one of azure, openai, none"},
+		{name: "case matters", args: []string{"--ratelimit-headers", "OpenAI"}, wantErr: "-ratelimit-headers"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			got, err := parseFlags(tt.args)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("parseFlags(%q) err = %v, want it to contain %q", tt.args, err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("parseFlags(%q) = %v", tt.args, err)
+			}
+			if got.sim.RateLimitHeaders != tt.want {
+				t.Errorf("parseFlags(%q) RateLimitHeaders = %q, want %q", tt.args, got.sim.RateLimitHeaders, tt.want)
 			}
 		})
 	}

@@ -63,6 +63,28 @@ func (b *bucket) remaining() int {
 	return int(math.Floor(b.tokens + epsilon))
 }
 
+// untilFull is how long the bucket takes to refill to capacity, 0 when it is
+// full or unlimited.
+func (b *bucket) untilFull() time.Duration {
+	missing := b.capacity - b.tokens
+	if b.unlimited() || missing <= epsilon {
+		return 0
+	}
+	return time.Duration(math.Ceil(missing / b.rate * float64(time.Second)))
+}
+
+// budget describes the bucket the way OpenAI's x-ratelimit-* headers do.
+func (b *bucket) budget() budget {
+	if b.unlimited() {
+		return budget{}
+	}
+	return budget{
+		perMinute: max(1, int(math.Round(b.rate*60))),
+		remaining: b.remaining(),
+		reset:     b.untilFull(),
+	}
+}
+
 // configure changes rate and capacity, keeping the current level (clamped)
 // so a live update does not hand out a fresh burst. A bucket that was
 // unlimited starts full.
@@ -88,6 +110,21 @@ type verdict struct {
 	// remainingRequests and remainingTokens are -1 when unlimited.
 	remainingRequests int
 	remainingTokens   int
+}
+
+// budget is one bucket in OpenAI's terms.
+type budget struct {
+	// perMinute is the refill rate per minute, at least 1; 0 when unlimited.
+	perMinute int
+	// remaining is the whole number of tokens left.
+	remaining int
+	// reset is the time until the bucket is full again.
+	reset time.Duration
+}
+
+// budgets are both buckets right after a limiter decision.
+type budgets struct {
+	requests, tokens budget
 }
 
 // limiter admits requests against a request bucket and a token bucket,
@@ -135,6 +172,13 @@ func (l *limiter) configure(s Settings) {
 
 // admit charges one request of estTokens tokens, or reports how long to wait.
 func (l *limiter) admit(estTokens int) verdict {
+	v, _ := l.decide(estTokens)
+	return v
+}
+
+// decide is admit that also reports both buckets as they are after the
+// decision, read under the same lock.
+func (l *limiter) decide(estTokens int) (verdict, budgets) {
 	now := l.now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -152,5 +196,5 @@ func (l *limiter) admit(estTokens int) verdict {
 	}
 	v.remainingRequests = l.requests.remaining()
 	v.remainingTokens = l.tokens.remaining()
-	return v
+	return v, budgets{requests: l.requests.budget(), tokens: l.tokens.budget()}
 }

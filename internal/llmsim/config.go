@@ -40,6 +40,23 @@ var FaultKinds = []string{
 // DefaultInjectedRetryAfter is used when Config.InjectedRetryAfter is zero.
 const DefaultInjectedRetryAfter = time.Second
 
+// Rate-limit header sets, the values of Config.RateLimitHeaders: which
+// x-ratelimit-* headers admitted answers and the limiter's 429s carry. The
+// empty string means RateLimitHeadersAzure.
+const (
+	// RateLimitHeadersAzure sends x-ratelimit-remaining-requests and
+	// x-ratelimit-remaining-tokens.
+	RateLimitHeadersAzure = "azure"
+	// RateLimitHeadersOpenAI sends x-ratelimit-limit-*, -remaining-* and
+	// -reset-* for requests and tokens.
+	RateLimitHeadersOpenAI = "openai"
+	// RateLimitHeadersNone sends no x-ratelimit-* header.
+	RateLimitHeadersNone = "none"
+)
+
+// RateLimitHeaderSets lists the values of Config.RateLimitHeaders.
+var RateLimitHeaderSets = []string{RateLimitHeadersAzure, RateLimitHeadersOpenAI, RateLimitHeadersNone}
+
 // Faults maps a fault kind (see [FaultKinds]) to the percentage, 0..100, of
 // requests that get it. The percentages of all kinds must not sum over 100.
 type Faults map[string]float64
@@ -65,6 +82,10 @@ type Config struct {
 	Burst          int     // request bucket capacity; default 1 for RPS, RPM/6 for RPM
 	TPM            int     // tokens per minute; 0 = unlimited
 	MaxConcurrency int     // admitted requests in flight at once; 0 = unlimited
+
+	// RateLimitHeaders picks the x-ratelimit-* header set, one of
+	// [RateLimitHeaderSets]; empty means RateLimitHeadersAzure.
+	RateLimitHeaders string
 
 	Faults             Faults
 	InjectedRetryAfter time.Duration // on injected 429/503/529; zero means DefaultInjectedRetryAfter
@@ -101,6 +122,7 @@ func (c Config) settings() Settings {
 		Burst:              c.Burst,
 		TPM:                c.TPM,
 		MaxConcurrency:     c.MaxConcurrency,
+		RateLimitHeaders:   c.RateLimitHeaders,
 		Faults:             cloneFaults(c.Faults),
 		InjectedRetryAfter: c.InjectedRetryAfter,
 		Burst429:           c.Burst429,
@@ -117,6 +139,7 @@ type Settings struct {
 	Burst              int
 	TPM                int
 	MaxConcurrency     int
+	RateLimitHeaders   string // empty means RateLimitHeadersAzure
 	Faults             Faults
 	InjectedRetryAfter time.Duration
 	Burst429           Burst429
@@ -147,6 +170,10 @@ func (s Settings) validate(prefix string) []error {
 	if s.RPS > 0 && s.RPM > 0 {
 		errs = append(errs, fmt.Errorf("%sRPS %v and %sRPM %d: set at most one", prefix, s.RPS, prefix, s.RPM))
 	}
+	if s.RateLimitHeaders != "" && !slices.Contains(RateLimitHeaderSets, s.RateLimitHeaders) {
+		errs = append(errs, fmt.Errorf("%sRateLimitHeaders %q: must be one of %s (empty means %s)",
+			prefix, s.RateLimitHeaders, strings.Join(RateLimitHeaderSets, ", "), RateLimitHeadersAzure))
+	}
 	nonNegDur("Burst429.Every", s.Burst429.Every)
 	nonNegDur("Burst429.For", s.Burst429.For)
 	if s.Burst429.For > 0 && s.Burst429.Every < s.Burst429.For {
@@ -173,7 +200,7 @@ func (s Settings) validate(prefix string) []error {
 
 // Update partially changes a running [Server]'s settings; nil fields are left
 // alone. It is the Go form of POST /admin, whose JSON keys are snake_case
-// (rps, rpm, burst, tpm, max_concurrency, latency, jitter,
+// (rps, rpm, burst, tpm, max_concurrency, ratelimit_headers, latency, jitter,
 // injected_retry_after, burst_429 {every, for}, faults, reset_faults) and whose
 // durations are strings like "150ms" or numbers of milliseconds.
 type Update struct {
@@ -184,6 +211,7 @@ type Update struct {
 	Burst              *int
 	TPM                *int
 	MaxConcurrency     *int
+	RateLimitHeaders   *string
 	InjectedRetryAfter *time.Duration
 	Burst429           *Burst429
 	// Faults is merged into the current percentages: each listed kind is
@@ -224,6 +252,9 @@ func (u Update) apply(s Settings) Settings {
 	setInt(&s.Burst, u.Burst)
 	setInt(&s.TPM, u.TPM)
 	setInt(&s.MaxConcurrency, u.MaxConcurrency)
+	if u.RateLimitHeaders != nil {
+		s.RateLimitHeaders = *u.RateLimitHeaders
+	}
 	if u.Burst429 != nil {
 		s.Burst429 = *u.Burst429
 	}
@@ -287,6 +318,7 @@ type jsonUpdate struct {
 	Burst              *int          `json:"burst,omitempty"`
 	TPM                *int          `json:"tpm,omitempty"`
 	MaxConcurrency     *int          `json:"max_concurrency,omitempty"`
+	RateLimitHeaders   *string       `json:"ratelimit_headers,omitempty"`
 	InjectedRetryAfter *jsonDuration `json:"injected_retry_after,omitempty"`
 	Burst429           *jsonBurst429 `json:"burst_429,omitempty"`
 	Faults             Faults        `json:"faults,omitempty"`
@@ -310,6 +342,7 @@ func (u *Update) UnmarshalJSON(b []byte) error {
 		Burst:              j.Burst,
 		TPM:                j.TPM,
 		MaxConcurrency:     j.MaxConcurrency,
+		RateLimitHeaders:   j.RateLimitHeaders,
 		InjectedRetryAfter: durPtr(j.InjectedRetryAfter),
 		Faults:             j.Faults,
 		ResetFaults:        j.ResetFaults,
@@ -328,6 +361,7 @@ type jsonSettings struct {
 	Burst              int          `json:"burst"`
 	TPM                int          `json:"tpm"`
 	MaxConcurrency     int          `json:"max_concurrency"`
+	RateLimitHeaders   string       `json:"ratelimit_headers"`
 	Faults             Faults       `json:"faults"`
 	InjectedRetryAfter jsonDuration `json:"injected_retry_after"`
 	Burst429           jsonBurst429 `json:"burst_429"`
@@ -347,6 +381,7 @@ func (s Settings) MarshalJSON() ([]byte, error) {
 		Burst:              s.Burst,
 		TPM:                s.TPM,
 		MaxConcurrency:     s.MaxConcurrency,
+		RateLimitHeaders:   s.RateLimitHeaders,
 		Faults:             f,
 		InjectedRetryAfter: jsonDuration(s.InjectedRetryAfter),
 		Burst429:           jsonBurst429{Every: jsonDuration(s.Burst429.Every), For: jsonDuration(s.Burst429.For)},
@@ -367,6 +402,7 @@ func (s *Settings) UnmarshalJSON(b []byte) error {
 		Burst:              j.Burst,
 		TPM:                j.TPM,
 		MaxConcurrency:     j.MaxConcurrency,
+		RateLimitHeaders:   j.RateLimitHeaders,
 		Faults:             j.Faults,
 		InjectedRetryAfter: time.Duration(j.InjectedRetryAfter),
 		Burst429:           Burst429{Every: time.Duration(j.Burst429.Every), For: time.Duration(j.Burst429.For)},

@@ -36,6 +36,11 @@ func TestConfigValidate(t *testing.T) {
 		{name: "empty deployment", cfg: Config{Deployments: []string{"a", " "}}, want: []string{"Config.Deployments[1]"}},
 		{name: "burst longer than period", cfg: Config{Burst429: Burst429{Every: time.Second, For: 2 * time.Second}},
 			want: []string{"Config.Burst429.Every"}},
+		{name: "azure rate-limit headers", cfg: Config{RateLimitHeaders: RateLimitHeadersAzure}},
+		{name: "openai rate-limit headers", cfg: Config{RateLimitHeaders: RateLimitHeadersOpenAI}},
+		{name: "no rate-limit headers", cfg: Config{RateLimitHeaders: RateLimitHeadersNone}},
+		{name: "unknown rate-limit header set", cfg: Config{RateLimitHeaders: "Azure"},
+			want: []string{`Config.RateLimitHeaders "Azure"`, "must be one of azure, openai, none"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -62,7 +67,7 @@ func TestConfigValidate(t *testing.T) {
 func TestUpdateJSON(t *testing.T) {
 	t.Parallel()
 	ptr := func(d time.Duration) *time.Duration { return &d }
-	rps, burst := 20.0, 4
+	rps, burst, openai := 20.0, 4, RateLimitHeadersOpenAI
 	tests := []struct {
 		name    string
 		body    string
@@ -75,6 +80,7 @@ func TestUpdateJSON(t *testing.T) {
 		{name: "faults", body: `{"faults":{"429":30},"reset_faults":true}`, want: Update{Faults: Faults{"429": 30}, ResetFaults: true}},
 		{name: "burst 429", body: `{"burst_429":{"every":"10s","for":"1s"}}`,
 			want: Update{Burst429: &Burst429{Every: 10 * time.Second, For: time.Second}}},
+		{name: "ratelimit headers", body: `{"ratelimit_headers":"openai"}`, want: Update{RateLimitHeaders: &openai}},
 		{name: "unknown key", body: `{"rsp":20}`, wantErr: true},
 		{name: "bad duration", body: `{"latency":"soon"}`, wantErr: true},
 	}
@@ -98,7 +104,7 @@ func TestUpdateJSON(t *testing.T) {
 
 func TestUpdateApply(t *testing.T) {
 	t.Parallel()
-	rps, rpm := 20.0, 600
+	rps, rpm, none := 20.0, 600, RateLimitHeadersNone
 	base := Settings{RPM: 60, Faults: Faults{"429": 10, "500": 5}}
 	tests := []struct {
 		name string
@@ -111,6 +117,8 @@ func TestUpdateApply(t *testing.T) {
 			want: Settings{RPM: 60, Faults: Faults{"500": 5, "hang": 1}}},
 		{name: "reset faults", u: Update{ResetFaults: true, Faults: Faults{"503": 2}},
 			want: Settings{RPM: 60, Faults: Faults{"503": 2}}},
+		{name: "ratelimit headers", u: Update{RateLimitHeaders: &none},
+			want: Settings{RPM: 60, RateLimitHeaders: "none", Faults: Faults{"429": 10, "500": 5}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

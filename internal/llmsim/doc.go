@@ -35,12 +35,31 @@
 // already been charged to the buckets). A rejection is a 429 with
 // an Azure-style body ("... have exceeded call rate limit ... Please retry
 // after N seconds."), retry-after (whole seconds, rounded up, at least 1) and
-// retry-after-ms (time until a token is available). Admitted answers and
-// rejections carry x-ratelimit-remaining-requests and
-// x-ratelimit-remaining-tokens for the limits in force.
+// retry-after-ms (time until a token is available).
 //
 // Stats and the request log count a request before its response is
 // written: once a client has a response, Stats and Requests include it.
+//
+// # Rate-limit headers
+//
+// Admitted answers and the limiter's 429s (rate and concurrency) carry the
+// x-ratelimit-* header set chosen by Config.RateLimitHeaders (POST /admin
+// key "ratelimit_headers", flag --ratelimit-headers), for the limits in
+// force only (an unlimited dimension sends none of its headers):
+//
+//	azure (default; "" too)   x-ratelimit-remaining-requests, x-ratelimit-remaining-tokens
+//	openai                    x-ratelimit-limit-requests, x-ratelimit-remaining-requests, x-ratelimit-reset-requests,
+//	                          x-ratelimit-limit-tokens, x-ratelimit-remaining-tokens, x-ratelimit-reset-tokens
+//	none                      no x-ratelimit-* header
+//
+// remaining-* is the whole tokens left in the bucket right after the
+// decision. In the OpenAI set, limit-requests is requests per minute (RPM, or
+// RPS x 60 rounded, at least 1: 2400 at 40 RPS), limit-tokens is TPM, and
+// reset-* is the time until the bucket is full again, (capacity - level) /
+// rate, written as Go's duration string rounded to the millisecond: "0s"
+// (full), "25ms", "1.5s", "6m0s"; a bucket short of less than half a
+// millisecond reads "1ms". retry-after and retry-after-ms are sent on 429s
+// whatever the set; injected faults never carry x-ratelimit-* headers.
 //
 // # Faults
 //

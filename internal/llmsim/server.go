@@ -278,7 +278,8 @@ func (s *Server) serveChat(w http.ResponseWriter, r *http.Request, rec *RequestL
 		return statusFault(w.Header(), rec.Fault, status, retryAfter)
 	}
 
-	v := s.lim.admit(estimateTokens(text, req.maxCompletion()))
+	v, bs := s.lim.decide(estimateTokens(text, req.maxCompletion()))
+	setRateLimit(w.Header(), d.settings.RateLimitHeaders, v, bs)
 	if !v.ok {
 		rec.Limited = true
 		rec.limitedBy = limitRequests
@@ -300,7 +301,6 @@ func (s *Server) serveChat(w http.ResponseWriter, r *http.Request, rec *RequestL
 			return limited(w.Header(), v, rec.limitedBy, r.URL.Query().Get("api-version"))
 		}
 	}
-	setRemaining(w.Header(), v)
 
 	if rec.Fault == FaultHang {
 		select {
@@ -415,7 +415,6 @@ func limited(h http.Header, v verdict, reason, apiVersion string) reply {
 		version = " under Azure OpenAI API version " + apiVersion
 	}
 	setRetryAfter(h, v.retryAfter)
-	setRemaining(h, v)
 	return jsonReply(http.StatusTooManyRequests, apiError{Error: apiErrorBody{
 		Code: "429",
 		Message: fmt.Sprintf("Requests to the ChatCompletions_Create Operation%s have exceeded %s of your current OpenAI S0 pricing tier. Please retry after %d seconds. Please go here: https://aka.ms/oai/quotaincrease if you would like to further increase the default rate limit.",
@@ -432,6 +431,40 @@ func setRetryAfter(h http.Header, d time.Duration) {
 	h.Set("retry-after", strconv.Itoa(ceilSeconds(d)))
 	ms := int64(math.Ceil(float64(d) / float64(time.Millisecond)))
 	h.Set("retry-after-ms", strconv.FormatInt(ms, 10))
+}
+
+// setRateLimit sets the x-ratelimit-* headers of the header set named by set
+// (see [RateLimitHeaderSets]; empty means azure) for the limits in force.
+func setRateLimit(h http.Header, set string, v verdict, bs budgets) {
+	switch set {
+	case RateLimitHeadersNone:
+	case RateLimitHeadersOpenAI:
+		setBudget(h, "requests", bs.requests)
+		setBudget(h, "tokens", bs.tokens)
+	default:
+		setRemaining(h, v)
+	}
+}
+
+// setBudget sets OpenAI's x-ratelimit-limit-, -remaining- and -reset-
+// headers of one dimension ("requests" or "tokens"), unless it is unlimited.
+func setBudget(h http.Header, dimension string, b budget) {
+	if b.perMinute == 0 {
+		return
+	}
+	h.Set("x-ratelimit-limit-"+dimension, strconv.Itoa(b.perMinute))
+	h.Set("x-ratelimit-remaining-"+dimension, strconv.Itoa(b.remaining))
+	h.Set("x-ratelimit-reset-"+dimension, openAIDuration(b.reset))
+}
+
+// openAIDuration writes d in OpenAI's reset format: Go's duration string of
+// d rounded to the millisecond, "0s" only when d is 0 (a bucket short of
+// less than half a millisecond reads "1ms"): "0s", "20ms", "1.5s", "6m0s".
+func openAIDuration(d time.Duration) string {
+	if d > 0 {
+		d = max(d.Round(time.Millisecond), time.Millisecond)
+	}
+	return d.String()
 }
 
 // setRemaining sets the x-ratelimit-remaining-* headers of the limits in

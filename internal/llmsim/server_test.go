@@ -582,6 +582,241 @@ func TestTokenLimitOverHTTP(t *testing.T) {
 	}
 }
 
+// rateLimitHeaders collects the x-ratelimit-* headers of a response, keyed
+// in lower case.
+func rateLimitHeaders(h http.Header) map[string]string {
+	got := map[string]string{}
+	for k := range h {
+		if k := strings.ToLower(k); strings.HasPrefix(k, "x-ratelimit-") {
+			got[k] = h.Get(k)
+		}
+	}
+	return got
+}
+
+// openAIHeaders is the OpenAI set with both a request and a token limit.
+func openAIHeaders(limitReq, remainingReq, resetReq, limitTok, remainingTok, resetTok string) map[string]string {
+	return map[string]string{
+		"x-ratelimit-limit-requests":     limitReq,
+		"x-ratelimit-remaining-requests": remainingReq,
+		"x-ratelimit-reset-requests":     resetReq,
+		"x-ratelimit-limit-tokens":       limitTok,
+		"x-ratelimit-remaining-tokens":   remainingTok,
+		"x-ratelimit-reset-tokens":       resetTok,
+	}
+}
+
+// tokensBody is a chat request the limiter charges exactly maxTokens tokens
+// ("hi" is under 4 characters).
+func tokensBody(maxTokens int) string {
+	return fmt.Sprintf(`{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":%d}`, maxTokens)
+}
+
+func TestRateLimitHeaderSets(t *testing.T) {
+	t.Parallel()
+	// 40 requests/s with a burst of 2 and 6000 tokens/min (100/s, capacity
+	// 1000); each request costs 400 tokens. Two answers, then the limiter's
+	// 429: both buckets are short, tokens bind.
+	azure := func(requests, tokens string) map[string]string {
+		return map[string]string{"x-ratelimit-remaining-requests": requests, "x-ratelimit-remaining-tokens": tokens}
+	}
+	tests := []struct {
+		set     string
+		first   map[string]string // x-ratelimit-* headers of the first 200
+		limited map[string]string // and of the 429 after the second 200
+	}{
+		{set: "", first: azure("1", "600"), limited: azure("0", "200")},
+		{set: RateLimitHeadersAzure, first: azure("1", "600"), limited: azure("0", "200")},
+		{set: RateLimitHeadersOpenAI,
+			first:   openAIHeaders("2400", "1", "25ms", "6000", "600", "4s"),
+			limited: openAIHeaders("2400", "0", "50ms", "6000", "200", "8s")},
+		{set: RateLimitHeadersNone, first: map[string]string{}, limited: map[string]string{}},
+	}
+	for _, tt := range tests {
+		t.Run("set "+strconv.Quote(tt.set), func(t *testing.T) {
+			t.Parallel()
+			b := setupClock(t, Config{RPS: 40, Burst: 2, TPM: 6000, RateLimitHeaders: tt.set})
+			var rs []response
+			for range 3 {
+				rs = append(rs, b.post(t, "/v1/chat/completions", nil, tokensBody(400)))
+			}
+			if got := []int{rs[0].status, rs[1].status, rs[2].status}; !cmp.Equal(got, []int{200, 200, 429}) {
+				t.Fatalf("statuses %v, want [200 200 429]", got)
+			}
+			if diff := cmp.Diff(tt.first, rateLimitHeaders(rs[0].header)); diff != "" {
+				t.Errorf("200 x-ratelimit-* headers (-want +got):\n%s", diff)
+			}
+			if diff := cmp.Diff(tt.limited, rateLimitHeaders(rs[2].header)); diff != "" {
+				t.Errorf("429 x-ratelimit-* headers (-want +got):\n%s", diff)
+			}
+			retry := [2]string{rs[2].header.Get("retry-after"), rs[2].header.Get("retry-after-ms")}
+			if retry != [2]string{"2", "2000"} {
+				t.Errorf("429 retry-after, retry-after-ms = %v, want [2 2000] in every set", retry)
+			}
+		})
+	}
+}
+
+func TestOpenAIRateLimitValues(t *testing.T) {
+	t.Parallel()
+	// 40 requests/s, burst 2 (limit 2400/min); 6000 tokens/min, capacity 1000.
+	b := setupClock(t, Config{RPS: 40, Burst: 2, TPM: 6000, RateLimitHeaders: RateLimitHeadersOpenAI})
+	steps := []struct {
+		name      string
+		advance   time.Duration
+		maxTokens int
+		status    int
+		want      map[string]string
+	}{
+		{"first answer takes 1 of 2 requests and 400 of 1000 tokens", 0, 400, 200,
+			openAIHeaders("2400", "1", "25ms", "6000", "600", "4s")},
+		{"second answer empties the request bucket; resets grow", 0, 400, 200,
+			openAIHeaders("2400", "0", "50ms", "6000", "200", "8s")},
+		{"limiter 429 takes nothing", 0, 400, 429,
+			openAIHeaders("2400", "0", "50ms", "6000", "200", "8s")},
+		{"10ms later both buckets refilled a little; resets shrink", 10 * time.Millisecond, 1, 429,
+			openAIHeaders("2400", "0", "40ms", "6000", "201", "7.99s")},
+		{"1s later the request bucket is full: reset 0s", time.Second, 1000, 429,
+			openAIHeaders("2400", "2", "0s", "6000", "301", "6.99s")},
+		{"10s later a 1000-token answer empties the token bucket", 10 * time.Second, 1000, 200,
+			openAIHeaders("2400", "1", "25ms", "6000", "0", "10s")},
+	}
+	for _, st := range steps {
+		b.clock.Advance(st.advance)
+		r := b.post(t, "/v1/chat/completions", nil, tokensBody(st.maxTokens))
+		if r.status != st.status {
+			t.Fatalf("%s: status %d, want %d: %s", st.name, r.status, st.status, r.body)
+		}
+		if diff := cmp.Diff(st.want, rateLimitHeaders(r.header)); diff != "" {
+			t.Errorf("%s: x-ratelimit-* headers (-want +got):\n%s", st.name, diff)
+		}
+	}
+}
+
+func TestOpenAIRateLimitHeadersPerLimit(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		cfg  Config
+		want map[string]string // after one answer
+	}{
+		{"rpm is the limit as is", Config{RPM: 600},
+			map[string]string{"x-ratelimit-limit-requests": "600", "x-ratelimit-remaining-requests": "99", "x-ratelimit-reset-requests": "100ms"}},
+		{"fractional rps rounds to whole requests per minute", Config{RPS: 2.5, Burst: 3},
+			map[string]string{"x-ratelimit-limit-requests": "150", "x-ratelimit-remaining-requests": "2", "x-ratelimit-reset-requests": "400ms"}},
+		{"token limit only: no request headers", Config{TPM: 600},
+			map[string]string{"x-ratelimit-limit-tokens": "600", "x-ratelimit-remaining-tokens": "90", "x-ratelimit-reset-tokens": "1s"}},
+		{"no limit: no headers", Config{}, map[string]string{}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			cfg := tt.cfg
+			cfg.RateLimitHeaders = RateLimitHeadersOpenAI
+			b := setupClock(t, cfg)
+			r := b.post(t, "/v1/chat/completions", nil, tokensBody(10))
+			if r.status != 200 {
+				t.Fatalf("status %d: %s", r.status, r.body)
+			}
+			if diff := cmp.Diff(tt.want, rateLimitHeaders(r.header)); diff != "" {
+				t.Errorf("x-ratelimit-* headers (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestInjectedFaultsCarryNoRateLimitHeaders(t *testing.T) {
+	t.Parallel()
+	for _, set := range append([]string{""}, RateLimitHeaderSets...) {
+		for _, kind := range []string{Fault429, Fault503, Fault529} {
+			t.Run(fmt.Sprintf("set %q fault %s", set, kind), func(t *testing.T) {
+				t.Parallel()
+				b := setupClock(t, Config{RPS: 40, Burst: 2, TPM: 6000, RateLimitHeaders: set})
+				r := b.chat(t, "[[fault:"+kind+"]]")
+				if r.status != statusFaults[kind] {
+					t.Fatalf("status %d, want %d", r.status, statusFaults[kind])
+				}
+				if got := rateLimitHeaders(r.header); len(got) != 0 {
+					t.Errorf("injected %s carries %v, want no x-ratelimit-* header", kind, got)
+				}
+				if r.header.Get("retry-after") != "1" || r.header.Get("retry-after-ms") != "1000" {
+					t.Errorf("retry-after %q, retry-after-ms %q, want 1 and 1000", r.header.Get("retry-after"), r.header.Get("retry-after-ms"))
+				}
+			})
+		}
+	}
+}
+
+func TestAdminSwitchesRateLimitHeaders(t *testing.T) {
+	t.Parallel()
+	b := setupClock(t, Config{RPS: 40, Burst: 5})
+	steps := []struct {
+		admin string // POST /admin body, "" for none
+		want  map[string]string
+	}{
+		{"", map[string]string{"x-ratelimit-remaining-requests": "4"}},
+		{`{"ratelimit_headers":"openai"}`, map[string]string{
+			"x-ratelimit-limit-requests": "2400", "x-ratelimit-remaining-requests": "3", "x-ratelimit-reset-requests": "50ms"}},
+		{`{"ratelimit_headers":"none"}`, map[string]string{}},
+		{`{"ratelimit_headers":"azure"}`, map[string]string{"x-ratelimit-remaining-requests": "1"}},
+	}
+	for _, st := range steps {
+		if st.admin != "" {
+			if r := b.post(t, "/admin", nil, st.admin); r.status != 200 {
+				t.Fatalf("POST /admin %s: status %d: %s", st.admin, r.status, r.body)
+			}
+		}
+		r := b.chat(t, "hi")
+		if r.status != 200 {
+			t.Fatalf("after %q: status %d", st.admin, r.status)
+		}
+		if diff := cmp.Diff(st.want, rateLimitHeaders(r.header)); diff != "" {
+			t.Errorf("after %q: x-ratelimit-* headers (-want +got):\n%s", st.admin, diff)
+		}
+	}
+	var s Settings
+	b.get(t, "/admin", &s)
+	if s.RateLimitHeaders != RateLimitHeadersAzure {
+		t.Errorf("GET /admin ratelimit_headers %q, want azure", s.RateLimitHeaders)
+	}
+
+	r := b.post(t, "/admin", nil, `{"ratelimit_headers":"anthropic"}`)
+	if r.status != 400 {
+		t.Fatalf("POST /admin with an unknown set: status %d, want 400", r.status)
+	}
+	msg := errorBody(t, r).Error.Message
+	for _, w := range []string{"RateLimitHeaders", `"anthropic"`, "azure, openai, none"} {
+		if !strings.Contains(msg, w) {
+			t.Errorf("400 message %q, want it to contain %q", msg, w)
+		}
+	}
+	if got := b.srv.Settings().RateLimitHeaders; got != RateLimitHeadersAzure {
+		t.Errorf("a rejected update changed the set to %q", got)
+	}
+}
+
+func TestOpenAIDuration(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		d    time.Duration
+		want string
+	}{
+		{0, "0s"},
+		{300 * time.Microsecond, "1ms"},
+		{20 * time.Millisecond, "20ms"},
+		{25*time.Millisecond + 1, "25ms"},
+		{120 * time.Millisecond, "120ms"},
+		{time.Second, "1s"},
+		{1500 * time.Millisecond, "1.5s"},
+		{6 * time.Minute, "6m0s"},
+	}
+	for _, tt := range tests {
+		if got := openAIDuration(tt.d); got != tt.want {
+			t.Errorf("openAIDuration(%v) = %q, want %q", tt.d, got, tt.want)
+		}
+	}
+}
+
 // TestLimiterRealTime checks the limiter on the real clock under overload,
 // with bounds loose enough for a loaded machine.
 func TestLimiterRealTime(t *testing.T) {
