@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"encoding/json"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -11,7 +12,9 @@ import (
 	"github.com/multiquery/multiquery/internal/config"
 	"github.com/multiquery/multiquery/internal/input"
 	"github.com/multiquery/multiquery/internal/llmsim"
+	"github.com/multiquery/multiquery/internal/status"
 	"github.com/multiquery/multiquery/internal/throttle"
+	"github.com/multiquery/multiquery/internal/wire"
 	"github.com/multiquery/multiquery/internal/worker"
 )
 
@@ -28,6 +31,7 @@ type hbCounters struct {
 	Lone      int64   `json:"lone"`
 	Decreases int64   `json:"decreases"`
 	Pauses    int64   `json:"pauses"`
+	Source    string  `json:"source"`
 }
 
 func (e *env) watchFleet(alias string) *fleetView {
@@ -36,10 +40,11 @@ func (e *env) watchFleet(alias string) *fleetView {
 	v := &fleetView{last: map[string]hbCounters{}}
 	sub, err := nc.Subscribe(throttle.HeartbeatSubject(alias), func(m *nats.Msg) {
 		var h struct {
-			Member string `json:"member"`
+			Member  string `json:"member"`
+			Leaving bool   `json:"leaving"`
 			hbCounters
 		}
-		if json.Unmarshal(m.Data, &h) != nil {
+		if json.Unmarshal(m.Data, &h) != nil || h.Leaving {
 			return
 		}
 		h.at = time.Now()
@@ -115,31 +120,81 @@ func TestRandom429sNeitherPauseNorCutTheFleet(t *testing.T) {
 	t.Logf("summary %+v; llmsim %d requests, by status %v", s, st.Requests, st.ByStatus)
 }
 
-// The other side: a real limit (llmsim's token bucket, whose 429s carry
-// x-ratelimit-remaining-requests: 0) is still pressure: the fleet cuts its rate.
+// The other side: a real limit (llmsim's token bucket) is still pressure: the fleet cuts
+// its rate. With rate-limit headers it cuts when a served answer reads the budget spent,
+// before the limiter refuses much; without them, on the corroborated 429s.
 func TestARealLimitStillCutsTheFleet(t *testing.T) {
-	e := setup(t, llmsim.Config{Latency: 20 * time.Millisecond, RPS: 50, Burst: 5})
-	fleet := e.watchFleet("default")
-	tp := worker.ThrottleParams(config.DefaultThrottle())
-	for range 2 {
-		e.startWorker(workerOpts{concurrency: 16, throttle: &tp})
+	for _, headers := range []string{llmsim.RateLimitHeadersAzure, llmsim.RateLimitHeadersNone} {
+		t.Run(headers, func(t *testing.T) {
+			e := setup(t, llmsim.Config{Latency: 20 * time.Millisecond, RPS: 50, Burst: 5, RateLimitHeaders: headers})
+			fleet := e.watchFleet("default")
+			tp := worker.ThrottleParams(config.DefaultThrottle())
+			for range 2 {
+				e.startWorker(workerOpts{concurrency: 16, throttle: &tp})
+			}
+			e.startCollector("")
+			rep, err := e.produce(e.pipeline(matrixPipeline(1, 1, "")), csvRows(250, nil), input.CSV)
+			if err != nil {
+				t.Fatalf("produce: %v", err)
+			}
+			e.waitSummary(rep.Run, 90*time.Second)
+			st := e.sim.Stats()
+			var cuts int64
+			for _, h := range fleet.settled(t, 2, time.Now()) {
+				cuts = max(cuts, h.Decreases)
+			}
+			if headers == llmsim.RateLimitHeadersNone && st.ByStatus[429] == 0 {
+				t.Fatal("the limiter refused nothing: the test proves nothing")
+			}
+			if cuts == 0 {
+				t.Errorf("no member cut its rate (%d limiter 429s)", st.ByStatus[429])
+			}
+			t.Logf("llmsim %d requests, by status %v; max cuts of a member %d", st.Requests, st.ByStatus, cuts)
+		})
 	}
+}
+
+// Issue 13: the fleet remembers the rate it was served at the limit (KV mq_throttle); a
+// worker started for the next run begins from it instead of slow start from start_rate,
+// and mqctl status shows it. Without rate-limit headers, so only the 429s tell the limit.
+func TestALaterWorkerStartsFromTheRememberedRate(t *testing.T) {
+	e := setup(t, llmsim.Config{Latency: 20 * time.Millisecond, RPS: 40, Burst: 5, RateLimitHeaders: llmsim.RateLimitHeadersNone})
+	tp := worker.ThrottleParams(config.DefaultThrottle())
+	stop := e.startWorker(workerOpts{concurrency: 32, throttle: &tp})
 	e.startCollector("")
-	rep, err := e.produce(e.pipeline(matrixPipeline(1, 1, "")), csvRows(250, nil), input.CSV)
+	rep, err := e.produce(e.pipeline(matrixPipeline(1, 1, "")), csvRows(400, nil), input.CSV)
 	if err != nil {
 		t.Fatalf("produce: %v", err)
 	}
 	e.waitSummary(rep.Run, 90*time.Second)
-	st := e.sim.Stats()
-	var cuts int64
-	for _, h := range fleet.settled(t, 2, time.Now()) {
-		cuts = max(cuts, h.Decreases)
+	kv, err := e.js.KeyValue(t.Context(), wire.BucketThrottle)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if st.ByStatus[429] == 0 {
-		t.Fatal("the limiter refused nothing: the test proves nothing")
+	entry, err := kv.Get(t.Context(), "default")
+	if err != nil {
+		t.Fatalf("after a run at the limit nothing is remembered: %v", err)
 	}
-	if cuts == 0 {
-		t.Errorf("no member cut its rate after %d limiter 429s", st.ByStatus[429])
+	var l wire.LearnedRate
+	if err := json.Unmarshal(entry.Value(), &l); err != nil || l.Rate < 10 || l.Rate > 44 {
+		t.Fatalf("remembered %s (%v); want a rate near the 40/s limit", entry.Value(), err)
 	}
-	t.Logf("llmsim %d requests, by status %v; max cuts of a member %d", st.Requests, st.ByStatus, cuts)
+	stop()
+
+	fleet := e.watchFleet("default")
+	e.startWorker(workerOpts{concurrency: 32, throttle: &tp})
+	hb := fleet.settled(t, 1, time.Now())
+	for id, h := range hb {
+		if h.Source != throttle.SourceLearned || h.Rate < 0.9*l.Rate*0.95 {
+			t.Fatalf("the new worker %s: source %q at %.1f/s; want it to start from the remembered %.1f/s", id, h.Source, h.Rate, l.Rate)
+		}
+	}
+	nc, _ := e.nats.Connect(t)
+	r, err := status.Get(t.Context(), nc, e.js, rep.Run, 600*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if th := r.Throttle["default"]; th.Learned != l.Rate || th.Source != throttle.SourceLearned || !strings.Contains(r.Text(), "remembered rate") {
+		t.Fatalf("status shows %+v:\n%s\nwant the remembered %.1f/s and source learned", th, r.Text(), l.Rate)
+	}
 }

@@ -168,8 +168,8 @@ func TestBudgetSpentTellsTheLimitFromABusyBackend(t *testing.T) {
 			for k, v := range tt.headers {
 				h.Set(k, v)
 			}
-			if got := BudgetSpent(h); got != tt.want {
-				t.Fatalf("BudgetSpent(%v) = %v, want %v", tt.headers, got, tt.want)
+			if got := ParseRateLimit(h).Spent(); got != tt.want {
+				t.Fatalf("ParseRateLimit(%v).Spent() = %v, want %v", tt.headers, got, tt.want)
 			}
 			var ce *CapacityError
 			if err := classifyStatus(429, "429", "", "msg", h); !errors.As(err, &ce) || ce.BudgetSpent != tt.want {

@@ -122,6 +122,7 @@ type Answer struct {
 	Model        string
 	Usage        wire.Usage
 	Latency      time.Duration
+	RateLimit    RateLimit // the answer's rate-limit headers
 }
 
 // Call sends one chat completion with its own deadline. Errors are one of
@@ -177,6 +178,7 @@ func (c *Client) Call(ctx context.Context, req wire.Request) (*Answer, error) {
 		Model:        cc.Model,
 		Usage:        wire.Usage{PromptTokens: cc.Usage.PromptTokens, CompletionTokens: cc.Usage.CompletionTokens, TotalTokens: cc.Usage.TotalTokens},
 		Latency:      latency,
+		RateLimit:    ParseRateLimit(resp.Header),
 	}
 	switch a.FinishReason {
 	case "length":
@@ -295,7 +297,7 @@ func classifyStatus(status int, code, typ, msg string, h http.Header) error {
 	case status == 429 && (code == "insufficient_quota" || typ == "insufficient_quota"):
 		return &DeploymentError{StatusCode: status, Code: "insufficient_quota", Type: typ, Message: msg}
 	case status == 429 || status == 503 || status == 529:
-		return &CapacityError{StatusCode: status, RetryAfter: RetryAfter(h, time.Now()), BudgetSpent: BudgetSpent(h), Message: msg}
+		return &CapacityError{StatusCode: status, RetryAfter: RetryAfter(h, time.Now()), BudgetSpent: ParseRateLimit(h).Spent(), Message: msg}
 	case status == 401 || status == 403 || status == 404:
 		return &DeploymentError{StatusCode: status, Code: code, Type: typ, Message: msg}
 	case status == 408 || status == 409 || status >= 500:
@@ -307,19 +309,6 @@ func classifyStatus(status int, code, typ, msg string, h http.Header) error {
 	default:
 		return &PermanentError{Reason: wire.ReasonLLMCallFailed, StatusCode: status, Message: msg}
 	}
-}
-
-// BudgetSpent reports whether the x-ratelimit-remaining-requests or
-// x-ratelimit-remaining-tokens header reads 0 (absent headers: false).
-func BudgetSpent(h http.Header) bool {
-	for _, k := range []string{"x-ratelimit-remaining-requests", "x-ratelimit-remaining-tokens"} {
-		if v := strings.TrimSpace(h.Get(k)); v != "" {
-			if n, err := strconv.ParseFloat(v, 64); err == nil && n <= 0 {
-				return true
-			}
-		}
-	}
-	return false
 }
 
 // RetryAfter reads retry-after-ms (Azure, OpenAI) or retry-after (seconds or an HTTP date).

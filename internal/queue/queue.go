@@ -190,6 +190,7 @@ func Ensure(ctx context.Context, js jetstream.JetStream, t Topology) error {
 		{Bucket: wire.BucketRetry, Description: "per-job retry state <run>.<row>.<query>", TTL: 7 * 24 * time.Hour, Storage: jetstream.FileStorage, Replicas: t.Replicas},
 		{Bucket: wire.BucketFleet, Description: "deployment aliases ever served by a worker, with the last time seen", Storage: jetstream.FileStorage, Replicas: t.Replicas, History: 1},
 		{Bucket: wire.BucketRuns, Description: "run status, watermark and checkpoints", Storage: jetstream.FileStorage, Replicas: t.Replicas, History: 1},
+		{Bucket: wire.BucketThrottle, Description: "each deployment's last good rate, the fleet throttle's memory", Storage: jetstream.FileStorage, Replicas: t.Replicas, History: 1, TTL: throttleMemoryTTL},
 	}
 	for _, cfg := range kvs {
 		err := Retry(ctx, func(ctx context.Context) error {
@@ -211,6 +212,10 @@ func Ensure(ctx context.Context, js jetstream.JetStream, t Topology) error {
 
 // FleetRefresh is how often a worker refreshes its aliases in the fleet registry.
 const FleetRefresh = 10 * time.Second
+
+// throttleMemoryTTL bounds how long a remembered rate is kept: the throttle ignores
+// one older than a day (throttle.MaxLearnedAge).
+const throttleMemoryTTL = 24 * time.Hour
 
 // JobConsumerName is the durable consumer of one run's jobs for one deployment. The
 // length prefix keeps the name unique ("a_b"+"c" and "a"+"b_c" differ).

@@ -51,6 +51,13 @@ type Throttle struct {
 	FleetRate float64 `json:"fleet_rate"`
 	Members   int     `json:"workers"`
 	Breaker   string  `json:"breaker,omitempty"`
+	// Source is what the fleet rate rests on (headers | learned | probing), Ceiling the
+	// rate the provider's rate-limit headers allow (0: not stated).
+	Source  string  `json:"source,omitempty"`
+	Ceiling float64 `json:"ceiling,omitempty"`
+	// Learned is the deployment's remembered rate (KV mq_throttle), LearnedAge its age.
+	Learned    float64 `json:"learned_rate,omitempty"`
+	LearnedAge string  `json:"learned_age,omitempty"`
 }
 
 // Get assembles a run's status. listen is how long to collect throttle heartbeats.
@@ -110,6 +117,7 @@ func Get(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, run string,
 				blocked = fmt.Sprintf("deployment %s: status %d %s: %s", dep, b.Status, b.Code, b.Message)
 			}
 		}
+		learned(ctx, js, dep, &t)
 		r.Throttle[dep] = t
 	}
 	var ctl worker.Control
@@ -135,18 +143,43 @@ func Get(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, run string,
 	return r, nil
 }
 
+// learned adds the deployment's remembered rate, if any.
+func learned(ctx context.Context, js jetstream.JetStream, dep string, t *Throttle) {
+	kv, err := js.KeyValue(ctx, wire.BucketThrottle)
+	if err != nil {
+		return
+	}
+	e, err := kv.Get(ctx, dep)
+	if err != nil {
+		return
+	}
+	var l wire.LearnedRate
+	if json.Unmarshal(e.Value(), &l) == nil && l.Rate > 0 {
+		t.Learned = l.Rate
+		t.LearnedAge = time.Since(l.Learned).Round(time.Second).String()
+	}
+}
+
 // heartbeats listens to a deployment's throttle heartbeats for d.
 func heartbeats(nc *nats.Conn, dep string, d time.Duration) Throttle {
-	var mu sync.Mutex
+	var (
+		mu      sync.Mutex
+		source  string
+		ceiling float64
+	)
 	members := map[string]float64{}
 	sub, err := nc.Subscribe(throttle.HeartbeatSubject(dep), func(m *nats.Msg) {
 		var hb struct {
-			Member string  `json:"member"`
-			Rate   float64 `json:"rate"`
+			Member  string  `json:"member"`
+			Rate    float64 `json:"rate"`
+			Source  string  `json:"source"`
+			Ceiling float64 `json:"ceiling"`
+			Leaving bool    `json:"leaving"`
 		}
-		if json.Unmarshal(m.Data, &hb) == nil {
+		if json.Unmarshal(m.Data, &hb) == nil && !hb.Leaving {
 			mu.Lock()
 			members[hb.Member] = hb.Rate
+			source, ceiling = hb.Source, max(ceiling, hb.Ceiling)
 			mu.Unlock()
 		}
 	})
@@ -157,7 +190,7 @@ func heartbeats(nc *nats.Conn, dep string, d time.Duration) Throttle {
 	_ = sub.Unsubscribe()
 	mu.Lock()
 	defer mu.Unlock()
-	t := Throttle{Members: len(members)}
+	t := Throttle{Members: len(members), Source: source, Ceiling: ceiling}
 	for _, r := range members {
 		t.FleetRate = max(t.FleetRate, r)
 	}
@@ -211,6 +244,16 @@ func (r Report) Text() string {
 	fmt.Fprintf(&b, "  queries: %d queued, %d in retry\n", r.JobsQueued, r.JobsInRetry)
 	for dep, t := range r.Throttle {
 		fmt.Fprintf(&b, "  deployment %s: fleet rate %.1f req/s over %d workers", dep, t.FleetRate, t.Members)
+		if t.Source != "" {
+			fmt.Fprintf(&b, " (%s", t.Source)
+			if t.Ceiling > 0 {
+				fmt.Fprintf(&b, ", ceiling %.1f req/s", t.Ceiling)
+			}
+			b.WriteString(")")
+		}
+		if t.Learned > 0 {
+			fmt.Fprintf(&b, "; remembered rate %.1f req/s, %s old", t.Learned, t.LearnedAge)
+		}
 		if t.Breaker != "" {
 			fmt.Fprintf(&b, "; breaker %s", t.Breaker)
 		}

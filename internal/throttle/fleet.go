@@ -3,23 +3,39 @@ package throttle
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"math"
 	"sort"
 	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
+
+	"github.com/multiquery/multiquery/internal/wire"
 )
 
 // Fleet timing.
 const (
+	// HeartbeatEvery is a member's heartbeat period in a fleet of up to heartbeatFleet
+	// members; a larger fleet beats proportionally slower, so that the fleet publishes at
+	// most heartbeatFleet / HeartbeatEvery (128) heartbeats a second whatever its size
+	// (each delivered to every member: W x 128 deliveries a second; docs/THROTTLE.md).
 	HeartbeatEvery = 250 * time.Millisecond
-	// memberTimeout drops a silent member slowly: counting a departed member only leaves
-	// its slots unused for a while, but dropping a live one whose heartbeats are late (a
-	// busy host) makes two members take the same slots.
-	memberTimeout = 12 * HeartbeatEvery
+	heartbeatFleet = 32
+	// memberTimeout, in heartbeat periods of the silent member, drops it slowly: counting
+	// a departed member only leaves its slots unused for a while, but dropping a live one
+	// whose heartbeats are late (a busy host) makes two members take the same slots. A
+	// member that stops says so (leave) and is dropped at once.
+	memberTimeout = 12
 )
+
+// heartbeatPeriod is the heartbeat period in a fleet of n members.
+func heartbeatPeriod(n int) time.Duration {
+	return HeartbeatEvery * time.Duration(max(1, (n+heartbeatFleet-1)/heartbeatFleet))
+}
 
 // SignalSubject carries capacity signals of one deployment (core NATS, no persistence:
 // a signal is only useful now).
@@ -29,8 +45,10 @@ func SignalSubject(alias string) string { return "mq.throttle." + alias + ".sign
 func HeartbeatSubject(alias string) string { return "mq.throttle." + alias + ".hb" }
 
 type signal struct {
-	Member       string `json:"member"`
-	Kind         string `json:"kind,omitempty"` // "" capacity | "deployment": paused, rate untouched
+	Member string `json:"member"`
+	// Kind: "" a capacity answer | "deployment": paused, rate untouched | "budget": a
+	// served answer's headers showed the budget spent (only its cut applies).
+	Kind         string `json:"kind,omitempty"`
 	Status       int    `json:"status"`
 	RetryAfterMS int64  `json:"retry_after_ms"`
 	// BudgetSpent: the 429's rate-limit headers read 0.
@@ -54,10 +72,19 @@ type heartbeat struct {
 	Lone      int64 `json:"lone"`
 	Decreases int64 `json:"decreases"`
 	Pauses    int64 `json:"pauses"`
+	// What the rate rests on (headers | learned | probing) and the headers' ceiling.
+	Source  string  `json:"source,omitempty"`
+	Ceiling float64 `json:"ceiling,omitempty"`
+	// Leaving: the member stops (drain); peers drop it from the grid at once.
+	Leaving bool `json:"leaving,omitempty"`
+	// EveryMS is the sender's heartbeat period: its silence for memberTimeout periods
+	// drops it.
+	EveryMS int64 `json:"every_ms,omitempty"`
 }
 
 type member struct {
 	seen      time.Time
+	every     time.Duration
 	demanding bool
 	served    float64
 }
@@ -80,6 +107,90 @@ type Fleet struct {
 	refused int64 // own capacity answers since the last heartbeat
 	lastHB  time.Time
 	onTick  func(Snapshot, int)
+
+	// The fleet's memory of the deployment's rate (nil: none).
+	memory   jetstream.KeyValue
+	learned  wire.LearnedRate // last read or written
+	lastSave time.Time
+}
+
+// Remember gives the fleet a KV bucket (wire.BucketThrottle) for the deployment's last
+// good rate: Run starts from it, and the fleet's first member (by id) saves it every
+// saveEvery while some member is rate-bound. Call before Run.
+func (f *Fleet) Remember(kv jetstream.KeyValue) { f.memory = kv }
+
+// Learned returns the deployment's remembered rate as last read or saved by this member.
+func (f *Fleet) Learned() (wire.LearnedRate, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.learned, f.learned.Rate > 0
+}
+
+// Memory timing.
+const (
+	saveEvery = 5 * time.Second
+	// saveAnyway: a remembered rate within saveChange of the current one is saved again
+	// after this long, so that its age says when it was last confirmed.
+	saveAnyway = time.Minute
+	saveChange = 0.05
+)
+
+// recall seeds the controller from the remembered rate.
+func (f *Fleet) recall(ctx context.Context) {
+	if f.memory == nil {
+		return
+	}
+	e, err := f.memory.Get(ctx, f.alias)
+	if err != nil {
+		if !errors.Is(err, jetstream.ErrKeyNotFound) {
+			f.log.Warn().Err(err).Msg("read the remembered rate")
+		}
+		return
+	}
+	var l wire.LearnedRate
+	if err := json.Unmarshal(e.Value(), &l); err != nil || !(l.Rate > 0) {
+		f.log.Warn().Err(err).Msg("ignore an unreadable remembered rate")
+		return
+	}
+	f.mu.Lock()
+	f.learned = l
+	f.mu.Unlock()
+	age := time.Since(l.Learned)
+	if f.ctrl.Seed(l.Rate, l.Ceiling, age) {
+		f.log.Info().Float64("rate", l.Rate).Float64("ceiling", l.Ceiling).Dur("age", age).Msg("starting from the remembered rate")
+	}
+}
+
+// save stores the fleet's learned rate (the first member only, while some member is
+// rate-bound: an idle or slot-bound fleet's served rate says nothing of the limit).
+func (f *Fleet) save(ctx context.Context, now time.Time) {
+	if f.memory == nil || now.Sub(f.lastSave) < saveEvery {
+		return
+	}
+	rate, ceiling, ok := f.ctrl.Learned()
+	if !ok {
+		return
+	}
+	f.mu.Lock()
+	prev := f.learned
+	f.mu.Unlock()
+	if prev.Rate > 0 && math.Abs(rate-prev.Rate) < saveChange*prev.Rate && ceiling == prev.Ceiling && now.Sub(prev.Learned) < saveAnyway {
+		return
+	}
+	f.lastSave = now
+	l := wire.LearnedRate{Rate: rate, Ceiling: ceiling, Source: f.ctrl.Snapshot().Source, Learned: now.UTC()}
+	b, _ := json.Marshal(l)
+	sctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	if _, err := f.memory.Put(sctx, f.alias, b); err != nil {
+		if ctx.Err() == nil {
+			f.log.Debug().Err(err).Msg("save the learned rate")
+		}
+		return
+	}
+	f.mu.Lock()
+	f.learned = l
+	f.mu.Unlock()
 }
 
 // NewFleet couples ctrl to the deployment's other pacers. id must be unique per process.
@@ -109,6 +220,19 @@ func (f *Fleet) Capacity(status int, s Signal) Decision {
 	return d
 }
 
+// Budget applies what a served answer's rate-limit headers say and broadcasts the cut it
+// decided, if any (the budget read as spent).
+func (f *Fleet) Budget(b Budget) Decision {
+	d := f.ctrl.OnBudget(b)
+	if d.Cut {
+		m, _ := json.Marshal(signal{Member: f.id, Kind: "budget", Status: 200, Cut: d.Target, Good: d.Good})
+		if err := f.nc.Publish(SignalSubject(f.alias), m); err != nil {
+			f.log.Debug().Err(err).Msg("broadcast budget cut")
+		}
+	}
+	return d
+}
+
 // Block pauses the deployment fleet-wide for d after a deployment-wide error (bad key,
 // no quota, deployment not found): every worker stops dispatching, the rate is kept.
 func (f *Fleet) Block(status int, d time.Duration) {
@@ -126,8 +250,14 @@ func (f *Fleet) Run(ctx context.Context) error {
 		if json.Unmarshal(m.Data, &s) != nil || s.Member == f.id {
 			return
 		}
-		if s.Kind == "deployment" {
+		switch s.Kind {
+		case "deployment":
 			f.ctrl.Pause(time.Duration(s.RetryAfterMS) * time.Millisecond)
+			return
+		case "budget":
+			if s.Cut > 0 {
+				f.ctrl.ApplyCut(s.Cut, s.Good)
+			}
 			return
 		}
 		f.ctrl.OnCapacity(Signal{RetryAfter: time.Duration(s.RetryAfterMS) * time.Millisecond, BudgetSpent: s.BudgetSpent})
@@ -145,7 +275,13 @@ func (f *Fleet) Run(ctx context.Context) error {
 			return
 		}
 		f.mu.Lock()
-		f.peers[h.Member] = member{seen: time.Now(), demanding: h.Demanding, served: h.Served}
+		if h.Leaving {
+			delete(f.peers, h.Member)
+			f.mu.Unlock()
+			return
+		}
+		every := max(time.Duration(h.EveryMS)*time.Millisecond, HeartbeatEvery)
+		f.peers[h.Member] = member{seen: time.Now(), every: every, demanding: h.Demanding, served: h.Served}
 		f.mu.Unlock()
 		f.ctrl.Adopt(h.Rate, h.SlowStart)
 	})
@@ -154,15 +290,27 @@ func (f *Fleet) Run(ctx context.Context) error {
 	}
 	defer func() { _ = hbSub.Unsubscribe() }()
 
-	t := time.NewTicker(HeartbeatEvery)
+	f.recall(ctx)
+	t := time.NewTimer(HeartbeatEvery)
 	defer t.Stop()
 	for {
-		f.tick()
+		n := f.tick(ctx)
+		t.Reset(heartbeatPeriod(n))
 		select {
 		case <-ctx.Done():
+			f.leave()
 			return nil
 		case <-t.C:
 		}
+	}
+}
+
+// leave tells the peers this member stops, so they hand its slots out at once instead
+// of after memberTimeout (a rolling restart replaces every member).
+func (f *Fleet) leave() {
+	b, _ := json.Marshal(heartbeat{Member: f.id, Leaving: true})
+	if err := f.nc.Publish(HeartbeatSubject(f.alias), b); err != nil {
+		f.log.Debug().Err(err).Msg("leave")
 	}
 }
 
@@ -172,13 +320,16 @@ func (f *Fleet) Run(ctx context.Context) error {
 // of the shares add up to more than the whole, and slots are taken twice; an idle
 // member's unused slots only cost goodput.) The rate grows only while some member is
 // rate-bound; the fleet's served rate is the sum of the members'.
-func (f *Fleet) tick() {
+func (f *Fleet) tick(ctx context.Context) int {
 	now := time.Now()
-	demanding := f.ctrl.RateBound(2 * HeartbeatEvery)
+	f.mu.Lock()
+	every := heartbeatPeriod(len(f.peers) + 1)
+	f.mu.Unlock()
+	demanding := f.ctrl.RateBound(2 * every)
 	f.mu.Lock()
 	elapsed := now.Sub(f.lastHB).Seconds()
 	if f.lastHB.IsZero() || elapsed <= 0 {
-		elapsed = HeartbeatEvery.Seconds()
+		elapsed = every.Seconds()
 	}
 	f.lastHB = now
 	refused := f.refused
@@ -187,7 +338,8 @@ func (f *Fleet) tick() {
 	served := float64(max(f.ctrl.TakeDispatched()-refused, 0)) / elapsed
 	snap := f.ctrl.Snapshot()
 	b, _ := json.Marshal(heartbeat{Member: f.id, Rate: snap.Rate, SlowStart: snap.SlowStart, Demanding: demanding, Served: served,
-		Signals: snap.Signals, Lone: snap.Lone, Decreases: snap.Decreases, Pauses: snap.Pauses})
+		Signals: snap.Signals, Lone: snap.Lone, Decreases: snap.Decreases, Pauses: snap.Pauses, Source: snap.Source, Ceiling: snap.Ceiling,
+		EveryMS: every.Milliseconds()})
 	if err := f.nc.Publish(HeartbeatSubject(f.alias), b); err != nil {
 		f.log.Debug().Err(err).Msg("heartbeat")
 	}
@@ -200,7 +352,7 @@ func (f *Fleet) tick() {
 	anyDemanding := demanding
 	f.mu.Lock()
 	for id, m := range f.peers {
-		if now.Sub(m.seen) > memberTimeout {
+		if now.Sub(m.seen) > memberTimeout*m.every {
 			delete(f.peers, id)
 			continue
 		}
@@ -222,8 +374,12 @@ func (f *Fleet) tick() {
 		f.ctrl.SetMembers(weights, me)
 		f.ctrl.SetServed(fleetServed)
 		f.ctrl.SetGrowth(anyDemanding)
+		if me == 0 && anyDemanding {
+			f.save(ctx, now)
+		}
 	}
 	if f.onTick != nil {
 		f.onTick(f.ctrl.Snapshot(), len(members))
 	}
+	return len(members)
 }

@@ -115,6 +115,9 @@ type Signal struct {
 	// BudgetSpent: the answer's rate-limit headers show the budget spent
 	// (x-ratelimit-remaining-requests or -tokens reads 0): the limit, not noise.
 	BudgetSpent bool
+	// BudgetLeft: the answer's rate-limit headers show budget left: not the limit
+	// speaking (an overloaded backend, a gateway), so never pressure.
+	BudgetLeft bool
 }
 
 // Decision is what the controller made of a signal.
@@ -147,6 +150,14 @@ type Controller struct {
 	cursor      slot // the last slot used
 	lastWaited  time.Time
 	recent      []time.Time // 429s seen fleet-wide within the last window
+
+	// What the provider and the fleet's memory say (learned.go).
+	ceiling   float64   // req/s the provider's rate-limit headers allow (0: unknown)
+	seeded    bool      // the rate started from the fleet's remembered rate
+	servedAvg float64   // smoothed served rate (the rate the fleet remembers)
+	joined    bool      // adopted a peer's rate once (a joiner takes the fleet's)
+	steady    time.Time // when slow start ended
+	budgets   int64     // answers whose headers showed the budget spent
 
 	signals, lone, decreases, pauses, dispatched int64
 }
@@ -206,7 +217,7 @@ func (c *Controller) grow(t time.Time) {
 	}
 	if c.slowStart {
 		for t.Sub(c.lastDouble) >= c.p.Window {
-			c.rate = min(c.rate*slowStartFactor, c.p.MaxRate)
+			c.rate = min(c.rate*slowStartFactor, c.maxRate())
 			c.lastDouble = c.lastDouble.Add(c.p.Window)
 		}
 		if t.Sub(c.lastDouble) > c.p.Window { // idle: bank no doublings
@@ -216,14 +227,14 @@ func (c *Controller) grow(t time.Time) {
 	}
 	sec := min(dt, c.p.Window).Seconds()
 	if floor := c.good * c.p.RecoverTo; c.rate < floor {
-		c.rate = min(c.rate*math.Exp(c.p.Recover*sec), floor, c.p.MaxRate)
+		c.rate = min(c.rate*math.Exp(c.p.Recover*sec), floor, c.maxRate())
 		if c.rate >= floor {
 			c.probeFrom = t
 		}
 		return
 	}
 	g := min(c.p.Increase*math.Exp2(t.Sub(c.probeFrom).Seconds()/c.p.IncreaseDoubling.Seconds()), c.p.MaxIncrease)
-	c.rate = min(c.rate*math.Exp(g*sec), c.p.MaxRate)
+	c.rate = min(c.rate*math.Exp(g*sec), c.maxRate())
 }
 
 // next is this member's next slot from t (not taken).
@@ -357,7 +368,9 @@ func (c *Controller) applyCut(t time.Time, target, good float64) {
 		c.rate = max(min(c.rate, target), c.p.MinRate)
 		return
 	}
-	c.slowStart = false
+	if c.slowStart {
+		c.slowStart, c.steady = false, t
+	}
 	c.rate = max(min(c.rate, target), c.p.MinRate)
 	c.good = good
 	c.lastCut, c.probeFrom, c.lastGrow = t, t, t
@@ -413,6 +426,9 @@ type Snapshot struct {
 	Decreases int64 // cuts applied
 	Pauses    int64
 	PausedFor time.Duration
+	Ceiling   float64 // req/s the provider's headers allow (0: unknown)
+	Source    string  // what the rate rests on: SourceHeaders, SourceLearned or SourceProbing
+	Budgets   int64   // answers whose rate-limit headers showed the budget spent
 }
 
 // Snapshot returns the current state.
@@ -424,7 +440,8 @@ func (c *Controller) Snapshot() Snapshot {
 		share -= c.grid.cum[c.grid.me-1]
 	}
 	return Snapshot{Rate: c.rate, Share: share, Good: c.good, SlowStart: c.slowStart, Signals: c.signals,
-		Lone: c.lone, Decreases: c.decreases, Pauses: c.pauses, PausedFor: max(c.pausedUntil.Sub(c.now()), 0)}
+		Lone: c.lone, Decreases: c.decreases, Pauses: c.pauses, PausedFor: max(c.pausedUntil.Sub(c.now()), 0),
+		Ceiling: c.ceiling, Source: c.source(), Budgets: c.budgets}
 }
 
 // SetMembers places this member in the fleet's grid: weights are the members' demand
@@ -458,6 +475,7 @@ func (c *Controller) SetServed(r float64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.served = r
+	c.servedAvg += servedSmoothing * (r - c.servedAvg)
 }
 
 // TakeDispatched returns the slots used since the last call.
@@ -485,28 +503,31 @@ func (c *Controller) RateBound(d time.Duration) bool {
 	return !c.lastWaited.IsZero() && c.now().Sub(c.lastWaited) <= d
 }
 
-// Adopt aligns the fleet rate with what peers report: a member still in slow start that
-// never saw pressure takes the peers' state (a joining worker adopts the fleet's rate);
-// otherwise it moves halfway to the peer's, so members converge on one grid.
+// Adopt aligns the fleet rate with what peers report: a member that has not cut yet and
+// still runs on its own start (slow start, or the fleet's remembered rate) takes the
+// first peer's state that is past slow start (a joining worker adopts the running
+// fleet's rate); otherwise it moves halfway to the peer's, so members converge on one
+// grid.
 func (c *Controller) Adopt(peerRate float64, peerSlowStart bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if !(peerRate > 0) {
 		return
 	}
-	if c.slowStart && c.decreases == 0 {
-		if !peerSlowStart {
-			c.slowStart = false
-			c.rate = min(max(peerRate, c.p.MinRate), c.p.MaxRate)
-			c.good = c.rate
-			c.probeFrom = c.now()
-		} else if peerRate > c.rate {
-			c.rate = min(peerRate, c.p.MaxRate)
+	rate := min(max(peerRate, c.p.MinRate), c.maxRate())
+	if c.decreases == 0 && (c.slowStart || c.seeded && !c.joined) {
+		switch {
+		case !peerSlowStart:
+			c.joined, c.slowStart = true, false
+			c.rate, c.good = rate, rate
+			c.probeFrom, c.steady = c.now(), c.now()
+		case c.slowStart && rate > c.rate:
+			c.rate = rate
 		}
 		return
 	}
 	if peerSlowStart {
 		return
 	}
-	c.rate = min(max((c.rate+peerRate)/2, c.p.MinRate), c.p.MaxRate)
+	c.rate = min(max((c.rate+peerRate)/2, c.p.MinRate), c.maxRate())
 }

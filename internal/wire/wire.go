@@ -45,7 +45,22 @@ const (
 	BucketRuns  = "mq_runs"
 	// BucketFleet holds one key per served deployment alias, refreshed by workers.
 	BucketFleet = "mq_fleet"
+	// BucketThrottle holds each deployment's last good rate (key: the alias, value a
+	// LearnedRate), saved by the fleet throttle and read by a worker starting up.
+	BucketThrottle = "mq_throttle"
 )
+
+// LearnedRate is what the fleet throttle remembers of a deployment: the rate served
+// without pressure, fleet-wide, while some worker was rate-bound, and the ceiling the
+// provider's rate-limit headers stated. A worker starting up begins from it (halved per
+// hour of age, ignored after a day) instead of slow start, and joins a running fleet's
+// rate from its heartbeats.
+type LearnedRate struct {
+	Rate    float64   `json:"rate"`              // req/s
+	Ceiling float64   `json:"ceiling,omitempty"` // req/s the headers allow (0: not stated)
+	Source  string    `json:"source"`            // headers | learned | probing
+	Learned time.Time `json:"learned"`
+}
 
 // Header names.
 const (

@@ -152,6 +152,9 @@ func (w *Worker) handle(ctx context.Context, d *deployment, msg jetstream.Msg) {
 	began := time.Now()
 	ans, callErr := d.client.Call(ctx, job.Request)
 	unhold()
+	if ans != nil {
+		d.budget(ans.RateLimit)
+	}
 	this := callSpend(ans)
 	var fields map[string]json.RawMessage
 	if callErr == nil {

@@ -245,6 +245,10 @@ func (w *Worker) Run(ctx context.Context) error {
 	if w.jobs, err = w.js.Stream(ctx, wire.StreamJobs); err != nil {
 		return fmt.Errorf("open stream %s: %w", wire.StreamJobs, err)
 	}
+	memory, err := w.js.KeyValue(ctx, wire.BucketThrottle)
+	if err != nil {
+		return fmt.Errorf("open kv %s: %w", wire.BucketThrottle, err)
+	}
 	var wg sync.WaitGroup
 	loaded := make(chan struct{})
 	wg.Add(1)
@@ -262,13 +266,22 @@ func (w *Worker) Run(ctx context.Context) error {
 			continue
 		}
 		d.fleet = throttle.NewFleet(w.js.Conn(), d.alias, w.cfg.Name+"-"+randomID(), d.ctrl, w.log.With().Str("deployment", d.alias).Logger())
-		alias := d.alias
+		d.fleet.Remember(memory)
+		alias, fleet := d.alias, d.fleet
 		d.fleet.OnTick(func(s throttle.Snapshot, members int) {
 			w.m.rate.WithLabelValues(alias).Set(s.Rate * s.Share)
 			w.m.fleetRate.WithLabelValues(alias).Set(s.Rate)
 			w.m.share.WithLabelValues(alias).Set(s.Share)
 			w.m.members.WithLabelValues(alias).Set(float64(members))
 			w.m.paused.WithLabelValues(alias).Set(s.PausedFor.Seconds())
+			w.m.ceiling.WithLabelValues(alias).Set(s.Ceiling)
+			for _, src := range []string{throttle.SourceHeaders, throttle.SourceLearned, throttle.SourceProbing} {
+				w.m.source.WithLabelValues(alias, src).Set(b2f(s.Source == src))
+			}
+			if l, ok := fleet.Learned(); ok {
+				w.m.learned.WithLabelValues(alias).Set(l.Rate)
+				w.m.learnedAge.WithLabelValues(alias).Set(time.Since(l.Learned).Seconds())
+			}
 		})
 		wg.Add(1)
 		go func() {
@@ -624,10 +637,25 @@ const idleWait = 50 * time.Millisecond
 // capacity feeds a capacity answer to the throttle (and, through it, to the fleet). A
 // lone one changes nothing there: only its own job waits (its NAK delay honours its
 // Retry-After); corroborated pressure cuts the fleet rate and may pause the fleet.
+// budget feeds a served answer's rate-limit headers to the throttle: a stated limit
+// caps the fleet rate, a budget read as spent is pressure before the first 429.
+func (d *deployment) budget(rl llm.RateLimit) {
+	if d.fleet != nil && rl.Known() {
+		d.fleet.Budget(throttle.Budget{Ceiling: rl.RequestsPerSecond(), Spent: rl.Spent()})
+	}
+}
+
 func (d *deployment) capacity(e *llm.CapacityError) {
 	if d.fleet != nil {
 		d.fleet.Capacity(e.StatusCode, throttle.Signal{RetryAfter: e.RetryAfter, BudgetSpent: e.BudgetSpent})
 	}
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 func randomID() string {

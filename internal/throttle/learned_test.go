@@ -1,0 +1,122 @@
+package throttle
+
+import (
+	"math"
+	"testing"
+	"time"
+)
+
+func TestAStatedLimitCapsSlowStartBeforeAny429(t *testing.T) {
+	ctl, c := newCtl(t, params())
+	ctl.OnBudget(Budget{Ceiling: 40}) // x-ratelimit-limit-requests: 2400 (per minute)
+	c.advance(2 * time.Second)        // slow start would reach 10 x 2^8
+	ctl.Next()
+	s := ctl.Snapshot()
+	if !near(s.Rate, 40*CeilingShare) || s.Ceiling != 40*CeilingShare || s.Source != SourceHeaders || s.Decreases != 0 {
+		t.Fatalf("after 2 s of slow start under a stated 40/s: %+v; want the rate held at %g, source headers, no cut", s, 40*CeilingShare)
+	}
+}
+
+func TestASpentBudgetOnAServedAnswerCutsOncePerWindowWithoutPause(t *testing.T) {
+	ctl, c := steady(t, 50)
+	d := ctl.OnBudget(Budget{Spent: true})
+	s := ctl.Snapshot()
+	if !d.Cut || !near(s.Rate, 45) || s.PausedFor != 0 || s.Signals != 0 || s.Budgets != 1 {
+		t.Fatalf("remaining 0 on a 200: decision %+v, snapshot %+v; want one cut to 45, no pause, no 429 counted", d, s)
+	}
+	if d := ctl.OnBudget(Budget{Spent: true}); d.Cut {
+		t.Fatalf("a second spent budget in the same window cut again: %+v", d)
+	}
+	c.advance(300 * time.Millisecond)
+	if d := ctl.OnBudget(Budget{Spent: true}); !d.Cut {
+		t.Fatalf("a spent budget a window later did not cut: %+v", d)
+	}
+	if d := ctl.OnBudget(Budget{}); d.Pressure {
+		t.Fatalf("budget left is not pressure: %+v", d)
+	}
+}
+
+func TestAColdMemberStartsFromTheRememberedRate(t *testing.T) {
+	ctl, c := newCtl(t, params())
+	if !ctl.Seed(40, 0, 2*time.Minute) {
+		t.Fatal("Seed refused a fresh remembered rate")
+	}
+	s := ctl.Snapshot()
+	want := 40 * math.Exp2(-2.0/60) * 0.95 // halved per hour of age, at RecoverTo
+	if s.SlowStart || !near(s.Rate, want) || s.Source != SourceLearned {
+		t.Fatalf("seeded with 40/s learned 2 min ago: %+v; want out of slow start at %g (RecoverTo x decayed), source learned", s, want)
+	}
+	// It probes from there, gently: after 1 s less than 10 % above.
+	c.advance(time.Second)
+	ctl.SetGrowth(true)
+	ctl.Next()
+	if r := ctl.Snapshot().Rate; r <= want || r > 1.1*want {
+		t.Fatalf("1 s after the seed the rate is %g; want a gentle probe above %g", r, want)
+	}
+	// Pressure makes it an ordinary probing controller.
+	ctl.OnCapacity(Signal{BudgetSpent: true})
+	if src := ctl.Snapshot().Source; src != SourceProbing {
+		t.Fatalf("after a cut the source is %q, want probing", src)
+	}
+}
+
+func TestARememberedRateIsDecayedOrIgnored(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		rate float64
+		age  time.Duration
+		ok   bool
+	}{
+		{"an hour old: half", 40, time.Hour, true},
+		{"older than a day: ignored", 1000, 25 * time.Hour, false},
+		{"not above the start rate: ignored", 8, 0, false},
+		{"decayed below the start rate: ignored", 30, 3 * time.Hour, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			ctl, _ := newCtl(t, params())
+			if got := ctl.Seed(tt.rate, 0, tt.age); got != tt.ok {
+				t.Fatalf("Seed(%g, age %s) = %v, want %v", tt.rate, tt.age, got, tt.ok)
+			}
+			s := ctl.Snapshot()
+			if tt.ok && !near(s.Rate, 20*0.95) {
+				t.Fatalf("an hour-old 40/s starts at %g, want 0.95 x 20", s.Rate)
+			}
+			if !tt.ok && (!s.SlowStart || s.Rate != 10) {
+				t.Fatalf("ignored memory changed the controller: %+v", s)
+			}
+		})
+	}
+}
+
+func TestASeededMemberStillJoinsARunningFleetsRate(t *testing.T) {
+	ctl, _ := newCtl(t, params())
+	ctl.Seed(40, 0, 0)
+	ctl.Adopt(25, false) // the running fleet found 25/s since
+	if r := ctl.Snapshot().Rate; r != 25 {
+		t.Fatalf("a seeded joiner's rate = %g, want the fleet's 25", r)
+	}
+	ctl.Adopt(35, false) // once joined, it converges halfway like every member
+	if r := ctl.Snapshot().Rate; r != 30 {
+		t.Fatalf("after joining, rate = %g, want halfway 30", r)
+	}
+}
+
+func TestOnlyAServedRateOutsideSlowStartIsLearned(t *testing.T) {
+	ctl, _ := newCtl(t, params())
+	ctl.SetServed(30)
+	if _, _, ok := ctl.Learned(); ok {
+		t.Fatal("slow start has nothing to remember")
+	}
+	ctl2, c2 := steady(t, 50)
+	if _, _, ok := ctl2.Learned(); ok {
+		t.Fatal("the served average is remembered before it settled")
+	}
+	c2.advance(learnSettle)
+	for range 20 {
+		ctl2.SetServed(40) // slot-bound below its rate
+	}
+	r, _, ok := ctl2.Learned()
+	if !ok || r < 39 || r > 40 {
+		t.Fatalf("Learned = %g %v; want about the served 40/s (not the 50/s rate)", r, ok)
+	}
+}
