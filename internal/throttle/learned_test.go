@@ -120,3 +120,67 @@ func TestOnlyAServedRateOutsideSlowStartIsLearned(t *testing.T) {
 		t.Fatalf("Learned = %g %v; want about the served 40/s (not the 50/s rate)", r, ok)
 	}
 }
+
+// Above the last good rate, without rate-limit headers, a few 429s end the probe when no
+// noise has been seen; with 5 % random 429s measured, the same few are noise.
+func TestAProbeAboveTheLastGoodRateEndsOnFew429sUnlessNoiseExplainsThem(t *testing.T) {
+	t.Run("no noise seen: two 429s within a second cut", func(t *testing.T) {
+		ctl, c := atGood(t, 40)
+		for range 60 { // a clean minute at the last good rate
+			c.advance(time.Second)
+			ctl.Next()
+		}
+		ctl.SetGrowth(true)
+		c.advance(2 * time.Second) // probing: the rate grew above the last good 40/s
+		ctl.Next()
+		if s := ctl.Snapshot(); s.Rate <= s.Good {
+			t.Fatalf("not probing: %+v", s)
+		}
+		ctl.OnCapacity(Signal{RetryAfter: time.Second})
+		c.advance(400 * time.Millisecond)
+		d := ctl.OnCapacity(Signal{RetryAfter: time.Second})
+		if !d.Cut || d.Pause != 0 {
+			t.Fatalf("two 429s 400 ms apart while probing with no noise seen: %+v; want a cut without pause", d)
+		}
+	})
+	t.Run("at or below the last good rate the same two are lone", func(t *testing.T) {
+		ctl, c := atGood(t, 40)
+		ctl.OnCapacity(Signal{RetryAfter: time.Second})
+		c.advance(400 * time.Millisecond)
+		if d := ctl.OnCapacity(Signal{RetryAfter: time.Second}); d.Pressure {
+			t.Fatalf("two 429s at the last good rate: %+v; want lone", d)
+		}
+	})
+	t.Run("5 % noise measured: two, three or four 429s within a second are noise", func(t *testing.T) {
+		ctl, c := steady(t, 40)
+		ctl.SetGrowth(false)
+		for i := range 1500 { // 60 s at 40 answers/s, every 20th a 429: the noise estimate
+			c.advance(25 * time.Millisecond)
+			ctl.Next()
+			if i%20 == 0 {
+				ctl.OnCapacity(Signal{RetryAfter: time.Second})
+			}
+		}
+		ctl.SetGrowth(true)
+		c.advance(2 * time.Second)
+		ctl.Next()
+		for range 4 {
+			c.advance(200 * time.Millisecond)
+			if d := ctl.OnCapacity(Signal{RetryAfter: time.Second}); d.Pressure {
+				t.Fatalf("4 429s in a second at 5 %% measured noise: %+v; want lone", d)
+			}
+		}
+	})
+}
+
+func TestPoissonTail(t *testing.T) {
+	for _, tt := range []struct {
+		k      int
+		lambda float64
+		want   float64
+	}{{0, 1, 1}, {1, 0, 0}, {1, 1, 1 - math.Exp(-1)}, {2, 0.5, 1 - math.Exp(-0.5)*1.5}} {
+		if got := poissonTail(tt.k, tt.lambda); math.Abs(got-tt.want) > 1e-12 {
+			t.Errorf("poissonTail(%d, %g) = %g, want %g", tt.k, tt.lambda, got, tt.want)
+		}
+	}
+}

@@ -55,8 +55,9 @@ func TestAFleetRemembersItsRateAndALaterWorkerStartsFromIt(t *testing.T) {
 		for first.Wait(runCtx) == nil {
 		}
 	}()
-	// Slow start never saves; pressure ends it (the provider's headers read 0).
-	time.Sleep(time.Second)
+	// Slow start never saves; pressure ends it (the provider's headers read 0) once the
+	// heartbeats report the 40/s served.
+	time.Sleep(2 * time.Second)
 	first.OnBudget(Budget{Spent: true})
 	var saved wire.LearnedRate
 	for ctx.Err() == nil {

@@ -157,7 +157,10 @@ type Controller struct {
 	servedAvg float64   // smoothed served rate (the rate the fleet remembers)
 	joined    bool      // adopted a peer's rate once (a joiner takes the fleet's)
 	steady    time.Time // when slow start ended
-	budgets   int64     // answers whose headers showed the budget spent
+	// The noise estimate (noise.go): 429s not part of pressure, and answers, both
+	// decayed with noiseMemory.
+	noise429, noiseAnswers float64
+	budgets                int64 // answers whose headers showed the budget spent
 
 	signals, lone, decreases, pauses, dispatched int64
 }
@@ -211,8 +214,11 @@ func (c *Controller) grow(t time.Time) {
 		return
 	}
 	c.lastGrow = t
+	c.countAnswers(dt)
 	if !c.growth {
+		// Not rate-bound: nothing is probed, so the probe's acceleration waits too.
 		c.lastDouble = t
+		c.probeFrom = c.probeFrom.Add(dt)
 		return
 	}
 	if c.slowStart {
@@ -312,28 +318,34 @@ func (c *Controller) OnCapacity(s Signal) Decision {
 	t := c.now()
 	c.grow(t)
 	c.signals++
-	cut := t.Add(-c.p.Window)
+	horizon := t.Add(-max(c.p.Window, probeHorizon))
 	keep := c.recent[:0]
 	for _, r := range c.recent {
-		if r.After(cut) {
+		if r.After(horizon) {
 			keep = append(keep, r)
 		}
 	}
 	c.recent = append(keep, t)
-	n := float64(len(c.recent))
+	inWindow := c.since(t.Add(-c.p.Window))
+	n := float64(inWindow)
 	answers := max(c.rate*c.p.Window.Seconds(), 1)
 	var d Decision
 	switch {
 	case s.BudgetSpent:
 		d.Pressure = true
 		d.Pause = s.RetryAfter
-	case len(c.recent) >= c.p.MinSignals && n >= c.p.SignalShare*answers:
+	case inWindow >= c.p.MinSignals && n >= c.p.SignalShare*answers:
 		d.Pressure = true
 		if n >= c.p.PauseShare*answers {
 			d.Pause = s.RetryAfter
 		}
+	case c.probing() && c.aboveNoise(t):
+		d.Pressure = true
 	default:
 		c.lone++
+		if t.Sub(c.lastCut) > inFlightAfterCut {
+			c.noise429++
+		}
 		return d
 	}
 	if d.Pause > 0 {
@@ -373,6 +385,7 @@ func (c *Controller) applyCut(t time.Time, target, good float64) {
 	}
 	c.rate = max(min(c.rate, target), c.p.MinRate)
 	c.good = good
+	c.unNoise(t)
 	c.lastCut, c.probeFrom, c.lastGrow = t, t, t
 	c.decreases++
 }

@@ -130,21 +130,30 @@ func TestFivePercentRandom429sNeverCut(t *testing.T) {
 	}
 }
 
+// atGood is a steady controller held at its last good rate (not probing above it): the
+// window rule alone tells pressure from noise there.
+func atGood(t *testing.T, rate float64) (*Controller, *clock) {
+	t.Helper()
+	ctl, c := steady(t, rate)
+	ctl.SetGrowth(false)
+	return ctl, c
+}
+
 func TestCorroboratedPressureCuts(t *testing.T) {
 	t.Run("min_signals 429s that are signal_share of the window's answers cut but do not pause", func(t *testing.T) {
-		ctl, c := steady(t, 40) // 10 answers a window
+		ctl, c := atGood(t, 44) // 11 answers a window
 		var d Decision
 		for range 5 {
 			c.advance(10 * time.Millisecond)
 			d = ctl.OnCapacity(Signal{RetryAfter: time.Second})
 		}
 		s := ctl.Snapshot()
-		if !d.Cut || s.Decreases != 1 || s.Rate < 36 || s.Rate > 36.2 || s.PausedFor != 0 {
-			t.Fatalf("5 of 10 answers refused: decision %+v, snapshot %+v; want one cut to 36, no pause", d, s)
+		if !d.Cut || s.Decreases != 1 || !near(s.Rate, 39.6) || s.PausedFor != 0 {
+			t.Fatalf("5 of 11 answers refused: decision %+v, snapshot %+v; want one cut to 39.6, no pause", d, s)
 		}
 	})
 	t.Run("four 429s are not enough", func(t *testing.T) {
-		ctl, c := steady(t, 40)
+		ctl, c := atGood(t, 40)
 		for range 4 {
 			c.advance(10 * time.Millisecond)
 			ctl.OnCapacity(Signal{RetryAfter: time.Second})
@@ -154,7 +163,7 @@ func TestCorroboratedPressureCuts(t *testing.T) {
 		}
 	})
 	t.Run("429s spread over more than a window are not corroborated", func(t *testing.T) {
-		ctl, c := steady(t, 40)
+		ctl, c := atGood(t, 40)
 		for range 10 {
 			c.advance(100 * time.Millisecond)
 			ctl.OnCapacity(Signal{RetryAfter: time.Second})
@@ -164,7 +173,7 @@ func TestCorroboratedPressureCuts(t *testing.T) {
 		}
 	})
 	t.Run("the same count at a high rate is noise", func(t *testing.T) {
-		ctl, c := steady(t, 1000) // 250 answers a window: 5 is 2 %
+		ctl, c := atGood(t, 1000) // 250 answers a window: 5 is 2 %
 		for range 5 {
 			c.advance(10 * time.Millisecond)
 			ctl.OnCapacity(Signal{RetryAfter: time.Second})
@@ -174,7 +183,7 @@ func TestCorroboratedPressureCuts(t *testing.T) {
 		}
 	})
 	t.Run("429s that are most of the answers also pause", func(t *testing.T) {
-		ctl, c := steady(t, 20) // 5 answers a window
+		ctl, c := atGood(t, 20) // 5 answers a window
 		for range 5 {
 			c.advance(10 * time.Millisecond)
 			ctl.OnCapacity(Signal{RetryAfter: time.Second})

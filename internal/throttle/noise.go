@@ -1,0 +1,95 @@
+package throttle
+
+import (
+	"math"
+	"time"
+)
+
+// Telling the limit from noise without rate-limit headers, where it matters: above the
+// last good rate. There the fleet probes a rate it has not been served at, and a limit
+// answers with a few 429s a second, far below the share the corroboration rule needs at
+// low rates (5 in a window of 10 answers at 40/s: the probe would climb to 1.5x the
+// limit). Random 429s (an overloaded backend, a gateway) come at any rate. So the
+// controller estimates the fleet's share of 429s that were lone (the noise),
+// decayed over noiseMemory, starting from a prior of priorNoise429 in priorNoiseAnswers;
+// while probing above the last good rate, 429s within probeHorizon are pressure when
+// noise that high would bring that many less than once in 1/probeAlpha horizons
+// (Poisson tail). With no noise seen, 2 429s within a second end a probe; with 5 %
+// random 429s the bar rises to where the window rule already is.
+const (
+	probeHorizon      = time.Second
+	probeAlpha        = 1e-3
+	noiseMemory       = time.Minute
+	priorNoise429     = 0.5
+	priorNoiseAnswers = 100.0
+	// inFlightAfterCut: 429s this soon after a cut answer calls sent before it.
+	inFlightAfterCut = 500 * time.Millisecond
+)
+
+// countAnswers decays the noise estimate and adds the answers served over dt.
+func (c *Controller) countAnswers(dt time.Duration) {
+	decay := math.Exp(-dt.Seconds() / noiseMemory.Seconds())
+	c.noise429 *= decay
+	c.noiseAnswers = c.noiseAnswers*decay + c.served*dt.Seconds()
+}
+
+// noiseShare is the estimated share of answers that are 429s unrelated to the rate.
+func (c *Controller) noiseShare() float64 {
+	return (c.noise429 + priorNoise429) / (c.noiseAnswers + priorNoiseAnswers)
+}
+
+// probing reports whether the rate is above the last good rate (after the first cut).
+func (c *Controller) probing() bool {
+	return !c.slowStart && c.good > 0 && c.rate > c.good
+}
+
+// since counts the 429s seen after from.
+func (c *Controller) since(from time.Time) int {
+	n := 0
+	for _, r := range c.recent {
+		if r.After(from) {
+			n++
+		}
+	}
+	return n
+}
+
+// aboveNoise reports whether the 429s within probeHorizon are more than the noise
+// explains.
+func (c *Controller) aboveNoise(t time.Time) bool {
+	k := c.since(t.Add(-probeHorizon))
+	if k < 2 {
+		return false
+	}
+	lambda := c.noiseShare() * c.rate * probeHorizon.Seconds()
+	return poissonTail(k, lambda) < probeAlpha
+}
+
+// unNoise takes the 429s that led to a cut out of the noise estimate.
+func (c *Controller) unNoise(t time.Time) {
+	k := c.since(maxTime(t.Add(-probeHorizon), c.lastCut.Add(inFlightAfterCut)))
+	c.noise429 = max(c.noise429-float64(k), 0)
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
+
+// poissonTail is P(X >= k) for X ~ Poisson(lambda).
+func poissonTail(k int, lambda float64) float64 {
+	if lambda <= 0 {
+		if k > 0 {
+			return 0
+		}
+		return 1
+	}
+	term, cdf := math.Exp(-lambda), 0.0
+	for i := range k {
+		cdf += term
+		term *= lambda / float64(i+1)
+	}
+	return max(1-cdf, 0)
+}
