@@ -275,14 +275,20 @@ func (f *Fleet) Run(ctx context.Context) error {
 			return
 		}
 		f.mu.Lock()
+		_, known := f.peers[h.Member]
 		if h.Leaving {
 			delete(f.peers, h.Member)
-			f.mu.Unlock()
+		} else {
+			every := max(time.Duration(h.EveryMS)*time.Millisecond, HeartbeatEvery)
+			f.peers[h.Member] = member{seen: time.Now(), every: every, demanding: h.Demanding, served: h.Served}
+		}
+		f.mu.Unlock()
+		if known == h.Leaving { // joined or left: the grid changes now, not at the next tick
+			f.regrid(time.Now(), false, -1)
+		}
+		if h.Leaving {
 			return
 		}
-		every := max(time.Duration(h.EveryMS)*time.Millisecond, HeartbeatEvery)
-		f.peers[h.Member] = member{seen: time.Now(), every: every, demanding: h.Demanding, served: h.Served}
-		f.mu.Unlock()
 		f.ctrl.Adopt(h.Rate, h.SlowStart)
 	})
 	if err != nil {
@@ -291,6 +297,9 @@ func (f *Fleet) Run(ctx context.Context) error {
 	defer func() { _ = hbSub.Unsubscribe() }()
 
 	f.recall(ctx)
+	// Listen to the fleet for a heartbeat period before the first slot: alone in its grid
+	// until it hears the others, a joiner would take slots that are theirs.
+	f.ctrl.Hold(HeartbeatEvery + HeartbeatEvery/5)
 	t := time.NewTimer(HeartbeatEvery)
 	defer t.Stop()
 	for {
@@ -343,43 +352,49 @@ func (f *Fleet) tick(ctx context.Context) int {
 	if err := f.nc.Publish(HeartbeatSubject(f.alias), b); err != nil {
 		f.log.Debug().Err(err).Msg("heartbeat")
 	}
-	type entry struct {
-		id        string
-		demanding bool
+	n, me, anyDemanding := f.regrid(now, demanding, served)
+	if me == 0 && anyDemanding && f.nc.IsConnected() {
+		f.save(ctx, now)
 	}
-	members := []entry{{f.id, demanding}}
-	fleetServed := served
-	anyDemanding := demanding
+	if f.onTick != nil {
+		f.onTick(f.ctrl.Snapshot(), n)
+	}
+	return n
+}
+
+// regrid places this member in the grid from the peers it hears (sorted ids, equal
+// weights) and, on a heartbeat tick (served >= 0), sets the fleet's served rate and
+// growth; it drops silent peers. It runs on every tick and whenever a peer joins or
+// leaves, so that no member uses a departed member's slots, or a joiner's, for a period.
+// Cut off from NATS, a member keeps its last place.
+func (f *Fleet) regrid(now time.Time, demanding bool, served float64) (n, me int, anyDemanding bool) {
+	ids := []string{f.id}
+	fleetServed, anyDemanding := max(served, 0), demanding
 	f.mu.Lock()
 	for id, m := range f.peers {
 		if now.Sub(m.seen) > memberTimeout*m.every {
 			delete(f.peers, id)
 			continue
 		}
-		members = append(members, entry{id, m.demanding})
+		ids = append(ids, id)
 		fleetServed += m.served
 		anyDemanding = anyDemanding || m.demanding
 	}
 	f.mu.Unlock()
-	if f.nc.IsConnected() { // cut off: keep the last place in the grid
-		sort.Slice(members, func(i, j int) bool { return members[i].id < members[j].id })
-		weights := make([]float64, len(members))
-		me := 0
-		for i, m := range members {
-			weights[i] = 1
-			if m.id == f.id {
-				me = i
-			}
+	sort.Strings(ids)
+	weights := make([]float64, len(ids))
+	for i, id := range ids {
+		weights[i] = 1
+		if id == f.id {
+			me = i
 		}
+	}
+	if f.nc.IsConnected() {
 		f.ctrl.SetMembers(weights, me)
-		f.ctrl.SetServed(fleetServed)
-		f.ctrl.SetGrowth(anyDemanding)
-		if me == 0 && anyDemanding {
-			f.save(ctx, now)
+		if served >= 0 {
+			f.ctrl.SetServed(fleetServed)
+			f.ctrl.SetGrowth(anyDemanding)
 		}
 	}
-	if f.onTick != nil {
-		f.onTick(f.ctrl.Snapshot(), len(members))
-	}
-	return len(members)
+	return len(ids), me, anyDemanding
 }

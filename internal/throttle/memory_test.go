@@ -151,3 +151,25 @@ func TestHeartbeatsSlowDownWithTheFleetSize(t *testing.T) {
 		}
 	}
 }
+
+// A member joining a fleet listens for a heartbeat period before its first slot: alone in
+// its grid until it hears the others, it would take their slots (a burst of 429s at every
+// join of a rolling restart).
+func TestAJoiningMemberListensBeforeItsFirstSlot(t *testing.T) {
+	nc, _ := memoryBucket(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ctl, _ := New(params())
+	f := NewFleet(nc, "dep", "a", ctl, zerolog.Nop())
+	go func() { _ = f.Run(ctx) }()
+	deadline := time.Now().Add(5 * time.Second)
+	for ctl.PausedFor() == 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if p := ctl.PausedFor(); p <= 0 || p > HeartbeatEvery*2 {
+		t.Fatalf("a joining member holds its slots for %s, want about one heartbeat period", p)
+	}
+	if s := ctl.Snapshot(); s.Pauses != 0 {
+		t.Fatalf("the hold counted as a pause: %+v", s)
+	}
+}

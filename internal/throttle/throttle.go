@@ -421,6 +421,16 @@ func (c *Controller) Pause(d time.Duration) {
 	}
 }
 
+// Hold stops every permit for d without counting a pause (a joining member listens to
+// the fleet before its first slot).
+func (c *Controller) Hold(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if until := c.now().Add(d); until.After(c.pausedUntil) {
+		c.pausedUntil = until
+	}
+}
+
 // PausedFor returns how long dispatch stays paused from now (0 if not paused).
 func (c *Controller) PausedFor() time.Duration {
 	c.mu.Lock()
