@@ -86,6 +86,18 @@ bench-throttle: build ## fleet throttle vs naive baseline on real processes, W =
 bench-throttle-short: build ## the same with W = 2, one run, 20 s window, no limit change (~1 min)
 	$(GO) run ./cmd/mqbench --bin $(BIN) --workers 2 --runs 1 --warmup 5s --measure 20s --adapt=false
 
+.PHONY: bench-throttle-scale
+bench-throttle-scale: build ## fleet throttle at 16-64 workers x 4-8 slots and 4x64+28x4, 3 runs each, worker weight and throttle traffic, then the limit change at 32x4 (~45 min)
+	$(GO) run ./cmd/mqbench --bin $(BIN) --workers 16x4,16x8,32x4,32x8,64x4,64x8,4x64+28x4 --modes fleet --adapt-workers 32x4
+
+.PHONY: bench-churn
+bench-churn: build ## churn at 50 req/s: rolling replacement of 16x8 workers, scale-up 4x8 -> 32x8; 3 runs each, every row exactly once (~12 min)
+	$(GO) run ./cmd/mqbench --bin $(BIN) --churn rolling,scaleup --modes fleet
+
+.PHONY: bench-start
+bench-start: build ## start storm at 40 req/s: a fresh fleet (1x32, 4x32) runs 100 rows x 4 queries twice, llmsim headers none/openai/azure, 3 runs (~10 min)
+	$(GO) run ./cmd/mqbench --bin $(BIN) --start
+
 .PHONY: chaos
 chaos: build ## kill -9 workers, collector and nats-server during 2000 rows x 4 queries; 3 seeds; checks rows in = rows out
 	$(GO) build -o $(BIN)/ ./cmd/mqchaos

@@ -1,7 +1,10 @@
 // Command mqbench runs the throttle benchmark on real processes (see docs/BENCHMARKS.md):
-// for each throttle mode and fleet size it starts nats-server, llmsim with a token-bucket
-// limit, W worker processes, the collector and the producer, and measures goodput and
-// 429 share from llmsim's request log; then the limit-change scenario.
+// for each throttle mode and fleet shape (W, WxS, AxS+BxT) it starts nats-server, llmsim
+// with a token-bucket limit, the worker processes, the collector and the producer, and
+// measures goodput and 429 share from llmsim's request log, the workers' RSS and CPU idle
+// and at work, and the throttle's core-NATS traffic; then the limit-change scenario.
+// Instead of that: the churn scenarios (--churn), the start storm (--start), the cost
+// benchmark (--cost), flow control (--flow-rows) or the collector's memory.
 package main
 
 import (
@@ -24,7 +27,7 @@ func main() {
 	var (
 		bin     = flag.String("bin", "bin", "directory of the built binaries (make build)")
 		dir     = flag.String("dir", "", "work directory (default: a temp dir)")
-		workers = flag.String("workers", "1,2,4,8", "fleet sizes")
+		workers = flag.String("workers", "1,2,4,8", "fleets: W (W workers x --concurrency slots), WxS (W workers x S slots), or groups joined by + (4x64+28x4)")
 		runs    = flag.Int("runs", 3, "runs per cell (the table keeps the worst)")
 		modes   = flag.String("modes", "fleet,naive", "throttle modes")
 		warmup  = flag.Duration("warmup", 10*time.Second, "warm-up excluded from the measurement")
@@ -33,7 +36,24 @@ func main() {
 		burst   = flag.Int("burst", 5, "llmsim bucket size")
 		latency = flag.Duration("latency", 50*time.Millisecond, "llmsim latency")
 		conc    = flag.Int("concurrency", 32, "worker --concurrency")
-		adapt   = flag.Bool("adapt", true, "also run the 50 -> 20 -> 50 req/s scenario with 4 workers")
+		adapt   = flag.Bool("adapt", true, "also run the 50 -> 20 -> 50 req/s scenario with --adapt-workers")
+		adaptW  = flag.String("adapt-workers", "4", "fleet of the limit-change scenario: W, WxS or groups joined by +")
+		idleFor = flag.Duration("idle-for", 5*time.Second, "throttle cells: how long the fleet's idle CPU is measured before the run")
+		churn   = flag.String("churn", "", "instead: churn scenarios, comma-separated: rolling (replace every worker one by one), scaleup (--scaleup-from workers, more to --scaleup-to); each --runs times per --modes, at --rps/--burst")
+		churnW  = flag.Int("churn-workers", 16, "rolling: workers")
+		churnS  = flag.Int("churn-slots", 8, "rolling and scaleup: slots per worker")
+		churnD  = flag.Duration("churn-duration", 90*time.Second, "churn: rows for this long at the limit")
+		scaleA  = flag.Int("scaleup-from", 4, "scaleup: workers at the start")
+		scaleB  = flag.Int("scaleup-to", 32, "scaleup: workers after the scale-up")
+		scaleT  = flag.Duration("scaleup-after", 20*time.Second, "scaleup: when the workers are added, after the first request")
+		start   = flag.Bool("start", false, "instead: the start-storm scenario (a fresh fleet runs the same job twice in a row), each case --runs times")
+		startH  = flag.String("start-headers", "none,openai,azure", "start: llmsim --ratelimit-headers modes (azure is llmsim's default and not passed)")
+		startW  = flag.String("start-workers", "1,4", "start: fleet sizes")
+		startS  = flag.Int("start-slots", 32, "start: slots per worker")
+		startR  = flag.Int("start-rows", 100, "start: rows per run")
+		startQ  = flag.Int("start-queries", 4, "start: queries per row")
+		startP  = flag.Float64("start-rps", 40, "start: llmsim request limit")
+		startB  = flag.Int("start-burst", 5, "start: llmsim bucket size")
 		adaptOn = flag.Bool("adapt-only", false, "run only the limit-change scenario")
 		memory  = flag.String("collector-memory", "", "instead: the collector's peak RSS for these row counts (e.g. 50000,200000), 2 queries a row")
 		nruns   = flag.Int("naive-runs", 1, "runs per cell of the naive baseline")
@@ -155,35 +175,120 @@ func main() {
 		}
 		return
 	}
-	var ws []int
-	for _, f := range strings.Split(*workers, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil || n < 1 {
-			fmt.Fprintf(os.Stderr, "mqbench: --workers: %q is not a positive integer\n", f)
-			os.Exit(2)
-		}
-		ws = append(ws, n)
+	if *start {
+		runStart(ctx, bench.StartConfig{Bin: *bin, Dir: *dir, Headers: list(*startH), Workers: positiveInts("--start-workers", *startW),
+			Slots: *startS, Rows: *startR, Queries: *startQ, Runs: *runs, RPS: *startP, Burst: *startB, Latency: *latency, Log: os.Stdout})
+		return
 	}
-	cfg := bench.ThrottleConfig{Bin: *bin, Dir: *dir, Workers: ws, Runs: *runs, Modes: strings.Split(*modes, ","),
-		NaiveRuns: *nruns, Warmup: *warmup, Measure: *measure, RPS: *rps, Burst: *burst, Latency: *latency, Concurrency: *conc, Log: os.Stdout}
-	fmt.Printf("mqbench: llmsim %g req/s burst %d, latency %s; workers x %d slots; warm-up %s, window %s; work dir %s\n",
-		*rps, *burst, *latency, *conc, *warmup, *measure, *dir)
+	if *churn != "" {
+		runChurn(ctx, bench.ChurnConfig{Bin: *bin, Dir: *dir, Scenarios: list(*churn), Modes: list(*modes), Runs: *runs, RPS: *rps, Burst: *burst,
+			Latency: *latency, Warmup: *warmup, Duration: *churnD, Workers: *churnW, Slots: *churnS, ScaleFrom: *scaleA, ScaleTo: *scaleB,
+			ScaleAfter: *scaleT, Log: os.Stdout})
+		return
+	}
+	fleets, err := bench.ParseShapes(*workers, *conc)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "mqbench: --workers:", err)
+		os.Exit(2)
+	}
+	adaptFleet, err := bench.ParseShape(*adaptW, *conc)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "mqbench: --adapt-workers:", err)
+		os.Exit(2)
+	}
+	cfg := bench.ThrottleConfig{Bin: *bin, Dir: *dir, Fleets: fleets, Runs: *runs, Modes: list(*modes), NaiveRuns: *nruns,
+		Warmup: *warmup, Measure: *measure, RPS: *rps, Burst: *burst, Latency: *latency, Concurrency: *conc, IdleFor: *idleFor, Log: os.Stdout}
+	fmt.Printf("mqbench: llmsim %g req/s burst %d, latency %s; W = workers x %d slots unless WxS; idle %s, warm-up %s, window %s; work dir %s\n",
+		*rps, *burst, *latency, *conc, *idleFor, *warmup, *measure, *dir)
 	if !*adaptOn {
 		cells, err := bench.Throttle(ctx, cfg)
 		fmt.Println()
 		fmt.Print(bench.Table(cells))
+		fmt.Println()
+		fmt.Print(bench.TrafficTable(cells))
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "mqbench:", err)
 			os.Exit(1)
 		}
 	}
 	if *adapt || *adaptOn {
-		res, err := bench.Adapt(ctx, cfg, 4, 40*time.Second, 80*time.Second, 40*time.Second)
+		res, err := bench.Adapt(ctx, cfg, adaptFleet, 40*time.Second, 80*time.Second, 40*time.Second)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "mqbench: adapt:", err)
 			os.Exit(1)
 		}
-		fmt.Printf("\nlimit 50 -> 20 req/s (W=4): 429 share over [t+5 s, t+35 s] = %.1f %% (per second ok/429: %s)\n", 100*res.Share429AfterDrop, strings.Join(res.PerSecondDrop, " "))
-		fmt.Printf("limit 20 -> 50 req/s (W=4): goodput >= 90 %% of 50 after %s (per second ok/429: %s)\n", res.RecoverAfterRise, strings.Join(res.PerSecond, " "))
+		fmt.Printf("\nlimit 50 -> 20 req/s (%s): 429 share over [t+5 s, t+35 s] = %.1f %% (per second ok/429: %s)\n", adaptFleet, 100*res.Share429AfterDrop, strings.Join(res.PerSecondDrop, " "))
+		fmt.Printf("limit 20 -> 50 req/s (%s): goodput >= 90 %% of 50 after %s (per second ok/429: %s)\n", adaptFleet, res.RecoverAfterRise, strings.Join(res.PerSecond, " "))
+	}
+}
+
+// list splits a comma-separated flag value, trimming blanks.
+func list(v string) []string {
+	var out []string
+	for _, f := range strings.Split(v, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// positiveInts parses a comma-separated list of positive integers or exits.
+func positiveInts(name, v string) []int {
+	var out []int
+	for _, f := range list(v) {
+		n, err := strconv.Atoi(f)
+		if err != nil || n < 1 {
+			fmt.Fprintf(os.Stderr, "mqbench: %s: %q is not a positive integer\n", name, f)
+			os.Exit(2)
+		}
+		out = append(out, n)
+	}
+	return out
+}
+
+// runChurn runs the churn scenarios and prints their table.
+func runChurn(ctx context.Context, c bench.ChurnConfig) {
+	for _, sc := range c.Scenarios {
+		if sc != "rolling" && sc != "scaleup" {
+			fmt.Fprintf(os.Stderr, "mqbench: --churn: %q is not rolling or scaleup\n", sc)
+			os.Exit(2)
+		}
+	}
+	if c.ScaleTo <= c.ScaleFrom || c.ScaleFrom < 1 || c.Workers < 1 || c.Slots < 1 {
+		fmt.Fprintln(os.Stderr, "mqbench: churn: need --churn-workers, --churn-slots, --scaleup-from >= 1 and --scaleup-to > --scaleup-from")
+		os.Exit(2)
+	}
+	fmt.Printf("mqbench churn: llmsim %g req/s burst %d, latency %s; rolling %dx%d, scaleup %dx%d -> %dx%d after %s; rows for %s at the limit; warm-up %s; work dir %s\n",
+		c.RPS, c.Burst, c.Latency, c.Workers, c.Slots, c.ScaleFrom, c.Slots, c.ScaleTo, c.Slots, c.ScaleAfter, c.Duration, c.Warmup, c.Dir)
+	res, err := bench.Churn(ctx, c)
+	fmt.Println()
+	fmt.Print(bench.ChurnTable(res))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "mqbench:", err)
+		os.Exit(1)
+	}
+}
+
+// runStart runs the start-storm scenario and prints its table.
+func runStart(ctx context.Context, c bench.StartConfig) {
+	for _, h := range c.Headers {
+		if h != "none" && h != "openai" && h != "azure" {
+			fmt.Fprintf(os.Stderr, "mqbench: --start-headers: %q is not none, openai or azure\n", h)
+			os.Exit(2)
+		}
+	}
+	if c.Slots < 1 || c.Rows < 1 || c.Queries < 1 || c.RPS <= 0 {
+		fmt.Fprintln(os.Stderr, "mqbench: start: need --start-slots, --start-rows, --start-queries >= 1 and --start-rps > 0")
+		os.Exit(2)
+	}
+	fmt.Printf("mqbench start: llmsim %g req/s burst %d, latency %s; %d rows x %d queries, run twice per fresh fleet of W x %d slots; %d repetitions; work dir %s\n",
+		c.RPS, c.Burst, c.Latency, c.Rows, c.Queries, c.Slots, c.Runs, c.Dir)
+	res, err := bench.StartStorm(ctx, c)
+	fmt.Println()
+	fmt.Print(bench.StartTable(res))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "mqbench:", err)
+		os.Exit(1)
 	}
 }

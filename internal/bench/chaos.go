@@ -239,8 +239,22 @@ func spread(n int, lo, hi float64) []float64 {
 	return out
 }
 
-// checkRows reads a run's outputs and counts missing, duplicate and partial rows.
+// checkRows reads a run's outputs of the chaos pipeline (q1..qN with echo and score)
+// and counts missing, duplicate and partial rows.
 func checkRows(dir string, rows, queries int, rep *ChaosReport) error {
+	var cols []string
+	for q := range queries {
+		for _, c := range []string{"_echo", "_score", "_usage", "_model"} {
+			cols = append(cols, fmt.Sprintf("q%d%s", q+1, c))
+		}
+	}
+	return checkRowCols(dir, rows, cols, rep)
+}
+
+// checkRowCols reads a run's results.jsonl and errors.jsonl and counts missing,
+// duplicate and partial rows: a result row must hold every output column of cols and
+// no _error, an error row none of them and an _error.
+func checkRowCols(dir string, rows int, cols []string, rep *ChaosReport) error {
 	seen := map[string]int{}
 	for _, name := range []string{sink.ResultsJSONL, sink.ErrorsJSONL} {
 		f, err := os.Open(filepath.Join(dir, name))
@@ -257,23 +271,21 @@ func checkRows(dir string, rows, queries int, rep *ChaosReport) error {
 			}
 			id, _ := m["id"].(string)
 			seen[id]++
-			cols := 0
-			for q := range queries {
-				for _, c := range []string{"_echo", "_score", "_usage", "_model"} {
-					if _, ok := m[fmt.Sprintf("q%d%s", q+1, c)]; ok {
-						cols++
-					}
+			have := 0
+			for _, c := range cols {
+				if _, ok := m[c]; ok {
+					have++
 				}
 			}
 			_, hasErr := m["_error"]
 			if name == sink.ResultsJSONL {
 				rep.RowsOK++
-				if cols != 4*queries || hasErr {
+				if have != len(cols) || hasErr {
 					rep.PartialRows++
 				}
 			} else {
 				rep.RowsFailed++
-				if cols != 0 || !hasErr {
+				if have != 0 || !hasErr {
 					rep.PartialRows++
 				}
 			}

@@ -1,14 +1,11 @@
 package bench
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
-	"os"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -23,22 +20,6 @@ type MemoryResult struct {
 	Rows      int
 	PeakRSSKB int64
 	Wall      time.Duration
-}
-
-// vmHWM reads a process's peak resident set size (kB) from /proc.
-func vmHWM(pid int) (int64, error) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "VmHWM:"); ok {
-			return strconv.ParseInt(strings.Fields(v)[0], 10, 64)
-		}
-	}
-	return 0, fmt.Errorf("no VmHWM for pid %d", pid)
 }
 
 // CollectorMemory runs the collector process on a run of rows x 2 queries whose input
@@ -119,6 +100,6 @@ func CollectorMemory(ctx context.Context, bin, dir string, rows int) (MemoryResu
 		return res, err
 	}
 	res.Wall = time.Since(start)
-	res.PeakRSSKB, err = vmHWM(s.byName["collector"].cmd.Process.Pid)
+	res.PeakRSSKB, err = procStatusKB(s.pid("collector"), "VmHWM")
 	return res, err
 }

@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -16,7 +17,7 @@ import (
 // ThrottleConfig sizes the throttle benchmark.
 type ThrottleConfig struct {
 	Bin, Dir    string
-	Workers     []int    // fleet sizes
+	Fleets      []Shape  // fleet shapes (workers x slots)
 	Runs        int      // runs per cell; the table keeps the worst
 	NaiveRuns   int      // runs per cell of the naive baseline (0 = Runs)
 	Modes       []string // fleet, naive
@@ -26,12 +27,15 @@ type ThrottleConfig struct {
 	Burst       int
 	Latency     time.Duration
 	Concurrency int
-	Log         io.Writer
+	// IdleFor is how long the fleet's idle CPU is measured before the run (default 5 s).
+	IdleFor time.Duration
+	Log     io.Writer
 }
 
 // Cell is one run's outcome.
 type Cell struct {
 	Mode      string
+	Shape     Shape
 	Workers   int
 	Run       int
 	Goodput   float64 // answered calls per second in the window / limit
@@ -39,10 +43,17 @@ type Cell struct {
 	Calls     int
 	Completed bool
 	Wall      time.Duration
+	Weight    WorkerWeight
+	Traffic   Traffic // the throttle's core-NATS traffic in the window
 }
 
 func (c ThrottleConfig) sim(extra ...string) []string {
-	return append([]string{"--rps", fmt.Sprint(c.RPS), "--burst", fmt.Sprint(c.Burst), "--latency", c.Latency.String()}, extra...)
+	return simArgs(c.RPS, c.Burst, c.Latency, extra...)
+}
+
+// simArgs are llmsim's arguments for a token-bucket limit and a latency.
+func simArgs(rps float64, burst int, latency time.Duration, extra ...string) []string {
+	return append([]string{"--rps", fmt.Sprint(rps), "--burst", fmt.Sprint(burst), "--latency", latency.String()}, extra...)
 }
 
 const benchPipeline = `llm: {deployment: default, model: bench}
@@ -80,10 +91,17 @@ func firstRequest(reqs []llmsim.RequestLog) time.Time {
 	return t
 }
 
-// runOnce runs one fleet of w workers in one mode on a fresh stack.
-func (c ThrottleConfig) runOnce(ctx context.Context, mode string, w, run int) (Cell, error) {
-	cell := Cell{Mode: mode, Workers: w, Run: run}
-	dir := filepath.Join(c.Dir, fmt.Sprintf("%s-w%d-r%d", mode, w, run))
+// upTimeout bounds the wait for a fleet's first heartbeats: 64 processes start slowly
+// on 2 cores.
+func upTimeout(workers int) time.Duration {
+	return 30*time.Second + time.Duration(workers)*500*time.Millisecond
+}
+
+// runOnce runs one fleet shape in one mode on a fresh stack: the fleet idles for
+// IdleFor (its idle weight), then works through rows for the warm-up and the window.
+func (c ThrottleConfig) runOnce(ctx context.Context, mode string, sh Shape, run int) (Cell, error) {
+	cell := Cell{Mode: mode, Shape: sh, Workers: sh.Workers(), Run: run}
+	dir := filepath.Join(c.Dir, fmt.Sprintf("%s-%s-r%d", mode, sh, run))
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return cell, err
 	}
@@ -92,17 +110,30 @@ func (c ThrottleConfig) runOnce(ctx context.Context, mode string, w, run int) (C
 		return cell, err
 	}
 	defer s.Stop()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	tw, err := watchThrottle(ctx, s.NATSURL)
+	if err != nil {
+		return cell, err
+	}
+	defer tw.Close()
 	cfg, err := s.WriteWorkerConfig("")
 	if err != nil {
 		return cell, err
 	}
-	for range w {
-		if err := s.StartWorker(cfg, "--throttle", mode, "--concurrency", fmt.Sprint(c.Concurrency)); err != nil {
-			return cell, err
-		}
+	names, err := s.startFleet(cfg, sh, "--throttle", mode)
+	if err != nil {
+		return cell, err
 	}
 	if err := s.StartCollector(); err != nil {
 		return cell, err
+	}
+	if err := tw.waitUp(ctx, mode, names, upTimeout(len(names))); err != nil {
+		return cell, err
+	}
+	probe := fleetProbe{s: s, names: names}
+	if cell.Weight.IdleCPU, cell.Weight.IdleRSS, err = probe.idle(ctx, cmp.Or(c.IdleFor, 5*time.Second)); err != nil {
+		return cell, fmt.Errorf("idle weight: %w", err)
 	}
 	rows := int(c.RPS * (c.Warmup + c.Measure + 5*time.Second).Seconds())
 	pipeline, input, err := writeInput(dir, benchPipeline, rows)
@@ -110,21 +141,29 @@ func (c ThrottleConfig) runOnce(ctx context.Context, mode string, w, run int) (C
 		return cell, err
 	}
 	start := time.Now()
-	runID, err := s.Produce(ctx, pipeline, input)
+	prod := s.produceAsync(ctx, pipeline, input)
+	t0, err := s.waitFirstRequest(ctx, time.Minute)
 	if err != nil {
 		return cell, err
 	}
-	wctx, cancel := context.WithTimeout(ctx, 3*(c.Warmup+c.Measure)+time.Minute)
-	defer cancel()
-	_, werr := s.WaitSummary(wctx, runID)
-	cell.Completed = werr == nil
+	if err := sleepCtx(ctx, time.Until(t0.Add(c.Warmup))); err != nil {
+		return cell, err
+	}
+	mark := tw.mark()
+	if cell.Weight.RunCPU, cell.Weight.RunRSS, err = probe.window(ctx, t0.Add(c.Warmup+c.Measure)); err != nil {
+		return cell, fmt.Errorf("run weight: %w", err)
+	}
+	cell.Traffic = trafficBetween(mark, tw.mark(), len(names))
+	if _, cell.Completed, err = s.waitProduced(ctx, prod, 3*(c.Warmup+c.Measure)+time.Minute); err != nil {
+		return cell, err
+	}
 	cell.Wall = time.Since(start)
 	reqs, err := s.Requests()
 	if err != nil {
 		return cell, err
 	}
-	t0 := firstRequest(reqs).Add(c.Warmup)
-	ok, lim, total := window(reqs, t0, t0.Add(c.Measure))
+	from := firstRequest(reqs).Add(c.Warmup)
+	ok, lim, total := window(reqs, from, from.Add(c.Measure))
 	cell.Calls = total
 	cell.Goodput = float64(ok) / c.Measure.Seconds() / c.RPS
 	if total > 0 {
@@ -133,7 +172,7 @@ func (c ThrottleConfig) runOnce(ctx context.Context, mode string, w, run int) (C
 	return cell, nil
 }
 
-// Throttle runs every (mode, fleet size, run) cell and returns them all.
+// Throttle runs every (mode, fleet shape, run) cell and returns them all.
 func Throttle(ctx context.Context, c ThrottleConfig) ([]Cell, error) {
 	var cells []Cell
 	for _, mode := range c.Modes {
@@ -141,14 +180,13 @@ func Throttle(ctx context.Context, c ThrottleConfig) ([]Cell, error) {
 		if mode == "naive" && c.NaiveRuns > 0 {
 			runs = c.NaiveRuns
 		}
-		for _, w := range c.Workers {
+		for _, sh := range c.Fleets {
 			for run := 1; run <= runs; run++ {
-				cell, err := c.runOnce(ctx, mode, w, run)
+				cell, err := c.runOnce(ctx, mode, sh, run)
 				if err != nil {
-					return cells, fmt.Errorf("%s W=%d run %d: %w", mode, w, run, err)
+					return cells, fmt.Errorf("%s %s run %d: %w", mode, sh, run, err)
 				}
-				fmt.Fprintf(c.Log, "%-6s W=%d run %d: goodput %5.1f %% of the limit, 429s %5.1f %% of %d calls, completed %v, wall %s\n",
-					mode, w, run, 100*cell.Goodput, 100*cell.Share429, cell.Calls, cell.Completed, cell.Wall.Round(time.Second))
+				fmt.Fprintln(c.Log, cell)
 				cells = append(cells, cell)
 			}
 		}
@@ -156,16 +194,27 @@ func Throttle(ctx context.Context, c ThrottleConfig) ([]Cell, error) {
 	return cells, nil
 }
 
-// Table renders the worst run per (mode, W) as Markdown.
-func Table(cells []Cell) string {
-	type key struct {
-		mode string
-		w    int
-	}
-	worst := map[key]Cell{}
-	var keys []key
+// String is the cell's log line.
+func (c Cell) String() string {
+	w := c.Weight
+	return fmt.Sprintf("%-6s %s (W=%d) run %d: goodput %5.1f %% of the limit, 429s %5.1f %% of %d calls, completed %v, wall %s; "+
+		"worker RSS MiB med/max idle %.1f/%.1f run %.1f/%.1f; worker CPU %% of a core med/max idle %.2f/%.2f run %.1f/%.1f; "+
+		"throttle traffic %.0f msgs/s, %.0f B/s, %.0f deliveries/s",
+		c.Mode, c.Shape, c.Workers, c.Run, 100*c.Goodput, 100*c.Share429, c.Calls, c.Completed, c.Wall.Round(time.Second),
+		w.IdleRSS.Med, w.IdleRSS.Max, w.RunRSS.Med, w.RunRSS.Max, 100*w.IdleCPU.Med, 100*w.IdleCPU.Max, 100*w.RunCPU.Med, 100*w.RunCPU.Max,
+		c.Traffic.MsgsPerSec, c.Traffic.BytesPerSec, c.Traffic.DeliveriesPerSec)
+}
+
+// cellKey groups a cell's runs.
+type cellKey struct{ mode, shape string }
+
+// worstCells folds the runs of each (mode, shape): the worst goodput and 429 share, the
+// heaviest worker, the most traffic. Keys are sorted by mode, workers, slots, shape.
+func worstCells(cells []Cell) ([]cellKey, map[cellKey]Cell) {
+	worst := map[cellKey]Cell{}
+	var keys []cellKey
 	for _, c := range cells {
-		k := key{c.Mode, c.Workers}
+		k := cellKey{c.Mode, c.Shape.String()}
 		cur, ok := worst[k]
 		if !ok {
 			keys = append(keys, k)
@@ -175,19 +224,52 @@ func Table(cells []Cell) string {
 		cur.Share429 = max(cur.Share429, c.Share429)
 		cur.Completed = cur.Completed && c.Completed
 		cur.Run = max(cur.Run, c.Run)
+		cur.Weight = cur.Weight.worse(c.Weight)
+		cur.Traffic = Traffic{max(cur.Traffic.MsgsPerSec, c.Traffic.MsgsPerSec), max(cur.Traffic.BytesPerSec, c.Traffic.BytesPerSec),
+			max(cur.Traffic.DeliveriesPerSec, c.Traffic.DeliveriesPerSec)}
 		worst[k] = cur
 	}
 	sort.SliceStable(keys, func(i, j int) bool {
-		if keys[i].mode != keys[j].mode {
-			return keys[i].mode < keys[j].mode
+		a, b := worst[keys[i]], worst[keys[j]]
+		switch {
+		case a.Mode != b.Mode:
+			return a.Mode < b.Mode
+		case a.Workers != b.Workers:
+			return a.Workers < b.Workers
+		case a.Shape.Slots() != b.Shape.Slots():
+			return a.Shape.Slots() < b.Shape.Slots()
 		}
-		return keys[i].w < keys[j].w
+		return keys[i].shape < keys[j].shape
 	})
+	return keys, worst
+}
+
+// Table renders the worst run per (mode, shape) as Markdown.
+func Table(cells []Cell) string {
+	keys, worst := worstCells(cells)
 	var b strings.Builder
-	b.WriteString("| throttle | workers | runs | worst goodput (% of limit) | worst 429 share | every row completed |\n|---|---|---|---|---|---|\n")
+	b.WriteString("| throttle | fleet (workers x slots) | workers | runs | worst goodput (% of limit) | worst 429 share | every row completed | worker RSS (MiB, max) | idle CPU per worker (% of a core) |\n|---|---|---|---|---|---|---|---|---|\n")
 	for _, k := range keys {
 		c := worst[k]
-		fmt.Fprintf(&b, "| %s | %d | %d | %.1f %% | %.1f %% | %v |\n", k.mode, k.w, c.Run, 100*c.Goodput, 100*c.Share429, c.Completed)
+		fmt.Fprintf(&b, "| %s | %s | %d | %d | %.1f %% | %.1f %% | %v | %.1f | med %.2f, max %.2f |\n", k.mode, k.shape, c.Workers, c.Run,
+			100*c.Goodput, 100*c.Share429, c.Completed, max(c.Weight.RunRSS.Max, c.Weight.IdleRSS.Max), 100*c.Weight.IdleCPU.Med, 100*c.Weight.IdleCPU.Max)
+	}
+	return b.String()
+}
+
+// TrafficTable renders the fleet throttle's core-NATS traffic per shape (the highest
+// of the runs) as Markdown; naive fleets send none and are left out.
+func TrafficTable(cells []Cell) string {
+	keys, worst := worstCells(cells)
+	var b strings.Builder
+	b.WriteString("fleet traffic by W (core NATS mq.throttle.>, the measurement window, highest of the runs)\n\n")
+	b.WriteString("| fleet (workers x slots) | workers | published msgs/s | published bytes/s | deliveries/s (published x W) |\n|---|---|---|---|---|\n")
+	for _, k := range keys {
+		if k.mode != "fleet" {
+			continue
+		}
+		c := worst[k]
+		fmt.Fprintf(&b, "| %s | %d | %.0f | %.0f | %.0f |\n", k.shape, c.Workers, c.Traffic.MsgsPerSec, c.Traffic.BytesPerSec, c.Traffic.DeliveriesPerSec)
 	}
 	return b.String()
 }
@@ -200,10 +282,10 @@ type AdaptResult struct {
 	PerSecondDrop     []string      // ok/429 per second after the drop
 }
 
-// Adapt runs W workers while the limit goes 50 -> 20 (at t1) -> 50 (at t2).
-func Adapt(ctx context.Context, c ThrottleConfig, w int, t1, t2, tail time.Duration) (AdaptResult, error) {
+// Adapt runs a fleet of shape sh while the limit goes 50 -> 20 (at t1) -> 50 (at t2).
+func Adapt(ctx context.Context, c ThrottleConfig, sh Shape, t1, t2, tail time.Duration) (AdaptResult, error) {
 	var res AdaptResult
-	dir := filepath.Join(c.Dir, fmt.Sprintf("adapt-w%d", w))
+	dir := filepath.Join(c.Dir, fmt.Sprintf("adapt-%s", sh))
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return res, err
 	}
@@ -216,10 +298,8 @@ func Adapt(ctx context.Context, c ThrottleConfig, w int, t1, t2, tail time.Durat
 	if err != nil {
 		return res, err
 	}
-	for range w {
-		if err := s.StartWorker(cfg, "--concurrency", fmt.Sprint(c.Concurrency)); err != nil {
-			return res, err
-		}
+	if _, err := s.startFleet(cfg, sh); err != nil {
+		return res, err
 	}
 	if err := s.StartCollector(); err != nil {
 		return res, err
@@ -236,14 +316,9 @@ func Adapt(ctx context.Context, c ThrottleConfig, w int, t1, t2, tail time.Durat
 		_, err := s.Produce(ctx, pipeline, input)
 		prodErr <- err
 	}()
-	var t0 time.Time
-	for t0.IsZero() && ctx.Err() == nil {
-		reqs, err := s.Requests()
-		if err != nil {
-			return res, err
-		}
-		t0 = firstRequest(reqs)
-		time.Sleep(50 * time.Millisecond)
+	t0, err := s.waitFirstRequest(ctx, time.Minute)
+	if err != nil {
+		return res, err
 	}
 	sleepUntil(ctx, t0.Add(t1))
 	if err := s.Admin(`{"rps":20}`); err != nil {
