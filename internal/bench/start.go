@@ -7,13 +7,14 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/multiquery/multiquery/internal/llmsim"
 )
 
 // StartConfig sizes the start-storm scenario: a fresh fleet runs the same job twice
-// in a row, and the 429s of each run are counted (does a cold fleet start with a storm
+// in a row, then a third time on new worker processes, and the 429s of each run are counted (does a cold fleet start with a storm
 // of 429s, and does a warm one?).
 type StartConfig struct {
 	Bin, Dir string
@@ -35,12 +36,14 @@ type StartRun struct {
 	Headers  string
 	Fleet    Shape
 	Rep      int // repetition (fresh stack)
-	Run      int // 1: cold fleet, 2: the same job again on the warm fleet
+	Run      int // 1: cold fleet, 2: the same job again on the same workers, 3: on new workers (only the KV memory is warm)
 	Calls    int
 	Limited  int // 429s
 	Share429 float64
 	Wall     time.Duration // producer start -> summary.json
 	Rows     ChaosReport
+	// PerSecond is ok/429 answers per second of the run (where the 429s came).
+	PerSecond string
 }
 
 // Correct reports whether every row is answered once and none failed.
@@ -49,9 +52,9 @@ func (r StartRun) Correct() bool {
 }
 
 func (r StartRun) String() string {
-	return fmt.Sprintf("start headers=%s %s rep %d run %d: %d calls, %d 429s (%.1f %%), wall %s, every row correct %v (%d ok, %d failed, %d missing, %d duplicate, %d partial)",
+	return fmt.Sprintf("start headers=%s %s rep %d run %d: %d calls, %d 429s (%.1f %%), wall %s, every row correct %v (%d ok, %d failed, %d missing, %d duplicate, %d partial); ok/429 per second: %s",
 		r.Headers, r.Fleet, r.Rep, r.Run, r.Calls, r.Limited, 100*r.Share429, r.Wall.Round(10*time.Millisecond), r.Correct(),
-		r.Rows.RowsOK, r.Rows.RowsFailed, r.Rows.Missing, r.Rows.Duplicates, r.Rows.PartialRows)
+		r.Rows.RowsOK, r.Rows.RowsFailed, r.Rows.Missing, r.Rows.Duplicates, r.Rows.PartialRows, r.PerSecond)
 }
 
 // startPipeline has queries q1..qN, each a template over the row's text with an answer.
@@ -135,7 +138,20 @@ func (c StartConfig) once(ctx context.Context, headers string, sh Shape, rep int
 	}
 	var runs []StartRun
 	var starts []time.Time
-	for run := 1; run <= 2; run++ {
+	for run := 1; run <= 3; run++ {
+		if run == 3 { // a fresh fleet of new worker processes: only the fleet's memory (KV) is warm
+			for _, n := range names {
+				if _, err := s.Signal(n, syscall.SIGTERM, 30*time.Second); err != nil {
+					return runs, fmt.Errorf("stop %s: %w", n, err)
+				}
+			}
+			if names, err = s.startFleet(cfg, sh); err != nil {
+				return runs, err
+			}
+			if err := tw.waitUp(ctx, "fleet", names, upTimeout(len(names))); err != nil {
+				return runs, err
+			}
+		}
 		r := StartRun{Headers: headers, Fleet: sh, Rep: rep, Run: run}
 		starts = append(starts, time.Now())
 		id, err := c.runJob(ctx, s, pipeline, input)
@@ -183,6 +199,12 @@ func countStartRuns(reqs []llmsim.RequestLog, starts []time.Time, runs []StartRu
 		if total > 0 {
 			runs[i].Share429 = float64(lim) / float64(total)
 		}
+		var per []string
+		for sec := from; sec.Before(to) && sec.Before(from.Add(runs[i].Wall+time.Second)); sec = sec.Add(time.Second) {
+			ok, lim, _ := window(reqs, sec, sec.Add(time.Second))
+			per = append(per, fmt.Sprintf("%d/%d", ok, lim))
+		}
+		runs[i].PerSecond = strings.Join(per, " ")
 	}
 }
 
@@ -213,10 +235,7 @@ func StartTable(rs []StartRun) string {
 	b.WriteString("| rate-limit headers | fleet (workers x slots) | run | repetitions | calls (max) | 429s (max) | 429 share (max) | wall (max) | every row correct |\n|---|---|---|---|---|---|---|---|---|\n")
 	for _, k := range keys {
 		r := worst[k]
-		run := "1 (cold fleet)"
-		if k.run == 2 {
-			run = "2 (warm fleet)"
-		}
+		run := [...]string{"", "1 (cold fleet, empty memory)", "2 (the same workers)", "3 (new workers, remembered rate)"}[min(k.run, 3)]
 		fmt.Fprintf(&b, "| %s | %s | %s | %d | %d | %d | %.1f %% | %s | %v |\n", k.headers, k.fleet, run, reps[k], r.Calls, r.Limited,
 			100*r.Share429, r.Wall.Round(10*time.Millisecond), correct[k])
 	}
