@@ -239,6 +239,10 @@ func (c *Controller) grow(t time.Time) {
 		}
 		return
 	}
+	if t.Sub(c.lastCut) < probeHold { // at the limit just found: hold before probing again
+		c.probeFrom = t
+		return
+	}
 	g := min(c.p.Increase*math.Exp2(t.Sub(c.probeFrom).Seconds()/c.p.IncreaseDoubling.Seconds()), c.p.MaxIncrease)
 	c.rate = min(c.rate*math.Exp(g*sec), c.maxRate())
 }
@@ -339,7 +343,7 @@ func (c *Controller) OnCapacity(s Signal) Decision {
 		if n >= c.p.PauseShare*answers {
 			d.Pause = s.RetryAfter
 		}
-	case c.probing() && c.aboveNoise(t):
+	case !c.slowStart && c.aboveNoise(t):
 		d.Pressure = true
 	default:
 		c.lone++

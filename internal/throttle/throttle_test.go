@@ -139,9 +139,29 @@ func atGood(t *testing.T, rate float64) (*Controller, *clock) {
 	return ctl, c
 }
 
+// noisy is atGood after a minute of 5 % random 429s: the noise estimate is 5 %, so only
+// the window rule (or more 429s than the noise explains) makes pressure.
+func noisy(t *testing.T, rate float64) (*Controller, *clock) {
+	t.Helper()
+	ctl, c := atGood(t, rate)
+	every := time.Duration(float64(time.Second) / rate)
+	for i := range int(60 * rate) {
+		c.advance(every)
+		ctl.Next()
+		if i%20 == 0 {
+			ctl.OnCapacity(Signal{RetryAfter: time.Second})
+		}
+	}
+	c.advance(time.Second) // the last noise leaves the horizon
+	if s := ctl.Snapshot(); s.Decreases != 0 {
+		t.Fatalf("5 %% noise cut the rate: %+v", s)
+	}
+	return ctl, c
+}
+
 func TestCorroboratedPressureCuts(t *testing.T) {
 	t.Run("min_signals 429s that are signal_share of the window's answers cut but do not pause", func(t *testing.T) {
-		ctl, c := atGood(t, 44) // 11 answers a window
+		ctl, c := noisy(t, 44) // 11 answers a window
 		var d Decision
 		for range 5 {
 			c.advance(10 * time.Millisecond)
@@ -152,8 +172,8 @@ func TestCorroboratedPressureCuts(t *testing.T) {
 			t.Fatalf("5 of 11 answers refused: decision %+v, snapshot %+v; want one cut to 39.6, no pause", d, s)
 		}
 	})
-	t.Run("four 429s are not enough", func(t *testing.T) {
-		ctl, c := atGood(t, 40)
+	t.Run("four 429s are not enough where 5 % noise is measured", func(t *testing.T) {
+		ctl, c := noisy(t, 40)
 		for range 4 {
 			c.advance(10 * time.Millisecond)
 			ctl.OnCapacity(Signal{RetryAfter: time.Second})
@@ -162,10 +182,10 @@ func TestCorroboratedPressureCuts(t *testing.T) {
 			t.Fatalf("%+v: want no cut below min_signals", s)
 		}
 	})
-	t.Run("429s spread over more than a window are not corroborated", func(t *testing.T) {
-		ctl, c := atGood(t, 40)
-		for range 10 {
-			c.advance(100 * time.Millisecond)
+	t.Run("429s spread over more than a window, within the measured noise, are not corroborated", func(t *testing.T) {
+		ctl, c := noisy(t, 40)
+		for range 5 {
+			c.advance(200 * time.Millisecond)
 			ctl.OnCapacity(Signal{RetryAfter: time.Second})
 		}
 		if s := ctl.Snapshot(); s.Decreases != 0 {
@@ -227,7 +247,7 @@ func TestOneCutPerWindowFleetWide(t *testing.T) {
 	}
 }
 
-func TestRecoveryIsFastToTheLastGoodRateThenSlowThenFaster(t *testing.T) {
+func TestRecoveryIsFastToTheLastGoodRateThenHoldsThenSlowThenFaster(t *testing.T) {
 	ctl, c := steady(t, 50)
 	ctl.OnCapacity(Signal{BudgetSpent: true}) // 50 -> 45, last good 50
 	c.advance(100 * time.Millisecond)
@@ -235,9 +255,17 @@ func TestRecoveryIsFastToTheLastGoodRateThenSlowThenFaster(t *testing.T) {
 	if got := ctl.Snapshot().Rate; !near(got, 47.5) {
 		t.Fatalf("0.1 s after the cut rate = %g, want back at 0.95 x 50 = 47.5", got)
 	}
+	c.advance(probeHold - 200*time.Millisecond)
+	ctl.Next()
+	if got := ctl.Snapshot().Rate; !near(got, 47.5) {
+		t.Fatalf("%s after the cut rate = %g, want held at 47.5 (the limit was just found)", probeHold-100*time.Millisecond, got)
+	}
+	c.advance(200 * time.Millisecond) // the hold is over
+	ctl.Next()
+	held := ctl.Snapshot().Rate
 	c.advance(250 * time.Millisecond)
 	ctl.Next()
-	slow := ctl.Snapshot().Rate / 47.5
+	slow := ctl.Snapshot().Rate / held
 	for range 16 { // 4 s without pressure: the probe's growth doubled twice
 		c.advance(250 * time.Millisecond)
 		ctl.Next()
