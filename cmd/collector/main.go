@@ -17,7 +17,11 @@ import (
 	"github.com/multiquery/multiquery/internal/queue"
 )
 
-func main() {
+func main() { os.Exit(run()) }
+
+// run returns the exit code, so that every deferred cleanup (the NATS drain) runs:
+// 0 done, 1 failed while running, 2 bad flags or configuration.
+func run() int {
 	var (
 		natsURL  = flag.String("nats", ops.NATSURL(), "NATS server URL (env NATS_URL)")
 		out      = flag.String("out", "out", "output directory (one sub-directory per run)")
@@ -38,22 +42,24 @@ func main() {
 	defer stop()
 	nc, js, err := queue.ConnectJetStream(*natsURL, "multiquery-collector", log)
 	if err != nil {
-		log.Fatal().Err(err).Msg("connect")
+		log.Error().Err(err).Msg("connect")
+		return 1
 	}
 	defer nc.Drain()
 	c, err := collector.New(js, collector.Config{OutDir: *out, CSV: *withCSV, CSVRawFormulas: !*escape, Order: *order, MemoryLimit: *memory, Name: *name, LeaseTTL: *leaseTTL,
 		Topology: queue.Topology{Replicas: *replicas}}, log)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "collector: %v\n", err)
-		os.Exit(2)
+		return 2
 	}
 	srv := ops.NewServer(*opsAddr, log, c.Collectors()...)
 	if *profile {
 		srv.EnablePprof()
 	}
-	srv.ReadyWhen(nc.IsConnected)
+	srv.ReadyWhen(func() bool { return nc.IsConnected() && c.Started() })
 	if err := srv.Serve(ctx, c.Run); err != nil {
 		log.Error().Err(err).Msg("collector stopped")
-		os.Exit(1)
+		return 1
 	}
+	return 0
 }

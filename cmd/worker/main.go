@@ -18,11 +18,15 @@ import (
 	"github.com/multiquery/multiquery/internal/worker"
 )
 
-func main() {
+func main() { os.Exit(run()) }
+
+// run returns the exit code, so that every deferred cleanup (the NATS drain) runs:
+// 0 done, 1 failed while running, 2 bad flags or configuration.
+func run() int {
 	var (
 		natsURL     = flag.String("nats", ops.NATSURL(), "NATS server URL (env NATS_URL)")
 		cfgPath     = flag.String("config", "", "worker config (YAML: deployments), required")
-		concurrency = flag.Int("concurrency", 32, "in-flight calls per deployment")
+		concurrency = flag.Int("concurrency", worker.DefaultConcurrency, "in-flight calls per deployment")
 		name        = flag.String("name", "", "worker name (default host-pid)")
 		drain       = flag.Duration("drain-timeout", 30*time.Second, "on SIGTERM, how long in-flight calls may finish")
 		ackWait     = flag.Duration("ack-wait", 10*time.Second, "job AckWait (in-flight jobs are kept alive with InProgress)")
@@ -36,42 +40,44 @@ func main() {
 	log := ops.Logger("worker", *level)
 	if *cfgPath == "" {
 		fmt.Fprintln(os.Stderr, "worker: --config is required")
-		os.Exit(2)
+		return 2
 	}
 	if *mode != "fleet" && *mode != "naive" {
 		fmt.Fprintf(os.Stderr, "worker: --throttle: %q is not fleet or naive\n", *mode)
-		os.Exit(2)
+		return 2
 	}
 	wc, err := config.LoadWorker(*cfgPath)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "worker: %v\n", err)
-		os.Exit(2)
+		return 2
 	}
 	deps, err := worker.DeploymentsFromConfig(wc)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "worker: %v\n", err)
-		os.Exit(2)
+		return 2
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	nc, js, err := queue.ConnectJetStream(*natsURL, "multiquery-worker", log)
 	if err != nil {
-		log.Fatal().Err(err).Msg("connect")
+		log.Error().Err(err).Msg("connect")
+		return 1
 	}
 	defer nc.Drain()
 	w, err := worker.New(js, worker.Config{Name: *name, Concurrency: *concurrency, Deployments: deps, DrainTimeout: *drain, Naive: *mode == "naive",
 		Topology: queue.Topology{AckWait: *ackWait, Replicas: *replicas}}, log)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "worker: %v\n", err)
-		os.Exit(2)
+		return 2
 	}
 	srv := ops.NewServer(*opsAddr, log, append(w.Collectors(), queue.Collectors()...)...)
 	if *profile {
 		srv.EnablePprof()
 	}
-	srv.ReadyWhen(nc.IsConnected)
+	srv.ReadyWhen(func() bool { return nc.IsConnected() && w.Started() })
 	if err := srv.Serve(ctx, w.Run); err != nil {
 		log.Error().Err(err).Msg("worker stopped")
-		os.Exit(1)
+		return 1
 	}
+	return 0
 }

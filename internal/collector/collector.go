@@ -17,6 +17,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -87,6 +88,7 @@ func (c *Config) Validate() error {
 
 // Collector assembles rows.
 type Collector struct {
+	started atomic.Bool // Run has its streams and lease bucket: active or standing by
 	cfg     Config
 	js      jetstream.JetStream
 	log     zerolog.Logger
@@ -187,6 +189,8 @@ func (c *Collector) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	c.started.Store(true)
+	defer c.started.Store(false)
 	// Several collectors may run; one holds the lease and emits, the others stand by.
 	return lease.Hold(ctx, kv, "collector", c.cfg.Name, c.cfg.LeaseTTL, c.log, func(ctx context.Context, f *lease.Fence) error {
 		c.m.takeover.Set(f.Waited().Seconds())
@@ -194,6 +198,10 @@ func (c *Collector) Run(ctx context.Context) error {
 		return c.active(ctx)
 	})
 }
+
+// Started reports whether Run is up (holding the lease or standing by for it): the
+// /readyz condition.
+func (c *Collector) Started() bool { return c.started.Load() }
 
 // active is the collector's work while it holds the lease.
 func (c *Collector) active(ctx context.Context) error {

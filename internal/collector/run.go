@@ -699,6 +699,15 @@ func (c *Collector) finish(ctx context.Context, r *run) error {
 	if err := c.writeCheckpoint(r, off); err != nil {
 		return err
 	}
+	// The run's submitted records go before its status says finished: a submitter that
+	// reuses the run id once it reads "finished" must see its new records refused by the
+	// producer service (finished_run), not purged here unseen.
+	if err := c.fence.Check(); err != nil {
+		return fmt.Errorf("purge run %s: %w", r.id, err)
+	}
+	if err := c.submit.Purge(ctx, jetstream.WithPurgeSubject("submit.*."+r.id+".>")); err != nil && ctx.Err() == nil {
+		c.log.Warn().Err(err).Str("run", r.id).Msg("purge a finished run's submitted records")
+	}
 	if err := c.publishStatus(ctx, r); err != nil {
 		return err
 	}
@@ -720,7 +729,8 @@ func (c *Collector) finish(ctx context.Context, r *run) error {
 }
 
 // cleanup removes everything of a finished run from the bus but its final status:
-// its subjects in the input, results, jobs and submit streams, its job consumers, and
+// its subjects in the input, results and jobs streams (its submitted records went before
+// the final status, see finish), its job consumers, and
 // its keys "<run>.*" in the runs and retry buckets (purged, so that watchers see it,
 // then the purge markers removed). It is idempotent: a collector that finds a finished
 // run's data on start runs it again. Failures are logged; a restart retries them.
@@ -734,7 +744,7 @@ func (c *Collector) cleanup(ctx context.Context, id string, deployments []string
 		subject string
 	}{
 		{c.input, "input." + id + ".>"}, {c.results, "results." + id + ".>"},
-		{c.jobs, "jobs.*." + id + ".>"}, {c.submit, "submit.*." + id + ".>"},
+		{c.jobs, "jobs.*." + id + ".>"},
 	} {
 		if err := p.s.Purge(ctx, jetstream.WithPurgeSubject(p.subject)); err != nil && ctx.Err() == nil {
 			log.Warn().Err(err).Str("subject", p.subject).Msg("purge a finished run")

@@ -109,7 +109,7 @@ func Get(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, run string,
 	}
 	blocked := ""
 	for _, dep := range r.Deployments {
-		t := heartbeats(nc, dep, listen)
+		t := heartbeats(ctx, nc, dep, listen)
 		if e, err := runs.Get(ctx, worker.BreakerKey(dep)); err == nil {
 			var b worker.Breaker
 			if json.Unmarshal(e.Value(), &b) == nil {
@@ -161,7 +161,7 @@ func learned(ctx context.Context, js jetstream.JetStream, dep string, t *Throttl
 }
 
 // heartbeats listens to a deployment's throttle heartbeats for d.
-func heartbeats(nc *nats.Conn, dep string, d time.Duration) Throttle {
+func heartbeats(ctx context.Context, nc *nats.Conn, dep string, d time.Duration) Throttle {
 	var (
 		mu      sync.Mutex
 		source  string
@@ -186,7 +186,10 @@ func heartbeats(nc *nats.Conn, dep string, d time.Duration) Throttle {
 	if err != nil {
 		return Throttle{}
 	}
-	time.Sleep(d)
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
 	_ = sub.Unsubscribe()
 	mu.Lock()
 	defer mu.Unlock()

@@ -65,8 +65,10 @@ type heartbeat struct {
 	SlowStart bool    `json:"slow_start"`
 	Demanding bool    `json:"demanding"`
 	// Served is this member's answers other than capacity errors per second since its
-	// last heartbeat: their sum is the fleet's served rate.
-	Served float64 `json:"served"`
+	// last heartbeat: their sum is the fleet's served rate. Refused: its capacity
+	// errors per second.
+	Served  float64 `json:"served"`
+	Refused float64 `json:"refused,omitempty"`
 	// Counters of the member's controller (for operators and tests).
 	Signals   int64 `json:"signals"`
 	Lone      int64 `json:"lone"`
@@ -87,6 +89,7 @@ type member struct {
 	every     time.Duration
 	demanding bool
 	served    float64
+	refused   float64
 }
 
 // Fleet makes one deployment's Controllers, one per worker process, act as one
@@ -280,11 +283,11 @@ func (f *Fleet) Run(ctx context.Context) error {
 			delete(f.peers, h.Member)
 		} else {
 			every := max(time.Duration(h.EveryMS)*time.Millisecond, HeartbeatEvery)
-			f.peers[h.Member] = member{seen: time.Now(), every: every, demanding: h.Demanding, served: h.Served}
+			f.peers[h.Member] = member{seen: time.Now(), every: every, demanding: h.Demanding, served: h.Served, refused: h.Refused}
 		}
 		f.mu.Unlock()
 		if known == h.Leaving { // joined or left: the grid changes now, not at the next tick
-			f.regrid(time.Now(), false, -1)
+			f.regrid(time.Now(), false, -1, -1)
 		}
 		if h.Leaving {
 			return
@@ -345,14 +348,15 @@ func (f *Fleet) tick(ctx context.Context) int {
 	f.refused = 0
 	f.mu.Unlock()
 	served := float64(max(f.ctrl.TakeDispatched()-refused, 0)) / elapsed
+	refusedRate := float64(refused) / elapsed
 	snap := f.ctrl.Snapshot()
-	b, _ := json.Marshal(heartbeat{Member: f.id, Rate: snap.Rate, SlowStart: snap.SlowStart, Demanding: demanding, Served: served,
+	b, _ := json.Marshal(heartbeat{Member: f.id, Rate: snap.Rate, SlowStart: snap.SlowStart, Demanding: demanding, Served: served, Refused: refusedRate,
 		Signals: snap.Signals, Lone: snap.Lone, Decreases: snap.Decreases, Pauses: snap.Pauses, Source: snap.Source, Ceiling: snap.Ceiling,
 		EveryMS: every.Milliseconds()})
 	if err := f.nc.Publish(HeartbeatSubject(f.alias), b); err != nil {
 		f.log.Debug().Err(err).Msg("heartbeat")
 	}
-	n, me, anyDemanding := f.regrid(now, demanding, served)
+	n, me, anyDemanding := f.regrid(now, demanding, served, refusedRate)
 	if me == 0 && anyDemanding && f.nc.IsConnected() {
 		f.save(ctx, now)
 	}
@@ -367,9 +371,9 @@ func (f *Fleet) tick(ctx context.Context) int {
 // growth; it drops silent peers. It runs on every tick and whenever a peer joins or
 // leaves, so that no member uses a departed member's slots, or a joiner's, for a period.
 // Cut off from NATS, a member keeps its last place.
-func (f *Fleet) regrid(now time.Time, demanding bool, served float64) (n, me int, anyDemanding bool) {
+func (f *Fleet) regrid(now time.Time, demanding bool, served, refused float64) (n, me int, anyDemanding bool) {
 	ids := []string{f.id}
-	fleetServed, anyDemanding := max(served, 0), demanding
+	fleetServed, fleetRefused, anyDemanding := max(served, 0), max(refused, 0), demanding
 	f.mu.Lock()
 	for id, m := range f.peers {
 		if now.Sub(m.seen) > memberTimeout*m.every {
@@ -378,6 +382,7 @@ func (f *Fleet) regrid(now time.Time, demanding bool, served float64) (n, me int
 		}
 		ids = append(ids, id)
 		fleetServed += m.served
+		fleetRefused += m.refused
 		anyDemanding = anyDemanding || m.demanding
 	}
 	f.mu.Unlock()
@@ -393,6 +398,7 @@ func (f *Fleet) regrid(now time.Time, demanding bool, served float64) (n, me int
 		f.ctrl.SetMembers(weights, me)
 		if served >= 0 {
 			f.ctrl.SetServed(fleetServed)
+			f.ctrl.SetAnswered(fleetServed + fleetRefused)
 			f.ctrl.SetGrowth(anyDemanding)
 		}
 	}

@@ -181,3 +181,21 @@ func TestPoissonTail(t *testing.T) {
 		}
 	}
 }
+
+// A fleet that cannot keep up with the rate slow start raised (CPU-starved, or
+// slot-bound) answers far fewer calls than the rate: the 429 shares are taken of the
+// answers seen, or the bar would never be reached and the fleet would run unthrottled.
+func TestSharesAreOfTheAnswersSeenNotOfANominalRate(t *testing.T) {
+	ctl, c := newCtl(t, params())
+	c.advance(2 * time.Second) // slow start: 10 -> 2560/s nominal
+	ctl.Next()
+	ctl.SetAnswered(60) // what the fleet dispatches and hears back
+	var d Decision
+	for range 6 {
+		c.advance(20 * time.Millisecond)
+		d = ctl.OnCapacity(Signal{RetryAfter: time.Second})
+	}
+	if !d.Pressure || ctl.Snapshot().SlowStart {
+		t.Fatalf("6 of the 15 answers a window refused at a nominal %g/s: %+v; want pressure ending slow start", ctl.Snapshot().Rate, d)
+	}
+}

@@ -58,7 +58,7 @@ func (c *Controller) aboveNoise(t time.Time) bool {
 	if k < 2 {
 		return false
 	}
-	lambda := c.noiseShare() * c.rate * probeHorizon.Seconds()
+	lambda := c.noiseShare() * c.answerRate() * probeHorizon.Seconds()
 	return poissonTail(k, lambda) < probeAlpha
 }
 

@@ -145,6 +145,7 @@ type Controller struct {
 	lastDouble  time.Time
 	growth      bool // some member is rate-bound: the rate may grow
 	served      float64
+	answered    float64 // the fleet's answers per second, capacity errors included (0: not yet known)
 	pausedUntil time.Time
 	grid        grid
 	cursor      slot // the last slot used
@@ -332,7 +333,7 @@ func (c *Controller) OnCapacity(s Signal) Decision {
 	c.recent = append(keep, t)
 	inWindow := c.since(t.Add(-c.p.Window))
 	n := float64(inWindow)
-	answers := max(c.rate*c.p.Window.Seconds(), 1)
+	answers := max(c.answerRate()*c.p.Window.Seconds(), 1)
 	var d Decision
 	switch {
 	case s.BudgetSpent:
@@ -494,6 +495,25 @@ func (c *Controller) SetMembers(weights []float64, me int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.grid.cum, c.grid.me = cum, me
+}
+
+// SetAnswered sets the fleet's answer rate, capacity errors included (per second,
+// summed from the members' heartbeats).
+func (c *Controller) SetAnswered(r float64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.answered = r
+}
+
+// answerRate is how many answers a second the 429 shares are taken of: the fleet rate,
+// or the answers actually seen when fewer (a member that cannot keep up with a rate that
+// slow start raised, CPU-starved or slot-bound: shares of the nominal rate would then
+// never reach the bar, and the fleet would run unthrottled).
+func (c *Controller) answerRate() float64 {
+	if c.answered > 0 {
+		return min(c.rate, c.answered)
+	}
+	return c.rate
 }
 
 // SetServed sets the fleet's served rate (answers other than capacity errors, per

@@ -12,6 +12,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -63,6 +64,10 @@ type Config struct {
 	Naive bool
 }
 
+// DefaultConcurrency is the in-flight calls per deployment when Config.Concurrency (the
+// worker's --concurrency) is not set.
+const DefaultConcurrency = 32
+
 // NaiveNakDelay is the fixed capacity NAK delay of the naive baseline.
 const NaiveNakDelay = time.Second
 
@@ -72,7 +77,7 @@ func (c *Config) defaults() {
 		c.Name = fmt.Sprintf("%s-%d", h, os.Getpid())
 	}
 	if c.Concurrency <= 0 {
-		c.Concurrency = 16
+		c.Concurrency = DefaultConcurrency
 	}
 	if c.DrainTimeout <= 0 {
 		c.DrainTimeout = 30 * time.Second
@@ -146,7 +151,12 @@ type Worker struct {
 	keep    *keeper
 	deps    map[string]*deployment
 	m       *metrics
+	started atomic.Bool // fetching: the /readyz condition
 }
+
+// Started reports whether the worker is fetching jobs (Run is past its setup and not
+// draining): the /readyz condition.
+func (w *Worker) Started() bool { return w.started.Load() }
 
 type deployment struct {
 	alias  string
@@ -316,7 +326,9 @@ func (w *Worker) Run(ctx context.Context) error {
 		defer wg.Done()
 		w.watchDormant(ctx)
 	}()
+	w.started.Store(true)
 	<-ctx.Done()
+	w.started.Store(false)
 	wg.Wait() // fetching stopped
 	done := make(chan struct{})
 	go func() { inflight.Wait(); close(done) }()
