@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -126,36 +125,15 @@ func (c ChurnConfig) runOnce(ctx context.Context, scenario, mode string, run int
 		return res, err
 	}
 	res.Fleet = fleet
-	dir := filepath.Join(c.Dir, fmt.Sprintf("churn-%s-%s-r%d", scenario, mode, run))
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return res, err
-	}
-	s, err := StartStack(c.Bin, dir, simArgs(c.RPS, c.Burst, c.Latency))
-	if err != nil {
-		return res, err
-	}
-	defer s.Stop()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	tw, err := watchThrottle(ctx, s.NATSURL)
+	dir := filepath.Join(c.Dir, fmt.Sprintf("churn-%s-%s-r%d", scenario, mode, run))
+	fs, err := startFleetStack(ctx, c.Bin, dir, simArgs(c.RPS, c.Burst, c.Latency), first, mode, "--throttle", mode)
 	if err != nil {
 		return res, err
 	}
-	defer tw.Close()
-	cfg, err := s.WriteWorkerConfig("")
-	if err != nil {
-		return res, err
-	}
-	names, err := s.startFleet(cfg, first, "--throttle", mode)
-	if err != nil {
-		return res, err
-	}
-	if err := s.StartCollector(); err != nil {
-		return res, err
-	}
-	if err := tw.waitUp(ctx, mode, names, upTimeout(len(names))); err != nil {
-		return res, err
-	}
+	defer fs.Stop()
+	s, tw, cfg, names := fs.Stack, fs.tw, fs.cfg, fs.names
 	rows := int(c.RPS * c.Duration.Seconds())
 	pipeline, input, err := writeInput(dir, benchPipeline, rows)
 	if err != nil {

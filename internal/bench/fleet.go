@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -398,4 +399,57 @@ func (s *Stack) waitProduced(ctx context.Context, ch <-chan produced, timeout ti
 	}
 	_, err = s.WaitSummary(wctx, p.run)
 	return p.run, err == nil, ctx.Err()
+}
+
+// fleetStack is a stack (nats-server, llmsim) with a fleet of workers that have each sent
+// their first heartbeat, the collector, and a watcher of the throttle subjects.
+type fleetStack struct {
+	*Stack
+	tw    *throttleWatch
+	cfg   string   // the workers' config file
+	names []string // the fleet's workers
+}
+
+// startFleetStack starts a stack in dir (llmsim with sim), the fleet sh in mode with the
+// extra worker args, and the collector, and waits until every worker is up. The watcher
+// stops with ctx; Stop stops the processes.
+func startFleetStack(ctx context.Context, bin, dir string, sim []string, sh Shape, mode string, args ...string) (*fleetStack, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	s, err := StartStack(bin, dir, sim)
+	if err != nil {
+		return nil, fmt.Errorf("start nats-server and llmsim %s (see %s): %w", strings.Join(sim, " "), filepath.Join(dir, "llmsim.log"), err)
+	}
+	f := &fleetStack{Stack: s}
+	if err := f.start(ctx, sh, mode, args); err != nil {
+		s.Stop()
+		return nil, err
+	}
+	return f, nil
+}
+
+func (f *fleetStack) start(ctx context.Context, sh Shape, mode string, args []string) error {
+	var err error
+	if f.tw, err = watchThrottle(ctx, f.NATSURL); err != nil {
+		return err
+	}
+	if f.cfg, err = f.WriteWorkerConfig(""); err != nil {
+		return err
+	}
+	if f.names, err = f.startFleet(f.cfg, sh, args...); err != nil {
+		return err
+	}
+	if err := f.StartCollector(); err != nil {
+		return err
+	}
+	return f.tw.waitUp(ctx, mode, f.names, upTimeout(len(f.names)))
+}
+
+// Stop stops the watcher and every process.
+func (f *fleetStack) Stop() {
+	if f.tw != nil {
+		f.tw.Close()
+	}
+	f.Stack.Stop()
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -100,37 +99,15 @@ func StartStorm(ctx context.Context, c StartConfig) ([]StartRun, error) {
 // once starts a fresh stack and fleet and runs the job twice, the second run after the
 // first one's summary.
 func (c StartConfig) once(ctx context.Context, headers string, sh Shape, rep int) ([]StartRun, error) {
-	dir := filepath.Join(c.Dir, fmt.Sprintf("start-%s-%s-r%d", headers, sh, rep))
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, err
-	}
-	sim := simArgs(c.RPS, c.Burst, c.Latency, headersArgs(headers)...)
-	s, err := StartStack(c.Bin, dir, sim)
-	if err != nil {
-		return nil, fmt.Errorf("start nats-server and llmsim %s (see %s): %w", strings.Join(sim, " "), filepath.Join(dir, "llmsim.log"), err)
-	}
-	defer s.Stop()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	tw, err := watchThrottle(ctx, s.NATSURL)
+	dir := filepath.Join(c.Dir, fmt.Sprintf("start-%s-%s-r%d", headers, sh, rep))
+	fs, err := startFleetStack(ctx, c.Bin, dir, simArgs(c.RPS, c.Burst, c.Latency, headersArgs(headers)...), sh, "fleet")
 	if err != nil {
 		return nil, err
 	}
-	defer tw.Close()
-	cfg, err := s.WriteWorkerConfig("")
-	if err != nil {
-		return nil, err
-	}
-	names, err := s.startFleet(cfg, sh)
-	if err != nil {
-		return nil, err
-	}
-	if err := s.StartCollector(); err != nil {
-		return nil, err
-	}
-	if err := tw.waitUp(ctx, "fleet", names, upTimeout(len(names))); err != nil {
-		return nil, err
-	}
+	defer fs.Stop()
+	s, tw, cfg, names := fs.Stack, fs.tw, fs.cfg, fs.names
 	yaml, cols := startPipeline(c.Queries)
 	pipeline, input, err := writeInput(dir, yaml, c.Rows)
 	if err != nil {

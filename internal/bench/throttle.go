@@ -101,36 +101,15 @@ func upTimeout(workers int) time.Duration {
 // IdleFor (its idle weight), then works through rows for the warm-up and the window.
 func (c ThrottleConfig) runOnce(ctx context.Context, mode string, sh Shape, run int) (Cell, error) {
 	cell := Cell{Mode: mode, Shape: sh, Workers: sh.Workers(), Run: run}
-	dir := filepath.Join(c.Dir, fmt.Sprintf("%s-%s-r%d", mode, sh, run))
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return cell, err
-	}
-	s, err := StartStack(c.Bin, dir, c.sim())
-	if err != nil {
-		return cell, err
-	}
-	defer s.Stop()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	tw, err := watchThrottle(ctx, s.NATSURL)
+	dir := filepath.Join(c.Dir, fmt.Sprintf("%s-%s-r%d", mode, sh, run))
+	fs, err := startFleetStack(ctx, c.Bin, dir, c.sim(), sh, mode, "--throttle", mode)
 	if err != nil {
 		return cell, err
 	}
-	defer tw.Close()
-	cfg, err := s.WriteWorkerConfig("")
-	if err != nil {
-		return cell, err
-	}
-	names, err := s.startFleet(cfg, sh, "--throttle", mode)
-	if err != nil {
-		return cell, err
-	}
-	if err := s.StartCollector(); err != nil {
-		return cell, err
-	}
-	if err := tw.waitUp(ctx, mode, names, upTimeout(len(names))); err != nil {
-		return cell, err
-	}
+	defer fs.Stop()
+	s, tw, names := fs.Stack, fs.tw, fs.names
 	probe := fleetProbe{s: s, names: names}
 	if cell.Weight.IdleCPU, cell.Weight.IdleRSS, err = probe.idle(ctx, cmp.Or(c.IdleFor, 5*time.Second)); err != nil {
 		return cell, fmt.Errorf("idle weight: %w", err)
