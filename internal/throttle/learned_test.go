@@ -199,3 +199,23 @@ func TestSharesAreOfTheAnswersSeenNotOfANominalRate(t *testing.T) {
 		t.Fatalf("6 of the 15 answers a window refused at a nominal %g/s: %+v; want pressure ending slow start", ctl.Snapshot().Rate, d)
 	}
 }
+
+// Limit 429s that the rule has not yet called pressure count as noise; unbounded, they
+// raise the bar and let more limit 429s through (measured: 5-11 429s a second at a
+// header-less limit). The 429s seen while holding below a limit just found bound it.
+func TestTheNoiseEstimateIsBoundedByWhatIsSeenWhileHolding(t *testing.T) {
+	ctl, c := atGood(t, 40)
+	ctl.OnCapacity(Signal{BudgetSpent: true}) // a cut: the hold begins
+	for range 7 {                             // 1.75 s of the hold, 40 answers a second, no 429
+		c.advance(250 * time.Millisecond)
+		ctl.Next()
+	}
+	ctl.mu.Lock()
+	ctl.noise429, ctl.noiseAnswers = 50, 500 // 10 %: limit 429s counted as lone
+	share := ctl.noiseShare()
+	held := ctl.heldAnswers
+	ctl.mu.Unlock()
+	if held < minHeldAnswers || share > 0.02 {
+		t.Fatalf("after a clean hold (%.0f answers) the noise estimate is %.3f; want it bounded near the held sample's, not the 10 %% counted", held, share)
+	}
+}

@@ -26,6 +26,8 @@ const (
 	// inFlightAfterCut: 429s this soon after a cut answer calls sent before it.
 	inFlightAfterCut = 500 * time.Millisecond
 	probeHold        = 2 * time.Second
+	// minHeldAnswers: the held sample bounds the estimate from this many answers on.
+	minHeldAnswers = 40
 )
 
 // countAnswers decays the noise estimate and adds the answers served over dt.
@@ -33,11 +35,30 @@ func (c *Controller) countAnswers(dt time.Duration) {
 	decay := math.Exp(-dt.Seconds() / noiseMemory.Seconds())
 	c.noise429 *= decay
 	c.noiseAnswers = c.noiseAnswers*decay + c.served*dt.Seconds()
+	c.held429 *= decay
+	c.heldAnswers *= decay
+	if c.holding(c.lastGrow) {
+		c.heldAnswers += c.served * dt.Seconds()
+	}
 }
 
-// noiseShare is the estimated share of answers that are 429s unrelated to the rate.
+// holding reports whether t is in the hold after a cut (past the in-flight answers).
+func (c *Controller) holding(t time.Time) bool {
+	since := t.Sub(c.lastCut)
+	return c.decreases > 0 && since > inFlightAfterCut && since < probeHold
+}
+
+// noiseShare is the estimated share of answers that are 429s unrelated to the rate:
+// the lone 429s among all answers, bounded by those seen while holding below a limit
+// just found once that sample is large enough. Without the bound, limit 429s that the
+// rule has not yet called pressure count as noise, raise the bar, let more limit 429s
+// through, and the estimate inflates itself (measured: 5-11 429s a second at the limit).
 func (c *Controller) noiseShare() float64 {
-	return (c.noise429 + priorNoise429) / (c.noiseAnswers + priorNoiseAnswers)
+	all := (c.noise429 + priorNoise429) / (c.noiseAnswers + priorNoiseAnswers)
+	if c.heldAnswers >= minHeldAnswers {
+		return min(all, (c.held429+priorNoise429)/(c.heldAnswers+priorNoiseAnswers))
+	}
+	return all
 }
 
 // since counts the 429s seen after from.

@@ -161,7 +161,10 @@ type Controller struct {
 	// The noise estimate (noise.go): 429s not part of pressure, and answers, both
 	// decayed with noiseMemory.
 	noise429, noiseAnswers float64
-	budgets                int64 // answers whose headers showed the budget spent
+	// The same, counted only while holding after a cut (below the limit just found):
+	// a sample known not to be the limit, which bounds the estimate (noise.go).
+	held429, heldAnswers float64
+	budgets              int64 // answers whose headers showed the budget spent
 
 	signals, lone, decreases, pauses, dispatched int64
 }
@@ -350,6 +353,9 @@ func (c *Controller) OnCapacity(s Signal) Decision {
 		c.lone++
 		if t.Sub(c.lastCut) > inFlightAfterCut {
 			c.noise429++
+			if c.holding(t) {
+				c.held429++
+			}
 		}
 		return d
 	}
@@ -375,7 +381,9 @@ func (c *Controller) cutTarget() (target, good float64) {
 	}
 	good = base
 	if c.served > 0 {
-		good = min(base, max(c.served, base*c.p.Decrease))
+		// What was served, not counting noise 429s as a limit: under random 429s the
+		// served rate is (1 - noise) x the rate, and a cut from it would ratchet down.
+		good = min(base, max(c.served/(1-c.noiseShare()), base*c.p.Decrease))
 	}
 	return max(base*c.p.Decrease, c.p.MinRate), good
 }
