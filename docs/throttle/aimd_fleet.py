@@ -14,7 +14,12 @@ run_new  one controller: (1) a fleet dispatch grid -- every member derives the s
          one of >= K 429s that are >= F of a window's answers; anything else only delays its
          own job; (3) a cut is one per window fleet-wide, from the rate that was served, and
          is broadcast as a target so that members converge on one rate; (4) recovery: fast
-         back to the last good rate, then a probe whose growth doubles every D seconds.
+         back to the last good rate, a 2 s hold, then a probe whose growth doubles every D
+         seconds; (5) without headers, outside slow start, the 429s of the last second are
+         pressure when the measured noise (lone 429s among the answers, bounded by what is
+         seen while holding after a cut) would bring as many less than once in 1000 s.
+         The model does not read rate-limit headers on served answers (docs/THROTTLE.md
+         rule 6): its "headers" are those of the limiter's 429s only.
 
 Plain python3, no numpy. Run: python3 aimd_fleet.py          (all tables, ~10 min on a busy
 core; --quick: fewer seeds)."""
@@ -113,10 +118,32 @@ class Params:
         self.jitter = 0.2         # only without the grid
         self.max_pause = 60.0
         self.catch_up = 0.05      # a slot may be used this late (then it is lost)
+        self.adaptive = True      # rule 7: 429s beyond the measured noise are pressure
+        self.horizon = 1.0        # rule 7's window (s) and its false-alarm probability
+        self.alpha = 1e-3
+        self.prior_k = 0.5
+        self.prior_n = 100.0
+        self.noise_tau = 60.0
+        self.hold = 2.0           # after a cut the probe holds this long (s)
+        self.zone = 'any'         # rule 7 applies outside slow start ('probe': only above good)
+        self.holdnoise = True     # the noise estimate is bounded by what is seen while holding
+        self.adjgood = True       # the last good rate is served / (1 - noise)
         for k, v in kw.items():
             if not hasattr(self, k):
                 raise TypeError(k)
             setattr(self, k, v)
+
+
+def poisson_tail(k, lam):
+    """P(X >= k) for X ~ Poisson(lam)."""
+    if lam <= 0:
+        return 0.0 if k > 0 else 1.0
+    term = math.exp(-lam)
+    cdf = 0.0
+    for i in range(k):
+        cdf += term
+        term *= lam / (i + 1)
+    return max(0.0, 1.0 - cdf)
 
 
 def _frac(x):
@@ -183,6 +210,16 @@ class Ctl:
         self.paused_until = 0.0
         self.sigs = []           # fleet 429s seen in the current decision window: times
         self.cuts = 0
+        self.n429 = 0.0
+        self.nans = 0.0
+        self.h429 = 0.0
+        self.hans = 0.0
+
+    def noise(self):
+        nu = (self.n429 + self.P.prior_k) / (self.nans + self.P.prior_n)
+        if self.P.holdnoise and self.hans >= 40:
+            nu = min(nu, (self.h429 + self.P.prior_k) / (self.hans + self.P.prior_n))
+        return nu
 
     def grow(self, t):
         P = self.P
@@ -190,6 +227,14 @@ class Ctl:
         if dt <= 0:
             return
         self.last_grow = t
+        dec = math.exp(-dt / P.noise_tau)
+        self.n429 *= dec
+        self.nans *= dec
+        self.h429 *= dec
+        self.hans *= dec
+        if self.cuts > 0 and t - self.last_cut < P.hold and t - self.last_cut > 0.5:
+            self.hans += self.rate * dt
+        self.nans += self.rate * dt
         if self.ss:
             while t - self.ss_grow >= P.window:
                 self.rate = min(self.rate * P.ss_factor, P.max_rate)
@@ -202,6 +247,9 @@ class Ctl:
                 self.probe_from = t
             return
         # Probe: slow near the last good rate, faster the longer no pressure is seen.
+        if t - self.last_cut < P.hold:
+            self.probe_from = t
+            return
         g = min(P.grow * 2 ** ((t - self.probe_from) / P.double_every), P.grow_max)
         self.rate = min(self.rate * math.exp(g * dt), P.max_rate)
 
@@ -213,11 +261,21 @@ class Ctl:
         P = self.P
         if evidenced and P.headers:
             return True, True
-        self.sigs = [s for s in self.sigs if s > t - P.window]
+        keep = max(P.window, P.horizon)
+        self.sigs = [s for s in self.sigs if s > t - keep]
         self.sigs.append(t)
+        if self.cuts > 0 and P.hold > t - self.last_cut > 0.5:
+            self.h429 += 1
+        if t - self.last_cut > 0.5:
+            self.n429 += 1
         answers = max(self.rate * P.window, 1.0)
-        n = len(self.sigs)
+        n = sum(1 for s in self.sigs if s > t - P.window)
         cut = n >= P.K and n >= P.F * answers
+        if not cut and P.adaptive and not self.ss and (self.rate > self.good or P.zone == 'any'):
+            lam = self.noise() * self.rate * P.horizon
+            k = sum(1 for s in self.sigs if s > t - P.horizon)
+            if k >= 2 and poisson_tail(k, lam) < P.alpha:
+                cut = True
         return cut, cut and n >= P.pause_share * answers
 
     def cut_target(self, served):
@@ -229,7 +287,8 @@ class Ctl:
         base = self.rate
         if self.ss:
             base = min(self.rate, max(served, self.rate / P.ss_factor))
-        good = min(base, max(served, base * P.beta)) if served > 0 else base
+        sv = served / max(1e-9, 1 - self.noise()) if P.adjgood else served
+        good = min(base, max(sv, base * P.beta)) if served > 0 else base
         return max(P.min_rate, base * P.beta), good
 
     def apply_cut(self, t, target, good):
@@ -239,6 +298,8 @@ class Ctl:
         self.ss = False
         self.rate = min(self.rate, target)
         self.good = good
+        h = sum(1 for s in self.sigs if s > t - self.P.horizon and s > self.last_cut + 0.5)
+        self.n429 = max(0.0, self.n429 - h)
         self.last_cut = t
         self.probe_from = t
         self.last_grow = t
