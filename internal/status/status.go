@@ -176,12 +176,17 @@ func heartbeats(ctx context.Context, nc *nats.Conn, dep string, d time.Duration)
 			Ceiling float64 `json:"ceiling"`
 			Leaving bool    `json:"leaving"`
 		}
-		if json.Unmarshal(m.Data, &hb) == nil && !hb.Leaving {
-			mu.Lock()
-			members[hb.Member] = hb.Rate
-			source, ceiling = hb.Source, max(ceiling, hb.Ceiling)
-			mu.Unlock()
+		if json.Unmarshal(m.Data, &hb) != nil {
+			return
 		}
+		mu.Lock()
+		defer mu.Unlock()
+		if hb.Leaving { // it stops: the fleet drops it at once (throttle.Fleet), so do we
+			delete(members, hb.Member)
+			return
+		}
+		members[hb.Member] = hb.Rate
+		source, ceiling = hb.Source, max(ceiling, hb.Ceiling)
 	})
 	if err != nil {
 		return Throttle{}
