@@ -78,7 +78,9 @@ func (st *retryState) naks() uint64 {
 	return uint64(max(st.Naks, st.CapacityErrors+st.TransientErrors))
 }
 
-// handle runs one delivery of one job to a single queue action.
+// handle runs one delivery of one job to a single queue action. decide (outcome.go)
+// says which, from what is known wherever the delivery may end; handle gathers those
+// facts and carries the action out.
 func (w *Worker) handle(ctx context.Context, d *deployment, msg jetstream.Msg) {
 	log := w.log.With().Str("deployment", d.alias).Str("subject", msg.Subject()).Logger()
 	defer func() {
@@ -88,24 +90,19 @@ func (w *Worker) handle(ctx context.Context, d *deployment, msg jetstream.Msg) {
 			_ = msg.NakWithDelay(5 * time.Second)
 		}
 	}()
-	_, addr, subjErr := wire.ParseJobSubject(msg.Subject())
+	in := outcomeInput{policy: w.cfg.policy(), rand: rand.Float64()}
 	var job wire.Job
-	if err := wire.Decode(msg.Data(), &job); err != nil {
-		if errors.Is(err, wire.ErrNewerVersion) {
+	_, addr, subjErr := wire.ParseJobSubject(msg.Subject())
+	if check, cause := checkJob(msg, &job, addr, subjErr, d.alias); check != jobValid {
+		in.job, in.cause = check, cause.Error()
+		switch out := decide(in); out.act {
+		case actNewer:
 			// A newer worker will take it: never Term during a rolling upgrade.
-			log.Warn().Err(err).Msg("job of a newer schema version; NAK for a newer worker")
-			_ = msg.NakWithDelay(30 * time.Second)
-			return
+			log.Warn().Err(cause).Msg("job of a newer schema version; NAK for a newer worker")
+			_ = msg.NakWithDelay(out.delay)
+		case actPoison:
+			w.poison(ctx, d.alias, msg, addr, subjErr, cause, out.err, log)
 		}
-		w.poison(ctx, d.alias, msg, addr, subjErr, err, log)
-		return
-	}
-	if err := job.Validate(); err != nil {
-		w.poison(ctx, d.alias, msg, addr, subjErr, err, log)
-		return
-	}
-	if subjErr != nil || job.Addr() != addr || job.Deployment != d.alias {
-		w.poison(ctx, d.alias, msg, addr, subjErr, fmt.Errorf("payload %s on %s does not match its subject", job.Addr(), msg.Subject()), log)
 		return
 	}
 	log = log.With().Str("run", job.Run).Int("row", job.Row).Str("query", job.Query).Logger()
@@ -115,39 +112,67 @@ func (w *Worker) handle(ctx context.Context, d *deployment, msg jetstream.Msg) {
 		_ = msg.Nak()
 		return
 	}
-	attempt := int(meta.NumDelivered)
-	switch w.ctl.run(job.Run) {
-	case StateCancelled:
-		st := w.stateOf(ctx, &job, attempt)
-		w.final(ctx, msg, &job, nil, &wire.Error{Reason: wire.ReasonCancelled, Message: "the run was cancelled"}, attempt, st.spent(), spend{}, log)
-		return
-	case StatePaused:
-		// Fetched just before the pause was known (paused runs are not fetched): wait.
-		w.wait(ctx, msg, &job, jitter(w.cfg.PausedRunDelay), d.alias, log)
-		return
+	dl := &delivery{d: d, msg: msg, job: &job, attempt: int(meta.NumDelivered), log: log}
+	in.run, in.deliveries = w.ctl.run(job.Run), meta.NumDelivered
+	in.maxAttempts, in.capacityBudget = job.MaxAttempts, time.Duration(job.MaxCapacityRetrySeconds)*time.Second
+	var st *retryState
+	if in.deliveries > in.hardDeliverCap { // the NAKs matter only past the crash-loop cap
+		s := w.loadState(ctx, &job)
+		st, in.naks = &s, s.naks()
 	}
-	// Crash-loop backstop: only deliveries that ended without an outcome count.
-	if meta.NumDelivered > w.cfg.HardDeliverCap {
-		if st := w.loadState(ctx, &job); meta.NumDelivered-st.naks() > w.cfg.HardDeliverCap {
-			w.final(ctx, msg, &job, nil, &wire.Error{Reason: wire.ReasonMaxDeliveries, Message: fmt.Sprintf("delivered %d times", meta.NumDelivered),
-				Details: map[string]any{"deliveries": meta.NumDelivered}}, attempt, st.spent(), spend{}, log)
-			return
+	in.pausedFor = d.ctrl.PausedFor()
+	out := decide(in)
+	if out.act == actProbe {
+		in.probed, in.stored = true, w.resultStored(ctx, &job)
+		out = decide(in)
+	}
+	if out.act != actCall {
+		if st == nil && out.act == actFinal {
+			s := w.stateOf(ctx, &job, dl.attempt)
+			st = &s
 		}
-	}
-	// The deployment may have been paused (fleet-wide Retry-After) since the permit was
-	// taken: do not dispatch into the pause.
-	if p := d.ctrl.PausedFor(); p > 0 {
-		w.wait(ctx, msg, &job, p+time.Duration(float64(p)*0.2*rand.Float64()), d.alias, log)
+		var spent spend
+		if st != nil {
+			spent = st.spent()
+		}
+		w.act(ctx, dl, out, nil, spent, spend{})
 		return
 	}
-	// A redelivery whose result is already stored (the ack was lost) is done: no call.
-	if meta.NumDelivered > 1 && w.resultStored(ctx, &job) {
-		w.done(ctx, msg, &job, attempt, log)
-		return
+	w.call(ctx, dl, in)
+}
+
+// checkJob decodes a delivery's job and checks it against its subject.
+func checkJob(msg jetstream.Msg, job *wire.Job, addr wire.Addr, subjErr error, alias string) (jobCheck, error) {
+	if err := wire.Decode(msg.Data(), job); err != nil {
+		if errors.Is(err, wire.ErrNewerVersion) {
+			return jobNewer, err
+		}
+		return jobPoison, err
 	}
+	if err := job.Validate(); err != nil {
+		return jobPoison, err
+	}
+	if subjErr != nil || job.Addr() != addr || job.Deployment != alias {
+		return jobPoison, fmt.Errorf("payload %s on %s does not match its subject", job.Addr(), msg.Subject())
+	}
+	return jobValid, nil
+}
+
+// delivery is one delivery of a valid job, as its actions need it.
+type delivery struct {
+	d       *deployment
+	msg     jetstream.Msg
+	job     *wire.Job
+	attempt int
+	log     zerolog.Logger
+}
+
+// call makes the job's model call, then carries out what its outcome comes to.
+func (w *Worker) call(ctx context.Context, dl *delivery, in outcomeInput) {
+	d, job := dl.d, dl.job
 	// Keep the message ours while the call runs (AckWait is short so that a killed
 	// worker's jobs come back quickly).
-	unhold := w.keep.hold(msg)
+	unhold := w.keep.hold(dl.msg)
 	w.m.calls.WithLabelValues(d.alias).Inc()
 	began := time.Now()
 	ans, callErr := d.client.Call(ctx, job.Request)
@@ -160,101 +185,88 @@ func (w *Worker) handle(ctx context.Context, d *deployment, msg jetstream.Msg) {
 	if callErr == nil {
 		fields, callErr = llm.ParseAnswer(ans.Content, job.Outputs)
 	}
-	if ctx.Err() != nil {
-		// Drain timeout hit: give the job back at once, with what the call cost.
-		w.saveSpend(&job, this, log)
-		_ = msg.Nak()
-		return
+	// Drain timeout hit (ctx is over): the job goes back at once, unaudited.
+	c := classify(ctx.Err() != nil, callErr)
+	in.call = &c
+	if c.class != classDrained {
+		w.audit.record(job, dl.attempt, w.cfg.Name, ans, callErr, time.Since(began))
 	}
-	w.audit.record(&job, attempt, w.cfg.Name, ans, callErr, time.Since(began))
-	if callErr == nil {
-		w.closeBreaker(ctx, d)
-		st := w.stateOf(ctx, &job, attempt)
-		res := &wire.Result{OK: true, Fields: fields, Usage: &ans.Usage, Model: ans.Model}
-		w.final(ctx, msg, &job, res, nil, attempt, st.spent().plus(this), this, log)
-		return
+	st, unsaved := w.tally(ctx, dl, &in, callErr, this)
+	var res *wire.Result
+	if c.class == classOK {
+		res = &wire.Result{OK: true, Fields: fields, Usage: &ans.Usage, Model: ans.Model}
 	}
-	w.onError(ctx, d, msg, &job, callErr, attempt, this, log)
+	w.act(ctx, dl, decide(in), res, st.spent().plus(unsaved), unsaved)
 }
 
-// onError maps a classified error to its queue action (the outcome table in docs/OPERATIONS.md). this is
-// what the failed call cost; a NAK stores it in the retry state, a final result sums it.
-func (w *Worker) onError(ctx context.Context, d *deployment, msg jetstream.Msg, job *wire.Job, callErr error, attempt int, this spend, log zerolog.Logger) {
+// tally does what a call's class entails before its outcome can be decided, and fills
+// in what decide reads of it: the capacity signal, the error counted in the retry state,
+// the breaker opened or closed. this is what the call cost; tally returns the job's
+// retry state and the part of this not stored in it (a NAK stores it, a final result
+// sums it).
+func (w *Worker) tally(ctx context.Context, dl *delivery, in *outcomeInput, callErr error, this spend) (retryState, spend) {
+	d, job := dl.d, dl.job
 	var (
-		capErr  *llm.CapacityError
-		tranErr *llm.TransientError
-		depErr  *llm.DeploymentError
-		permErr *llm.PermanentError
+		st  retryState
+		err error
 	)
-	switch {
-	case errors.As(callErr, &capErr):
+	switch in.call.class {
+	case classOK:
+		w.closeBreaker(ctx, d)
+		return w.stateOf(ctx, job, dl.attempt), this
+	case classPermanent:
+		return w.stateOf(ctx, job, dl.attempt), this
+	case classCapacity:
+		var capErr *llm.CapacityError
+		errors.As(callErr, &capErr)
 		w.m.capacity.WithLabelValues(d.alias).Inc()
 		d.capacity(capErr)
-		st, elapsed, err := w.recordCapacity(ctx, job, capErr, this)
-		if err != nil {
-			log.Warn().Err(err).Msg("retry state")
-			w.nak(msg, time.Second, d.alias)
-			return
-		}
-		budget := time.Duration(job.MaxCapacityRetrySeconds) * time.Second
-		if elapsed >= budget {
-			w.final(ctx, msg, job, nil, &wire.Error{Reason: wire.ReasonCapacityTimeout, Message: capErr.Message, Details: map[string]any{
-				"status_code": capErr.StatusCode, "elapsed": elapsed.Seconds(), "max": budget.Seconds(), "capacity_errors": st.CapacityErrors,
-			}}, attempt, st.spent(), spend{}, log)
-			return
-		}
-		if w.cfg.Naive {
-			w.nak(msg, min(NaiveNakDelay, budget-elapsed+50*time.Millisecond), d.alias)
-			return
-		}
-		// Never before Retry-After: jitter only lengthens the delay.
-		delay := max(capErr.RetryAfter, 100*time.Millisecond, d.ctrl.PausedFor())
-		delay = time.Duration(float64(delay) * (1 + 0.2*rand.Float64()))
-		delay = min(delay, w.cfg.MaxNakDelay, budget-elapsed+50*time.Millisecond)
-		w.nak(msg, delay, d.alias)
-	case errors.As(callErr, &tranErr):
-		st, err := w.recordTransient(ctx, job, callErr, this)
-		if err != nil {
-			log.Warn().Err(err).Msg("retry state")
-			w.nak(msg, time.Second, d.alias)
-			return
-		}
-		if st.TransientErrors >= job.MaxAttempts {
-			w.final(ctx, msg, job, nil, &wire.Error{Reason: wire.ReasonRetryExhausted, Message: tranErr.Message, Details: map[string]any{
-				"status_code": tranErr.StatusCode, "attempts": st.TransientErrors,
-			}}, attempt, st.spent(), spend{}, log)
-			return
-		}
-		backoff := w.cfg.TransientBackoff << min(st.TransientErrors-1, 5)
-		w.nak(msg, jitter(min(backoff, 30*time.Second)), d.alias)
-	case errors.As(callErr, &depErr):
-		// Not a row's fault: pause the deployment and let the job wait.
-		log.Error().Int("status", depErr.StatusCode).Str("code", depErr.Code).Msg("deployment-wide error: pausing the deployment fleet-wide; jobs wait")
+		st, in.capacityElapsed, err = w.recordCapacity(ctx, job, capErr, this)
+		in.capacityErrors = st.CapacityErrors
+		in.pausedFor = d.ctrl.PausedFor() // the signal may have paused the deployment
+	case classTransient:
+		st, err = w.recordTransient(ctx, job, callErr, this)
+		in.transientErrors = st.TransientErrors
+	case classDeployment:
+		var depErr *llm.DeploymentError
+		errors.As(callErr, &depErr)
+		dl.log.Error().Int("status", depErr.StatusCode).Str("code", depErr.Code).Msg("deployment-wide error: pausing the deployment fleet-wide; jobs wait")
 		w.openBreaker(ctx, d, depErr)
-		w.recordNak(ctx, job, this, log)
-		w.nak(msg, w.cfg.DeploymentPause, d.alias)
-	case errors.As(callErr, &permErr):
-		details := map[string]any{}
-		if permErr.Field != "" {
-			details["field"] = permErr.Field
-		}
-		if permErr.StatusCode != 0 {
-			details["status_code"] = permErr.StatusCode
-		}
-		st := w.stateOf(ctx, job, attempt)
-		w.final(ctx, msg, job, nil, &wire.Error{Reason: permErr.Reason, Message: permErr.Message, Details: details}, attempt, st.spent().plus(this), this, log)
-	default:
-		log.Warn().Err(callErr).Msg("unclassified error; retrying")
-		w.recordNak(ctx, job, this, log)
-		w.nak(msg, 5*time.Second, d.alias)
+		return st, this
+	case classUnclassified:
+		dl.log.Warn().Err(callErr).Msg("unclassified error; retrying")
+		return st, this
+	default: // drained
+		return st, this
 	}
+	if err != nil {
+		dl.log.Warn().Err(err).Msg("retry state")
+		in.stateErr = true
+	}
+	return st, spend{}
 }
 
-// wait gives a job back without a call (its run or deployment is paused), recording the
-// NAK so that waiting never counts toward the crash-loop cap.
-func (w *Worker) wait(ctx context.Context, msg jetstream.Msg, job *wire.Job, delay time.Duration, alias string, log zerolog.Logger) {
-	w.recordNak(ctx, job, spend{}, log)
-	w.nak(msg, delay, alias)
+// act carries out a decision about a delivery (not actCall, actProbe: handle's, nor
+// actNewer, actPoison: the job is not valid). res is the success result; spent is every
+// call of the job (this delivery's included), unsaved the part of it not yet in the
+// retry state.
+func (w *Worker) act(ctx context.Context, dl *delivery, out outcome, res *wire.Result, spent, unsaved spend) {
+	switch out.act {
+	case actFinal:
+		w.final(ctx, dl.msg, dl.job, res, out.err, dl.attempt, spent, unsaved, dl.log)
+	case actNak:
+		if out.record {
+			w.recordNak(ctx, dl.job, unsaved, dl.log)
+		}
+		w.nak(dl.msg, out.delay, dl.d.alias)
+	case actGiveBack:
+		w.saveSpend(dl.job, unsaved, dl.log)
+		_ = dl.msg.Nak()
+	case actDone:
+		w.done(ctx, dl.msg, dl.job, dl.attempt, dl.log)
+	default:
+		panic(fmt.Sprintf("act: action %d is not a delivery's end", out.act))
+	}
 }
 
 func (w *Worker) nak(msg jetstream.Msg, delay time.Duration, alias string) {
@@ -264,7 +276,7 @@ func (w *Worker) nak(msg jetstream.Msg, delay time.Duration, alias string) {
 
 // jitter multiplies d by U(0.8, 1.2).
 func jitter(d time.Duration) time.Duration {
-	return time.Duration(float64(d) * (0.8 + 0.4*rand.Float64()))
+	return jitterBy(d, rand.Float64())
 }
 
 // final publishes the job's final result, then acks the job. A result already there
@@ -360,8 +372,8 @@ func (w *Worker) publishResult(ctx context.Context, res *wire.Result) error {
 }
 
 // poison handles an undecodable or invalid job: dead-letter the original payload with the
-// reason, publish a synthetic error result so the row completes, then Term.
-func (w *Worker) poison(ctx context.Context, alias string, msg jetstream.Msg, addr wire.Addr, subjErr, cause error, log zerolog.Logger) {
+// reason, publish a synthetic error result (failure) so the row completes, then Term.
+func (w *Worker) poison(ctx context.Context, alias string, msg jetstream.Msg, addr wire.Addr, subjErr, cause error, failure *wire.Error, log zerolog.Logger) {
 	log.Error().Err(cause).Msg("poison job: dead-lettered and terminated")
 	w.m.poison.WithLabelValues(alias).Inc()
 	dead := nats.NewMsg(wire.DeadSubject(alias, orUnknown(addr.Run)))
@@ -378,7 +390,7 @@ func (w *Worker) poison(ctx context.Context, alias string, msg jetstream.Msg, ad
 	}
 	if subjErr == nil {
 		res := &wire.Result{V: wire.Version, Run: addr.Run, Row: addr.Row, Query: addr.Query, Worker: w.cfg.Name,
-			Error: &wire.Error{Reason: wire.ReasonPoison, Message: cause.Error()}}
+			Error: failure}
 		if err := w.publishResult(ctx, res); err != nil {
 			log.Error().Err(err).Msg("synthetic result publish; job NAKed")
 			_ = msg.NakWithDelay(5 * time.Second)

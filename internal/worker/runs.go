@@ -133,12 +133,13 @@ func (w *Worker) rejectAlias(ctx, callCtx context.Context, fleet jetstream.KeyVa
 			n++
 			_, addr, err := wire.ParseJobSubject(msg.Subject())
 			if err != nil {
-				w.poison(callCtx, alias, msg, addr, err, err, log)
+				out := decide(outcomeInput{job: jobPoison, cause: err.Error()})
+				w.poison(callCtx, alias, msg, addr, err, err, out.err, log)
 				continue
 			}
 			job := wire.Job{Run: addr.Run, Row: addr.Row, Query: addr.Query, Deployment: alias}
-			w.final(callCtx, msg, &job, nil, &wire.Error{Reason: wire.ReasonUnknownDeployment,
-				Message: "no worker serves deployment alias " + alias, Details: map[string]any{"deployment": alias}}, 1, spend{}, spend{}, log)
+			out := decide(outcomeInput{job: jobUnservedAlias, alias: alias})
+			w.final(callCtx, msg, &job, nil, out.err, 1, spend{}, spend{}, log)
 		}
 		if n == 0 {
 			idle++
