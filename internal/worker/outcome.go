@@ -140,8 +140,10 @@ func decide(in outcomeInput) outcome {
 	case in.run == StatePaused:
 		// Fetched just before the pause was known (paused runs are not fetched): wait.
 		return outcome{act: actNak, delay: jitterBy(in.pausedRunDelay, in.rand), record: true}
-	case in.deliveries > in.hardDeliverCap && in.deliveries-in.naks > in.hardDeliverCap:
-		// Crash-loop backstop: only deliveries that ended without an outcome count.
+	case in.deliveries > in.hardDeliverCap && in.deliveries > in.naks && in.deliveries-in.naks > in.hardDeliverCap:
+		// Crash-loop backstop: only deliveries that ended without an outcome count (a
+		// duplicate job republished later shares the retry state: its NAKs may outnumber
+		// this message's deliveries).
 		return outcome{act: actFinal, err: &wire.Error{Reason: wire.ReasonMaxDeliveries,
 			Message: fmt.Sprintf("delivered %d times", in.deliveries), Details: map[string]any{"deliveries": in.deliveries}}}
 	case in.pausedFor > 0:

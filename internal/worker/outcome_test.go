@@ -49,6 +49,7 @@ var outcomeTable = []struct {
 		final(wire.ReasonMaxDeliveries, "delivered 901 times", map[string]any{"deliveries": uint64(901)})},
 	{"901 deliveries, 1 NAKed: at the cap, not past it", at(func(in *outcomeInput) { in.deliveries, in.naks = 901, 1 }), outcome{act: actProbe}},
 	{"5000 deliveries, 4500 NAKed waits and retries: no backstop", at(func(in *outcomeInput) { in.deliveries, in.naks = 5000, 4500 }), outcome{act: actProbe}},
+	{"more NAKs than deliveries (a duplicate job shares the retry state): no backstop", at(func(in *outcomeInput) { in.deliveries, in.naks = 950, 1200 }), outcome{act: actProbe}},
 	{"deployment paused 10 s: wait x1.1", at(func(in *outcomeInput) { in.pausedFor = 10 * time.Second }), wait(11 * time.Second)},
 	{"redelivery: read whether its result is stored", at(func(in *outcomeInput) { in.deliveries = 2 }), outcome{act: actProbe}},
 	{"redelivery, result stored (ack lost): ack, no call", at(func(in *outcomeInput) { in.deliveries, in.probed, in.stored = 2, true, true }), outcome{act: actDone}},
