@@ -14,7 +14,7 @@ run_new  one controller: (1) a fleet dispatch grid -- every member derives the s
          one of >= K 429s that are >= F of a window's answers; anything else only delays its
          own job; (3) a cut is one per window fleet-wide, from the rate that was served, and
          is broadcast as a target so that members converge on one rate; (4) recovery: fast
-         back to the last good rate, a 2 s hold, then a probe whose growth doubles every D
+         back to the last good rate, a 2 s hold (+2 s per cut at the same rate, up to 8 s), then a probe whose growth doubles every D
          seconds; (5) without headers, outside slow start, the 429s of the last second are
          pressure when the measured noise (lone 429s among the answers, bounded by what is
          seen while holding after a cut) would bring as many less than once in 1000 s.
@@ -128,6 +128,8 @@ class Params:
         self.zone = 'any'         # rule 7 applies outside slow start ('probe': only above good)
         self.holdnoise = True     # the noise estimate is bounded by what is seen while holding
         self.adjgood = True       # the last good rate is served / (1 - noise)
+        self.confirm = 3          # a limit found again within confirm_tol of the last: the hold
+        self.confirm_tol = 0.1    # grows by `hold` per confirmation, up to this many (0: off)
         for k, v in kw.items():
             if not hasattr(self, k):
                 raise TypeError(k)
@@ -214,6 +216,7 @@ class Ctl:
         self.nans = 0.0
         self.h429 = 0.0
         self.hans = 0.0
+        self.conf = 0            # consecutive cuts at about the same last good rate
 
     def noise(self):
         nu = (self.n429 + self.P.prior_k) / (self.nans + self.P.prior_n)
@@ -232,7 +235,7 @@ class Ctl:
         self.nans *= dec
         self.h429 *= dec
         self.hans *= dec
-        if self.cuts > 0 and t - self.last_cut < P.hold and t - self.last_cut > 0.5:
+        if self.cuts > 0 and t - self.last_cut < P.hold * (1 + self.conf) and t - self.last_cut > 0.5:
             self.hans += self.rate * dt
         self.nans += self.rate * dt
         if self.ss:
@@ -247,7 +250,7 @@ class Ctl:
                 self.probe_from = t
             return
         # Probe: slow near the last good rate, faster the longer no pressure is seen.
-        if t - self.last_cut < P.hold:
+        if t - self.last_cut < P.hold * (1 + self.conf):
             self.probe_from = t
             return
         g = min(P.grow * 2 ** ((t - self.probe_from) / P.double_every), P.grow_max)
@@ -264,7 +267,7 @@ class Ctl:
         keep = max(P.window, P.horizon)
         self.sigs = [s for s in self.sigs if s > t - keep]
         self.sigs.append(t)
-        if self.cuts > 0 and P.hold > t - self.last_cut > 0.5:
+        if self.cuts > 0 and P.hold * (1 + self.conf) > t - self.last_cut > 0.5:
             self.h429 += 1
         if t - self.last_cut > 0.5:
             self.n429 += 1
@@ -295,8 +298,15 @@ class Ctl:
         if t - self.last_cut < self.P.window:
             self.rate = min(self.rate, target)  # the same cut seen twice: no second cut
             return
+        found = self.cuts > 0
+        if found and self.good > 0 and abs(good - self.good) <= self.P.confirm_tol * self.good:
+            self.conf = min(self.conf + 1, self.P.confirm)
+        else:
+            self.conf = 0
+        # Never above the last good rate's floor (a cut found late has a target above it).
+        ceiling = target if self.ss else min(target, good * self.P.recover_to)
         self.ss = False
-        self.rate = min(self.rate, target)
+        self.rate = min(self.rate, ceiling)
         self.good = good
         h = sum(1 for s in self.sigs if s > t - self.P.horizon and s > self.last_cut + 0.5)
         self.n429 = max(0.0, self.n429 - h)

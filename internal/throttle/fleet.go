@@ -108,6 +108,7 @@ type Fleet struct {
 	mu      sync.Mutex
 	peers   map[string]member
 	refused int64 // own capacity answers since the last heartbeat
+	answers int64 // own answers other than capacity errors since the last heartbeat
 	lastHB  time.Time
 	onTick  func(Snapshot, int)
 
@@ -115,6 +116,7 @@ type Fleet struct {
 	memory   jetstream.KeyValue
 	learned  wire.LearnedRate // last read or written
 	lastSave time.Time
+	savedCut int64 // the controller's cuts when the rate was last saved
 }
 
 // Remember gives the fleet a KV bucket (wire.BucketThrottle) for the deployment's last
@@ -177,11 +179,17 @@ func (f *Fleet) save(ctx context.Context, now time.Time) {
 	f.mu.Lock()
 	prev := f.learned
 	f.mu.Unlock()
+	snap := f.ctrl.Snapshot()
 	if prev.Rate > 0 && math.Abs(rate-prev.Rate) < saveChange*prev.Rate && ceiling == prev.Ceiling && now.Sub(prev.Learned) < saveAnyway {
 		return
 	}
-	f.lastSave = now
-	l := wire.LearnedRate{Rate: rate, Ceiling: ceiling, Source: f.ctrl.Snapshot().Source, Learned: now.UTC()}
+	if prev.Rate > 0 && rate < prev.Rate && snap.Decreases == f.savedCut {
+		// Served less without pressure: demand fell (a run's tail, members out of
+		// jobs), the limit did not. Only a cut lowers what the fleet remembers.
+		rate = prev.Rate
+	}
+	f.lastSave, f.savedCut = now, snap.Decreases
+	l := wire.LearnedRate{Rate: rate, Ceiling: ceiling, Source: snap.Source, Learned: now.UTC()}
 	b, _ := json.Marshal(l)
 	sctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
@@ -221,6 +229,16 @@ func (f *Fleet) Capacity(status int, s Signal) Decision {
 		f.log.Debug().Err(err).Msg("broadcast capacity signal")
 	}
 	return d
+}
+
+// Served counts an answer of this member's own call that was not a capacity error: the
+// member's served rate in its heartbeats. (Answers, not dispatches less refusals: those
+// lag each other by the call's latency, and during slow start's ramp the difference read
+// as served was the overshoot.)
+func (f *Fleet) Served() {
+	f.mu.Lock()
+	f.answers++
+	f.mu.Unlock()
 }
 
 // Budget applies what a served answer's rate-limit headers say and broadcasts the cut it
@@ -344,10 +362,10 @@ func (f *Fleet) tick(ctx context.Context) int {
 		elapsed = every.Seconds()
 	}
 	f.lastHB = now
-	refused := f.refused
-	f.refused = 0
+	refused, answers := f.refused, f.answers
+	f.refused, f.answers = 0, 0
 	f.mu.Unlock()
-	served := float64(max(f.ctrl.TakeDispatched()-refused, 0)) / elapsed
+	served := float64(answers) / elapsed
 	refusedRate := float64(refused) / elapsed
 	snap := f.ctrl.Snapshot()
 	b, _ := json.Marshal(heartbeat{Member: f.id, Rate: snap.Rate, SlowStart: snap.SlowStart, Demanding: demanding, Served: served, Refused: refusedRate,

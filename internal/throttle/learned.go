@@ -115,6 +115,7 @@ func (c *Controller) Seed(rate, ceiling float64, age time.Duration) bool {
 	c.rate = max(r*c.p.RecoverTo, c.p.MinRate)
 	t := c.now()
 	c.probeFrom, c.lastGrow, c.steady = t, t, t
+	c.holdUntil = t.Add(probeHold) // a remembered limit: hold before probing above it
 	c.servedAvg = c.rate
 	return true
 }

@@ -3,6 +3,7 @@ package throttle
 import (
 	"context"
 	"encoding/json"
+	"math"
 	"testing"
 	"time"
 
@@ -51,8 +52,9 @@ func TestAFleetRemembersItsRateAndALaterWorkerStartsFromIt(t *testing.T) {
 	runCtx, stop := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() { defer close(done); _ = f1.Run(runCtx) }()
-	go func() { // demand above the rate: every permit is waited for
+	go func() { // demand above the rate: every permit is waited for, and answered
 		for first.Wait(runCtx) == nil {
+			f1.Served()
 		}
 	}()
 	// Slow start never saves; pressure ends it (the provider's headers read 0) once the
@@ -171,5 +173,43 @@ func TestAJoiningMemberListensBeforeItsFirstSlot(t *testing.T) {
 	}
 	if s := ctl.Snapshot(); s.Pauses != 0 {
 		t.Fatalf("the hold counted as a pause: %+v", s)
+	}
+}
+
+// What a fleet remembers falls only with pressure: a run's tail, where members run out of
+// jobs and the served rate falls, is not a lower limit.
+func TestTheRememberedRateFallsOnlyAfterACut(t *testing.T) {
+	nc, kv := memoryBucket(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ctl, c := steady(t, 40)
+	f := NewFleet(nc, "dep", "a", ctl, zerolog.Nop())
+	f.Remember(kv)
+	saved := func(served float64) float64 {
+		t.Helper()
+		for range 30 {
+			ctl.SetServed(served)
+		}
+		c.advance(saveEvery + learnSettle)
+		f.save(ctx, c.now())
+		e, err := kv.Get(ctx, "dep")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var l wire.LearnedRate
+		if err := json.Unmarshal(e.Value(), &l); err != nil {
+			t.Fatal(err)
+		}
+		return l.Rate
+	}
+	if got := saved(40); math.Abs(got-40) > 0.5 {
+		t.Fatalf("saved %g, want the 40/s served", got)
+	}
+	if got := saved(20); math.Abs(got-40) > 0.5 {
+		t.Fatalf("saved %g after the served rate fell without a cut, want still 40", got)
+	}
+	ctl.OnCapacity(Signal{BudgetSpent: true}) // pressure: the limit is lower now
+	if got := saved(20); math.Abs(got-20) > 0.5 {
+		t.Fatalf("saved %g after a cut with 20/s served, want 20", got)
 	}
 }

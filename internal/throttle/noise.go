@@ -16,7 +16,13 @@ import (
 // (Poisson tail). With no noise seen, 2-3 429s within a second are pressure; with 5 %
 // random 429s the bar rises to where the window rule already is. After a cut the probe
 // holds for probeHold: the limit was just found, and probing again at once is most of
-// the 429s at a steady header-less limit (model: 4.2 % -> 2.4 %).
+// the 429s at a steady header-less limit (model: 4.2 % -> 2.4 %). A limit found again
+// where it was found before (the last good rate within confirmTolerance of the previous
+// one) is confirmed: the hold grows by probeHold per confirmation, up to maxConfirmed
+// (a 2, 4, 6 then 8 s hold), so a steady limit is probed less often, while a limit that
+// moved (a cut elsewhere) probes at the first hold's pace again. A fleet that resumes
+// after an idle spell of idleReset resumes at no more than its last good rate and holds
+// (it may have stopped mid-probe, above the limit).
 const (
 	probeHorizon      = time.Second
 	probeAlpha        = 1e-3
@@ -26,6 +32,9 @@ const (
 	// inFlightAfterCut: 429s this soon after a cut answer calls sent before it.
 	inFlightAfterCut = 500 * time.Millisecond
 	probeHold        = 2 * time.Second
+	confirmTolerance = 0.1
+	maxConfirmed     = 3
+	idleReset        = time.Second
 	// minHeldAnswers: the held sample bounds the estimate from this many answers on.
 	minHeldAnswers = 40
 )
@@ -44,8 +53,36 @@ func (c *Controller) countAnswers(dt time.Duration) {
 
 // holding reports whether t is in the hold after a cut (past the in-flight answers).
 func (c *Controller) holding(t time.Time) bool {
-	since := t.Sub(c.lastCut)
-	return c.decreases > 0 && since > inFlightAfterCut && since < probeHold
+	return c.decreases > 0 && t.Sub(c.lastCut) > inFlightAfterCut && t.Before(c.holdUntil)
+}
+
+// confirm counts a cut whose last good rate is where the previous cut, or the fleet's
+// memory, found it (the limit found again) and resets the count when it moved. A rate
+// adopted from peers or reached by slow start found no limit.
+func (c *Controller) confirm(good float64) {
+	found := c.decreases > 0 || c.seeded
+	if found && c.good > 0 && math.Abs(good-c.good) <= confirmTolerance*c.good {
+		c.confirmed = min(c.confirmed+1, maxConfirmed)
+		return
+	}
+	c.confirmed = 0
+}
+
+// hold is how long the probe holds after a cut: longer the more often the limit was
+// found at the same rate.
+func (c *Controller) hold() time.Duration {
+	return probeHold * time.Duration(1+c.confirmed)
+}
+
+// resume restarts growth after an idle spell: a fleet that stopped mid-probe above its
+// last good rate resumes at that rate and holds before probing again.
+func (c *Controller) resume(t time.Time) {
+	if c.slowStart || c.idleSince.IsZero() || t.Sub(c.idleSince) < idleReset || !(c.good > 0) {
+		return
+	}
+	c.rate = min(c.rate, c.good)
+	c.probeFrom = t
+	c.holdUntil = maxTime(c.holdUntil, t.Add(probeHold))
 }
 
 // noiseShare is the estimated share of answers that are 429s unrelated to the rate:

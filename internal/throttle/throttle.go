@@ -145,6 +145,9 @@ type Controller struct {
 	slowStart   bool
 	good        float64 // last good rate: recovery returns to RecoverTo x good fast
 	lastCut     time.Time
+	holdUntil   time.Time // the probe holds until then (after a cut, a seed, an idle spell)
+	confirmed   int       // consecutive cuts at about the same last good rate (noise.go)
+	idleSince   time.Time // when growth last stopped (no member rate-bound)
 	probeFrom   time.Time // the probe's growth doubles from here
 	lastGrow    time.Time
 	lastDouble  time.Time
@@ -171,7 +174,7 @@ type Controller struct {
 	held429, heldAnswers float64
 	budgets              int64 // answers whose headers showed the budget spent
 
-	signals, lone, decreases, pauses, dispatched int64
+	signals, lone, decreases, pauses int64
 }
 
 // Option adjusts a controller (tests inject the clock).
@@ -255,7 +258,7 @@ func (c *Controller) grow(t time.Time) {
 		}
 		return
 	}
-	if t.Sub(c.lastCut) < probeHold { // at the limit just found: hold before probing again
+	if t.Before(c.holdUntil) { // at the limit just found: hold before probing again
 		c.probeFrom = t
 		return
 	}
@@ -294,7 +297,6 @@ func (c *Controller) TryReserve() bool {
 		return false
 	}
 	c.cursor = s
-	c.dispatched++
 	return true
 }
 
@@ -315,17 +317,6 @@ func (c *Controller) Wait(ctx context.Context) error {
 			return err
 		}
 	}
-}
-
-// Refund gives back n slots that were taken but not used (nothing was there to fetch):
-// they do not count as dispatched. Slots are time-bound, so nothing is banked.
-func (c *Controller) Refund(n int) {
-	if n <= 0 {
-		return
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.dispatched = max(c.dispatched-int64(n), 0)
 }
 
 // OnCapacity records a capacity answer seen by this member or a peer and decides whether
@@ -384,18 +375,24 @@ func (c *Controller) OnCapacity(s Signal) Decision {
 
 // cutTarget is the rate after a cut and the last good rate. Leaving slow start the cut is
 // from what was served (at least the previous window's rate, which drew no pressure),
-// never from the overshoot. The last good rate is what was served, but not less than
+// never from the overshoot, and the last good rate is the cut's target: a served figure
+// read during a doubling ramp holds the provider's burst and the overshoot (read as
+// good, it put the hold above the limit: its 429s then counted as noise, and the noise
+// bar rose with them). Otherwise the last good rate is what was served (smoothed over
+// heartbeats: one heartbeat's figure is a handful of answers), but not less than
 // Decrease x the rate: the served figure lags a growing rate.
 func (c *Controller) cutTarget() (target, good float64) {
 	base := c.rate
 	if c.slowStart {
 		base = min(c.rate, max(c.served, c.rate/slowStartFactor))
+		target = max(base*c.p.Decrease, c.p.MinRate)
+		return target, target
 	}
 	good = base
-	if c.served > 0 {
+	if served := c.servedAvg; served > 0 {
 		// What was served, not counting noise 429s as a limit: under random 429s the
 		// served rate is (1 - noise) x the rate, and a cut from it would ratchet down.
-		good = min(base, max(c.served/(1-c.noiseShare()), base*c.p.Decrease))
+		good = min(base, max(served/(1-c.noiseShare()), base*c.p.Decrease))
 	}
 	return max(base*c.p.Decrease, c.p.MinRate), good
 }
@@ -405,13 +402,21 @@ func (c *Controller) applyCut(t time.Time, target, good float64) {
 		c.rate = max(min(c.rate, target), c.p.MinRate)
 		return
 	}
+	ceiling := target
 	if c.slowStart {
-		c.slowStart, c.steady = false, t
+		c.slowStart, c.steady = false, t // the last good rate is the target: hold there
+	} else {
+		// Never above the last good rate's floor: a cut detected late, from a rate far
+		// above the limit, has a target above it too (a hold there drew 429s that counted
+		// as noise, and the noise bar rose with them).
+		ceiling = min(target, good*c.p.RecoverTo)
 	}
-	c.rate = max(min(c.rate, target), c.p.MinRate)
+	c.rate = max(min(c.rate, ceiling), c.p.MinRate)
+	c.confirm(good)
 	c.good = good
 	c.unNoise(t)
 	c.lastCut, c.probeFrom, c.lastGrow = t, t, t
+	c.holdUntil = t.Add(c.hold())
 	c.decreases++
 }
 
@@ -531,16 +536,11 @@ func (c *Controller) SetServed(r float64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.served = r
+	if c.servedAvg == 0 { // the first figure: nothing to smooth yet
+		c.servedAvg = r
+		return
+	}
 	c.servedAvg += servedSmoothing * (r - c.servedAvg)
-}
-
-// TakeDispatched returns the slots used since the last call.
-func (c *Controller) TakeDispatched() int64 {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	n := c.dispatched
-	c.dispatched = 0
-	return n
 }
 
 // SetGrowth allows or stops the rate's growth: it grows only while some member of the
@@ -548,7 +548,14 @@ func (c *Controller) TakeDispatched() int64 {
 func (c *Controller) SetGrowth(on bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.grow(c.now())
+	t := c.now()
+	c.grow(t)
+	switch {
+	case !on && c.growth:
+		c.idleSince = t
+	case on && !c.growth:
+		c.resume(t)
+	}
 	c.growth = on
 }
 
@@ -577,6 +584,7 @@ func (c *Controller) Adopt(peerRate float64, peerSlowStart bool) {
 			c.joined, c.slowStart = true, false
 			c.rate, c.good = rate, rate
 			c.probeFrom, c.steady = c.now(), c.now()
+			c.holdUntil = c.now().Add(probeHold)
 		case c.slowStart && rate > c.rate:
 			c.rate = rate
 		}

@@ -424,3 +424,89 @@ func TestAPauseEndsByMaxPauseHoweverLongItAsks(t *testing.T) {
 		t.Fatalf("next permit in %s after the pause, want within one grid period (%s)", w, p.Period)
 	}
 }
+
+// heldFor cuts (as a header-shown spent budget) and returns how long the rate then stays
+// flat before the probe grows it again, in steps of one window.
+func heldFor(t *testing.T, ctl *Controller, c *clock) time.Duration {
+	t.Helper()
+	ctl.OnCapacity(Signal{BudgetSpent: true})
+	c.advance(500 * time.Millisecond) // back at RecoverTo x the last good rate
+	ctl.Next()
+	start, last := c.now().Add(-500*time.Millisecond), ctl.Snapshot().Rate
+	for range 60 {
+		c.advance(250 * time.Millisecond)
+		ctl.Next()
+		if r := ctl.Snapshot().Rate; r > last {
+			return c.now().Sub(start)
+		}
+	}
+	t.Fatalf("no growth within 15 s of a cut")
+	return 0
+}
+
+func TestALimitFoundAgainWhereItWasIsProbedLessOften(t *testing.T) {
+	ctl, c := steady(t, 50)
+	var got []time.Duration
+	for range 5 { // the same limit, found again and again
+		got = append(got, heldFor(t, ctl, c))
+	}
+	for range 20 { // the limit moved: the next cut's last good rate is far below
+		ctl.SetServed(20)
+	}
+	got = append(got, heldFor(t, ctl, c))
+	want := []time.Duration{probeHold, 2 * probeHold, 3 * probeHold, 4 * probeHold, 4 * probeHold, probeHold}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("holds after each cut %v, want %v (2 s, +2 s per cut at the same rate up to 8 s, back to 2 s when it moved)", got, want)
+		}
+	}
+}
+
+func TestAFleetResumingFromIdleStartsAtItsLastGoodRateNotMidProbe(t *testing.T) {
+	ctl, c := steady(t, 50)
+	ctl.OnCapacity(Signal{BudgetSpent: true}) // last good 50
+	for range 40 {                            // 10 s of probing: above the last good rate
+		c.advance(250 * time.Millisecond)
+		ctl.Next()
+	}
+	if r := ctl.Snapshot().Rate; !(r > 50) {
+		t.Fatalf("rate %g after 10 s of probing: want above the last good rate 50", r)
+	}
+	ctl.SetGrowth(false) // the run ends
+	c.advance(5 * time.Second)
+	ctl.SetGrowth(true) // the next run starts
+	if r := ctl.Snapshot().Rate; !near(r, 50) {
+		t.Fatalf("rate %g on resuming: want the last good rate 50", r)
+	}
+	c.advance(probeHold - 250*time.Millisecond)
+	ctl.Next()
+	if r := ctl.Snapshot().Rate; !near(r, 50) {
+		t.Fatalf("rate %g %s after resuming: want held at 50", r, probeHold-250*time.Millisecond)
+	}
+	ctl.SetGrowth(false) // a short gap (a slot-bound moment) changes nothing
+	c.advance(100 * time.Millisecond)
+	ctl.SetGrowth(true)
+	c.advance(time.Second)
+	ctl.Next()
+	if r := ctl.Snapshot().Rate; !(r > 50) {
+		t.Fatalf("rate %g after the hold: want the probe growing again", r)
+	}
+}
+
+func TestACutDetectedLateHoldsBelowTheLastGoodRateNotAtItsTarget(t *testing.T) {
+	ctl, c := steady(t, 40)
+	ctl.OnCapacity(Signal{BudgetSpent: true}) // the limit: 40 served at 40/s
+	for range 40 {                            // 10 s of probing without pressure
+		c.advance(250 * time.Millisecond)
+		ctl.Next()
+	}
+	rate := ctl.Snapshot().Rate
+	if !(rate > 45) {
+		t.Fatalf("rate %g after 10 s of probing: want well above the 40/s served", rate)
+	}
+	ctl.OnCapacity(Signal{BudgetSpent: true}) // found late: 0.9 x the rate is still above 40
+	s := ctl.Snapshot()
+	if want := s.Good * 0.95; s.Rate > want+1e-9 || s.Good > 0.9*rate+1e-9 {
+		t.Fatalf("after a cut from %g with 40/s served: rate %g, last good %g; want the rate at most 0.95 x the last good rate", rate, s.Rate, s.Good)
+	}
+}

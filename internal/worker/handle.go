@@ -188,6 +188,9 @@ func (w *Worker) call(ctx context.Context, dl *delivery, in outcomeInput) {
 	// Drain timeout hit (ctx is over): the job goes back at once, unaudited.
 	c := classify(ctx.Err() != nil, callErr)
 	in.call = &c
+	if c.class != classCapacity && c.class != classDrained && (ans != nil || c.status != 0) {
+		d.served() // the provider answered, and not with a capacity error
+	}
 	if c.class != classDrained {
 		w.audit.record(job, dl.attempt, w.cfg.Name, ans, callErr, time.Since(began))
 	}

@@ -389,7 +389,6 @@ func (w *Worker) fetchLoop(ctx, callCtx context.Context, d *deployment, inflight
 		for i := got; i < n; i++ {
 			release()
 		}
-		d.ctrl.Refund(n - got)
 	}
 }
 
@@ -654,6 +653,13 @@ const idleWait = 50 * time.Millisecond
 func (d *deployment) budget(rl llm.RateLimit) {
 	if d.fleet != nil && rl.Known() {
 		d.fleet.Budget(throttle.Budget{Ceiling: rl.RequestsPerSecond(), Spent: rl.Spent()})
+	}
+}
+
+// served counts an answer that was not a capacity error (the fleet's served rate).
+func (d *deployment) served() {
+	if d.fleet != nil {
+		d.fleet.Served()
 	}
 }
 
