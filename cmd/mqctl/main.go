@@ -23,7 +23,7 @@ import (
 	"github.com/multiquery/multiquery/internal/ops"
 	"github.com/multiquery/multiquery/internal/queue"
 	"github.com/multiquery/multiquery/internal/status"
-	"github.com/multiquery/multiquery/internal/worker"
+	"github.com/multiquery/multiquery/internal/wire"
 )
 
 const usage = `usage:
@@ -103,7 +103,7 @@ func main() {
 			} else {
 				fmt.Print(r.Text())
 			}
-			if !*watch || r.State == "completed" {
+			if !*watch || r.State == wire.RunCompleted {
 				return
 			}
 			select {
@@ -113,7 +113,7 @@ func main() {
 			}
 		}
 	case len(args) == 2 && (args[0] == "pause" || args[0] == "resume" || args[0] == "cancel"):
-		state := map[string]string{"pause": worker.StatePaused, "resume": worker.StateRunning, "cancel": worker.StateCancelled}[args[0]]
+		state := map[string]string{"pause": wire.ControlPaused, "resume": wire.ControlRunning, "cancel": wire.ControlCancelled}[args[0]]
 		if err := status.SetControl(ctx, js, args[1], state); err != nil {
 			fail(err)
 		}

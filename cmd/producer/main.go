@@ -25,12 +25,13 @@ import (
 	"github.com/vbauerster/mpb/v8"
 	"github.com/vbauerster/mpb/v8/decor"
 
-	"github.com/multiquery/multiquery/internal/collector"
 	"github.com/multiquery/multiquery/internal/config"
 	"github.com/multiquery/multiquery/internal/input"
 	"github.com/multiquery/multiquery/internal/ops"
 	"github.com/multiquery/multiquery/internal/producer"
 	"github.com/multiquery/multiquery/internal/queue"
+	"github.com/multiquery/multiquery/internal/status"
+	"github.com/multiquery/multiquery/internal/wire"
 )
 
 func main() {
@@ -134,7 +135,7 @@ func run() int {
 			wctx, cancel = context.WithTimeout(ctx, *waitMax)
 			defer cancel()
 		}
-		st, err := collector.WaitRun(wctx, js, rep.Run, func(s collector.Status) {
+		st, err := status.WaitRun(wctx, js, rep.Run, func(s wire.RunStatus) {
 			log.Info().Int("emitted", s.Emitted).Int("total", s.Total).Int("failed", s.Failed).Msg("progress")
 		})
 		if err != nil {

@@ -537,7 +537,7 @@ func (c *Collector) isDone(ctx context.Context, id string) bool {
 	if err != nil {
 		return false
 	}
-	var st Status
+	var st wire.RunStatus
 	if json.Unmarshal(e.Value(), &st) != nil || !st.Finished {
 		return false
 	}

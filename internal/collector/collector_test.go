@@ -169,16 +169,16 @@ func (b *bundle) summary(run string, timeout time.Duration) Summary {
 	return s
 }
 
-func (b *bundle) status(run string) (Status, bool) {
+func (b *bundle) status(run string) (wire.RunStatus, bool) {
 	kv, err := b.js.KeyValue(context.Background(), wire.BucketRuns)
 	if err != nil {
 		b.t.Fatal(err)
 	}
 	e, err := kv.Get(context.Background(), run)
 	if err != nil {
-		return Status{}, false
+		return wire.RunStatus{}, false
 	}
-	var st Status
+	var st wire.RunStatus
 	return st, json.Unmarshal(e.Value(), &st) == nil
 }
 

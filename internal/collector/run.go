@@ -542,9 +542,6 @@ func (c *Collector) writeCheckpoint(r *run, off sink.Offsets) error {
 	return r.out.WriteFile(sink.Checkpoint, b)
 }
 
-// Status is the run progress published in the runs KV bucket under the run id.
-type Status = wire.RunStatus
-
 // loadStatusRev reads the revision of the run's status key, the base of its
 // compare-and-set writes.
 func (c *Collector) loadStatusRev(ctx context.Context, r *run) error {
@@ -564,14 +561,14 @@ func (c *Collector) loadStatusRev(ctx context.Context, r *run) error {
 // collector last saw: a status written by a collector of a later lease epoch is never
 // overwritten (ErrLost). Other failures are logged: the status is advisory.
 func (c *Collector) publishStatus(ctx context.Context, r *run) error {
-	st := Status{Run: r.id, State: "open", Emitted: r.emittedCount(), OK: r.stats.RowsOK, Failed: r.stats.RowsFailed,
+	st := wire.RunStatus{Run: r.id, State: wire.RunOpen, Emitted: r.emittedCount(), OK: r.stats.RowsOK, Failed: r.stats.RowsFailed,
 		Next: r.next, OutDir: r.out.Dir(), Updated: time.Now().UTC(), Finished: r.finished,
 		Deployments: r.open.Deployments, Started: r.started}
 	if r.sealed {
-		st.State, st.Total = "sealed", r.total
+		st.State, st.Total = wire.RunSealed, r.total
 	}
 	if r.finished {
-		st.State = "completed"
+		st.State = wire.RunCompleted
 	}
 	st.LeaseEpoch = c.fence.Epoch()
 	b, _ := json.Marshal(st)
@@ -606,7 +603,7 @@ func (c *Collector) publishStatus(ctx context.Context, r *run) error {
 			c.log.Warn().Err(gerr).Str("run", r.id).Msg("read run status")
 			return nil
 		}
-		var cur Status
+		var cur wire.RunStatus
 		if json.Unmarshal(e.Value(), &cur) == nil && cur.LeaseEpoch > c.fence.Epoch() {
 			return fmt.Errorf("status of run %s written under lease epoch %d, this collector holds %d: %w", r.id, cur.LeaseEpoch, c.fence.Epoch(), lease.ErrLost)
 		}

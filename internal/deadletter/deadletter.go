@@ -136,11 +136,9 @@ func rowWritten(ctx context.Context, js jetstream.JetStream, a wire.Addr) error 
 	case err != nil:
 		return fmt.Errorf("read the status of run %s: %w", a.Run, err)
 	default:
-		var st struct {
-			Watermark int `json:"watermark"`
-		}
-		if json.Unmarshal(e.Value(), &st) == nil && a.Row < st.Watermark {
-			return fmt.Errorf("row %d of run %s is already written (every row below %d is): %w", a.Row, a.Run, st.Watermark, ErrRowWritten)
+		var st wire.RunStatus
+		if json.Unmarshal(e.Value(), &st) == nil && a.Row < st.Next {
+			return fmt.Errorf("row %d of run %s is already written (every row below %d is): %w", a.Row, a.Run, st.Next, ErrRowWritten)
 		}
 	}
 	rows, err := js.Stream(ctx, wire.StreamRows)

@@ -10,7 +10,6 @@ import (
 	"github.com/multiquery/multiquery/internal/sink"
 	"github.com/multiquery/multiquery/internal/status"
 	"github.com/multiquery/multiquery/internal/wire"
-	"github.com/multiquery/multiquery/internal/worker"
 )
 
 func (e *env) waitState(run, want string, within time.Duration) status.Report {
@@ -61,7 +60,7 @@ func TestPauseResumeAndCancel(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := status.SetControl(context.Background(), e.js, rep.Run, worker.StatePaused); err != nil {
+	if err := status.SetControl(context.Background(), e.js, rep.Run, wire.ControlPaused); err != nil {
 		t.Fatal(err)
 	}
 	e.startCollector("")
@@ -71,7 +70,7 @@ func TestPauseResumeAndCancel(t *testing.T) {
 	if n := e.sim.Stats().Requests; n != 0 {
 		t.Fatalf("llmsim saw %d calls of a paused run, want 0", n)
 	}
-	if err := status.SetControl(context.Background(), e.js, rep.Run, worker.StateRunning); err != nil {
+	if err := status.SetControl(context.Background(), e.js, rep.Run, wire.ControlRunning); err != nil {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(10 * time.Second)
@@ -81,7 +80,7 @@ func TestPauseResumeAndCancel(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if err := status.SetControl(context.Background(), e.js, rep.Run, worker.StateCancelled); err != nil {
+	if err := status.SetControl(context.Background(), e.js, rep.Run, wire.ControlCancelled); err != nil {
 		t.Fatal(err)
 	}
 	e.waitSummary(rep.Run, 30*time.Second)
@@ -94,7 +93,7 @@ func TestPauseResumeAndCancel(t *testing.T) {
 			t.Fatalf("row %v: reason %v, want %s", r["id"], qe["reason"], wire.ReasonCancelled)
 		}
 	}
-	if err := status.SetControl(context.Background(), e.js, rep.Run, worker.StateRunning); err == nil {
+	if err := status.SetControl(context.Background(), e.js, rep.Run, wire.ControlRunning); err == nil {
 		t.Fatal("a cancelled run was resumed")
 	}
 }

@@ -10,12 +10,12 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/multiquery/multiquery/internal/collector"
 	"github.com/multiquery/multiquery/internal/deadletter"
 	"github.com/multiquery/multiquery/internal/input"
 	"github.com/multiquery/multiquery/internal/llmsim"
 	"github.com/multiquery/multiquery/internal/queue"
 	"github.com/multiquery/multiquery/internal/sink"
+	"github.com/multiquery/multiquery/internal/status"
 	"github.com/multiquery/multiquery/internal/wire"
 )
 
@@ -90,7 +90,7 @@ func TestPoisonJobsAreDeadLetteredAndTheirRowsComplete(t *testing.T) {
 	// replay is refused: the query has a result, or its row is written.
 	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	if _, err := collector.WaitRun(wctx, e.js, run, nil); err != nil {
+	if _, err := status.WaitRun(wctx, e.js, run, nil); err != nil {
 		t.Fatal(err)
 	}
 	if err := deadletter.Replay(ctx, e.js, letters[0].Seq); !errors.Is(err, deadletter.ErrHasResult) && !errors.Is(err, deadletter.ErrRowWritten) {

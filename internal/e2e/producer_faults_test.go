@@ -15,7 +15,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/multiquery/multiquery/internal/collector"
 	"github.com/multiquery/multiquery/internal/config"
 	"github.com/multiquery/multiquery/internal/deadletter"
 	"github.com/multiquery/multiquery/internal/input"
@@ -25,7 +24,6 @@ import (
 	"github.com/multiquery/multiquery/internal/sink"
 	"github.com/multiquery/multiquery/internal/status"
 	"github.com/multiquery/multiquery/internal/wire"
-	"github.com/multiquery/multiquery/internal/worker"
 )
 
 // streamMsgs returns how many messages a stream holds (matching subject, if not "").
@@ -155,7 +153,7 @@ func TestAFullResultsStreamMakesTheWorkerWaitNotAck(t *testing.T) {
 	}
 	// Hold the run while the worker starts (its start-up ensures the topology, which
 	// would undo the limit below), then limit MQ_RESULTS to 2 messages and resume.
-	if err := status.SetControl(ctx, e.js, rep.Run, worker.StatePaused); err != nil {
+	if err := status.SetControl(ctx, e.js, rep.Run, wire.ControlPaused); err != nil {
 		t.Fatal(err)
 	}
 	e.startWorker(workerOpts{})
@@ -180,7 +178,7 @@ func TestAFullResultsStreamMakesTheWorkerWaitNotAck(t *testing.T) {
 	if _, err := e.js.UpdateStream(ctx, full); err != nil {
 		t.Fatal(err)
 	}
-	if err := status.SetControl(ctx, e.js, rep.Run, worker.StateRunning); err != nil {
+	if err := status.SetControl(ctx, e.js, rep.Run, wire.ControlRunning); err != nil {
 		t.Fatal(err)
 	}
 	var dropped bool
@@ -364,7 +362,7 @@ func TestPausingOneSubmittedRunDoesNotHoldAnother(t *testing.T) {
 		_, err := e.js.KeyValue(ctx, wire.BucketRuns)
 		return err == nil
 	})
-	if err := status.SetControl(ctx, e.js, "held", worker.StatePaused); err != nil {
+	if err := status.SetControl(ctx, e.js, "held", wire.ControlPaused); err != nil {
 		t.Fatal(err)
 	}
 	submit(pub, "held", 0, 1, 2)
@@ -373,7 +371,7 @@ func TestPausingOneSubmittedRunDoesNotHoldAnother(t *testing.T) {
 	if n := streamMsgs(t, e.js, wire.StreamInput, "input.held.*"); n > 2 { // its open and seal records only
 		t.Fatalf("the paused run has %d input records on the bus, want only its open and seal records", n)
 	}
-	if err := status.SetControl(ctx, e.js, "held", worker.StateRunning); err != nil {
+	if err := status.SetControl(ctx, e.js, "held", wire.ControlRunning); err != nil {
 		t.Fatal(err)
 	}
 	e.waitSummary("held", 60*time.Second)
@@ -395,7 +393,7 @@ func TestACancelledSubmittedRunCompletesAsCancelled(t *testing.T) {
 		_, err := e.js.KeyValue(ctx, wire.BucketRuns)
 		return err == nil
 	})
-	if err := status.SetControl(ctx, e.js, "gone", worker.StateCancelled); err != nil {
+	if err := status.SetControl(ctx, e.js, "gone", wire.ControlCancelled); err != nil {
 		t.Fatal(err)
 	}
 	submit(pub, "gone", 0, 1, 2)
@@ -521,7 +519,7 @@ func TestAFinishedRunIDIsRefused(t *testing.T) {
 	e.waitSummary(rep.Run, 60*time.Second)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if _, err := collector.WaitRun(ctx, e.js, rep.Run, nil); err != nil {
+	if _, err := status.WaitRun(ctx, e.js, rep.Run, nil); err != nil {
 		t.Fatal(err)
 	}
 	_, err = producer.Run(ctx, e.js, producer.Config{Pipeline: p, Input: strings.NewReader(csvRows(5, nil)), Format: input.CSV, Topology: e.topo, Run: rep.Run}, e.log)
@@ -548,7 +546,7 @@ func TestASubmittedRunReusingAFinishedRunIDIsRefused(t *testing.T) {
 	e.waitSummary("used-once", 60*time.Second)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if _, err := collector.WaitRun(ctx, e.js, "used-once", nil); err != nil {
+	if _, err := status.WaitRun(ctx, e.js, "used-once", nil); err != nil {
 		t.Fatal(err)
 	}
 	calls := e.sim.Stats().Requests

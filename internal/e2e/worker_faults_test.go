@@ -37,7 +37,7 @@ func TestAPaidCallIsNotRepeatedWhileItsResultCannotBeStored(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Hold the run until the results stream is gone (the worker ensures it at start).
-	if err := status.SetControl(ctx, e.js, rep.Run, worker.StatePaused); err != nil {
+	if err := status.SetControl(ctx, e.js, rep.Run, wire.ControlPaused); err != nil {
 		t.Fatal(err)
 	}
 	e.startWorker(workerOpts{concurrency: rows})
@@ -45,7 +45,7 @@ func TestAPaidCallIsNotRepeatedWhileItsResultCannotBeStored(t *testing.T) {
 	if err := e.js.DeleteStream(ctx, wire.StreamResults); err != nil {
 		t.Fatal(err)
 	}
-	if err := status.SetControl(ctx, e.js, rep.Run, worker.StateRunning); err != nil {
+	if err := status.SetControl(ctx, e.js, rep.Run, wire.ControlRunning); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, 20*time.Second, "one call per job", func() bool { return e.sim.Stats().Requests >= rows })
@@ -107,7 +107,7 @@ func TestAPausedRunSurvivesALongPauseAndTakesNoPermits(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := status.SetControl(ctx, e.js, paused.Run, worker.StatePaused); err != nil {
+	if err := status.SetControl(ctx, e.js, paused.Run, wire.ControlPaused); err != nil {
 		t.Fatal(err)
 	}
 	e.startWorker(workerOpts{concurrency: 4, tweak: func(c *worker.Config) {
@@ -132,7 +132,7 @@ func TestAPausedRunSurvivesALongPauseAndTakesNoPermits(t *testing.T) {
 	if info.Delivered.Consumer != 0 {
 		t.Errorf("the paused run's jobs were delivered %d times while paused (a pacing permit each), want 0", info.Delivered.Consumer)
 	}
-	if err := status.SetControl(ctx, e.js, paused.Run, worker.StateRunning); err != nil {
+	if err := status.SetControl(ctx, e.js, paused.Run, wire.ControlRunning); err != nil {
 		t.Fatal(err)
 	}
 	sum := e.waitSummary(paused.Run, 60*time.Second)
@@ -261,7 +261,7 @@ func TestAProviderErrorIsStoredWithoutKeyMaterial(t *testing.T) {
 	}
 	var breaker []byte
 	waitFor(t, 20*time.Second, "a breaker record", func() bool {
-		en, err := runs.Get(ctx, worker.BreakerKey("default"))
+		en, err := runs.Get(ctx, wire.BreakerKey("default"))
 		if err != nil {
 			return false
 		}
@@ -292,7 +292,7 @@ func TestAProviderErrorIsStoredWithoutKeyMaterial(t *testing.T) {
 			t.Errorf("%s record lacks status and code: %s", name, s)
 		}
 	}
-	var b worker.Breaker
+	var b wire.Breaker
 	if err := json.Unmarshal(breaker, &b); err != nil || b.Status != 401 || b.Code != "invalid_api_key" {
 		t.Errorf("breaker = %+v (%v), want status 401 code invalid_api_key", b, err)
 	}

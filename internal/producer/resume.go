@@ -12,25 +12,20 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/multiquery/multiquery/internal/input"
+	"github.com/multiquery/multiquery/internal/wire"
 )
 
-// checkpoint is the producer's resume point, in the runs bucket under "<run>.producer".
-type checkpoint struct {
-	Through    int       `json:"published_through"` // rows 0..Through-1 are on the bus, all acknowledged
-	RowsSHA256 string    `json:"rows_sha256"`       // rolling hash of those rows
-	ConfigHash string    `json:"config_hash"`
-	Updated    time.Time `json:"updated"`
-}
-
+// checkpointer reads and writes the producer's resume point (wire.ProducerCheckpoint)
+// in the runs bucket.
 type checkpointer struct {
 	kv         jetstream.KeyValue
 	run        string
 	configHash string
 }
 
-func (c *checkpointer) key() string { return c.run + ".producer" }
+func (c *checkpointer) key() string { return wire.ProducerCheckpointKey(c.run) }
 
-func (c *checkpointer) load(ctx context.Context) (*checkpoint, error) {
+func (c *checkpointer) load(ctx context.Context) (*wire.ProducerCheckpoint, error) {
 	e, err := c.kv.Get(ctx, c.key())
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return nil, nil
@@ -38,7 +33,7 @@ func (c *checkpointer) load(ctx context.Context) (*checkpoint, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read checkpoint of run %s: %w", c.run, err)
 	}
-	var cp checkpoint
+	var cp wire.ProducerCheckpoint
 	if err := json.Unmarshal(e.Value(), &cp); err != nil {
 		return nil, fmt.Errorf("decode checkpoint of run %s: %w", c.run, err)
 	}
@@ -46,7 +41,7 @@ func (c *checkpointer) load(ctx context.Context) (*checkpoint, error) {
 }
 
 func (c *checkpointer) save(ctx context.Context, through int, sum string) error {
-	b, _ := json.Marshal(checkpoint{Through: through, RowsSHA256: sum, ConfigHash: c.configHash, Updated: time.Now().UTC()})
+	b, _ := json.Marshal(wire.ProducerCheckpoint{Through: through, RowsSHA256: sum, ConfigHash: c.configHash, Updated: time.Now().UTC()})
 	if _, err := c.kv.Put(ctx, c.key(), b); err != nil {
 		return fmt.Errorf("write checkpoint of run %s: %w", c.run, err)
 	}
@@ -86,17 +81,15 @@ var errCancelled = errors.New("run cancelled")
 // control reads the run's control state: cancelled stops the producer, paused holds it.
 func (f *flowControl) control(ctx context.Context) error {
 	for {
-		var c struct {
-			State string `json:"state"`
-		}
-		e, err := f.kv.Get(ctx, f.run+".control")
+		var c wire.Control
+		e, err := f.kv.Get(ctx, wire.ControlKey(f.run))
 		if err != nil || json.Unmarshal(e.Value(), &c) != nil {
 			return nil
 		}
 		switch c.State {
-		case "cancelled":
+		case wire.ControlCancelled:
 			return errCancelled
-		case "paused":
+		case wire.ControlPaused:
 			select {
 			case <-ctx.Done():
 				return ctx.Err()
@@ -122,9 +115,7 @@ func (f *flowControl) wait(ctx context.Context, row int) error {
 		}
 		e, err := f.kv.Get(ctx, f.run)
 		if err == nil {
-			var st struct {
-				Emitted int `json:"rows_emitted"`
-			}
+			var st wire.RunStatus
 			if json.Unmarshal(e.Value(), &st) == nil {
 				f.emitted = st.Emitted
 			}

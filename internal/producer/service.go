@@ -216,10 +216,8 @@ func (s *service) controlState(ctx context.Context, run string, st *runState) st
 	}
 	st.controlRead = time.Now()
 	st.control = ""
-	if e, err := s.runs.Get(ctx, run+".control"); err == nil {
-		var c struct {
-			State string `json:"state"`
-		}
+	if e, err := s.runs.Get(ctx, wire.ControlKey(run)); err == nil {
+		var c wire.Control
 		if json.Unmarshal(e.Value(), &c) == nil {
 			st.control = c.State
 		}
@@ -240,11 +238,9 @@ func (s *service) inWindow(ctx context.Context, run string, row int, st *runStat
 	}
 	st.statusRead = time.Now()
 	if e, err := s.runs.Get(ctx, run); err == nil {
-		var status struct {
-			Watermark int `json:"watermark"`
-		}
+		var status wire.RunStatus
 		if json.Unmarshal(e.Value(), &status) == nil {
-			st.watermark = max(st.watermark, status.Watermark)
+			st.watermark = max(st.watermark, status.Next)
 		}
 	}
 	return row < st.watermark+s.cfg.MaxAhead
@@ -331,10 +327,10 @@ func (s *service) handle(ctx context.Context, msg jetstream.Msg) (held bool, err
 	}
 	ctl := s.controlState(ctx, run, st)
 	switch {
-	case ctl == "paused":
+	case ctl == wire.ControlPaused:
 		s.cfg.Metrics.parked.WithLabelValues("paused").Inc()
 		return false, msg.NakWithDelay(s.cfg.ParkDelay)
-	case ctl != "cancelled" && !s.inWindow(ctx, run, row, st):
+	case ctl != wire.ControlCancelled && !s.inWindow(ctx, run, row, st):
 		s.cfg.Metrics.parked.WithLabelValues("flow_control").Inc()
 		return false, msg.NakWithDelay(s.cfg.ParkDelay)
 	}
@@ -351,7 +347,7 @@ func (s *service) handle(ctx context.Context, msg jetstream.Msg) (held bool, err
 		}
 	}
 	pl := planRow(p, p.Queries(), run, rec, nil)
-	if ctl == "cancelled" {
+	if ctl == wire.ControlCancelled {
 		// Its run was cancelled before this row was published: the row completes as an
 		// error row and nothing of it is called.
 		pl.jobs, pl.rowErr = nil, true

@@ -1,6 +1,8 @@
-// Package status owns the operator's view of a run, assembled from what the processes
-// publish: the collector's progress, the producer's checkpoint, the run's control record,
-// the deployments' breakers, the queue and the fleet throttle.
+// Package status owns the reading of a run's records: the operator's view of a run,
+// assembled from what the processes publish (the collector's progress, the producer's
+// checkpoint, the run's control record, the deployments' breakers, the queue and the
+// fleet throttle), waiting for a run to finish (WaitRun), and the control record mqctl
+// writes (SetControl). The records themselves are the wire contract (package wire).
 package status
 
 import (
@@ -15,10 +17,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/multiquery/multiquery/internal/collector"
 	"github.com/multiquery/multiquery/internal/throttle"
 	"github.com/multiquery/multiquery/internal/wire"
-	"github.com/multiquery/multiquery/internal/worker"
 )
 
 // StalledAfter is how long an unsealed run may go without producer progress before it
@@ -62,7 +62,7 @@ type Throttle struct {
 
 // Get assembles a run's status. listen is how long to collect throttle heartbeats.
 func Get(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, run string, listen time.Duration) (Report, error) {
-	r := Report{Run: run, State: "open", Throttle: map[string]Throttle{}}
+	r := Report{Run: run, State: wire.RunOpen, Throttle: map[string]Throttle{}}
 	runs, err := js.KeyValue(ctx, wire.BucketRuns)
 	if err != nil {
 		return r, fmt.Errorf("open kv %s: %w", wire.BucketRuns, err)
@@ -70,7 +70,7 @@ func Get(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, run string,
 	found := false
 	if e, err := runs.Get(ctx, run); err == nil {
 		found = true
-		var st collector.Status
+		var st wire.RunStatus
 		if err := json.Unmarshal(e.Value(), &st); err == nil {
 			r.State, r.RowsTotal, r.Emitted, r.OK, r.Failed, r.OldestOpen, r.OutDir, r.Deployments =
 				st.State, st.Total, st.Emitted, st.OK, st.Failed, st.Next, st.OutDir, st.Deployments
@@ -79,12 +79,9 @@ func Get(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, run string,
 			}
 		}
 	}
-	if e, err := runs.Get(ctx, run+".producer"); err == nil {
+	if e, err := runs.Get(ctx, wire.ProducerCheckpointKey(run)); err == nil {
 		found = true
-		var cp struct {
-			Through int       `json:"published_through"`
-			Updated time.Time `json:"updated"`
-		}
+		var cp wire.ProducerCheckpoint
 		if json.Unmarshal(e.Value(), &cp) == nil {
 			r.Published, r.ProducerSeen = cp.Through, cp.Updated
 		}
@@ -110,8 +107,8 @@ func Get(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, run string,
 	blocked := ""
 	for _, dep := range r.Deployments {
 		t := heartbeats(ctx, nc, dep, listen)
-		if e, err := runs.Get(ctx, worker.BreakerKey(dep)); err == nil {
-			var b worker.Breaker
+		if e, err := runs.Get(ctx, wire.BreakerKey(dep)); err == nil {
+			var b wire.Breaker
 			if json.Unmarshal(e.Value(), &b) == nil {
 				t.Breaker = fmt.Sprintf("open since %s: status %d %s: %s", b.Since.Format(time.RFC3339), b.Status, b.Code, b.Message)
 				blocked = fmt.Sprintf("deployment %s: status %d %s: %s", dep, b.Status, b.Code, b.Message)
@@ -120,23 +117,23 @@ func Get(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, run string,
 		learned(ctx, js, dep, &t)
 		r.Throttle[dep] = t
 	}
-	var ctl worker.Control
-	if e, err := runs.Get(ctx, worker.ControlKey(run)); err == nil && json.Unmarshal(e.Value(), &ctl) == nil {
+	var ctl wire.Control
+	if e, err := runs.Get(ctx, wire.ControlKey(run)); err == nil && json.Unmarshal(e.Value(), &ctl) == nil {
 		switch ctl.State {
-		case worker.StatePaused, worker.StateCancelled:
-			if r.State != "completed" {
+		case wire.ControlPaused, wire.ControlCancelled:
+			if r.State != wire.RunCompleted {
 				r.State = ctl.State
 			}
 		}
 	}
 	switch {
-	case r.State == "completed" || r.State == worker.StateCancelled || r.State == worker.StatePaused:
+	case r.State == wire.RunCompleted || r.State == wire.ControlCancelled || r.State == wire.ControlPaused:
 	case blocked != "":
 		r.State, r.Reason = "blocked", blocked
-	case r.State == "open" && !r.ProducerSeen.IsZero() && time.Since(r.ProducerSeen) > StalledAfter:
+	case r.State == wire.RunOpen && !r.ProducerSeen.IsZero() && time.Since(r.ProducerSeen) > StalledAfter:
 		r.State, r.Reason = "stalled", fmt.Sprintf("unsealed, and its producer has published nothing since %s", r.ProducerSeen.Format(time.RFC3339))
 	}
-	if r.RowsPerSec > 0 && r.State != "completed" {
+	if r.RowsPerSec > 0 && r.State != wire.RunCompleted {
 		left := max(r.RowsTotal, r.Published) - r.Emitted
 		r.ETA = (time.Duration(float64(left)/r.RowsPerSec) * time.Second).Round(time.Second).String()
 	}
@@ -208,7 +205,7 @@ func heartbeats(ctx context.Context, nc *nats.Conn, dep string, d time.Duration)
 // SetControl writes a run's control record: paused, cancelled or running (resume).
 func SetControl(ctx context.Context, js jetstream.JetStream, run, state string) error {
 	switch state {
-	case worker.StatePaused, worker.StateCancelled, worker.StateRunning:
+	case wire.ControlPaused, wire.ControlCancelled, wire.ControlRunning:
 	default:
 		return fmt.Errorf("control: %q is not paused, cancelled or running", state)
 	}
@@ -224,14 +221,14 @@ func SetControl(ctx context.Context, js jetstream.JetStream, run, state string) 
 			return fmt.Errorf("control: run %s has finished (%s); nothing left to pause, resume or cancel", run, st.State)
 		}
 	}
-	if e, err := runs.Get(ctx, worker.ControlKey(run)); err == nil {
-		var c worker.Control
-		if json.Unmarshal(e.Value(), &c) == nil && c.State == worker.StateCancelled && state != worker.StateCancelled {
+	if e, err := runs.Get(ctx, wire.ControlKey(run)); err == nil {
+		var c wire.Control
+		if json.Unmarshal(e.Value(), &c) == nil && c.State == wire.ControlCancelled && state != wire.ControlCancelled {
 			return errors.New("control: a cancelled run cannot be resumed or paused")
 		}
 	}
-	b, _ := json.Marshal(worker.Control{State: state, Updated: time.Now().UTC()})
-	if _, err := runs.Put(ctx, worker.ControlKey(run), b); err != nil {
+	b, _ := json.Marshal(wire.Control{State: state, Updated: time.Now().UTC()})
+	if _, err := runs.Put(ctx, wire.ControlKey(run), b); err != nil {
 		return fmt.Errorf("control of run %s: %w", run, err)
 	}
 	return nil

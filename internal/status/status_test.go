@@ -13,12 +13,10 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/goleak"
 
-	"github.com/multiquery/multiquery/internal/collector"
 	"github.com/multiquery/multiquery/internal/natstest"
 	"github.com/multiquery/multiquery/internal/queue"
 	"github.com/multiquery/multiquery/internal/throttle"
 	"github.com/multiquery/multiquery/internal/wire"
-	"github.com/multiquery/multiquery/internal/worker"
 )
 
 func TestMain(m *testing.M) {
@@ -66,24 +64,24 @@ func (e *env) put(kv jetstream.KeyValue, key string, v any) {
 	}
 }
 
-// status writes the collector's status of a run: collector.Status under the run id in
+// status writes the collector's status of a run: wire.RunStatus under the run id in
 // mq_runs (collector.publishStatus).
-func (e *env) status(st collector.Status) {
+func (e *env) status(st wire.RunStatus) {
 	e.t.Helper()
 	e.put(e.runs, st.Run, st)
 }
 
 // checkpoint writes the producer's checkpoint under "<run>.producer" in mq_runs, with
-// the fields of producer.checkpoint (internal/producer/resume.go, docs/WIRE.md).
+// the JSON fields of wire.ProducerCheckpoint spelled out (docs/WIRE.md).
 func (e *env) checkpoint(r string, through int, updated time.Time) {
 	e.t.Helper()
 	e.put(e.runs, r+".producer", map[string]any{"published_through": through, "rows_sha256": "abc", "config_hash": "def", "updated": updated.UTC()})
 }
 
 // breaker opens a deployment's breaker as a worker does (worker.openBreaker).
-func (e *env) breaker(dep string, b worker.Breaker) {
+func (e *env) breaker(dep string, b wire.Breaker) {
 	e.t.Helper()
-	e.put(e.runs, worker.BreakerKey(dep), b)
+	e.put(e.runs, wire.BreakerKey(dep), b)
 }
 
 func (e *env) get(r string, listen time.Duration) Report {
@@ -95,16 +93,16 @@ func (e *env) get(r string, listen time.Duration) Report {
 	return rep
 }
 
-func (e *env) control(r string) (worker.Control, bool) {
+func (e *env) control(r string) (wire.Control, bool) {
 	e.t.Helper()
-	en, err := e.runs.Get(e.ctx, worker.ControlKey(r))
+	en, err := e.runs.Get(e.ctx, wire.ControlKey(r))
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return worker.Control{}, false
+		return wire.Control{}, false
 	}
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	var c worker.Control
+	var c wire.Control
 	if err := json.Unmarshal(en.Value(), &c); err != nil {
 		e.t.Fatalf("control record %s: %v", en.Value(), err)
 	}
@@ -126,10 +124,10 @@ func TestGetReportsTheCollectorsProgressAndTheProducersCheckpoint(t *testing.T) 
 	e := start(t)
 	started := time.Now().Add(-1000 * time.Second)
 	seen := time.Now().Add(-time.Second).UTC()
-	e.status(collector.Status{Run: run, State: "open", Emitted: 100, OK: 90, Failed: 10, Next: 95, OutDir: "/out/run-a",
+	e.status(wire.RunStatus{Run: run, State: "open", Emitted: 100, OK: 90, Failed: 10, Next: 95, OutDir: "/out/run-a",
 		Deployments: []string{"dep-a", "dep-b"}, Started: started, Updated: time.Now().UTC()})
 	e.checkpoint(run, 250, seen)
-	e.status(collector.Status{Run: "run-b", State: "sealed", Total: 7, Emitted: 7, OK: 7, Next: 7})
+	e.status(wire.RunStatus{Run: "run-b", State: "sealed", Total: 7, Emitted: 7, OK: 7, Next: 7})
 	for _, subj := range []string{
 		wire.JobSubject("dep-a", run, 100, "q1"), wire.JobSubject("dep-b", run, 100, "q2"), wire.JobSubject("dep-a", run, 101, "q1"),
 		wire.JobSubject("dep-a", "run-b", 3, "q1"), wire.JobSubject("dep-a", "run-ab", 3, "q1"),
@@ -171,7 +169,7 @@ func TestGetReportsTheCollectorsProgressAndTheProducersCheckpoint(t *testing.T) 
 	within(t, "ETA seconds", eta.Seconds(), 1500, 1515)
 
 	// Once sealed, the total counts as published and is what is left to emit.
-	e.status(collector.Status{Run: run, State: "sealed", Total: 400, Emitted: 100, Next: 100, Deployments: []string{"dep-a"}, Started: started})
+	e.status(wire.RunStatus{Run: run, State: "sealed", Total: 400, Emitted: 100, Next: 100, Deployments: []string{"dep-a"}, Started: started})
 	r = e.get(run, 0)
 	if r.State != "sealed" || r.RowsTotal != 400 || r.Published != 400 {
 		t.Fatalf("sealed report = %+v, want sealed, 400 total and published", r)
@@ -181,7 +179,7 @@ func TestGetReportsTheCollectorsProgressAndTheProducersCheckpoint(t *testing.T) 
 	}
 
 	// A completed run has no ETA.
-	e.status(collector.Status{Run: run, State: "completed", Total: 400, Emitted: 400, OK: 400, Next: 400, Started: started, Finished: true})
+	e.status(wire.RunStatus{Run: run, State: "completed", Total: 400, Emitted: 400, OK: 400, Next: 400, Started: started, Finished: true})
 	r = e.get(run, 0)
 	if r.State != "completed" || r.ETA != "" || r.Emitted != 400 {
 		t.Fatalf("completed report = %+v, want completed without ETA", r)
@@ -204,9 +202,9 @@ func TestGetKnowsARunFromItsProducerCheckpointAlone(t *testing.T) {
 // naming it, even when a control record was written for it in advance.
 func TestGetOfAnUnknownRunFailsNamingIt(t *testing.T) {
 	e := start(t)
-	e.status(collector.Status{Run: "run-b", State: "open", Emitted: 1})
+	e.status(wire.RunStatus{Run: "run-b", State: "open", Emitted: 1})
 	e.checkpoint("run-b", 1, time.Now())
-	if err := SetControl(e.ctx, e.js, run, worker.StatePaused); err != nil {
+	if err := SetControl(e.ctx, e.js, run, wire.ControlPaused); err != nil {
 		t.Fatal(err)
 	}
 	r, err := Get(e.ctx, e.nc, e.js, run, 0)
@@ -226,7 +224,7 @@ func TestGetAndSetControlWithoutTheRunsBucketFailNamingIt(t *testing.T) {
 	if _, err := Get(ctx, nc, js, run, 0); err == nil || !strings.Contains(err.Error(), wire.BucketRuns) {
 		t.Fatalf("Get without %s: err = %v, want an error naming it", wire.BucketRuns, err)
 	}
-	if err := SetControl(ctx, js, run, worker.StatePaused); err == nil || !strings.Contains(err.Error(), wire.BucketRuns) {
+	if err := SetControl(ctx, js, run, wire.ControlPaused); err == nil || !strings.Contains(err.Error(), wire.BucketRuns) {
 		t.Fatalf("SetControl without %s: err = %v, want an error naming it", wire.BucketRuns, err)
 	}
 }
@@ -236,20 +234,20 @@ func TestGetAndSetControlWithoutTheRunsBucketFailNamingIt(t *testing.T) {
 func TestGetReportsAStalledRunWhoseProducerIsSilent(t *testing.T) {
 	e := start(t)
 	old := time.Now().Add(-StalledAfter - time.Minute).UTC()
-	e.status(collector.Status{Run: run, State: "open", Emitted: 5, Next: 5})
+	e.status(wire.RunStatus{Run: run, State: "open", Emitted: 5, Next: 5})
 	e.checkpoint(run, 10, old)
 	r := e.get(run, 0)
 	if r.State != "stalled" || !strings.Contains(r.Reason, "unsealed") || !strings.Contains(r.Reason, old.Format(time.RFC3339)) {
 		t.Fatalf("report = %+v, want stalled with a reason naming %s", r, old.Format(time.RFC3339))
 	}
 
-	e.status(collector.Status{Run: "run-sealed", State: "sealed", Total: 10, Emitted: 5, Next: 5})
+	e.status(wire.RunStatus{Run: "run-sealed", State: "sealed", Total: 10, Emitted: 5, Next: 5})
 	e.checkpoint("run-sealed", 10, old)
 	if r := e.get("run-sealed", 0); r.State != "sealed" || r.Reason != "" {
 		t.Fatalf("sealed run with an old checkpoint = %+v, want sealed", r)
 	}
 
-	e.status(collector.Status{Run: "run-fresh", State: "open", Emitted: 5, Next: 5})
+	e.status(wire.RunStatus{Run: "run-fresh", State: "open", Emitted: 5, Next: 5})
 	e.checkpoint("run-fresh", 10, time.Now().Add(-StalledAfter/2))
 	if r := e.get("run-fresh", 0); r.State != "open" || r.Reason != "" {
 		t.Fatalf("open run with a recent checkpoint = %+v, want open", r)
@@ -261,9 +259,9 @@ func TestGetReportsAStalledRunWhoseProducerIsSilent(t *testing.T) {
 func TestGetReportsAnOpenBreakerAsBlocked(t *testing.T) {
 	e := start(t)
 	since := time.Date(2025, 6, 1, 12, 0, 0, 0, time.UTC)
-	e.status(collector.Status{Run: run, State: "sealed", Total: 20, Emitted: 3, Next: 3, Deployments: []string{"dep-a", "dep-b"}})
-	e.breaker("dep-b", worker.Breaker{State: "open", Status: 401, Code: "invalid_api_key", Message: "Incorrect API key provided: [redacted]", Since: since, Worker: "w1"})
-	e.breaker("dep-c", worker.Breaker{State: "open", Status: 403, Code: "forbidden", Message: "not this run's", Since: since})
+	e.status(wire.RunStatus{Run: run, State: "sealed", Total: 20, Emitted: 3, Next: 3, Deployments: []string{"dep-a", "dep-b"}})
+	e.breaker("dep-b", wire.Breaker{State: "open", Status: 401, Code: "invalid_api_key", Message: "Incorrect API key provided: [redacted]", Since: since, Worker: "w1"})
+	e.breaker("dep-c", wire.Breaker{State: "open", Status: 403, Code: "forbidden", Message: "not this run's", Since: since})
 	r := e.get(run, 0)
 	if want := "deployment dep-b: status 401 invalid_api_key: Incorrect API key provided: [redacted]"; r.State != "blocked" || r.Reason != want {
 		t.Fatalf("report = %q (%q), want blocked (%q)", r.State, r.Reason, want)
@@ -283,35 +281,35 @@ func TestGetReportsAnOpenBreakerAsBlocked(t *testing.T) {
 // never completed; resumed (running), the run shows its own state again.
 func TestGetReportsTheControlStateButNeverOverCompletion(t *testing.T) {
 	e := start(t)
-	e.status(collector.Status{Run: run, State: "open", Emitted: 1, Deployments: []string{"dep-a"}})
-	e.breaker("dep-a", worker.Breaker{State: "open", Status: 401, Code: "invalid_api_key", Message: "bad key", Since: time.Now()})
-	if err := SetControl(e.ctx, e.js, run, worker.StatePaused); err != nil {
+	e.status(wire.RunStatus{Run: run, State: "open", Emitted: 1, Deployments: []string{"dep-a"}})
+	e.breaker("dep-a", wire.Breaker{State: "open", Status: 401, Code: "invalid_api_key", Message: "bad key", Since: time.Now()})
+	if err := SetControl(e.ctx, e.js, run, wire.ControlPaused); err != nil {
 		t.Fatal(err)
 	}
-	if r := e.get(run, 0); r.State != worker.StatePaused || r.Reason != "" || r.Throttle["dep-a"].Breaker == "" {
+	if r := e.get(run, 0); r.State != wire.ControlPaused || r.Reason != "" || r.Throttle["dep-a"].Breaker == "" {
 		t.Fatalf("paused run with an open breaker = %+v, want paused (its breaker shown)", r)
 	}
-	if err := SetControl(e.ctx, e.js, run, worker.StateRunning); err != nil {
+	if err := SetControl(e.ctx, e.js, run, wire.ControlRunning); err != nil {
 		t.Fatal(err)
 	}
 	if r := e.get(run, 0); r.State != "blocked" {
 		t.Fatalf("resumed run with an open breaker = %q, want blocked", r.State)
 	}
 
-	e.status(collector.Status{Run: "run-c", State: "sealed", Total: 9, Emitted: 1})
-	if err := SetControl(e.ctx, e.js, "run-c", worker.StateCancelled); err != nil {
+	e.status(wire.RunStatus{Run: "run-c", State: "sealed", Total: 9, Emitted: 1})
+	if err := SetControl(e.ctx, e.js, "run-c", wire.ControlCancelled); err != nil {
 		t.Fatal(err)
 	}
-	if r := e.get("run-c", 0); r.State != worker.StateCancelled {
+	if r := e.get("run-c", 0); r.State != wire.ControlCancelled {
 		t.Fatalf("cancelled run = %q, want cancelled", r.State)
 	}
 
 	// Paused before the collector finished it: completed wins.
-	e.status(collector.Status{Run: "run-d", State: "sealed", Total: 2, Emitted: 1})
-	if err := SetControl(e.ctx, e.js, "run-d", worker.StatePaused); err != nil {
+	e.status(wire.RunStatus{Run: "run-d", State: "sealed", Total: 2, Emitted: 1})
+	if err := SetControl(e.ctx, e.js, "run-d", wire.ControlPaused); err != nil {
 		t.Fatal(err)
 	}
-	e.status(collector.Status{Run: "run-d", State: "completed", Total: 2, Emitted: 2, OK: 2, Next: 2, Finished: true})
+	e.status(wire.RunStatus{Run: "run-d", State: "completed", Total: 2, Emitted: 2, OK: 2, Next: 2, Finished: true})
 	if r := e.get("run-d", 0); r.State != "completed" {
 		t.Fatalf("completed run with a pause record = %q, want completed", r.State)
 	}
@@ -328,7 +326,7 @@ func TestGetReportsTheRememberedRateOfEachDeployment(t *testing.T) {
 	e.put(mem, "dep-a", wire.LearnedRate{Rate: 7.5, Ceiling: 12, Source: "headers", Learned: time.Now().Add(-90 * time.Second).UTC()})
 	e.put(mem, "dep-c", wire.LearnedRate{Rate: 0, Source: "probing", Learned: time.Now().UTC()})
 	e.put(mem, "dep-z", wire.LearnedRate{Rate: 3, Source: "learned", Learned: time.Now().UTC()})
-	e.status(collector.Status{Run: run, State: "open", Deployments: []string{"dep-a", "dep-b", "dep-c"}})
+	e.status(wire.RunStatus{Run: run, State: "open", Deployments: []string{"dep-a", "dep-b", "dep-c"}})
 	r := e.get(run, 0)
 	a := r.Throttle["dep-a"]
 	if a.Learned != 7.5 {
@@ -354,7 +352,7 @@ func TestGetReportsTheRememberedRateOfEachDeployment(t *testing.T) {
 // that leaves (its last heartbeat says leaving) is not counted, as the fleet drops it.
 func TestGetReportsTheFleetFromHeartbeats(t *testing.T) {
 	e := start(t)
-	e.status(collector.Status{Run: run, State: "open", Deployments: []string{"dep-a"}})
+	e.status(wire.RunStatus{Run: run, State: "open", Deployments: []string{"dep-a"}})
 	// Get listens on a connection of its own: once that connection holds a subscription
 	// (Get's), heartbeats published on it follow the subscription on the wire, so each
 	// reaches it whatever the scheduling. They are sent until Get returns.
@@ -449,11 +447,11 @@ func TestLearnedIgnoresAMissingOrUnreadableMemory(t *testing.T) {
 }
 
 // SetControl writes the control record workers and the producer read (key
-// "<run>.control" in mq_runs, worker.Control): pause, then resume (running).
+// "<run>.control" in mq_runs, wire.Control): pause, then resume (running).
 func TestSetControlWritesTheRecordWorkersRead(t *testing.T) {
 	e := start(t)
-	e.status(collector.Status{Run: run, State: "open"})
-	for _, state := range []string{worker.StatePaused, worker.StateRunning, worker.StatePaused} {
+	e.status(wire.RunStatus{Run: run, State: "open"})
+	for _, state := range []string{wire.ControlPaused, wire.ControlRunning, wire.ControlPaused} {
 		before := time.Now().Add(-time.Second)
 		if err := SetControl(e.ctx, e.js, run, state); err != nil {
 			t.Fatalf("set %s: %v", state, err)
@@ -473,7 +471,7 @@ func TestSetControlWritesTheRecordWorkersRead(t *testing.T) {
 // nothing is written then.
 func TestSetControlRejectsAnInvalidStateNamingIt(t *testing.T) {
 	e := start(t)
-	e.status(collector.Status{Run: run, State: "open"})
+	e.status(wire.RunStatus{Run: run, State: "open"})
 	for _, state := range []string{"stopped", "", "Paused", "resume", "cancel"} {
 		err := SetControl(e.ctx, e.js, run, state)
 		if err == nil || !strings.Contains(err.Error(), `"`+state+`"`) {
@@ -489,19 +487,19 @@ func TestSetControlRejectsAnInvalidStateNamingIt(t *testing.T) {
 // cancelled; cancelling again is harmless.
 func TestACancelledRunCannotBeResumedOrPaused(t *testing.T) {
 	e := start(t)
-	e.status(collector.Status{Run: run, State: "sealed", Total: 3})
-	if err := SetControl(e.ctx, e.js, run, worker.StateCancelled); err != nil {
+	e.status(wire.RunStatus{Run: run, State: "sealed", Total: 3})
+	if err := SetControl(e.ctx, e.js, run, wire.ControlCancelled); err != nil {
 		t.Fatal(err)
 	}
-	for _, state := range []string{worker.StateRunning, worker.StatePaused} {
+	for _, state := range []string{wire.ControlRunning, wire.ControlPaused} {
 		if err := SetControl(e.ctx, e.js, run, state); err == nil || !strings.Contains(err.Error(), "cancelled") {
 			t.Fatalf("SetControl(%s) of a cancelled run: err = %v, want a refusal", state, err)
 		}
-		if c, _ := e.control(run); c.State != worker.StateCancelled {
+		if c, _ := e.control(run); c.State != wire.ControlCancelled {
 			t.Fatalf("control after a refused %s = %+v, want cancelled", state, c)
 		}
 	}
-	if err := SetControl(e.ctx, e.js, run, worker.StateCancelled); err != nil {
+	if err := SetControl(e.ctx, e.js, run, wire.ControlCancelled); err != nil {
 		t.Fatalf("cancel again: %v", err)
 	}
 }
@@ -510,8 +508,8 @@ func TestACancelledRunCannotBeResumedOrPaused(t *testing.T) {
 // no control key that would be left behind.
 func TestSetControlRefusesAFinishedRun(t *testing.T) {
 	e := start(t)
-	e.status(collector.Status{Run: run, State: "completed", Total: 3, Emitted: 3, OK: 3, Next: 3, Finished: true})
-	for _, state := range []string{worker.StatePaused, worker.StateCancelled, worker.StateRunning} {
+	e.status(wire.RunStatus{Run: run, State: "completed", Total: 3, Emitted: 3, OK: 3, Next: 3, Finished: true})
+	for _, state := range []string{wire.ControlPaused, wire.ControlCancelled, wire.ControlRunning} {
 		err := SetControl(e.ctx, e.js, run, state)
 		if err == nil || !strings.Contains(err.Error(), "run "+run+" has finished") {
 			t.Fatalf("SetControl(%s) of a finished run: err = %v, want a refusal naming it", state, err)
@@ -548,5 +546,36 @@ func TestReportTextShowsTheKeyFigures(t *testing.T) {
 		"  deployment dep-b: fleet rate 1.5 req/s over 1 workers\n"
 	if got := r.Text(); got != want {
 		t.Fatalf("Text() =\n%s\nwant\n%s", got, want)
+	}
+}
+
+// WaitRun reports each status the collector writes and returns the first finished one;
+// it gives up with the context.
+func TestWaitRunReturnsTheFinishedStatus(t *testing.T) {
+	e := start(t)
+	e.status(wire.RunStatus{Run: run, State: wire.RunSealed, Total: 3, Emitted: 1, Next: 1})
+	seen := make(chan wire.RunStatus, 8)
+	type result struct {
+		st  wire.RunStatus
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		st, err := WaitRun(e.ctx, e.js, run, func(s wire.RunStatus) { seen <- s })
+		done <- result{st, err}
+	}()
+	if s := <-seen; s.Emitted != 1 || s.Finished {
+		t.Fatalf("first progress = %+v, want the unfinished status", s)
+	}
+	e.status(wire.RunStatus{Run: run, State: wire.RunCompleted, Total: 3, Emitted: 3, OK: 3, Next: 3, Finished: true})
+	r := <-done
+	if r.err != nil || !r.st.Finished || r.st.State != wire.RunCompleted || r.st.OK != 3 {
+		t.Fatalf("WaitRun = %+v, %v; want the completed status", r.st, r.err)
+	}
+
+	ctx, cancel := context.WithTimeout(e.ctx, 200*time.Millisecond)
+	defer cancel()
+	if _, err := WaitRun(ctx, e.js, "run-never", nil); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("WaitRun of a run that never finishes = %v, want the context's error", err)
 	}
 }

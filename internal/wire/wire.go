@@ -596,23 +596,3 @@ func leadingVersion(data []byte) (ver int, ok bool) {
 
 // ErrNewerVersion marks a payload written by a newer schema version.
 var ErrNewerVersion = errors.New("newer schema version")
-
-// RunStatus is the run progress the collector publishes in the runs KV bucket under the
-// run id (docs/WIRE.md, "Run status"); the only key of a run kept after it finished.
-type RunStatus struct {
-	Run     string `json:"run"`
-	State   string `json:"state"` // open | sealed | completed
-	Total   int    `json:"rows_total"`
-	Emitted int    `json:"rows_emitted"`
-	OK      int    `json:"rows_ok"`
-	Failed  int    `json:"rows_failed"`
-	Next    int    `json:"watermark"` // every row below has been emitted
-	OutDir  string `json:"out_dir"`
-	// Deployments and Started come from the open record (for status and ETA).
-	Deployments []string  `json:"deployments"`
-	Started     time.Time `json:"started"`
-	Updated     time.Time `json:"updated"`
-	Finished    bool      `json:"finished"`
-	// LeaseEpoch is the epoch of the collector lease it was written under.
-	LeaseEpoch uint64 `json:"lease_epoch,omitempty"`
-}

@@ -3,47 +3,14 @@ package worker
 import (
 	"context"
 	"encoding/json"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/multiquery/multiquery/internal/llm"
+	"github.com/multiquery/multiquery/internal/wire"
 )
-
-// Run control states (key "<run>.control" in the runs bucket, written by mqctl).
-const (
-	StateRunning   = "running"
-	StatePaused    = "paused"
-	StateCancelled = "cancelled"
-)
-
-// Control is a run's control record.
-type Control struct {
-	State   string    `json:"state"`
-	Updated time.Time `json:"updated"`
-}
-
-// ControlKey is the runs-bucket key of a run's control record.
-func ControlKey(run string) string { return run + ".control" }
-
-// Breaker is a deployment's circuit breaker record (key "breaker.<alias>"): present
-// while the deployment answers with deployment-wide errors.
-// Its reason is sanitized: status, the provider's code and type, and a message with
-// anything key-like redacted (providers echo the offered key, masked).
-type Breaker struct {
-	State   string    `json:"state"` // open
-	Status  int       `json:"status"`
-	Code    string    `json:"code,omitempty"`
-	Type    string    `json:"type,omitempty"`
-	Message string    `json:"message"`
-	Since   time.Time `json:"since"`
-	Worker  string    `json:"worker"`
-}
-
-// BreakerKey is the runs-bucket key of a deployment's breaker.
-func BreakerKey(alias string) string { return "breaker." + alias }
 
 // controls mirrors run control records and open breakers from the runs bucket.
 type controls struct {
@@ -69,7 +36,7 @@ func (c *controls) breakerOpen(alias string) bool {
 func (w *Worker) watchControls(ctx context.Context, kv jetstream.KeyValue, loaded chan<- struct{}) {
 	var once sync.Once
 	defer once.Do(func() { close(loaded) })
-	wt, err := kv.WatchFiltered(ctx, []string{"*.control", "breaker.*"})
+	wt, err := kv.WatchFiltered(ctx, []string{wire.ControlKeyFilter, wire.BreakerKeyFilter})
 	if err != nil {
 		w.log.Error().Err(err).Msg("watch run controls")
 		return
@@ -89,10 +56,10 @@ func (w *Worker) watchControls(ctx context.Context, kv jetstream.KeyValue, loade
 			}
 			deleted := e.Operation() != jetstream.KeyValuePut
 			w.ctl.mu.Lock()
-			if alias, ok := strings.CutPrefix(e.Key(), "breaker."); ok {
+			if alias, ok := wire.ParseBreakerKey(e.Key()); ok {
 				w.ctl.breakers[alias] = !deleted
-			} else if run, ok := strings.CutSuffix(e.Key(), ".control"); ok {
-				var c Control
+			} else if run, ok := wire.ParseControlKey(e.Key()); ok {
+				var c wire.Control
 				if deleted || json.Unmarshal(e.Value(), &c) != nil {
 					delete(w.ctl.runs, run)
 				} else {
@@ -115,9 +82,9 @@ func (w *Worker) openBreaker(ctx context.Context, d *deployment, depErr *llm.Dep
 	if w.ctl.breakerOpen(d.alias) {
 		return
 	}
-	b, _ := json.Marshal(Breaker{State: "open", Status: depErr.StatusCode, Code: depErr.Code, Type: depErr.Type,
+	b, _ := json.Marshal(wire.Breaker{State: wire.BreakerOpen, Status: depErr.StatusCode, Code: depErr.Code, Type: depErr.Type,
 		Message: llm.Redact(depErr.Message), Since: time.Now().UTC(), Worker: w.cfg.Name})
-	if _, err := w.runs.Put(ctx, BreakerKey(d.alias), b); err != nil {
+	if _, err := w.runs.Put(ctx, wire.BreakerKey(d.alias), b); err != nil {
 		w.log.Warn().Err(err).Str("deployment", d.alias).Msg("record breaker")
 	}
 }
@@ -127,7 +94,7 @@ func (w *Worker) closeBreaker(ctx context.Context, d *deployment) {
 	if !w.ctl.breakerOpen(d.alias) {
 		return
 	}
-	if err := w.runs.Delete(ctx, BreakerKey(d.alias)); err != nil {
+	if err := w.runs.Delete(ctx, wire.BreakerKey(d.alias)); err != nil {
 		w.log.Warn().Err(err).Str("deployment", d.alias).Msg("clear breaker")
 		return
 	}

@@ -70,7 +70,7 @@ type outcomeInput struct {
 	cause string // jobPoison: why
 	alias string // jobUnservedAlias: the alias
 
-	run        string        // the run's control state ("" or StateRunning: running)
+	run        string        // the run's control state ("" or wire.ControlRunning: running)
 	deliveries uint64        // NumDelivered: this delivery's attempt
 	naks       uint64        // deliveries that ended in a NAK the worker chose (read only past hardDeliverCap)
 	pausedFor  time.Duration // the deployment's pause left (read again after a capacity signal)
@@ -135,9 +135,9 @@ func decide(in outcomeInput) outcome {
 	case in.job == jobUnservedAlias:
 		return outcome{act: actFinal, err: &wire.Error{Reason: wire.ReasonUnknownDeployment,
 			Message: "no worker serves deployment alias " + in.alias, Details: map[string]any{"deployment": in.alias}}}
-	case in.run == StateCancelled:
+	case in.run == wire.ControlCancelled:
 		return outcome{act: actFinal, err: &wire.Error{Reason: wire.ReasonCancelled, Message: "the run was cancelled"}}
-	case in.run == StatePaused:
+	case in.run == wire.ControlPaused:
 		// Fetched just before the pause was known (paused runs are not fetched): wait.
 		return outcome{act: actNak, delay: jitterBy(in.pausedRunDelay, in.rand), record: true}
 	case in.deliveries > in.hardDeliverCap && in.deliveries > in.naks && in.deliveries-in.naks > in.hardDeliverCap:

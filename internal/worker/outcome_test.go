@@ -39,12 +39,12 @@ var outcomeTable = []struct {
 
 	// Before the call.
 	{"first delivery: call", at(func(*outcomeInput) {}), outcome{act: actCall}},
-	{"running run (explicit state): call", at(func(in *outcomeInput) { in.run = StateRunning }), outcome{act: actCall}},
-	{"cancelled run: cancelled, no call", at(func(in *outcomeInput) { in.run, in.deliveries = StateCancelled, 3 }),
+	{"running run (explicit state): call", at(func(in *outcomeInput) { in.run = wire.ControlRunning }), outcome{act: actCall}},
+	{"cancelled run: cancelled, no call", at(func(in *outcomeInput) { in.run, in.deliveries = wire.ControlCancelled, 3 }),
 		final(wire.ReasonCancelled, "the run was cancelled", nil)},
-	{"cancelled run beats a paused deployment", at(func(in *outcomeInput) { in.run, in.pausedFor = StateCancelled, time.Second }),
+	{"cancelled run beats a paused deployment", at(func(in *outcomeInput) { in.run, in.pausedFor = wire.ControlCancelled, time.Second }),
 		final(wire.ReasonCancelled, "the run was cancelled", nil)},
-	{"paused run: wait 30 s (a counted NAK)", at(func(in *outcomeInput) { in.run = StatePaused }), wait(30 * time.Second)},
+	{"paused run: wait 30 s (a counted NAK)", at(func(in *outcomeInput) { in.run = wire.ControlPaused }), wait(30 * time.Second)},
 	{"901 deliveries, none NAKed: max_deliveries_exceeded", at(func(in *outcomeInput) { in.deliveries = 901 }),
 		final(wire.ReasonMaxDeliveries, "delivered 901 times", map[string]any{"deliveries": uint64(901)})},
 	{"901 deliveries, 1 NAKed: at the cap, not past it", at(func(in *outcomeInput) { in.deliveries, in.naks = 901, 1 }), outcome{act: actProbe}},

@@ -360,7 +360,7 @@ func (w *Worker) fetchLoop(ctx, callCtx context.Context, d *deployment, inflight
 		}
 		// Only live runs are fetched: a paused run takes no permit and no delivery
 		// (which would count toward its crash-loop cap), a dormant one no round trip.
-		runs := d.rotation(func(run string) bool { return w.ctl.run(run) == StatePaused })
+		runs := d.rotation(func(run string) bool { return w.ctl.run(run) == wire.ControlPaused })
 		pulls.keep(runs)
 		if len(runs) == 0 { // nothing to fetch from: take no permit
 			d.idle(ctx, 50*time.Millisecond)

@@ -1,0 +1,49 @@
+package status
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/multiquery/multiquery/internal/wire"
+)
+
+// WaitRun watches a run's status (wire.RunStatus, written by the collector) until the
+// collector has finished the run, calling progress on each change. It returns the final
+// status.
+func WaitRun(ctx context.Context, js jetstream.JetStream, run string, progress func(wire.RunStatus)) (wire.RunStatus, error) {
+	kv, err := js.KeyValue(ctx, wire.BucketRuns)
+	if err != nil {
+		return wire.RunStatus{}, fmt.Errorf("open kv %s: %w", wire.BucketRuns, err)
+	}
+	w, err := kv.Watch(ctx, run)
+	if err != nil {
+		return wire.RunStatus{}, fmt.Errorf("watch run %s: %w", run, err)
+	}
+	defer func() { _ = w.Stop() }()
+	for {
+		select {
+		case <-ctx.Done():
+			return wire.RunStatus{}, fmt.Errorf("wait for run %s: %w", run, ctx.Err())
+		case e, ok := <-w.Updates():
+			if !ok {
+				return wire.RunStatus{}, fmt.Errorf("wait for run %s: watcher closed", run)
+			}
+			if e == nil {
+				continue
+			}
+			var st wire.RunStatus
+			if err := json.Unmarshal(e.Value(), &st); err != nil {
+				continue
+			}
+			if progress != nil {
+				progress(st)
+			}
+			if st.Finished {
+				return st, nil
+			}
+		}
+	}
+}
