@@ -7,25 +7,31 @@
 // the others back by subject when their row's turn comes, and checkpoints after every
 // fsynced batch: a restart truncates the files to the checkpoint and replays the streams,
 // skipping rows already emitted.
+//
+// The code follows an event's flow: this file reads the streams (Run, active, the
+// decoding of events, reads back by subject); state.go folds each event into its run's
+// state (openRun, apply by event kind, orphans of runs not open yet); emit.go writes
+// the rows that may go out, in the run's order (advance, emit, fold); checkpoint.go
+// makes them durable and releases what is no longer needed (checkpoint, status, purge,
+// finish, cleanup).
 package collector
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/rs/zerolog"
 
 	"github.com/multiquery/multiquery/internal/lease"
 	"github.com/multiquery/multiquery/internal/queue"
-	"github.com/multiquery/multiquery/internal/sink"
 	"github.com/multiquery/multiquery/internal/wire"
 )
 
@@ -120,31 +126,6 @@ type Collector struct {
 	// fence is the lease held while active (nil with NoLease): every side effect passes
 	// it first (docs/OPERATIONS.md, "Collector lease and fencing").
 	fence *lease.Fence
-}
-
-// maxOrphans bounds the events kept, over all runs, whose open record is missing; their
-// bytes are also bounded by a quarter of MemoryLimit.
-const maxOrphans = 100000
-
-// orphanSize is what an orphan event (without its body) holds in memory, roughly.
-func orphanSize(ev event) int64 { return 96 + int64(len(ev.run)+len(ev.q)) }
-
-type eventKind int
-
-const (
-	evOpen eventKind = iota
-	evRow
-	evSeal
-	evResult
-)
-
-type event struct {
-	kind eventKind
-	run  string
-	row  int
-	q    string
-	data []byte
-	seq  uint64 // stream sequence, to delete the message once its row is out
 }
 
 // New builds a collector.
@@ -294,6 +275,24 @@ func (c *Collector) consume(ctx context.Context, stream, filter string, events c
 	return cc.Stop, nil
 }
 
+type eventKind int
+
+const (
+	evOpen eventKind = iota
+	evRow
+	evSeal
+	evResult
+)
+
+type event struct {
+	kind eventKind
+	run  string
+	row  int
+	q    string
+	data []byte
+	seq  uint64 // stream sequence, to delete the message once its row is out
+}
+
 func (c *Collector) decodeEvent(msg jetstream.Msg) (event, bool) {
 	ev, ok := c.decodeSubject(msg)
 	if !ok {
@@ -336,286 +335,52 @@ func (c *Collector) decodeSubject(msg jetstream.Msg) (event, bool) {
 	}
 }
 
-func (c *Collector) apply(ctx context.Context, ev event) error {
-	r := c.runs[ev.run]
-	if ev.kind == evOpen {
-		if r != nil {
-			return nil // a duplicate open: first wins
-		}
-		var o wire.Open
-		if err := wire.Decode(ev.data, &o); err != nil {
-			c.log.Error().Err(err).Str("run", ev.run).Msg("undecodable open record; run ignored")
-			return nil
-		}
-		if err := o.Validate(); err != nil || o.Run != ev.run {
-			c.log.Error().Err(err).Str("run", ev.run).Msg("invalid open record; run ignored")
-			return nil
-		}
-		r, err := c.openRun(ctx, &o)
-		if err != nil {
-			return err
-		}
-		if r.finished {
-			// Finished before (its checkpoint says so), yet its open record is still on
-			// the bus: the collector stopped between the checkpoint and the purge.
-			c.dropOrphans(o.Run)
-			c.forget(o.Run)
-			return c.cleanup(ctx, o.Run, o.Deployments)
-		}
-		c.runs[o.Run] = r
-		if err := c.replayOrphans(ctx, o.Run); err != nil {
-			return err
-		}
-		return c.advance(ctx, r, -1)
-	}
-	if r == nil {
-		// The two streams are read independently: a result may come before its run's
-		// open record. Read the open record by subject rather than buffering.
-		data, err := c.getLast(ctx, c.input, wire.InputOpenSubject(ev.run))
-		if err == nil {
-			if err := c.apply(ctx, event{kind: evOpen, run: ev.run, data: data}); err != nil {
-				return err
-			}
-			if r = c.runs[ev.run]; r != nil {
-				return c.apply(ctx, ev)
-			}
-		} else if !errors.Is(err, jetstream.ErrMsgNotFound) {
-			return err
-		}
-		// No open record (yet): a late duplicate of a finished, purged run, or a publisher
-		// that broke the open-first rule.
-		if c.isDone(ctx, ev.run) {
-			c.deleteLate(ctx, ev)
-			return nil
-		}
-		return c.keepOrphan(ctx, ev)
-	}
-	if r.finished {
-		return nil
-	}
-	if ev.kind != evSeal && r.sealed && ev.row >= r.total {
-		c.rejectBeyondSeal(r, ev.row)
-		return nil
-	}
-	switch ev.kind {
-	case evSeal:
-		var s wire.Seal
-		if err := wire.Decode(ev.data, &s); err != nil {
-			c.log.Error().Err(err).Str("run", r.id).Msg("undecodable seal record")
-			return nil
-		}
-		if r.sealed {
-			if s.Rows != r.total {
-				c.log.Error().Str("run", r.id).Int("rows", s.Rows).Int("sealed", r.total).Msg("a second seal with another row count ignored: the first seal wins")
-			}
-			return nil
-		}
-		r.sealed, r.total = true, s.Rows
-		c.dirty[r.id] = r
-		// Rows read before the seal but numbered past it are not part of the run.
-		for i := range r.rows {
-			if i >= r.total {
-				c.rejectBeyondSeal(r, i)
-				c.dropRow(r, i)
-			}
-		}
-		for i := range r.above {
-			if i >= r.total {
-				c.log.Error().Str("run", r.id).Int("row", i).Int("sealed", r.total).Msg("a row numbered past the seal was written before the seal was read")
-			}
-		}
-	case evRow:
-		if r.isEmitted(ev.row) {
-			return nil
-		}
-		var row wire.Row
-		if err := wire.Decode(ev.data, &row); err != nil {
-			// An input row nobody can read still completes: as an error row.
-			row = wire.Row{Run: r.id, Row: ev.row, Error: &wire.Error{Reason: wire.ReasonMalformedRecord, Message: "undecodable input row: " + err.Error()}}
-		}
-		if bad := r.checkRowData(row.Data, row.Error == nil); bad != nil {
-			// What the row cannot be written with is dropped; the row becomes an error row.
-			row.Data = nil
-			if row.Error == nil {
-				row.Error = bad
-			}
-		}
-		rs := r.rowState(ev.row)
-		if rs.input {
-			return nil
-		}
-		rs.input = true
-		c.waiting++
-		rs.preErr = row.Error
-		if c.cached+int64(len(row.Data)) <= c.cfg.MemoryLimit {
-			rs.data = row.Data
-			rs.dataCached = true
-			c.cached += int64(len(row.Data))
-		}
-	case evResult:
-		qi := r.open.QueryIndex(ev.q)
-		if qi < 0 {
-			c.log.Warn().Str("run", r.id).Str("query", ev.q).Msg("result of an unknown query ignored")
-			return nil
-		}
-		if r.isEmitted(ev.row) {
-			return nil
-		}
-		rs := r.rowState(ev.row)
-		if rs.has(qi) {
-			return nil // first result wins
-		}
-		rs.set(qi)
-		rs.resultSeqs[qi] = ev.seq
-		if c.cached+int64(len(ev.data)) <= c.cfg.MemoryLimit {
-			rs.results[qi] = ev.data
-			c.cached += int64(len(ev.data))
-		}
-	}
-	touched := ev.row
-	if ev.kind == evSeal {
-		touched = -1
-	}
-	return c.advance(ctx, r, touched)
-}
-
-// keepOrphan keeps an event of a run without an open record, without its body (read
-// back by subject when the open record shows up), within maxOrphans and a quarter of
-// MemoryLimit. Beyond, the event is dropped and counted: a restart replays it.
-func (c *Collector) keepOrphan(_ context.Context, ev event) error {
-	ev.data = nil
-	size := orphanSize(ev)
-	if c.orphanN >= maxOrphans || c.orphanBytes+size > c.cfg.MemoryLimit/4 {
-		c.m.reject(rejectOrphanLimit)
-		c.log.Warn().Str("run", ev.run).Int("orphans", c.orphanN).Msg("event of a run without an open record dropped: orphan limit reached (a restart reads it again)")
-		return nil
-	}
-	c.orphans[ev.run] = append(c.orphans[ev.run], ev)
-	c.orphanN++
-	c.orphanBytes += size
-	c.cached += size
-	return nil
-}
-
-// dropOrphans forgets the kept events of a run.
-func (c *Collector) dropOrphans(id string) {
-	for _, ev := range c.orphans[id] {
-		size := orphanSize(ev)
-		c.orphanN--
-		c.orphanBytes -= size
-		c.cached -= size
-	}
-	delete(c.orphans, id)
-}
-
-// maxDone bounds the finished runs remembered in memory.
-const maxDone = 10000
-
-// forget drops a finished run from memory, remembering only that it is done.
-func (c *Collector) forget(id string) {
-	delete(c.runs, id)
-	delete(c.dirty, id)
-	if !c.done[id] {
-		c.done[id] = true
-		c.doneOrder = append(c.doneOrder, id)
-		if len(c.doneOrder) > maxDone {
-			delete(c.done, c.doneOrder[0])
-			c.doneOrder = c.doneOrder[1:]
-		}
-	}
-}
-
-// isDone reports whether a run is finished: remembered, or so says its final status.
-func (c *Collector) isDone(ctx context.Context, id string) bool {
-	if c.done[id] {
-		return true
-	}
-	if _, kept := c.orphans[id]; kept {
-		return false // asked already for this run
-	}
-	e, err := c.runsKV.Get(ctx, id)
+// getLast reads back the body of the last message on subject (retried; a missing
+// message is jetstream.ErrMsgNotFound).
+func (c *Collector) getLast(ctx context.Context, s jetstream.Stream, subject string) ([]byte, error) {
+	msg, err := c.getLastMsg(ctx, s, subject)
 	if err != nil {
-		return false
+		return nil, err
 	}
-	var st wire.RunStatus
-	if json.Unmarshal(e.Value(), &st) != nil || !st.Finished {
-		return false
-	}
-	c.forget(id)
-	return true
+	return msg.Data, nil
 }
 
-// deleteLate deletes a message of a finished run that arrived after its purge.
-func (c *Collector) deleteLate(ctx context.Context, ev event) {
-	c.m.reject(rejectFinishedRun)
-	if ev.seq == 0 || c.fence.Check() != nil {
-		return
+func (c *Collector) getLastMsg(ctx context.Context, s jetstream.Stream, subject string) (*jetstream.RawStreamMsg, error) {
+	var msg *jetstream.RawStreamMsg
+	err := retryGet(ctx, func(ctx context.Context) error {
+		var err error
+		msg, err = s.GetLastMsgForSubject(ctx, subject)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read back %s: %w", subject, err)
 	}
-	s := c.input
-	if ev.kind == evResult {
-		s = c.results
-	}
-	if err := s.DeleteMsg(ctx, ev.seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) && ctx.Err() == nil {
-		c.log.Debug().Err(err).Str("run", ev.run).Uint64("seq", ev.seq).Msg("delete a late message of a finished run")
-	}
+	return msg, nil
 }
 
-// replayOrphans applies the kept events of a run that was just opened, reading each
-// body back by subject (one that is gone was purged: skipped).
-func (c *Collector) replayOrphans(ctx context.Context, id string) error {
-	evs := c.orphans[id]
-	delete(c.orphans, id)
-	for _, ev := range evs {
-		size := orphanSize(ev)
-		c.orphanN--
-		c.orphanBytes -= size
-		c.cached -= size
-		s, subject := c.input, wire.InputSealSubject(id)
-		switch ev.kind {
-		case evRow:
-			subject = wire.InputRowSubject(id, ev.row)
-		case evResult:
-			s, subject = c.results, wire.ResultSubject(id, ev.row, ev.q)
-		}
-		msg, err := c.getLastMsg(ctx, s, subject)
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			continue
-		}
-		if err != nil {
+// retryGet retries a read of the bus with a backoff, up to 20 times, unless the
+// message is not found or ctx ends.
+func retryGet(ctx context.Context, fn func(ctx context.Context) error) error {
+	var err error
+	for attempt := range 20 {
+		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err = fn(actx)
+		cancel()
+		if err == nil || errors.Is(err, jetstream.ErrMsgNotFound) || ctx.Err() != nil {
 			return err
 		}
-		ev.data, ev.seq = msg.Data, msg.Sequence
-		if err := c.apply(ctx, ev); err != nil {
-			return err
+		t := time.NewTimer(time.Duration(1<<min(attempt, 5)) * 50 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
 		}
 	}
-	return nil
+	return err
 }
 
-// rejectBeyondSeal counts and logs an event of a row the seal says does not exist.
-func (c *Collector) rejectBeyondSeal(r *run, row int) {
-	c.m.reject(rejectRowBeyondSeal)
-	c.log.Error().Str("run", r.id).Int("row", row).Int("sealed", r.total).Msg("row numbered past the seal rejected")
-}
-
-// dropRow forgets a row that will not be written, releasing what it held.
-func (c *Collector) dropRow(r *run, i int) {
-	rs := r.rows[i]
-	if rs == nil {
-		return
-	}
-	if rs.input {
-		c.waiting--
-	}
-	if rs.dataCached {
-		c.cached -= int64(len(rs.data))
-	}
-	for _, b := range rs.results {
-		c.cached -= int64(len(b))
-	}
-	delete(r.rows, i)
-}
-
+// closeAll closes the files of every open run.
 func (c *Collector) closeAll() {
 	for _, r := range c.runs {
 		if r.out != nil {
@@ -624,21 +389,40 @@ func (c *Collector) closeAll() {
 	}
 }
 
-// runDir is where a run's files live.
-func (c *Collector) runDir(id string) string { return filepath.Join(c.cfg.OutDir, id) }
+type metrics struct {
+	rows     *prometheus.CounterVec
+	rejected *prometheus.CounterVec
+	takeover prometheus.Gauge
+}
 
-// loadCheckpoint reads a run's checkpoint; a missing one is an empty checkpoint.
-func loadCheckpoint(dir string) (*checkpoint, error) {
-	b, err := os.ReadFile(filepath.Join(dir, sink.Checkpoint))
-	if errors.Is(err, os.ErrNotExist) {
-		return &checkpoint{}, nil
+// Reasons of mq_collector_rejected_total.
+const (
+	rejectRowBeyondSeal = "row_beyond_seal"
+	rejectInvalidRunID  = "invalid_run_id"
+	rejectOrphanLimit   = "orphan_limit"
+	rejectFinishedRun   = "finished_run"
+)
+
+func (m *metrics) reject(reason string) { m.rejected.WithLabelValues(reason).Inc() }
+
+// rejectedCount reads a rejection counter (for tests).
+func (m *metrics) rejectedCount(reason string) float64 {
+	var out dto.Metric
+	if err := m.rejected.WithLabelValues(reason).Write(&out); err != nil {
+		return -1
 	}
-	if err != nil {
-		return nil, fmt.Errorf("read checkpoint: %w", err)
+	return out.GetCounter().GetValue()
+}
+
+func newMetrics() *metrics {
+	return &metrics{
+		rows:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mq_collector_rows_total", Help: "Rows emitted, by outcome."}, []string{"outcome"}),
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mq_collector_rejected_total", Help: "Events refused at the door, by reason."}, []string{"reason"}),
+		takeover: prometheus.NewGauge(prometheus.GaugeOpts{Name: "mq_collector_lease_wait_seconds", Help: "How long this collector stood by before it took the lease."}),
 	}
-	var cp checkpoint
-	if err := json.Unmarshal(b, &cp); err != nil {
-		return nil, fmt.Errorf("decode checkpoint %s: %w", dir, err)
-	}
-	return &cp, nil
+}
+
+// Collectors returns the collector's metrics for registration.
+func (c *Collector) Collectors() []prometheus.Collector {
+	return []prometheus.Collector{c.m.rows, c.m.rejected, c.m.takeover}
 }

@@ -216,130 +216,173 @@ const (
 	csvSkipLine      // after a syntax error: discard up to the end of the line
 )
 
+// csvScan is the state of scanning one record.
+type csvScan struct {
+	start int    // line where the record starts
+	st    int    // scanner state
+	msg   string // non-empty: the record is malformed
+}
+
 // scan reads one record into the scratch space. It returns io.EOF when the
 // input holds no further record, and any other error from the stream.
 func (c *CSVReader) scan() (csvRecord, error) {
 	c.reset()
-	start := c.line
-	st := csvFieldStart
-	var msg string
-	fail := func(what string) {
-		msg = fmt.Sprintf("%s in field %d", what, c.nfields+1)
-		if c.line != start {
-			msg += fmt.Sprintf(" (line %d)", c.line)
-		}
-		st = csvSkipLine
-	}
-	finish := func() csvRecord {
-		if msg == "" && c.tooLong {
-			msg = fmt.Sprintf("record too long: more than %d bytes", c.maxRecord)
-		}
-		return csvRecord{line: start, msg: msg}
-	}
+	s := csvScan{start: c.line, st: csvFieldStart}
 	for {
 		b, err := c.br.ReadByte()
 		if err != nil {
-			if !errors.Is(err, io.EOF) {
-				return csvRecord{}, err
-			}
-			if c.size == 0 {
-				return csvRecord{}, io.EOF
-			}
-			switch st {
-			case csvQuoted:
-				msg = fmt.Sprintf("unterminated quote in field %d", c.nfields+1)
-			case csvSkipLine:
-			default:
-				c.endField()
-			}
-			c.rawEnd = c.size
-			return finish(), nil
+			return c.scanEnd(&s, err)
 		}
 		c.consume(b)
-		termLen := 1
-		if b == '\r' {
-			p, err := c.br.Peek(1)
-			switch {
-			case len(p) == 1 && p[0] == '\n':
-				// CRLF is one line break, inside quotes too.
-				_, _ = c.br.ReadByte()
-				c.consume('\n')
-				b, termLen = '\n', 2
-			case len(p) == 1:
-				// A lone CR is data.
-			case errors.Is(err, io.EOF):
-				// A trailing CR ends the last line.
-				if st != csvQuoted {
-					b = '\n'
-				}
-			default:
-				return csvRecord{}, err
-			}
+		b, termLen, err := c.lineBreak(b, s.st)
+		if err != nil {
+			return csvRecord{}, err
 		}
 		if b == '\n' {
-			switch st {
-			case csvQuoted:
-				c.checkSize()
-				c.appendByte('\n')
-				c.line++
-				continue
-			case csvFieldStart:
-				if c.size == termLen {
-					// An empty line is not a record.
-					c.line++
-					c.reset()
-					start = c.line
-					continue
-				}
-				c.endField()
-			case csvUnquoted, csvQuoteInQuoted:
-				c.endField()
-			case csvSkipLine:
+			if c.endLine(&s, termLen) {
+				return c.finish(&s), nil
 			}
-			c.line++
-			c.rawEnd = c.size - termLen
-			return finish(), nil
+			continue
 		}
 		c.checkSize()
-		switch st {
-		case csvFieldStart:
-			switch b {
-			case '"':
-				st = csvQuoted
-			case ',':
-				c.endField()
-			default:
-				c.appendByte(b)
-				st = csvUnquoted
-			}
-		case csvUnquoted:
-			switch b {
-			case ',':
-				c.endField()
-				st = csvFieldStart
-			case '"':
-				fail(`bare " in non-quoted field`)
-			default:
-				c.appendByte(b)
-			}
-		case csvQuoted:
-			if b == '"' {
-				st = csvQuoteInQuoted
-			} else {
-				c.appendByte(b)
-			}
-		case csvQuoteInQuoted:
-			switch b {
-			case '"':
-				c.appendByte('"')
-				st = csvQuoted
-			case ',':
-				c.endField()
-				st = csvFieldStart
-			default:
-				fail(`extraneous " after quoted field`)
-			}
-		case csvSkipLine:
-		}
+		c.step(&s, b)
 	}
+}
+
+// scanEnd handles the end of the input (or a stream error) in state s: io.EOF when no
+// record text was read, else the last record, ended without a line break.
+func (c *CSVReader) scanEnd(s *csvScan, err error) (csvRecord, error) {
+	if !errors.Is(err, io.EOF) {
+		return csvRecord{}, err
+	}
+	if c.size == 0 {
+		return csvRecord{}, io.EOF
+	}
+	switch s.st {
+	case csvQuoted:
+		s.msg = fmt.Sprintf("unterminated quote in field %d", c.nfields+1)
+	case csvSkipLine:
+	default:
+		c.endField()
+	}
+	c.rawEnd = c.size
+	return c.finish(s), nil
+}
+
+// lineBreak tells a line break at b: CRLF is one ('\n', 2 bytes, inside quotes too),
+// a CR ending the input ends the last line (outside quotes), a lone CR is data.
+// termLen is the bytes of record text the break takes.
+func (c *CSVReader) lineBreak(b byte, st int) (_ byte, termLen int, _ error) {
+	if b != '\r' {
+		return b, 1, nil
+	}
+	p, err := c.br.Peek(1)
+	switch {
+	case len(p) == 1 && p[0] == '\n':
+		// CRLF is one line break, inside quotes too.
+		_, _ = c.br.ReadByte()
+		c.consume('\n')
+		return '\n', 2, nil
+	case len(p) == 1:
+		// A lone CR is data.
+	case errors.Is(err, io.EOF):
+		// A trailing CR ends the last line.
+		if st != csvQuoted {
+			return '\n', 1, nil
+		}
+	default:
+		return 0, 0, err
+	}
+	return b, 1, nil
+}
+
+// endLine handles a line break in state s. It reports whether the break ends the
+// record; it does not inside a quoted field (the break is data) or on an empty line
+// (not a record: scanning starts again on the next line).
+func (c *CSVReader) endLine(s *csvScan, termLen int) bool {
+	switch s.st {
+	case csvQuoted:
+		c.checkSize()
+		c.appendByte('\n')
+		c.line++
+		return false
+	case csvFieldStart:
+		if c.size == termLen {
+			// An empty line is not a record.
+			c.line++
+			c.reset()
+			s.start = c.line
+			return false
+		}
+		c.endField()
+	case csvUnquoted, csvQuoteInQuoted:
+		c.endField()
+	case csvSkipLine:
+	}
+	c.line++
+	c.rawEnd = c.size - termLen
+	return true
+}
+
+// step advances the scanner state s by one byte of record text that is not a line
+// break.
+func (c *CSVReader) step(s *csvScan, b byte) {
+	switch s.st {
+	case csvFieldStart:
+		switch b {
+		case '"':
+			s.st = csvQuoted
+		case ',':
+			c.endField()
+		default:
+			c.appendByte(b)
+			s.st = csvUnquoted
+		}
+	case csvUnquoted:
+		switch b {
+		case ',':
+			c.endField()
+			s.st = csvFieldStart
+		case '"':
+			c.fail(s, `bare " in non-quoted field`)
+		default:
+			c.appendByte(b)
+		}
+	case csvQuoted:
+		if b == '"' {
+			s.st = csvQuoteInQuoted
+		} else {
+			c.appendByte(b)
+		}
+	case csvQuoteInQuoted:
+		switch b {
+		case '"':
+			c.appendByte('"')
+			s.st = csvQuoted
+		case ',':
+			c.endField()
+			s.st = csvFieldStart
+		default:
+			c.fail(s, `extraneous " after quoted field`)
+		}
+	case csvSkipLine:
+	}
+}
+
+// fail marks the record malformed (what, in which field, on which line if not the
+// first) and skips the rest of the line.
+func (c *CSVReader) fail(s *csvScan, what string) {
+	s.msg = fmt.Sprintf("%s in field %d", what, c.nfields+1)
+	if c.line != s.start {
+		s.msg += fmt.Sprintf(" (line %d)", c.line)
+	}
+	s.st = csvSkipLine
+}
+
+// finish is the scanned record: malformed as s says, or too long.
+func (c *CSVReader) finish(s *csvScan) csvRecord {
+	if s.msg == "" && c.tooLong {
+		s.msg = fmt.Sprintf("record too long: more than %d bytes", c.maxRecord)
+	}
+	return csvRecord{line: s.start, msg: s.msg}
 }

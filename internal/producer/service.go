@@ -3,7 +3,6 @@ package producer
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -209,43 +208,6 @@ func (s *service) state(run string) *runState {
 	return st
 }
 
-// controlState returns the run's control state, read at most once a second.
-func (s *service) controlState(ctx context.Context, run string, st *runState) string {
-	if time.Since(st.controlRead) < serviceControlFreshness {
-		return st.control
-	}
-	st.controlRead = time.Now()
-	st.control = ""
-	if e, err := s.runs.Get(ctx, wire.ControlKey(run)); err == nil {
-		var c wire.Control
-		if json.Unmarshal(e.Value(), &c) == nil {
-			st.control = c.State
-		}
-	}
-	return st.control
-}
-
-// inWindow reports whether a row may be published now: at most MaxAhead rows beyond
-// the collector's watermark (every row below it is emitted). Rows arriving out of order
-// cannot deadlock: a row below the window is always published, and the rows the
-// collector waits for are always below it.
-func (s *service) inWindow(ctx context.Context, run string, row int, st *runState) bool {
-	if row < st.watermark+s.cfg.MaxAhead {
-		return true
-	}
-	if time.Since(st.statusRead) < serviceStatusFreshness {
-		return false
-	}
-	st.statusRead = time.Now()
-	if e, err := s.runs.Get(ctx, run); err == nil {
-		var status wire.RunStatus
-		if json.Unmarshal(e.Value(), &status) == nil {
-			st.watermark = max(st.watermark, status.Next)
-		}
-	}
-	return row < st.watermark+s.cfg.MaxAhead
-}
-
 // checkpoint records each active run's progress, which is how status tells a run whose
 // upstream publisher is gone (stalled) from one that is still arriving.
 func (s *service) checkpoint(ctx context.Context) {
@@ -276,25 +238,52 @@ func truncate(s string, n int) string {
 	return s[:n]
 }
 
+// submission is a submitted record that passed the door (admit): its pipeline, run,
+// kind and row (for a row record), and what the service knows of its run.
+type submission struct {
+	p    *config.Pipeline
+	run  string
+	kind wire.InputKind
+	row  int
+	st   *runState
+}
+
 // handle converts one submitted record. held reports that it published and must be
 // acked once the publisher confirms; otherwise handle has acked, NAKed or terminated
 // it. A record that can never be converted (bad subject, invalid run id, unknown
 // pipeline) is terminated with its reason; a row that cannot be parsed or rendered, or
 // that is too large for a message, becomes an error row, as with the file producer.
 func (s *service) handle(ctx context.Context, msg jetstream.Msg) (held bool, err error) {
+	sub, err := s.admit(ctx, msg)
+	if sub == nil {
+		return false, err
+	}
+	switch sub.kind {
+	case wire.InputOpen:
+		return s.handleOpen(ctx, sub)
+	case wire.InputSeal:
+		return s.handleSeal(ctx, msg, sub)
+	}
+	return s.handleRow(ctx, msg, sub)
+}
+
+// admit checks a submitted record at the door: its subject, run id and pipeline, and
+// that its run has not finished. A nil submission means the record was terminated
+// (rejected), or, with an error, that its run's status could not be read.
+func (s *service) admit(ctx context.Context, msg jetstream.Msg) (*submission, error) {
 	name, run, kind, row, err := wire.ParseSubmitSubject(msg.Subject())
 	if err != nil {
 		s.reject(msg, RejectMalformedSubject, err)
-		return false, nil
+		return nil, nil
 	}
 	if err := wire.ValidateRunID(run); err != nil {
 		s.reject(msg, RejectInvalidRunID, err)
-		return false, nil
+		return nil, nil
 	}
 	p := s.cfg.Pipelines[name]
 	if p == nil {
 		s.reject(msg, RejectUnknownPipeline, fmt.Errorf("pipeline %q is not served here (run %s)", name, run))
-		return false, nil
+		return nil, nil
 	}
 	st := s.state(run)
 	// Read once per run, and again at every open record: a run id reused after its run
@@ -303,50 +292,49 @@ func (s *service) handle(ctx context.Context, msg jetstream.Msg) (held bool, err
 		var usage *UsageError
 		err := refuseFinished(ctx, s.runs, run)
 		if err != nil && !errors.As(err, &usage) {
-			return false, err
+			return nil, err
 		}
 		st.finished = err != nil
 		st.checked = true
 	}
 	if st.finished {
 		s.reject(msg, RejectFinishedRun, fmt.Errorf("run %s already finished; a reused run id is refused (use a new one)", run))
+		return nil, nil
+	}
+	return &submission{p: p, run: run, kind: kind, row: row, st: st}, nil
+}
+
+// handleOpen publishes a submitted run's open record.
+func (s *service) handleOpen(ctx context.Context, sub *submission) (bool, error) {
+	open := openRecord(sub.p, sub.run, nil)
+	return true, s.pub.sync(ctx, wire.InputOpenSubject(sub.run), "open."+sub.run, open)
+}
+
+// handleSeal publishes a submitted run's seal record; an undecodable one is rejected.
+func (s *service) handleSeal(ctx context.Context, msg jetstream.Msg, sub *submission) (bool, error) {
+	var seal wire.Seal
+	if err := wire.Decode(msg.Data(), &seal); err != nil {
+		s.reject(msg, RejectUndecodableSeal, fmt.Errorf("run %s: %w", sub.run, err))
 		return false, nil
 	}
-	switch kind {
-	case wire.InputOpen:
-		open := openRecord(p, run, nil)
-		return true, s.pub.sync(ctx, wire.InputOpenSubject(run), "open."+run, open)
-	case wire.InputSeal:
-		var seal wire.Seal
-		if err := wire.Decode(msg.Data(), &seal); err != nil {
-			s.reject(msg, RejectUndecodableSeal, fmt.Errorf("run %s: %w", run, err))
-			return false, nil
-		}
-		seal.V, seal.Run = wire.Version, run
-		return true, s.pub.sync(ctx, wire.InputSealSubject(run), "seal."+run, seal)
-	}
-	ctl := s.controlState(ctx, run, st)
-	switch {
-	case ctl == wire.ControlPaused:
-		s.cfg.Metrics.parked.WithLabelValues("paused").Inc()
-		return false, msg.NakWithDelay(s.cfg.ParkDelay)
-	case ctl != wire.ControlCancelled && !s.inWindow(ctx, run, row, st):
-		s.cfg.Metrics.parked.WithLabelValues("flow_control").Inc()
-		return false, msg.NakWithDelay(s.cfg.ParkDelay)
-	}
-	var sr wire.SubmitRow
-	rec := input.Row{Index: row, Line: row + 1}
-	if err := wire.Decode(msg.Data(), &sr); err != nil {
-		rec.Err, rec.Raw = &input.RecordError{Line: row + 1, Msg: err.Error()}, string(msg.Data())
-	} else if rec, err = parseObject(sr.Data, row); err != nil {
+	seal.V, seal.Run = wire.Version, sub.run
+	return true, s.pub.sync(ctx, wire.InputSealSubject(sub.run), "seal."+sub.run, seal)
+}
+
+// handleRow publishes a submitted row as the file producer would (planRow, fit,
+// publishPlan, always careful), unless it is parked (park). A row of a cancelled run
+// becomes an error row (cancelled) with no job.
+func (s *service) handleRow(ctx context.Context, msg jetstream.Msg, sub *submission) (bool, error) {
+	run, row := sub.run, sub.row
+	ctl := s.controlState(ctx, run, sub.st)
+	if parked, err := s.park(ctx, msg, sub, ctl); parked {
 		return false, err
 	}
-	if rec.Err == nil {
-		if err := p.CheckInputColumns(rec.Columns); err != nil {
-			rec.Err, rec.Raw = &input.RecordError{Line: row + 1, Msg: err.Error()}, string(sr.Data)
-		}
+	rec, err := submittedRow(sub.p, msg.Data(), row)
+	if err != nil {
+		return false, err
 	}
-	pl := planRow(p, p.Queries(), run, rec, nil)
+	pl := planRow(sub.p, sub.p.Queries(), run, rec, nil)
 	if ctl == wire.ControlCancelled {
 		// Its run was cancelled before this row was published: the row completes as an
 		// error row and nothing of it is called.
@@ -367,6 +355,24 @@ func (s *service) handle(ctx context.Context, msg jetstream.Msg) (held bool, err
 	}
 	s.seen[run] = max(s.seen[run], row+1)
 	return true, nil
+}
+
+// submittedRow reads a submitted row record into an input row: one that cannot be
+// decoded, or whose columns the pipeline cannot take, is a malformed record.
+func submittedRow(p *config.Pipeline, data []byte, row int) (input.Row, error) {
+	var sr wire.SubmitRow
+	rec := input.Row{Index: row, Line: row + 1}
+	if err := wire.Decode(data, &sr); err != nil {
+		rec.Err, rec.Raw = &input.RecordError{Line: row + 1, Msg: err.Error()}, string(data)
+	} else if rec, err = parseObject(sr.Data, row); err != nil {
+		return rec, err
+	}
+	if rec.Err == nil {
+		if err := p.CheckInputColumns(rec.Columns); err != nil {
+			rec.Err, rec.Raw = &input.RecordError{Line: row + 1, Msg: err.Error()}, string(sr.Data)
+		}
+	}
+	return rec, nil
 }
 
 // parseObject reads one submitted row object with the JSONL reader (key order kept).

@@ -78,89 +78,106 @@ func (t Topology) Defaults() Topology {
 	return t
 }
 
-// Streams returns the stream configurations of the topology.
+// Streams returns the stream configurations of the topology: the first-writer-wins
+// record streams (input, results, rows), the work queues (jobs, submit), and the kept
+// records (audit, advisories, dead letters).
 func (t Topology) Streams() []jetstream.StreamConfig {
 	t = t.Defaults()
-	firstWins := func(name, subj, desc string) jetstream.StreamConfig {
-		return jetstream.StreamConfig{
-			Name:                 name,
-			Description:          desc,
-			Subjects:             []string{subj},
-			Retention:            jetstream.LimitsPolicy,
-			Storage:              jetstream.FileStorage,
-			Replicas:             t.Replicas,
-			MaxMsgsPerSubject:    1,
-			Discard:              jetstream.DiscardNew,
-			DiscardNewPerSubject: true,
-			MaxMsgs:              -1,
-			MaxBytes:             -1,
-			Duplicates:           t.Duplicates,
-		}
-	}
 	return []jetstream.StreamConfig{
-		firstWins(wire.StreamInput, "input.>", "run records and input rows; first publish per subject wins"),
-		{
-			Name:        wire.StreamJobs,
-			Description: "query jobs, one consumer per deployment",
-			Subjects:    []string{"jobs.>"},
-			Retention:   jetstream.WorkQueuePolicy,
-			Storage:     jetstream.FileStorage,
-			Replicas:    t.Replicas,
-			Discard:     jetstream.DiscardNew,
-			MaxMsgs:     t.MaxJobs,
-			MaxBytes:    t.MaxJobsBytes,
-			Duplicates:  t.Duplicates,
-		},
-		firstWins(wire.StreamResults, "results.>", "final result per query; first result wins"),
-		{
-			Name:        wire.StreamSubmit,
-			Description: "runs submitted by upstream systems to the producer service",
-			Subjects:    []string{"submit.>"},
-			Retention:   jetstream.WorkQueuePolicy,
-			Storage:     jetstream.FileStorage,
-			Replicas:    t.Replicas,
-			Discard:     jetstream.DiscardNew,
-			MaxMsgs:     -1,
-			MaxBytes:    -1,
-			Duplicates:  t.Duplicates,
-		},
-		firstWins(wire.StreamRows, "rows.>", "emitted rows; first publish per row wins"),
-		{
-			Name:        wire.StreamAudit,
-			Description: "one record per LLM HTTP attempt",
-			Subjects:    []string{"audit.>"},
-			Retention:   jetstream.LimitsPolicy,
-			Storage:     jetstream.FileStorage,
-			Replicas:    t.Replicas,
-			Discard:     jetstream.DiscardOld,
-			MaxAge:      t.AuditMaxAge,
-			MaxBytes:    t.AuditMaxBytes,
-			MaxMsgs:     -1,
-		},
-		{
-			Name:        wire.StreamAdvisories,
-			Description: "MaxDeliver advisories of MQ_JOBS, kept until a worker dead-letters the job",
-			Subjects:    []string{wire.MaxDeliveriesAdvisories},
-			Retention:   jetstream.WorkQueuePolicy,
-			Storage:     jetstream.FileStorage,
-			Replicas:    t.Replicas,
-			Discard:     jetstream.DiscardOld,
-			MaxAge:      30 * 24 * time.Hour,
-			MaxMsgs:     -1,
-			MaxBytes:    -1,
-		},
-		{
-			Name:        wire.StreamDead,
-			Description: "dead-lettered job payloads with the reason",
-			Subjects:    []string{"dead.>"},
-			Retention:   jetstream.LimitsPolicy,
-			Storage:     jetstream.FileStorage,
-			Replicas:    t.Replicas,
-			Discard:     jetstream.DiscardOld,
-			MaxAge:      30 * 24 * time.Hour,
-			MaxMsgs:     -1,
-			MaxBytes:    -1,
-		},
+		t.firstWins(wire.StreamInput, "input.>", "run records and input rows; first publish per subject wins"),
+		t.workQueue(wire.StreamJobs, "jobs.>", "query jobs, one consumer per deployment", t.MaxJobs, t.MaxJobsBytes),
+		t.firstWins(wire.StreamResults, "results.>", "final result per query; first result wins"),
+		t.workQueue(wire.StreamSubmit, "submit.>", "runs submitted by upstream systems to the producer service", -1, -1),
+		t.firstWins(wire.StreamRows, "rows.>", "emitted rows; first publish per row wins"),
+		t.auditStream(),
+		t.advisoriesStream(),
+		t.deadStream(),
+	}
+}
+
+// firstWins is a stream that keeps the first message of each subject and rejects the
+// later ones (MaxMsgsPerSubject 1, DiscardNewPerSubject): a re-publish is safe.
+func (t Topology) firstWins(name, subj, desc string) jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:                 name,
+		Description:          desc,
+		Subjects:             []string{subj},
+		Retention:            jetstream.LimitsPolicy,
+		Storage:              jetstream.FileStorage,
+		Replicas:             t.Replicas,
+		MaxMsgsPerSubject:    1,
+		Discard:              jetstream.DiscardNew,
+		DiscardNewPerSubject: true,
+		MaxMsgs:              -1,
+		MaxBytes:             -1,
+		Duplicates:           t.Duplicates,
+	}
+}
+
+// workQueue is a work-queue stream bounded by maxMsgs and maxBytes (-1: unbounded);
+// when full, a publish is rejected (publishers back off).
+func (t Topology) workQueue(name, subj, desc string, maxMsgs, maxBytes int64) jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:        name,
+		Description: desc,
+		Subjects:    []string{subj},
+		Retention:   jetstream.WorkQueuePolicy,
+		Storage:     jetstream.FileStorage,
+		Replicas:    t.Replicas,
+		Discard:     jetstream.DiscardNew,
+		MaxMsgs:     maxMsgs,
+		MaxBytes:    maxBytes,
+		Duplicates:  t.Duplicates,
+	}
+}
+
+// auditStream keeps one record per LLM HTTP attempt, the oldest discarded past
+// AuditMaxAge or AuditMaxBytes.
+func (t Topology) auditStream() jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:        wire.StreamAudit,
+		Description: "one record per LLM HTTP attempt",
+		Subjects:    []string{"audit.>"},
+		Retention:   jetstream.LimitsPolicy,
+		Storage:     jetstream.FileStorage,
+		Replicas:    t.Replicas,
+		Discard:     jetstream.DiscardOld,
+		MaxAge:      t.AuditMaxAge,
+		MaxBytes:    t.AuditMaxBytes,
+		MaxMsgs:     -1,
+	}
+}
+
+// advisoriesStream keeps the MaxDeliver advisories of MQ_JOBS (a work queue: a worker
+// takes each one) for up to 30 days.
+func (t Topology) advisoriesStream() jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:        wire.StreamAdvisories,
+		Description: "MaxDeliver advisories of MQ_JOBS, kept until a worker dead-letters the job",
+		Subjects:    []string{wire.MaxDeliveriesAdvisories},
+		Retention:   jetstream.WorkQueuePolicy,
+		Storage:     jetstream.FileStorage,
+		Replicas:    t.Replicas,
+		Discard:     jetstream.DiscardOld,
+		MaxAge:      30 * 24 * time.Hour,
+		MaxMsgs:     -1,
+		MaxBytes:    -1,
+	}
+}
+
+// deadStream keeps dead-lettered job payloads with their reason for 30 days.
+func (t Topology) deadStream() jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:        wire.StreamDead,
+		Description: "dead-lettered job payloads with the reason",
+		Subjects:    []string{"dead.>"},
+		Retention:   jetstream.LimitsPolicy,
+		Storage:     jetstream.FileStorage,
+		Replicas:    t.Replicas,
+		Discard:     jetstream.DiscardOld,
+		MaxAge:      30 * 24 * time.Hour,
+		MaxMsgs:     -1,
+		MaxBytes:    -1,
 	}
 }
 

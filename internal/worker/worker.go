@@ -235,31 +235,60 @@ func (w *Worker) Run(ctx context.Context) error {
 	keeping := make(chan struct{})
 	go func() { defer close(keeping); w.keep.run(keepCtx) }()
 	defer func() { stopKeep(); <-keeping }()
-	if err := queue.Ensure(ctx, w.js, w.cfg.Topology); err != nil {
+	memory, err := w.openBus(ctx)
+	if err != nil {
 		return err
+	}
+	var wg sync.WaitGroup
+	w.startControls(ctx, &wg)
+	w.startFleets(ctx, &wg, memory)
+	// Calls outlive ctx during the drain; they get their own context.
+	callCtx, cancelCalls := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelCalls()
+
+	var inflight sync.WaitGroup
+	w.startFetching(ctx, callCtx, &wg, &inflight)
+	w.started.Store(true)
+	<-ctx.Done()
+	w.started.Store(false)
+	wg.Wait() // fetching stopped
+	w.drain(&inflight, cancelCalls)
+	return nil
+}
+
+// openBus ensures the topology and opens the buckets and streams the worker reads and
+// writes; it returns the throttle's memory bucket (the fleets remember rates in it).
+func (w *Worker) openBus(ctx context.Context) (jetstream.KeyValue, error) {
+	if err := queue.Ensure(ctx, w.js, w.cfg.Topology); err != nil {
+		return nil, err
 	}
 	kv, err := w.js.KeyValue(ctx, wire.BucketRetry)
 	if err != nil {
-		return fmt.Errorf("open kv %s: %w", wire.BucketRetry, err)
+		return nil, fmt.Errorf("open kv %s: %w", wire.BucketRetry, err)
 	}
 	w.retry = kv
 	if w.runs, err = w.js.KeyValue(ctx, wire.BucketRuns); err != nil {
-		return fmt.Errorf("open kv %s: %w", wire.BucketRuns, err)
+		return nil, fmt.Errorf("open kv %s: %w", wire.BucketRuns, err)
 	}
 	if w.results, err = w.js.Stream(ctx, wire.StreamResults); err != nil {
-		return fmt.Errorf("open stream %s: %w", wire.StreamResults, err)
+		return nil, fmt.Errorf("open stream %s: %w", wire.StreamResults, err)
 	}
 	if w.input, err = w.js.Stream(ctx, wire.StreamInput); err != nil {
-		return fmt.Errorf("open stream %s: %w", wire.StreamInput, err)
+		return nil, fmt.Errorf("open stream %s: %w", wire.StreamInput, err)
 	}
 	if w.jobs, err = w.js.Stream(ctx, wire.StreamJobs); err != nil {
-		return fmt.Errorf("open stream %s: %w", wire.StreamJobs, err)
+		return nil, fmt.Errorf("open stream %s: %w", wire.StreamJobs, err)
 	}
 	memory, err := w.js.KeyValue(ctx, wire.BucketThrottle)
 	if err != nil {
-		return fmt.Errorf("open kv %s: %w", wire.BucketThrottle, err)
+		return nil, fmt.Errorf("open kv %s: %w", wire.BucketThrottle, err)
 	}
-	var wg sync.WaitGroup
+	return memory, nil
+}
+
+// startControls starts watching the runs' control records and waits (up to 10 s) for
+// them to be loaded: a paused run's jobs must not be called.
+func (w *Worker) startControls(ctx context.Context, wg *sync.WaitGroup) {
 	loaded := make(chan struct{})
 	wg.Add(1)
 	go func() {
@@ -271,44 +300,54 @@ func (w *Worker) Run(ctx context.Context) error {
 	case <-time.After(10 * time.Second):
 		w.log.Warn().Msg("run controls not loaded after 10 s; starting anyway")
 	}
+}
+
+// startFleets starts each deployment's fleet throttle (not in naive mode), remembering
+// rates in memory and exporting its state as metrics on every tick.
+func (w *Worker) startFleets(ctx context.Context, wg *sync.WaitGroup, memory jetstream.KeyValue) {
 	for _, d := range w.deps {
 		if w.cfg.Naive {
 			continue
 		}
 		d.fleet = throttle.NewFleet(w.js.Conn(), d.alias, w.cfg.Name+"-"+randomID(), d.ctrl, w.log.With().Str("deployment", d.alias).Logger())
 		d.fleet.Remember(memory)
-		alias, fleet := d.alias, d.fleet
-		d.fleet.OnTick(func(s throttle.Snapshot, members int) {
-			w.m.rate.WithLabelValues(alias).Set(s.Rate * s.Share)
-			w.m.fleetRate.WithLabelValues(alias).Set(s.Rate)
-			w.m.share.WithLabelValues(alias).Set(s.Share)
-			w.m.members.WithLabelValues(alias).Set(float64(members))
-			w.m.paused.WithLabelValues(alias).Set(s.PausedFor.Seconds())
-			w.m.ceiling.WithLabelValues(alias).Set(s.Ceiling)
-			for _, src := range []string{throttle.SourceHeaders, throttle.SourceLearned, throttle.SourceProbing} {
-				w.m.source.WithLabelValues(alias, src).Set(b2f(s.Source == src))
-			}
-			if l, ok := fleet.Learned(); ok {
-				w.m.learned.WithLabelValues(alias).Set(l.Rate)
-				w.m.learnedAge.WithLabelValues(alias).Set(time.Since(l.Learned).Seconds())
-			}
-		})
+		d.fleet.OnTick(w.fleetMetrics(d.alias, d.fleet))
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			_ = d.fleet.Run(ctx)
 		}()
 	}
-	// Calls outlive ctx during the drain; they get their own context.
-	callCtx, cancelCalls := context.WithCancel(context.WithoutCancel(ctx))
-	defer cancelCalls()
+}
 
-	var inflight sync.WaitGroup
+// fleetMetrics returns the tick callback that exports a deployment's fleet throttle
+// state: rate, share, members, pause, ceiling, source and the remembered rate.
+func (w *Worker) fleetMetrics(alias string, fleet *throttle.Fleet) func(throttle.Snapshot, int) {
+	return func(s throttle.Snapshot, members int) {
+		w.m.rate.WithLabelValues(alias).Set(s.Rate * s.Share)
+		w.m.fleetRate.WithLabelValues(alias).Set(s.Rate)
+		w.m.share.WithLabelValues(alias).Set(s.Share)
+		w.m.members.WithLabelValues(alias).Set(float64(members))
+		w.m.paused.WithLabelValues(alias).Set(s.PausedFor.Seconds())
+		w.m.ceiling.WithLabelValues(alias).Set(s.Ceiling)
+		for _, src := range []string{throttle.SourceHeaders, throttle.SourceLearned, throttle.SourceProbing} {
+			w.m.source.WithLabelValues(alias, src).Set(b2f(s.Source == src))
+		}
+		if l, ok := fleet.Learned(); ok {
+			w.m.learned.WithLabelValues(alias).Set(l.Rate)
+			w.m.learnedAge.WithLabelValues(alias).Set(time.Since(l.Learned).Seconds())
+		}
+	}
+}
+
+// startFetching starts one fetch loop per deployment (calls run on callCtx, counted in
+// inflight) and the watchers: MaxDeliver advisories, new runs, dormant runs.
+func (w *Worker) startFetching(ctx, callCtx context.Context, wg, inflight *sync.WaitGroup) {
 	for _, d := range w.deps {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			w.fetchLoop(ctx, callCtx, d, &inflight)
+			w.fetchLoop(ctx, callCtx, d, inflight)
 		}()
 	}
 	wg.Add(1)
@@ -326,10 +365,11 @@ func (w *Worker) Run(ctx context.Context) error {
 		defer wg.Done()
 		w.watchDormant(ctx)
 	}()
-	w.started.Store(true)
-	<-ctx.Done()
-	w.started.Store(false)
-	wg.Wait() // fetching stopped
+}
+
+// drain waits for the in-flight calls up to DrainTimeout, then cancels those left
+// (their jobs are NAKed) and waits for them to end.
+func (w *Worker) drain(inflight *sync.WaitGroup, cancelCalls context.CancelFunc) {
 	done := make(chan struct{})
 	go func() { inflight.Wait(); close(done) }()
 	select {
@@ -340,7 +380,6 @@ func (w *Worker) Run(ctx context.Context) error {
 		<-done
 	}
 	w.log.Info().Msg("drained")
-	return nil
 }
 
 // fetchLoop pulls jobs for one deployment: a slot and a pacing permit first, then a

@@ -1,0 +1,355 @@
+package collector
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/multiquery/multiquery/internal/lease"
+	"github.com/multiquery/multiquery/internal/queue"
+	"github.com/multiquery/multiquery/internal/sink"
+	"github.com/multiquery/multiquery/internal/wire"
+)
+
+// checkpoint is a run's checkpoint.json: the rows emitted, the files' offsets and the
+// stats, as of the last fsync.
+type checkpoint struct {
+	Run      string       `json:"run"`
+	Next     int          `json:"next"`
+	Above    []int        `json:"above,omitempty"`
+	Offsets  sink.Offsets `json:"offsets"`
+	Stats    Stats        `json:"stats"`
+	Started  time.Time    `json:"started"`
+	Finished bool         `json:"finished"`
+	// The lease under which it was written: a collector never overwrites a checkpoint
+	// of a later epoch of the same lease bucket (it has been fenced off).
+	LeaseEpoch  uint64 `json:"lease_epoch,omitempty"`
+	LeaseBucket string `json:"lease_bucket,omitempty"`
+}
+
+// Stats are a run's counters, kept in the checkpoint and the summary.
+type Stats struct {
+	RowsOK           int     `json:"rows_ok"`
+	RowsFailed       int     `json:"rows_failed"`
+	Calls            int64   `json:"calls"`
+	Retries          int64   `json:"retries"`
+	PromptTokens     int64   `json:"prompt_tokens"`
+	CompletionTokens int64   `json:"completion_tokens"`
+	Cost             float64 `json:"cost"`
+}
+
+// checkpoint makes every emitted row durable: fsync the files, write the checkpoint,
+// publish the run's progress, then purge what is no longer needed.
+func (c *Collector) checkpoint(ctx context.Context) error {
+	for id, r := range c.dirty {
+		if r.out == nil {
+			delete(c.dirty, id)
+			continue
+		}
+		off, err := r.out.Sync()
+		if err != nil {
+			return fmt.Errorf("run %s: %w", id, err)
+		}
+		if err := c.writeCheckpoint(r, off); err != nil {
+			return err
+		}
+		if err := c.publishStatus(ctx, r); err != nil {
+			return err
+		}
+		c.purgeRows(ctx, r)
+		delete(c.dirty, id)
+	}
+	c.pending = 0
+	return nil
+}
+
+// writeCheckpoint replaces the run's checkpoint, unless the one on disk was written
+// under a later epoch of the lease (then this collector is stale: ErrLost).
+func (c *Collector) writeCheckpoint(r *run, off sink.Offsets) error {
+	disk, err := loadCheckpoint(r.out.Dir())
+	if err != nil {
+		return err
+	}
+	if disk.LeaseBucket == c.fence.Bucket() && disk.LeaseEpoch > c.fence.Epoch() {
+		return fmt.Errorf("run %s: checkpoint written under lease epoch %d, this collector holds %d: %w", r.id, disk.LeaseEpoch, c.fence.Epoch(), lease.ErrLost)
+	}
+	cp := checkpoint{Run: r.id, Next: r.next, Offsets: off, Stats: r.stats, Started: r.started, Finished: r.finished,
+		LeaseEpoch: c.fence.Epoch(), LeaseBucket: c.fence.Bucket()}
+	for a := range r.above {
+		cp.Above = append(cp.Above, a)
+	}
+	sort.Ints(cp.Above)
+	b, err := json.Marshal(cp)
+	if err != nil {
+		return fmt.Errorf("encode checkpoint: %w", err)
+	}
+	return r.out.WriteFile(sink.Checkpoint, b)
+}
+
+// loadCheckpoint reads a run's checkpoint; a missing one is an empty checkpoint.
+func loadCheckpoint(dir string) (*checkpoint, error) {
+	b, err := os.ReadFile(filepath.Join(dir, sink.Checkpoint))
+	if errors.Is(err, os.ErrNotExist) {
+		return &checkpoint{}, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read checkpoint: %w", err)
+	}
+	var cp checkpoint
+	if err := json.Unmarshal(b, &cp); err != nil {
+		return nil, fmt.Errorf("decode checkpoint %s: %w", dir, err)
+	}
+	return &cp, nil
+}
+
+// loadStatusRev reads the revision of the run's status key, the base of its
+// compare-and-set writes.
+func (c *Collector) loadStatusRev(ctx context.Context, r *run) error {
+	e, err := c.runsKV.Get(ctx, r.id)
+	switch {
+	case errors.Is(err, jetstream.ErrKeyNotFound):
+		r.statusRev = 0
+	case err != nil:
+		return fmt.Errorf("read status of run %s: %w", r.id, err)
+	default:
+		r.statusRev = e.Revision()
+	}
+	return nil
+}
+
+// publishStatus writes the run's status by compare-and-set on the revision this
+// collector last saw: a status written by a collector of a later lease epoch is never
+// overwritten (ErrLost). Other failures are logged: the status is advisory.
+func (c *Collector) publishStatus(ctx context.Context, r *run) error {
+	st := wire.RunStatus{Run: r.id, State: wire.RunOpen, Emitted: r.emittedCount(), OK: r.stats.RowsOK, Failed: r.stats.RowsFailed,
+		Next: r.next, OutDir: r.out.Dir(), Updated: time.Now().UTC(), Finished: r.finished,
+		Deployments: r.open.Deployments, Started: r.started}
+	if r.sealed {
+		st.State, st.Total = wire.RunSealed, r.total
+	}
+	if r.finished {
+		st.State = wire.RunCompleted
+	}
+	st.LeaseEpoch = c.fence.Epoch()
+	b, _ := json.Marshal(st)
+	for range 3 {
+		if err := c.fence.Check(); err != nil {
+			return fmt.Errorf("publish status of run %s: %w", r.id, err)
+		}
+		var rev uint64
+		var err error
+		if r.statusRev == 0 {
+			rev, err = c.runsKV.Create(ctx, r.id, b)
+		} else {
+			rev, err = c.runsKV.Update(ctx, r.id, b, r.statusRev)
+		}
+		if err == nil {
+			r.statusRev = rev
+			return nil
+		}
+		if !queue.IsKeyExists(err) {
+			if ctx.Err() == nil {
+				c.log.Warn().Err(err).Str("run", r.id).Msg("publish run status")
+			}
+			return nil
+		}
+		// Someone wrote it since: a later collector (stop), or a leftover of ours.
+		e, gerr := c.runsKV.Get(ctx, r.id)
+		if errors.Is(gerr, jetstream.ErrKeyNotFound) {
+			r.statusRev = 0
+			continue
+		}
+		if gerr != nil {
+			c.log.Warn().Err(gerr).Str("run", r.id).Msg("read run status")
+			return nil
+		}
+		var cur wire.RunStatus
+		if json.Unmarshal(e.Value(), &cur) == nil && cur.LeaseEpoch > c.fence.Epoch() {
+			return fmt.Errorf("status of run %s written under lease epoch %d, this collector holds %d: %w", r.id, cur.LeaseEpoch, c.fence.Epoch(), lease.ErrLost)
+		}
+		r.statusRev = e.Revision()
+	}
+	return nil
+}
+
+// purgeRows hands the results of durably emitted rows to the purger: one purge of the
+// run's results subjects below the lowest sequence still needed, a result of a row not
+// yet out or one not yet read (the results stream is read in order, so every result
+// below resultsSeen+1 has been). A result below that bound whose row is out is no
+// longer needed; one of a row not out is above it. Results held above the bound go with
+// a later checkpoint or the run's final purge. The fold never waits for the purger; a
+// purge it drops (queue full, an error) is done by a later one or the final purge.
+func (c *Collector) purgeRows(_ context.Context, r *run) {
+	if r.emittedTop < r.purgedBelow {
+		return // nothing emitted since the last purge
+	}
+	bound := c.resultsSeen + 1
+	for _, rs := range r.rows {
+		for _, seq := range rs.resultSeqs {
+			if seq != 0 && seq < bound {
+				bound = seq
+			}
+		}
+	}
+	if bound <= r.purgedBelow {
+		return
+	}
+	select {
+	case c.purges <- purge{stream: c.results, subject: "results." + r.id + ".>", below: bound}:
+		r.purgedBelow = bound
+	default:
+	}
+}
+
+// purge is one request to the purger: the messages of subject below a sequence, or
+// (subject empty) the message at seq.
+type purge struct {
+	stream  jetstream.Stream
+	subject string
+	below   uint64
+	seq     uint64
+}
+
+// purger deletes emitted rows' messages, a few requests at a time, until ctx ends.
+func (c *Collector) purger(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case p := <-c.purges:
+			if c.fence.Check() != nil {
+				continue // not ours to delete any more
+			}
+			var err error
+			if p.subject != "" {
+				err = p.stream.Purge(ctx, jetstream.WithPurgeSubject(p.subject), jetstream.WithPurgeSequence(p.below))
+			} else {
+				err = p.stream.DeleteMsg(ctx, p.seq)
+			}
+			if err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) && ctx.Err() == nil {
+				c.log.Debug().Err(err).Str("subject", p.subject).Uint64("below", p.below).Uint64("seq", p.seq).Msg("purge emitted messages")
+			}
+		}
+	}
+}
+
+// finish writes the summary of a sealed run whose rows are all out, marks it completed
+// and purges what is left of it.
+func (c *Collector) finish(ctx context.Context, r *run) error {
+	if r.out.CSVNeedsColumns() { // no well-formed row in the whole run
+		if err := r.setCSVColumns(nil); err != nil {
+			return err
+		}
+	}
+	off, err := r.out.Sync()
+	if err != nil {
+		return fmt.Errorf("run %s: %w", r.id, err)
+	}
+	r.finished = true
+	sum := Summary{Run: r.id, Status: "completed", Rows: r.total, Stats: r.stats, Started: r.started, Finished: time.Now().UTC(),
+		Dir: r.out.Dir(), Results: r.out.Dir() + "/" + sink.ResultsJSONL, Errors: r.out.Dir() + "/" + sink.ErrorsJSONL}
+	sum.WallSeconds = sum.Finished.Sub(r.started).Seconds()
+	b, _ := json.MarshalIndent(sum, "", "  ")
+	if err := r.out.WriteFile(sink.Summary, append(b, '\n')); err != nil {
+		return err
+	}
+	if err := c.writeCheckpoint(r, off); err != nil {
+		return err
+	}
+	// The run's submitted records go before its status says finished: a submitter that
+	// reuses the run id once it reads "finished" must see its new records refused by the
+	// producer service (finished_run), not purged here unseen.
+	if err := c.fence.Check(); err != nil {
+		return fmt.Errorf("purge run %s: %w", r.id, err)
+	}
+	if err := c.submit.Purge(ctx, jetstream.WithPurgeSubject("submit.*."+r.id+".>")); err != nil && ctx.Err() == nil {
+		c.log.Warn().Err(err).Str("run", r.id).Msg("purge a finished run's submitted records")
+	}
+	if err := c.publishStatus(ctx, r); err != nil {
+		return err
+	}
+	if err := c.fence.Check(); err != nil {
+		return fmt.Errorf("purge run %s: %w", r.id, err)
+	}
+	r.out.Close()
+	r.out = nil
+	for i := range r.rows {
+		c.dropRow(r, i)
+	}
+	r.rows = nil
+	c.forget(r.id)
+	if err := c.cleanup(ctx, r.id, r.open.Deployments); err != nil {
+		return err
+	}
+	c.log.Info().Str("run", r.id).Int("rows_ok", r.stats.RowsOK).Int("rows_failed", r.stats.RowsFailed).Float64("wall_seconds", sum.WallSeconds).Msg("run completed")
+	return nil
+}
+
+// cleanup removes everything of a finished run from the bus but its final status:
+// its subjects in the input, results and jobs streams (its submitted records went before
+// the final status, see finish), its job consumers, and
+// its keys "<run>.*" in the runs and retry buckets (purged, so that watchers see it,
+// then the purge markers removed). It is idempotent: a collector that finds a finished
+// run's data on start runs it again. Failures are logged; a restart retries them.
+func (c *Collector) cleanup(ctx context.Context, id string, deployments []string) error {
+	if err := c.fence.Check(); err != nil {
+		return fmt.Errorf("clean up run %s: %w", id, err)
+	}
+	log := c.log.With().Str("run", id).Logger()
+	for _, p := range []struct {
+		s       jetstream.Stream
+		subject string
+	}{
+		{c.input, "input." + id + ".>"}, {c.results, "results." + id + ".>"},
+		{c.jobs, "jobs.*." + id + ".>"},
+	} {
+		if err := p.s.Purge(ctx, jetstream.WithPurgeSubject(p.subject)); err != nil && ctx.Err() == nil {
+			log.Warn().Err(err).Str("subject", p.subject).Msg("purge a finished run")
+		}
+	}
+	for _, dep := range deployments { // the run's job consumers are done
+		if err := c.js.DeleteConsumer(ctx, wire.StreamJobs, queue.JobConsumerName(dep, id)); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+			log.Debug().Err(err).Msg("delete job consumer")
+		}
+	}
+	for _, kv := range []jetstream.KeyValue{c.runsKV, c.retryKV} {
+		keys, err := kv.ListKeysFiltered(ctx, id+".>")
+		if err != nil {
+			log.Warn().Err(err).Str("bucket", kv.Bucket()).Msg("list keys of a finished run")
+			continue
+		}
+		for k := range keys.Keys() {
+			if err := kv.Purge(ctx, k); err != nil && ctx.Err() == nil {
+				log.Warn().Err(err).Str("key", k).Msg("purge a key of a finished run")
+			}
+		}
+		_ = keys.Stop()
+		if s, err := c.js.Stream(ctx, "KV_"+kv.Bucket()); err == nil {
+			if err := s.Purge(ctx, jetstream.WithPurgeSubject("$KV."+kv.Bucket()+"."+id+".>")); err != nil && ctx.Err() == nil {
+				log.Warn().Err(err).Str("bucket", kv.Bucket()).Msg("purge the purge markers of a finished run")
+			}
+		}
+	}
+	return nil
+}
+
+// Summary is written to summary.json when a sealed run is complete.
+type Summary struct {
+	Run         string    `json:"run"`
+	Status      string    `json:"status"`
+	Rows        int       `json:"rows_total"`
+	Stats       Stats     `json:"stats"`
+	Started     time.Time `json:"started"`
+	Finished    time.Time `json:"finished"`
+	WallSeconds float64   `json:"wall_seconds"`
+	Dir         string    `json:"dir"`
+	Results     string    `json:"results"`
+	Errors      string    `json:"errors"`
+}

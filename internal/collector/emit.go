@@ -1,0 +1,301 @@
+package collector
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"sort"
+
+	"github.com/multiquery/multiquery/internal/wire"
+)
+
+// advance emits every row that may go out now. touched is the row an event changed
+// (-1: any row may have).
+func (c *Collector) advance(ctx context.Context, r *run, touched int) error {
+	if r.order == wire.OrderCompletion {
+		ids := make([]int, 0)
+		if touched >= 0 {
+			if r.complete(r.rows[touched]) {
+				ids = append(ids, touched)
+			}
+		} else {
+			for i, rs := range r.rows {
+				if r.complete(rs) {
+					ids = append(ids, i)
+				}
+			}
+		}
+		sort.Ints(ids)
+		for _, i := range ids {
+			if err := c.emit(ctx, r, i); err != nil {
+				return err
+			}
+		}
+		for r.above[r.next] {
+			delete(r.above, r.next)
+			r.next++
+		}
+	} else {
+		for r.complete(r.rows[r.next]) {
+			if err := c.emit(ctx, r, r.next); err != nil {
+				return err
+			}
+		}
+	}
+	// Finished when every row of [0, total) is out: not when as many rows are.
+	if r.sealed && r.next >= r.total && !r.finished {
+		return c.finish(ctx, r)
+	}
+	return nil
+}
+
+// emit writes row i (complete) to the sink and forgets its state: its input data and
+// results (read back by subject when not in memory) folded into one line, the line
+// written, the row marked emitted.
+func (c *Collector) emit(ctx context.Context, r *run, i int) error {
+	rs := r.rows[i]
+	data, err := c.inputData(ctx, r, i, rs)
+	if err != nil {
+		return err
+	}
+	line, ok, err := c.rowLine(ctx, r, i, rs, data)
+	if err != nil {
+		return err
+	}
+	if err := c.writeLine(r, rs, data, line, ok); err != nil {
+		return err
+	}
+	c.markEmitted(r, i, rs)
+	return nil
+}
+
+// inputData is row i's input data: kept in memory, or read back by subject.
+func (c *Collector) inputData(ctx context.Context, r *run, i int, rs *rowState) (json.RawMessage, error) {
+	if rs.dataCached {
+		return rs.data, nil
+	}
+	msg, err := c.getLast(ctx, c.input, wire.InputRowSubject(r.id, i))
+	if err != nil {
+		return nil, err
+	}
+	var row wire.Row
+	if err := wire.Decode(msg, &row); err != nil {
+		return nil, fmt.Errorf("input row %s/%d: %w", r.id, i, err)
+	}
+	return row.Data, nil
+}
+
+// rowLine builds row i's output line: an error line for a row with a pre-known error,
+// else the fold of its M results (each kept in memory or read back by subject; an
+// undecodable one is a poison error). ok reports a success line.
+func (c *Collector) rowLine(ctx context.Context, r *run, i int, rs *rowState, data json.RawMessage) ([]byte, bool, error) {
+	if rs.preErr != nil {
+		return withField(data, "_error", rs.preErr), false, nil
+	}
+	results := make([]wire.Result, r.m)
+	for qi, q := range r.open.Queries {
+		b := rs.results[qi]
+		if b == nil {
+			var err error
+			if b, err = c.getLast(ctx, c.results, wire.ResultSubject(r.id, i, q.Name)); err != nil {
+				return nil, false, err
+			}
+		}
+		if err := wire.Decode(b, &results[qi]); err != nil {
+			results[qi] = wire.Result{Query: q.Name, Error: &wire.Error{Reason: wire.ReasonPoison, Message: "undecodable result: " + err.Error()}}
+		}
+	}
+	line, ok := r.fold(data, results)
+	return line, ok, nil
+}
+
+// writeLine writes a row's line to the run's results or errors, counting it, and gives
+// the CSV files their header once a well-formed row shows the input columns (or
+// without input columns after maxCSVPending rows without one).
+func (c *Collector) writeLine(r *run, rs *rowState, data json.RawMessage, line []byte, ok bool) error {
+	if r.out.CSVNeedsColumns() && headerRow(rs, data) {
+		if err := r.setCSVColumns(objectKeys(data)); err != nil {
+			return err
+		}
+	}
+	var err error
+	if ok {
+		err = r.out.WriteOK(line)
+		r.stats.RowsOK++
+		c.m.rows.WithLabelValues("ok").Inc()
+	} else {
+		err = r.out.WriteError(line)
+		r.stats.RowsFailed++
+		c.m.rows.WithLabelValues("error").Inc()
+	}
+	if err != nil {
+		return err
+	}
+	if r.out.CSVNeedsColumns() && r.out.CSVPending() >= maxCSVPending {
+		c.log.Warn().Str("run", r.id).Int("rows", maxCSVPending).Msg("no well-formed row among the first rows: CSV header without input columns")
+		if err := r.setCSVColumns(nil); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// markEmitted releases row i's state and records it emitted (next, or above it), for
+// the next checkpoint.
+func (c *Collector) markEmitted(r *run, i int, rs *rowState) {
+	c.dropRow(r, i) // release memory
+	if i == r.next {
+		r.next++
+		for r.above[r.next] {
+			delete(r.above, r.next)
+			r.next++
+		}
+	} else {
+		r.above[i] = true
+	}
+	// The input row stays until the run finishes: it tells a resuming producer that the
+	// row (and, published before it, every job of it) is on the bus.
+	for _, seq := range rs.resultSeqs {
+		r.emittedTop = max(r.emittedTop, seq)
+	}
+	c.dirty[r.id] = r
+	c.pending++
+}
+
+// fold builds the output line of a row whose M results are all in: a success row only
+// when every query succeeded, else an error row carrying none of the outputs.
+func (r *run) fold(data json.RawMessage, results []wire.Result) ([]byte, bool) {
+	var failed []map[string]any
+	for qi := range results {
+		res := &results[qi]
+		// What the provider billed for the query: every call of every delivery
+		// (docs/WIRE.md, "Calls, retries and tokens").
+		r.stats.Calls += int64(res.Calls)
+		r.stats.Retries += int64(res.Retries)
+		if b := res.Billed; b != nil {
+			r.stats.PromptTokens += b.PromptTokens
+			r.stats.CompletionTokens += b.CompletionTokens
+			r.stats.Cost += float64(b.PromptTokens)/1000*r.open.PromptPer1K + float64(b.CompletionTokens)/1000*r.open.CompletionPer1K
+		}
+		if !res.OK {
+			e := res.Error
+			if e == nil {
+				e = &wire.Error{Reason: wire.ReasonLLMCallFailed, Message: "failed result without an error"}
+			}
+			failed = append(failed, map[string]any{"query": r.open.Queries[qi].Name, "error": e})
+			continue
+		}
+		for _, col := range r.open.Queries[qi].Columns {
+			if _, ok := res.Fields[col]; !ok {
+				failed = append(failed, map[string]any{"query": r.open.Queries[qi].Name, "error": &wire.Error{Reason: wire.ReasonInvalidResult,
+					Message: fmt.Sprintf("success result without output column %q", col), Details: map[string]any{"field": col}}})
+				break
+			}
+		}
+	}
+	if len(failed) > 0 {
+		return withField(data, "_error", map[string]any{
+			"reason": wire.ReasonQueryFailed, "failed_queries": failed,
+			"succeeded_count": len(results) - len(failed), "total_count": len(results),
+		}), false
+	}
+	var b bytes.Buffer
+	b.Write(openObject(data))
+	first := isEmptyObject(data)
+	add := func(k string, v []byte) {
+		if !first {
+			b.WriteByte(',')
+		}
+		first = false
+		kb, _ := json.Marshal(k)
+		b.Write(kb)
+		b.WriteByte(':')
+		b.Write(v)
+	}
+	for qi, q := range r.open.Queries {
+		res := &results[qi]
+		for _, col := range q.Columns {
+			add(col, res.Fields[col]) // present: checked above
+		}
+		u, _ := json.Marshal(res.Usage)
+		add(q.Name+"_usage", u)
+		m, _ := json.Marshal(res.Model)
+		add(q.Name+"_model", m)
+	}
+	b.WriteByte('}')
+	return b.Bytes(), true
+}
+
+// maxCSVPending bounds the rows held for a CSV header that no well-formed row gave yet.
+const maxCSVPending = 1000
+
+// headerRow reports whether a row can give a run its CSV input columns: its data made
+// it through the door and it has keys.
+func headerRow(rs *rowState, data json.RawMessage) bool {
+	if rs.preErr != nil && rs.preErr.Reason == wire.ReasonMalformedRecord {
+		return false
+	}
+	return len(objectKeys(data)) > 0
+}
+
+func (r *run) setCSVColumns(input []string) error {
+	okCols := append([]string{}, input...)
+	for _, q := range r.open.Queries {
+		okCols = append(okCols, q.Columns...)
+		okCols = append(okCols, q.Name+"_usage", q.Name+"_model")
+	}
+	errCols := append(append([]string{}, input...), "_error")
+	return r.out.SetCSVColumns(okCols, errCols)
+}
+
+// openObject returns the object without its closing brace ("{" for no data).
+func openObject(data json.RawMessage) []byte {
+	t := bytes.TrimSpace(data)
+	if len(t) < 2 || t[0] != '{' {
+		return []byte("{")
+	}
+	return t[:len(t)-1]
+}
+
+func isEmptyObject(data json.RawMessage) bool {
+	t := bytes.TrimSpace(openObject(data))
+	return len(bytes.TrimSpace(t[1:])) == 0
+}
+
+func withField(data json.RawMessage, key string, v any) []byte {
+	var b bytes.Buffer
+	b.Write(openObject(data))
+	if !isEmptyObject(data) {
+		b.WriteByte(',')
+	}
+	kb, _ := json.Marshal(key)
+	vb, _ := json.Marshal(v)
+	b.Write(kb)
+	b.WriteByte(':')
+	b.Write(vb)
+	b.WriteByte('}')
+	return b.Bytes()
+}
+
+// objectKeys lists a JSON object's keys in order.
+func objectKeys(data json.RawMessage) []string {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return nil
+	}
+	var keys []string
+	for dec.More() {
+		t, err := dec.Token()
+		if err != nil {
+			return keys
+		}
+		k, _ := t.(string)
+		keys = append(keys, k)
+		var skip json.RawMessage
+		if err := dec.Decode(&skip); err != nil {
+			return keys
+		}
+	}
+	return keys
+}

@@ -1,0 +1,196 @@
+package producer
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/multiquery/multiquery/internal/queue"
+	"github.com/multiquery/multiquery/internal/wire"
+)
+
+// publishPlan publishes a row's jobs, then the row once its jobs are acknowledged (the
+// publisher holds rows back until then): an input row on the bus means every job of it
+// is too, which is what a resuming producer relies on. With careful set (rows a crashed
+// producer or a redelivered submission may have published in part), it first looks for
+// each message on the bus and publishes only what is missing, so no job is ever called
+// twice. The plan must have been through fit.
+func publishPlan(ctx context.Context, pub *publisher, run string, pl plan, careful bool) (int, error) {
+	rowSubj := wire.InputRowSubject(run, pl.row.Row)
+	if careful {
+		there, err := pub.exists(ctx, wire.StreamInput, rowSubj)
+		if err != nil {
+			return 0, err
+		}
+		if there {
+			return len(pl.jobs), nil
+		}
+	}
+	for i := range pl.jobs {
+		j := &pl.jobs[i]
+		if careful {
+			queued, err := pub.exists(ctx, wire.StreamJobs, pl.jobMsgs[i].Subject)
+			if err != nil {
+				return i, err
+			}
+			answered, err := pub.exists(ctx, wire.StreamResults, wire.ResultSubject(run, j.Row, j.Query))
+			if err != nil {
+				return i, err
+			}
+			if queued || answered {
+				continue
+			}
+		}
+		if err := pub.async(ctx, pl.jobMsgs[i]); err != nil {
+			return i, err
+		}
+	}
+	pub.later(pl.rowMsg)
+	return len(pl.jobs), nil
+}
+
+// publisher publishes with a bounded window of unacknowledged messages; a message that
+// a first-writer-wins stream already holds counts as published. Input rows wait (later)
+// until every message published before them is acknowledged.
+type publisher struct {
+	js      jetstream.JetStream
+	window  int
+	log     zerolog.Logger
+	pending []pending
+	rows    []*nats.Msg // held back until the jobs before them are acknowledged
+}
+
+type pending struct {
+	msg     *nats.Msg
+	fut     jetstream.PubAckFuture
+	settled bool  // the future's outcome was read (its channels yield it once)
+	err     error // that outcome
+}
+
+func newMsg(subject, id string, v any) (*nats.Msg, error) {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return nil, fmt.Errorf("encode %s: %w", subject, err)
+	}
+	m := nats.NewMsg(subject)
+	m.Data = data
+	m.Header.Set(wire.HeaderMsgID, id)
+	m.Header.Set(wire.HeaderSchema, "1")
+	return m, nil
+}
+
+func (p *publisher) sync(ctx context.Context, subject, id string, v any) error {
+	m, err := newMsg(subject, id, v)
+	if err != nil {
+		return err
+	}
+	return p.publishSync(ctx, m)
+}
+
+// publishSync publishes m and waits for it to be stored; a full stream is waited out.
+func (p *publisher) publishSync(ctx context.Context, m *nats.Msg) error {
+	return queue.RetryPublish(ctx, p.log, m.Subject, func(ctx context.Context) error {
+		_, err := p.js.PublishMsg(ctx, m)
+		return err
+	})
+}
+
+// async publishes m without waiting; past the window it settles what is out first.
+func (p *publisher) async(ctx context.Context, m *nats.Msg) error {
+	if err := p.send(ctx, m); err != nil {
+		return err
+	}
+	if len(p.pending) >= p.window {
+		return p.wait(ctx)
+	}
+	return nil
+}
+
+func (p *publisher) send(ctx context.Context, m *nats.Msg) error {
+	fut, err := p.js.PublishMsgAsync(m)
+	if err != nil {
+		// Too many pending or disconnected: settle what is out, then publish synchronously.
+		if werr := p.settle(ctx); werr != nil {
+			return werr
+		}
+		return p.publishSync(ctx, m)
+	}
+	p.pending = append(p.pending, pending{msg: m, fut: fut})
+	return nil
+}
+
+// later holds an input row back until wait has every message before it acknowledged.
+func (p *publisher) later(m *nats.Msg) { p.rows = append(p.rows, m) }
+
+// wait settles every pending publish, then publishes the rows held back and settles
+// them too. Failed publishes (other than first-writer-wins) are retried synchronously,
+// a full stream waited out, so nothing is dropped. After an error (ctx ended) what is
+// not settled stays, and the next wait takes up where this one stopped.
+func (p *publisher) wait(ctx context.Context) error {
+	for {
+		if err := p.settle(ctx); err != nil {
+			return err
+		}
+		if len(p.rows) == 0 {
+			return nil
+		}
+		for len(p.rows) > 0 {
+			if err := p.send(ctx, p.rows[0]); err != nil {
+				return err
+			}
+			p.rows = p.rows[1:]
+		}
+	}
+}
+
+// settle waits for every pending publish, republishing the failed ones.
+func (p *publisher) settle(ctx context.Context) error {
+	for i := range p.pending {
+		pd := &p.pending[i]
+		if !pd.settled {
+			select {
+			case <-pd.fut.Ok():
+			case pd.err = <-pd.fut.Err():
+			case <-ctx.Done():
+				p.pending = p.pending[i:]
+				return ctx.Err()
+			}
+			pd.settled = true
+		}
+		if pd.err != nil && !queue.IsFirstWriterLost(pd.err) {
+			if err := p.publishSync(ctx, pd.msg); err != nil {
+				p.pending = p.pending[i:]
+				return err
+			}
+		}
+	}
+	p.pending = p.pending[:0]
+	return nil
+}
+
+// reset forgets every publish not yet settled (their submissions are redelivered and
+// published again, carefully).
+func (p *publisher) reset() {
+	p.pending, p.rows = p.pending[:0], p.rows[:0]
+}
+
+// exists reports whether a stream holds a message on subject.
+func (p *publisher) exists(ctx context.Context, stream, subject string) (bool, error) {
+	s, err := p.js.Stream(ctx, stream)
+	if err != nil {
+		return false, fmt.Errorf("open %s: %w", stream, err)
+	}
+	_, err = s.GetLastMsgForSubject(ctx, subject)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("look up %s: %w", subject, err)
+	}
+	return true, nil
+}

@@ -1,0 +1,215 @@
+package producer
+
+import (
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/multiquery/multiquery/internal/config"
+	"github.com/multiquery/multiquery/internal/input"
+	"github.com/multiquery/multiquery/internal/wire"
+)
+
+// next returns the next record: first those read ahead to find the header.
+func (s *source) next() (input.Row, error) {
+	if len(s.pre) > 0 {
+		r := s.pre[0]
+		s.pre = s.pre[1:]
+		return r, nil
+	}
+	return s.rd.Next()
+}
+
+// planNext turns the next record into its plan (planRow, then fit), adds it to the
+// rolling hash and counts it.
+func (fr *fileRun) planNext(rec input.Row) (plan, error) {
+	hashRow(fr.rolling, rec)
+	pl, err := fit(planRow(fr.p, fr.queries, fr.cfg.Run, rec, fr.in.header), fr.limit)
+	if err != nil {
+		return pl, err
+	}
+	if pl.row.Error != nil && pl.row.Error.Reason == wire.ReasonRowTooLarge {
+		fr.log.Warn().Int("row", rec.Index).Str("reason", pl.row.Error.Message).Msg("row too large for a message: published as an error row")
+	}
+	fr.rep.Rows++
+	if pl.rowErr {
+		fr.rep.RowErrors++
+	}
+	return pl, nil
+}
+
+// skipPublished skips a row the resume point covers (an earlier attempt published it):
+// its jobs are counted, and at the last such row the rolling hash must match the one
+// checkpointed, or the input is not the one the run was started with.
+func (fr *fileRun) skipPublished(rec input.Row, pl plan) (bool, error) {
+	if fr.prev == nil || rec.Index >= fr.prev.Through {
+		return false, nil
+	}
+	fr.rep.Jobs += len(pl.jobs)
+	if rec.Index == fr.prev.Through-1 && hex.EncodeToString(fr.rolling.Sum(nil)) != fr.prev.RowsSHA256 {
+		return true, &UsageError{fmt.Errorf("run %s: the input differs from the one this run was started with (rows 0..%d); use a new run id", fr.cfg.Run, rec.Index)}
+	}
+	return true, nil
+}
+
+// hashRow feeds one record into the rolling hash of the input: its index, its data (or
+// raw text and error), so that a rerun can prove it reads the same rows.
+func hashRow(h hash.Hash, rec input.Row) {
+	b := []byte(rec.Raw)
+	if rec.Err == nil {
+		if j, err := rec.JSON(); err == nil {
+			b = j
+		}
+	}
+	var n [8]byte
+	binary.BigEndian.PutUint64(n[:], uint64(len(b)))
+	h.Write(n[:])
+	h.Write(b)
+}
+
+// plan is what one record becomes on the bus: its jobs, then its row. A record that
+// cannot be parsed or rendered is a row carrying its error and no job.
+type plan struct {
+	row    wire.Row
+	jobs   []wire.Job
+	rowErr bool
+	// Set by fit: the encoded jobs and row.
+	jobMsgs []*nats.Msg
+	rowMsg  *nats.Msg
+}
+
+// planRow renders all M prompts of a row before anything of it is published.
+func planRow(p *config.Pipeline, queries []config.Query, run string, rec input.Row, header []string) plan {
+	row := wire.Row{V: wire.Version, Run: run, Row: rec.Index}
+	fail := func(e *wire.Error) plan {
+		row.Error = e
+		return plan{row: row, rowErr: true}
+	}
+	if rec.Err != nil {
+		var re *input.RecordError
+		line := rec.Line
+		if errors.As(rec.Err, &re) {
+			line = re.Line
+		}
+		return fail(&wire.Error{Reason: wire.ReasonMalformedRecord, Message: rec.Err.Error(), Details: map[string]any{"line": line, "raw": rec.Raw}})
+	}
+	data, err := rec.JSON()
+	if err != nil {
+		return fail(&wire.Error{Reason: wire.ReasonMalformedRecord, Message: err.Error(), Details: map[string]any{"line": rec.Line}})
+	}
+	row.Data = data
+	if header != nil && !sameColumns(header, rec.Columns) {
+		if err := p.CheckInputColumns(rec.Columns); err != nil {
+			return fail(&wire.Error{Reason: wire.ReasonMalformedRecord, Message: err.Error(), Details: map[string]any{"line": rec.Line}})
+		}
+	}
+	values := rec.Map()
+	jobs := make([]wire.Job, 0, len(queries))
+	now := time.Now().UTC()
+	for _, q := range queries {
+		msgs, err := q.Render(values, p.Lookup)
+		if err != nil {
+			var re *config.RenderError
+			details := map[string]any{"query": q.Name, "line": rec.Line}
+			if errors.As(err, &re) && re.Field != "" {
+				details["field"] = re.Field
+			}
+			return fail(&wire.Error{Reason: wire.ReasonTemplateRendering, Message: err.Error(), Details: details})
+		}
+		jobs = append(jobs, buildJob(p, q, run, rec.Index, msgs, now))
+	}
+	return plan{row: row, jobs: jobs}
+}
+
+// fit encodes a plan's messages and checks each against limit (the server's
+// max_payload): a row or a rendered prompt too large for one message can never be
+// published, so the row becomes an error row (row_too_large) naming its size and the
+// limit; without its data when the data itself is what does not fit.
+func fit(pl plan, limit int64) (plan, error) {
+	run, row := pl.row.Run, pl.row.Row
+	pl.jobMsgs = pl.jobMsgs[:0]
+	for i := range pl.jobs {
+		j := &pl.jobs[i]
+		m, err := newMsg(wire.JobSubject(j.Deployment, run, j.Row, j.Query), wire.JobMsgID(run, j.Row, j.Query), j)
+		if err != nil {
+			return pl, err
+		}
+		if size := msgSize(m); limit > 0 && size > limit {
+			pl.jobs, pl.jobMsgs, pl.rowErr = nil, nil, true
+			pl.row.Error = tooLarge(row, size, limit, map[string]any{"query": j.Query},
+				fmt.Sprintf("the rendered prompt of query %s is %d bytes, over the server's max_payload of %d", j.Query, size, limit))
+			break
+		}
+		pl.jobMsgs = append(pl.jobMsgs, m)
+	}
+	m, err := newMsg(wire.InputRowSubject(run, row), "row."+run+"."+itoa(row), pl.row)
+	if err != nil {
+		return pl, err
+	}
+	if size := msgSize(m); limit > 0 && size > limit {
+		pl.jobs, pl.jobMsgs, pl.rowErr = nil, nil, true
+		pl.row.Data = nil
+		pl.row.Error = tooLarge(row, size, limit, nil, fmt.Sprintf("the row is %d bytes as a message, over the server's max_payload of %d; its data is left out", size, limit))
+		if m, err = newMsg(m.Subject, m.Header.Get(wire.HeaderMsgID), pl.row); err != nil {
+			return pl, err
+		}
+	}
+	pl.rowMsg = m
+	return pl, nil
+}
+
+func tooLarge(row int, size, limit int64, details map[string]any, msg string) *wire.Error {
+	d := map[string]any{"row": row, "size_bytes": size, "limit_bytes": limit}
+	for k, v := range details {
+		d[k] = v
+	}
+	return &wire.Error{Reason: wire.ReasonRowTooLarge, Message: fmt.Sprintf("row %d: %s", row, msg), Details: d}
+}
+
+// msgSize is what a message counts against max_payload: its data and its encoded
+// headers ("NATS/1.0\r\n", "Key: value\r\n" each, "\r\n").
+func msgSize(m *nats.Msg) int64 {
+	n := len(m.Data) + len("NATS/1.0\r\n") + 2
+	for k, vs := range m.Header {
+		for _, v := range vs {
+			n += len(k) + 2 + len(v) + 2
+		}
+	}
+	return int64(n)
+}
+
+func sameColumns(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func buildJob(p *config.Pipeline, q config.Query, run string, row int, msgs []config.Message, now time.Time) wire.Job {
+	j := wire.Job{V: wire.Version, Run: run, Row: row, Query: q.Name, Deployment: q.Deployment,
+		Request:                 wire.Request{Model: q.Model, Temperature: q.Temperature, MaxCompletionTokens: q.MaxCompletionTokens, ResponseFormat: q.ResponseFormat},
+		MaxCapacityRetrySeconds: p.MaxCapacityRetrySeconds, MaxAttempts: p.MaxAttempts, Enqueued: now}
+	for _, m := range msgs {
+		j.Request.Messages = append(j.Request.Messages, wire.Message{Role: m.Role, Content: m.Content})
+	}
+	if q.ResponseFormat == wire.FormatStructured {
+		j.Request.Schema = q.JSONSchema()
+	}
+	for _, o := range q.Outputs {
+		j.Outputs = append(j.Outputs, wire.OutputField{Field: o.Field, Column: o.Column, Type: o.Type, Values: o.Values})
+	}
+	return j
+}
+
+func itoa(i int) string { return strconv.Itoa(i) }
