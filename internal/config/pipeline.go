@@ -7,32 +7,12 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/multiquery/multiquery/internal/wire"
 )
 
-// Response formats.
-const (
-	// ResponseFormatStandard asks for a JSON object (response_format json_object).
-	ResponseFormatStandard = "standard"
-	// ResponseFormatStructured asks for output matching a strict JSON schema.
-	ResponseFormatStructured = "structured"
-)
-
-// Output orders.
-const (
-	// OrderInput emits rows in input order.
-	OrderInput = "input"
-	// OrderCompletion emits rows as they complete.
-	OrderCompletion = "completion"
-)
-
-// Output field types.
-const (
-	TypeString  = "string"
-	TypeInteger = "integer"
-	TypeNumber  = "number"
-	TypeBoolean = "boolean"
-	TypeEnum    = "enum"
-)
+// The response formats, output orders and output field types a pipeline names are the
+// contract's: wire.Format*, wire.Order* and wire.Type*.
 
 // Pipeline defaults.
 const (
@@ -305,10 +285,10 @@ func (p *Pipeline) path(name string) string {
 }
 
 func (p *Pipeline) setDefaults() {
-	setZero(&p.ResponseFormat, ResponseFormatStandard)
+	setZero(&p.ResponseFormat, wire.FormatStandard)
 	setZero(&p.MaxCapacityRetrySeconds, DefaultMaxCapacityRetrySeconds)
 	setZero(&p.MaxAttempts, DefaultMaxAttempts)
-	setZero(&p.Order, OrderInput)
+	setZero(&p.Order, wire.OrderInput)
 	if p.AppendFormatInstructions == nil {
 		t := true
 		p.AppendFormatInstructions = &t
