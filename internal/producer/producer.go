@@ -44,6 +44,10 @@ type Config struct {
 	MaxAhead int
 }
 
+// DefaultMaxAhead is Config.MaxAhead and ServiceConfig.MaxAhead (the producer's
+// --max-ahead) when not set.
+const DefaultMaxAhead = 1000
+
 // UsageError is a whole-run problem found before anything was published (exit 2).
 type UsageError struct{ Err error }
 
@@ -70,7 +74,7 @@ func Run(ctx context.Context, js jetstream.JetStream, cfg Config, log zerolog.Lo
 		cfg.Window = 2048
 	}
 	if cfg.MaxAhead <= 0 {
-		cfg.MaxAhead = 1000
+		cfg.MaxAhead = DefaultMaxAhead
 	}
 	hasher := sha256.New()
 	rd, err := input.NewReader(io.TeeReader(cfg.Input, hasher), cfg.Format)
