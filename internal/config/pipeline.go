@@ -222,15 +222,23 @@ func (o *OutputFields) UnmarshalYAML(n *yaml.Node) error {
 // pipeline configuration at path. Template and lookup files are resolved against
 // path's directory.
 func LoadPipeline(path string) (*Pipeline, error) {
+	return loadFile(path, "pipeline", ParsePipeline)
+}
+
+// loadFile reads the configuration file at path and parses it with parse, which
+// resolves relative paths against path's directory; errors name the kind of
+// configuration and the file.
+func loadFile[T any](path, kind string, parse func(data []byte, baseDir string) (T, error)) (T, error) {
+	var zero T
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("read pipeline config: %w", err)
+		return zero, fmt.Errorf("read %s config: %w", kind, err)
 	}
-	p, err := ParsePipeline(data, filepath.Dir(path))
+	v, err := parse(data, filepath.Dir(path))
 	if err != nil {
-		return nil, fmt.Errorf("pipeline config %s: %w", path, err)
+		return zero, fmt.Errorf("%s config %s: %w", kind, path, err)
 	}
-	return p, nil
+	return v, nil
 }
 
 // ParsePipeline parses, defaults, validates and compiles a pipeline

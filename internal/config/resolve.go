@@ -260,13 +260,7 @@ func (p *Pipeline) resolveMatrix(ps *problems) []resolvedQuery {
 	seen := map[string]int{}
 	for i, cs := range p.CaseStudies {
 		path := fmt.Sprintf("case_studies[%d]", i)
-		csOK[i] = checkName(ps, path+".name", cs.Name, "case study")
-		if j, dup := seen[cs.Name]; dup && cs.Name != "" {
-			ps.add(path+".name", "duplicate case study name %q (also case_studies[%d])", cs.Name, j)
-			csOK[i] = false
-		} else {
-			seen[cs.Name] = i
-		}
+		csOK[i] = checkUniqueName(ps, seen, "case_studies", i, cs.Name, "case study")
 		if len(cs.InputFields) == 0 {
 			ps.add(path+".input_fields", "empty")
 		}
@@ -279,14 +273,7 @@ func (p *Pipeline) resolveMatrix(ps *problems) []resolvedQuery {
 	crOK := make([]bool, len(p.Criteria))
 	seen = map[string]int{}
 	for i, cr := range p.Criteria {
-		path := fmt.Sprintf("criteria[%d]", i)
-		crOK[i] = checkName(ps, path+".name", cr.Name, "criterion")
-		if j, dup := seen[cr.Name]; dup && cr.Name != "" {
-			ps.add(path+".name", "duplicate criterion name %q (also criteria[%d])", cr.Name, j)
-			crOK[i] = false
-		} else {
-			seen[cr.Name] = i
-		}
+		crOK[i] = checkUniqueName(ps, seen, "criteria", i, cr.Name, "criterion")
 	}
 
 	// Case study outer, criterion inner.
@@ -398,6 +385,19 @@ func checkName(ps *problems, path, name, what string) bool {
 		return true
 	}
 	return false
+}
+
+// checkUniqueName checks the name of item i of the list key (checkName) and that no
+// earlier item has it; seen maps the names so far to their items.
+func checkUniqueName(ps *problems, seen map[string]int, key string, i int, name, what string) bool {
+	path := fmt.Sprintf("%s[%d].name", key, i)
+	ok := checkName(ps, path, name, what)
+	if j, dup := seen[name]; dup && name != "" {
+		ps.add(path, "duplicate %s name %q (also %s[%d])", what, name, key, j)
+		return false
+	}
+	seen[name] = i
+	return ok
 }
 
 // checkColumns reports output columns produced by two different queries,

@@ -176,15 +176,7 @@ func (t Throttle) problems(path string) []error {
 // configuration at path. A relative api_key_file is resolved against path's
 // directory.
 func LoadWorker(path string) (*Worker, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("read worker config: %w", err)
-	}
-	w, err := ParseWorker(data, filepath.Dir(path))
-	if err != nil {
-		return nil, fmt.Errorf("worker config %s: %w", path, err)
-	}
-	return w, nil
+	return loadFile(path, "worker", ParseWorker)
 }
 
 // ParseWorker parses, defaults and validates a worker configuration. baseDir
