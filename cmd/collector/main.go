@@ -4,62 +4,62 @@
 package main
 
 import (
-	"context"
 	"flag"
-	"fmt"
 	"os"
-	"os/signal"
-	"syscall"
+	"time"
 
+	"github.com/multiquery/multiquery/internal/cli"
 	"github.com/multiquery/multiquery/internal/collector"
 	"github.com/multiquery/multiquery/internal/lease"
 	"github.com/multiquery/multiquery/internal/ops"
-	"github.com/multiquery/multiquery/internal/queue"
+	"github.com/multiquery/multiquery/internal/proc"
 )
 
-func main() { os.Exit(run()) }
+func main() { os.Exit(run(os.Args[1:])) }
+
+// options is everything the command reads from its flags.
+type options struct {
+	proc.Flags
+	out, order, name string
+	csv, escape      bool
+	memory           int64
+	leaseTTL         time.Duration
+}
+
+func parseFlags(args []string) (options, error) {
+	fs := flag.NewFlagSet("collector", flag.ContinueOnError)
+	var o options
+	o.Register(fs, ":9091", "address of /metrics, /healthz, /readyz (empty: off)")
+	o.RegisterPprof(fs)
+	fs.StringVar(&o.out, "out", "out", "output directory (one sub-directory per run)")
+	fs.BoolVar(&o.csv, "csv", false, "also write results.csv and errors.csv")
+	fs.BoolVar(&o.escape, "csv-escape-formulas", true, "prefix CSV cells starting with = + - @ tab or CR with ' (spreadsheet formula injection); false writes them verbatim")
+	fs.StringVar(&o.order, "order", "", "row order: input | completion (default: the run's own)")
+	fs.Int64Var(&o.memory, "memory-limit", collector.DefaultMemoryLimit, "bytes of row bodies kept in memory; beyond, read back from JetStream")
+	fs.StringVar(&o.name, "name", "", "collector name in its lease (default host-pid)")
+	fs.DurationVar(&o.leaseTTL, "lease-ttl", lease.DefaultTTL, "single-active lease TTL; give every collector the same value")
+	return o, fs.Parse(args)
+}
 
 // run returns the exit code, so that every deferred cleanup (the NATS drain) runs:
 // 0 done, 1 failed while running, 2 bad flags or configuration.
-func run() int {
-	var (
-		natsURL  = flag.String("nats", ops.NATSURL(), "NATS server URL (env NATS_URL)")
-		out      = flag.String("out", "out", "output directory (one sub-directory per run)")
-		withCSV  = flag.Bool("csv", false, "also write results.csv and errors.csv")
-		escape   = flag.Bool("csv-escape-formulas", true, "prefix CSV cells starting with = + - @ tab or CR with ' (spreadsheet formula injection); false writes them verbatim")
-		order    = flag.String("order", "", "row order: input | completion (default: the run's own)")
-		memory   = flag.Int64("memory-limit", 64<<20, "bytes of row bodies kept in memory; beyond, read back from JetStream")
-		replicas = flag.Int("replicas", 1, "stream replicas when creating streams (3 in a NATS cluster)")
-		opsAddr  = flag.String("ops-addr", ":9091", "address of /metrics, /healthz, /readyz (empty: off)")
-		profile  = flag.Bool("pprof", false, "serve net/http/pprof under /debug/pprof/ on --ops-addr")
-		name     = flag.String("name", "", "collector name in its lease (default host-pid)")
-		leaseTTL = flag.Duration("lease-ttl", lease.DefaultTTL, "single-active lease TTL; give every collector the same value")
-		level    = flag.String("log-level", "info", "log level")
-	)
-	flag.Parse()
-	log := ops.Logger("collector", *level)
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	nc, js, err := queue.ConnectJetStream(*natsURL, "multiquery-collector", log)
+func run(args []string) int {
+	o, err := parseFlags(args)
 	if err != nil {
-		log.Error().Err(err).Msg("connect")
-		return 1
+		return cli.ParseExit(err)
+	}
+	log := ops.Logger("collector", o.LogLevel)
+	ctx, stop := cli.SignalContext()
+	defer stop()
+	nc, js, err := o.Connect("multiquery-collector", log)
+	if err != nil {
+		return cli.ExitFailed
 	}
 	defer nc.Drain()
-	c, err := collector.New(js, collector.Config{OutDir: *out, CSV: *withCSV, CSVRawFormulas: !*escape, Order: *order, MemoryLimit: *memory, Name: *name, LeaseTTL: *leaseTTL,
-		Topology: queue.Topology{Replicas: *replicas}}, log)
+	c, err := collector.New(js, collector.Config{OutDir: o.out, CSV: o.csv, CSVRawFormulas: !o.escape, Order: o.order, MemoryLimit: o.memory,
+		Name: o.name, LeaseTTL: o.leaseTTL, Topology: o.Topology()}, log)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "collector: %v\n", err)
-		return 2
+		return cli.Usage("collector", err)
 	}
-	srv := ops.NewServer(*opsAddr, log, c.Collectors()...)
-	if *profile {
-		srv.EnablePprof()
-	}
-	srv.ReadyWhen(func() bool { return nc.IsConnected() && c.Started() })
-	if err := srv.Serve(ctx, c.Run); err != nil {
-		log.Error().Err(err).Msg("collector stopped")
-		return 1
-	}
-	return 0
+	return o.Serve(ctx, "collector", nc, c, log, c.Collectors()...)
 }

@@ -9,15 +9,14 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/signal"
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/rs/zerolog"
 
+	"github.com/multiquery/multiquery/internal/cli"
 	"github.com/multiquery/multiquery/internal/llmsim"
 )
 
@@ -28,30 +27,33 @@ type options struct {
 	sim      llmsim.Config
 }
 
-func main() {
-	opts, err := parseFlags(os.Args[1:])
+func main() { os.Exit(run(os.Args[1:])) }
+
+// run returns the exit code: 0 stopped by a signal (or -h), 1 failed while serving,
+// 2 bad flags.
+func run(args []string) int {
+	opts, err := parseFlags(args)
 	if errors.Is(err, flag.ErrHelp) {
-		os.Exit(0)
+		return cli.ExitOK
 	}
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "llmsim:", err)
-		os.Exit(2)
+		return cli.Usage("llmsim", err)
 	}
 	log, err := newLogger(opts.logLevel)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "llmsim:", err)
-		os.Exit(2)
+		return cli.Usage("llmsim", err)
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := cli.SignalContext()
 	defer stop()
-	if err := run(ctx, opts, log); err != nil {
+	if err := serve(ctx, opts, log); err != nil {
 		log.Error().Err(err).Msg("llmsim stopped")
-		stop()
-		os.Exit(1)
+		return cli.ExitFailed
 	}
+	return cli.ExitOK
 }
 
-func run(ctx context.Context, opts options, log zerolog.Logger) error {
+// serve runs the simulator on opts.addr until ctx ends.
+func serve(ctx context.Context, opts options, log zerolog.Logger) error {
 	srv, err := llmsim.New(opts.sim, log)
 	if err != nil {
 		return err
@@ -120,24 +122,14 @@ func parseFlags(args []string) (options, error) {
 	if fs.NArg() > 0 {
 		return options{}, fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
-	cfg.Keys = splitList(keys)
-	cfg.Deployments = splitList(deps)
+	cfg.Keys = cli.List(keys)
+	cfg.Deployments = cli.List(deps)
 	cfg.Burst429 = llmsim.Burst429{Every: burstEvery, For: burstFor}
 	cfg.Faults = faults
 	if err := cfg.Validate(); err != nil {
 		return options{}, err
 	}
 	return opts, nil
-}
-
-func splitList(s string) []string {
-	var out []string
-	for _, part := range strings.Split(s, ",") {
-		if part = strings.TrimSpace(part); part != "" {
-			out = append(out, part)
-		}
-	}
-	return out
 }
 
 // newLogger writes JSON, or console lines when stderr is a terminal.

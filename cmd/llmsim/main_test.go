@@ -107,18 +107,18 @@ func TestParseFlagsRateLimitHeaders(t *testing.T) {
 	}
 }
 
-func TestRunStopsOnCancel(t *testing.T) {
+func TestServeStopsOnCancel(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, options{addr: "127.0.0.1:0", sim: llmsim.Config{}}, zerolog.Nop())
+		done <- serve(ctx, options{addr: "127.0.0.1:0", sim: llmsim.Config{}}, zerolog.Nop())
 	}()
 	cancel()
 	if err := <-done; err != nil {
-		t.Fatalf("run = %v, want nil after cancel", err)
+		t.Fatalf("serve = %v, want nil after cancel", err)
 	}
-	if err := run(context.Background(), options{addr: "256.0.0.1:1"}, zerolog.Nop()); err == nil {
-		t.Fatal("run on a bad address returned nil")
+	if err := serve(context.Background(), options{addr: "256.0.0.1:1"}, zerolog.Nop()); err == nil {
+		t.Fatal("serve on a bad address returned nil")
 	}
 }

@@ -10,285 +10,396 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
-	"os/signal"
 	"runtime"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/multiquery/multiquery/internal/bench"
+	"github.com/multiquery/multiquery/internal/cli"
 )
 
-func main() {
-	var (
-		bin     = flag.String("bin", "bin", "directory of the built binaries (make build)")
-		dir     = flag.String("dir", "", "work directory (default: a temp dir)")
-		workers = flag.String("workers", "1,2,4,8", "fleets: W (W workers x --concurrency slots), WxS (W workers x S slots), or groups joined by + (4x64+28x4)")
-		runs    = flag.Int("runs", 3, "runs per cell (the table keeps the worst)")
-		modes   = flag.String("modes", "fleet,naive", "throttle modes")
-		warmup  = flag.Duration("warmup", 10*time.Second, "warm-up excluded from the measurement")
-		measure = flag.Duration("measure", 60*time.Second, "measurement window")
-		rps     = flag.Float64("rps", 50, "llmsim request limit (token bucket)")
-		burst   = flag.Int("burst", 5, "llmsim bucket size")
-		latency = flag.Duration("latency", 50*time.Millisecond, "llmsim latency")
-		conc    = flag.Int("concurrency", 32, "worker --concurrency")
-		adapt   = flag.Bool("adapt", true, "also run the 50 -> 20 -> 50 req/s scenario with --adapt-workers")
-		adaptW  = flag.String("adapt-workers", "4", "fleet of the limit-change scenario: W, WxS or groups joined by +")
-		idleFor = flag.Duration("idle-for", 5*time.Second, "throttle cells: how long the fleet's idle CPU is measured before the run")
-		churn   = flag.String("churn", "", "instead: churn scenarios, comma-separated: rolling (replace every worker one by one), scaleup (--scaleup-from workers, more to --scaleup-to); each --runs times per --modes, at --rps/--burst")
-		churnW  = flag.Int("churn-workers", 16, "rolling: workers")
-		churnS  = flag.Int("churn-slots", 8, "rolling and scaleup: slots per worker")
-		churnD  = flag.Duration("churn-duration", 90*time.Second, "churn: rows for this long at the limit")
-		scaleA  = flag.Int("scaleup-from", 4, "scaleup: workers at the start")
-		scaleB  = flag.Int("scaleup-to", 32, "scaleup: workers after the scale-up")
-		scaleT  = flag.Duration("scaleup-after", 20*time.Second, "scaleup: when the workers are added, after the first request")
-		start   = flag.Bool("start", false, "instead: the start-storm scenario (a fresh fleet runs the same job twice in a row), each case --runs times")
-		startH  = flag.String("start-headers", "none,openai,azure", "start: llmsim --ratelimit-headers modes (azure is llmsim's default and not passed)")
-		startW  = flag.String("start-workers", "1,4", "start: fleet sizes")
-		startS  = flag.Int("start-slots", 32, "start: slots per worker")
-		startR  = flag.Int("start-rows", 100, "start: rows per run")
-		startQ  = flag.Int("start-queries", 4, "start: queries per row")
-		startP  = flag.Float64("start-rps", 40, "start: llmsim request limit")
-		startB  = flag.Int("start-burst", 5, "start: llmsim bucket size")
-		adaptOn = flag.Bool("adapt-only", false, "run only the limit-change scenario")
-		memory  = flag.String("collector-memory", "", "instead: the collector's peak RSS for these row counts (e.g. 50000,200000), 2 queries a row")
-		nruns   = flag.Int("naive-runs", 1, "runs per cell of the naive baseline")
-		flowN   = flag.Int("flow-rows", 0, "instead: flow control, this many rows x --flow-queries through a fleet limited to --rps, producer --max-ahead --flow-ahead")
-		flowQ   = flag.Int("flow-queries", 1, "queries per row of the flow run")
-		flowK   = flag.Int("flow-ahead", 1000, "producer --max-ahead of the flow run")
-		cost    = flag.Bool("cost", false, "instead: CPU per query of the pipeline against a raw JetStream loop, --rounds rounds interleaved")
-		rounds  = flag.Int("rounds", 3, "rounds of the cost benchmark")
-		rawJobs = flag.Int("raw-jobs", 20000, "jobs per raw-loop measurement (cost benchmark)")
-		shapes  = flag.String("shapes", "20000x1,2000x10", "pipeline runs of the cost benchmark, rows x queries")
-		child   = flag.Bool("raw-loop-child", false, "internal: run one raw loop and print its result as JSON")
-		natsURL = flag.String("nats", "", "internal: NATS URL of --raw-loop-child")
-		rawSim  = flag.String("raw-sim", "", "internal: llmsim URL of --raw-loop-child (empty: no HTTP call)")
-		rawSlot = flag.Int("raw-slots", 512, "internal: slots of --raw-loop-child")
-		latRows = flag.Int("latency-calls-per-slot", 20, "latency-bound runs: calls per slot")
-		profile = flag.String("profile", "", "cost benchmark: a directory for CPU profiles of workers, collector and nats-server during each pipeline run")
-		profFor = flag.Duration("profile-for", 3*time.Second, "cost benchmark: length of each CPU profile")
-		withLat = flag.Bool("cost-latency", true, "cost benchmark: also run the latency-bound and replaced-system scenarios")
-	)
-	flag.Parse()
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+func main() { os.Exit(run(os.Args[1:])) }
+
+// options is everything the command reads from its flags, by mode.
+type options struct {
+	bin, dir string
+	// Shared by the throttle cells, churn and start: llmsim's limit and latency, runs.
+	runs, burst int
+	rps         float64
+	latency     time.Duration
+	modes       string
+
+	throttle throttleOptions
+	churn    churnOptions
+	start    startOptions
+	cost     costOptions
+	raw      bench.RawLoopConfig // --raw-loop-child
+	child    bool
+	memory   string // --collector-memory
+	flow     flowOptions
+}
+
+type throttleOptions struct {
+	workers, adaptWorkers string
+	warmup, measure       time.Duration
+	idleFor               time.Duration
+	conc, naiveRuns       int
+	adapt, adaptOnly      bool
+}
+
+type churnOptions struct {
+	scenarios                          string
+	workers, slots, scaleFrom, scaleTo int
+	duration, scaleAfter               time.Duration
+}
+
+type startOptions struct {
+	on                          bool
+	headers, workers            string
+	slots, rows, queries, burst int
+	rps                         float64
+}
+
+type costOptions struct {
+	on                   bool
+	rounds, callsPerSlot int
+	shapes, profile      string
+	profileFor           time.Duration
+	latency              bool
+}
+
+type flowOptions struct{ rows, queries, ahead int }
+
+// usageError is a bad flag value: exit 2.
+type usageError struct{ error }
+
+func usagef(format string, args ...any) error { return usageError{fmt.Errorf(format, args...)} }
+
+// run returns the exit code: 0 done, 1 a benchmark failed, 2 bad flags.
+func run(args []string) int {
+	o, err := parseFlags(args)
+	if err != nil {
+		return cli.ParseExit(err)
+	}
+	ctx, stop := cli.SignalContext()
 	defer stop()
-	if *dir == "" {
-		d, err := os.MkdirTemp("", "mqbench-")
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(1)
-		}
-		*dir = d
-	}
-	if *child {
-		res, err := bench.RawLoop(ctx, bench.RawLoopConfig{NATSURL: *natsURL, SimURL: *rawSim, Jobs: *rawJobs, Slots: *rawSlot})
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "mqbench: raw loop:", err)
-			os.Exit(1)
-		}
-		b, _ := json.Marshal(res)
-		fmt.Println(string(b))
-		return
-	}
-	if *cost {
-		self, err := os.Executable()
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(1)
-		}
-		var sh [][2]int
-		for _, f := range strings.Split(*shapes, ",") {
-			var r, q int
-			if _, err := fmt.Sscanf(strings.TrimSpace(f), "%dx%d", &r, &q); err != nil || r < 1 || q < 1 {
-				fmt.Fprintf(os.Stderr, "mqbench: --shapes: %q is not ROWSxQUERIES\n", f)
-				os.Exit(2)
-			}
-			sh = append(sh, [2]int{r, q})
-		}
-		fmt.Printf("mqbench cost: %d cores, %d rounds, raw loop %d jobs at %d slots, pipeline 2 workers x 256 slots, llmsim 0 latency\n",
-			runtime.NumCPU(), *rounds, *rawJobs, 512)
-		res, err := bench.Cost(ctx, bench.CostConfig{Bin: *bin, Dir: *dir, Self: self, Rounds: *rounds, RawJobs: *rawJobs,
-			Shapes: sh, Slots: 256, Workers: 2, Log: os.Stdout, Profile: *profile, ProfileFor: *profFor})
-		fmt.Print(bench.CostTable(res))
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "mqbench:", err)
-			os.Exit(1)
-		}
-		if !*withLat {
-			return
-		}
-		cc := bench.CostConfig{Bin: *bin, Dir: *dir, Self: self}
-		var lat []bench.LatencyRow
-		for r := range *rounds {
-			for _, ws := range [][2]int{{1, 64}, {2, 128}, {4, 256}} {
-				rows, err := bench.LatencyBound(ctx, cc, 50*time.Millisecond, ws[0], ws[1], ws[1]*(*latRows), 1, bench.NonLimiting)
-				lat = append(lat, rows...)
-				if err != nil {
-					fmt.Fprintln(os.Stderr, "mqbench: latency-bound:", err)
-					os.Exit(1)
-				}
-			}
-			// The replaced system's scenario: 50 rows x 10 queries, 100 slots, 50 ms,
-			// shipped throttle defaults; ideal wall 500 / (100 / 50 ms) = 0.25 s.
-			for _, ws := range [][2]int{{1, 100}, {4, 100}} {
-				rows, err := bench.LatencyBound(ctx, bench.CostConfig{Bin: *bin, Dir: *dir}, 50*time.Millisecond, ws[0], ws[1], 50, 10, "")
-				lat = append(lat, rows...)
-				if err != nil {
-					fmt.Fprintln(os.Stderr, "mqbench: replaced-system scenario:", err)
-					os.Exit(1)
-				}
-			}
-			fmt.Printf("latency round %d done\n", r+1)
-		}
-		fmt.Print(bench.LatencyTable(lat))
-		return
-	}
-	if *flowN > 0 {
-		d, _ := os.MkdirTemp(*dir, "flow-")
-		res, err := bench.Flow(ctx, *bin, d, *flowN, *flowQ, *flowK, *rps)
-		fmt.Printf("flow: %d rows x %d queries at %g req/s, max-ahead %d: MQ_JOBS peak %d jobs (bound K x M = %d), completed %v, wall %s\n",
-			res.Rows, res.Queries, *rps, res.MaxAhead, res.PeakJobs, res.MaxAhead*res.Queries, res.Completed, res.Wall.Round(time.Second))
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "mqbench:", err)
-			os.Exit(1)
-		}
-		return
-	}
-	if *memory != "" {
-		for _, f := range strings.Split(*memory, ",") {
-			n, err := strconv.Atoi(strings.TrimSpace(f))
-			if err != nil || n < 1 {
-				fmt.Fprintf(os.Stderr, "mqbench: --collector-memory: %q is not a positive integer\n", f)
-				os.Exit(2)
-			}
-			d, _ := os.MkdirTemp(*dir, "mem-")
-			res, err := bench.CollectorMemory(ctx, *bin, d, n)
-			if err != nil {
-				fmt.Fprintln(os.Stderr, "mqbench:", err)
-				os.Exit(1)
-			}
-			fmt.Printf("collector: %d rows x 2 queries: peak RSS %.1f MiB, wall %s\n", n, float64(res.PeakRSSKB)/1024, res.Wall.Round(time.Second))
-		}
-		return
-	}
-	if *start {
-		runStart(ctx, bench.StartConfig{Bin: *bin, Dir: *dir, Headers: list(*startH), Workers: positiveInts("--start-workers", *startW),
-			Slots: *startS, Rows: *startR, Queries: *startQ, Runs: *runs, RPS: *startP, Burst: *startB, Latency: *latency, Log: os.Stdout})
-		return
-	}
-	if *churn != "" {
-		runChurn(ctx, bench.ChurnConfig{Bin: *bin, Dir: *dir, Scenarios: list(*churn), Modes: list(*modes), Runs: *runs, RPS: *rps, Burst: *burst,
-			Latency: *latency, Warmup: *warmup, Duration: *churnD, Workers: *churnW, Slots: *churnS, ScaleFrom: *scaleA, ScaleTo: *scaleB,
-			ScaleAfter: *scaleT, Log: os.Stdout})
-		return
-	}
-	fleets, err := bench.ParseShapes(*workers, *conc)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "mqbench: --workers:", err)
-		os.Exit(2)
-	}
-	adaptFleet, err := bench.ParseShape(*adaptW, *conc)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "mqbench: --adapt-workers:", err)
-		os.Exit(2)
-	}
-	cfg := bench.ThrottleConfig{Bin: *bin, Dir: *dir, Fleets: fleets, Runs: *runs, Modes: list(*modes), NaiveRuns: *nruns,
-		Warmup: *warmup, Measure: *measure, RPS: *rps, Burst: *burst, Latency: *latency, Concurrency: *conc, IdleFor: *idleFor, Log: os.Stdout}
-	fmt.Printf("mqbench: llmsim %g req/s burst %d, latency %s; W = workers x %d slots unless WxS; idle %s, warm-up %s, window %s; work dir %s\n",
-		*rps, *burst, *latency, *conc, *idleFor, *warmup, *measure, *dir)
-	if !*adaptOn {
-		cells, err := bench.Throttle(ctx, cfg)
-		fmt.Println()
-		fmt.Print(bench.Table(cells))
-		fmt.Println()
-		fmt.Print(bench.TrafficTable(cells))
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "mqbench:", err)
-			os.Exit(1)
-		}
-	}
-	if *adapt || *adaptOn {
-		res, err := bench.Adapt(ctx, cfg, adaptFleet, 40*time.Second, 80*time.Second, 40*time.Second)
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "mqbench: adapt:", err)
-			os.Exit(1)
-		}
-		fmt.Printf("\nlimit 50 -> 20 req/s (%s): 429 share over [t+5 s, t+35 s] = %.1f %% (per second ok/429: %s)\n", adaptFleet, 100*res.Share429AfterDrop, strings.Join(res.PerSecondDrop, " "))
-		fmt.Printf("limit 20 -> 50 req/s (%s): goodput >= 90 %% of 50 after %s (per second ok/429: %s)\n", adaptFleet, res.RecoverAfterRise, strings.Join(res.PerSecond, " "))
-	}
-}
-
-// list splits a comma-separated flag value, trimming blanks.
-func list(v string) []string {
-	var out []string
-	for _, f := range strings.Split(v, ",") {
-		if f = strings.TrimSpace(f); f != "" {
-			out = append(out, f)
-		}
-	}
-	return out
-}
-
-// positiveInts parses a comma-separated list of positive integers or exits.
-func positiveInts(name, v string) []int {
-	var out []int
-	for _, f := range list(v) {
-		n, err := strconv.Atoi(f)
-		if err != nil || n < 1 {
-			fmt.Fprintf(os.Stderr, "mqbench: %s: %q is not a positive integer\n", name, f)
-			os.Exit(2)
-		}
-		out = append(out, n)
-	}
-	return out
-}
-
-// runChurn runs the churn scenarios and prints their table.
-func runChurn(ctx context.Context, c bench.ChurnConfig) {
-	for _, sc := range c.Scenarios {
-		if sc != "rolling" && sc != "scaleup" {
-			fmt.Fprintf(os.Stderr, "mqbench: --churn: %q is not rolling or scaleup\n", sc)
-			os.Exit(2)
-		}
-	}
-	if c.ScaleTo <= c.ScaleFrom || c.ScaleFrom < 1 || c.Workers < 1 || c.Slots < 1 {
-		fmt.Fprintln(os.Stderr, "mqbench: churn: need --churn-workers, --churn-slots, --scaleup-from >= 1 and --scaleup-to > --scaleup-from")
-		os.Exit(2)
-	}
-	fmt.Printf("mqbench churn: llmsim %g req/s burst %d, latency %s; rolling %dx%d, scaleup %dx%d -> %dx%d after %s; rows for %s at the limit; warm-up %s; work dir %s\n",
-		c.RPS, c.Burst, c.Latency, c.Workers, c.Slots, c.ScaleFrom, c.Slots, c.ScaleTo, c.Slots, c.ScaleAfter, c.Duration, c.Warmup, c.Dir)
-	res, err := bench.Churn(ctx, c)
-	fmt.Println()
-	fmt.Print(bench.ChurnTable(res))
-	if err != nil {
+	if err := o.workDir(); err != nil {
 		fmt.Fprintln(os.Stderr, "mqbench:", err)
-		os.Exit(1)
+		return cli.ExitFailed
 	}
+	err = o.mode()(ctx, o)
+	if err == nil {
+		return cli.ExitOK
+	}
+	fmt.Fprintln(os.Stderr, "mqbench:", err)
+	if errors.As(err, new(usageError)) {
+		return cli.ExitUsage
+	}
+	return cli.ExitFailed
+}
+
+// mode picks what the flags ask for: one function per mode.
+func (o *options) mode() func(context.Context, *options) error {
+	switch {
+	case o.child:
+		return runRawLoopChild
+	case o.cost.on:
+		return runCost
+	case o.flow.rows > 0:
+		return runFlow
+	case o.memory != "":
+		return runMemory
+	case o.start.on:
+		return runStart
+	case o.churn.scenarios != "":
+		return runChurn
+	default:
+		return runThrottle
+	}
+}
+
+// workDir makes --dir a temporary directory when it is not set (the raw-loop child
+// writes no files).
+func (o *options) workDir() error {
+	if o.dir != "" || o.child {
+		return nil
+	}
+	d, err := os.MkdirTemp("", "mqbench-")
+	o.dir = d
+	return err
+}
+
+func parseFlags(args []string) (*options, error) {
+	fs := flag.NewFlagSet("mqbench", flag.ContinueOnError)
+	o := &options{}
+	fs.StringVar(&o.bin, "bin", "bin", "directory of the built binaries (make build)")
+	fs.StringVar(&o.dir, "dir", "", "work directory (default: a temp dir)")
+	fs.IntVar(&o.runs, "runs", 3, "runs per cell (the table keeps the worst)")
+	fs.StringVar(&o.modes, "modes", "fleet,naive", "throttle modes")
+	fs.Float64Var(&o.rps, "rps", 50, "llmsim request limit (token bucket)")
+	fs.IntVar(&o.burst, "burst", 5, "llmsim bucket size")
+	fs.DurationVar(&o.latency, "latency", 50*time.Millisecond, "llmsim latency")
+	o.throttle.flags(fs)
+	o.churn.flags(fs)
+	o.start.flags(fs)
+	fs.StringVar(&o.memory, "collector-memory", "", "instead: the collector's peak RSS for these row counts (e.g. 50000,200000), 2 queries a row")
+	fs.IntVar(&o.flow.rows, "flow-rows", 0, "instead: flow control, this many rows x --flow-queries through a fleet limited to --rps, producer --max-ahead --flow-ahead")
+	fs.IntVar(&o.flow.queries, "flow-queries", 1, "queries per row of the flow run")
+	fs.IntVar(&o.flow.ahead, "flow-ahead", 1000, "producer --max-ahead of the flow run")
+	o.cost.flags(fs)
+	fs.IntVar(&o.raw.Jobs, "raw-jobs", 20000, "jobs per raw-loop measurement (cost benchmark)")
+	fs.BoolVar(&o.child, "raw-loop-child", false, "internal: run one raw loop and print its result as JSON")
+	fs.StringVar(&o.raw.NATSURL, "nats", "", "internal: NATS URL of --raw-loop-child")
+	fs.StringVar(&o.raw.SimURL, "raw-sim", "", "internal: llmsim URL of --raw-loop-child (empty: no HTTP call)")
+	fs.IntVar(&o.raw.Slots, "raw-slots", 512, "internal: slots of --raw-loop-child")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	return o, nil
+}
+
+func (t *throttleOptions) flags(fs *flag.FlagSet) {
+	fs.StringVar(&t.workers, "workers", "1,2,4,8", "fleets: W (W workers x --concurrency slots), WxS (W workers x S slots), or groups joined by + (4x64+28x4)")
+	fs.DurationVar(&t.warmup, "warmup", 10*time.Second, "warm-up excluded from the measurement")
+	fs.DurationVar(&t.measure, "measure", 60*time.Second, "measurement window")
+	fs.IntVar(&t.conc, "concurrency", 32, "worker --concurrency")
+	fs.BoolVar(&t.adapt, "adapt", true, "also run the 50 -> 20 -> 50 req/s scenario with --adapt-workers")
+	fs.StringVar(&t.adaptWorkers, "adapt-workers", "4", "fleet of the limit-change scenario: W, WxS or groups joined by +")
+	fs.DurationVar(&t.idleFor, "idle-for", 5*time.Second, "throttle cells: how long the fleet's idle CPU is measured before the run")
+	fs.BoolVar(&t.adaptOnly, "adapt-only", false, "run only the limit-change scenario")
+	fs.IntVar(&t.naiveRuns, "naive-runs", 1, "runs per cell of the naive baseline")
+}
+
+func (c *churnOptions) flags(fs *flag.FlagSet) {
+	fs.StringVar(&c.scenarios, "churn", "", "instead: churn scenarios, comma-separated: rolling (replace every worker one by one), scaleup (--scaleup-from workers, more to --scaleup-to); each --runs times per --modes, at --rps/--burst")
+	fs.IntVar(&c.workers, "churn-workers", 16, "rolling: workers")
+	fs.IntVar(&c.slots, "churn-slots", 8, "rolling and scaleup: slots per worker")
+	fs.DurationVar(&c.duration, "churn-duration", 90*time.Second, "churn: rows for this long at the limit")
+	fs.IntVar(&c.scaleFrom, "scaleup-from", 4, "scaleup: workers at the start")
+	fs.IntVar(&c.scaleTo, "scaleup-to", 32, "scaleup: workers after the scale-up")
+	fs.DurationVar(&c.scaleAfter, "scaleup-after", 20*time.Second, "scaleup: when the workers are added, after the first request")
+}
+
+func (s *startOptions) flags(fs *flag.FlagSet) {
+	fs.BoolVar(&s.on, "start", false, "instead: the start-storm scenario (a fresh fleet runs the same job twice in a row), each case --runs times")
+	fs.StringVar(&s.headers, "start-headers", "none,openai,azure", "start: llmsim --ratelimit-headers modes (azure is llmsim's default and not passed)")
+	fs.StringVar(&s.workers, "start-workers", "1,4", "start: fleet sizes")
+	fs.IntVar(&s.slots, "start-slots", 32, "start: slots per worker")
+	fs.IntVar(&s.rows, "start-rows", 100, "start: rows per run")
+	fs.IntVar(&s.queries, "start-queries", 4, "start: queries per row")
+	fs.Float64Var(&s.rps, "start-rps", 40, "start: llmsim request limit")
+	fs.IntVar(&s.burst, "start-burst", 5, "start: llmsim bucket size")
+}
+
+func (c *costOptions) flags(fs *flag.FlagSet) {
+	fs.BoolVar(&c.on, "cost", false, "instead: CPU per query of the pipeline against a raw JetStream loop, --rounds rounds interleaved")
+	fs.IntVar(&c.rounds, "rounds", 3, "rounds of the cost benchmark")
+	fs.StringVar(&c.shapes, "shapes", "20000x1,2000x10", "pipeline runs of the cost benchmark, rows x queries")
+	fs.IntVar(&c.callsPerSlot, "latency-calls-per-slot", 20, "latency-bound runs: calls per slot")
+	fs.StringVar(&c.profile, "profile", "", "cost benchmark: a directory for CPU profiles of workers, collector and nats-server during each pipeline run")
+	fs.DurationVar(&c.profileFor, "profile-for", 3*time.Second, "cost benchmark: length of each CPU profile")
+	fs.BoolVar(&c.latency, "cost-latency", true, "cost benchmark: also run the latency-bound and replaced-system scenarios")
+}
+
+// runRawLoopChild runs one raw loop for the cost benchmark's parent and prints its
+// result as JSON.
+func runRawLoopChild(ctx context.Context, o *options) error {
+	res, err := bench.RawLoop(ctx, o.raw)
+	if err != nil {
+		return fmt.Errorf("raw loop: %w", err)
+	}
+	b, _ := json.Marshal(res)
+	fmt.Println(string(b))
+	return nil
+}
+
+// runCost runs the cost benchmark, then (with --cost-latency) the latency-bound and
+// replaced-system scenarios.
+func runCost(ctx context.Context, o *options) error {
+	shapes, err := parseShapes(o.cost.shapes)
+	if err != nil {
+		return err
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	cc := bench.CostConfig{Bin: o.bin, Dir: o.dir, Self: self, Rounds: o.cost.rounds, RawJobs: o.raw.Jobs,
+		Shapes: shapes, Slots: 256, Workers: 2, Log: os.Stdout, Profile: o.cost.profile, ProfileFor: o.cost.profileFor}
+	fmt.Printf("mqbench cost: %d cores, %d rounds, raw loop %d jobs at %d slots, pipeline %d workers x %d slots, llmsim 0 latency\n",
+		runtime.NumCPU(), cc.Rounds, cc.RawJobs, cc.Slots*cc.Workers, cc.Workers, cc.Slots)
+	res, err := bench.Cost(ctx, cc)
+	fmt.Print(bench.CostTable(res))
+	if err != nil || !o.cost.latency {
+		return err
+	}
+	return runLatency(ctx, o, self)
+}
+
+// parseShapes parses --shapes: ROWSxQUERIES, comma-separated.
+func parseShapes(v string) ([][2]int, error) {
+	var sh [][2]int
+	for _, f := range strings.Split(v, ",") {
+		var r, q int
+		if _, err := fmt.Sscanf(strings.TrimSpace(f), "%dx%d", &r, &q); err != nil || r < 1 || q < 1 {
+			return nil, usagef("--shapes: %q is not ROWSxQUERIES", f)
+		}
+		sh = append(sh, [2]int{r, q})
+	}
+	return sh, nil
+}
+
+// runLatency runs the latency-bound scenarios, --rounds times, and prints their table.
+func runLatency(ctx context.Context, o *options, self string) error {
+	var lat []bench.LatencyRow
+	for r := range o.cost.rounds {
+		for _, ws := range [][2]int{{1, 64}, {2, 128}, {4, 256}} {
+			rows, err := bench.LatencyBound(ctx, bench.CostConfig{Bin: o.bin, Dir: o.dir, Self: self}, 50*time.Millisecond,
+				ws[0], ws[1], ws[1]*o.cost.callsPerSlot, 1, bench.NonLimiting)
+			lat = append(lat, rows...)
+			if err != nil {
+				return fmt.Errorf("latency-bound: %w", err)
+			}
+		}
+		// The replaced system's scenario: 50 rows x 10 queries, 100 slots, 50 ms,
+		// shipped throttle defaults; ideal wall 500 / (100 / 50 ms) = 0.25 s.
+		for _, ws := range [][2]int{{1, 100}, {4, 100}} {
+			rows, err := bench.LatencyBound(ctx, bench.CostConfig{Bin: o.bin, Dir: o.dir}, 50*time.Millisecond, ws[0], ws[1], 50, 10, "")
+			lat = append(lat, rows...)
+			if err != nil {
+				return fmt.Errorf("replaced-system scenario: %w", err)
+			}
+		}
+		fmt.Printf("latency round %d done\n", r+1)
+	}
+	fmt.Print(bench.LatencyTable(lat))
+	return nil
+}
+
+// runFlow runs the flow-control benchmark.
+func runFlow(ctx context.Context, o *options) error {
+	d, _ := os.MkdirTemp(o.dir, "flow-")
+	res, err := bench.Flow(ctx, o.bin, d, o.flow.rows, o.flow.queries, o.flow.ahead, o.rps)
+	fmt.Printf("flow: %d rows x %d queries at %g req/s, max-ahead %d: MQ_JOBS peak %d jobs (bound K x M = %d), completed %v, wall %s\n",
+		res.Rows, res.Queries, o.rps, res.MaxAhead, res.PeakJobs, res.MaxAhead*res.Queries, res.Completed, res.Wall.Round(time.Second))
+	return err
+}
+
+// runMemory measures the collector's peak RSS for each row count.
+func runMemory(ctx context.Context, o *options) error {
+	counts, err := positiveInts("--collector-memory", o.memory)
+	if err != nil {
+		return err
+	}
+	for _, n := range counts {
+		d, _ := os.MkdirTemp(o.dir, "mem-")
+		res, err := bench.CollectorMemory(ctx, o.bin, d, n)
+		if err != nil {
+			return err
+		}
+		fmt.Printf("collector: %d rows x 2 queries: peak RSS %.1f MiB, wall %s\n", n, float64(res.PeakRSSKB)/1024, res.Wall.Round(time.Second))
+	}
+	return nil
 }
 
 // runStart runs the start-storm scenario and prints its table.
-func runStart(ctx context.Context, c bench.StartConfig) {
+func runStart(ctx context.Context, o *options) error {
+	workers, err := positiveInts("--start-workers", o.start.workers)
+	if err != nil {
+		return err
+	}
+	c := bench.StartConfig{Bin: o.bin, Dir: o.dir, Headers: cli.List(o.start.headers), Workers: workers, Slots: o.start.slots,
+		Rows: o.start.rows, Queries: o.start.queries, Runs: o.runs, RPS: o.start.rps, Burst: o.start.burst, Latency: o.latency, Log: os.Stdout}
 	for _, h := range c.Headers {
 		if h != "none" && h != "openai" && h != "azure" {
-			fmt.Fprintf(os.Stderr, "mqbench: --start-headers: %q is not none, openai or azure\n", h)
-			os.Exit(2)
+			return usagef("--start-headers: %q is not none, openai or azure", h)
 		}
 	}
 	if c.Slots < 1 || c.Rows < 1 || c.Queries < 1 || c.RPS <= 0 {
-		fmt.Fprintln(os.Stderr, "mqbench: start: need --start-slots, --start-rows, --start-queries >= 1 and --start-rps > 0")
-		os.Exit(2)
+		return usagef("start: need --start-slots, --start-rows, --start-queries >= 1 and --start-rps > 0")
 	}
 	fmt.Printf("mqbench start: llmsim %g req/s burst %d, latency %s; %d rows x %d queries, run twice per fresh fleet of W x %d slots; %d repetitions; work dir %s\n",
 		c.RPS, c.Burst, c.Latency, c.Rows, c.Queries, c.Slots, c.Runs, c.Dir)
 	res, err := bench.StartStorm(ctx, c)
 	fmt.Println()
 	fmt.Print(bench.StartTable(res))
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "mqbench:", err)
-		os.Exit(1)
+	return err
+}
+
+// runChurn runs the churn scenarios and prints their table.
+func runChurn(ctx context.Context, o *options) error {
+	c := bench.ChurnConfig{Bin: o.bin, Dir: o.dir, Scenarios: cli.List(o.churn.scenarios), Modes: cli.List(o.modes), Runs: o.runs,
+		RPS: o.rps, Burst: o.burst, Latency: o.latency, Warmup: o.throttle.warmup, Duration: o.churn.duration,
+		Workers: o.churn.workers, Slots: o.churn.slots, ScaleFrom: o.churn.scaleFrom, ScaleTo: o.churn.scaleTo,
+		ScaleAfter: o.churn.scaleAfter, Log: os.Stdout}
+	for _, sc := range c.Scenarios {
+		if sc != "rolling" && sc != "scaleup" {
+			return usagef("--churn: %q is not rolling or scaleup", sc)
+		}
 	}
+	if c.ScaleTo <= c.ScaleFrom || c.ScaleFrom < 1 || c.Workers < 1 || c.Slots < 1 {
+		return usagef("churn: need --churn-workers, --churn-slots, --scaleup-from >= 1 and --scaleup-to > --scaleup-from")
+	}
+	fmt.Printf("mqbench churn: llmsim %g req/s burst %d, latency %s; rolling %dx%d, scaleup %dx%d -> %dx%d after %s; rows for %s at the limit; warm-up %s; work dir %s\n",
+		c.RPS, c.Burst, c.Latency, c.Workers, c.Slots, c.ScaleFrom, c.Slots, c.ScaleTo, c.Slots, c.ScaleAfter, c.Duration, c.Warmup, c.Dir)
+	res, err := bench.Churn(ctx, c)
+	fmt.Println()
+	fmt.Print(bench.ChurnTable(res))
+	return err
+}
+
+// runThrottle runs the throttle cells (unless --adapt-only), then the limit-change
+// scenario (with --adapt or --adapt-only).
+func runThrottle(ctx context.Context, o *options) error {
+	t := o.throttle
+	fleets, err := bench.ParseShapes(t.workers, t.conc)
+	if err != nil {
+		return usagef("--workers: %w", err)
+	}
+	adaptFleet, err := bench.ParseShape(t.adaptWorkers, t.conc)
+	if err != nil {
+		return usagef("--adapt-workers: %w", err)
+	}
+	cfg := bench.ThrottleConfig{Bin: o.bin, Dir: o.dir, Fleets: fleets, Runs: o.runs, Modes: cli.List(o.modes), NaiveRuns: t.naiveRuns,
+		Warmup: t.warmup, Measure: t.measure, RPS: o.rps, Burst: o.burst, Latency: o.latency, Concurrency: t.conc, IdleFor: t.idleFor, Log: os.Stdout}
+	fmt.Printf("mqbench: llmsim %g req/s burst %d, latency %s; W = workers x %d slots unless WxS; idle %s, warm-up %s, window %s; work dir %s\n",
+		cfg.RPS, cfg.Burst, cfg.Latency, cfg.Concurrency, cfg.IdleFor, cfg.Warmup, cfg.Measure, cfg.Dir)
+	if !t.adaptOnly {
+		cells, err := bench.Throttle(ctx, cfg)
+		fmt.Println()
+		fmt.Print(bench.Table(cells))
+		fmt.Println()
+		fmt.Print(bench.TrafficTable(cells))
+		if err != nil {
+			return err
+		}
+	}
+	if !t.adapt && !t.adaptOnly {
+		return nil
+	}
+	res, err := bench.Adapt(ctx, cfg, adaptFleet, 40*time.Second, 80*time.Second, 40*time.Second)
+	if err != nil {
+		return fmt.Errorf("adapt: %w", err)
+	}
+	fmt.Printf("\nlimit 50 -> 20 req/s (%s): 429 share over [t+5 s, t+35 s] = %.1f %% (per second ok/429: %s)\n", adaptFleet, 100*res.Share429AfterDrop, strings.Join(res.PerSecondDrop, " "))
+	fmt.Printf("limit 20 -> 50 req/s (%s): goodput >= 90 %% of 50 after %s (per second ok/429: %s)\n", adaptFleet, res.RecoverAfterRise, strings.Join(res.PerSecond, " "))
+	return nil
+}
+
+// positiveInts parses a comma-separated list of positive integers.
+func positiveInts(name, v string) ([]int, error) {
+	var out []int
+	for _, f := range cli.List(v) {
+		n, err := strconv.Atoi(f)
+		if err != nil || n < 1 {
+			return nil, usagef("%s: %q is not a positive integer", name, f)
+		}
+		out = append(out, n)
+	}
+	return out, nil
 }

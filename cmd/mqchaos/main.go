@@ -8,67 +8,103 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/signal"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/multiquery/multiquery/internal/bench"
+	"github.com/multiquery/multiquery/internal/cli"
 )
 
-func main() {
-	var (
-		bin        = flag.String("bin", "bin", "directory of the built binaries (make build)")
-		dir        = flag.String("dir", "", "work directory (default: a temp dir)")
-		rows       = flag.Int("rows", 2000, "input rows")
-		queries    = flag.Int("queries", 4, "queries per row")
-		workers    = flag.Int("workers", 3, "worker processes")
-		seeds      = flag.String("seeds", "1", "comma-separated seeds: one run each")
-		killEvery  = flag.Duration("kill-every", 3*time.Second, "kill -9 a random worker this often")
-		collectors = flag.Int("collector-kills", 2, "kill -9 of the collector per run")
-		nats       = flag.Int("nats-kills", 1, "kill -9 of nats-server per run")
-		faults     = flag.String("faults", "429=1,503=1,500=1,invalid_json=1,missing_field=1", "llmsim faults (5 % mixed)")
-		timeout    = flag.Duration("timeout", 6*time.Minute, "a run must complete within this")
-		cluster    = flag.Bool("cluster", false, "a 3-node JetStream cluster with 3 replicas; --nats-kills kill -9 nodes that stay down")
-	)
-	flag.Parse()
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+func main() { os.Exit(run(os.Args[1:])) }
+
+// options is everything the command reads from its flags.
+type options struct {
+	cfg   bench.ChaosConfig // Dir, Seed and Faults are set per run
+	dir   string
+	seeds []uint64
+}
+
+// run returns the exit code: 0 every seed passed, 1 a violation or failure, 2 bad flags.
+func run(args []string) int {
+	o, err := parseFlags(args)
+	if err != nil {
+		return cli.ParseExit(err)
+	}
+	ctx, stop := cli.SignalContext()
 	defer stop()
 	failed := false
-	for _, seed := range strings.Split(*seeds, ",") {
-		var sd uint64
-		if _, err := fmt.Sscan(seed, &sd); err != nil {
-			fmt.Fprintf(os.Stderr, "mqchaos: --seeds: %q is not a number\n", seed)
-			os.Exit(2)
-		}
-		d := *dir
-		if d == "" {
-			var err error
-			if d, err = os.MkdirTemp("", "mqchaos-"); err != nil {
-				fmt.Fprintln(os.Stderr, err)
-				os.Exit(1)
-			}
-		} else {
-			d = fmt.Sprintf("%s/seed-%d", d, sd)
-			if err := os.MkdirAll(d, 0o755); err != nil {
-				fmt.Fprintln(os.Stderr, err)
-				os.Exit(1)
-			}
-		}
-		rep, err := bench.Chaos(ctx, bench.ChaosConfig{Bin: *bin, Dir: d, Rows: *rows, Queries: *queries, Workers: *workers, Seed: sd,
-			KillEvery: *killEvery, CollectorKills: *collectors, NATSKills: *nats, Faults: strings.Split(*faults, ","), Timeout: *timeout, Cluster: *cluster, Log: os.Stdout})
-		if err == nil {
-			err = bench.CheckChaos(rep)
-		}
-		fmt.Printf("mqchaos seed %d: %s\n", sd, rep)
+	for _, sd := range o.seeds {
+		d, err := seedDir(o.dir, sd)
 		if err != nil {
-			fmt.Printf("mqchaos seed %d: FAIL: %v (logs in %s)\n", sd, err, d)
+			fmt.Fprintln(os.Stderr, err)
+			return cli.ExitFailed
+		}
+		if !runSeed(ctx, o.cfg, d, sd) {
 			failed = true
-		} else {
-			fmt.Printf("mqchaos seed %d: PASS\n", sd)
 		}
 	}
 	if failed {
-		os.Exit(1)
+		return cli.ExitFailed
 	}
+	return cli.ExitOK
+}
+
+func parseFlags(args []string) (options, error) {
+	fs := flag.NewFlagSet("mqchaos", flag.ContinueOnError)
+	var (
+		o      = options{cfg: bench.ChaosConfig{Log: os.Stdout}}
+		c      = &o.cfg
+		seeds  string
+		faults string
+	)
+	fs.StringVar(&c.Bin, "bin", "bin", "directory of the built binaries (make build)")
+	fs.StringVar(&o.dir, "dir", "", "work directory (default: a temp dir)")
+	fs.IntVar(&c.Rows, "rows", 2000, "input rows")
+	fs.IntVar(&c.Queries, "queries", 4, "queries per row")
+	fs.IntVar(&c.Workers, "workers", 3, "worker processes")
+	fs.StringVar(&seeds, "seeds", "1", "comma-separated seeds: one run each")
+	fs.DurationVar(&c.KillEvery, "kill-every", 3*time.Second, "kill -9 a random worker this often")
+	fs.IntVar(&c.CollectorKills, "collector-kills", 2, "kill -9 of the collector per run")
+	fs.IntVar(&c.NATSKills, "nats-kills", 1, "kill -9 of nats-server per run")
+	fs.StringVar(&faults, "faults", "429=1,503=1,500=1,invalid_json=1,missing_field=1", "llmsim faults (5 % mixed)")
+	fs.DurationVar(&c.Timeout, "timeout", 6*time.Minute, "a run must complete within this")
+	fs.BoolVar(&c.Cluster, "cluster", false, "a 3-node JetStream cluster with 3 replicas; --nats-kills kill -9 nodes that stay down")
+	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	c.Faults = strings.Split(faults, ",")
+	for _, seed := range strings.Split(seeds, ",") {
+		var sd uint64
+		if _, err := fmt.Sscan(seed, &sd); err != nil {
+			fmt.Fprintf(fs.Output(), "mqchaos: --seeds: %q is not a number\n", seed)
+			return o, err
+		}
+		o.seeds = append(o.seeds, sd)
+	}
+	return o, nil
+}
+
+// seedDir is a seed's work directory: <dir>/seed-<seed>, or a new temp dir.
+func seedDir(dir string, seed uint64) (string, error) {
+	if dir == "" {
+		return os.MkdirTemp("", "mqchaos-")
+	}
+	d := fmt.Sprintf("%s/seed-%d", dir, seed)
+	return d, os.MkdirAll(d, 0o755)
+}
+
+// runSeed runs one chaos run, prints its report and verdict, and tells whether it passed.
+func runSeed(ctx context.Context, c bench.ChaosConfig, dir string, seed uint64) bool {
+	c.Dir, c.Seed = dir, seed
+	rep, err := bench.Chaos(ctx, c)
+	if err == nil {
+		err = bench.CheckChaos(rep)
+	}
+	fmt.Printf("mqchaos seed %d: %s\n", seed, rep)
+	if err != nil {
+		fmt.Printf("mqchaos seed %d: FAIL: %v (logs in %s)\n", seed, err, dir)
+		return false
+	}
+	fmt.Printf("mqchaos seed %d: PASS\n", seed)
+	return true
 }

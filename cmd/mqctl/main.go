@@ -13,12 +13,15 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/signal"
+	"slices"
 	"strconv"
-	"syscall"
 	"text/tabwriter"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/multiquery/multiquery/internal/cli"
 	"github.com/multiquery/multiquery/internal/deadletter"
 	"github.com/multiquery/multiquery/internal/ops"
 	"github.com/multiquery/multiquery/internal/queue"
@@ -35,96 +38,155 @@ const usage = `usage:
   mqctl [--nats URL] dead replay SEQ...              publish dead letters again on their subjects (refused for a
                                                      query with a result or a row already written)`
 
-func main() {
-	natsURL := flag.String("nats", ops.NATSURL(), "NATS server URL (env NATS_URL)")
-	flag.Usage = func() { fmt.Fprintln(os.Stderr, usage); flag.PrintDefaults() }
-	flag.Parse()
-	args := flag.Args()
-	if len(args) == 0 {
-		flag.Usage()
-		os.Exit(2)
+// conn is the NATS connection every subcommand works on.
+type conn struct {
+	nc *nats.Conn
+	js jetstream.JetStream
+}
+
+// command is one subcommand: its words, how many arguments follow them, and what it
+// does with those arguments (operands first, then its own flags).
+type command struct {
+	words   []string
+	minArgs int
+	maxArgs int // -1: no limit
+	run     func(ctx context.Context, c conn, args []string) int
+}
+
+var commands = []command{
+	{words: []string{"status"}, minArgs: 1, maxArgs: -1, run: statusCmd},
+	{words: []string{"pause"}, minArgs: 1, maxArgs: 1, run: controlCmd(wire.ControlPaused)},
+	{words: []string{"resume"}, minArgs: 1, maxArgs: 1, run: controlCmd(wire.ControlRunning)},
+	{words: []string{"cancel"}, minArgs: 1, maxArgs: 1, run: controlCmd(wire.ControlCancelled)},
+	{words: []string{"dead", "list"}, minArgs: 0, maxArgs: -1, run: deadListCmd},
+	{words: []string{"dead", "replay"}, minArgs: 1, maxArgs: -1, run: deadReplayCmd},
+}
+
+// lookup finds the subcommand args name and returns the arguments after its words.
+func lookup(args []string) (command, []string, bool) {
+	for _, c := range commands {
+		if len(args) < len(c.words) || !slices.Equal(args[:len(c.words)], c.words) {
+			continue
+		}
+		rest := args[len(c.words):]
+		if len(rest) >= c.minArgs && (c.maxArgs < 0 || len(rest) <= c.maxArgs) {
+			return c, rest, true
+		}
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	return command{}, nil, false
+}
+
+func main() { os.Exit(run(os.Args[1:])) }
+
+// run returns the exit code: 0 done, 1 failed, 2 bad usage.
+func run(args []string) int {
+	fs := flag.NewFlagSet("mqctl", flag.ContinueOnError)
+	natsURL := fs.String("nats", ops.NATSURL(), "NATS server URL (env NATS_URL)")
+	fs.Usage = func() { fmt.Fprintln(os.Stderr, usage); fs.PrintDefaults() }
+	if err := fs.Parse(args); err != nil {
+		return cli.ParseExit(err)
+	}
+	cmd, rest, ok := lookup(fs.Args())
+	if !ok {
+		fs.Usage()
+		return cli.ExitUsage
+	}
+	ctx, stop := cli.SignalContext()
 	defer stop()
-	log := ops.Logger("mqctl", "warn")
-	nc, js, err := queue.ConnectJetStream(*natsURL, "multiquery-mqctl", log)
+	nc, js, err := queue.ConnectJetStream(*natsURL, "multiquery-mqctl", ops.Logger("mqctl", "warn"))
 	if err != nil {
-		fail(err)
+		return fail(err)
 	}
 	defer nc.Close()
 	if err := queue.WaitConnected(ctx, nc, 10*time.Second); err != nil {
-		fail(err)
+		return fail(err)
 	}
-	switch {
-	case len(args) >= 2 && args[0] == "dead" && args[1] == "list":
-		fs := flag.NewFlagSet("dead list", flag.ExitOnError)
-		run := fs.String("run", "", "only this run")
-		_ = fs.Parse(args[2:])
-		letters, err := deadletter.List(ctx, js, *run)
+	return cmd.run(ctx, conn{nc: nc, js: js}, rest)
+}
+
+func fail(err error) int {
+	fmt.Fprintf(os.Stderr, "mqctl: %v\n", err)
+	return cli.ExitFailed
+}
+
+// statusCmd: status RUN [--watch] [--json].
+func statusCmd(ctx context.Context, c conn, args []string) int {
+	fs := flag.NewFlagSet("status", flag.ContinueOnError)
+	watch := fs.Bool("watch", false, "refresh every 2 s until the run completes")
+	asJSON := fs.Bool("json", false, "print JSON")
+	if err := fs.Parse(args[1:]); err != nil {
+		return cli.ParseExit(err)
+	}
+	for {
+		r, err := status.Get(ctx, c.nc, c.js, args[0], 600*time.Millisecond)
 		if err != nil {
-			fail(err)
+			return fail(err)
 		}
-		tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "SEQ\tTIME\tSUBJECT\tBYTES\tREASON")
-		for _, l := range letters {
-			fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%s\n", l.Seq, l.Time.UTC().Format(time.RFC3339), l.Subject, l.Size, l.Reason)
+		if *asJSON {
+			b, _ := json.MarshalIndent(r, "", "  ")
+			fmt.Println(string(b))
+		} else {
+			fmt.Print(r.Text())
 		}
-		_ = tw.Flush()
-	case len(args) >= 3 && args[0] == "dead" && args[1] == "replay":
-		code := 0
-		for _, a := range args[2:] {
-			seq, err := strconv.ParseUint(a, 10, 64)
-			if err != nil {
-				fail(fmt.Errorf("replay: %q is not a sequence number", a))
-			}
-			if err := deadletter.Replay(ctx, js, seq); err != nil {
-				fmt.Fprintf(os.Stderr, "mqctl: %v\n", err)
-				if !errors.Is(err, deadletter.ErrHasResult) && !errors.Is(err, deadletter.ErrRowWritten) {
-					code = 1
-				}
-				continue
-			}
-			fmt.Printf("replayed dead letter %d\n", seq)
+		if !*watch || r.State == wire.RunCompleted {
+			return cli.ExitOK
 		}
-		os.Exit(code)
-	case len(args) >= 2 && args[0] == "status":
-		fs := flag.NewFlagSet("status", flag.ExitOnError)
-		watch := fs.Bool("watch", false, "refresh every 2 s until the run completes")
-		asJSON := fs.Bool("json", false, "print JSON")
-		_ = fs.Parse(args[2:])
-		for {
-			r, err := status.Get(ctx, nc, js, args[1], 600*time.Millisecond)
-			if err != nil {
-				fail(err)
-			}
-			if *asJSON {
-				b, _ := json.MarshalIndent(r, "", "  ")
-				fmt.Println(string(b))
-			} else {
-				fmt.Print(r.Text())
-			}
-			if !*watch || r.State == wire.RunCompleted {
-				return
-			}
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(2 * time.Second):
-			}
+		select {
+		case <-ctx.Done():
+			return cli.ExitOK
+		case <-time.After(2 * time.Second):
 		}
-	case len(args) == 2 && (args[0] == "pause" || args[0] == "resume" || args[0] == "cancel"):
-		state := map[string]string{"pause": wire.ControlPaused, "resume": wire.ControlRunning, "cancel": wire.ControlCancelled}[args[0]]
-		if err := status.SetControl(ctx, js, args[1], state); err != nil {
-			fail(err)
-		}
-		fmt.Printf("run %s: %s\n", args[1], state)
-	default:
-		flag.Usage()
-		os.Exit(2)
 	}
 }
 
-func fail(err error) {
-	fmt.Fprintf(os.Stderr, "mqctl: %v\n", err)
-	os.Exit(1)
+// controlCmd: pause|resume|cancel RUN, writing the run's control record.
+func controlCmd(state string) func(context.Context, conn, []string) int {
+	return func(ctx context.Context, c conn, args []string) int {
+		if err := status.SetControl(ctx, c.js, args[0], state); err != nil {
+			return fail(err)
+		}
+		fmt.Printf("run %s: %s\n", args[0], state)
+		return cli.ExitOK
+	}
+}
+
+// deadListCmd: dead list [--run ID].
+func deadListCmd(ctx context.Context, c conn, args []string) int {
+	fs := flag.NewFlagSet("dead list", flag.ContinueOnError)
+	runID := fs.String("run", "", "only this run")
+	if err := fs.Parse(args); err != nil {
+		return cli.ParseExit(err)
+	}
+	letters, err := deadletter.List(ctx, c.js, *runID)
+	if err != nil {
+		return fail(err)
+	}
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SEQ\tTIME\tSUBJECT\tBYTES\tREASON")
+	for _, l := range letters {
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%s\n", l.Seq, l.Time.UTC().Format(time.RFC3339), l.Subject, l.Size, l.Reason)
+	}
+	_ = tw.Flush()
+	return cli.ExitOK
+}
+
+// deadReplayCmd: dead replay SEQ... A replay refused because the query has a result or
+// its row is written is reported but is no failure.
+func deadReplayCmd(ctx context.Context, c conn, args []string) int {
+	code := cli.ExitOK
+	for _, a := range args {
+		seq, err := strconv.ParseUint(a, 10, 64)
+		if err != nil {
+			return fail(fmt.Errorf("replay: %q is not a sequence number", a))
+		}
+		if err := deadletter.Replay(ctx, c.js, seq); err != nil {
+			fmt.Fprintf(os.Stderr, "mqctl: %v\n", err)
+			if !errors.Is(err, deadletter.ErrHasResult) && !errors.Is(err, deadletter.ErrRowWritten) {
+				code = cli.ExitFailed
+			}
+			continue
+		}
+		fmt.Printf("replayed dead letter %d\n", seq)
+	}
+	return code
 }

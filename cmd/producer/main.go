@@ -14,169 +14,195 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/mattn/go-isatty"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 	"github.com/vbauerster/mpb/v8"
 	"github.com/vbauerster/mpb/v8/decor"
 
+	"github.com/multiquery/multiquery/internal/cli"
 	"github.com/multiquery/multiquery/internal/config"
 	"github.com/multiquery/multiquery/internal/input"
 	"github.com/multiquery/multiquery/internal/ops"
+	"github.com/multiquery/multiquery/internal/proc"
 	"github.com/multiquery/multiquery/internal/producer"
 	"github.com/multiquery/multiquery/internal/queue"
 	"github.com/multiquery/multiquery/internal/status"
 	"github.com/multiquery/multiquery/internal/wire"
 )
 
-func main() {
-	os.Exit(run())
+// exitRowErrors: the run was published, but some rows failed to parse or render.
+const exitRowErrors = 3
+
+func main() { os.Exit(run(os.Args[1:])) }
+
+// options is everything the command reads from its flags.
+type options struct {
+	proc.Flags
+	cfgPath, inPath, format, runID string
+	wait                           bool
+	waitMax                        time.Duration
+	ahead                          int
+	serve                          string
 }
 
-func run() int {
-	var (
-		natsURL  = flag.String("nats", ops.NATSURL(), "NATS server URL (env NATS_URL)")
-		cfgPath  = flag.String("config", "", "pipeline config (YAML), required")
-		inPath   = flag.String("input", "-", "input file, or - for stdin")
-		format   = flag.String("format", "", "input format: csv | jsonl (default: from the file extension)")
-		runID    = flag.String("run", "", "run id (default: a new UUIDv7); rerun with the same id to resume")
-		wait     = flag.Bool("wait", false, "wait until the collector has emitted every row, then print the summary")
-		waitMax  = flag.Duration("wait-timeout", 0, "give up waiting after this long (0 = no limit)")
-		replicas = flag.Int("replicas", 1, "stream replicas when creating streams (3 in a NATS cluster)")
-		ahead    = flag.Int("max-ahead", 1000, "flow control: rows published ahead of the rows the collector has written")
-		level    = flag.String("log-level", "info", "log level")
-		opsAddr  = flag.String("ops-addr", "", "with --serve: address of /metrics, /healthz, /readyz (empty: off)")
-		serve    = flag.String("serve", "", "run as a service for upstream publishers: a directory of pipeline configs, <name>.yaml each (see docs/WIRE.md, submit subjects)")
-	)
-	flag.Parse()
-	log := ops.Logger("producer", *level)
-	usage := func(err error) int {
-		fmt.Fprintf(os.Stderr, "producer: %v\n", err)
-		return 2
-	}
-	if *serve != "" {
-		return runService(*serve, *natsURL, *opsAddr, *replicas, *ahead, log)
-	}
-	if *cfgPath == "" {
-		return usage(errors.New("--config is required"))
-	}
-	p, err := config.LoadPipeline(*cfgPath)
-	if err != nil {
-		return usage(err)
-	}
-	var f input.Format
-	if *format != "" {
-		f, err = input.ParseFormat(*format)
-	} else if *inPath == "-" {
-		err = errors.New("--format is required when reading stdin")
-	} else {
-		f, err = input.FormatFromPath(*inPath)
-	}
-	if err != nil {
-		return usage(err)
-	}
-	var in io.Reader = os.Stdin
-	if *inPath != "-" {
-		fh, err := os.Open(*inPath)
-		if err != nil {
-			return usage(fmt.Errorf("input: %w", err))
-		}
-		defer fh.Close()
-		in = fh
-	}
+func parseFlags(args []string) (options, error) {
+	fs := flag.NewFlagSet("producer", flag.ContinueOnError)
+	var o options
+	o.Register(fs, "", "with --serve: address of /metrics, /healthz, /readyz (empty: off)")
+	fs.StringVar(&o.cfgPath, "config", "", "pipeline config (YAML), required")
+	fs.StringVar(&o.inPath, "input", "-", "input file, or - for stdin")
+	fs.StringVar(&o.format, "format", "", "input format: csv | jsonl (default: from the file extension)")
+	fs.StringVar(&o.runID, "run", "", "run id (default: a new UUIDv7); rerun with the same id to resume")
+	fs.BoolVar(&o.wait, "wait", false, "wait until the collector has emitted every row, then print the summary")
+	fs.DurationVar(&o.waitMax, "wait-timeout", 0, "give up waiting after this long (0 = no limit)")
+	fs.IntVar(&o.ahead, "max-ahead", producer.DefaultMaxAhead, "flow control: rows published ahead of the rows the collector has written")
+	fs.StringVar(&o.serve, "serve", "", "run as a service for upstream publishers: a directory of pipeline configs, <name>.yaml each (see docs/WIRE.md, submit subjects)")
+	return o, fs.Parse(args)
+}
 
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	nc, js, err := queue.ConnectJetStream(*natsURL, "multiquery-producer", log)
+// run returns the exit code, so that every deferred cleanup (the NATS drain) runs.
+func run(args []string) int {
+	o, err := parseFlags(args)
 	if err != nil {
-		log.Error().Err(err).Msg("connect")
-		return 1
+		return cli.ParseExit(err)
+	}
+	log := ops.Logger("producer", o.LogLevel)
+	if o.serve != "" {
+		return runService(o, log)
+	}
+	return runFile(o, log)
+}
+
+// runFile publishes one run from --input, then (with --wait) waits for its rows.
+func runFile(o options, log zerolog.Logger) int {
+	cfg, closeInput, err := o.runConfig()
+	if err != nil {
+		return cli.Usage("producer", err)
+	}
+	defer closeInput()
+	ctx, stop := cli.SignalContext()
+	defer stop()
+	nc, js, err := o.Connect("multiquery-producer", log)
+	if err != nil {
+		return cli.ExitFailed
 	}
 	defer nc.Drain()
 	if err := queue.WaitConnected(ctx, nc, 30*time.Second); err != nil {
 		log.Error().Err(err).Msg("connect")
-		return 1
+		return cli.ExitFailed
 	}
-	cfg := producer.Config{Pipeline: p, Input: in, Format: f, Run: *runID, Topology: queue.Topology{Replicas: *replicas}, MaxAhead: *ahead}
-	var bar *mpb.Bar
-	var progress *mpb.Progress
-	if isatty.IsTerminal(os.Stderr.Fd()) {
-		progress = mpb.NewWithContext(ctx, mpb.WithOutput(os.Stderr))
-		bar = progress.AddBar(0, mpb.PrependDecorators(decor.Name("rows published "), decor.CurrentNoUnit("%d")),
-			mpb.AppendDecorators(decor.AverageSpeed(0, " %.0f rows/s")))
-		cfg.Progress = func(int) { bar.Increment() }
-	}
-	rep, err := producer.Run(ctx, js, cfg, log)
-	if bar != nil {
-		bar.SetTotal(-1, true)
-		progress.Wait()
-	}
+	rep, err := publish(ctx, js, cfg, log)
 	var ue *producer.UsageError
 	if errors.As(err, &ue) {
-		return usage(err)
+		return cli.Usage("producer", err)
 	}
 	if err != nil {
 		log.Error().Err(err).Msg("produce")
-		return 1
+		return cli.ExitFailed
 	}
 	fmt.Printf("run %s: %d rows, %d jobs, %d row errors\n", rep.Run, rep.Rows, rep.Jobs, rep.RowErrors)
 	if rep.Cancelled {
 		fmt.Printf("run %s was cancelled: only the %d rows above were published; their unanswered queries end as 'cancelled' error rows\n", rep.Run, rep.Rows)
 	}
-	if *wait {
-		wctx := ctx
-		if *waitMax > 0 {
-			var cancel context.CancelFunc
-			wctx, cancel = context.WithTimeout(ctx, *waitMax)
-			defer cancel()
-		}
-		st, err := status.WaitRun(wctx, js, rep.Run, func(s wire.RunStatus) {
-			log.Info().Int("emitted", s.Emitted).Int("total", s.Total).Int("failed", s.Failed).Msg("progress")
-		})
-		if err != nil {
+	if o.wait {
+		if err := waitRun(ctx, js, rep.Run, o.waitMax, log); err != nil {
 			log.Error().Err(err).Msg("wait")
-			return 1
+			return cli.ExitFailed
 		}
-		b, _ := json.MarshalIndent(st, "", "  ")
-		fmt.Println(string(b))
 	}
 	if rep.RowErrors > 0 {
-		return 3
+		return exitRowErrors
 	}
-	return 0
+	return cli.ExitOK
 }
 
-// runService loads every <name>.yaml of dir and serves submitted runs until SIGTERM.
-func runService(dir, natsURL, opsAddr string, replicas, ahead int, log zerolog.Logger) int {
-	files, err := filepath.Glob(filepath.Join(dir, "*.yaml"))
-	if err != nil || len(files) == 0 {
-		fmt.Fprintf(os.Stderr, "producer: --serve %s: no <name>.yaml pipeline configs\n", dir)
-		return 2
+// runConfig loads --config and opens --input in its format; closeInput closes the file.
+func (o options) runConfig() (cfg producer.Config, closeInput func(), err error) {
+	closeInput = func() {}
+	if o.cfgPath == "" {
+		return cfg, closeInput, errors.New("--config is required")
 	}
-	pipelines := map[string]*config.Pipeline{}
-	for _, f := range files {
-		p, err := config.LoadPipeline(f)
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "producer: %s: %v\n", f, err)
-			return 2
-		}
-		pipelines[strings.TrimSuffix(filepath.Base(f), ".yaml")] = p
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	nc, js, err := queue.ConnectJetStream(natsURL, "multiquery-producer-service", log)
+	p, err := config.LoadPipeline(o.cfgPath)
 	if err != nil {
-		log.Error().Err(err).Msg("connect")
-		return 1
+		return cfg, closeInput, err
+	}
+	var f input.Format
+	switch {
+	case o.format != "":
+		f, err = input.ParseFormat(o.format)
+	case o.inPath == "-":
+		err = errors.New("--format is required when reading stdin")
+	default:
+		f, err = input.FormatFromPath(o.inPath)
+	}
+	if err != nil {
+		return cfg, closeInput, err
+	}
+	var in io.Reader = os.Stdin
+	if o.inPath != "-" {
+		fh, err := os.Open(o.inPath)
+		if err != nil {
+			return cfg, closeInput, fmt.Errorf("input: %w", err)
+		}
+		in, closeInput = fh, func() { fh.Close() }
+	}
+	return producer.Config{Pipeline: p, Input: in, Format: f, Run: o.runID, Topology: o.Topology(), MaxAhead: o.ahead}, closeInput, nil
+}
+
+// publish runs the producer, with a progress bar on a terminal.
+func publish(ctx context.Context, js jetstream.JetStream, cfg producer.Config, log zerolog.Logger) (producer.Report, error) {
+	if !isatty.IsTerminal(os.Stderr.Fd()) {
+		return producer.Run(ctx, js, cfg, log)
+	}
+	progress := mpb.NewWithContext(ctx, mpb.WithOutput(os.Stderr))
+	bar := progress.AddBar(0, mpb.PrependDecorators(decor.Name("rows published "), decor.CurrentNoUnit("%d")),
+		mpb.AppendDecorators(decor.AverageSpeed(0, " %.0f rows/s")))
+	cfg.Progress = func(int) { bar.Increment() }
+	rep, err := producer.Run(ctx, js, cfg, log)
+	bar.SetTotal(-1, true)
+	progress.Wait()
+	return rep, err
+}
+
+// waitRun waits (at most waitMax, 0: no limit) until the collector has emitted every
+// row of the run, then prints the run's status as JSON.
+func waitRun(ctx context.Context, js jetstream.JetStream, run string, waitMax time.Duration, log zerolog.Logger) error {
+	if waitMax > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, waitMax)
+		defer cancel()
+	}
+	st, err := status.WaitRun(ctx, js, run, func(s wire.RunStatus) {
+		log.Info().Int("emitted", s.Emitted).Int("total", s.Total).Int("failed", s.Failed).Msg("progress")
+	})
+	if err != nil {
+		return err
+	}
+	b, _ := json.MarshalIndent(st, "", "  ")
+	fmt.Println(string(b))
+	return nil
+}
+
+// runService loads every <name>.yaml of --serve and serves submitted runs until SIGTERM.
+func runService(o options, log zerolog.Logger) int {
+	pipelines, err := loadPipelines(o.serve)
+	if err != nil {
+		return cli.Usage("producer", err)
+	}
+	ctx, stop := cli.SignalContext()
+	defer stop()
+	nc, js, err := o.Connect("multiquery-producer-service", log)
+	if err != nil {
+		return cli.ExitFailed
 	}
 	defer nc.Drain()
 	m := producer.NewMetrics()
-	srv := ops.NewServer(opsAddr, log, append(m.Collectors(), queue.Collectors()...)...)
+	srv := ops.NewServer(o.OpsAddr, log, append(m.Collectors(), queue.Collectors()...)...)
 	srv.ReadyWhen(nc.IsConnected)
 	srv.SetReady(true)
 	opsDone := make(chan struct{})
@@ -187,9 +213,26 @@ func runService(dir, natsURL, opsAddr string, replicas, ahead int, log zerolog.L
 		}
 	}()
 	defer func() { stop(); <-opsDone }()
-	if err := producer.Serve(ctx, js, producer.ServiceConfig{Pipelines: pipelines, Topology: queue.Topology{Replicas: replicas}, MaxAhead: ahead, Metrics: m}, log); err != nil {
+	if err := producer.Serve(ctx, js, producer.ServiceConfig{Pipelines: pipelines, Topology: o.Topology(), MaxAhead: o.ahead, Metrics: m}, log); err != nil {
 		log.Error().Err(err).Msg("producer service")
-		return 1
+		return cli.ExitFailed
 	}
-	return 0
+	return cli.ExitOK
+}
+
+// loadPipelines loads the pipeline configs of dir by name: <name>.yaml.
+func loadPipelines(dir string) (map[string]*config.Pipeline, error) {
+	files, err := filepath.Glob(filepath.Join(dir, "*.yaml"))
+	if err != nil || len(files) == 0 {
+		return nil, fmt.Errorf("--serve %s: no <name>.yaml pipeline configs", dir)
+	}
+	pipelines := map[string]*config.Pipeline{}
+	for _, f := range files {
+		p, err := config.LoadPipeline(f)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", f, err)
+		}
+		pipelines[strings.TrimSuffix(filepath.Base(f), ".yaml")] = p
+	}
+	return pipelines, nil
 }

@@ -4,80 +4,84 @@
 package main
 
 import (
-	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
-	"os/signal"
-	"syscall"
 	"time"
 
+	"github.com/multiquery/multiquery/internal/cli"
 	"github.com/multiquery/multiquery/internal/config"
 	"github.com/multiquery/multiquery/internal/ops"
+	"github.com/multiquery/multiquery/internal/proc"
 	"github.com/multiquery/multiquery/internal/queue"
 	"github.com/multiquery/multiquery/internal/worker"
 )
 
-func main() { os.Exit(run()) }
+func main() { os.Exit(run(os.Args[1:])) }
+
+// options is everything the command reads from its flags.
+type options struct {
+	proc.Flags
+	cfgPath, name, mode string
+	concurrency         int
+	drain, ackWait      time.Duration
+}
+
+func parseFlags(args []string) (options, error) {
+	fs := flag.NewFlagSet("worker", flag.ContinueOnError)
+	var o options
+	o.Register(fs, ":9090", "address of /metrics, /healthz, /readyz (empty: off)")
+	o.RegisterPprof(fs)
+	fs.StringVar(&o.cfgPath, "config", "", "worker config (YAML: deployments), required")
+	fs.IntVar(&o.concurrency, "concurrency", worker.DefaultConcurrency, "in-flight calls per deployment")
+	fs.StringVar(&o.name, "name", "", "worker name (default host-pid)")
+	fs.DurationVar(&o.drain, "drain-timeout", worker.DefaultDrainTimeout, "on SIGTERM, how long in-flight calls may finish")
+	fs.DurationVar(&o.ackWait, "ack-wait", queue.DefaultAckWait, "job AckWait (in-flight jobs are kept alive with InProgress)")
+	fs.StringVar(&o.mode, "throttle", "fleet", "fleet (the fleet-wide AIMD throttle) | naive (benchmark baseline: no pacing, fixed 1 s NAK)")
+	return o, fs.Parse(args)
+}
 
 // run returns the exit code, so that every deferred cleanup (the NATS drain) runs:
 // 0 done, 1 failed while running, 2 bad flags or configuration.
-func run() int {
-	var (
-		natsURL     = flag.String("nats", ops.NATSURL(), "NATS server URL (env NATS_URL)")
-		cfgPath     = flag.String("config", "", "worker config (YAML: deployments), required")
-		concurrency = flag.Int("concurrency", worker.DefaultConcurrency, "in-flight calls per deployment")
-		name        = flag.String("name", "", "worker name (default host-pid)")
-		drain       = flag.Duration("drain-timeout", 30*time.Second, "on SIGTERM, how long in-flight calls may finish")
-		ackWait     = flag.Duration("ack-wait", 10*time.Second, "job AckWait (in-flight jobs are kept alive with InProgress)")
-		replicas    = flag.Int("replicas", 1, "stream replicas when creating streams (3 in a NATS cluster)")
-		opsAddr     = flag.String("ops-addr", ":9090", "address of /metrics, /healthz, /readyz (empty: off)")
-		profile     = flag.Bool("pprof", false, "serve net/http/pprof under /debug/pprof/ on --ops-addr")
-		mode        = flag.String("throttle", "fleet", "fleet (the fleet-wide AIMD throttle) | naive (benchmark baseline: no pacing, fixed 1 s NAK)")
-		level       = flag.String("log-level", "info", "log level")
-	)
-	flag.Parse()
-	log := ops.Logger("worker", *level)
-	if *cfgPath == "" {
-		fmt.Fprintln(os.Stderr, "worker: --config is required")
-		return 2
-	}
-	if *mode != "fleet" && *mode != "naive" {
-		fmt.Fprintf(os.Stderr, "worker: --throttle: %q is not fleet or naive\n", *mode)
-		return 2
-	}
-	wc, err := config.LoadWorker(*cfgPath)
+func run(args []string) int {
+	o, err := parseFlags(args)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "worker: %v\n", err)
-		return 2
+		return cli.ParseExit(err)
 	}
-	deps, err := worker.DeploymentsFromConfig(wc)
+	log := ops.Logger("worker", o.LogLevel)
+	deps, err := o.deployments()
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "worker: %v\n", err)
-		return 2
+		return cli.Usage("worker", err)
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	ctx, stop := cli.SignalContext()
 	defer stop()
-	nc, js, err := queue.ConnectJetStream(*natsURL, "multiquery-worker", log)
+	nc, js, err := o.Connect("multiquery-worker", log)
 	if err != nil {
-		log.Error().Err(err).Msg("connect")
-		return 1
+		return cli.ExitFailed
 	}
 	defer nc.Drain()
-	w, err := worker.New(js, worker.Config{Name: *name, Concurrency: *concurrency, Deployments: deps, DrainTimeout: *drain, Naive: *mode == "naive",
-		Topology: queue.Topology{AckWait: *ackWait, Replicas: *replicas}}, log)
+	topo := o.Topology()
+	topo.AckWait = o.ackWait
+	w, err := worker.New(js, worker.Config{Name: o.name, Concurrency: o.concurrency, Deployments: deps, DrainTimeout: o.drain,
+		Naive: o.mode == "naive", Topology: topo}, log)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "worker: %v\n", err)
-		return 2
+		return cli.Usage("worker", err)
 	}
-	srv := ops.NewServer(*opsAddr, log, append(w.Collectors(), queue.Collectors()...)...)
-	if *profile {
-		srv.EnablePprof()
+	return o.Serve(ctx, "worker", nc, w, log, append(w.Collectors(), queue.Collectors()...)...)
+}
+
+// deployments checks the flags and loads the deployments of --config.
+func (o options) deployments() ([]worker.Deployment, error) {
+	if o.cfgPath == "" {
+		return nil, errors.New("--config is required")
 	}
-	srv.ReadyWhen(func() bool { return nc.IsConnected() && w.Started() })
-	if err := srv.Serve(ctx, w.Run); err != nil {
-		log.Error().Err(err).Msg("worker stopped")
-		return 1
+	if o.mode != "fleet" && o.mode != "naive" {
+		return nil, fmt.Errorf("--throttle: %q is not fleet or naive", o.mode)
 	}
-	return 0
+	wc, err := config.LoadWorker(o.cfgPath)
+	if err != nil {
+		return nil, err
+	}
+	return worker.DeploymentsFromConfig(wc)
 }

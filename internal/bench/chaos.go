@@ -11,7 +11,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/multiquery/multiquery/internal/sink"
@@ -84,38 +83,15 @@ func chaosPipeline(queries int) string {
 // Chaos runs the whole system while killing its processes, then checks the output.
 func Chaos(ctx context.Context, c ChaosConfig) (ChaosReport, error) {
 	rep := ChaosReport{RowsIn: c.Rows}
-	rnd := rand.New(rand.NewPCG(c.Seed, 99))
 	start := time.Now()
 	if c.Latency <= 0 {
 		c.Latency = 20 * time.Millisecond
 	}
-	sim := []string{"--latency", c.Latency.String(), "--jitter", "30ms", "--injected-retry-after", "100ms", "--seed", fmt.Sprint(c.Seed)}
-	for _, f := range c.Faults {
-		sim = append(sim, "--fault", f)
-	}
-	start2 := StartStack
-	if c.Cluster {
-		start2 = StartClusterStack
-	}
-	s, err := start2(c.Bin, c.Dir, sim)
+	s, err := startChaosStack(c)
 	if err != nil {
 		return rep, err
 	}
 	defer s.Stop()
-	// Injected (random) 429s must not pin the AIMD low: a high floor.
-	cfg, err := s.WriteWorkerConfig("    throttle: {start_rate: 200, min_rate: 100, max_rate: 5000, max_pause: 1s}\n")
-	if err != nil {
-		return rep, err
-	}
-	workerArgs := []string{"--concurrency", "16", "--ack-wait", "3s", "--drain-timeout", "5s"}
-	for range c.Workers {
-		if err := s.StartWorker(cfg, workerArgs...); err != nil {
-			return rep, err
-		}
-	}
-	if err := s.StartCollector(); err != nil {
-		return rep, err
-	}
 	pipeline, input, err := writeInput(c.Dir, chaosPipeline(c.Queries), c.Rows)
 	if err != nil {
 		return rep, err
@@ -124,99 +100,20 @@ func Chaos(ctx context.Context, c ChaosConfig) (ChaosReport, error) {
 
 	ctx, cancel := context.WithTimeout(ctx, c.Timeout)
 	defer cancel()
-	// The producer may die with NATS: rerun it with the same run id until it succeeds.
-	var wg sync.WaitGroup
-	var prodErr error
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for ctx.Err() == nil {
-			rep.ProducerRuns++
-			_, err := s.ProduceRun(ctx, pipeline, input, run)
-			if err == nil {
-				return
-			}
-			fmt.Fprintf(c.Log, "chaos: producer failed (%v); rerunning with --run %s\n", err, run)
-			time.Sleep(time.Second)
-		}
-		prodErr = ctx.Err()
-	}()
-
-	out := filepath.Join(c.Dir, "out", run)
-	progress := func() int {
-		a, _ := sink.CountLines(filepath.Join(out, sink.ResultsJSONL))
-		b, _ := sink.CountLines(filepath.Join(out, sink.ErrorsJSONL))
-		return a + b
+	prod := produceUntilDone(ctx, s, pipeline, input, run, c.Log)
+	k := newChaosKiller(c, s, &rep, filepath.Join(c.Dir, "out", run))
+	if err := k.killUntilDone(ctx); err != nil {
+		cancel()
+		rep.ProducerRuns, _ = prod.wait()
+		return rep, err
 	}
-	done := func() bool {
-		_, err := os.Stat(filepath.Join(out, sink.Summary))
-		return err == nil
-	}
-	// NATS first: after a collector kill the standby waits out the lease TTL, then
-	// catches up fast and could skip a later threshold.
-	natsAt := spread(c.NATSKills, 0.12, 0.2)
-	collectorAt := spread(c.CollectorKills, 0.3, 0.75)
-	nextKill := time.Now().Add(c.KillEvery)
-	for !done() {
-		if ctx.Err() != nil {
-			wg.Wait()
-			return rep, fmt.Errorf("run %s not complete after %s (%d of %d rows out)", run, c.Timeout, progress(), c.Rows)
-		}
-		frac := float64(progress()) / float64(c.Rows)
-		if s.Exited("collector") { // as an orchestrator would: restart what stopped
-			fmt.Fprintf(c.Log, "chaos: the collector exited on its own; restarting it\n")
-			rep.CollectorRestarts++
-			if err := s.Restart("collector"); err != nil {
-				return rep, err
-			}
-		}
-		switch {
-		case len(collectorAt) > 0 && frac >= collectorAt[0]:
-			collectorAt = collectorAt[1:]
-			rep.CollectorKills++
-			fmt.Fprintf(c.Log, "chaos: kill -9 collector at %.0f %%\n", 100*frac)
-			if err := s.Kill9("collector"); err != nil {
-				return rep, err
-			}
-			time.Sleep(500 * time.Millisecond)
-			if err := s.Restart("collector"); err != nil {
-				return rep, err
-			}
-		case len(natsAt) > 0 && frac >= natsAt[0]:
-			natsAt = natsAt[1:]
-			rep.NATSKills++
-			node := s.Nodes[(rep.NATSKills-1)%len(s.Nodes)]
-			fmt.Fprintf(c.Log, "chaos: kill -9 %s at %.0f %%\n", node, 100*frac)
-			if err := s.Kill9(node); err != nil {
-				return rep, err
-			}
-			if !c.Cluster { // a single server comes back on the same port and store
-				time.Sleep(2 * time.Second)
-				if err := s.Restart(node); err != nil {
-					return rep, err
-				}
-			}
-		case time.Now().After(nextKill):
-			nextKill = time.Now().Add(c.KillEvery)
-			name := fmt.Sprintf("worker-%d", 1+rnd.IntN(c.Workers))
-			rep.WorkerKills++
-			fmt.Fprintf(c.Log, "chaos: kill -9 %s at %.0f %%\n", name, 100*frac)
-			if err := s.Kill9(name); err != nil {
-				return rep, err
-			}
-			time.Sleep(300 * time.Millisecond)
-			if err := s.Restart(name); err != nil {
-				return rep, err
-			}
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	wg.Wait()
+	runs, prodErr := prod.wait()
+	rep.ProducerRuns = runs
 	if prodErr != nil {
 		return rep, fmt.Errorf("producer: %w", prodErr)
 	}
 	rep.Wall = time.Since(start)
-	if err := checkRows(out, c.Rows, c.Queries, &rep); err != nil {
+	if err := checkRows(k.out, c.Rows, c.Queries, &rep); err != nil {
 		return rep, err
 	}
 	if reqs, err := s.Requests(); err == nil {
@@ -224,6 +121,148 @@ func Chaos(ctx context.Context, c ChaosConfig) (ChaosReport, error) {
 		rep.ExtraCalls = rep.Calls - int64(c.Rows*c.Queries)
 	}
 	return rep, nil
+}
+
+// startChaosStack starts nats-server (or a cluster), llmsim with c's faults, the
+// workers and the collector; on error nothing is left running.
+func startChaosStack(c ChaosConfig) (*Stack, error) {
+	sim := []string{"--latency", c.Latency.String(), "--jitter", "30ms", "--injected-retry-after", "100ms", "--seed", fmt.Sprint(c.Seed)}
+	for _, f := range c.Faults {
+		sim = append(sim, "--fault", f)
+	}
+	startStack := StartStack
+	if c.Cluster {
+		startStack = StartClusterStack
+	}
+	s, err := startStack(c.Bin, c.Dir, sim)
+	if err != nil {
+		return nil, err
+	}
+	// Injected (random) 429s must not pin the AIMD low: a high floor.
+	_, err = s.StartWorkers(c.Workers, "    throttle: {start_rate: 200, min_rate: 100, max_rate: 5000, max_pause: 1s}\n",
+		"--concurrency", "16", "--ack-wait", "3s", "--drain-timeout", "5s")
+	if err == nil {
+		err = s.StartCollector()
+	}
+	if err != nil {
+		s.Stop()
+		return nil, err
+	}
+	return s, nil
+}
+
+// producerLoop is a producer run with the same run id again and again until one
+// succeeds: the producer may die with NATS.
+type producerLoop struct {
+	done chan struct{}
+	runs int
+	err  error
+}
+
+func produceUntilDone(ctx context.Context, s *Stack, pipeline, input, run string, log io.Writer) *producerLoop {
+	p := &producerLoop{done: make(chan struct{})}
+	go func() {
+		defer close(p.done)
+		for ctx.Err() == nil {
+			p.runs++
+			_, err := s.ProduceRun(ctx, pipeline, input, run)
+			if err == nil {
+				return
+			}
+			fmt.Fprintf(log, "chaos: producer failed (%v); rerunning with --run %s\n", err, run)
+			time.Sleep(time.Second)
+		}
+		p.err = ctx.Err()
+	}()
+	return p
+}
+
+// wait returns how many times the producer ran, and ctx's error if none succeeded.
+func (p *producerLoop) wait() (int, error) {
+	<-p.done
+	return p.runs, p.err
+}
+
+// chaosKiller kills processes as the run's rows come out: nats-server and the collector
+// at progress thresholds, a random worker every KillEvery.
+type chaosKiller struct {
+	c                   ChaosConfig
+	s                   *Stack
+	rep                 *ChaosReport
+	rnd                 *rand.Rand
+	out                 string // the run's output directory
+	natsAt, collectorAt []float64
+	nextKill            time.Time
+}
+
+func newChaosKiller(c ChaosConfig, s *Stack, rep *ChaosReport, out string) *chaosKiller {
+	return &chaosKiller{c: c, s: s, rep: rep, rnd: rand.New(rand.NewPCG(c.Seed, 99)), out: out,
+		// NATS first: after a collector kill the standby waits out the lease TTL, then
+		// catches up fast and could skip a later threshold.
+		natsAt:      spread(c.NATSKills, 0.12, 0.2),
+		collectorAt: spread(c.CollectorKills, 0.3, 0.75),
+		nextKill:    time.Now().Add(c.KillEvery)}
+}
+
+// killUntilDone kills and restarts processes until the run's summary is written.
+func (k *chaosKiller) killUntilDone(ctx context.Context) error {
+	for {
+		if _, err := os.Stat(filepath.Join(k.out, sink.Summary)); err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("run %s not complete after %s (%d of %d rows out)", filepath.Base(k.out), k.c.Timeout, countRows(k.out), k.c.Rows)
+		}
+		if k.s.Exited("collector") { // as an orchestrator would: restart what stopped
+			fmt.Fprintf(k.c.Log, "chaos: the collector exited on its own; restarting it\n")
+			k.rep.CollectorRestarts++
+			if err := k.s.Restart("collector"); err != nil {
+				return err
+			}
+		}
+		if err := k.step(float64(countRows(k.out)) / float64(k.c.Rows)); err != nil {
+			return err
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// step kills what is due at progress frac: the collector, a nats-server node, or a
+// random worker, and restarts it (a cluster node stays down).
+func (k *chaosKiller) step(frac float64) error {
+	switch {
+	case len(k.collectorAt) > 0 && frac >= k.collectorAt[0]:
+		k.collectorAt = k.collectorAt[1:]
+		k.rep.CollectorKills++
+		return k.killAndRestart("collector", frac, 500*time.Millisecond)
+	case len(k.natsAt) > 0 && frac >= k.natsAt[0]:
+		k.natsAt = k.natsAt[1:]
+		k.rep.NATSKills++
+		node := k.s.Nodes[(k.rep.NATSKills-1)%len(k.s.Nodes)]
+		if k.c.Cluster {
+			return k.killAndRestart(node, frac, -1)
+		}
+		// A single server comes back on the same port and store.
+		return k.killAndRestart(node, frac, 2*time.Second)
+	case time.Now().After(k.nextKill):
+		k.nextKill = time.Now().Add(k.c.KillEvery)
+		k.rep.WorkerKills++
+		return k.killAndRestart(fmt.Sprintf("worker-%d", 1+k.rnd.IntN(k.c.Workers)), frac, 300*time.Millisecond)
+	}
+	return nil
+}
+
+// killAndRestart kill -9s name and restarts it after downFor (never if downFor < 0).
+func (k *chaosKiller) killAndRestart(name string, frac float64, downFor time.Duration) error {
+	fmt.Fprintf(k.c.Log, "chaos: kill -9 %s at %.0f %%\n", name, 100*frac)
+	if err := k.s.Kill9(name); err != nil {
+		return err
+	}
+	if downFor < 0 {
+		return nil
+	}
+	time.Sleep(downFor)
+	return k.s.Restart(name)
 }
 
 // spread returns n progress fractions evenly between lo and hi.

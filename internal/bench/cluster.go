@@ -244,6 +244,21 @@ func (s *Stack) WriteWorkerConfig(throttle string) (string, error) {
 	return p, os.WriteFile(p, []byte(cfg), 0o644)
 }
 
+// StartWorkers writes the worker configuration (WriteWorkerConfig) and starts n workers
+// with args; it returns the configuration's path.
+func (s *Stack) StartWorkers(n int, throttle string, args ...string) (string, error) {
+	cfg, err := s.WriteWorkerConfig(throttle)
+	if err != nil {
+		return "", err
+	}
+	for range n {
+		if err := s.StartWorker(cfg, args...); err != nil {
+			return cfg, err
+		}
+	}
+	return cfg, nil
+}
+
 // StartWorker starts one worker process.
 func (s *Stack) StartWorker(cfg string, args ...string) error {
 	name := fmt.Sprintf("worker-%d", len(s.workers)+1)
@@ -363,13 +378,19 @@ func (s *Stack) Admin(body string) error {
 
 // Requests reads llmsim's request log.
 func (s *Stack) Requests() ([]llmsim.RequestLog, error) {
-	resp, err := http.Get(s.SimURL + "/requests?since=0")
+	var out []llmsim.RequestLog
+	err := getJSON(s.SimURL+"/requests?since=0", &out)
+	return out, err
+}
+
+// getJSON decodes the JSON body of a GET of url into v.
+func getJSON(url string, v any) error {
+	resp, err := http.Get(url)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer resp.Body.Close()
-	var out []llmsim.RequestLog
-	return out, json.NewDecoder(resp.Body).Decode(&out)
+	return json.NewDecoder(resp.Body).Decode(v)
 }
 
 // Stop terminates every process (SIGTERM, then SIGKILL after 10 s) and waits.

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -103,26 +102,17 @@ func (s *Stack) varz() (in, out int64, err error) {
 	if s.MonitorURL == "" {
 		return 0, 0, fmt.Errorf("no monitoring port")
 	}
-	resp, err := http.Get(s.MonitorURL + "/varz")
-	if err != nil {
-		return 0, 0, err
-	}
-	defer resp.Body.Close()
 	var v struct {
 		InMsgs  int64 `json:"in_msgs"`
 		OutMsgs int64 `json:"out_msgs"`
 	}
-	return v.InMsgs, v.OutMsgs, json.NewDecoder(resp.Body).Decode(&v)
+	err = getJSON(s.MonitorURL+"/varz", &v)
+	return v.InMsgs, v.OutMsgs, err
 }
 
 // connMsgs reads in+out messages by connection name, closed connections included.
 func (s *Stack) connMsgs() map[string]int64 {
 	out := map[string]int64{}
-	resp, err := http.Get(s.MonitorURL + "/connz?state=all&limit=100000")
-	if err != nil {
-		return out
-	}
-	defer resp.Body.Close()
 	var v struct {
 		Conns []struct {
 			CID     uint64 `json:"cid"`
@@ -131,7 +121,7 @@ func (s *Stack) connMsgs() map[string]int64 {
 			OutMsgs int64  `json:"out_msgs"`
 		} `json:"connections"`
 	}
-	if json.NewDecoder(resp.Body).Decode(&v) != nil {
+	if getJSON(s.MonitorURL+"/connz?state=all&limit=100000", &v) != nil {
 		return out
 	}
 	for _, c := range v.Conns {
@@ -153,15 +143,11 @@ func diffMsgs(a, b map[string]int64) map[string]int64 {
 
 // jszBytes reads the bytes stored in every stream.
 func (s *Stack) jszBytes() (int64, error) {
-	resp, err := http.Get(s.MonitorURL + "/jsz")
-	if err != nil {
-		return 0, err
-	}
-	defer resp.Body.Close()
 	var v struct {
 		Bytes int64 `json:"bytes"`
 	}
-	return v.Bytes, json.NewDecoder(resp.Body).Decode(&v)
+	err := getJSON(s.MonitorURL+"/jsz", &v)
+	return v.Bytes, err
 }
 
 // rawLoop runs the baseline in a child process (its CPU from rusage) on the stack.
@@ -292,14 +278,8 @@ func (c CostConfig) round(ctx context.Context, s *Stack, dir string) ([]CostRow,
 		}
 		out = append(out, row)
 	}
-	cfg, err := s.WriteWorkerConfig(NonLimiting)
-	if err != nil {
+	if _, err := s.StartWorkers(c.Workers, NonLimiting, "--concurrency", strconv.Itoa(c.Slots), "--log-level", "warn"); err != nil {
 		return out, err
-	}
-	for range c.Workers {
-		if err := s.StartWorker(cfg, "--concurrency", strconv.Itoa(c.Slots), "--log-level", "warn"); err != nil {
-			return out, err
-		}
 	}
 	if err := s.StartCollector(); err != nil {
 		return out, err

@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
@@ -50,138 +51,205 @@ func (r FencingReport) Violations() []string {
 func CollectorFencing(ctx context.Context, bin, dir string, rows int, ttl time.Duration) (FencingReport, error) {
 	var rep FencingReport
 	rep.RowsIn = rows
-	s, err := StartStack(bin, dir, []string{"--latency", "10ms"})
+	tc, err := startTwoCollectors(bin, dir, "10ms", "    throttle: {start_rate: 60, min_rate: 30, max_rate: 60}\n", "bench-fencing", rows,
+		"--lease-ttl", ttl.String())
 	if err != nil {
 		return rep, err
 	}
-	defer s.Stop()
-	cfg, err := s.WriteWorkerConfig("    throttle: {start_rate: 60, min_rate: 30, max_rate: 60}\n")
-	if err != nil {
-		return rep, err
-	}
-	if err := s.StartWorker(cfg, "--concurrency", "8"); err != nil {
-		return rep, err
-	}
-	outDir := filepath.Join(dir, "out")
-	for _, name := range []string{"collector-a", "collector-b"} {
-		if _, err := s.start(name, "--out", outDir, "--ops-addr", "", "--name", name, "--lease-ttl", ttl.String()); err != nil {
-			return rep, err
-		}
-	}
-	nc, js, err := queue.ConnectJetStream(s.NATSURL, "bench-fencing", zerolog.Nop())
-	if err != nil {
-		return rep, err
-	}
-	defer nc.Close()
-	pipeline, input, err := writeInput(dir, chaosPipeline(2), rows)
-	if err != nil {
-		return rep, err
-	}
+	defer tc.close()
 	run := fmt.Sprintf("fencing-%d", time.Now().UnixNano()%1e9)
 	prodErr := make(chan error, 1)
-	go func() { _, err := s.ProduceRun(ctx, pipeline, input, run); prodErr <- err }()
-	out := filepath.Join(outDir, run)
+	go func() { _, err := tc.s.ProduceRun(ctx, tc.pipeline, tc.input, run); prodErr <- err }()
+	f := &fencing{twoCollectors: tc, rep: &rep, ttl: ttl, out: filepath.Join(tc.outDir, run)}
 
 	// Watch the checkpoint for the whole run: next and epoch never go down.
-	mon := &checkpointMonitor{path: filepath.Join(out, sink.Checkpoint)}
-	mctx, stopMon := context.WithCancel(ctx)
-	var mwg sync.WaitGroup
-	mwg.Add(1)
-	go func() { defer mwg.Done(); mon.watch(mctx) }()
-	defer func() { stopMon(); mwg.Wait() }()
-
-	if err := poll(ctx, 3*time.Minute, "a quarter of the rows written", func() bool {
-		return countRows(out) >= rows/4
-	}); err != nil {
+	mon := watchCheckpoint(ctx, filepath.Join(f.out, sink.Checkpoint))
+	defer mon.stop()
+	if err := f.stallLeader(ctx, rows); err != nil {
 		return rep, err
 	}
-	kv, err := js.KeyValue(ctx, lease.Bucket)
-	if err != nil {
-		return rep, fmt.Errorf("open the lease bucket: %w", err)
-	}
-	holder := func() string {
-		e, err := kv.Get(ctx, "collector")
-		if err != nil {
-			return ""
-		}
-		return string(e.Value())
-	}
-	rep.Stale = holder()
-	switch rep.Stale {
-	case "collector-a":
-		rep.Leader = "collector-b"
-	case "collector-b":
-		rep.Leader = "collector-a"
-	default:
-		return rep, fmt.Errorf("lease holder %q is none of the collectors", rep.Stale)
-	}
-	if err := s.sig(rep.Stale, syscall.SIGSTOP); err != nil {
+	if err := f.resumeStale(ctx, run); err != nil {
 		return rep, err
 	}
-	stopped := time.Now()
-	atStop := readNext(filepath.Join(out, sink.Checkpoint))
-	// The standby takes over once the lease expired, and writes rows of its own.
-	if err := poll(ctx, time.Minute, "the standby taking the lease over", func() bool { return holder() == rep.Leader }); err != nil {
+	if err := f.finish(ctx, run, rows); err != nil {
 		return rep, err
-	}
-	if err := poll(ctx, time.Minute, "the new leader writing rows", func() bool {
-		return readNext(filepath.Join(out, sink.Checkpoint)) >= atStop+10
-	}); err != nil {
-		return rep, err
-	}
-	// Wide margin: the stale one stays stopped at least three TTLs.
-	for time.Since(stopped) < 3*ttl {
-		time.Sleep(50 * time.Millisecond)
-	}
-	// Freeze the new leader, so that whatever changes now is the stale one's doing.
-	if err := s.sig(rep.Leader, syscall.SIGSTOP); err != nil {
-		return rep, err
-	}
-	before, err := snapshot(ctx, js, out, run)
-	if err != nil {
-		return rep, err
-	}
-	if err := s.sig(rep.Stale, syscall.SIGCONT); err != nil {
-		return rep, err
-	}
-	rep.Stopped = time.Since(stopped)
-	if err := poll(ctx, 30*time.Second, "the stale collector stepping down (exit)", func() bool { return s.Exited(rep.Stale) }); err != nil {
-		rep.StaleSideEffects = append(rep.StaleSideEffects, "the stale collector kept running after SIGCONT")
-	}
-	after, err := snapshot(ctx, js, out, run)
-	if err != nil {
-		return rep, err
-	}
-	rep.StaleSideEffects = append(rep.StaleSideEffects, before.diff(after)...)
-	if err := s.sig(rep.Leader, syscall.SIGCONT); err != nil {
-		return rep, err
-	}
-	// As an orchestrator would: restart a collector that exited (the new leader may have
-	// been fenced itself while stopped).
-	wctx, cancel := context.WithTimeout(ctx, 4*time.Minute)
-	defer cancel()
-	for {
-		if _, err := os.Stat(filepath.Join(out, sink.Summary)); err == nil {
-			break
-		}
-		if wctx.Err() != nil {
-			return rep, fmt.Errorf("run %s not complete (%d of %d rows out): %w", run, countRows(out), rows, wctx.Err())
-		}
-		if s.Exited(rep.Leader) {
-			rep.Restarts++
-			if err := s.Restart(rep.Leader); err != nil {
-				return rep, err
-			}
-		}
-		time.Sleep(100 * time.Millisecond)
 	}
 	if err := <-prodErr; err != nil {
 		return rep, err
 	}
-	stopMon()
-	mwg.Wait()
-	rep.Regressions = mon.regressions()
-	return rep, checkRows(out, rows, 2, &rep.ChaosReport)
+	rep.Regressions = mon.stop()
+	return rep, checkRows(f.out, rows, 2, &rep.ChaosReport)
+}
+
+// fencing is the state of the stalled-collector scenario between its phases.
+type fencing struct {
+	*twoCollectors
+	rep     *FencingReport
+	ttl     time.Duration
+	out     string // the run's output directory
+	stopped time.Time
+}
+
+// holder is the collector holding the lease, or "".
+func (f *fencing) holder(ctx context.Context) string {
+	e, err := f.lease.Get(ctx, "collector")
+	if err != nil {
+		return ""
+	}
+	return string(e.Value())
+}
+
+// stallLeader waits for a quarter of the rows, stops the lease holder (SIGSTOP), and
+// waits until the standby holds the lease, has written rows of its own, and the stale
+// one has been stopped three TTLs.
+func (f *fencing) stallLeader(ctx context.Context, rows int) error {
+	if err := poll(ctx, 3*time.Minute, "a quarter of the rows written", func() bool {
+		return countRows(f.out) >= rows/4
+	}); err != nil {
+		return err
+	}
+	if err := f.openLease(ctx); err != nil {
+		return err
+	}
+	f.rep.Stale = f.holder(ctx)
+	switch f.rep.Stale {
+	case "collector-a":
+		f.rep.Leader = "collector-b"
+	case "collector-b":
+		f.rep.Leader = "collector-a"
+	default:
+		return fmt.Errorf("lease holder %q is none of the collectors", f.rep.Stale)
+	}
+	if err := f.s.sig(f.rep.Stale, syscall.SIGSTOP); err != nil {
+		return err
+	}
+	f.stopped = time.Now()
+	atStop := readNext(filepath.Join(f.out, sink.Checkpoint))
+	// The standby takes over once the lease expired, and writes rows of its own.
+	if err := poll(ctx, time.Minute, "the standby taking the lease over", func() bool { return f.holder(ctx) == f.rep.Leader }); err != nil {
+		return err
+	}
+	if err := poll(ctx, time.Minute, "the new leader writing rows", func() bool {
+		return readNext(filepath.Join(f.out, sink.Checkpoint)) >= atStop+10
+	}); err != nil {
+		return err
+	}
+	// Wide margin: the stale one stays stopped at least three TTLs.
+	for time.Since(f.stopped) < 3*f.ttl {
+		time.Sleep(50 * time.Millisecond)
+	}
+	return nil
+}
+
+// resumeStale freezes the new leader, so that whatever changes now is the stale one's
+// doing, resumes the stale one until it exits and records what it changed; then
+// resumes the new leader.
+func (f *fencing) resumeStale(ctx context.Context, run string) error {
+	if err := f.s.sig(f.rep.Leader, syscall.SIGSTOP); err != nil {
+		return err
+	}
+	before, err := snapshot(ctx, f.js, f.out, run)
+	if err != nil {
+		return err
+	}
+	if err := f.s.sig(f.rep.Stale, syscall.SIGCONT); err != nil {
+		return err
+	}
+	f.rep.Stopped = time.Since(f.stopped)
+	if err := poll(ctx, 30*time.Second, "the stale collector stepping down (exit)", func() bool { return f.s.Exited(f.rep.Stale) }); err != nil {
+		f.rep.StaleSideEffects = append(f.rep.StaleSideEffects, "the stale collector kept running after SIGCONT")
+	}
+	after, err := snapshot(ctx, f.js, f.out, run)
+	if err != nil {
+		return err
+	}
+	f.rep.StaleSideEffects = append(f.rep.StaleSideEffects, before.diff(after)...)
+	return f.s.sig(f.rep.Leader, syscall.SIGCONT)
+}
+
+// finish waits for the run's summary, restarting the new leader whenever it exited, as
+// an orchestrator would (it may have been fenced itself while stopped).
+func (f *fencing) finish(ctx context.Context, run string, rows int) error {
+	wctx, cancel := context.WithTimeout(ctx, 4*time.Minute)
+	defer cancel()
+	for {
+		if _, err := os.Stat(filepath.Join(f.out, sink.Summary)); err == nil {
+			return nil
+		}
+		if wctx.Err() != nil {
+			return fmt.Errorf("run %s not complete (%d of %d rows out): %w", run, countRows(f.out), rows, wctx.Err())
+		}
+		if f.s.Exited(f.rep.Leader) {
+			f.rep.Restarts++
+			if err := f.s.Restart(f.rep.Leader); err != nil {
+				return err
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// twoCollectors is a stack with one worker and two collector processes, collector-a and
+// collector-b, on one output directory, with the input of the chaos pipeline (2 queries).
+type twoCollectors struct {
+	s               *Stack
+	nc              *nats.Conn
+	js              jetstream.JetStream
+	lease           jetstream.KeyValue
+	outDir          string
+	pipeline, input string
+}
+
+// startTwoCollectors starts the stack (llmsim latency latency), its worker with the
+// throttle line, the two collectors (with collectorArgs), connects to NATS as name and
+// writes rows rows of input. On error nothing is left running.
+func startTwoCollectors(bin, dir, latency, throttle, name string, rows int, collectorArgs ...string) (*twoCollectors, error) {
+	s, err := StartStack(bin, dir, []string{"--latency", latency})
+	if err != nil {
+		return nil, err
+	}
+	tc := &twoCollectors{s: s, outDir: filepath.Join(dir, "out")}
+	if err := tc.start(dir, throttle, name, rows, collectorArgs); err != nil {
+		tc.close()
+		return nil, err
+	}
+	return tc, nil
+}
+
+func (tc *twoCollectors) start(dir, throttle, name string, rows int, collectorArgs []string) error {
+	if _, err := tc.s.StartWorkers(1, throttle, "--concurrency", "8"); err != nil {
+		return err
+	}
+	for _, c := range []string{"collector-a", "collector-b"} {
+		if _, err := tc.s.start(c, append([]string{"--out", tc.outDir, "--ops-addr", "", "--name", c}, collectorArgs...)...); err != nil {
+			return err
+		}
+	}
+	var err error
+	if tc.nc, tc.js, err = queue.ConnectJetStream(tc.s.NATSURL, name, zerolog.Nop()); err != nil {
+		return err
+	}
+	if tc.pipeline, tc.input, err = writeInput(dir, chaosPipeline(2), rows); err != nil {
+		return err
+	}
+	return nil
+}
+
+// openLease opens the lease bucket (the collectors create it once they run).
+func (tc *twoCollectors) openLease(ctx context.Context) error {
+	kv, err := tc.js.KeyValue(ctx, lease.Bucket)
+	if err != nil {
+		return fmt.Errorf("open the lease bucket: %w", err)
+	}
+	tc.lease = kv
+	return nil
+}
+
+func (tc *twoCollectors) close() {
+	if tc.nc != nil {
+		tc.nc.Close()
+	}
+	tc.s.Stop()
 }
 
 func (s *Stack) sig(name string, sig syscall.Signal) error {
@@ -251,6 +319,28 @@ func (m *checkpointMonitor) watch(ctx context.Context) {
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
+}
+
+// watchCheckpoint watches the checkpoint file at path until stop, which returns the
+// regressions seen (and may be called more than once).
+func watchCheckpoint(ctx context.Context, path string) *checkpointWatch {
+	ctx, cancel := context.WithCancel(ctx)
+	w := &checkpointWatch{mon: &checkpointMonitor{path: path}, cancel: cancel}
+	w.wg.Add(1)
+	go func() { defer w.wg.Done(); w.mon.watch(ctx) }()
+	return w
+}
+
+type checkpointWatch struct {
+	mon    *checkpointMonitor
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+func (w *checkpointWatch) stop() []string {
+	w.cancel()
+	w.wg.Wait()
+	return w.mon.regressions()
 }
 
 func (m *checkpointMonitor) regressions() []string {

@@ -32,14 +32,8 @@ func Flow(ctx context.Context, bin, dir string, rows, queries, maxAhead int, rps
 		return res, err
 	}
 	defer s.Stop()
-	cfg, err := s.WriteWorkerConfig("")
-	if err != nil {
+	if _, err := s.StartWorkers(2, "", "--concurrency", "32"); err != nil {
 		return res, err
-	}
-	for range 2 {
-		if err := s.StartWorker(cfg, "--concurrency", "32"); err != nil {
-			return res, err
-		}
 	}
 	if err := s.StartCollector(); err != nil {
 		return res, err

@@ -2,7 +2,6 @@ package bench
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
@@ -31,15 +30,10 @@ func (r LatencyRow) Share() float64 { return r.Achieved / r.Ideal }
 
 // simPeak reads llmsim's peak in-flight count and resets its counters.
 func (s *Stack) simPeak(reset bool) (int64, error) {
-	resp, err := http.Get(s.SimURL + "/stats")
-	if err != nil {
-		return 0, err
-	}
-	defer resp.Body.Close()
 	var st struct {
 		Peak int64 `json:"peak_in_flight"`
 	}
-	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+	if err := getJSON(s.SimURL+"/stats", &st); err != nil {
 		return 0, err
 	}
 	if reset {
@@ -74,14 +68,8 @@ func LatencyBound(ctx context.Context, c CostConfig, latency time.Duration, work
 		peak, _ := s.simPeak(true)
 		out = append(out, LatencyRow{Name: fmt.Sprintf("raw+http %d slots", slots), Slots: slots, Ideal: ideal, Achieved: raw.Rate(), Wall: raw.Wall, Peak: peak})
 	}
-	cfg, err := s.WriteWorkerConfig(throttle)
-	if err != nil {
+	if _, err := s.StartWorkers(workers, throttle, "--concurrency", strconv.Itoa(slots/workers), "--log-level", "warn"); err != nil {
 		return out, err
-	}
-	for range workers {
-		if err := s.StartWorker(cfg, "--concurrency", strconv.Itoa(slots/workers), "--log-level", "warn"); err != nil {
-			return out, err
-		}
 	}
 	if err := s.StartCollector(); err != nil {
 		return out, err

@@ -46,119 +46,170 @@ func RawLoop(ctx context.Context, c RawLoopConfig) (RawLoopResult, error) {
 	if err != nil {
 		return RawLoopResult{}, err
 	}
-	jobsName, resName := c.Prefix+"RAWJOBS", c.Prefix+"RAWRES"
-	jobsSubj, resSubj := c.Prefix+"rawjobs", c.Prefix+"rawres"
-	for _, sc := range []jetstream.StreamConfig{
-		{Name: jobsName, Subjects: []string{jobsSubj + ".>"}, Retention: jetstream.WorkQueuePolicy, Storage: jetstream.FileStorage},
-		{Name: resName, Subjects: []string{resSubj + ".>"}, Storage: jetstream.FileStorage},
-	} {
-		_ = js.DeleteStream(ctx, sc.Name)
-		if _, err := js.CreateStream(ctx, sc); err != nil {
-			return RawLoopResult{}, fmt.Errorf("create stream %s: %w", sc.Name, err)
-		}
-	}
-	defer func() {
-		_ = js.DeleteStream(context.Background(), jobsName)
-		_ = js.DeleteStream(context.Background(), resName)
-	}()
-	cons, err := js.CreateOrUpdateConsumer(ctx, jobsName, jetstream.ConsumerConfig{Durable: "raw", AckPolicy: jetstream.AckExplicitPolicy,
-		AckWait: 30 * time.Second, MaxAckPending: c.Slots * 2})
+	l := &rawLoop{c: c, js: js, jobsName: c.Prefix + "RAWJOBS", resName: c.Prefix + "RAWRES",
+		jobsSubj: c.Prefix + "rawjobs", resSubj: c.Prefix + "rawres", sem: make(chan struct{}, c.Slots)}
+	defer l.deleteStreams()
+	cons, err := l.createStreams(ctx)
 	if err != nil {
-		return RawLoopResult{}, fmt.Errorf("create consumer: %w", err)
+		return RawLoopResult{}, err
 	}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.MaxIdleConns, tr.MaxIdleConnsPerHost = c.Slots, c.Slots
-	client := &http.Client{Transport: tr, Timeout: 30 * time.Second}
-	body := []byte(`{"model":"raw","messages":[{"role":"user","content":"Answer about item 1; reply in json."}],"response_format":{"type":"json_object"}}`)
+	l.client = &http.Client{Transport: tr, Timeout: 30 * time.Second}
 
 	began := time.Now()
+	if err := l.publishJobs(ctx); err != nil {
+		return RawLoopResult{}, err
+	}
+	err = l.consume(ctx, cons)
+	wall := time.Since(began)
+	l.wg.Wait()
+	if err != nil {
+		return RawLoopResult{}, err
+	}
+	if l.firstErr != nil {
+		return RawLoopResult{}, l.firstErr
+	}
+	return RawLoopResult{Jobs: c.Jobs, Wall: wall}, nil
+}
+
+// rawLoop is one run of the baseline.
+type rawLoop struct {
+	c                 RawLoopConfig
+	js                jetstream.JetStream
+	client            *http.Client
+	jobsName, resName string // streams
+	jobsSubj, resSubj string // subject prefixes
+	done              atomic.Int64
+	sem               chan struct{} // the slots in use
+	wg                sync.WaitGroup
+	errOnce           sync.Once
+	firstErr          error
+}
+
+// rawChatBody is the chat call of every job.
+var rawChatBody = []byte(`{"model":"raw","messages":[{"role":"user","content":"Answer about item 1; reply in json."}],"response_format":{"type":"json_object"}}`)
+
+// createStreams creates the jobs and results streams afresh and the jobs consumer.
+func (l *rawLoop) createStreams(ctx context.Context) (jetstream.Consumer, error) {
+	for _, sc := range []jetstream.StreamConfig{
+		{Name: l.jobsName, Subjects: []string{l.jobsSubj + ".>"}, Retention: jetstream.WorkQueuePolicy, Storage: jetstream.FileStorage},
+		{Name: l.resName, Subjects: []string{l.resSubj + ".>"}, Storage: jetstream.FileStorage},
+	} {
+		_ = l.js.DeleteStream(ctx, sc.Name)
+		if _, err := l.js.CreateStream(ctx, sc); err != nil {
+			return nil, fmt.Errorf("create stream %s: %w", sc.Name, err)
+		}
+	}
+	cons, err := l.js.CreateOrUpdateConsumer(ctx, l.jobsName, jetstream.ConsumerConfig{Durable: "raw", AckPolicy: jetstream.AckExplicitPolicy,
+		AckWait: 30 * time.Second, MaxAckPending: l.c.Slots * 2})
+	if err != nil {
+		return nil, fmt.Errorf("create consumer: %w", err)
+	}
+	return cons, nil
+}
+
+func (l *rawLoop) deleteStreams() {
+	_ = l.js.DeleteStream(context.Background(), l.jobsName)
+	_ = l.js.DeleteStream(context.Background(), l.resName)
+}
+
+// publishJobs publishes every job asynchronously and waits for the acks.
+func (l *rawLoop) publishJobs(ctx context.Context) error {
 	payload := bytes.Repeat([]byte("x"), 600) // about a rendered job
-	for i := range c.Jobs {
+	for i := range l.c.Jobs {
 		// A busy machine acks slowly: wait for room in the async window, never fail on it.
-		if _, err := js.PublishAsync(jobsSubj+"."+strconv.Itoa(i), payload, jetstream.WithStallWait(time.Minute)); err != nil {
-			return RawLoopResult{}, fmt.Errorf("publish job %d: %w", i, err)
+		if _, err := l.js.PublishAsync(l.jobsSubj+"."+strconv.Itoa(i), payload, jetstream.WithStallWait(time.Minute)); err != nil {
+			return fmt.Errorf("publish job %d: %w", i, err)
 		}
 	}
 	select {
-	case <-js.PublishAsyncComplete():
+	case <-l.js.PublishAsyncComplete():
+		return nil
 	case <-ctx.Done():
-		return RawLoopResult{}, ctx.Err()
+		return ctx.Err()
 	}
+}
 
-	var done atomic.Int64
-	var firstErr error
-	var errOnce sync.Once
-	sem := make(chan struct{}, c.Slots)
-	var wg sync.WaitGroup
-	handle := func(m jetstream.Msg) {
-		defer wg.Done()
-		defer func() { <-sem }()
-		out := []byte(`{"answer":"ok"}`)
-		if c.SimURL != "" {
-			req, _ := http.NewRequestWithContext(ctx, http.MethodPost, c.SimURL+"/v1/chat/completions", bytes.NewReader(body))
-			req.Header.Set("Content-Type", "application/json")
-			resp, err := client.Do(req)
-			if err != nil {
-				errOnce.Do(func() { firstErr = err })
-				_ = m.Nak()
-				return
-			}
-			var answer struct {
-				Choices []struct {
-					Message struct {
-						Content string `json:"content"`
-					} `json:"message"`
-				} `json:"choices"`
-			}
-			err = json.NewDecoder(resp.Body).Decode(&answer)
-			_, _ = io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			if err != nil || len(answer.Choices) == 0 {
-				errOnce.Do(func() { firstErr = fmt.Errorf("answer: %v", err) })
-				_ = m.Nak()
-				return
-			}
-			out = []byte(answer.Choices[0].Message.Content)
-		}
-		if _, err := js.Publish(ctx, resSubj+"."+m.Subject()[len(jobsSubj)+1:], out); err != nil {
-			errOnce.Do(func() { firstErr = err })
-			_ = m.Nak()
-			return
-		}
-		_ = m.Ack()
-	}
-	results, err := js.OrderedConsumer(ctx, resName, jetstream.OrderedConsumerConfig{})
+// consume fetches jobs into free slots, each handled in its own goroutine, until every
+// job's result is on the results stream.
+func (l *rawLoop) consume(ctx context.Context, cons jetstream.Consumer) error {
+	results, err := l.js.OrderedConsumer(ctx, l.resName, jetstream.OrderedConsumerConfig{})
 	if err != nil {
-		return RawLoopResult{}, err
+		return err
 	}
-	resCtx, err := results.Consume(func(m jetstream.Msg) { done.Add(1) })
+	resCtx, err := results.Consume(func(m jetstream.Msg) { l.done.Add(1) })
 	if err != nil {
-		return RawLoopResult{}, err
+		return err
 	}
 	defer resCtx.Stop()
-	for done.Load() < int64(c.Jobs) {
+	for l.done.Load() < int64(l.c.Jobs) {
 		if ctx.Err() != nil {
-			return RawLoopResult{}, ctx.Err()
+			return ctx.Err()
 		}
-		free := c.Slots - len(sem)
+		free := l.c.Slots - len(l.sem)
 		if free == 0 {
 			time.Sleep(200 * time.Microsecond)
 			continue
 		}
 		batch, err := cons.Fetch(free, jetstream.FetchMaxWait(100*time.Millisecond))
 		if err != nil {
-			return RawLoopResult{}, fmt.Errorf("fetch: %w", err)
+			return fmt.Errorf("fetch: %w", err)
 		}
 		for m := range batch.Messages() {
-			sem <- struct{}{}
-			wg.Add(1)
-			go handle(m)
+			l.sem <- struct{}{}
+			l.wg.Add(1)
+			go l.handle(ctx, m)
 		}
 	}
-	wall := time.Since(began)
-	wg.Wait()
-	if firstErr != nil {
-		return RawLoopResult{}, firstErr
+	return nil
+}
+
+// handle answers one job (calling llmsim when SimURL is set), publishes its result and
+// acks it; a failure NAKs the job and is kept as the loop's error.
+func (l *rawLoop) handle(ctx context.Context, m jetstream.Msg) {
+	defer l.wg.Done()
+	defer func() { <-l.sem }()
+	out := []byte(`{"answer":"ok"}`)
+	if l.c.SimURL != "" {
+		var err error
+		if out, err = l.call(ctx); err != nil {
+			l.fail(m, err)
+			return
+		}
 	}
-	return RawLoopResult{Jobs: c.Jobs, Wall: wall}, nil
+	if _, err := l.js.Publish(ctx, l.resSubj+"."+m.Subject()[len(l.jobsSubj)+1:], out); err != nil {
+		l.fail(m, err)
+		return
+	}
+	_ = m.Ack()
+}
+
+func (l *rawLoop) fail(m jetstream.Msg, err error) {
+	l.errOnce.Do(func() { l.firstErr = err })
+	_ = m.Nak()
+}
+
+// call makes the job's chat call and returns the answer's content.
+func (l *rawLoop) call(ctx context.Context) ([]byte, error) {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, l.c.SimURL+"/v1/chat/completions", bytes.NewReader(rawChatBody))
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := l.client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	var answer struct {
+		Choices []struct {
+			Message struct {
+				Content string `json:"content"`
+			} `json:"message"`
+		} `json:"choices"`
+	}
+	err = json.NewDecoder(resp.Body).Decode(&answer)
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if err != nil || len(answer.Choices) == 0 {
+		return nil, fmt.Errorf("answer: %v", err)
+	}
+	return []byte(answer.Choices[0].Message.Content), nil
 }

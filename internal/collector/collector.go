@@ -59,9 +59,12 @@ type Config struct {
 	LeaseTTL time.Duration
 }
 
+// DefaultMemoryLimit is Config.MemoryLimit (the collector's --memory-limit) when not set.
+const DefaultMemoryLimit = 64 << 20
+
 func (c *Config) defaults() {
 	if c.MemoryLimit <= 0 {
-		c.MemoryLimit = 64 << 20
+		c.MemoryLimit = DefaultMemoryLimit
 	}
 	if c.FlushInterval <= 0 {
 		c.FlushInterval = 200 * time.Millisecond

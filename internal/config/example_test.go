@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/multiquery/multiquery/internal/config"
+	"github.com/multiquery/multiquery/internal/wire"
 )
 
 // A matrix pipeline: 2 case studies x 3 criteria, a template file, a lookup file
@@ -71,8 +72,8 @@ func ExampleLoadPipeline() {
 
 func ExampleQuery_FormatInstruction() {
 	q := config.Query{Outputs: []config.Output{
-		{Field: "score", Type: config.TypeInteger},
-		{Field: "label", Type: config.TypeEnum, Values: []string{"yes", "no"}},
+		{Field: "score", Type: wire.TypeInteger},
+		{Field: "label", Type: wire.TypeEnum, Values: []string{"yes", "no"}},
 	}}
 	fmt.Println(q.FormatInstruction())
 	fmt.Println(string(q.SchemaJSON()))

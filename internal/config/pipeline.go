@@ -7,32 +7,12 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/multiquery/multiquery/internal/wire"
 )
 
-// Response formats.
-const (
-	// ResponseFormatStandard asks for a JSON object (response_format json_object).
-	ResponseFormatStandard = "standard"
-	// ResponseFormatStructured asks for output matching a strict JSON schema.
-	ResponseFormatStructured = "structured"
-)
-
-// Output orders.
-const (
-	// OrderInput emits rows in input order.
-	OrderInput = "input"
-	// OrderCompletion emits rows as they complete.
-	OrderCompletion = "completion"
-)
-
-// Output field types.
-const (
-	TypeString  = "string"
-	TypeInteger = "integer"
-	TypeNumber  = "number"
-	TypeBoolean = "boolean"
-	TypeEnum    = "enum"
-)
+// The response formats, output orders and output field types a pipeline names are the
+// contract's: wire.Format*, wire.Order* and wire.Type*.
 
 // Pipeline defaults.
 const (
@@ -242,15 +222,23 @@ func (o *OutputFields) UnmarshalYAML(n *yaml.Node) error {
 // pipeline configuration at path. Template and lookup files are resolved against
 // path's directory.
 func LoadPipeline(path string) (*Pipeline, error) {
+	return loadFile(path, "pipeline", ParsePipeline)
+}
+
+// loadFile reads the configuration file at path and parses it with parse, which
+// resolves relative paths against path's directory; errors name the kind of
+// configuration and the file.
+func loadFile[T any](path, kind string, parse func(data []byte, baseDir string) (T, error)) (T, error) {
+	var zero T
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("read pipeline config: %w", err)
+		return zero, fmt.Errorf("read %s config: %w", kind, err)
 	}
-	p, err := ParsePipeline(data, filepath.Dir(path))
+	v, err := parse(data, filepath.Dir(path))
 	if err != nil {
-		return nil, fmt.Errorf("pipeline config %s: %w", path, err)
+		return zero, fmt.Errorf("%s config %s: %w", kind, path, err)
 	}
-	return p, nil
+	return v, nil
 }
 
 // ParsePipeline parses, defaults, validates and compiles a pipeline
@@ -305,10 +293,10 @@ func (p *Pipeline) path(name string) string {
 }
 
 func (p *Pipeline) setDefaults() {
-	setZero(&p.ResponseFormat, ResponseFormatStandard)
+	setZero(&p.ResponseFormat, wire.FormatStandard)
 	setZero(&p.MaxCapacityRetrySeconds, DefaultMaxCapacityRetrySeconds)
 	setZero(&p.MaxAttempts, DefaultMaxAttempts)
-	setZero(&p.Order, OrderInput)
+	setZero(&p.Order, wire.OrderInput)
 	if p.AppendFormatInstructions == nil {
 		t := true
 		p.AppendFormatInstructions = &t

@@ -15,6 +15,7 @@ import (
 	"github.com/google/go-cmp/cmp/cmpopts"
 
 	"github.com/multiquery/multiquery/internal/prompt"
+	"github.com/multiquery/multiquery/internal/wire"
 )
 
 // parse parses src with no environment and t.TempDir-less base directory.
@@ -232,8 +233,8 @@ func TestPipelineJSONMentionPasses(t *testing.T) {
 func TestPipelineDefaults(t *testing.T) {
 	t.Parallel()
 	p := mustParse(t, explicit)
-	if p.ResponseFormat != ResponseFormatStandard || p.MaxCapacityRetrySeconds != 3600 || p.MaxAttempts != 5 ||
-		p.Order != OrderInput || p.AppendFormatInstructions == nil || !*p.AppendFormatInstructions {
+	if p.ResponseFormat != wire.FormatStandard || p.MaxCapacityRetrySeconds != 3600 || p.MaxAttempts != 5 ||
+		p.Order != wire.OrderInput || p.AppendFormatInstructions == nil || !*p.AppendFormatInstructions {
 		t.Errorf("defaults not applied: %+v", p)
 	}
 	if got := p.MaxCapacityRetry(); got != time.Hour {

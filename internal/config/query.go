@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/multiquery/multiquery/internal/prompt"
+	"github.com/multiquery/multiquery/internal/wire"
 )
 
 // Query is one resolved query of a pipeline: what to send for every row and how to
@@ -163,7 +164,7 @@ func (q Query) FormatInstruction() string {
 			b.WriteByte(',')
 		}
 		t := o.Type
-		if t == TypeEnum {
+		if t == wire.TypeEnum {
 			t += ":" + strings.Join(o.Values, "|")
 		}
 		b.Write(jsonString(o.Field))
@@ -220,7 +221,7 @@ func (q Query) SchemaJSON() json.RawMessage {
 }
 
 func (o Output) schema() map[string]any {
-	if o.Type == TypeEnum {
+	if o.Type == wire.TypeEnum {
 		return map[string]any{"type": "string", "enum": slices.Clone(o.Values)}
 	}
 	return map[string]any{"type": o.Type}

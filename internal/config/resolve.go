@@ -14,6 +14,7 @@ import (
 	"strings"
 
 	"github.com/multiquery/multiquery/internal/prompt"
+	"github.com/multiquery/multiquery/internal/wire"
 )
 
 // ErrorColumn is the output column of error rows.
@@ -110,8 +111,8 @@ func (p *Pipeline) validateScalars(ps *problems) {
 	if p.LLM.MaxCompletionTokens < 0 {
 		ps.add("llm.max_completion_tokens", "must be >= 0, got %d", p.LLM.MaxCompletionTokens)
 	}
-	if p.ResponseFormat != ResponseFormatStandard && p.ResponseFormat != ResponseFormatStructured {
-		ps.add("response_format", "must be %q or %q, got %q", ResponseFormatStandard, ResponseFormatStructured, p.ResponseFormat)
+	if p.ResponseFormat != wire.FormatStandard && p.ResponseFormat != wire.FormatStructured {
+		ps.add("response_format", "must be %q or %q, got %q", wire.FormatStandard, wire.FormatStructured, p.ResponseFormat)
 	}
 	if p.MaxCapacityRetrySeconds <= 0 {
 		ps.add("max_capacity_retry_seconds", "must be > 0, got %d", p.MaxCapacityRetrySeconds)
@@ -119,8 +120,8 @@ func (p *Pipeline) validateScalars(ps *problems) {
 	if p.MaxAttempts < 1 {
 		ps.add("max_attempts", "must be >= 1, got %d", p.MaxAttempts)
 	}
-	if p.Order != OrderInput && p.Order != OrderCompletion {
-		ps.add("order", "must be %q or %q, got %q", OrderInput, OrderCompletion, p.Order)
+	if p.Order != wire.OrderInput && p.Order != wire.OrderCompletion {
+		ps.add("order", "must be %q or %q, got %q", wire.OrderInput, wire.OrderCompletion, p.Order)
 	}
 	if p.LookupFile != "" && p.Lookup != nil && !p.lookupLoaded {
 		ps.add("lookup_file", "mutually exclusive with lookup")
@@ -164,11 +165,11 @@ func (o OutputFields) problems(path string) []error {
 		}
 
 		switch f.Type {
-		case TypeString, TypeInteger, TypeNumber, TypeBoolean:
+		case wire.TypeString, wire.TypeInteger, wire.TypeNumber, wire.TypeBoolean:
 			if len(f.Values) > 0 {
 				ps.add(fp+".values", "only allowed with type enum")
 			}
-		case TypeEnum:
+		case wire.TypeEnum:
 			if len(f.Values) == 0 {
 				ps.add(fp+".values", "enum needs at least one value")
 			}
@@ -259,13 +260,7 @@ func (p *Pipeline) resolveMatrix(ps *problems) []resolvedQuery {
 	seen := map[string]int{}
 	for i, cs := range p.CaseStudies {
 		path := fmt.Sprintf("case_studies[%d]", i)
-		csOK[i] = checkName(ps, path+".name", cs.Name, "case study")
-		if j, dup := seen[cs.Name]; dup && cs.Name != "" {
-			ps.add(path+".name", "duplicate case study name %q (also case_studies[%d])", cs.Name, j)
-			csOK[i] = false
-		} else {
-			seen[cs.Name] = i
-		}
+		csOK[i] = checkUniqueName(ps, seen, "case_studies", i, cs.Name, "case study")
 		if len(cs.InputFields) == 0 {
 			ps.add(path+".input_fields", "empty")
 		}
@@ -278,14 +273,7 @@ func (p *Pipeline) resolveMatrix(ps *problems) []resolvedQuery {
 	crOK := make([]bool, len(p.Criteria))
 	seen = map[string]int{}
 	for i, cr := range p.Criteria {
-		path := fmt.Sprintf("criteria[%d]", i)
-		crOK[i] = checkName(ps, path+".name", cr.Name, "criterion")
-		if j, dup := seen[cr.Name]; dup && cr.Name != "" {
-			ps.add(path+".name", "duplicate criterion name %q (also criteria[%d])", cr.Name, j)
-			crOK[i] = false
-		} else {
-			seen[cr.Name] = i
-		}
+		crOK[i] = checkUniqueName(ps, seen, "criteria", i, cr.Name, "criterion")
 	}
 
 	// Case study outer, criterion inner.
@@ -399,6 +387,19 @@ func checkName(ps *problems, path, name, what string) bool {
 	return false
 }
 
+// checkUniqueName checks the name of item i of the list key (checkName) and that no
+// earlier item has it; seen maps the names so far to their items.
+func checkUniqueName(ps *problems, seen map[string]int, key string, i int, name, what string) bool {
+	path := fmt.Sprintf("%s[%d].name", key, i)
+	ok := checkName(ps, path, name, what)
+	if j, dup := seen[name]; dup && name != "" {
+		ps.add(path, "duplicate %s name %q (also %s[%d])", what, name, key, j)
+		return false
+	}
+	seen[name] = i
+	return ok
+}
+
 // checkColumns reports output columns produced by two different queries,
 // including <a_b>_<c> vs <a>_<b_c>.
 func (p *Pipeline) checkColumns(qs []resolvedQuery, ps *problems) {
@@ -420,7 +421,7 @@ func (p *Pipeline) checkColumns(qs []resolvedQuery, ps *problems) {
 // contain the word "json". The format instruction does; without it the system
 // prompt or the template must.
 func (p *Pipeline) checkJSONMention(qs []resolvedQuery, system *prompt.Template, ps *problems) {
-	if p.ResponseFormat != ResponseFormatStandard || p.appendFormat() {
+	if p.ResponseFormat != wire.FormatStandard || p.appendFormat() {
 		return
 	}
 	if system != nil && mentionsJSON(p.SystemPrompt) {
@@ -432,7 +433,7 @@ func (p *Pipeline) checkJSONMention(qs []resolvedQuery, system *prompt.Template,
 			continue
 		}
 		reported[rq.tmplPath] = true
-		ps.add(rq.tmplPath, `response_format %q needs the word "json" in the system prompt or the template, or append_format_instructions: true (OpenAI rejects json_object requests without it)`, ResponseFormatStandard)
+		ps.add(rq.tmplPath, `response_format %q needs the word "json" in the system prompt or the template, or append_format_instructions: true (OpenAI rejects json_object requests without it)`, wire.FormatStandard)
 	}
 }
 

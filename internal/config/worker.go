@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/multiquery/multiquery/internal/throttle"
 )
 
 // Providers.
@@ -67,74 +69,61 @@ type Deployment struct {
 	Throttle Throttle `yaml:"throttle"`
 }
 
-// Throttle holds the fleet-wide throttle parameters of one deployment (docs/THROTTLE.md
-// has the rule and the model results behind each default).
+// Throttle holds the fleet-wide throttle parameters of one deployment: the fields of
+// throttle.Params with their YAML keys (a conversion between the two types checks at
+// compile time that they keep the same fields). The defaults are throttle.DefaultParams
+// and the checks throttle.Params.Validate; docs/THROTTLE.md has the rule and the model
+// results behind each default, docs/OPERATIONS.md the table of keys.
 type Throttle struct {
-	// StartRate is the initial fleet dispatch rate in requests per second, default 5.
+	// StartRate is the initial fleet dispatch rate in requests per second.
 	StartRate float64 `yaml:"start_rate"`
-	// MinRate is the floor of the rate, default 0.5.
+	// MinRate is the floor of the rate.
 	MinRate float64 `yaml:"min_rate"`
-	// MaxRate is the ceiling of the rate, default 10000.
+	// MaxRate is the ceiling of the rate.
 	MaxRate float64 `yaml:"max_rate"`
 	// Increase is the probe's growth right after a cut, a fraction of the rate per
-	// second, default 0.04.
+	// second.
 	Increase float64 `yaml:"increase"`
-	// IncreaseDoubling: the probe's growth doubles every this long without pressure,
-	// default 2s (a limit raised from 20 to 50 req/s is found in ~6 s).
+	// IncreaseDoubling: the probe's growth doubles every this long without pressure.
 	IncreaseDoubling time.Duration `yaml:"increase_doubling"`
-	// MaxIncrease caps the probe's growth (fraction per second), default 1.
+	// MaxIncrease caps the probe's growth (fraction per second).
 	MaxIncrease float64 `yaml:"max_increase"`
 	// Recover is the growth (fraction per second) back to recover_to x the last good
-	// rate after a cut, default 1.
+	// rate after a cut.
 	Recover float64 `yaml:"recover"`
-	// RecoverTo is the part of the last good rate regained fast, default 0.95.
+	// RecoverTo is the part of the last good rate regained fast.
 	RecoverTo float64 `yaml:"recover_to"`
-	// Decrease is the multiplicative factor of a cut, default 0.9.
+	// Decrease is the multiplicative factor of a cut.
 	Decrease float64 `yaml:"decrease"`
 	// Window: at most one cut per window fleet-wide; the slow-start doubling period;
-	// the span over which 429s are counted; default 250ms.
+	// the span over which 429s are counted.
 	Window time.Duration `yaml:"window"`
 	// MinSignals and SignalShare: 429s whose rate-limit headers do not show the budget
 	// spent are pressure only when at least min_signals of them are at least
-	// signal_share of a window's answers; defaults 5 and 0.25 (at 5 % random 429s a
-	// false cut happens in at most 0.26 % of windows).
+	// signal_share of a window's answers.
 	MinSignals  int     `yaml:"min_signals"`
 	SignalShare float64 `yaml:"signal_share"`
 	// PauseShare: such 429s also pause the fleet when they are at least this share of
-	// the window's answers, default 0.5.
+	// the window's answers.
 	PauseShare float64 `yaml:"pause_share"`
-	// Period is the dispatch grid's period, default 1s.
+	// Period is the dispatch grid's period.
 	Period time.Duration `yaml:"period"`
-	// CatchUp is how late a worker may still use a dispatch slot, default 50ms.
+	// CatchUp is how late a worker may still use a dispatch slot (0: only a slot due
+	// now).
 	CatchUp time.Duration `yaml:"catch_up"`
-	// MaxPause caps a fleet-wide pause requested by Retry-After, default 60s.
+	// MaxPause caps a fleet-wide pause requested by Retry-After.
 	MaxPause time.Duration `yaml:"max_pause"`
 }
 
-// DefaultThrottle returns the default throttle parameters.
-func DefaultThrottle() Throttle {
-	return Throttle{
-		StartRate:        5,
-		MinRate:          0.5,
-		MaxRate:          10000,
-		Increase:         0.04,
-		IncreaseDoubling: 2 * time.Second,
-		MaxIncrease:      1,
-		Recover:          1,
-		RecoverTo:        0.95,
-		Decrease:         0.9,
-		Window:           250 * time.Millisecond,
-		MinSignals:       5,
-		SignalShare:      0.25,
-		PauseShare:       0.5,
-		Period:           time.Second,
-		CatchUp:          50 * time.Millisecond,
-		MaxPause:         60 * time.Second,
-	}
-}
+// DefaultThrottle returns the default throttle parameters, throttle.DefaultParams.
+func DefaultThrottle() Throttle { return Throttle(throttle.DefaultParams()) }
 
-// UnmarshalYAML starts from the defaults, so a field left out keeps its default
-// while an explicit `jitter: 0` stays 0.
+// Params returns the controller's parameters.
+func (t Throttle) Params() throttle.Params { return throttle.Params(t) }
+
+// UnmarshalYAML starts from the defaults, so a key left out keeps its default while an
+// explicit value, zero included, is kept and checked (`catch_up: 0s` is valid,
+// `max_pause: 0s` is not).
 func (t *Throttle) UnmarshalYAML(n *yaml.Node) error {
 	type plain Throttle
 	p := plain(DefaultThrottle())
@@ -145,29 +134,12 @@ func (t *Throttle) UnmarshalYAML(n *yaml.Node) error {
 	return nil
 }
 
-// setDefaults fills a zero Throttle with the defaults, and zero fields of a
-// partly set one (catch_up 0 is meaningful: only a slot due now may be used).
+// setDefaults gives a deployment without a throttle block (or with an empty one) the
+// defaults. A block that sets anything was decoded over the defaults (UnmarshalYAML).
 func (t *Throttle) setDefaults() {
 	if *t == (Throttle{}) {
 		*t = DefaultThrottle()
-		return
 	}
-	d := DefaultThrottle()
-	setZero(&t.StartRate, d.StartRate)
-	setZero(&t.MinRate, d.MinRate)
-	setZero(&t.MaxRate, d.MaxRate)
-	setZero(&t.Increase, d.Increase)
-	setZero(&t.IncreaseDoubling, d.IncreaseDoubling)
-	setZero(&t.MaxIncrease, d.MaxIncrease)
-	setZero(&t.Recover, d.Recover)
-	setZero(&t.RecoverTo, d.RecoverTo)
-	setZero(&t.Decrease, d.Decrease)
-	setZero(&t.Window, d.Window)
-	setZero(&t.MinSignals, d.MinSignals)
-	setZero(&t.SignalShare, d.SignalShare)
-	setZero(&t.PauseShare, d.PauseShare)
-	setZero(&t.Period, d.Period)
-	setZero(&t.MaxPause, d.MaxPause)
 }
 
 func setZero[T comparable](p *T, v T) {
@@ -177,82 +149,34 @@ func setZero[T comparable](p *T, v T) {
 	}
 }
 
-// Validate checks the throttle invariants. Each error names the field, e.g.
-// "throttle.decrease: must be in (0,1), got 1.2".
+// Validate checks the throttle invariants (throttle.Params.Validate). Each error names
+// the field, e.g. "throttle.decrease: must be in (0,1), got 1.2".
 func (t Throttle) Validate() error {
 	return errors.Join(t.problems("throttle")...)
 }
 
+// problems are the errors of throttle.Params.Validate, each prefixed with path.
 func (t Throttle) problems(path string) []error {
-	var errs []error
-	add := func(field, format string, args ...any) {
-		errs = append(errs, fmt.Errorf("%s.%s: %s", path, field, fmt.Sprintf(format, args...)))
+	err := t.Params().Validate()
+	if err == nil {
+		return nil
 	}
-	// Negated comparisons also reject NaN.
-	if !(t.Decrease > 0 && t.Decrease < 1) {
-		add("decrease", "must be in (0,1), got %v", t.Decrease)
+	errs := []error{err}
+	if joined, ok := err.(interface{ Unwrap() []error }); ok {
+		errs = joined.Unwrap()
 	}
-	if !(t.Increase > 0) {
-		add("increase", "must be > 0, got %v", t.Increase)
+	out := make([]error, len(errs))
+	for i, e := range errs {
+		out[i] = fmt.Errorf("%s.%w", path, e)
 	}
-	if t.Window <= 0 {
-		add("window", "must be > 0, got %v", t.Window)
-	}
-	if t.IncreaseDoubling <= 0 {
-		add("increase_doubling", "must be > 0, got %v", t.IncreaseDoubling)
-	}
-	if !(t.MaxIncrease >= t.Increase) {
-		add("max_increase", "must be >= increase (%v), got %v", t.Increase, t.MaxIncrease)
-	}
-	if !(t.Recover > 0) {
-		add("recover", "must be > 0, got %v", t.Recover)
-	}
-	if !(t.RecoverTo > 0 && t.RecoverTo <= 1) {
-		add("recover_to", "must be in (0,1], got %v", t.RecoverTo)
-	}
-	if t.MinSignals < 1 {
-		add("min_signals", "must be >= 1, got %v", t.MinSignals)
-	}
-	if !(t.SignalShare > 0 && t.SignalShare <= 1) {
-		add("signal_share", "must be in (0,1], got %v", t.SignalShare)
-	}
-	if !(t.PauseShare >= t.SignalShare && t.PauseShare <= 1) {
-		add("pause_share", "must be in [signal_share (%v),1], got %v", t.SignalShare, t.PauseShare)
-	}
-	if t.Period <= 0 {
-		add("period", "must be > 0, got %v", t.Period)
-	}
-	if t.CatchUp < 0 {
-		add("catch_up", "must be >= 0, got %v", t.CatchUp)
-	}
-	if !(t.MinRate > 0) {
-		add("min_rate", "must be > 0, got %v", t.MinRate)
-	}
-	if !(t.StartRate >= t.MinRate) {
-		add("start_rate", "must be >= min_rate (%v), got %v", t.MinRate, t.StartRate)
-	}
-	if !(t.MaxRate >= t.StartRate) {
-		add("max_rate", "must be >= start_rate (%v), got %v", t.StartRate, t.MaxRate)
-	}
-	if t.MaxPause <= 0 {
-		add("max_pause", "must be > 0, got %v", t.MaxPause)
-	}
-	return errs
+	return out
 }
 
 // LoadWorker reads, expands, parses, defaults and validates the worker
 // configuration at path. A relative api_key_file is resolved against path's
 // directory.
 func LoadWorker(path string) (*Worker, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("read worker config: %w", err)
-	}
-	w, err := ParseWorker(data, filepath.Dir(path))
-	if err != nil {
-		return nil, fmt.Errorf("worker config %s: %w", path, err)
-	}
-	return w, nil
+	return loadFile(path, "worker", ParseWorker)
 }
 
 // ParseWorker parses, defaults and validates a worker configuration. baseDir

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/multiquery/multiquery/internal/throttle"
 )
 
 func TestLoadWorkerExample(t *testing.T) {
@@ -104,14 +106,25 @@ func TestWorkerDefaults(t *testing.T) {
 	}
 }
 
-func TestThrottleSetDefaultsFillsZeroFieldsOfAGoValue(t *testing.T) {
+func TestThrottleSetDefaults(t *testing.T) {
 	t.Parallel()
-	th := Throttle{StartRate: 7}
-	th.setDefaults()
-	want := DefaultThrottle()
-	want.StartRate, want.CatchUp = 7, 0
-	if diff := cmp.Diff(want, th); diff != "" {
-		t.Errorf("throttle mismatch (-want +got):\n%s", diff)
+	var zero Throttle
+	zero.setDefaults()
+	if diff := cmp.Diff(DefaultThrottle(), zero); diff != "" {
+		t.Errorf("a zero throttle (-want +got):\n%s", diff)
+	}
+	// A value that sets anything is kept as it is: its zeros are checked, not defaulted.
+	partial := Throttle{StartRate: 7}
+	partial.setDefaults()
+	if diff := cmp.Diff(Throttle{StartRate: 7}, partial); diff != "" {
+		t.Errorf("a partial throttle (-want +got):\n%s", diff)
+	}
+}
+
+func TestDefaultThrottleIsThrottleDefaultParams(t *testing.T) {
+	t.Parallel()
+	if diff := cmp.Diff(throttle.DefaultParams(), DefaultThrottle().Params()); diff != "" {
+		t.Errorf("DefaultThrottle().Params() (-want +got):\n%s", diff)
 	}
 }
 
@@ -190,6 +203,8 @@ func TestWorkerValidate(t *testing.T) {
 		{"negative timeout", "deployments:\n  a:\n" + azure + "    api_key_env: K\n    timeout: -1s\n", []string{"deployments.a.timeout: must be > 0, got -1s"}},
 		{"negative max concurrency", "deployments:\n  a:\n" + azure + "    api_key_env: K\n    max_concurrency: -2\n", []string{"deployments.a.max_concurrency: must be >= 0, got -2"}},
 		{"throttle error names the deployment", "deployments:\n  gpt4:\n" + azure + "    api_key_env: K\n    throttle: {decrease: 1.2}\n", []string{"deployments.gpt4.throttle.decrease: must be in (0,1), got 1.2"}},
+		{"an explicit zero max_pause is checked, not defaulted", "deployments:\n  a:\n" + azure + "    api_key_env: K\n    throttle: {max_pause: 0s}\n", []string{"deployments.a.throttle.max_pause: must be > 0, got 0s"}},
+		{"an explicit zero increase is checked, not defaulted", "deployments:\n  a:\n" + azure + "    api_key_env: K\n    throttle: {increase: 0}\n", []string{"deployments.a.throttle.increase: must be > 0, got 0"}},
 		{"timeout as a number is rejected", "deployments:\n  a:\n" + azure + "    api_key_env: K\n    timeout: 60\n", []string{"time.Duration"}},
 		{"unknown key names its path", "deployments:\n  a:\n" + azure + "    api_key_env: K\n    throttle: {jiter: 0.1}\n", []string{`unknown field "jiter" in deployments.a.throttle`}},
 		{

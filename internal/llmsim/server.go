@@ -231,6 +231,49 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request, route, deplo
 // serveChat answers one chat request. Headers go straight to w; the
 // status and body are returned for handleChat to write.
 func (s *Server) serveChat(w http.ResponseWriter, r *http.Request, rec *RequestLog) reply {
+	if rep, ok := s.checkCaller(r, rec); !ok {
+		return rep
+	}
+	req, rep, ok := readChat(w, r)
+	if !ok {
+		return rep
+	}
+	rec.Model = req.Model
+	text := req.text()
+	if ms := markers(text); len(ms) > 0 {
+		rec.Marker = ms[0]
+	}
+	d := s.drawFor()
+	rec.Fault = s.pickFault(text, d)
+	if status, ok := statusFaults[rec.Fault]; ok {
+		retryAfter := d.settings.InjectedRetryAfter
+		if retryAfter <= 0 {
+			retryAfter = DefaultInjectedRetryAfter
+		}
+		return statusFault(w.Header(), rec.Fault, status, retryAfter)
+	}
+	if rep, ok := s.admit(w.Header(), r, rec, d, estimateTokens(text, req.maxCompletion())); !ok {
+		return rep
+	}
+	// Count every admitted request, capped or not, so a cap set at run time
+	// sees the requests already running.
+	n := s.active.Add(1)
+	defer s.active.Add(-1)
+	if limit := int64(d.settings.MaxConcurrency); limit > 0 && n > limit {
+		rec.Limited = true
+		rec.limitedBy = limitConcurrency
+		v := verdict{retryAfter: max(d.settings.Latency+d.settings.Jitter/2, time.Millisecond)}
+		return limited(w.Header(), v, rec.limitedBy, r.URL.Query().Get("api-version"))
+	}
+	if rep, ok := s.delay(r, rec, d); !ok {
+		return rep
+	}
+	return s.answerReply(req, rec)
+}
+
+// checkCaller checks the API key and, on the Azure route, the api-version and the
+// deployment, as the providers do before reading the body.
+func (s *Server) checkCaller(r *http.Request, rec *RequestLog) (reply, bool) {
 	if !s.keyOK(r, rec.Route == "azure") {
 		// Like OpenAI, echo the offered key masked: real provider errors carry key
 		// material, and clients must not store them as is.
@@ -238,76 +281,64 @@ func (s *Server) serveChat(w http.ResponseWriter, r *http.Request, rec *RequestL
 			Message: "Incorrect API key provided: " + maskKey(offeredKey(r)) + ". You can find your API key at https://platform.openai.com/account/api-keys.",
 			Type:    "invalid_request_error",
 			Code:    "invalid_api_key",
-		}})
+		}}), false
 	}
-	if rec.Route == "azure" {
-		if r.URL.Query().Get("api-version") == "" {
-			return jsonReply(http.StatusBadRequest, apiError{Error: apiErrorBody{
-				Code:    "BadRequest",
-				Message: "Missing API version query parameter 'api-version'.",
-			}})
-		}
-		if len(s.deployments) > 0 && !s.deployments[rec.Deployment] {
-			return jsonReply(http.StatusNotFound, apiError{Error: apiErrorBody{
-				Code:    "DeploymentNotFound",
-				Message: "The API deployment for this resource does not exist. If you created the deployment within the last 5 minutes, please wait a moment and try again.",
-			}})
-		}
+	if rec.Route != "azure" {
+		return reply{}, true
 	}
+	if r.URL.Query().Get("api-version") == "" {
+		return jsonReply(http.StatusBadRequest, apiError{Error: apiErrorBody{
+			Code:    "BadRequest",
+			Message: "Missing API version query parameter 'api-version'.",
+		}}), false
+	}
+	if len(s.deployments) > 0 && !s.deployments[rec.Deployment] {
+		return jsonReply(http.StatusNotFound, apiError{Error: apiErrorBody{
+			Code:    "DeploymentNotFound",
+			Message: "The API deployment for this resource does not exist. If you created the deployment within the last 5 minutes, please wait a moment and try again.",
+		}}), false
+	}
+	return reply{}, true
+}
+
+// readChat reads and decodes the request body.
+func readChat(w http.ResponseWriter, r *http.Request) (*chatRequest, reply, bool) {
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBodyBytes))
 	if err != nil {
-		return badRequest(fmt.Sprintf("could not read request body: %v", err))
+		return nil, badRequest(fmt.Sprintf("could not read request body: %v", err)), false
 	}
 	req, err := decodeChatRequest(body)
 	if err != nil {
-		return badRequest(fmt.Sprintf("We could not parse the JSON body of your request: %v", err))
+		return nil, badRequest(fmt.Sprintf("We could not parse the JSON body of your request: %v", err)), false
 	}
-	rec.Model = req.Model
-	text := req.text()
-	if ms := markers(text); len(ms) > 0 {
-		rec.Marker = ms[0]
-	}
+	return req, reply{}, true
+}
 
-	d := s.drawFor()
-	rec.Fault = s.pickFault(text, d)
-	retryAfter := d.settings.InjectedRetryAfter
-	if retryAfter <= 0 {
-		retryAfter = DefaultInjectedRetryAfter
+// admit asks the request and token buckets for the request's tokens and sets the
+// rate-limit headers; a refusal is a 429.
+func (s *Server) admit(h http.Header, r *http.Request, rec *RequestLog, d draw, tokens int) (reply, bool) {
+	v, bs := s.lim.decide(tokens)
+	setRateLimit(h, d.settings.RateLimitHeaders, v, bs)
+	if v.ok {
+		return reply{}, true
 	}
-	if status, ok := statusFaults[rec.Fault]; ok {
-		return statusFault(w.Header(), rec.Fault, status, retryAfter)
+	rec.Limited = true
+	rec.limitedBy = limitRequests
+	if v.tokenLimited {
+		rec.limitedBy = limitTokens
 	}
+	return limited(h, v, rec.limitedBy, r.URL.Query().Get("api-version")), false
+}
 
-	v, bs := s.lim.decide(estimateTokens(text, req.maxCompletion()))
-	setRateLimit(w.Header(), d.settings.RateLimitHeaders, v, bs)
-	if !v.ok {
-		rec.Limited = true
-		rec.limitedBy = limitRequests
-		if v.tokenLimited {
-			rec.limitedBy = limitTokens
-		}
-		return limited(w.Header(), v, rec.limitedBy, r.URL.Query().Get("api-version"))
-	}
-	// Count every admitted request, capped or not, so a cap set at run time
-	// sees the requests already running.
-	n := s.active.Add(1)
-	defer s.active.Add(-1)
-	if limit := int64(d.settings.MaxConcurrency); limit > 0 {
-		if n > limit {
-			rec.Limited = true
-			rec.limitedBy = limitConcurrency
-			v.ok = false
-			v.retryAfter = max(d.settings.Latency+d.settings.Jitter/2, time.Millisecond)
-			return limited(w.Header(), v, rec.limitedBy, r.URL.Query().Get("api-version"))
-		}
-	}
-
+// delay waits out the answer's latency; a hanging fault waits until the client gives
+// up or the server stops.
+func (s *Server) delay(r *http.Request, rec *RequestLog, d draw) (reply, bool) {
 	if rec.Fault == FaultHang {
 		select {
 		case <-r.Context().Done():
 		case <-s.stopping:
 		}
-		return reply{status: statusClientClosed}
+		return reply{status: statusClientClosed}, false
 	}
 	if wait := d.settings.Latency + d.jitter; wait > 0 {
 		t := time.NewTimer(wait)
@@ -315,10 +346,10 @@ func (s *Server) serveChat(w http.ResponseWriter, r *http.Request, rec *RequestL
 		case <-t.C:
 		case <-r.Context().Done():
 			t.Stop()
-			return reply{status: statusClientClosed}
+			return reply{status: statusClientClosed}, false
 		}
 	}
-	return s.answerReply(req, rec)
+	return reply{}, true
 }
 
 // offeredKey is the API key of a request: api-key (Azure) or Bearer.

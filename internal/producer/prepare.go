@@ -62,7 +62,7 @@ func (cfg *Config) defaults() {
 		cfg.Window = 2048
 	}
 	if cfg.MaxAhead <= 0 {
-		cfg.MaxAhead = 1000
+		cfg.MaxAhead = DefaultMaxAhead
 	}
 }
 

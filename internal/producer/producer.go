@@ -45,6 +45,10 @@ type Config struct {
 	MaxAhead int
 }
 
+// DefaultMaxAhead is Config.MaxAhead and ServiceConfig.MaxAhead (the producer's
+// --max-ahead) when not set.
+const DefaultMaxAhead = 1000
+
 // UsageError is a whole-run problem found before anything was published (exit 2).
 type UsageError struct{ Err error }
 

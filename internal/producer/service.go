@@ -88,7 +88,7 @@ func Serve(ctx context.Context, js jetstream.JetStream, cfg ServiceConfig, log z
 		return &UsageError{errors.New("pipelines: at least one is required")}
 	}
 	if cfg.MaxAhead <= 0 {
-		cfg.MaxAhead = 1000
+		cfg.MaxAhead = DefaultMaxAhead
 	}
 	if cfg.ParkDelay <= 0 {
 		cfg.ParkDelay = time.Second

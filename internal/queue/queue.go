@@ -41,13 +41,19 @@ type Topology struct {
 	AuditMaxBytes int64
 }
 
+// Defaults of Topology (the processes' --replicas and --ack-wait).
+const (
+	DefaultReplicas = 1
+	DefaultAckWait  = 10 * time.Second
+)
+
 // Defaults returns the topology with every zero field set.
 func (t Topology) Defaults() Topology {
 	if t.Replicas <= 0 {
-		t.Replicas = 1
+		t.Replicas = DefaultReplicas
 	}
 	if t.AckWait <= 0 {
-		t.AckWait = 10 * time.Second
+		t.AckWait = DefaultAckWait
 	}
 	if t.MaxDeliver <= 0 {
 		// Large but finite: capacity NAKs count as deliveries, and a job may wait out

@@ -29,7 +29,8 @@ import (
 	"time"
 )
 
-// Params are the controller's parameters (config.DefaultThrottle has the defaults).
+// Params are the controller's parameters; DefaultParams has the defaults, and the worker
+// configuration's deployments.<alias>.throttle block sets them (config.Throttle).
 type Params struct {
 	StartRate float64 // req/s at start, fleet-wide
 	MinRate   float64 // floor
@@ -56,7 +57,32 @@ type Params struct {
 	MaxPause   time.Duration // cap on a Retry-After pause, and on Pause
 }
 
-// Validate checks the invariants; each error names the parameter.
+// DefaultParams returns the shipped parameters, the one source of the defaults
+// (docs/THROTTLE.md has the rule and the model results behind each).
+func DefaultParams() Params {
+	return Params{
+		StartRate:        5,
+		MinRate:          0.5,
+		MaxRate:          10000,
+		Increase:         0.04,
+		IncreaseDoubling: 2 * time.Second,
+		MaxIncrease:      1,
+		Recover:          1,
+		RecoverTo:        0.95,
+		Decrease:         0.9,
+		Window:           250 * time.Millisecond,
+		MinSignals:       5,
+		SignalShare:      0.25,
+		PauseShare:       0.5,
+		Period:           time.Second,
+		CatchUp:          50 * time.Millisecond,
+		MaxPause:         60 * time.Second,
+	}
+}
+
+// Validate checks the invariants, the one place they are checked. It returns every
+// problem joined (errors.Join), each naming its parameter by its configuration key,
+// e.g. "decrease: must be in (0,1), got 1.2".
 func (p Params) Validate() error {
 	var errs []error
 	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
@@ -66,6 +92,9 @@ func (p Params) Validate() error {
 	}
 	if !(p.Increase > 0) {
 		add("increase: must be > 0, got %g", p.Increase)
+	}
+	if p.Window <= 0 {
+		add("window: must be > 0, got %s", p.Window)
 	}
 	if p.IncreaseDoubling <= 0 {
 		add("increase_doubling: must be > 0, got %s", p.IncreaseDoubling)
@@ -78,12 +107,6 @@ func (p Params) Validate() error {
 	}
 	if !(p.RecoverTo > 0 && p.RecoverTo <= 1) {
 		add("recover_to: must be in (0,1], got %g", p.RecoverTo)
-	}
-	if p.Window <= 0 {
-		add("window: must be > 0, got %s", p.Window)
-	}
-	if !(p.MinRate > 0 && p.MinRate <= p.StartRate && p.StartRate <= p.MaxRate) {
-		add("rates: need 0 < min_rate <= start_rate <= max_rate, got %g <= %g <= %g", p.MinRate, p.StartRate, p.MaxRate)
 	}
 	if p.MinSignals < 1 {
 		add("min_signals: must be >= 1, got %d", p.MinSignals)
@@ -99,6 +122,15 @@ func (p Params) Validate() error {
 	}
 	if p.CatchUp < 0 {
 		add("catch_up: must be >= 0, got %s", p.CatchUp)
+	}
+	if !(p.MinRate > 0) {
+		add("min_rate: must be > 0, got %g", p.MinRate)
+	}
+	if !(p.StartRate >= p.MinRate) {
+		add("start_rate: must be >= min_rate (%g), got %g", p.MinRate, p.StartRate)
+	}
+	if !(p.MaxRate >= p.StartRate) {
+		add("max_rate: must be >= start_rate (%g), got %g", p.StartRate, p.MaxRate)
 	}
 	if p.MaxPause <= 0 {
 		add("max_pause: must be > 0, got %s", p.MaxPause)

@@ -13,12 +13,11 @@ type clock struct{ t time.Time }
 func (c *clock) now() time.Time          { return c.t }
 func (c *clock) advance(d time.Duration) { c.t = c.t.Add(d) }
 
-// params are the defaults of config.DefaultThrottle with a start rate of 10/s.
+// params are DefaultParams with a start rate of 10/s and a floor of 1/s.
 func params() Params {
-	return Params{StartRate: 10, MinRate: 1, MaxRate: 10000, Increase: 0.04, IncreaseDoubling: 2 * time.Second,
-		MaxIncrease: 1, Recover: 1, RecoverTo: 0.95, Decrease: 0.9, Window: 250 * time.Millisecond,
-		MinSignals: 5, SignalShare: 0.25, PauseShare: 0.5, Period: time.Second, CatchUp: 50 * time.Millisecond,
-		MaxPause: 60 * time.Second}
+	p := DefaultParams()
+	p.StartRate, p.MinRate = 10, 1
+	return p
 }
 
 func newCtl(t *testing.T, p Params) (*Controller, *clock) {
@@ -53,7 +52,9 @@ func TestValidateNamesEveryParameter(t *testing.T) {
 		"recover:":          func(p *Params) { p.Recover = 0 },
 		"recover_to":        func(p *Params) { p.RecoverTo = 1.5 },
 		"window":            func(p *Params) { p.Window = 0 },
-		"rates":             func(p *Params) { p.StartRate = 0.5 },
+		"start_rate":        func(p *Params) { p.StartRate = 0.5 },
+		"min_rate":          func(p *Params) { p.MinRate = 0 },
+		"max_rate":          func(p *Params) { p.MaxRate = 5 },
 		"min_signals":       func(p *Params) { p.MinSignals = 0 },
 		"signal_share":      func(p *Params) { p.SignalShare = 0 },
 		"pause_share":       func(p *Params) { p.PauseShare = 0.1 },

@@ -34,12 +34,5 @@ func DeploymentsFromConfig(w *config.Worker) ([]Deployment, error) {
 	return out, nil
 }
 
-// ThrottleParams maps a deployment's throttle configuration to the controller's
-// parameters (config owns the defaults).
-func ThrottleParams(t config.Throttle) throttle.Params {
-	return throttle.Params{StartRate: t.StartRate, MinRate: t.MinRate, MaxRate: t.MaxRate,
-		Increase: t.Increase, IncreaseDoubling: t.IncreaseDoubling, MaxIncrease: t.MaxIncrease,
-		Recover: t.Recover, RecoverTo: t.RecoverTo, Decrease: t.Decrease, Window: t.Window,
-		MinSignals: t.MinSignals, SignalShare: t.SignalShare, PauseShare: t.PauseShare,
-		Period: t.Period, CatchUp: t.CatchUp, MaxPause: t.MaxPause}
-}
+// ThrottleParams returns a deployment's throttle parameters (config.Throttle.Params).
+func ThrottleParams(t config.Throttle) throttle.Params { return t.Params() }

@@ -68,6 +68,10 @@ type Config struct {
 // worker's --concurrency) is not set.
 const DefaultConcurrency = 32
 
+// DefaultDrainTimeout is how long in-flight calls may finish on SIGTERM when
+// Config.DrainTimeout (the worker's --drain-timeout) is not set.
+const DefaultDrainTimeout = 30 * time.Second
+
 // NaiveNakDelay is the fixed capacity NAK delay of the naive baseline.
 const NaiveNakDelay = time.Second
 
@@ -80,7 +84,7 @@ func (c *Config) defaults() {
 		c.Concurrency = DefaultConcurrency
 	}
 	if c.DrainTimeout <= 0 {
-		c.DrainTimeout = 30 * time.Second
+		c.DrainTimeout = DefaultDrainTimeout
 	}
 	if c.MaxNakDelay <= 0 {
 		c.MaxNakDelay = 60 * time.Second

@@ -1,0 +1,18 @@
+package main
+
+import "testing"
+
+func TestRunExitCodesWithoutNATS(t *testing.T) {
+	for _, tt := range []struct {
+		args []string
+		want int
+	}{
+		{[]string{"-h"}, 0},
+		{[]string{"--bogus"}, 2},
+		{[]string{"--replicas", "x"}, 2},
+	} {
+		if got := run(tt.args); got != tt.want {
+			t.Errorf("run(%q) = %d, want %d", tt.args, got, tt.want)
+		}
+	}
+}

@@ -1,0 +1,78 @@
+// Package proc is what the long-running processes (worker, collector, producer) share
+// in their commands: the common flags, the NATS connection, and serving the process next
+// to its ops endpoints (/metrics, /healthz, /readyz).
+package proc
+
+import (
+	"context"
+	"flag"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+
+	"github.com/multiquery/multiquery/internal/cli"
+	"github.com/multiquery/multiquery/internal/ops"
+	"github.com/multiquery/multiquery/internal/queue"
+)
+
+// Flags are the flags the worker, the collector and the producer share.
+type Flags struct {
+	NATS     string
+	Replicas int
+	OpsAddr  string
+	Pprof    bool
+	LogLevel string
+}
+
+// Register registers --nats, --replicas, --ops-addr (with its default and usage) and
+// --log-level.
+func (p *Flags) Register(fs *flag.FlagSet, opsAddr, opsUsage string) {
+	fs.StringVar(&p.NATS, "nats", ops.NATSURL(), "NATS server URL (env NATS_URL)")
+	fs.IntVar(&p.Replicas, "replicas", queue.DefaultReplicas, "stream replicas when creating streams (3 in a NATS cluster)")
+	fs.StringVar(&p.OpsAddr, "ops-addr", opsAddr, opsUsage)
+	fs.StringVar(&p.LogLevel, "log-level", "info", "log level")
+}
+
+// RegisterPprof registers --pprof.
+func (p *Flags) RegisterPprof(fs *flag.FlagSet) {
+	fs.BoolVar(&p.Pprof, "pprof", false, "serve net/http/pprof under /debug/pprof/ on --ops-addr")
+}
+
+// Topology is the stream topology the flags ask for.
+func (p *Flags) Topology() queue.Topology { return queue.Topology{Replicas: p.Replicas} }
+
+// Connect connects to NATS JetStream under the connection name name; a failure is
+// logged ("connect").
+func (p *Flags) Connect(name string, log zerolog.Logger) (*nats.Conn, jetstream.JetStream, error) {
+	nc, js, err := queue.ConnectJetStream(p.NATS, name, log)
+	if err != nil {
+		log.Error().Err(err).Msg("connect")
+	}
+	return nc, js, err
+}
+
+// Component is a long-running process: the worker or the collector.
+type Component interface {
+	Run(ctx context.Context) error
+	// Started reports that the component does its work (fetching; holding the lease or
+	// standing by).
+	Started() bool
+}
+
+// Serve runs c next to the ops endpoints (with cs among the metrics) until ctx ends or
+// either fails, ready while nc is connected and c started, and returns the exit code;
+// a failure is logged ("<what> stopped").
+func (p *Flags) Serve(ctx context.Context, what string, nc *nats.Conn, c Component, log zerolog.Logger, cs ...prometheus.Collector) int {
+	srv := ops.NewServer(p.OpsAddr, log, cs...)
+	if p.Pprof {
+		srv.EnablePprof()
+	}
+	srv.ReadyWhen(func() bool { return nc.IsConnected() && c.Started() })
+	if err := srv.Serve(ctx, c.Run); err != nil {
+		log.Error().Err(err).Msg(what + " stopped")
+		return cli.ExitFailed
+	}
+	return cli.ExitOK
+}
