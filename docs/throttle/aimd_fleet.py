@@ -269,8 +269,8 @@ class Ctl:
         self.sigs.append(t)
         if self.cuts > 0 and P.hold * (1 + self.conf) > t - self.last_cut > 0.5:
             self.h429 += 1
-        if t - self.last_cut > 0.5:
-            self.n429 += 1
+        if t - self.last_cut > 0.5 and not self.ss:
+            self.n429 += 1  # slow start's overshoot is not noise
         answers = max(self.rate * P.window, 1.0)
         n = sum(1 for s in self.sigs if s > t - P.window)
         cut = n >= P.K and n >= P.F * answers
@@ -290,6 +290,8 @@ class Ctl:
         base = self.rate
         if self.ss:
             base = min(self.rate, max(served, self.rate / P.ss_factor))
+            target = max(P.min_rate, base * P.beta)
+            return target, target  # the last good rate leaving slow start is the target
         sv = served / max(1e-9, 1 - self.noise()) if P.adjgood else served
         good = min(base, max(sv, base * P.beta)) if served > 0 else base
         return max(P.min_rate, base * P.beta), good

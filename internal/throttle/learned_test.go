@@ -135,9 +135,11 @@ func TestAProbeEndsOnFew429sUnlessNoiseExplainsThem(t *testing.T) {
 			c.advance(time.Second)
 			ctl.Next()
 		}
-		ctl.SetGrowth(true)
-		c.advance(2 * time.Second) // probing: the rate grew above the last good 40/s
-		ctl.Next()
+		ctl.SetGrowth(true) // resumes below the last good rate and holds 2 s
+		for range 16 {      // then probes: the rate grew above the last good 40/s
+			c.advance(250 * time.Millisecond)
+			ctl.Next()
+		}
 		if s := ctl.Snapshot(); s.Rate <= s.Good {
 			t.Fatalf("not probing: %+v", s)
 		}
@@ -221,5 +223,38 @@ func TestTheNoiseEstimateIsBoundedByWhatIsSeenWhileHolding(t *testing.T) {
 	ctl.mu.Unlock()
 	if held < minHeldAnswers || share > 0.02 {
 		t.Fatalf("after a clean hold (%.0f answers) the noise estimate is %.3f; want it bounded near the held sample's, not the 10 %% counted", held, share)
+	}
+}
+
+// Slow start's overshoot draws 429s from the limit: they are not noise. Lone 429s after
+// it are.
+func TestSlowStarts429sAreNotNoise(t *testing.T) {
+	p := params()
+	p.StartRate = 40
+	ctl, c := newCtl(t, p)
+	ctl.SetServed(40)
+	prior := ctl.noiseShare()
+	lone := func(n int, every time.Duration) {
+		t.Helper()
+		for range n {
+			c.advance(every)
+			ctl.Next()
+			if d := ctl.OnCapacity(Signal{RetryAfter: time.Second}); d.Pressure {
+				t.Fatalf("want a lone 429: %+v", d)
+			}
+		}
+	}
+	lone(4, 400*time.Millisecond) // slow start's overshoot (too few for the window rule)
+	c.advance(time.Second)        // (the 429s of the last second before a cut are its own)
+	ctl.OnCapacity(Signal{BudgetSpent: true})
+	if got := ctl.noiseShare(); got > prior {
+		t.Fatalf("noise %.4f after slow start's 429s, want at most the prior %.4f", got, prior)
+	}
+	c.advance(5 * time.Second)
+	ctl.Next()
+	before := ctl.noiseShare()
+	lone(1, time.Second)
+	if got := ctl.noiseShare(); !(got > before) {
+		t.Fatalf("noise %.4f after a lone 429 outside slow start, want above the %.4f before it", got, before)
 	}
 }

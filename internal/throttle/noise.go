@@ -21,8 +21,9 @@ import (
 // one) is confirmed: the hold grows by probeHold per confirmation, up to maxConfirmed
 // (a 2, 4, 6 then 8 s hold), so a steady limit is probed less often, while a limit that
 // moved (a cut elsewhere) probes at the first hold's pace again. A fleet that resumes
-// after an idle spell of idleReset resumes at no more than its last good rate and holds
-// (it may have stopped mid-probe, above the limit).
+// after an idle spell of idleReset resumes below its last good rate and holds, as after
+// a cut there (it may have stopped mid-probe, above the limit). Slow start's 429s are its
+// overshoot: they are not counted as noise.
 const (
 	probeHorizon      = time.Second
 	probeAlpha        = 1e-3
@@ -74,15 +75,17 @@ func (c *Controller) hold() time.Duration {
 	return probeHold * time.Duration(1+c.confirmed)
 }
 
-// resume restarts growth after an idle spell: a fleet that stopped mid-probe above its
-// last good rate resumes at that rate and holds before probing again.
+// resume restarts growth after an idle spell as if the limit had just been found where
+// it was last found: at RecoverTo x the last good rate at most, holding as long as after
+// a cut there (a fleet may have stopped mid-probe above the limit, and the provider's
+// bucket is full again).
 func (c *Controller) resume(t time.Time) {
 	if c.slowStart || c.idleSince.IsZero() || t.Sub(c.idleSince) < idleReset || !(c.good > 0) {
 		return
 	}
-	c.rate = min(c.rate, c.good)
+	c.rate = max(min(c.rate, c.good*c.p.RecoverTo), c.p.MinRate)
 	c.probeFrom = t
-	c.holdUntil = maxTime(c.holdUntil, t.Add(probeHold))
+	c.holdUntil = maxTime(c.holdUntil, t.Add(c.hold()))
 }
 
 // noiseShare is the estimated share of answers that are 429s unrelated to the rate:

@@ -386,7 +386,8 @@ func (c *Controller) OnCapacity(s Signal) Decision {
 		d.Pressure = true
 	default:
 		c.lone++
-		if t.Sub(c.lastCut) > inFlightAfterCut {
+		// Slow start's 429s are its overshoot (the limit), not noise.
+		if !c.slowStart && t.Sub(c.lastCut) > inFlightAfterCut {
 			c.noise429++
 			if c.holding(t) {
 				c.held429++

@@ -100,7 +100,7 @@ func TestLeavingSlowStartContinuesFromWhatWasServed(t *testing.T) {
 	ctl2, c2 := newCtl(t, params())
 	c2.advance(time.Second)
 	ctl2.Next()
-	ctl2.SetServed(20) // the served figure lags: never below the previous window's rate
+	ctl2.SetServed(20) // the served figure lags: not below the previous window's rate
 	ctl2.OnCapacity(Signal{BudgetSpent: true})
 	if got := ctl2.Snapshot().Rate; !near(got, 72) {
 		t.Fatalf("rate = %g, want 0.9 x 80 (the previous window's rate drew no pressure)", got)
@@ -463,7 +463,7 @@ func TestALimitFoundAgainWhereItWasIsProbedLessOften(t *testing.T) {
 	}
 }
 
-func TestAFleetResumingFromIdleStartsAtItsLastGoodRateNotMidProbe(t *testing.T) {
+func TestAFleetResumingFromIdleStartsBelowItsLastGoodRateNotMidProbe(t *testing.T) {
 	ctl, c := steady(t, 50)
 	ctl.OnCapacity(Signal{BudgetSpent: true}) // last good 50
 	for range 40 {                            // 10 s of probing: above the last good rate
@@ -476,20 +476,20 @@ func TestAFleetResumingFromIdleStartsAtItsLastGoodRateNotMidProbe(t *testing.T) 
 	ctl.SetGrowth(false) // the run ends
 	c.advance(5 * time.Second)
 	ctl.SetGrowth(true) // the next run starts
-	if r := ctl.Snapshot().Rate; !near(r, 50) {
-		t.Fatalf("rate %g on resuming: want the last good rate 50", r)
+	if r := ctl.Snapshot().Rate; !near(r, 47.5) {
+		t.Fatalf("rate %g on resuming: want 0.95 x the last good rate 50 = 47.5", r)
 	}
 	c.advance(probeHold - 250*time.Millisecond)
 	ctl.Next()
-	if r := ctl.Snapshot().Rate; !near(r, 50) {
-		t.Fatalf("rate %g %s after resuming: want held at 50", r, probeHold-250*time.Millisecond)
+	if r := ctl.Snapshot().Rate; !near(r, 47.5) {
+		t.Fatalf("rate %g %s after resuming: want held at 47.5", r, probeHold-250*time.Millisecond)
 	}
 	ctl.SetGrowth(false) // a short gap (a slot-bound moment) changes nothing
 	c.advance(100 * time.Millisecond)
 	ctl.SetGrowth(true)
 	c.advance(time.Second)
 	ctl.Next()
-	if r := ctl.Snapshot().Rate; !(r > 50) {
+	if r := ctl.Snapshot().Rate; !(r > 47.5) {
 		t.Fatalf("rate %g after the hold: want the probe growing again", r)
 	}
 }
