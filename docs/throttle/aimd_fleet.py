@@ -289,7 +289,10 @@ class Ctl:
         P = self.P
         base = self.rate
         if self.ss:
-            base = min(self.rate, max(served, self.rate / P.ss_factor))
+            prev = self.rate / P.ss_factor
+            if served > 0:  # not far beyond what was answered (answers lag the doubling)
+                prev = min(prev, 2 * served)
+            base = min(self.rate, max(served, prev))
             target = max(P.min_rate, base * P.beta)
             return target, target  # the last good rate leaving slow start is the target
         sv = served / max(1e-9, 1 - self.noise()) if P.adjgood else served
@@ -451,8 +454,9 @@ def run_new(W, P=None, C=50.0, B=5.0, T=70.0, warm=10.0, seed=1, C2=None, t_chan
             # Served over the last heartbeat period, as the sum of the peers' reports.
             while served_ok and served_ok[0] < t - 1.0:
                 served_ok.pop(0)
-            n = sum(1 for x in served_ok if x >= t - 1.0)
-            served_est[i] = n / min(1.0, max(t, 0.25))
+            # Served over the last heartbeat period (250 ms), as the members report it.
+            n = sum(1 for x in served_ok if x >= t - 0.25)
+            served_est[i] = n / 0.25 if t >= 0.25 else n / max(t, 0.05)
             c = ctl[i]
             c.grow(t)
             # Adopt: pull toward the peers' mean rate (a joining member takes it).

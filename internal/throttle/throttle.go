@@ -417,7 +417,14 @@ func (c *Controller) OnCapacity(s Signal) Decision {
 func (c *Controller) cutTarget() (target, good float64) {
 	base := c.rate
 	if c.slowStart {
-		base = min(c.rate, max(c.served, c.rate/slowStartFactor))
+		prev := c.rate / slowStartFactor // the previous window's rate ...
+		if c.served > 0 {
+			// ... but not far beyond what was answered: when answers lag the doubling
+			// (many members, heartbeats behind the ramp) that rate drew pressure too,
+			// only later (measured: a hold above the limit, its 429s read as noise).
+			prev = min(prev, 2*c.served)
+		}
+		base = min(c.rate, max(c.served, prev))
 		target = max(base*c.p.Decrease, c.p.MinRate)
 		return target, target
 	}

@@ -100,10 +100,18 @@ func TestLeavingSlowStartContinuesFromWhatWasServed(t *testing.T) {
 	ctl2, c2 := newCtl(t, params())
 	c2.advance(time.Second)
 	ctl2.Next()
-	ctl2.SetServed(20) // the served figure lags: not below the previous window's rate
+	ctl2.SetServed(50) // the served figure lags: not below the previous window's rate
 	ctl2.OnCapacity(Signal{BudgetSpent: true})
 	if got := ctl2.Snapshot().Rate; !near(got, 72) {
 		t.Fatalf("rate = %g, want 0.9 x 80 (the previous window's rate drew no pressure)", got)
+	}
+	ctl3, c3 := newCtl(t, params())
+	c3.advance(time.Second)
+	ctl3.Next()
+	ctl3.SetServed(20) // answers far behind the doubling: that window's rate drew pressure too
+	ctl3.OnCapacity(Signal{BudgetSpent: true})
+	if got := ctl3.Snapshot().Rate; !near(got, 36) {
+		t.Fatalf("rate = %g, want 0.9 x 2 x 20 (not more than twice what was answered)", got)
 	}
 }
 
