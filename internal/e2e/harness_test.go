@@ -62,9 +62,26 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
+// maxLogLines bounds the logs a failed test prints.
+const maxLogLines = 300
+
+// lastLines is the last n lines of s.
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
 func setup(t *testing.T, sim llmsim.Config) *env {
 	t.Helper()
 	buf := &syncBuffer{}
+	t.Cleanup(func() { // the processes' logs, shown only when the test failed
+		if t.Failed() {
+			t.Logf("logs of the test's processes (last %d lines):\n%s", maxLogLines, lastLines(buf.String(), maxLogLines))
+		}
+	})
 	log := zerolog.New(buf).With().Timestamp().Logger()
 	e := &env{t: t, nats: natstest.Start(t), out: t.TempDir(), log: log, logBuf: buf,
 		topo: queue.Topology{AckWait: 5 * time.Second}}
