@@ -27,8 +27,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction("github.com/nats-io/nats-server/v2/server.(*Server).startGoRoutine.func1"),
-		goleak.IgnoreAnyFunction("internal/poll.runtime_pollWait"))
+	goleak.VerifyTestMain(m, natstest.LeakOptions()...)
 }
 
 // bundle is one test's world: a NATS server, the topology, a running collector.
