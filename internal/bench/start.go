@@ -43,6 +43,7 @@ type StartRun struct {
 	Rows     ChaosReport
 	// PerSecond is ok/429 answers per second of the run (where the 429s came).
 	PerSecond string
+	Load      float64 // the 1-minute load average at the run's end
 }
 
 // Correct reports whether every row is answered once and none failed.
@@ -51,8 +52,8 @@ func (r StartRun) Correct() bool {
 }
 
 func (r StartRun) String() string {
-	return fmt.Sprintf("start headers=%s %s rep %d run %d: %d calls, %d 429s (%.1f %%), wall %s, every row correct %v (%d ok, %d failed, %d missing, %d duplicate, %d partial); ok/429 per second: %s",
-		r.Headers, r.Fleet, r.Rep, r.Run, r.Calls, r.Limited, 100*r.Share429, r.Wall.Round(10*time.Millisecond), r.Correct(),
+	return fmt.Sprintf("start headers=%s %s rep %d run %d: %d calls, %d 429s (%.1f %%), wall %s, load %.1f, every row correct %v (%d ok, %d failed, %d missing, %d duplicate, %d partial); ok/429 per second: %s",
+		r.Headers, r.Fleet, r.Rep, r.Run, r.Calls, r.Limited, 100*r.Share429, r.Wall.Round(10*time.Millisecond), r.Load, r.Correct(),
 		r.Rows.RowsOK, r.Rows.RowsFailed, r.Rows.Missing, r.Rows.Duplicates, r.Rows.PartialRows, r.PerSecond)
 }
 
@@ -133,6 +134,7 @@ func (c StartConfig) once(ctx context.Context, headers string, sh Shape, rep int
 		starts = append(starts, time.Now())
 		id, err := c.runJob(ctx, s, pipeline, input)
 		r.Wall = time.Since(starts[run-1])
+		r.Load = loadAverage()
 		if err != nil {
 			return runs, fmt.Errorf("run %d: %w", run, err)
 		}

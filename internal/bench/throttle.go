@@ -45,6 +45,12 @@ type Cell struct {
 	Wall      time.Duration
 	Weight    WorkerWeight
 	Traffic   Traffic // the throttle's core-NATS traffic in the window
+	// PerSecond is ok/429 answers per second from the first request to the window's end
+	// (where goodput was lost).
+	PerSecond string
+	// Load is the machine's 1-minute load average at the window's end: 64 worker
+	// processes on 2 cores beside other work miss their slots, and the figures with them.
+	Load float64
 }
 
 func (c ThrottleConfig) sim(extra ...string) []string {
@@ -79,6 +85,30 @@ func window(reqs []llmsim.RequestLog, from, to time.Time) (ok, limited, total in
 		}
 	}
 	return ok, limited, total
+}
+
+// loadAverage is the 1-minute load average (/proc/loadavg), -1 where unknown.
+func loadAverage() float64 {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return -1
+	}
+	var l float64
+	if _, err := fmt.Sscan(string(b), &l); err != nil {
+		return -1
+	}
+	return l
+}
+
+// perSecond is "ok/429" for each of n seconds from from.
+func perSecond(reqs []llmsim.RequestLog, from time.Time, n int) []string {
+	out := make([]string, 0, n)
+	for sec := range n {
+		at := from.Add(time.Duration(sec) * time.Second)
+		ok, lim, _ := window(reqs, at, at.Add(time.Second))
+		out = append(out, fmt.Sprintf("%d/%d", ok, lim))
+	}
+	return out
 }
 
 func firstRequest(reqs []llmsim.RequestLog) time.Time {
@@ -133,6 +163,7 @@ func (c ThrottleConfig) runOnce(ctx context.Context, mode string, sh Shape, run 
 		return cell, fmt.Errorf("run weight: %w", err)
 	}
 	cell.Traffic = trafficBetween(mark, tw.mark(), len(names))
+	cell.Load = loadAverage()
 	if _, cell.Completed, err = s.waitProduced(ctx, prod, 3*(c.Warmup+c.Measure)+time.Minute); err != nil {
 		return cell, err
 	}
@@ -141,8 +172,10 @@ func (c ThrottleConfig) runOnce(ctx context.Context, mode string, sh Shape, run 
 	if err != nil {
 		return cell, err
 	}
-	from := firstRequest(reqs).Add(c.Warmup)
+	first := firstRequest(reqs)
+	from := first.Add(c.Warmup)
 	ok, lim, total := window(reqs, from, from.Add(c.Measure))
+	cell.PerSecond = strings.Join(perSecond(reqs, first, int((c.Warmup+c.Measure).Seconds())), " ")
 	cell.Calls = total
 	cell.Goodput = float64(ok) / c.Measure.Seconds() / c.RPS
 	if total > 0 {
@@ -176,12 +209,12 @@ func Throttle(ctx context.Context, c ThrottleConfig) ([]Cell, error) {
 // String is the cell's log line.
 func (c Cell) String() string {
 	w := c.Weight
-	return fmt.Sprintf("%-6s %s (W=%d) run %d: goodput %5.1f %% of the limit, 429s %5.1f %% of %d calls, completed %v, wall %s; "+
+	return fmt.Sprintf("%-6s %s (W=%d) run %d: goodput %5.1f %% of the limit, 429s %5.1f %% of %d calls, completed %v, wall %s, load %.1f; "+
 		"worker RSS MiB med/max idle %.1f/%.1f run %.1f/%.1f; worker CPU %% of a core med/max idle %.2f/%.2f run %.1f/%.1f; "+
-		"throttle traffic %.0f msgs/s, %.0f B/s, %.0f deliveries/s",
-		c.Mode, c.Shape, c.Workers, c.Run, 100*c.Goodput, 100*c.Share429, c.Calls, c.Completed, c.Wall.Round(time.Second),
+		"throttle traffic %.0f msgs/s, %.0f B/s, %.0f deliveries/s; ok/429 per second: %s",
+		c.Mode, c.Shape, c.Workers, c.Run, 100*c.Goodput, 100*c.Share429, c.Calls, c.Completed, c.Wall.Round(time.Second), c.Load,
 		w.IdleRSS.Med, w.IdleRSS.Max, w.RunRSS.Med, w.RunRSS.Max, 100*w.IdleCPU.Med, 100*w.IdleCPU.Max, 100*w.RunCPU.Med, 100*w.RunCPU.Max,
-		c.Traffic.MsgsPerSec, c.Traffic.BytesPerSec, c.Traffic.DeliveriesPerSec)
+		c.Traffic.MsgsPerSec, c.Traffic.BytesPerSec, c.Traffic.DeliveriesPerSec, c.PerSecond)
 }
 
 // cellKey groups a cell's runs.
@@ -321,10 +354,8 @@ func Adapt(ctx context.Context, c ThrottleConfig, sh Shape, t1, t2, tail time.Du
 	if total > 0 {
 		res.Share429AfterDrop = float64(lim) / float64(total)
 	}
-	for sec := 0; sec < int(rise.Sub(drop).Seconds()); sec++ {
-		from := drop.Add(time.Duration(sec) * time.Second)
-		ok, lim, _ := window(reqs, from, from.Add(time.Second))
-		res.PerSecondDrop = append(res.PerSecondDrop, fmt.Sprintf("%d:%d/%d", sec, ok, lim))
+	for sec, s := range perSecond(reqs, drop, int(rise.Sub(drop).Seconds())) {
+		res.PerSecondDrop = append(res.PerSecondDrop, fmt.Sprintf("%d:%s", sec, s))
 	}
 	res.RecoverAfterRise = -1
 	for sec := 0; sec < int(tail.Seconds()); sec++ {

@@ -190,7 +190,7 @@ func TestPoissonTail(t *testing.T) {
 // 442 calls refused, no cut).
 func TestSlowStartStopsWhereTheFleetCannotKeepUp(t *testing.T) {
 	ctl, c := newCtl(t, params())
-	ctl.SetAnswered(15) // what the fleet dispatches and hears back
+	ctl.SetServed(15) // what the fleet dispatches and hears back
 	c.advance(2 * time.Second)
 	ctl.Next()
 	if r := ctl.Snapshot().Rate; r > slowStartAhead*15*slowStartFactor {
@@ -256,5 +256,52 @@ func TestSlowStarts429sAreNotNoise(t *testing.T) {
 	lone(1, time.Second)
 	if got := ctl.noiseShare(); !(got > before) {
 		t.Fatalf("noise %.4f after a lone 429 outside slow start, want above the %.4f before it", got, before)
+	}
+}
+
+// Past the limit, the answers slow start hears are mostly 429s: they grow with the rate
+// and say nothing of what the provider serves. Slow start stops doubling where what is
+// served, not what is answered, falls behind (measured: a cold fleet ran its first
+// overshoot to 21 429s in a second).
+func TestSlowStartStopsWhereTheServedRateFallsBehind(t *testing.T) {
+	ctl, c := newCtl(t, params())
+	ctl.SetAnswered(300) // 429s included ...
+	ctl.SetServed(20)    // ... of which the provider served 20/s
+	c.advance(2 * time.Second)
+	ctl.Next()
+	if r := ctl.Snapshot().Rate; r > slowStartAhead*20*slowStartFactor {
+		t.Fatalf("slow start ran to %g/s with 20 served a second; want it stopped near %d x 20", r, slowStartAhead)
+	}
+}
+
+// In slow start the window rule asks for its share of what the fleet answers (at most
+// twice it), not of a nominal rate the doubling ran up ahead of the answers: 5 429s in a
+// window are pressure at a nominal 320/s when the fleet answers 40 a second.
+func TestSlowStartsWindowRuleCountsWhatTheFleetAnswers(t *testing.T) {
+	ctl, c := newCtl(t, params())
+	c.advance(1250 * time.Millisecond) // 10 -> 320/s
+	ctl.Next()
+	if r := ctl.Snapshot().Rate; r < 300 {
+		t.Fatalf("rate %g after 1.25 s of slow start; want 320", r)
+	}
+	ctl.SetAnswered(40)
+	var d Decision
+	for range 5 {
+		c.advance(10 * time.Millisecond)
+		d = ctl.OnCapacity(Signal{RetryAfter: time.Second})
+	}
+	if !d.Pressure || !d.Cut {
+		t.Fatalf("5 429s in a window with 40 answers a second: %+v; want pressure and a cut", d)
+	}
+	// Without the answers known, the share of the nominal rate applies: not yet pressure.
+	ctl2, c2 := newCtl(t, params())
+	c2.advance(1250 * time.Millisecond)
+	ctl2.Next()
+	for range 5 {
+		c2.advance(10 * time.Millisecond)
+		d = ctl2.OnCapacity(Signal{RetryAfter: time.Second})
+	}
+	if d.Pressure {
+		t.Fatalf("5 429s in a window of a nominal 320/s, answers unknown: %+v; want no pressure yet", d)
 	}
 }
