@@ -67,7 +67,7 @@ func EnsureLog(ctx context.Context, js jetstream.JetStream, t Topology, log zero
 			}
 			if !errors.Is(err, jetstream.ErrStreamNotFound) {
 				if Denied(js, apiInfo+name) {
-					return fmt.Errorf("look up stream %s: %w: it needs publish permission on %s", name, ErrNotAllowed, apiInfo+name)
+					return fmt.Errorf("look up stream %s: %w: the user needs publish permission on %s", name, ErrNotAllowed, apiInfo+name)
 				}
 				return err
 			}
@@ -76,7 +76,7 @@ func EnsureLog(ctx context.Context, js jetstream.JetStream, t Topology, log zero
 			case errors.Is(err, jetstream.ErrStreamNameAlreadyInUse):
 				return nil // another process created it meanwhile
 			case err != nil && Denied(js, apiCreate+name):
-				return fmt.Errorf("stream %s does not exist and %w may create it: run mqctl provision", name, ErrNotAllowed)
+				return fmt.Errorf("stream %s does not exist and this NATS user may not create it (%w): run mqctl provision", name, ErrNotAllowed)
 			}
 			return err
 		})

@@ -492,12 +492,16 @@ func ConnectJetStream(url, name string, log zerolog.Logger, opts ...nats.Option)
 // or fails after timeout naming the URL.
 func WaitConnected(ctx context.Context, nc *nats.Conn, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
+	url := nc.Opts.Url
+	if url == "" {
+		url = strings.Join(nc.Opts.Servers, ",")
+	}
 	for !nc.IsConnected() {
 		if time.Now().After(deadline) {
 			if last := nc.LastError(); last != nil {
-				return fmt.Errorf("connect %s: not connected after %s: %w", natsconn.RedactURL(nc.Opts.Url), timeout, last)
+				return fmt.Errorf("connect %s: not connected after %s: %w", natsconn.RedactURL(url), timeout, last)
 			}
-			return fmt.Errorf("connect %s: not connected after %s", natsconn.RedactURL(nc.Opts.Url), timeout)
+			return fmt.Errorf("connect %s: not connected after %s", natsconn.RedactURL(url), timeout)
 		}
 		select {
 		case <-ctx.Done():
