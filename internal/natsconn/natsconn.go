@@ -46,9 +46,9 @@ type Options struct {
 	env func(string) string
 }
 
-// Env names the environment variable of each flag (the same names the nats CLI reads,
+// envVars names the environment variable of each flag (the same names the nats CLI reads,
 // where it has one).
-var Env = map[string]string{
+var envVars = map[string]string{
 	"nats":                 "NATS_URL",
 	"context":              "NATS_CONTEXT",
 	"nats-creds":           "NATS_CREDS",
@@ -63,12 +63,12 @@ var Env = map[string]string{
 }
 
 // Register registers the connection flags on fs. A flag left unset takes its
-// environment variable (Env) read through env (os.Getenv in a command) when Resolve
+// environment variable (envVars) read through env (os.Getenv in a command) when Resolve
 // runs; the values are never flag defaults, so -h prints no secret.
 func (o *Options) Register(fs *flag.FlagSet, env func(string) string) {
 	o.env = env
 	str := func(p *string, name, usage string) {
-		fs.StringVar(p, name, "", usage+" (env "+Env[name]+")")
+		fs.StringVar(p, name, "", usage+" (env "+envVars[name]+")")
 	}
 	str(&o.URL, "nats", "NATS server URL(s), comma-separated; tls:// implies TLS (default "+DefaultURL+", or the context's)")
 	str(&o.Context, "context", "nats CLI context name (its JSON under $XDG_CONFIG_HOME/nats/context or ~/.config/nats/context) or file path; flags and env override its fields")
@@ -92,7 +92,7 @@ func (o Options) fromEnv() Options {
 	fill := func(fields map[string]*string) {
 		for name, p := range fields {
 			if *p == "" {
-				*p = o.env(Env[name])
+				*p = o.env(envVars[name])
 			}
 		}
 	}
