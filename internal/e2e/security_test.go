@@ -262,6 +262,12 @@ func TestPipelineRunsWithLeastPrivilegeRoles(t *testing.T) {
 			waitFor(t, 5*time.Second, "the server's permissions violation for "+tt.subject, func() bool { return queue.Denied(js, tt.subject) })
 		})
 	}
+	t.Run("a user that may not look a stream up is refused, naming the permission", func(t *testing.T) {
+		err := queue.Ensure(ctx, upstream, e.topo) // mq-upstream may look up only KV_mq_runs
+		if !errors.Is(err, queue.ErrNotAllowed) || !strings.Contains(err.Error(), "$JS.API.STREAM.INFO.MQ_INPUT") {
+			t.Fatalf("Ensure as mq-upstream = %v, want ErrNotAllowed naming $JS.API.STREAM.INFO.MQ_INPUT", err)
+		}
+	})
 	for _, name := range []string{wire.StreamJobs, wire.StreamInput} {
 		if _, err := e.js.Stream(ctx, name); err != nil {
 			t.Fatalf("stream %s after the denied calls: %v", name, err)
