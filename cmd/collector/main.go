@@ -48,6 +48,9 @@ func run(args []string) int {
 	if err != nil {
 		return cli.ParseExit(err)
 	}
+	if err := o.CheckNATS(); err != nil {
+		return cli.Usage("collector", err)
+	}
 	log := ops.Logger("collector", o.LogLevel)
 	ctx, stop := cli.SignalContext()
 	defer stop()

@@ -1,5 +1,7 @@
-// Command mqctl operates a multiquery system: run status and control, dead letters.
+// Command mqctl operates a multiquery system: provisioning the streams, run status and
+// control, dead letters.
 //
+//	mqctl provision [--limits FILE] [--replicas N] [--update] [--dry-run]
 //	mqctl status RUN [--watch] [--json]
 //	mqctl pause|resume|cancel RUN
 //	mqctl dead list [--run ID]
@@ -23,20 +25,26 @@ import (
 
 	"github.com/multiquery/multiquery/internal/cli"
 	"github.com/multiquery/multiquery/internal/deadletter"
+	"github.com/multiquery/multiquery/internal/natsconn"
 	"github.com/multiquery/multiquery/internal/ops"
+	"github.com/multiquery/multiquery/internal/provision"
 	"github.com/multiquery/multiquery/internal/queue"
 	"github.com/multiquery/multiquery/internal/status"
 	"github.com/multiquery/multiquery/internal/wire"
 )
 
 const usage = `usage:
-  mqctl [--nats URL] status RUN [--watch] [--json]   a run's progress, queue, throttle, ETA
-  mqctl [--nats URL] pause RUN                       hold the run (its jobs wait, its producer waits)
-  mqctl [--nats URL] resume RUN                      resume a paused run
-  mqctl [--nats URL] cancel RUN                      cancel: unanswered queries end as 'cancelled' error rows
-  mqctl [--nats URL] dead list [--run ID]            list dead-lettered jobs
-  mqctl [--nats URL] dead replay SEQ...              publish dead letters again on their subjects (refused for a
-                                                     query with a result or a row already written)`
+  mqctl [flags] status RUN [--watch] [--json]   a run's progress, queue, throttle, ETA
+  mqctl [flags] pause RUN                       hold the run (its jobs wait, its producer waits)
+  mqctl [flags] resume RUN                      resume a paused run
+  mqctl [flags] cancel RUN                      cancel: unanswered queries end as 'cancelled' error rows
+  mqctl [flags] dead list [--run ID]            list dead-lettered jobs
+  mqctl [flags] dead replay SEQ...              publish dead letters again on their subjects (refused for a
+                                                query with a result or a row already written)
+  mqctl [flags] provision [--limits FILE] [--replicas N] [--update] [--dry-run]
+                                                create every stream and bucket with explicit limits and
+                                                report how existing ones differ (--update applies them)
+flags (the NATS connection; each also from its env variable):`
 
 // conn is the NATS connection every subcommand works on.
 type conn struct {
@@ -54,6 +62,7 @@ type command struct {
 }
 
 var commands = []command{
+	{words: []string{"provision"}, minArgs: 0, maxArgs: -1, run: provisionCmd},
 	{words: []string{"status"}, minArgs: 1, maxArgs: -1, run: statusCmd},
 	{words: []string{"pause"}, minArgs: 1, maxArgs: 1, run: controlCmd(wire.ControlPaused)},
 	{words: []string{"resume"}, minArgs: 1, maxArgs: 1, run: controlCmd(wire.ControlRunning)},
@@ -81,7 +90,8 @@ func main() { os.Exit(run(os.Args[1:])) }
 // run returns the exit code: 0 done, 1 failed, 2 bad usage.
 func run(args []string) int {
 	fs := flag.NewFlagSet("mqctl", flag.ContinueOnError)
-	natsURL := fs.String("nats", ops.NATSURL(), "NATS server URL (env NATS_URL)")
+	var natsOpts natsconn.Options
+	natsOpts.Register(fs, os.Getenv)
 	fs.Usage = func() { fmt.Fprintln(os.Stderr, usage); fs.PrintDefaults() }
 	if err := fs.Parse(args); err != nil {
 		return cli.ParseExit(err)
@@ -91,9 +101,13 @@ func run(args []string) int {
 		fs.Usage()
 		return cli.ExitUsage
 	}
+	dial, err := natsOpts.Resolve()
+	if err != nil {
+		return cli.Usage("mqctl", err)
+	}
 	ctx, stop := cli.SignalContext()
 	defer stop()
-	nc, js, err := queue.ConnectJetStream(*natsURL, "multiquery-mqctl", ops.Logger("mqctl", "warn"))
+	nc, js, err := queue.ConnectJetStream(dial.URL, "multiquery-mqctl", ops.Logger("mqctl", "warn"), dial.Opts...)
 	if err != nil {
 		return fail(err)
 	}
@@ -107,6 +121,43 @@ func run(args []string) int {
 func fail(err error) int {
 	fmt.Fprintf(os.Stderr, "mqctl: %v\n", err)
 	return cli.ExitFailed
+}
+
+// provisionCmd: provision [--limits FILE] [--replicas N] [--update] [--dry-run]. It
+// needs a NATS user with stream-admin rights.
+func provisionCmd(ctx context.Context, c conn, args []string) int {
+	fs := flag.NewFlagSet("provision", flag.ContinueOnError)
+	limitsPath := fs.String("limits", "", "limits file (YAML; default: the built-in limits, see docs/OPERATIONS.md)")
+	replicas := fs.Int("replicas", 0, "stream and bucket replicas (overrides the file's replicas; 3 in a NATS cluster)")
+	update := fs.Bool("update", false, "apply the limits and replicas to existing streams and buckets that differ")
+	dryRun := fs.Bool("dry-run", false, "change nothing: report what exists, what is missing and what differs")
+	if err := fs.Parse(args); err != nil {
+		return cli.ParseExit(err)
+	}
+	if fs.NArg() > 0 {
+		return cli.Usage("mqctl", fmt.Errorf("provision: unexpected argument %q", fs.Arg(0)))
+	}
+	l := provision.Default()
+	if *limitsPath != "" {
+		var err error
+		if l, err = provision.Load(*limitsPath); err != nil {
+			return cli.Usage("mqctl", err)
+		}
+	}
+	if *replicas != 0 {
+		if *replicas < 1 || *replicas > 5 {
+			return cli.Usage("mqctl", fmt.Errorf("--replicas %d: not between 1 and 5", *replicas))
+		}
+		l.Replicas = *replicas
+	}
+	results, err := provision.Run(ctx, c.js, l, provision.Options{Update: *update, DryRun: *dryRun})
+	for _, r := range results {
+		fmt.Println(r)
+	}
+	if err != nil {
+		return fail(err)
+	}
+	return cli.ExitOK
 }
 
 // statusCmd: status RUN [--watch] [--json].

@@ -28,6 +28,8 @@ func TestLookup(t *testing.T) {
 		{args: []string{"dead", "replay"}},
 		{args: []string{"dead"}},
 		{args: []string{"purge", "r1"}},
+		{args: []string{"provision"}, words: []string{"provision"}, wantRest: []string{}},
+		{args: []string{"provision", "--limits", "l.yaml", "--update"}, words: []string{"provision"}, wantRest: []string{"--limits", "l.yaml", "--update"}},
 		{args: nil},
 	}
 	for _, tt := range tests {
@@ -40,7 +42,8 @@ func TestLookup(t *testing.T) {
 
 func TestRunUsage(t *testing.T) {
 	t.Parallel()
-	for _, args := range [][]string{nil, {"nope"}, {"--bogus"}, {"cancel"}} {
+	for _, args := range [][]string{nil, {"nope"}, {"--bogus"}, {"cancel"},
+		{"--nats-creds", "/nonexistent/a.creds", "status", "r1"}, {"--nats-user", "u", "--nats-token", "t", "provision"}} {
 		if got := run(args); got != cli.ExitUsage {
 			t.Errorf("run(%q) = %d, want %d", args, got, cli.ExitUsage)
 		}

@@ -71,6 +71,9 @@ func run(args []string) int {
 	if err != nil {
 		return cli.ParseExit(err)
 	}
+	if err := o.CheckNATS(); err != nil {
+		return cli.Usage("producer", err)
+	}
 	log := ops.Logger("producer", o.LogLevel)
 	if o.serve != "" {
 		return runService(o, log)

@@ -10,6 +10,11 @@ func TestRunExitCodesWithoutNATS(t *testing.T) {
 		{[]string{"-h"}, 0},
 		{[]string{"--bogus"}, 2},
 		{[]string{"--replicas", "x"}, 2},
+		{[]string{"--nats-password", "p"}, 2},                  // a password without a user
+		{[]string{"--nats-token", "t", "--nats-user", "u"}, 2}, // two authentication methods
+		{[]string{"--nats-creds", "/nonexistent/a.creds"}, 2},  // an unreadable file
+		{[]string{"--nats-tls-ca", "/nonexistent/ca.pem"}, 2},  // an unreadable CA
+		{[]string{"--context", "/nonexistent/ctx.json"}, 2},    // a missing context
 		{nil, 2}, // --config is required
 		{[]string{"--config", "/nonexistent/p.yaml"}, 2},
 		{[]string{"--serve", "/nonexistent"}, 2},

@@ -49,6 +49,9 @@ func run(args []string) int {
 	if err != nil {
 		return cli.ParseExit(err)
 	}
+	if err := o.CheckNATS(); err != nil {
+		return cli.Usage("worker", err)
+	}
 	log := ops.Logger("worker", o.LogLevel)
 	deps, err := o.deployments()
 	if err != nil {

@@ -144,7 +144,7 @@ func New(js jetstream.JetStream, cfg Config, log zerolog.Logger) (*Collector, er
 // Run folds events until ctx ends, checkpointing as it goes; it returns after a last
 // checkpoint and once every goroutine it started has exited.
 func (c *Collector) Run(ctx context.Context) error {
-	if err := queue.Ensure(ctx, c.js, c.cfg.Topology); err != nil {
+	if err := queue.EnsureLog(ctx, c.js, c.cfg.Topology, c.log); err != nil {
 		return err
 	}
 	var err error
@@ -169,7 +169,7 @@ func (c *Collector) Run(ctx context.Context) error {
 	if c.cfg.NoLease {
 		return c.active(ctx)
 	}
-	kv, err := lease.Ensure(ctx, c.js, c.cfg.Topology.Defaults().Replicas, c.cfg.LeaseTTL)
+	kv, err := lease.Ensure(ctx, c.js, c.cfg.Topology.Defaults().Replicas, c.cfg.LeaseTTL, c.log)
 	if err != nil {
 		return err
 	}

@@ -42,6 +42,17 @@ type env struct {
 	logBuf  *syncBuffer
 	topo    queue.Topology
 	stopped []func()
+	// roles, when set, gives each component ("worker", "collector", "producer") its own
+	// connection (a NATS user of its role); js otherwise.
+	roles map[string]jetstream.JetStream
+}
+
+// jsFor is the JetStream context of a component's role.
+func (e *env) jsFor(role string) jetstream.JetStream {
+	if js, ok := e.roles[role]; ok {
+		return js
+	}
+	return e.js
 }
 
 // syncBuffer collects every log line of the test (to prove no key leaks).
@@ -76,6 +87,15 @@ func lastLines(s string, n int) string {
 
 func setup(t *testing.T, sim llmsim.Config) *env {
 	t.Helper()
+	e := newEnv(t, sim)
+	e.nats = natstest.Start(t)
+	_, e.js = e.nats.Connect(t)
+	return e
+}
+
+// newEnv is an env without NATS: the logs, the simulator, the output directory.
+func newEnv(t *testing.T, sim llmsim.Config) *env {
+	t.Helper()
 	buf := &syncBuffer{}
 	t.Cleanup(func() { // the processes' logs, shown only when the test failed
 		if t.Failed() {
@@ -83,9 +103,8 @@ func setup(t *testing.T, sim llmsim.Config) *env {
 		}
 	})
 	log := zerolog.New(buf).With().Timestamp().Logger()
-	e := &env{t: t, nats: natstest.Start(t), out: t.TempDir(), log: log, logBuf: buf,
+	e := &env{t: t, out: t.TempDir(), log: log, logBuf: buf,
 		topo: queue.Topology{AckWait: 5 * time.Second}}
-	_, e.js = e.nats.Connect(t)
 	srv, url, stop, err := llmsim.Start(sim, zerolog.Nop())
 	if err != nil {
 		t.Fatalf("start llmsim: %v", err)
@@ -135,7 +154,7 @@ func (e *env) startWorker(o workerOpts) func() {
 	if o.tweak != nil {
 		o.tweak(&cfg)
 	}
-	w, err := worker.New(e.js, cfg, e.log)
+	w, err := worker.New(e.jsFor("worker"), cfg, e.log)
 	if err != nil {
 		e.t.Fatalf("new worker: %v", err)
 	}
@@ -145,14 +164,15 @@ func (e *env) startWorker(o workerOpts) func() {
 func (e *env) startCollector(order string) func() {
 	e.t.Helper()
 	cfg := collector.Config{OutDir: e.out, Order: order, Topology: e.topo, FlushInterval: 50 * time.Millisecond}
-	if _, err := collector.New(e.js, cfg, e.log); err != nil {
+	js := e.jsFor("collector")
+	if _, err := collector.New(js, cfg, e.log); err != nil {
 		e.t.Fatalf("new collector: %v", err)
 	}
 	// A collector that lost its lease (a starved machine can stall its refreshes past the
 	// fence) exits, and an orchestrator starts it again: so does the harness.
 	return e.run("collector", func(ctx context.Context) error {
 		for {
-			c, err := collector.New(e.js, cfg, e.log)
+			c, err := collector.New(js, cfg, e.log)
 			if err != nil {
 				return err
 			}
@@ -202,7 +222,7 @@ func (e *env) produce(p *config.Pipeline, data string, f input.Format) (producer
 	e.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	return producer.Run(ctx, e.js, producer.Config{Pipeline: p, Input: strings.NewReader(data), Format: f, Topology: e.topo}, e.log)
+	return producer.Run(ctx, e.jsFor("producer"), producer.Config{Pipeline: p, Input: strings.NewReader(data), Format: f, Topology: e.topo}, e.log)
 }
 
 // waitSummary waits for a run's summary.json.

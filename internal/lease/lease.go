@@ -25,21 +25,50 @@ const DefaultTTL = 10 * time.Second
 // ErrLost means the holder could not keep its lease: it must stop acting as active.
 var ErrLost = errors.New("lease lost")
 
-// Ensure creates the lease bucket with the given TTL (0: DefaultTTL). Every holder of
-// the bucket's leases must use the same TTL.
-func Ensure(ctx context.Context, js jetstream.JetStream, replicas int, ttl time.Duration) (jetstream.KeyValue, error) {
+// BucketConfig is the lease bucket's configuration for a TTL (0: DefaultTTL).
+func BucketConfig(replicas int, ttl time.Duration) jetstream.KeyValueConfig {
 	if ttl <= 0 {
 		ttl = DefaultTTL
 	}
+	return jetstream.KeyValueConfig{Bucket: Bucket, Description: "single-active leases",
+		TTL: ttl, History: 1, Storage: jetstream.FileStorage, Replicas: max(replicas, 1)}
+}
+
+// Ensure returns the lease bucket, creating it with the given TTL (0: DefaultTTL) when
+// it does not exist. Every holder of the bucket's leases should use the same TTL: when
+// the bucket's differs, Ensure updates it, and if this NATS user may not (a role without
+// stream-admin rights), logs a warning and goes on (Hold fences on the shorter of the
+// two, so a longer bucket TTL only slows a takeover).
+func Ensure(ctx context.Context, js jetstream.JetStream, replicas int, ttl time.Duration, log zerolog.Logger) (jetstream.KeyValue, error) {
+	cfg := BucketConfig(replicas, ttl)
 	var kv jetstream.KeyValue
 	err := queue.Retry(ctx, func(ctx context.Context) error {
 		var err error
-		kv, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: Bucket, Description: "single-active leases",
-			TTL: ttl, History: 1, Storage: jetstream.FileStorage, Replicas: max(replicas, 1)})
+		kv, err = js.KeyValue(ctx, Bucket)
+		if errors.Is(err, jetstream.ErrBucketNotFound) {
+			kv, err = js.CreateKeyValue(ctx, cfg)
+			if errors.Is(err, jetstream.ErrBucketExists) || errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+				kv, err = js.KeyValue(ctx, Bucket)
+			}
+		}
 		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("ensure kv %s: %w", Bucket, err)
+	}
+	b, err := bucketInfo(ctx, kv)
+	if err != nil {
+		return nil, err
+	}
+	if b.ttl != cfg.TTL {
+		uctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		if ukv, err := js.UpdateKeyValue(uctx, cfg); err == nil {
+			kv = ukv
+		} else {
+			log.Warn().Err(err).Dur("bucket_ttl", b.ttl).Dur("lease_ttl", cfg.TTL).
+				Msg("lease bucket has another TTL and could not be updated (provision it with the collectors' --lease-ttl)")
+		}
 	}
 	return kv, nil
 }

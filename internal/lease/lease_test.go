@@ -50,7 +50,7 @@ func TestLaterHolderHasLargerEpoch(t *testing.T) {
 	srv := natstest.Start(t)
 	_, js := srv.Connect(t)
 	ctx := context.Background()
-	kv, err := Ensure(ctx, js, 1, 2*time.Second)
+	kv, err := Ensure(ctx, js, 1, 2*time.Second, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -36,14 +36,6 @@ func Logger(component, level string) zerolog.Logger {
 	return l.Level(lvl).With().Timestamp().Str("process", component).Logger()
 }
 
-// NATSURL returns $NATS_URL or the local default.
-func NATSURL() string {
-	if u := os.Getenv("NATS_URL"); u != "" {
-		return u
-	}
-	return "nats://127.0.0.1:4222"
-}
-
 // Server serves /metrics, /healthz and /readyz.
 type Server struct {
 	addr  string

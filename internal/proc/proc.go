@@ -6,6 +6,7 @@ package proc
 import (
 	"context"
 	"flag"
+	"os"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -13,23 +14,27 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/multiquery/multiquery/internal/cli"
+	"github.com/multiquery/multiquery/internal/natsconn"
 	"github.com/multiquery/multiquery/internal/ops"
 	"github.com/multiquery/multiquery/internal/queue"
 )
 
 // Flags are the flags the worker, the collector and the producer share.
 type Flags struct {
-	NATS     string
+	NATS     natsconn.Options
 	Replicas int
 	OpsAddr  string
 	Pprof    bool
 	LogLevel string
+
+	nats *natsconn.Resolved // CheckNATS's result
 }
 
-// Register registers --nats, --replicas, --ops-addr (with its default and usage) and
+// Register registers the NATS connection flags (--nats, --context, --nats-creds...,
+// package natsconn), --replicas, --ops-addr (with its default and usage) and
 // --log-level.
 func (p *Flags) Register(fs *flag.FlagSet, opsAddr, opsUsage string) {
-	fs.StringVar(&p.NATS, "nats", ops.NATSURL(), "NATS server URL (env NATS_URL)")
+	p.NATS.Register(fs, os.Getenv)
 	fs.IntVar(&p.Replicas, "replicas", queue.DefaultReplicas, "stream replicas when creating streams (3 in a NATS cluster)")
 	fs.StringVar(&p.OpsAddr, "ops-addr", opsAddr, opsUsage)
 	fs.StringVar(&p.LogLevel, "log-level", "info", "log level")
@@ -43,10 +48,28 @@ func (p *Flags) RegisterPprof(fs *flag.FlagSet) {
 // Topology is the stream topology the flags ask for.
 func (p *Flags) Topology() queue.Topology { return queue.Topology{Replicas: p.Replicas} }
 
-// Connect connects to NATS JetStream under the connection name name; a failure is
-// logged ("connect").
+// CheckNATS checks the NATS connection flags (a context that exists, readable files,
+// one authentication method): its error is a usage error.
+func (p *Flags) CheckNATS() error {
+	r, err := p.NATS.Resolve()
+	if err != nil {
+		return err
+	}
+	p.nats = &r
+	return nil
+}
+
+// Connect connects to NATS JetStream under the connection name name with the
+// connection flags (checked by CheckNATS first); a failure is logged ("connect").
 func (p *Flags) Connect(name string, log zerolog.Logger) (*nats.Conn, jetstream.JetStream, error) {
-	nc, js, err := queue.ConnectJetStream(p.NATS, name, log)
+	if p.nats == nil {
+		if err := p.CheckNATS(); err != nil {
+			log.Error().Err(err).Msg("connect")
+			return nil, nil, err
+		}
+	}
+	log.Info().Str("nats", p.nats.Describe()).Msg("connecting")
+	nc, js, err := queue.ConnectJetStream(p.nats.URL, name, log, p.nats.Opts...)
 	if err != nil {
 		log.Error().Err(err).Msg("connect")
 	}

@@ -39,7 +39,7 @@ func prepare(ctx context.Context, js jetstream.JetStream, cfg Config, log zerolo
 	if err := cfg.resolveRun(); err != nil {
 		return nil, err
 	}
-	if err := queue.Ensure(ctx, js, cfg.Topology); err != nil {
+	if err := queue.EnsureLog(ctx, js, cfg.Topology, log); err != nil {
 		return nil, err
 	}
 	fr := &fileRun{cfg: cfg, p: p, queries: p.Queries(), in: in, log: log, rolling: sha256.New()}

@@ -97,7 +97,7 @@ func Serve(ctx context.Context, js jetstream.JetStream, cfg ServiceConfig, log z
 		cfg.Metrics = NewMetrics()
 	}
 	log = log.With().Str("component", "producer-service").Logger()
-	if err := queue.Ensure(ctx, js, cfg.Topology); err != nil {
+	if err := queue.EnsureLog(ctx, js, cfg.Topology, log); err != nil {
 		return err
 	}
 	runs, err := js.KeyValue(ctx, wire.BucketRuns)

@@ -1,9 +1,14 @@
 package queue_test
 
 import (
+	"bytes"
 	"context"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
 
 	"github.com/multiquery/multiquery/internal/natstest"
 	"github.com/multiquery/multiquery/internal/queue"
@@ -46,5 +51,54 @@ func TestEnsureKeepsAnOperatorsLimits(t *testing.T) {
 	}
 	if _, err := js.Stream(ctx, wire.StreamResults); err != nil {
 		t.Fatalf("a missing stream was not created again: %v", err)
+	}
+}
+
+// A process that finds a stream set up differently says so when the difference changes
+// behaviour (here: dead letters would be refused instead of the oldest dropped), and
+// stays quiet about limits, which are the operator's.
+func TestEnsureWarnsWhenAnExistingStreamBehavesDifferently(t *testing.T) {
+	_, js := natstest.Start(t).Connect(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var buf bytes.Buffer
+	log := zerolog.New(&buf)
+	if err := queue.EnsureLog(ctx, js, queue.Topology{}, log); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(buf.String(), `"level":"warn"`) {
+		t.Fatalf("Ensure warned about the topology it created itself:\n%s", buf.String())
+	}
+	for name, edit := range map[string]func(*jetstream.StreamConfig){
+		wire.StreamDead:  func(c *jetstream.StreamConfig) { c.Discard = jetstream.DiscardNew },
+		wire.StreamAudit: func(c *jetstream.StreamConfig) { c.MaxAge, c.MaxBytes = time.Hour, 1<<20 },
+	} {
+		s, err := js.Stream(ctx, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg := s.CachedInfo().Config
+		edit(&cfg)
+		if _, err := js.UpdateStream(ctx, cfg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	buf.Reset()
+	if err := queue.EnsureLog(ctx, js, queue.Topology{}, log); err != nil {
+		t.Fatal(err)
+	}
+	warns := strings.Count(buf.String(), `"level":"warn"`)
+	if warns != 1 || !strings.Contains(buf.String(), `"stream":"MQ_DEAD","field":"discard"`) {
+		t.Fatalf("got %d warnings, want one about MQ_DEAD's discard policy:\n%s", warns, buf.String())
+	}
+}
+
+func TestDiffTreatsZeroAndMinusOneAsUnlimited(t *testing.T) {
+	t.Parallel()
+	want := jetstream.StreamConfig{Subjects: []string{"a.>", "b.>"}, MaxBytes: -1, MaxMsgs: -1, Replicas: 3}
+	have := jetstream.StreamConfig{Subjects: []string{"b.>", "a.>"}, MaxBytes: 0, MaxMsgs: -1, Replicas: 1}
+	d := queue.Diff(want, have)
+	if len(d) != 1 || d[0].Field != "replicas" || d[0].Kind != queue.Replicas || d[0].Want != 3 || d[0].Have != 1 {
+		t.Fatalf("Diff = %+v, want only replicas 3 vs 1", d)
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
+	"github.com/multiquery/multiquery/internal/natsconn"
 	"github.com/multiquery/multiquery/internal/wire"
 )
 
@@ -39,6 +40,18 @@ type Topology struct {
 	// AuditMaxAge and AuditMaxBytes bound the audit stream (old records are discarded).
 	AuditMaxAge   time.Duration
 	AuditMaxBytes int64
+	// Limits replaces the default limits of the streams it names (by stream name);
+	// mqctl provision fills it from its limits file.
+	Limits map[string]StreamLimits
+}
+
+// StreamLimits are the limits of one stream: the operator's to choose (mqctl provision
+// sets them; no process changes them).
+type StreamLimits struct {
+	MaxAge     time.Duration // 0: no age limit
+	MaxBytes   int64         // -1: no size limit
+	MaxMsgs    int64         // -1: no count limit
+	MaxMsgSize int32         // -1: the server's max_payload
 }
 
 // Defaults of Topology (the processes' --replicas and --ack-wait).
@@ -89,7 +102,7 @@ func (t Topology) Defaults() Topology {
 // records (audit, advisories, dead letters).
 func (t Topology) Streams() []jetstream.StreamConfig {
 	t = t.Defaults()
-	return []jetstream.StreamConfig{
+	cfgs := []jetstream.StreamConfig{
 		t.firstWins(wire.StreamInput, "input.>", "run records and input rows; first publish per subject wins"),
 		t.workQueue(wire.StreamJobs, "jobs.>", "query jobs, one consumer per deployment", t.MaxJobs, t.MaxJobsBytes),
 		t.firstWins(wire.StreamResults, "results.>", "final result per query; first result wins"),
@@ -98,6 +111,24 @@ func (t Topology) Streams() []jetstream.StreamConfig {
 		t.auditStream(),
 		t.advisoriesStream(),
 		t.deadStream(),
+	}
+	for i, c := range cfgs {
+		if l, ok := t.Limits[c.Name]; ok {
+			cfgs[i].MaxAge, cfgs[i].MaxBytes, cfgs[i].MaxMsgs, cfgs[i].MaxMsgSize = l.MaxAge, l.MaxBytes, l.MaxMsgs, l.MaxMsgSize
+		}
+	}
+	return cfgs
+}
+
+// Buckets returns the KV bucket configurations of the topology (the collector's lease
+// bucket is package lease's).
+func (t Topology) Buckets() []jetstream.KeyValueConfig {
+	t = t.Defaults()
+	return []jetstream.KeyValueConfig{
+		{Bucket: wire.BucketRetry, Description: "per-job retry state <run>.<row>.<query>", TTL: 7 * 24 * time.Hour, Storage: jetstream.FileStorage, Replicas: t.Replicas},
+		{Bucket: wire.BucketFleet, Description: "deployment aliases ever served by a worker, with the last time seen", Storage: jetstream.FileStorage, Replicas: t.Replicas, History: 1},
+		{Bucket: wire.BucketRuns, Description: "run status, watermark and checkpoints", Storage: jetstream.FileStorage, Replicas: t.Replicas, History: 1},
+		{Bucket: wire.BucketThrottle, Description: "each deployment's last good rate, the fleet throttle's memory", Storage: jetstream.FileStorage, Replicas: t.Replicas, History: 1, TTL: throttleMemoryTTL},
 	}
 }
 
@@ -185,52 +216,6 @@ func (t Topology) deadStream() jetstream.StreamConfig {
 		MaxMsgs:     -1,
 		MaxBytes:    -1,
 	}
-}
-
-// Ensure creates every stream and KV bucket of the topology that does not exist yet.
-// Safe to call from every process at start-up; API calls are retried through cluster
-// elections. It never updates an existing stream or bucket: an operator's limits and
-// replicas survive every restart, and no process rewrites a stream's config while
-// another creates a consumer on it (nats-server 2.15 races those two internally).
-func Ensure(ctx context.Context, js jetstream.JetStream, t Topology) error {
-	t = t.Defaults()
-	for _, cfg := range t.Streams() {
-		err := Retry(ctx, func(ctx context.Context) error {
-			if _, err := js.Stream(ctx, cfg.Name); !errors.Is(err, jetstream.ErrStreamNotFound) {
-				return err // exists (nil), or the lookup failed
-			}
-			_, err := js.CreateStream(ctx, cfg)
-			if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
-				return nil // another process created it meanwhile
-			}
-			return err
-		})
-		if err != nil {
-			return fmt.Errorf("ensure stream %s: %w", cfg.Name, err)
-		}
-	}
-	kvs := []jetstream.KeyValueConfig{
-		{Bucket: wire.BucketRetry, Description: "per-job retry state <run>.<row>.<query>", TTL: 7 * 24 * time.Hour, Storage: jetstream.FileStorage, Replicas: t.Replicas},
-		{Bucket: wire.BucketFleet, Description: "deployment aliases ever served by a worker, with the last time seen", Storage: jetstream.FileStorage, Replicas: t.Replicas, History: 1},
-		{Bucket: wire.BucketRuns, Description: "run status, watermark and checkpoints", Storage: jetstream.FileStorage, Replicas: t.Replicas, History: 1},
-		{Bucket: wire.BucketThrottle, Description: "each deployment's last good rate, the fleet throttle's memory", Storage: jetstream.FileStorage, Replicas: t.Replicas, History: 1, TTL: throttleMemoryTTL},
-	}
-	for _, cfg := range kvs {
-		err := Retry(ctx, func(ctx context.Context) error {
-			if _, err := js.KeyValue(ctx, cfg.Bucket); !errors.Is(err, jetstream.ErrBucketNotFound) {
-				return err
-			}
-			_, err := js.CreateKeyValue(ctx, cfg)
-			if errors.Is(err, jetstream.ErrBucketExists) || errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
-				return nil
-			}
-			return err
-		})
-		if err != nil {
-			return fmt.Errorf("ensure kv %s: %w", cfg.Bucket, err)
-		}
-	}
-	return nil
 }
 
 // FleetRefresh is how often a worker refreshes its aliases in the fleet registry.
@@ -449,15 +434,19 @@ func retry(ctx context.Context, fn func(ctx context.Context) (again bool, err er
 }
 
 // Connect dials NATS with settings for long-lived processes: reconnect forever,
-// a name for monitoring, and state changes logged.
-func Connect(url, name string, log zerolog.Logger) (*nats.Conn, error) {
-	nc, err := nats.Connect(url,
+// a name for monitoring, and state changes logged; opts add the connection's security
+// (natsconn.Resolved.Opts). Errors and log lines name the URL without its password.
+// Permission violations are logged and remembered (see Denied).
+func Connect(url, name string, log zerolog.Logger, opts ...nats.Option) (*nats.Conn, error) {
+	d := &denials{}
+	all := append([]nats.Option{
 		nats.Name(name),
 		nats.MaxReconnects(-1),
-		nats.ReconnectWait(250*time.Millisecond),
+		nats.ReconnectWait(250 * time.Millisecond),
 		nats.ReconnectJitter(100*time.Millisecond, time.Second),
 		nats.RetryOnFailedConnect(true),
-		nats.ReconnectBufSize(64<<20),
+		nats.ReconnectBufSize(64 << 20),
+		nats.ClosedHandler(func(c *nats.Conn) { connDenials.Delete(c) }),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil {
 				log.Warn().Err(err).Msg("nats disconnected")
@@ -467,19 +456,25 @@ func Connect(url, name string, log zerolog.Logger) (*nats.Conn, error) {
 			log.Info().Str("url", c.ConnectedUrlRedacted()).Msg("nats reconnected")
 		}),
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			if d.record(err) {
+				log.Error().Err(err).Msg("nats permissions violation: this role's user lacks a permission (docs/OPERATIONS.md, Security and permissions)")
+				return
+			}
 			log.Warn().Err(err).Msg("nats async error")
 		}),
-	)
+	}, opts...)
+	nc, err := nats.Connect(url, all...)
 	if err != nil {
-		return nil, fmt.Errorf("connect %s: %w", url, err)
+		return nil, fmt.Errorf("connect %s: %w", natsconn.RedactURL(url), err)
 	}
+	connDenials.Store(nc, d)
 	return nc, nil
 }
 
 // ConnectJetStream dials NATS (see Connect) and returns the connection and its
 // JetStream context.
-func ConnectJetStream(url, name string, log zerolog.Logger) (*nats.Conn, jetstream.JetStream, error) {
-	nc, err := Connect(url, name, log)
+func ConnectJetStream(url, name string, log zerolog.Logger, opts ...nats.Option) (*nats.Conn, jetstream.JetStream, error) {
+	nc, err := Connect(url, name, log, opts...)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -497,9 +492,16 @@ func ConnectJetStream(url, name string, log zerolog.Logger) (*nats.Conn, jetstre
 // or fails after timeout naming the URL.
 func WaitConnected(ctx context.Context, nc *nats.Conn, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
+	url := nc.Opts.Url
+	if url == "" {
+		url = strings.Join(nc.Opts.Servers, ",")
+	}
 	for !nc.IsConnected() {
 		if time.Now().After(deadline) {
-			return fmt.Errorf("connect %s: not connected after %s", nc.Opts.Url, timeout)
+			if last := nc.LastError(); last != nil {
+				return fmt.Errorf("connect %s: not connected after %s: %w", natsconn.RedactURL(url), timeout, last)
+			}
+			return fmt.Errorf("connect %s: not connected after %s", natsconn.RedactURL(url), timeout)
 		}
 		select {
 		case <-ctx.Done():

@@ -1,0 +1,183 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+)
+
+// ErrNotAllowed means the server refused this connection's user a JetStream API call
+// that Ensure needs: the role lacks a permission, or the stream must be provisioned
+// first (mqctl provision).
+var ErrNotAllowed = errors.New("not allowed for this NATS user")
+
+// Ensure creates every stream and KV bucket of the topology that does not exist yet.
+// Safe to call from every process at start-up; API calls are retried through cluster
+// elections. It never updates an existing stream or bucket: an operator's limits and
+// replicas survive every restart, and no process rewrites a stream's config while
+// another creates a consumer on it (nats-server 2.15 races those two internally).
+// It needs only the permission to look streams up ($JS.API.STREAM.INFO.<stream>) when
+// everything exists; it fails with ErrNotAllowed, naming the permission, when a lookup
+// is refused or a missing stream may not be created.
+func Ensure(ctx context.Context, js jetstream.JetStream, t Topology) error {
+	return EnsureLog(ctx, js, t, zerolog.Nop())
+}
+
+// EnsureLog is Ensure, logging a warning for each existing stream or bucket whose
+// configuration differs from the topology's in a way that changes behaviour (subjects,
+// retention, discard, per-subject rules, storage) or has fewer replicas than asked.
+// Different limits (max age, bytes, messages) are the operator's and are not logged.
+func EnsureLog(ctx context.Context, js jetstream.JetStream, t Topology, log zerolog.Logger) error {
+	t = t.Defaults()
+	type item struct {
+		want   jetstream.StreamConfig
+		create func(ctx context.Context) error
+	}
+	var items []item
+	for _, cfg := range t.Streams() {
+		items = append(items, item{want: cfg, create: func(ctx context.Context) error {
+			_, err := js.CreateStream(ctx, cfg)
+			return err
+		}})
+	}
+	for _, kv := range t.Buckets() {
+		items = append(items, item{want: BucketStreamConfig(kv), create: func(ctx context.Context) error {
+			_, err := js.CreateKeyValue(ctx, kv)
+			if errors.Is(err, jetstream.ErrBucketExists) {
+				return jetstream.ErrStreamNameAlreadyInUse
+			}
+			return err
+		}})
+	}
+	for _, it := range items {
+		name := it.want.Name
+		var have *jetstream.StreamConfig
+		err := Retry(ctx, func(ctx context.Context) error {
+			s, err := js.Stream(ctx, name)
+			if err == nil {
+				c := s.CachedInfo().Config
+				have = &c
+				return nil
+			}
+			if !errors.Is(err, jetstream.ErrStreamNotFound) {
+				if Denied(js, apiInfo+name) {
+					return fmt.Errorf("look up stream %s: %w: the user needs publish permission on %s", name, ErrNotAllowed, apiInfo+name)
+				}
+				return err
+			}
+			err = it.create(ctx)
+			switch {
+			case errors.Is(err, jetstream.ErrStreamNameAlreadyInUse):
+				return nil // another process created it meanwhile
+			case err != nil && Denied(js, apiCreate+name):
+				return fmt.Errorf("stream %s does not exist and this NATS user may not create it (%w): run mqctl provision", name, ErrNotAllowed)
+			}
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("ensure stream %s: %w", name, err)
+		}
+		if have == nil {
+			log.Info().Str("stream", name).Msg("created stream")
+			continue
+		}
+		for _, d := range Diff(it.want, *have) {
+			if d.Kind == Semantics || (d.Kind == Replicas && d.Have < d.Want) {
+				log.Warn().Str("stream", name).Str("field", d.Field).Str("want", d.WantText).Str("have", d.HaveText).
+					Msg("existing stream differs from what multiquery would create; check it (mqctl provision shows every difference)")
+			}
+		}
+	}
+	return nil
+}
+
+// JetStream API subjects of the calls Ensure makes.
+const (
+	apiInfo   = "$JS.API.STREAM.INFO."
+	apiCreate = "$JS.API.STREAM.CREATE."
+)
+
+// BucketStreamConfig is the stream behind a KV bucket, as far as Diff compares it.
+func BucketStreamConfig(kv jetstream.KeyValueConfig) jetstream.StreamConfig {
+	history := int64(max(kv.History, 1))
+	return jetstream.StreamConfig{
+		Name:              "KV_" + kv.Bucket,
+		Subjects:          []string{"$KV." + kv.Bucket + ".>"},
+		Retention:         jetstream.LimitsPolicy,
+		Storage:           kv.Storage,
+		Replicas:          max(kv.Replicas, 1),
+		MaxMsgsPerSubject: history,
+		MaxAge:            kv.TTL,
+		MaxBytes:          -1,
+		MaxMsgs:           -1,
+		Discard:           jetstream.DiscardNew,
+	}
+}
+
+// DiffKind says what a difference changes.
+type DiffKind int
+
+// The kinds of difference between a stream's configuration and the topology's.
+const (
+	Limit     DiffKind = iota // max age, bytes, messages, message size, dedup window: the operator's
+	Replicas                  // the number of replicas
+	Semantics                 // subjects, retention, discard, per-subject rules, storage: multiquery relies on them
+)
+
+// Difference is one field of a stream whose existing value differs from the wanted one.
+type Difference struct {
+	Field              string
+	Kind               DiffKind
+	WantText, HaveText string
+	Want, Have         int64 // numeric values, for Replicas
+}
+
+// Diff lists the fields in which have (an existing stream's configuration) differs
+// from want. Unlimited is unlimited whether written 0 or -1.
+func Diff(want, have jetstream.StreamConfig) []Difference {
+	var out []Difference
+	add := func(field string, kind DiffKind, w, h string) {
+		if w != h {
+			out = append(out, Difference{Field: field, Kind: kind, WantText: w, HaveText: h})
+		}
+	}
+	ws, hs := slices.Sorted(slices.Values(want.Subjects)), slices.Sorted(slices.Values(have.Subjects))
+	add("subjects", Semantics, fmt.Sprint(ws), fmt.Sprint(hs))
+	add("retention", Semantics, want.Retention.String(), have.Retention.String())
+	add("storage", Semantics, want.Storage.String(), have.Storage.String())
+	add("discard", Semantics, want.Discard.String(), have.Discard.String())
+	add("max_msgs_per_subject", Semantics, unlimited(want.MaxMsgsPerSubject), unlimited(have.MaxMsgsPerSubject))
+	add("discard_new_per_subject", Semantics, strconv.FormatBool(want.DiscardNewPerSubject), strconv.FormatBool(have.DiscardNewPerSubject))
+	if want.Replicas != have.Replicas {
+		out = append(out, Difference{Field: "replicas", Kind: Replicas, WantText: strconv.Itoa(want.Replicas),
+			HaveText: strconv.Itoa(have.Replicas), Want: int64(want.Replicas), Have: int64(have.Replicas)})
+	}
+	add("max_age", Limit, duration(want.MaxAge), duration(have.MaxAge))
+	add("max_bytes", Limit, unlimited(want.MaxBytes), unlimited(have.MaxBytes))
+	add("max_msgs", Limit, unlimited(want.MaxMsgs), unlimited(have.MaxMsgs))
+	add("max_msg_size", Limit, unlimited(int64(want.MaxMsgSize)), unlimited(int64(have.MaxMsgSize)))
+	if want.Duplicates > 0 {
+		add("duplicate_window", Limit, duration(want.Duplicates), duration(have.Duplicates))
+	}
+	return out
+}
+
+func unlimited(v int64) string {
+	if v <= 0 {
+		return "unlimited"
+	}
+	return strconv.FormatInt(v, 10)
+}
+
+func duration(d time.Duration) string {
+	if d <= 0 {
+		return "unlimited"
+	}
+	return d.String()
+}
