@@ -6,6 +6,7 @@ package proc
 import (
 	"context"
 	"flag"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -15,22 +16,25 @@ import (
 	"github.com/multiquery/multiquery/internal/cli"
 	"github.com/multiquery/multiquery/internal/ops"
 	"github.com/multiquery/multiquery/internal/queue"
+	"github.com/multiquery/multiquery/internal/wire"
 )
 
 // Flags are the flags the worker, the collector and the producer share.
 type Flags struct {
-	NATS     string
-	Replicas int
-	OpsAddr  string
-	Pprof    bool
-	LogLevel string
+	NATS       string
+	Replicas   int
+	ResultsTTL time.Duration
+	OpsAddr    string
+	Pprof      bool
+	LogLevel   string
 }
 
-// Register registers --nats, --replicas, --ops-addr (with its default and usage) and
-// --log-level.
+// Register registers --nats, --replicas, --results-ttl, --ops-addr (with its default
+// and usage) and --log-level.
 func (p *Flags) Register(fs *flag.FlagSet, opsAddr, opsUsage string) {
 	fs.StringVar(&p.NATS, "nats", ops.NATSURL(), "NATS server URL (env NATS_URL)")
 	fs.IntVar(&p.Replicas, "replicas", queue.DefaultReplicas, "stream replicas when creating streams (3 in a NATS cluster)")
+	fs.DurationVar(&p.ResultsTTL, "results-ttl", queue.DefaultResultsTTL, "how long the results bucket "+wire.BucketResults+" keeps a run's stored files, when this process creates it")
 	fs.StringVar(&p.OpsAddr, "ops-addr", opsAddr, opsUsage)
 	fs.StringVar(&p.LogLevel, "log-level", "info", "log level")
 }
@@ -41,7 +45,9 @@ func (p *Flags) RegisterPprof(fs *flag.FlagSet) {
 }
 
 // Topology is the stream topology the flags ask for.
-func (p *Flags) Topology() queue.Topology { return queue.Topology{Replicas: p.Replicas} }
+func (p *Flags) Topology() queue.Topology {
+	return queue.Topology{Replicas: p.Replicas, ResultsTTL: p.ResultsTTL}
+}
 
 // Connect connects to NATS JetStream under the connection name name; a failure is
 // logged ("connect").

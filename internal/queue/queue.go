@@ -39,12 +39,16 @@ type Topology struct {
 	// AuditMaxAge and AuditMaxBytes bound the audit stream (old records are discarded).
 	AuditMaxAge   time.Duration
 	AuditMaxBytes int64
+	// ResultsTTL is how long the results bucket (wire.BucketResults) keeps a run's
+	// stored files: the bound on what the collector stores per run.
+	ResultsTTL time.Duration
 }
 
-// Defaults of Topology (the processes' --replicas and --ack-wait).
+// Defaults of Topology (the processes' --replicas, --ack-wait and --results-ttl).
 const (
-	DefaultReplicas = 1
-	DefaultAckWait  = 10 * time.Second
+	DefaultReplicas   = 1
+	DefaultAckWait    = 10 * time.Second
+	DefaultResultsTTL = 30 * 24 * time.Hour
 )
 
 // Defaults returns the topology with every zero field set.
@@ -80,6 +84,9 @@ func (t Topology) Defaults() Topology {
 	}
 	if t.AuditMaxBytes == 0 {
 		t.AuditMaxBytes = 1 << 30
+	}
+	if t.ResultsTTL <= 0 {
+		t.ResultsTTL = DefaultResultsTTL
 	}
 	return t
 }
@@ -229,6 +236,29 @@ func Ensure(ctx context.Context, js jetstream.JetStream, t Topology) error {
 		if err != nil {
 			return fmt.Errorf("ensure kv %s: %w", cfg.Bucket, err)
 		}
+	}
+	return EnsureResults(ctx, js, t)
+}
+
+// EnsureResults creates the results bucket (wire.BucketResults, an object store) if it
+// does not exist: objects expire ResultsTTL after they were stored. Like Ensure, it
+// never changes an existing bucket.
+func EnsureResults(ctx context.Context, js jetstream.JetStream, t Topology) error {
+	t = t.Defaults()
+	cfg := jetstream.ObjectStoreConfig{Bucket: wire.BucketResults, Description: "completed runs' output files <run>/<file>",
+		TTL: t.ResultsTTL, Storage: jetstream.FileStorage, Replicas: t.Replicas}
+	err := Retry(ctx, func(ctx context.Context) error {
+		if _, err := js.ObjectStore(ctx, cfg.Bucket); !errors.Is(err, jetstream.ErrBucketNotFound) {
+			return err
+		}
+		_, err := js.CreateObjectStore(ctx, cfg)
+		if errors.Is(err, jetstream.ErrBucketExists) || errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+			return nil
+		}
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("ensure object store %s: %w", cfg.Bucket, err)
 	}
 	return nil
 }
