@@ -260,3 +260,16 @@ func testCounter(c prometheus.Counter) float64 {
 	}
 	return m.GetCounter().GetValue()
 }
+
+// A results bucket deleted by an operator is created again by the next store.
+func TestADeletedResultsBucketIsCreatedAgain(t *testing.T) {
+	t.Parallel()
+	b := setup(t, Config{})
+	if err := b.js.DeleteObjectStore(context.Background(), wire.BucketResults); err != nil {
+		t.Fatal(err)
+	}
+	const run = "bucket-deleted"
+	b.publishSmallRun(run)
+	b.waitFor("the run to finish", 15*time.Second, func() bool { st, _ := b.status(run); return st.Finished && st.Stored })
+	b.checkStoredOnce(run)
+}
