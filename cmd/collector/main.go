@@ -1,6 +1,7 @@
 // Command collector assembles query results into rows and writes each row exactly once
 // to <out>/<run>/results.jsonl or errors.jsonl (and CSV with --csv), then summary.json
-// when a sealed run is complete. Run one per deployment of the system.
+// when a sealed run is complete, and stores those files in the object store bucket
+// mq_results (mqctl get fetches them). Run one per deployment of the system.
 package main
 
 import (
@@ -13,6 +14,7 @@ import (
 	"github.com/multiquery/multiquery/internal/lease"
 	"github.com/multiquery/multiquery/internal/ops"
 	"github.com/multiquery/multiquery/internal/proc"
+	"github.com/multiquery/multiquery/internal/wire"
 )
 
 func main() { os.Exit(run(os.Args[1:])) }
@@ -22,6 +24,7 @@ type options struct {
 	proc.Flags
 	out, order, name string
 	csv, escape      bool
+	store            bool
 	memory           int64
 	leaseTTL         time.Duration
 }
@@ -34,6 +37,7 @@ func parseFlags(args []string) (options, error) {
 	fs.StringVar(&o.out, "out", "out", "output directory (one sub-directory per run)")
 	fs.BoolVar(&o.csv, "csv", false, "also write results.csv and errors.csv")
 	fs.BoolVar(&o.escape, "csv-escape-formulas", true, "prefix CSV cells starting with = + - @ tab or CR with ' (spreadsheet formula injection); false writes them verbatim")
+	fs.BoolVar(&o.store, "store-results", true, "store each completed run's files in the object store bucket "+wire.BucketResults+" (mqctl get); false keeps them on --out only")
 	fs.StringVar(&o.order, "order", "", "row order: input | completion (default: the run's own)")
 	fs.Int64Var(&o.memory, "memory-limit", collector.DefaultMemoryLimit, "bytes of row bodies kept in memory; beyond, read back from JetStream")
 	fs.StringVar(&o.name, "name", "", "collector name in its lease (default host-pid)")
@@ -60,7 +64,7 @@ func run(args []string) int {
 	}
 	defer nc.Drain()
 	c, err := collector.New(js, collector.Config{OutDir: o.out, CSV: o.csv, CSVRawFormulas: !o.escape, Order: o.order, MemoryLimit: o.memory,
-		Name: o.name, LeaseTTL: o.leaseTTL, Topology: o.Topology()}, log)
+		Name: o.name, LeaseTTL: o.leaseTTL, Topology: o.Topology(), NoStore: !o.store}, log)
 	if err != nil {
 		return cli.Usage("collector", err)
 	}

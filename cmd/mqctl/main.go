@@ -1,9 +1,11 @@
 // Command mqctl operates a multiquery system: provisioning the streams, run status and
-// control, dead letters.
+// control, a run's stored results, dead letters.
 //
 //	mqctl provision [--limits FILE] [--replicas N] [--update] [--dry-run]
 //	mqctl status RUN [--watch] [--json]
 //	mqctl pause|resume|cancel RUN
+//	mqctl get RUN [--out DIR]
+//	mqctl get --list
 //	mqctl dead list [--run ID]
 //	mqctl dead replay SEQ...
 package main
@@ -15,14 +17,17 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/multiquery/multiquery/internal/archive"
 	"github.com/multiquery/multiquery/internal/cli"
 	"github.com/multiquery/multiquery/internal/deadletter"
 	"github.com/multiquery/multiquery/internal/natsconn"
@@ -38,6 +43,9 @@ const usage = `usage:
   mqctl [flags] pause RUN                       hold the run (its jobs wait, its producer waits)
   mqctl [flags] resume RUN                      resume a paused run
   mqctl [flags] cancel RUN                      cancel: unanswered queries end as 'cancelled' error rows
+  mqctl [flags] get RUN [--out DIR]             download a completed run's files from bucket mq_results
+                                                into DIR (default ./RUN)
+  mqctl [flags] get --list                      list the runs with stored files
   mqctl [flags] dead list [--run ID]            list dead-lettered jobs
   mqctl [flags] dead replay SEQ...              publish dead letters again on their subjects (refused for a
                                                 query with a result or a row already written)
@@ -67,6 +75,7 @@ var commands = []command{
 	{words: []string{"pause"}, minArgs: 1, maxArgs: 1, run: controlCmd(wire.ControlPaused)},
 	{words: []string{"resume"}, minArgs: 1, maxArgs: 1, run: controlCmd(wire.ControlRunning)},
 	{words: []string{"cancel"}, minArgs: 1, maxArgs: 1, run: controlCmd(wire.ControlCancelled)},
+	{words: []string{"get"}, minArgs: 1, maxArgs: -1, run: getCmd},
 	{words: []string{"dead", "list"}, minArgs: 0, maxArgs: -1, run: deadListCmd},
 	{words: []string{"dead", "replay"}, minArgs: 1, maxArgs: -1, run: deadReplayCmd},
 }
@@ -199,6 +208,59 @@ func controlCmd(state string) func(context.Context, conn, []string) int {
 		fmt.Printf("run %s: %s\n", args[0], state)
 		return cli.ExitOK
 	}
+}
+
+// getCmd: get RUN [--out DIR], or get --list.
+func getCmd(ctx context.Context, c conn, args []string) int {
+	fs := flag.NewFlagSet("get", flag.ContinueOnError)
+	out := fs.String("out", "", "directory to write the run's files to (default ./RUN)")
+	list := fs.Bool("list", false, "list the runs with stored files")
+	run, rest := "", args
+	if !strings.HasPrefix(args[0], "-") {
+		run, rest = args[0], args[1:]
+	}
+	if err := fs.Parse(rest); err != nil {
+		return cli.ParseExit(err)
+	}
+	switch {
+	case fs.NArg() > 0 || (*list && (run != "" || *out != "")):
+		return cli.Usage("mqctl", errors.New("get: give a run id, or --list alone"))
+	case *list:
+		return listStored(ctx, c)
+	case run == "":
+		return cli.Usage("mqctl", errors.New("get: a run id (or --list) is required"))
+	}
+	dir := *out
+	if dir == "" {
+		dir = run
+	}
+	files, err := archive.Fetch(ctx, c.js, run, dir)
+	if err != nil {
+		return fail(err)
+	}
+	for _, f := range files {
+		fmt.Printf("%s\t%d bytes\n", filepath.Join(dir, f.Name), f.Size)
+	}
+	return cli.ExitOK
+}
+
+// listStored: get --list.
+func listStored(ctx context.Context, c conn) int {
+	runs, err := archive.List(ctx, c.js)
+	if err != nil {
+		return fail(err)
+	}
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "RUN\tFILES\tBYTES\tSTORED")
+	for _, r := range runs {
+		when := r.Stored.UTC().Format(time.RFC3339)
+		if !r.Complete {
+			when = "storing (incomplete)"
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\n", r.Run, r.Files, r.Bytes, when)
+	}
+	_ = tw.Flush()
+	return cli.ExitOK
 }
 
 // deadListCmd: dead list [--run ID].

@@ -1,11 +1,27 @@
 package main
 
 import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
 	"slices"
 	"testing"
+	"time"
 
+	"go.uber.org/goleak"
+
+	"github.com/multiquery/multiquery/internal/archive"
 	"github.com/multiquery/multiquery/internal/cli"
+	"github.com/multiquery/multiquery/internal/natstest"
+	"github.com/multiquery/multiquery/internal/queue"
+	"github.com/multiquery/multiquery/internal/sink"
+	"github.com/multiquery/multiquery/internal/wire"
 )
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m, natstest.LeakOptions()...)
+}
 
 func TestLookup(t *testing.T) {
 	t.Parallel()
@@ -22,6 +38,10 @@ func TestLookup(t *testing.T) {
 		{args: []string{"cancel", "r1"}, words: []string{"cancel"}, wantRest: []string{"r1"}},
 		{args: []string{"cancel", "r1", "r2"}},
 		{args: []string{"cancel"}},
+		{args: []string{"get", "r1"}, words: []string{"get"}, wantRest: []string{"r1"}},
+		{args: []string{"get", "r1", "--out", "d"}, words: []string{"get"}, wantRest: []string{"r1", "--out", "d"}},
+		{args: []string{"get", "--list"}, words: []string{"get"}, wantRest: []string{"--list"}},
+		{args: []string{"get"}},
 		{args: []string{"dead", "list"}, words: []string{"dead", "list"}, wantRest: []string{}},
 		{args: []string{"dead", "list", "--run", "r1"}, words: []string{"dead", "list"}, wantRest: []string{"--run", "r1"}},
 		{args: []string{"dead", "replay", "3", "4"}, words: []string{"dead", "replay"}, wantRest: []string{"3", "4"}},
@@ -50,5 +70,64 @@ func TestRunUsage(t *testing.T) {
 	}
 	if got := run([]string{"-h"}); got != cli.ExitOK {
 		t.Errorf("run(-h) = %d, want %d", got, cli.ExitOK)
+	}
+}
+
+// get RUN writes the run's stored files into --out (default ./RUN) byte for byte and
+// exits 0; an unknown run exits 1; get --list exits 0; a run id with --list is a usage
+// error.
+func TestGetDownloadsAStoredRun(t *testing.T) {
+	srv := natstest.Start(t)
+	_, js := srv.Connect(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := queue.Ensure(ctx, js, queue.Topology{}); err != nil {
+		t.Fatal(err)
+	}
+	obs, err := js.ObjectStore(ctx, wire.BucketResults)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := t.TempDir()
+	files := map[string]string{sink.ResultsJSONL: "{\"id\":\"a\"}\n", sink.ErrorsJSONL: "", sink.Summary: "{}\n"}
+	for name, body := range files {
+		if err := os.WriteFile(filepath.Join(src, name), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := archive.Store(ctx, obs, "run-7", src, sink.OutputFiles(false), nil); err != nil {
+		t.Fatal(err)
+	}
+	nats := []string{"--nats", srv.URL()}
+
+	dir := filepath.Join(t.TempDir(), "into")
+	if code := run(append(nats, "get", "run-7", "--out", dir)); code != cli.ExitOK {
+		t.Fatalf("get run-7 exited %d", code)
+	}
+	for name, body := range files {
+		got, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil || !bytes.Equal(got, []byte(body)) {
+			t.Errorf("%s: %q, %v; want %q", name, got, err, body)
+		}
+	}
+	t.Chdir(t.TempDir())
+	if code := run(append(nats, "get", "run-7")); code != cli.ExitOK {
+		t.Fatalf("get run-7 (default directory) exited %d", code)
+	}
+	if _, err := os.Stat(filepath.Join("run-7", sink.Summary)); err != nil {
+		t.Fatalf("get without --out did not write ./run-7: %v", err)
+	}
+	for _, tt := range []struct {
+		args []string
+		want int
+	}{
+		{[]string{"get", "no-such-run", "--out", t.TempDir()}, cli.ExitFailed},
+		{[]string{"get", "--list"}, cli.ExitOK},
+		{[]string{"get", "run-7", "--list"}, cli.ExitUsage},
+		{[]string{"get", "--out", "d"}, cli.ExitUsage},
+	} {
+		if code := run(append(nats, tt.args...)); code != tt.want {
+			t.Errorf("mqctl %q exited %d, want %d", tt.args, code, tt.want)
+		}
 	}
 }

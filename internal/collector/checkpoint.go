@@ -129,13 +129,13 @@ func (c *Collector) loadStatusRev(ctx context.Context, r *run) error {
 // overwritten (ErrLost). Other failures are logged: the status is advisory.
 func (c *Collector) publishStatus(ctx context.Context, r *run) error {
 	st := wire.RunStatus{Run: r.id, State: wire.RunOpen, Emitted: r.emittedCount(), OK: r.stats.RowsOK, Failed: r.stats.RowsFailed,
-		Next: r.next, OutDir: r.out.Dir(), Updated: time.Now().UTC(), Finished: r.finished,
+		Next: r.next, OutDir: c.runDir(r.id), Updated: time.Now().UTC(),
 		Deployments: r.open.Deployments, Started: r.started}
 	if r.sealed {
 		st.State, st.Total = wire.RunSealed, r.total
 	}
-	if r.finished {
-		st.State = wire.RunCompleted
+	if r.finished && r.storeDone { // finished once its files are stored (complete)
+		st.State, st.Finished, st.Stored = wire.RunCompleted, true, !c.cfg.NoStore
 	}
 	st.LeaseEpoch = c.fence.Epoch()
 	b, _ := json.Marshal(st)
@@ -240,8 +240,9 @@ func (c *Collector) purger(ctx context.Context) {
 	}
 }
 
-// finish writes the summary of a sealed run whose rows are all out, marks it completed
-// and purges what is left of it.
+// finish writes the summary of a sealed run whose rows are all out and its finished
+// checkpoint, closes its files (they are final), then completes it (complete, store.go:
+// store its files, say finished, purge what is left of it).
 func (c *Collector) finish(ctx context.Context, r *run) error {
 	if r.out.CSVNeedsColumns() { // no well-formed row in the whole run
 		if err := r.setCSVColumns(nil); err != nil {
@@ -263,33 +264,13 @@ func (c *Collector) finish(ctx context.Context, r *run) error {
 	if err := c.writeCheckpoint(r, off); err != nil {
 		return err
 	}
-	// The run's submitted records go before its status says finished: a submitter that
-	// reuses the run id once it reads "finished" must see its new records refused by the
-	// producer service (finished_run), not purged here unseen.
-	if err := c.fence.Check(); err != nil {
-		return fmt.Errorf("purge run %s: %w", r.id, err)
-	}
-	if err := c.submit.Purge(ctx, jetstream.WithPurgeSubject("submit.*."+r.id+".>")); err != nil && ctx.Err() == nil {
-		c.log.Warn().Err(err).Str("run", r.id).Msg("purge a finished run's submitted records")
-	}
-	if err := c.publishStatus(ctx, r); err != nil {
-		return err
-	}
-	if err := c.fence.Check(); err != nil {
-		return fmt.Errorf("purge run %s: %w", r.id, err)
-	}
 	r.out.Close()
 	r.out = nil
 	for i := range r.rows {
 		c.dropRow(r, i)
 	}
 	r.rows = nil
-	c.forget(r.id)
-	if err := c.cleanup(ctx, r.id, r.open.Deployments); err != nil {
-		return err
-	}
-	c.log.Info().Str("run", r.id).Int("rows_ok", r.stats.RowsOK).Int("rows_failed", r.stats.RowsFailed).Float64("wall_seconds", sum.WallSeconds).Msg("run completed")
-	return nil
+	return c.complete(ctx, r)
 }
 
 // cleanup removes everything of a finished run from the bus but its final status:

@@ -57,6 +57,10 @@ type Config struct {
 	// LeaseTTL is the lease's time to live (0: lease.DefaultTTL); every collector on the
 	// same NATS must use the same value.
 	LeaseTTL time.Duration
+	// NoStore turns off storing each completed run's output files in the results bucket
+	// (wire.BucketResults, where mqctl get fetches them): the files then stay on the
+	// collector's volume only.
+	NoStore bool
 }
 
 // DefaultMemoryLimit is Config.MemoryLimit (the collector's --memory-limit) when not set.
@@ -107,6 +111,7 @@ type Collector struct {
 	results jetstream.Stream
 	jobs    jetstream.Stream
 	submit  jetstream.Stream
+	obs     jetstream.ObjectStore // the results bucket (nil with NoStore)
 	// done remembers recently finished runs (bounded; the runs bucket's final status
 	// answers for older ones), whose late events are deleted on arrival.
 	done      map[string]bool
@@ -129,6 +134,9 @@ type Collector struct {
 	// fence is the lease held while active (nil with NoLease): every side effect passes
 	// it first (docs/OPERATIONS.md, "Collector lease and fencing").
 	fence *lease.Fence
+	// fault, set by tests only, is called at the fault points of store.go; an error
+	// stops the collector there.
+	fault func(point string) error
 }
 
 // New builds a collector.
@@ -165,6 +173,11 @@ func (c *Collector) Run(ctx context.Context) error {
 	}
 	if c.retryKV, err = c.js.KeyValue(ctx, wire.BucketRetry); err != nil {
 		return fmt.Errorf("open kv %s: %w", wire.BucketRetry, err)
+	}
+	if !c.cfg.NoStore {
+		if c.obs, err = c.js.ObjectStore(ctx, wire.BucketResults); err != nil {
+			return fmt.Errorf("open object store %s: %w", wire.BucketResults, err)
+		}
 	}
 	if c.cfg.NoLease {
 		return c.active(ctx)
@@ -232,6 +245,9 @@ func (c *Collector) active(ctx context.Context) error {
 			c.resultsSeen = max(c.resultsSeen, ev.seq)
 		case <-tick.C:
 			if err := c.checkpoint(ctx); err != nil {
+				return err
+			}
+			if err := c.retryStores(ctx); err != nil {
 				return err
 			}
 			continue
@@ -393,9 +409,10 @@ func (c *Collector) closeAll() {
 }
 
 type metrics struct {
-	rows     *prometheus.CounterVec
-	rejected *prometheus.CounterVec
-	takeover prometheus.Gauge
+	rows          *prometheus.CounterVec
+	rejected      *prometheus.CounterVec
+	takeover      prometheus.Gauge
+	storeFailures prometheus.Counter
 }
 
 // Reasons of mq_collector_rejected_total.
@@ -422,10 +439,12 @@ func newMetrics() *metrics {
 		rows:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mq_collector_rows_total", Help: "Rows emitted, by outcome."}, []string{"outcome"}),
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mq_collector_rejected_total", Help: "Events refused at the door, by reason."}, []string{"reason"}),
 		takeover: prometheus.NewGauge(prometheus.GaugeOpts{Name: "mq_collector_lease_wait_seconds", Help: "How long this collector stood by before it took the lease."}),
+		storeFailures: prometheus.NewCounter(prometheus.CounterOpts{Name: "mq_collector_store_failures_total",
+			Help: "Failed attempts to store a completed run's files in the results bucket (each is retried; the run says finished once they are stored)."}),
 	}
 }
 
 // Collectors returns the collector's metrics for registration.
 func (c *Collector) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{c.m.rows, c.m.rejected, c.m.takeover}
+	return []prometheus.Collector{c.m.rows, c.m.rejected, c.m.takeover, c.m.storeFailures}
 }

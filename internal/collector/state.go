@@ -42,6 +42,11 @@ type run struct {
 	statusRev uint64
 	// reserved are the output keys no input key may take (outputs, usage, model, _error).
 	reserved map[string]bool
+	// storeDone: the files of a finished run are stored (or need not be, NoStore); until
+	// then a failed store is tried again at storeAt, after storeWait (complete).
+	storeDone bool
+	storeAt   time.Time
+	storeWait time.Duration
 }
 
 // rowState is what the collector holds of one row not yet emitted: the bitset of the
@@ -115,6 +120,7 @@ func (c *Collector) openRun(ctx context.Context, o *wire.Open) (*run, error) {
 		return nil, err
 	}
 	if r.finished {
+		loadSummaryTotal(dir, r)
 		return r, nil
 	}
 	out, err := sink.Open(dir, sink.Options{CSV: c.cfg.CSV, RawFormulas: c.cfg.CSVRawFormulas, Guard: c.fence.Check}, cp.Offsets)
@@ -250,10 +256,10 @@ func (c *Collector) applyOpen(ctx context.Context, r *run, ev event) error {
 	}
 	if r.finished {
 		// Finished before (its checkpoint says so), yet its open record is still on
-		// the bus: the collector stopped between the checkpoint and the purge.
+		// the bus: the collector stopped between the finished checkpoint and the end of
+		// the purge. Its files are final: store them (again: stored once), then finish.
 		c.dropOrphans(o.Run)
-		c.forget(o.Run)
-		return c.cleanup(ctx, o.Run, o.Deployments)
+		return c.complete(ctx, r)
 	}
 	c.runs[o.Run] = r
 	if err := c.replayOrphans(ctx, o.Run); err != nil {

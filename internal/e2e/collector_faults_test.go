@@ -8,6 +8,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/multiquery/multiquery/internal/archive"
 	"github.com/multiquery/multiquery/internal/input"
 	"github.com/multiquery/multiquery/internal/llmsim"
 	"github.com/multiquery/multiquery/internal/wire"
@@ -48,7 +49,8 @@ func runLeftovers(t *testing.T, js jetstream.JetStream, run string) (bus, consum
 }
 
 // Issue 8, item 14 (acceptance 4): nothing of a completed run is left in streams or
-// buckets except its final status record and the audit retention (MQ_AUDIT, MQ_DEAD).
+// buckets except its final status record, the audit retention (MQ_AUDIT, MQ_DEAD) and
+// its stored files (mq_results, under the bucket's TTL; issue 10).
 func TestCompletedRunLeavesOnlyItsStatusAndAudit(t *testing.T) {
 	e := setup(t, llmsim.Config{})
 	e.startWorker(workerOpts{})
@@ -81,5 +83,9 @@ func TestCompletedRunLeavesOnlyItsStatusAndAudit(t *testing.T) {
 	}
 	if _, err := runs.Get(ctx, rep.Run); err != nil {
 		t.Fatalf("final status record: %v", err)
+	}
+	stored, err := archive.List(ctx, e.js)
+	if err != nil || len(stored) != 1 || stored[0].Run != rep.Run || !stored[0].Complete {
+		t.Fatalf("results bucket = %+v (%v), want the run's files", stored, err)
 	}
 }

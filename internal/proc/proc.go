@@ -7,6 +7,7 @@ import (
 	"context"
 	"flag"
 	"os"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -17,25 +18,28 @@ import (
 	"github.com/multiquery/multiquery/internal/natsconn"
 	"github.com/multiquery/multiquery/internal/ops"
 	"github.com/multiquery/multiquery/internal/queue"
+	"github.com/multiquery/multiquery/internal/wire"
 )
 
 // Flags are the flags the worker, the collector and the producer share.
 type Flags struct {
-	NATS     natsconn.Options
-	Replicas int
-	OpsAddr  string
-	Pprof    bool
-	LogLevel string
+	NATS       natsconn.Options
+	Replicas   int
+	ResultsTTL time.Duration
+	OpsAddr    string
+	Pprof      bool
+	LogLevel   string
 
 	nats *natsconn.Resolved // CheckNATS's result
 }
 
 // Register registers the NATS connection flags (--nats, --context, --nats-creds...,
-// package natsconn), --replicas, --ops-addr (with its default and usage) and
-// --log-level.
+// package natsconn), --replicas, --results-ttl, --ops-addr (with its default and usage)
+// and --log-level.
 func (p *Flags) Register(fs *flag.FlagSet, opsAddr, opsUsage string) {
 	p.NATS.Register(fs, os.Getenv)
 	fs.IntVar(&p.Replicas, "replicas", queue.DefaultReplicas, "stream replicas when creating streams (3 in a NATS cluster)")
+	fs.DurationVar(&p.ResultsTTL, "results-ttl", queue.DefaultResultsTTL, "how long the results bucket "+wire.BucketResults+" keeps a run's stored files, when this process creates it")
 	fs.StringVar(&p.OpsAddr, "ops-addr", opsAddr, opsUsage)
 	fs.StringVar(&p.LogLevel, "log-level", "info", "log level")
 }
@@ -46,7 +50,9 @@ func (p *Flags) RegisterPprof(fs *flag.FlagSet) {
 }
 
 // Topology is the stream topology the flags ask for.
-func (p *Flags) Topology() queue.Topology { return queue.Topology{Replicas: p.Replicas} }
+func (p *Flags) Topology() queue.Topology {
+	return queue.Topology{Replicas: p.Replicas, ResultsTTL: p.ResultsTTL}
+}
 
 // CheckNATS checks the NATS connection flags (a context that exists, readable files,
 // one authentication method): its error is a usage error.

@@ -58,8 +58,8 @@ type Options struct {
 	DryRun bool
 }
 
-// Run creates every stream and KV bucket of the limits' topology (and the collector's
-// lease bucket) that is absent, and reports how each existing one differs; with
+// Run creates every stream, KV bucket and object store of the limits' topology (and the
+// collector's lease bucket) that is absent, and reports how each existing one differs; with
 // o.Update it updates those that differ.
 func Run(ctx context.Context, js jetstream.JetStream, l Limits, o Options) ([]Result, error) {
 	topo := l.Topology()
@@ -78,6 +78,15 @@ func Run(ctx context.Context, js jetstream.JetStream, l Limits, o Options) ([]Re
 		r, err := one(ctx, js, "bucket", kv.Bucket, queue.BucketStreamConfig(kv), o,
 			func(ctx context.Context) error { _, err := js.CreateKeyValue(ctx, kv); return err },
 			func(ctx context.Context) error { _, err := js.UpdateKeyValue(ctx, kv); return err })
+		if err != nil {
+			return out, err
+		}
+		out = append(out, r)
+	}
+	for _, obj := range topo.ObjectStores() {
+		r, err := one(ctx, js, "object store", obj.Bucket, queue.ObjectStoreStreamConfig(obj), o,
+			func(ctx context.Context) error { _, err := js.CreateObjectStore(ctx, obj); return err },
+			func(ctx context.Context) error { _, err := js.UpdateObjectStore(ctx, obj); return err })
 		if err != nil {
 			return out, err
 		}

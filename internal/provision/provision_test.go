@@ -72,8 +72,8 @@ func TestProvisionCreatesThenReportsAndUpdatesOnlyWhenAsked(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(rs) != 13 || states(rs)[wire.StreamJobs] != provision.Missing {
-		t.Fatalf("dry run on an empty server: %v, want 13 missing (8 streams, 5 buckets)", states(rs))
+	if len(rs) != 14 || states(rs)[wire.StreamJobs] != provision.Missing {
+		t.Fatalf("dry run on an empty server: %v, want 14 missing (8 streams, 5 buckets, 1 object store)", states(rs))
 	}
 	if _, err := js.Stream(ctx, wire.StreamJobs); err == nil {
 		t.Fatal("a dry run created a stream")

@@ -35,19 +35,15 @@ func Ensure(ctx context.Context, js jetstream.JetStream, t Topology) error {
 // Different limits (max age, bytes, messages) are the operator's and are not logged.
 func EnsureLog(ctx context.Context, js jetstream.JetStream, t Topology, log zerolog.Logger) error {
 	t = t.Defaults()
-	type item struct {
-		want   jetstream.StreamConfig
-		create func(ctx context.Context) error
-	}
-	var items []item
+	var items []ensureItem
 	for _, cfg := range t.Streams() {
-		items = append(items, item{want: cfg, create: func(ctx context.Context) error {
+		items = append(items, ensureItem{want: cfg, create: func(ctx context.Context) error {
 			_, err := js.CreateStream(ctx, cfg)
 			return err
 		}})
 	}
 	for _, kv := range t.Buckets() {
-		items = append(items, item{want: BucketStreamConfig(kv), create: func(ctx context.Context) error {
+		items = append(items, ensureItem{want: BucketStreamConfig(kv), create: func(ctx context.Context) error {
 			_, err := js.CreateKeyValue(ctx, kv)
 			if errors.Is(err, jetstream.ErrBucketExists) {
 				return jetstream.ErrStreamNameAlreadyInUse
@@ -55,6 +51,38 @@ func EnsureLog(ctx context.Context, js jetstream.JetStream, t Topology, log zero
 			return err
 		}})
 	}
+	items = append(items, objectStoreItems(js, t)...)
+	return ensure(ctx, js, items, log)
+}
+
+// EnsureResults creates the results bucket (wire.BucketResults, an object store) if it
+// does not exist (the collector, when an operator deleted it): objects expire
+// ResultsTTL after they were stored. Like Ensure, it never changes an existing bucket.
+func EnsureResults(ctx context.Context, js jetstream.JetStream, t Topology) error {
+	return ensure(ctx, js, objectStoreItems(js, t.Defaults()), zerolog.Nop())
+}
+
+func objectStoreItems(js jetstream.JetStream, t Topology) []ensureItem {
+	var items []ensureItem
+	for _, obj := range t.ObjectStores() {
+		items = append(items, ensureItem{want: ObjectStoreStreamConfig(obj), create: func(ctx context.Context) error {
+			_, err := js.CreateObjectStore(ctx, obj)
+			if errors.Is(err, jetstream.ErrBucketExists) {
+				return jetstream.ErrStreamNameAlreadyInUse
+			}
+			return err
+		}})
+	}
+	return items
+}
+
+// ensureItem is one stream (or the stream behind a bucket) Ensure looks up or creates.
+type ensureItem struct {
+	want   jetstream.StreamConfig
+	create func(ctx context.Context) error
+}
+
+func ensure(ctx context.Context, js jetstream.JetStream, items []ensureItem, log zerolog.Logger) error {
 	for _, it := range items {
 		name := it.want.Name
 		var have *jetstream.StreamConfig
@@ -117,6 +145,22 @@ func BucketStreamConfig(kv jetstream.KeyValueConfig) jetstream.StreamConfig {
 		MaxBytes:          -1,
 		MaxMsgs:           -1,
 		Discard:           jetstream.DiscardNew,
+	}
+}
+
+// ObjectStoreStreamConfig is the stream behind an object store bucket, as far as Diff
+// compares it (as nats.go creates it).
+func ObjectStoreStreamConfig(o jetstream.ObjectStoreConfig) jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:      "OBJ_" + o.Bucket,
+		Subjects:  []string{"$O." + o.Bucket + ".C.>", "$O." + o.Bucket + ".M.>"},
+		Retention: jetstream.LimitsPolicy,
+		Storage:   o.Storage,
+		Replicas:  max(o.Replicas, 1),
+		MaxAge:    o.TTL,
+		MaxBytes:  -1,
+		MaxMsgs:   -1,
+		Discard:   jetstream.DiscardNew,
 	}
 }
 

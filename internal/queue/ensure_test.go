@@ -102,3 +102,35 @@ func TestDiffTreatsZeroAndMinusOneAsUnlimited(t *testing.T) {
 		t.Fatalf("Diff = %+v, want only replicas 3 vs 1", d)
 	}
 }
+
+// The results bucket is an object store whose objects expire after ResultsTTL (30 days
+// unless the topology says otherwise); like the streams, an existing bucket keeps the
+// operator's settings.
+func TestEnsureCreatesTheResultsBucketWithItsTTL(t *testing.T) {
+	_, js := natstest.Start(t).Connect(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := queue.Ensure(ctx, js, queue.Topology{ResultsTTL: 48 * time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	obs, err := js.ObjectStore(ctx, wire.BucketResults)
+	if err != nil {
+		t.Fatalf("results bucket: %v", err)
+	}
+	st, err := obs.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.TTL() != 48*time.Hour {
+		t.Fatalf("results bucket TTL = %s, want 48h", st.TTL())
+	}
+	if err := queue.Ensure(ctx, js, queue.Topology{}); err != nil { // another process, default TTL
+		t.Fatal(err)
+	}
+	if st, err = obs.Status(ctx); err != nil || st.TTL() != 48*time.Hour {
+		t.Fatalf("results bucket TTL after another process started = %v (%v), want 48h kept", st.TTL(), err)
+	}
+	if queue.DefaultResultsTTL != 30*24*time.Hour || (queue.Topology{}).Defaults().ResultsTTL != queue.DefaultResultsTTL {
+		t.Fatalf("default results TTL = %s, want 720h", (queue.Topology{}).Defaults().ResultsTTL)
+	}
+}

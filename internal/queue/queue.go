@@ -40,6 +40,9 @@ type Topology struct {
 	// AuditMaxAge and AuditMaxBytes bound the audit stream (old records are discarded).
 	AuditMaxAge   time.Duration
 	AuditMaxBytes int64
+	// ResultsTTL is how long the results bucket (wire.BucketResults) keeps a run's
+	// stored files: the bound on what the collector stores per run.
+	ResultsTTL time.Duration
 	// Limits replaces the default limits of the streams it names (by stream name);
 	// mqctl provision fills it from its limits file.
 	Limits map[string]StreamLimits
@@ -54,10 +57,11 @@ type StreamLimits struct {
 	MaxMsgSize int32         // -1: the server's max_payload
 }
 
-// Defaults of Topology (the processes' --replicas and --ack-wait).
+// Defaults of Topology (the processes' --replicas, --ack-wait and --results-ttl).
 const (
-	DefaultReplicas = 1
-	DefaultAckWait  = 10 * time.Second
+	DefaultReplicas   = 1
+	DefaultAckWait    = 10 * time.Second
+	DefaultResultsTTL = 30 * 24 * time.Hour
 )
 
 // Defaults returns the topology with every zero field set.
@@ -94,6 +98,9 @@ func (t Topology) Defaults() Topology {
 	if t.AuditMaxBytes == 0 {
 		t.AuditMaxBytes = 1 << 30
 	}
+	if t.ResultsTTL <= 0 {
+		t.ResultsTTL = DefaultResultsTTL
+	}
 	return t
 }
 
@@ -129,6 +136,15 @@ func (t Topology) Buckets() []jetstream.KeyValueConfig {
 		{Bucket: wire.BucketFleet, Description: "deployment aliases ever served by a worker, with the last time seen", Storage: jetstream.FileStorage, Replicas: t.Replicas, History: 1},
 		{Bucket: wire.BucketRuns, Description: "run status, watermark and checkpoints", Storage: jetstream.FileStorage, Replicas: t.Replicas, History: 1},
 		{Bucket: wire.BucketThrottle, Description: "each deployment's last good rate, the fleet throttle's memory", Storage: jetstream.FileStorage, Replicas: t.Replicas, History: 1, TTL: throttleMemoryTTL},
+	}
+}
+
+// ObjectStores returns the object store buckets of the topology: the completed runs'
+// files (wire.BucketResults), kept ResultsTTL.
+func (t Topology) ObjectStores() []jetstream.ObjectStoreConfig {
+	t = t.Defaults()
+	return []jetstream.ObjectStoreConfig{
+		{Bucket: wire.BucketResults, Description: "completed runs' output files <run>/<file>", TTL: t.ResultsTTL, Storage: jetstream.FileStorage, Replicas: t.Replicas},
 	}
 }
 

@@ -12,8 +12,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 )
 
@@ -26,6 +29,22 @@ const (
 	Checkpoint   = "checkpoint.json"
 	Summary      = "summary.json"
 )
+
+// FileMode is the mode every file of a run is created with, less the process umask:
+// the rows, summary.json and checkpoint.json alike (0644 under the usual umask 022).
+// Nothing in them is secret: API keys never reach a run's files.
+const FileMode os.FileMode = 0o644
+
+// OutputFiles is a run's output set, what leaves the collector once the run is
+// complete: the JSONL files, the CSV files when csv, and summary.json last (its
+// presence says the others are complete). checkpoint.json is the collector's own.
+func OutputFiles(csv bool) []string {
+	names := []string{ResultsJSONL, ErrorsJSONL}
+	if csv {
+		names = append(names, ResultsCSV, ErrorsCSV)
+	}
+	return append(names, Summary)
+}
 
 // Offsets maps a file name to its durable length.
 type Offsets map[string]int64
@@ -103,7 +122,7 @@ func Open(dir string, opts Options, offsets Offsets) (*Run, error) {
 	r := &Run{dir: dir, files: map[string]*file{}, csv: withCSV, opts: opts}
 	for _, n := range names {
 		p := filepath.Join(dir, n)
-		f, err := os.OpenFile(p, os.O_CREATE|os.O_RDWR, 0o644)
+		f, err := os.OpenFile(p, os.O_CREATE|os.O_RDWR, FileMode)
 		if err != nil {
 			r.Close()
 			return nil, fmt.Errorf("open %s: %w", p, err)
@@ -318,15 +337,25 @@ func (r *Run) Close() {
 
 // WriteFileAtomic writes data to dir/name through a temp file, fsync and rename.
 func WriteFileAtomic(dir, name string, data []byte) error {
-	return writeFileAtomic(dir, name, data, func() error { return nil })
+	return WriteAtomic(dir, name, func(w io.Writer) error { _, err := w.Write(data); return err })
+}
+
+// WriteAtomic writes dir/name with write, through a temp file in dir (mode FileMode),
+// fsync and rename: a reader sees the old file or the whole new one, never a part.
+func WriteAtomic(dir, name string, write func(w io.Writer) error) error {
+	return writeAtomic(dir, name, write, func() error { return nil })
 }
 
 func writeFileAtomic(dir, name string, data []byte, guard func() error) error {
-	tmp, err := os.CreateTemp(dir, "."+name+".*")
+	return writeAtomic(dir, name, func(w io.Writer) error { _, err := w.Write(data); return err }, guard)
+}
+
+func writeAtomic(dir, name string, write func(w io.Writer) error, guard func() error) error {
+	tmp, err := createTemp(dir, name)
 	if err != nil {
 		return fmt.Errorf("write %s: %w", name, err)
 	}
-	_, werr := tmp.Write(data)
+	werr := write(tmp)
 	serr := tmp.Sync()
 	cerr := tmp.Close()
 	if err := errors.Join(werr, serr, cerr); err != nil {
@@ -346,6 +375,19 @@ func writeFileAtomic(dir, name string, data []byte, guard func() error) error {
 		d.Close()
 	}
 	return nil
+}
+
+// createTemp creates a new file dir/.name.<random> with FileMode (os.CreateTemp would
+// make it 0600, and the rename would keep that).
+func createTemp(dir, name string) (*os.File, error) {
+	for range 100 {
+		p := filepath.Join(dir, "."+name+"."+strconv.FormatUint(rand.Uint64(), 36))
+		f, err := os.OpenFile(p, os.O_CREATE|os.O_EXCL|os.O_WRONLY, FileMode)
+		if !errors.Is(err, os.ErrExist) {
+			return f, err
+		}
+	}
+	return nil, fmt.Errorf("create a temp file for %s in %s: too many collisions", name, dir)
 }
 
 // CountLines counts newline-terminated lines of a file (for tools and tests).

@@ -2,6 +2,7 @@ package sink
 
 import (
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"testing"
@@ -132,5 +133,49 @@ func TestCSVFormulaEscapingAndGuard(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, ResultsJSONL)); err == nil {
 		t.Fatal("a file was created past a closed guard")
+	}
+}
+
+// Every file of a run has the same mode, FileMode less the umask (0644 under umask
+// 022): the rows, and the files written by rename (summary.json, checkpoint.json), which
+// a temp file would otherwise leave at 0600.
+func TestEveryFileOfARunHasTheSameMode(t *testing.T) {
+	dir := t.TempDir()
+	ref := filepath.Join(t.TempDir(), "ref")
+	f, err := os.OpenFile(ref, os.O_CREATE|os.O_WRONLY, FileMode)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	st, err := os.Stat(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := st.Mode().Perm()
+	if want&0o400 == 0 || want&0o022 != 0 {
+		t.Fatalf("FileMode under this umask is %v: not owner-readable, or writable by others", want)
+	}
+	r, err := Open(dir, Options{CSV: true}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if err := r.WriteFile(Summary, []byte("{}\n")); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.WriteFile(Checkpoint, []byte("{}")); err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteAtomic(dir, "other.json", func(w io.Writer) error { _, err := io.WriteString(w, "{}"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range append(OutputFiles(true), Checkpoint, "other.json") {
+		st, err := os.Stat(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Mode().Perm() != want {
+			t.Errorf("%s: mode %v, want %v like every file of the run", name, st.Mode().Perm(), want)
+		}
 	}
 }

@@ -42,6 +42,7 @@ type Report struct {
 	RowsPerSec   float64             `json:"rows_per_second"`
 	ETA          string              `json:"eta,omitempty"`
 	OutDir       string              `json:"out_dir,omitempty"`
+	Stored       bool                `json:"stored,omitempty"` // its files are in the results bucket (mqctl get)
 	Deployments  []string            `json:"deployments,omitempty"`
 	ProducerSeen time.Time           `json:"producer_checkpoint,omitzero"`
 }
@@ -72,8 +73,8 @@ func Get(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, run string,
 		found = true
 		var st wire.RunStatus
 		if err := json.Unmarshal(e.Value(), &st); err == nil {
-			r.State, r.RowsTotal, r.Emitted, r.OK, r.Failed, r.OldestOpen, r.OutDir, r.Deployments =
-				st.State, st.Total, st.Emitted, st.OK, st.Failed, st.Next, st.OutDir, st.Deployments
+			r.State, r.RowsTotal, r.Emitted, r.OK, r.Failed, r.OldestOpen, r.OutDir, r.Deployments, r.Stored =
+				st.State, st.Total, st.Emitted, st.OK, st.Failed, st.Next, st.OutDir, st.Deployments, st.Stored
 			if el := time.Since(st.Started).Seconds(); el > 0 && st.Emitted > 0 {
 				r.RowsPerSec = float64(st.Emitted) / el
 			}
@@ -269,6 +270,9 @@ func (r Report) Text() string {
 	}
 	if r.OutDir != "" {
 		fmt.Fprintf(&b, "  output: %s\n", r.OutDir)
+	}
+	if r.Stored {
+		fmt.Fprintf(&b, "  stored in %s: mqctl get %s\n", wire.BucketResults, r.Run)
 	}
 	return b.String()
 }

@@ -546,6 +546,17 @@ func TestReportTextShowsTheKeyFigures(t *testing.T) {
 	if got := r.Text(); got != want {
 		t.Fatalf("Text() =\n%s\nwant\n%s", got, want)
 	}
+
+	// A completed run whose files are stored says how to fetch them.
+	r = Report{Run: "run-c", State: "completed", RowsTotal: 2, Published: 2, Emitted: 2, OK: 2, OldestOpen: 2, OutDir: "/out/run-c", Stored: true}
+	want = "run run-c: completed\n" +
+		"  rows: 2 total, 2 published, 2 emitted (2 ok, 0 failed); oldest incomplete row 2\n" +
+		"  queries: 0 queued, 0 in retry\n" +
+		"  output: /out/run-c\n" +
+		"  stored in mq_results: mqctl get run-c\n"
+	if got := r.Text(); got != want {
+		t.Fatalf("Text() =\n%s\nwant\n%s", got, want)
+	}
 }
 
 // WaitRun reports each status the collector writes and returns the first finished one;

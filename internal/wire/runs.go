@@ -37,6 +37,10 @@ type RunStatus struct {
 	Started     time.Time `json:"started"`
 	Updated     time.Time `json:"updated"`
 	Finished    bool      `json:"finished"`
+	// Stored says the run's output files are in BucketResults. The collector stores
+	// them before it writes Finished, and writes both together; a collector with
+	// storing off (collector --store-results=false) leaves it false.
+	Stored bool `json:"stored,omitempty"`
 	// LeaseEpoch is the epoch of the collector lease it was written under.
 	LeaseEpoch uint64 `json:"lease_epoch,omitempty"`
 }

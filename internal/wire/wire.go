@@ -50,6 +50,16 @@ const (
 	BucketThrottle = "mq_throttle"
 )
 
+// BucketResults is the object store bucket of completed runs' output files: the
+// collector stores each file of a run's output set as ResultObject(run, file) before
+// the run's status says finished; mqctl get reads them back (docs/WIRE.md, "Stored
+// results").
+const BucketResults = "mq_results"
+
+// ResultObject is the name of a run's output file in BucketResults: "<run>/<file>",
+// e.g. "run-42/results.jsonl".
+func ResultObject(run, file string) string { return run + "/" + file }
+
 // LearnedRate is what the fleet throttle remembers of a deployment: the rate served
 // without pressure, fleet-wide, while some worker was rate-bound, and the ceiling the
 // provider's rate-limit headers stated. A worker starting up begins from it (halved per

@@ -1,0 +1,158 @@
+package collector
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/multiquery/multiquery/internal/archive"
+	"github.com/multiquery/multiquery/internal/lease"
+	"github.com/multiquery/multiquery/internal/queue"
+	"github.com/multiquery/multiquery/internal/sink"
+	"github.com/multiquery/multiquery/internal/wire"
+)
+
+// complete ends a run whose files are final (finish, or a finished checkpoint found
+// when the run is opened again): it stores the run's output set in the results bucket,
+// then writes the status that says finished (and stored), then removes the run from the
+// bus (cleanup). Storing comes before the status and the open record goes last, so a
+// run that says finished has its files stored, and a collector stopped anywhere in
+// between, or its successor, does the rest when it reads the open record again: each
+// file is uploaded once (archive.Store skips an object that holds the file's bytes).
+// A store that fails keeps the run, not finished, and is tried again with a growing
+// wait (retryStores); the fold of other runs goes on.
+func (c *Collector) complete(ctx context.Context, r *run) error {
+	c.runs[r.id] = r
+	if !r.storeDone {
+		if err := c.store(ctx, r); err != nil {
+			if errors.Is(err, lease.ErrLost) || errors.Is(err, errFault) {
+				return err
+			}
+			if ctx.Err() != nil {
+				return nil // stopping: the next collector stores it
+			}
+			r.storeWait = min(max(2*r.storeWait, time.Second), time.Minute)
+			r.storeAt = time.Now().Add(r.storeWait)
+			c.m.storeFailures.Inc()
+			c.log.Warn().Err(err).Str("run", r.id).Dur("retry_in", r.storeWait).Msg("store a completed run's files; the run says finished once they are stored")
+			return nil
+		}
+		r.storeDone = true
+	}
+	if err := c.injectFault(faultBeforeStatus); err != nil {
+		return err
+	}
+	// The run's submitted records go before its status says finished: a submitter that
+	// reuses the run id once it reads "finished" must see its new records refused by the
+	// producer service (finished_run), not purged here unseen.
+	if err := c.fence.Check(); err != nil {
+		return fmt.Errorf("purge run %s: %w", r.id, err)
+	}
+	if err := c.submit.Purge(ctx, jetstream.WithPurgeSubject("submit.*."+r.id+".>")); err != nil && ctx.Err() == nil {
+		c.log.Warn().Err(err).Str("run", r.id).Msg("purge a finished run's submitted records")
+	}
+	if err := c.publishStatus(ctx, r); err != nil {
+		return err
+	}
+	if err := c.fence.Check(); err != nil {
+		return fmt.Errorf("purge run %s: %w", r.id, err)
+	}
+	c.forget(r.id)
+	if err := c.cleanup(ctx, r.id, r.open.Deployments); err != nil {
+		return err
+	}
+	c.log.Info().Str("run", r.id).Int("rows_ok", r.stats.RowsOK).Int("rows_failed", r.stats.RowsFailed).Bool("stored", !c.cfg.NoStore).Msg("run completed")
+	return nil
+}
+
+// store uploads the run's output set to the results bucket (nothing with NoStore),
+// creating the bucket again if an operator deleted it.
+func (c *Collector) store(ctx context.Context, r *run) error {
+	if err := c.injectFault(faultBeforeStore); err != nil {
+		return err
+	}
+	if c.cfg.NoStore {
+		return nil
+	}
+	if c.obs == nil {
+		return errors.New("results bucket not open")
+	}
+	dir := c.runDir(r.id)
+	names := outputFiles(dir, c.cfg.CSV)
+	n, err := archive.Store(ctx, c.obs, r.id, dir, names, c.fence.Check)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		if err := queue.EnsureResults(ctx, c.js, c.cfg.Topology); err != nil {
+			return err
+		}
+		n, err = archive.Store(ctx, c.obs, r.id, dir, names, c.fence.Check)
+	}
+	if err != nil {
+		return fmt.Errorf("run %s: %w", r.id, err)
+	}
+	c.log.Info().Str("run", r.id).Int("files", len(names)).Int("uploaded", n).Msg("run's files stored in " + wire.BucketResults)
+	return nil
+}
+
+// outputFiles is the output set of a run's directory: the CSV files only when written
+// (csv) and present (a run finished before the collector got --csv has none).
+func outputFiles(dir string, csv bool) []string {
+	var names []string
+	for _, n := range sink.OutputFiles(csv) {
+		if n == sink.ResultsCSV || n == sink.ErrorsCSV {
+			if _, err := os.Stat(filepath.Join(dir, n)); err != nil {
+				continue
+			}
+		}
+		names = append(names, n)
+	}
+	return names
+}
+
+// retryStores completes again the runs whose store failed, once their wait is over.
+func (c *Collector) retryStores(ctx context.Context) error {
+	now := time.Now()
+	for _, r := range c.runs {
+		if r.finished && !r.storeDone && now.After(r.storeAt) {
+			if err := c.complete(ctx, r); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// loadSummaryTotal sets a finished run's row count from its summary.json (the seal may
+// be read after the open record, or not at all once the run is being purged).
+func loadSummaryTotal(dir string, r *run) {
+	b, err := os.ReadFile(filepath.Join(dir, sink.Summary))
+	if err != nil {
+		return
+	}
+	var s Summary
+	if json.Unmarshal(b, &s) == nil {
+		r.sealed, r.total = true, s.Rows
+	}
+}
+
+// Fault injection points, for tests that stop the collector where a crash could.
+const (
+	faultBeforeStore  = "before-store"  // the files are final, nothing stored yet
+	faultBeforeStatus = "before-status" // the files are stored, the status not written
+)
+
+// errFault is what a test's fault hook returns: the collector stops there, as if killed.
+var errFault = errors.New("injected fault")
+
+// injectFault calls the test's fault hook, if any, at point.
+func (c *Collector) injectFault(point string) error {
+	if c.fault == nil {
+		return nil
+	}
+	return c.fault(point)
+}
