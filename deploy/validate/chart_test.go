@@ -74,6 +74,25 @@ type serviceMonitor struct {
 	} `json:"spec"`
 }
 
+// prometheusRule is the Prometheus Operator's PrometheusRule (monitoring.coreos.com/v1),
+// its rule fields as rulefmt has them.
+type prometheusRule struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata"`
+	Spec              struct {
+		Groups []struct {
+			Name  string `json:"name"`
+			Rules []struct {
+				Alert       string            `json:"alert"`
+				Expr        string            `json:"expr"`
+				For         string            `json:"for"`
+				Labels      map[string]string `json:"labels"`
+				Annotations map[string]string `json:"annotations"`
+			} `json:"rules"`
+		} `json:"groups"`
+	} `json:"spec"`
+}
+
 // rendered is one render of the chart, each object decoded into its type.
 type rendered struct {
 	deployments     map[string]*appsv1.Deployment // by component
@@ -84,6 +103,7 @@ type rendered struct {
 	hpas            []*autoscalingv2.HorizontalPodAutoscaler
 	scaledObjects   []*scaledObject
 	serviceMonitors []*serviceMonitor
+	prometheusRules []*prometheusRule
 	jobs            []*batchv1.Job
 	pvcs            []*corev1.PersistentVolumeClaim
 	serviceAccounts []*corev1.ServiceAccount
@@ -198,6 +218,8 @@ func (r *rendered) add(doc string) error {
 		r.scaledObjects, err = appendDecoded(r.scaledObjects, doc)
 	case "monitoring.coreos.com/v1/ServiceMonitor":
 		r.serviceMonitors, err = appendDecoded(r.serviceMonitors, doc)
+	case "monitoring.coreos.com/v1/PrometheusRule":
+		r.prometheusRules, err = appendDecoded(r.prometheusRules, doc)
 	default:
 		return fmt.Errorf("no type known for %s: add it to the test", key)
 	}
@@ -235,13 +257,14 @@ func TestChartRendersStrictly(t *testing.T) {
 		{name: "with the default values, a NATS URL given",
 			set:   map[string]any{"natsClient": map[string]any{"url": "nats://nats.nats.svc:4222"}},
 			kinds: []string{"apps/v1/Deployment", "v1/ConfigMap", "v1/Service", "policy/v1/PodDisruptionBudget", "v1/PersistentVolumeClaim", "v1/ServiceAccount"},
-			none:  []string{"autoscaling/v2/HorizontalPodAutoscaler", "keda.sh/v1alpha1/ScaledObject", "monitoring.coreos.com/v1/ServiceMonitor", "batch/v1/Job", "v1/Secret"}},
+			none: []string{"autoscaling/v2/HorizontalPodAutoscaler", "keda.sh/v1alpha1/ScaledObject", "monitoring.coreos.com/v1/ServiceMonitor",
+				"monitoring.coreos.com/v1/PrometheusRule", "batch/v1/Job", "v1/Secret"}},
 		{name: "with the default values and the bundled NATS",
 			set:   map[string]any{"nats": map[string]any{"enabled": true}},
 			kinds: []string{"apps/v1/Deployment"}},
 		{name: "with every optional feature on and KEDA",
 			files: []string{fullValues},
-			kinds: []string{"keda.sh/v1alpha1/ScaledObject", "monitoring.coreos.com/v1/ServiceMonitor", "batch/v1/Job", "v1/Secret"},
+			kinds: []string{"keda.sh/v1alpha1/ScaledObject", "monitoring.coreos.com/v1/ServiceMonitor", "monitoring.coreos.com/v1/PrometheusRule", "batch/v1/Job", "v1/Secret"},
 			none:  []string{"autoscaling/v2/HorizontalPodAutoscaler"}},
 		{name: "with every optional feature on and the HPA",
 			files: []string{fullValues},

@@ -186,6 +186,36 @@ func TestMonitoringNamesOnlyExportedMetrics(t *testing.T) {
 		}
 	})
 
+	t.Run("the chart ships the same rules and dashboard", func(t *testing.T) {
+		r := mustRender(t, nil, fullValues)
+		groups, _ := rulefmt.ParseFile(alertsFile, false, model.UTF8Validation, promql, nil)
+		if len(r.prometheusRules) != 1 || groups == nil {
+			t.Fatalf("%d PrometheusRules", len(r.prometheusRules))
+		}
+		var fromChart, fromFile []string
+		for _, g := range r.prometheusRules[0].Spec.Groups {
+			for _, rule := range g.Rules {
+				fromChart = append(fromChart, rule.Alert+": "+rule.Expr)
+			}
+		}
+		for _, g := range groups.Groups {
+			for _, rule := range g.Rules {
+				fromFile = append(fromFile, rule.Alert+": "+rule.Expr)
+			}
+		}
+		if !slices.Equal(fromChart, fromFile) {
+			t.Errorf("PrometheusRule alerts %q, the file's %q", fromChart, fromFile)
+		}
+		want, err := os.ReadFile(dashboardFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cm := r.configMaps["mq-multiquery-dashboard"]
+		if cm == nil || cm.Labels["grafana_dashboard"] != "1" || cm.Data["multiquery.json"] != strings.TrimSpace(string(want)) {
+			t.Errorf("the dashboard ConfigMap does not hold %s with the sidecar's label", dashboardFile)
+		}
+	})
+
 	t.Run("the KEDA query names exported or announced metrics", func(t *testing.T) {
 		r := mustRender(t, nil, fullValues)
 		if len(r.scaledObjects) != 1 {
