@@ -24,16 +24,24 @@ demo: build ## run the whole system on examples/assessment (no Docker, no accoun
 	./scripts/demo.sh
 
 .PHONY: test
-test: ## vet, then every test with -race, then short fuzz runs of the decoders and readers
+test: ## vet, then every test with -race, the deploy/ checks, then short fuzz runs of the decoders and readers
 	$(GO) vet $(PKGS)
 	$(GO) test -race -count=1 -timeout 12m $$($(GO) list $(PKGS) | grep -v /internal/bench)
 	@# The real-process tests (short chaos, collector takeover) run alone: on 2 cores they
 	@# would starve the timing-sensitive end-to-end tests.
 	$(GO) test -race -count=1 -timeout 10m ./internal/bench/
+	$(MAKE) validate-deploy
 	@# Execution counts, not durations: a duration -fuzztime races the coordinator's
 	@# deadline on a busy machine (golang/go#75804, fixed in Go 1.27) and fails with a
 	@# bare "context deadline exceeded" that is no finding.
 	$(MAKE) fuzz FUZZTIME=30000x FUZZMIN=200x
+
+# Its own module (deploy/validate), so that the main module carries none of Helm's,
+# Kubernetes' or Prometheus's dependencies. No -race: it starts no goroutines of ours
+# beyond one in-process nats-server, and the race build of those modules costs minutes.
+.PHONY: validate-deploy
+validate-deploy: ## render the Helm chart (strict Kubernetes types), check alert rules, dashboard, docker-compose.yml
+	cd deploy/validate && $(GO) vet ./... && $(GO) test -count=1 -timeout 10m ./...
 
 .PHONY: test-under-load
 test-under-load: ## make test 3 times in a row beside a CPU hog on every core (ROUNDS=3)
@@ -71,8 +79,9 @@ lint: ## gofmt check, go vet, golangci-lint (pinned) when installed
 	@if command -v golangci-lint >/dev/null; then golangci-lint run; else echo "golangci-lint $(GOLANGCI_VERSION) not installed: skipped"; fi
 
 .PHONY: tidy-check
-tidy-check: ## fail if go.mod/go.sum are not tidy
+tidy-check: ## fail if go.mod/go.sum (and deploy/validate's) are not tidy
 	$(GO) mod tidy -diff
+	cd deploy/validate && $(GO) mod tidy -diff
 
 .PHONY: clean
 clean: ## remove build and demo outputs

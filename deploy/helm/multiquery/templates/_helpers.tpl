@@ -1,0 +1,178 @@
+{{/* The chart's name. */}}
+{{- define "multiquery.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The release's base name of every object. */}}
+{{- define "multiquery.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Labels of every object; call with (dict "ctx" $ "component" "worker"). */}}
+{{- define "multiquery.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .ctx.Chart.Name .ctx.Chart.Version | replace "+" "_" }}
+app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
+app.kubernetes.io/version: {{ include "multiquery.tag" .ctx | quote }}
+{{ include "multiquery.selectorLabels" . }}
+{{- with .ctx.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Selector labels of a component; call with (dict "ctx" $ "component" "worker"). */}}
+{{- define "multiquery.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "multiquery.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+{{- if .component }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+{{- end }}
+
+{{- define "multiquery.tag" -}}
+{{- default .Chart.AppVersion .Values.image.tag }}
+{{- end }}
+
+{{- define "multiquery.image" -}}
+{{- printf "%s:%s" .Values.image.repository (include "multiquery.tag" .) }}
+{{- end }}
+
+{{- define "multiquery.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "multiquery.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* The NATS URL: natsClient.url, else the bundled NATS of this release. */}}
+{{- define "multiquery.natsURL" -}}
+{{- if .Values.natsClient.url }}
+{{- .Values.natsClient.url }}
+{{- else if .Values.nats.enabled }}
+{{- $svc := "" }}
+{{- if .Values.nats.fullnameOverride }}
+{{- $svc = .Values.nats.fullnameOverride }}
+{{- else if contains "nats" .Release.Name }}
+{{- $svc = .Release.Name }}
+{{- else }}
+{{- $svc = printf "%s-nats" .Release.Name }}
+{{- end }}
+{{- $scheme := ternary "tls" "nats" .Values.natsClient.tls.enabled }}
+{{- printf "%s://%s.%s.svc:4222" $scheme ($svc | trunc 63 | trimSuffix "-") .Release.Namespace }}
+{{- else }}
+{{- fail "natsClient.url is required when nats.enabled is false" }}
+{{- end }}
+{{- end }}
+
+{{- define "multiquery.natsCredsSecret" -}}
+{{- default (printf "%s-nats-creds" (include "multiquery.fullname" .)) .Values.natsClient.creds.existingSecret }}
+{{- end }}
+
+{{/* Connection flags shared by every process (one list item per flag). */}}
+{{- define "multiquery.natsArgs" -}}
+{{- with .Values.natsClient }}
+{{- if .creds.enabled }}
+- --nats-creds=/etc/multiquery/nats-creds/{{ .creds.key }}
+{{- end }}
+{{- if .tls.enabled }}
+- --nats-tls-ca=/etc/multiquery/nats-tls/{{ .tls.caKey }}
+{{- if .tls.clientCert }}
+- --nats-tls-cert=/etc/multiquery/nats-tls/{{ .tls.certKey }}
+- --nats-tls-key=/etc/multiquery/nats-tls/{{ .tls.keyKey }}
+{{- end }}
+{{- end }}
+{{- if .context.name }}
+- --context={{ .context.name }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Environment shared by every process. */}}
+{{- define "multiquery.natsEnv" -}}
+- name: NATS_URL
+  value: {{ include "multiquery.natsURL" . | quote }}
+{{- if .Values.natsClient.context.name }}
+- name: XDG_CONFIG_HOME
+  value: /etc/multiquery/xdg
+{{- end }}
+{{- end }}
+
+{{/* Volume mounts for the NATS credentials, TLS files and contexts. */}}
+{{- define "multiquery.natsVolumeMounts" -}}
+{{- with .Values.natsClient }}
+{{- if .creds.enabled }}
+- name: nats-creds
+  mountPath: /etc/multiquery/nats-creds
+  readOnly: true
+{{- end }}
+{{- if .tls.enabled }}
+- name: nats-tls
+  mountPath: /etc/multiquery/nats-tls
+  readOnly: true
+{{- end }}
+{{- if .context.name }}
+- name: nats-context
+  mountPath: /etc/multiquery/xdg/nats/context
+  readOnly: true
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "multiquery.natsVolumes" -}}
+{{- if .Values.natsClient.creds.enabled }}
+- name: nats-creds
+  secret:
+    secretName: {{ include "multiquery.natsCredsSecret" . }}
+    defaultMode: 0440
+{{- end }}
+{{- if .Values.natsClient.tls.enabled }}
+- name: nats-tls
+  secret:
+    secretName: {{ required "natsClient.tls.existingSecret is required with natsClient.tls.enabled" .Values.natsClient.tls.existingSecret }}
+    defaultMode: 0440
+{{- end }}
+{{- if .Values.natsClient.context.name }}
+- name: nats-context
+  secret:
+    secretName: {{ required "natsClient.context.existingSecret is required with natsClient.context.name" .Values.natsClient.context.existingSecret }}
+    defaultMode: 0440
+{{- end }}
+{{- end }}
+
+{{/* Topology spread constraints of a component; call with (dict "ctx" $ "component" "worker"). */}}
+{{- define "multiquery.topologySpread" -}}
+{{- $sel := include "multiquery.selectorLabels" . | fromYaml }}
+{{- range .ctx.Values.topologySpread }}
+- {{ toYaml (merge (dict "labelSelector" (dict "matchLabels" $sel)) .) | nindent 2 | trim }}
+{{- end }}
+{{- end }}
+
+{{/* Prometheus scrape annotations; call with (dict "ctx" $ "port" 9090). */}}
+{{- define "multiquery.scrapeAnnotations" -}}
+{{- if .ctx.Values.metrics.podAnnotations }}
+prometheus.io/scrape: "true"
+prometheus.io/port: {{ .port | quote }}
+prometheus.io/path: /metrics
+{{- end }}
+{{- end }}
+
+{{/* The pod-level part every component shares. */}}
+{{- define "multiquery.podCommon" -}}
+serviceAccountName: {{ include "multiquery.serviceAccountName" . }}
+automountServiceAccountToken: false
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+securityContext:
+  {{- toYaml .Values.podSecurityContext | nindent 2 }}
+{{- end }}

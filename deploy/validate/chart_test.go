@@ -1,0 +1,582 @@
+package validate
+
+import (
+	"fmt"
+	"maps"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+
+	"helm.sh/helm/v3/pkg/chart"
+	"helm.sh/helm/v3/pkg/chart/loader"
+	"helm.sh/helm/v3/pkg/chartutil"
+	"helm.sh/helm/v3/pkg/engine"
+	"helm.sh/helm/v3/pkg/releaseutil"
+	appsv1 "k8s.io/api/apps/v1"
+	autoscalingv2 "k8s.io/api/autoscaling/v2"
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/yaml"
+
+	"github.com/multiquery/multiquery/internal/config"
+)
+
+const (
+	chartDir   = "../helm/multiquery"
+	fullValues = "../helm/values-full.yaml"
+	release    = "mq"
+	namespace  = "batch"
+)
+
+// scaledObject is the part of KEDA's ScaledObject (keda.sh/v1alpha1) the chart writes;
+// decoding strictly into it rejects any field the chart misspells or KEDA lacks.
+type scaledObject struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata"`
+	Spec              struct {
+		ScaleTargetRef struct {
+			APIVersion string `json:"apiVersion"`
+			Kind       string `json:"kind"`
+			Name       string `json:"name"`
+		} `json:"scaleTargetRef"`
+		MinReplicaCount *int32 `json:"minReplicaCount"`
+		MaxReplicaCount *int32 `json:"maxReplicaCount"`
+		PollingInterval *int32 `json:"pollingInterval"`
+		CooldownPeriod  *int32 `json:"cooldownPeriod"`
+		Triggers        []struct {
+			Type       string            `json:"type"`
+			MetricType string            `json:"metricType"`
+			Metadata   map[string]string `json:"metadata"`
+		} `json:"triggers"`
+	} `json:"spec"`
+}
+
+// serviceMonitor is the part of the Prometheus Operator's ServiceMonitor
+// (monitoring.coreos.com/v1) the chart writes.
+type serviceMonitor struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata"`
+	Spec              struct {
+		Selector          metav1.LabelSelector `json:"selector"`
+		NamespaceSelector struct {
+			MatchNames []string `json:"matchNames"`
+		} `json:"namespaceSelector"`
+		Endpoints []struct {
+			Port     string `json:"port"`
+			Path     string `json:"path"`
+			Interval string `json:"interval"`
+		} `json:"endpoints"`
+	} `json:"spec"`
+}
+
+// prometheusRule is the Prometheus Operator's PrometheusRule (monitoring.coreos.com/v1),
+// its rule fields as rulefmt has them.
+type prometheusRule struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata"`
+	Spec              struct {
+		Groups []struct {
+			Name  string `json:"name"`
+			Rules []struct {
+				Alert       string            `json:"alert"`
+				Expr        string            `json:"expr"`
+				For         string            `json:"for"`
+				Labels      map[string]string `json:"labels"`
+				Annotations map[string]string `json:"annotations"`
+			} `json:"rules"`
+		} `json:"groups"`
+	} `json:"spec"`
+}
+
+// rendered is one render of the chart, each object decoded into its type.
+type rendered struct {
+	deployments     map[string]*appsv1.Deployment // by component
+	configMaps      map[string]*corev1.ConfigMap  // by name
+	secrets         map[string]*corev1.Secret
+	services        []*corev1.Service
+	pdbs            []*policyv1.PodDisruptionBudget
+	hpas            []*autoscalingv2.HorizontalPodAutoscaler
+	scaledObjects   []*scaledObject
+	serviceMonitors []*serviceMonitor
+	prometheusRules []*prometheusRule
+	jobs            []*batchv1.Job
+	pvcs            []*corev1.PersistentVolumeClaim
+	serviceAccounts []*corev1.ServiceAccount
+	kinds           map[string]int
+}
+
+func loadChart(t *testing.T) *chart.Chart {
+	t.Helper()
+	c, err := loader.Load(chartDir)
+	if err != nil {
+		t.Fatalf("load chart: %v", err)
+	}
+	return c
+}
+
+// renderChart renders the chart as `helm install` would, with the values of files then
+// overrides, and returns the manifests by template file. The NATS dependency is not in
+// the repository (helm dependency update fetches it), so it never renders here.
+func renderChart(t *testing.T, overrides map[string]any, files ...string) (map[string]string, error) {
+	t.Helper()
+	c := loadChart(t)
+	vals := chartutil.Values{}
+	for _, f := range files {
+		v, err := chartutil.ReadValuesFile(f)
+		if err != nil {
+			t.Fatalf("read %s: %v", f, err)
+		}
+		vals = chartutil.CoalesceTables(v.AsMap(), vals)
+	}
+	vals = chartutil.CoalesceTables(overrides, vals)
+	if err := chartutil.ProcessDependenciesWithMerge(c, vals); err != nil {
+		return nil, fmt.Errorf("dependencies: %w", err)
+	}
+	caps := chartutil.DefaultCapabilities.Copy()
+	rv, err := chartutil.ToRenderValues(c, vals, chartutil.ReleaseOptions{Name: release, Namespace: namespace, Revision: 1, IsInstall: true}, caps)
+	if err != nil {
+		return nil, fmt.Errorf("values: %w", err)
+	}
+	return engine.Render(c, rv)
+}
+
+// mustRender renders and decodes every object strictly.
+func mustRender(t *testing.T, overrides map[string]any, files ...string) *rendered {
+	t.Helper()
+	out, err := renderChart(t, overrides, files...)
+	if err != nil {
+		t.Fatalf("render: %v", err)
+	}
+	r := &rendered{deployments: map[string]*appsv1.Deployment{}, configMaps: map[string]*corev1.ConfigMap{},
+		secrets: map[string]*corev1.Secret{}, kinds: map[string]int{}}
+	for _, name := range slices.Sorted(maps.Keys(out)) {
+		if !strings.HasSuffix(name, ".yaml") {
+			continue // NOTES.txt
+		}
+		for _, doc := range releaseutil.SplitManifests(out[name]) {
+			if strings.TrimSpace(doc) == "" {
+				continue
+			}
+			if err := r.add(doc); err != nil {
+				t.Fatalf("%s: %v\n%s", name, err, doc)
+			}
+		}
+	}
+	return r
+}
+
+// decode unmarshals doc into v, rejecting unknown and duplicate fields.
+func decode[T any](doc string, v *T) (*T, error) {
+	if err := yaml.UnmarshalStrict([]byte(doc), v); err != nil {
+		return nil, err
+	}
+	return v, nil
+}
+
+func (r *rendered) add(doc string) error {
+	var tm metav1.TypeMeta
+	if err := yaml.Unmarshal([]byte(doc), &tm); err != nil {
+		return err
+	}
+	key := tm.APIVersion + "/" + tm.Kind
+	r.kinds[key]++
+	var err error
+	switch key {
+	case "apps/v1/Deployment":
+		var d *appsv1.Deployment
+		if d, err = decode(doc, &appsv1.Deployment{}); err == nil {
+			r.deployments[d.Labels["app.kubernetes.io/component"]] = d
+		}
+	case "v1/ConfigMap":
+		var cm *corev1.ConfigMap
+		if cm, err = decode(doc, &corev1.ConfigMap{}); err == nil {
+			r.configMaps[cm.Name] = cm
+		}
+	case "v1/Secret":
+		var s *corev1.Secret
+		if s, err = decode(doc, &corev1.Secret{}); err == nil {
+			r.secrets[s.Name] = s
+		}
+	case "v1/Service":
+		r.services, err = appendDecoded(r.services, doc)
+	case "v1/ServiceAccount":
+		r.serviceAccounts, err = appendDecoded(r.serviceAccounts, doc)
+	case "v1/PersistentVolumeClaim":
+		r.pvcs, err = appendDecoded(r.pvcs, doc)
+	case "policy/v1/PodDisruptionBudget":
+		r.pdbs, err = appendDecoded(r.pdbs, doc)
+	case "autoscaling/v2/HorizontalPodAutoscaler":
+		r.hpas, err = appendDecoded(r.hpas, doc)
+	case "batch/v1/Job":
+		r.jobs, err = appendDecoded(r.jobs, doc)
+	case "keda.sh/v1alpha1/ScaledObject":
+		r.scaledObjects, err = appendDecoded(r.scaledObjects, doc)
+	case "monitoring.coreos.com/v1/ServiceMonitor":
+		r.serviceMonitors, err = appendDecoded(r.serviceMonitors, doc)
+	case "monitoring.coreos.com/v1/PrometheusRule":
+		r.prometheusRules, err = appendDecoded(r.prometheusRules, doc)
+	default:
+		return fmt.Errorf("no type known for %s: add it to the test", key)
+	}
+	return err
+}
+
+func appendDecoded[T any](list []*T, doc string) ([]*T, error) {
+	v, err := decode(doc, new(T))
+	if err != nil {
+		return list, err
+	}
+	return append(list, v), nil
+}
+
+// podSpecs are the pod templates of every workload, by component (provision: the Job).
+func (r *rendered) podSpecs() map[string]*corev1.PodTemplateSpec {
+	pods := map[string]*corev1.PodTemplateSpec{}
+	for c, d := range r.deployments {
+		pods[c] = &d.Spec.Template
+	}
+	for _, j := range r.jobs {
+		pods[j.Labels["app.kubernetes.io/component"]] = &j.Spec.Template
+	}
+	return pods
+}
+
+func TestChartRendersStrictly(t *testing.T) {
+	cases := []struct {
+		name  string
+		files []string
+		set   map[string]any
+		kinds []string // kinds that must be there
+		none  []string // kinds that must not
+	}{
+		{name: "with the default values, a NATS URL given",
+			set:   map[string]any{"natsClient": map[string]any{"url": "nats://nats.nats.svc:4222"}},
+			kinds: []string{"apps/v1/Deployment", "v1/ConfigMap", "v1/Service", "policy/v1/PodDisruptionBudget", "v1/PersistentVolumeClaim", "v1/ServiceAccount"},
+			none: []string{"autoscaling/v2/HorizontalPodAutoscaler", "keda.sh/v1alpha1/ScaledObject", "monitoring.coreos.com/v1/ServiceMonitor",
+				"monitoring.coreos.com/v1/PrometheusRule", "batch/v1/Job", "v1/Secret"}},
+		{name: "with the default values and the bundled NATS",
+			set:   map[string]any{"nats": map[string]any{"enabled": true}},
+			kinds: []string{"apps/v1/Deployment"}},
+		{name: "with every optional feature on and KEDA",
+			files: []string{fullValues},
+			kinds: []string{"keda.sh/v1alpha1/ScaledObject", "monitoring.coreos.com/v1/ServiceMonitor", "monitoring.coreos.com/v1/PrometheusRule", "batch/v1/Job", "v1/Secret"},
+			none:  []string{"autoscaling/v2/HorizontalPodAutoscaler"}},
+		{name: "with every optional feature on and the HPA",
+			files: []string{fullValues},
+			set:   map[string]any{"worker": map[string]any{"autoscaling": map[string]any{"kind": "hpa"}}},
+			kinds: []string{"autoscaling/v2/HorizontalPodAutoscaler"},
+			none:  []string{"keda.sh/v1alpha1/ScaledObject"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			r := mustRender(t, tc.set, tc.files...)
+			for _, k := range tc.kinds {
+				if r.kinds[k] == 0 {
+					t.Errorf("no %s rendered; got %v", k, r.kinds)
+				}
+			}
+			for _, k := range tc.none {
+				if r.kinds[k] != 0 {
+					t.Errorf("%d %s rendered, want none", r.kinds[k], k)
+				}
+			}
+			checkWorkloads(t, r)
+			checkSelectors(t, r)
+		})
+	}
+}
+
+// checkWorkloads checks what every pod must have: the non-root numeric user, a read-only
+// root, no capabilities, probes on the port --ops-addr names, files only from volumes.
+func checkWorkloads(t *testing.T, r *rendered) {
+	t.Helper()
+	for _, c := range []string{"worker", "collector", "producer"} {
+		if r.deployments[c] == nil {
+			t.Errorf("no %s Deployment", c)
+		}
+	}
+	for comp, pod := range r.podSpecs() {
+		ps := pod.Spec.SecurityContext
+		if ps == nil || ps.RunAsNonRoot == nil || !*ps.RunAsNonRoot || ps.RunAsUser == nil || *ps.RunAsUser != 65532 {
+			t.Errorf("%s: pod securityContext %+v, want runAsNonRoot and runAsUser 65532", comp, ps)
+		}
+		if pod.Spec.AutomountServiceAccountToken == nil || *pod.Spec.AutomountServiceAccountToken {
+			t.Errorf("%s: the service account token is mounted", comp)
+		}
+		for _, ctr := range pod.Spec.Containers {
+			sc := ctr.SecurityContext
+			if sc == nil || sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem ||
+				sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation ||
+				sc.Capabilities == nil || !slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) ||
+				sc.RunAsUser == nil || *sc.RunAsUser != 65532 {
+				t.Errorf("%s: container securityContext %+v", comp, sc)
+			}
+			if ctr.Resources.Requests.Memory().IsZero() || ctr.Resources.Limits.Memory().IsZero() {
+				t.Errorf("%s: no memory request or limit", comp)
+			}
+			checkFilesMounted(t, comp, ctr)
+			if comp == "provision" {
+				if ctr.Args[len(ctr.Args)-1] != "provision" {
+					t.Errorf("provision: args %q do not end in the subcommand", ctr.Args)
+				}
+				continue
+			}
+			checkProbes(t, comp, ctr)
+		}
+	}
+}
+
+var opsAddr = regexp.MustCompile(`^--ops-addr=:(\d+)$`)
+
+func checkProbes(t *testing.T, comp string, ctr corev1.Container) {
+	t.Helper()
+	var port string
+	for _, a := range ctr.Args {
+		if m := opsAddr.FindStringSubmatch(a); m != nil {
+			port = m[1]
+		}
+	}
+	if port == "" {
+		t.Fatalf("%s: no --ops-addr in %q", comp, ctr.Args)
+	}
+	var named bool
+	for _, p := range ctr.Ports {
+		named = named || (p.Name == "ops" && fmt.Sprint(p.ContainerPort) == port)
+	}
+	if !named {
+		t.Errorf("%s: no container port \"ops\" = %s (the --ops-addr)", comp, port)
+	}
+	for what, pr := range map[string]*corev1.Probe{"/readyz": ctr.ReadinessProbe, "/healthz": ctr.LivenessProbe} {
+		if pr == nil || pr.HTTPGet == nil || pr.HTTPGet.Path != what || pr.HTTPGet.Port.String() != "ops" {
+			t.Errorf("%s: probe %s is %+v", comp, what, pr)
+		}
+	}
+}
+
+// checkFilesMounted checks that each path a flag names lies in a mounted volume.
+func checkFilesMounted(t *testing.T, comp string, ctr corev1.Container) {
+	t.Helper()
+	for _, a := range ctr.Args {
+		flag, path, ok := strings.Cut(a, "=")
+		if !ok || !strings.HasPrefix(path, "/") || flag == "--out" {
+			continue
+		}
+		mounted := slices.ContainsFunc(ctr.VolumeMounts, func(m corev1.VolumeMount) bool {
+			return strings.HasPrefix(path, m.MountPath+"/") || path == m.MountPath
+		})
+		if !mounted {
+			t.Errorf("%s: %s names %s, which no volume mount holds", comp, flag, path)
+		}
+	}
+}
+
+// checkSelectors checks that Services, PDBs, ServiceMonitors and autoscalers reach the
+// workloads they are for.
+func checkSelectors(t *testing.T, r *rendered) {
+	t.Helper()
+	pods := r.podSpecs()
+	matches := func(sel map[string]string) string {
+		for comp, p := range pods {
+			if comp != "provision" && matchLabels(sel, p.Labels) {
+				return comp
+			}
+		}
+		return ""
+	}
+	for _, s := range r.services {
+		if matches(s.Spec.Selector) == "" {
+			t.Errorf("Service %s selects no pod", s.Name)
+		}
+	}
+	for _, p := range r.pdbs {
+		if matches(p.Spec.Selector.MatchLabels) == "" {
+			t.Errorf("PodDisruptionBudget %s selects no pod", p.Name)
+		}
+	}
+	for _, sm := range r.serviceMonitors {
+		found := slices.ContainsFunc(r.services, func(s *corev1.Service) bool {
+			return matchLabels(sm.Spec.Selector.MatchLabels, s.Labels) &&
+				slices.ContainsFunc(s.Spec.Ports, func(p corev1.ServicePort) bool { return p.Name == sm.Spec.Endpoints[0].Port })
+		})
+		if !found {
+			t.Errorf("ServiceMonitor %s selects no Service with port %q", sm.Name, sm.Spec.Endpoints[0].Port)
+		}
+	}
+	w := r.deployments["worker"]
+	for _, h := range r.hpas {
+		if h.Spec.ScaleTargetRef.Name != w.Name {
+			t.Errorf("HPA scales %s, not the workers", h.Spec.ScaleTargetRef.Name)
+		}
+	}
+	for _, so := range r.scaledObjects {
+		if so.Spec.ScaleTargetRef.Name != w.Name {
+			t.Errorf("ScaledObject scales %s, not the workers", so.Spec.ScaleTargetRef.Name)
+		}
+	}
+	autoscaled := len(r.hpas)+len(r.scaledObjects) > 0
+	if autoscaled != (w.Spec.Replicas == nil) {
+		t.Errorf("autoscaled %v but the worker Deployment's replicas is %v: an apply must not fight the autoscaler", autoscaled, w.Spec.Replicas)
+	}
+}
+
+func matchLabels(sel, labels map[string]string) bool {
+	if len(sel) == 0 {
+		return false
+	}
+	for k, v := range sel {
+		if labels[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+func TestChartConfigsLoadWithTheBinariesLoaders(t *testing.T) {
+	for name, files := range map[string][]string{"default values": nil, "every feature on": {fullValues}} {
+		t.Run("with "+name, func(t *testing.T) {
+			r := mustRender(t, map[string]any{"natsClient": map[string]any{"url": "nats://nats:4222"}}, files...)
+			w := r.deployments["worker"].Spec.Template.Spec.Containers[0]
+			for _, e := range w.Env {
+				t.Setenv(e.Name, "placeholder") // the key variables api_key_env names
+			}
+			dir := t.TempDir()
+			for _, cm := range r.configMaps {
+				for file, body := range cm.Data {
+					if err := os.WriteFile(filepath.Join(dir, file), []byte(body), 0o600); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			wc, err := config.LoadWorker(filepath.Join(dir, "worker.yaml"))
+			if err != nil {
+				t.Fatalf("the chart's worker config: %v", err)
+			}
+			for alias, d := range wc.Deployments {
+				if d.APIKeyEnv != "" && !slices.ContainsFunc(w.Env, func(e corev1.EnvVar) bool { return e.Name == d.APIKeyEnv }) {
+					t.Errorf("deployment %s reads its key from $%s, which the workers do not get", alias, d.APIKeyEnv)
+				}
+			}
+			pipelines, _ := filepath.Glob(filepath.Join(dir, "*.yaml"))
+			var loaded int
+			for _, p := range pipelines {
+				if filepath.Base(p) == "worker.yaml" {
+					continue
+				}
+				pl, err := config.LoadPipeline(p)
+				if err != nil {
+					t.Errorf("the chart's pipeline %s: %v", filepath.Base(p), err)
+					continue
+				}
+				if _, ok := wc.Deployments[pl.LLM.Deployment]; !ok {
+					t.Errorf("pipeline %s names deployment %q, which the worker config lacks", filepath.Base(p), pl.LLM.Deployment)
+				}
+				loaded++
+			}
+			if loaded == 0 {
+				t.Error("no pipeline rendered")
+			}
+		})
+	}
+}
+
+func TestChartSecretsHoldWhatThePodsRead(t *testing.T) {
+	r := mustRender(t, nil, fullValues)
+	for comp, pod := range r.podSpecs() {
+		for _, ctr := range pod.Spec.Containers {
+			for _, e := range ctr.Env {
+				if e.ValueFrom == nil || e.ValueFrom.SecretKeyRef == nil {
+					continue
+				}
+				ref := e.ValueFrom.SecretKeyRef
+				s, ok := r.secrets[ref.Name]
+				if !ok {
+					t.Errorf("%s: $%s reads Secret %s, which the chart does not create", comp, e.Name, ref.Name)
+					continue
+				}
+				if _, ok := s.StringData[ref.Key]; !ok {
+					t.Errorf("%s: $%s reads key %s, which Secret %s lacks", comp, e.Name, ref.Key, ref.Name)
+				}
+			}
+		}
+	}
+	creds := r.secrets["mq-multiquery-nats-creds"]
+	if creds == nil || creds.StringData["nats.creds"] == "" {
+		t.Errorf("no NATS credentials Secret with nats.creds: %v", slices.Collect(maps.Keys(r.secrets)))
+	}
+}
+
+func TestChartRefusesValuesThatCannotWork(t *testing.T) {
+	url := map[string]any{"url": "nats://nats:4222"}
+	cases := []struct {
+		name string
+		set  map[string]any
+		want string
+	}{
+		{"no NATS URL and no bundled NATS", map[string]any{}, "natsClient.url is required"},
+		{"a grace period not above the drain timeout",
+			map[string]any{"natsClient": url, "worker": map[string]any{"terminationGracePeriodSeconds": 120}}, "terminationGracePeriodSeconds must be above"},
+		{"standby collectors on a ReadWriteOnce volume",
+			map[string]any{"natsClient": url, "collector": map[string]any{"replicas": 2}}, "needs a ReadWriteMany volume"},
+		{"an autoscaler kind that does not exist",
+			map[string]any{"natsClient": url, "worker": map[string]any{"autoscaling": map[string]any{"enabled": true, "kind": "vpa"}}}, "/worker/autoscaling/kind"},
+		{"a misspelled value (values.schema.json)",
+			map[string]any{"natsClient": url, "worker": map[string]any{"autoscalling": map[string]any{"enabled": true}}}, "autoscalling"},
+		{"a pipeline name that is no subject token",
+			map[string]any{"natsClient": url, "producer": map[string]any{"pipelines": map[string]any{"my.pipeline": map[string]any{}}}}, "my.pipeline"},
+		{"TLS without its Secret",
+			map[string]any{"natsClient": map[string]any{"url": "tls://nats:4222", "tls": map[string]any{"enabled": true}}}, "natsClient.tls.existingSecret is required"},
+		{"a producer file that would load as a pipeline",
+			map[string]any{"natsClient": url, "producer": map[string]any{"files": map[string]any{"lookup.yaml": "a: b"}}}, "name it .yml"},
+	}
+	for _, tc := range cases {
+		t.Run("it refuses "+tc.name, func(t *testing.T) {
+			_, err := renderChart(t, tc.set)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("render error %v, want one containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestChartDeclaresNATSAsAConditionalDependency(t *testing.T) {
+	c := loadChart(t)
+	deps := c.Metadata.Dependencies
+	if len(deps) != 1 || deps[0].Name != "nats" || deps[0].Condition != "nats.enabled" ||
+		!regexp.MustCompile(`^\d+\.\d+\.\d+$`).MatchString(deps[0].Version) {
+		t.Fatalf("dependencies %+v, want nats pinned to one version under nats.enabled", deps)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatalf("Chart.yaml: %v", err)
+	}
+}
+
+func TestOneOffRunManifestDecodesStrictly(t *testing.T) {
+	b, err := os.ReadFile("../k8s/producer-job.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &rendered{deployments: map[string]*appsv1.Deployment{}, configMaps: map[string]*corev1.ConfigMap{},
+		secrets: map[string]*corev1.Secret{}, kinds: map[string]int{}}
+	for _, doc := range releaseutil.SplitManifests(string(b)) {
+		if err := r.add(doc); err != nil {
+			t.Fatalf("%v\n%s", err, doc)
+		}
+	}
+	if len(r.jobs) != 1 || len(r.configMaps) != 1 {
+		t.Fatalf("kinds %v, want a Job and its ConfigMap", r.kinds)
+	}
+	dir := t.TempDir()
+	for file, body := range r.configMaps["multiquery-run-reviews-0001"].Data {
+		if err := os.WriteFile(filepath.Join(dir, file), []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := config.LoadPipeline(filepath.Join(dir, "pipeline.yaml")); err != nil {
+		t.Errorf("the Job's pipeline: %v", err)
+	}
+}
