@@ -26,6 +26,7 @@ import (
 
 	"github.com/multiquery/multiquery/internal/cli"
 	"github.com/multiquery/multiquery/internal/config"
+	"github.com/multiquery/multiquery/internal/estimate"
 	"github.com/multiquery/multiquery/internal/input"
 	"github.com/multiquery/multiquery/internal/ops"
 	"github.com/multiquery/multiquery/internal/proc"
@@ -44,7 +45,7 @@ func main() { os.Exit(run(os.Args[1:])) }
 type options struct {
 	proc.Flags
 	cfgPath, inPath, format, runID string
-	wait                           bool
+	wait, dryRun                   bool
 	waitMax                        time.Duration
 	ahead                          int
 	serve                          string
@@ -61,6 +62,7 @@ func parseFlags(args []string) (options, error) {
 	fs.BoolVar(&o.wait, "wait", false, "wait until the collector has emitted every row, then print the summary")
 	fs.DurationVar(&o.waitMax, "wait-timeout", 0, "give up waiting after this long (0 = no limit)")
 	fs.IntVar(&o.ahead, "max-ahead", producer.DefaultMaxAhead, "flow control: rows published ahead of the rows the collector has written")
+	fs.BoolVar(&o.dryRun, "dry-run", false, "check the config and the input, render every prompt, print rows, queries, prompt tokens and the estimated cost; connects to nothing, publishes nothing")
 	fs.StringVar(&o.serve, "serve", "", "run as a service for upstream publishers: a directory of pipeline configs, <name>.yaml each (see docs/WIRE.md, submit subjects)")
 	return o, fs.Parse(args)
 }
@@ -70,6 +72,9 @@ func run(args []string) int {
 	o, err := parseFlags(args)
 	if err != nil {
 		return cli.ParseExit(err)
+	}
+	if o.dryRun {
+		return dryRun(o)
 	}
 	if err := o.CheckNATS(); err != nil {
 		return cli.Usage("producer", err)
@@ -117,6 +122,38 @@ func runFile(o options, log zerolog.Logger) int {
 			log.Error().Err(err).Msg("wait")
 			return cli.ExitFailed
 		}
+	}
+	if rep.RowErrors > 0 {
+		return exitRowErrors
+	}
+	return cli.ExitOK
+}
+
+// dryRun checks the config and the input and renders every prompt without NATS, then
+// prints what the run would publish and cost (package estimate).
+func dryRun(o options) int {
+	if o.serve != "" {
+		return cli.Usage("producer", errors.New("--dry-run: not with --serve"))
+	}
+	cfg, closeInput, err := o.runConfig()
+	if err != nil {
+		return cli.Usage("producer", err)
+	}
+	defer closeInput()
+	t := estimate.NewTally()
+	rep, err := producer.DryRun(cfg, t.Add)
+	var ue *producer.UsageError
+	if errors.As(err, &ue) {
+		return cli.Usage("producer", err)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "producer: dry run: %v\n", err)
+		return cli.ExitFailed
+	}
+	fmt.Println("dry run: nothing was published")
+	c := cfg.Pipeline.Cost
+	if err := t.Write(os.Stdout, estimate.Prices{PromptPer1K: c.PromptPer1K, CompletionPer1K: c.CompletionPer1K}); err != nil {
+		return cli.ExitFailed
 	}
 	if rep.RowErrors > 0 {
 		return exitRowErrors
