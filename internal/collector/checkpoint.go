@@ -303,7 +303,9 @@ func (c *Collector) cleanup(ctx context.Context, id string, deployments []string
 	for _, kv := range []jetstream.KeyValue{c.runsKV, c.retryKV} {
 		keys, err := kv.ListKeysFiltered(ctx, id+".>")
 		if err != nil {
-			log.Warn().Err(err).Str("bucket", kv.Bucket()).Msg("list keys of a finished run")
+			if ctx.Err() == nil {
+				log.Warn().Err(err).Str("bucket", kv.Bucket()).Msg("list keys of a finished run")
+			}
 			continue
 		}
 		for k := range keys.Keys() {
