@@ -85,10 +85,10 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 || args[0] != "run" {
 		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "help") {
-			fmt.Fprint(stdout, usage)
+			_, _ = parseFlags([]string{"-h"}, stdout) // prints the usage and the flags
 			return cli.ExitOK
 		}
-		fmt.Fprint(stderr, usage)
+		_, _ = parseFlags([]string{"-h"}, stderr)
 		return cli.ExitUsage
 	}
 	o, err := parseFlags(args[1:], stderr)
@@ -248,10 +248,13 @@ func newProgress(w io.Writer) *progress {
 // describe is a snapshot as text, without the rows done.
 func describe(s local.Snapshot) string {
 	eta := "?"
-	if s.ETA > 0 {
+	switch {
+	case s.Done:
+		eta = "done"
+	case s.ETA > 0:
 		eta = s.ETA.String()
 	}
-	return fmt.Sprintf("failed %d | calls %d, 429s %d | %.1f calls/s | ETA %s", s.Failed, s.Calls, s.Capacity, s.CallRate, eta)
+	return fmt.Sprintf("ok %d, failed %d | calls %d, 429s %d | %.1f calls/s | ETA %s", s.OK, s.Failed, s.Calls, s.Capacity, s.CallRate, eta)
 }
 
 func (pr *progress) update(s local.Snapshot) {
