@@ -94,11 +94,12 @@ type Component interface {
 	Started() bool
 }
 
-// Serve runs c next to the ops endpoints (with cs among the metrics) until ctx ends or
-// either fails, ready while nc is connected and c started, and returns the exit code;
-// a failure is logged ("<what> stopped").
+// Serve runs c next to the ops endpoints (with cs and the NATS connection's state among
+// the metrics) until ctx ends or either fails, ready while nc is connected and c started
+// and ctx not over, and returns the exit code; a failure is logged ("<what> stopped").
+// /metrics and /healthz answer until c has drained (ops.Server.Serve).
 func (p *Flags) Serve(ctx context.Context, what string, nc *nats.Conn, c Component, log zerolog.Logger, cs ...prometheus.Collector) int {
-	srv := ops.NewServer(p.OpsAddr, log, cs...)
+	srv := ops.NewServer(p.OpsAddr, log, append(ops.NATSMetrics(nc), cs...)...)
 	if p.Pprof {
 		srv.EnablePprof()
 	}
