@@ -174,8 +174,12 @@ func (w *Worker) call(ctx context.Context, dl *delivery, in outcomeInput) {
 	// worker's jobs come back quickly).
 	unhold := w.keep.hold(dl.msg)
 	w.m.calls.WithLabelValues(d.alias).Inc()
+	inflight := w.m.inflight.WithLabelValues(d.alias)
+	inflight.Inc()
 	began := time.Now()
 	ans, callErr := d.client.Call(ctx, job.Request)
+	took := time.Since(began)
+	inflight.Dec()
 	unhold()
 	if ans != nil {
 		d.budget(ans.RateLimit)
@@ -191,8 +195,9 @@ func (w *Worker) call(ctx context.Context, dl *delivery, in outcomeInput) {
 	if c.class != classCapacity && c.class != classDrained && (ans != nil || c.status != 0) {
 		d.served() // the provider answered, and not with a capacity error
 	}
+	w.m.observeCall(d, c.class, took.Seconds(), this)
 	if c.class != classDrained {
-		w.audit.record(job, dl.attempt, w.cfg.Name, ans, callErr, time.Since(began))
+		w.audit.record(job, dl.attempt, w.cfg.Name, ans, callErr, took)
 	}
 	st, unsaved := w.tally(ctx, dl, &in, callErr, this)
 	var res *wire.Result
