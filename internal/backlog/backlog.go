@@ -25,7 +25,8 @@ import (
 // DefaultInterval is how often Run reads the job consumers.
 const DefaultInterval = 5 * time.Second
 
-// Meter polls the job consumers and exports the backlog per deployment.
+// Meter polls the job consumers and exports the backlog per deployment. Poll and Run are
+// not for concurrent use.
 type Meter struct {
 	js    jetstream.JetStream
 	every time.Duration

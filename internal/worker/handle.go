@@ -174,12 +174,9 @@ func (w *Worker) call(ctx context.Context, dl *delivery, in outcomeInput) {
 	// worker's jobs come back quickly).
 	unhold := w.keep.hold(dl.msg)
 	w.m.calls.WithLabelValues(d.alias).Inc()
-	inflight := w.m.inflight.WithLabelValues(d.alias)
-	inflight.Inc()
 	began := time.Now()
-	ans, callErr := d.client.Call(ctx, job.Request)
+	ans, callErr := w.callModel(ctx, d, job)
 	took := time.Since(began)
-	inflight.Dec()
 	unhold()
 	if ans != nil {
 		d.budget(ans.RateLimit)
@@ -205,6 +202,14 @@ func (w *Worker) call(ctx context.Context, dl *delivery, in outcomeInput) {
 		res = &wire.Result{OK: true, Fields: fields, Usage: &ans.Usage, Model: ans.Model}
 	}
 	w.act(ctx, dl, decide(in), res, st.spent().plus(unsaved), unsaved)
+}
+
+// callModel makes the model call, counted in flight while it runs (a panic included).
+func (w *Worker) callModel(ctx context.Context, d *deployment, job *wire.Job) (*llm.Answer, error) {
+	inflight := w.m.inflight.WithLabelValues(d.alias)
+	inflight.Inc()
+	defer inflight.Dec()
+	return d.client.Call(ctx, job.Request)
 }
 
 // tally does what a call's class entails before its outcome can be decided, and fills
