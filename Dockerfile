@@ -10,8 +10,12 @@ COPY cmd ./cmd
 COPY internal ./internal
 ARG TARGETOS
 ARG TARGETARCH
+# What --version prints and mq_build_info exports: the context has no .git, so pass
+# them, e.g. --build-arg VERSION=$(git describe --tags --always) --build-arg REVISION=$(git rev-parse HEAD).
+ARG VERSION=dev
+ARG REVISION=
 RUN CGO_ENABLED=0 GOOS=${TARGETOS:-linux} GOARCH=${TARGETARCH} \
-    go build -trimpath -ldflags="-s -w" -o /out/ \
+    go build -trimpath -ldflags="-s -w -X github.com/multiquery/multiquery/internal/version.version=${VERSION} -X github.com/multiquery/multiquery/internal/version.revision=${REVISION}" -o /out/ \
       ./cmd/producer ./cmd/worker ./cmd/collector ./cmd/mqctl ./cmd/llmsim
 
 FROM gcr.io/distroless/static-debian12:nonroot

@@ -6,6 +6,10 @@ FUZZTIME  ?= 10s
 FUZZMIN   ?= 3s
 WORKERS   ?= 1,2,4,8
 GOLANGCI_VERSION ?= v2.6.2
+# What --version prints and mq_build_info exports (internal/version).
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+REVISION  ?= $(shell git rev-parse HEAD 2>/dev/null)
+LDFLAGS   := -X github.com/multiquery/multiquery/internal/version.version=$(VERSION) -X github.com/multiquery/multiquery/internal/version.revision=$(REVISION)
 
 .DEFAULT_GOAL := help
 
@@ -16,7 +20,7 @@ help: ## list the targets
 .PHONY: build
 build: ## build multiquery (local mode), producer, worker, collector, mqctl, llmsim and nats-server into bin/
 	@mkdir -p $(BIN)
-	$(GO) build -o $(BIN)/ ./cmd/...
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/...
 	$(GO) build -o $(BIN)/nats-server github.com/nats-io/nats-server/v2
 
 .PHONY: demo

@@ -52,6 +52,9 @@ func run(args []string) int {
 	if err != nil {
 		return cli.ParseExit(err)
 	}
+	if o.Version.Print(os.Stdout, "collector") {
+		return cli.ExitOK
+	}
 	if err := o.CheckNATS(); err != nil {
 		return cli.Usage("collector", err)
 	}

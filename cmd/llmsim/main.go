@@ -18,6 +18,7 @@ import (
 
 	"github.com/multiquery/multiquery/internal/cli"
 	"github.com/multiquery/multiquery/internal/llmsim"
+	"github.com/multiquery/multiquery/internal/version"
 )
 
 // options is everything the command reads from its flags.
@@ -33,7 +34,7 @@ func main() { os.Exit(run(os.Args[1:])) }
 // 2 bad flags.
 func run(args []string) int {
 	opts, err := parseFlags(args)
-	if errors.Is(err, flag.ErrHelp) {
+	if errors.Is(err, flag.ErrHelp) || errors.Is(err, version.ErrPrinted) {
 		return cli.ExitOK
 	}
 	if err != nil {
@@ -81,6 +82,7 @@ func parseFlags(args []string) (options, error) {
 		burstEvery time.Duration
 		burstFor   time.Duration
 	)
+	ver := version.Register(fs)
 	fs.StringVar(&opts.addr, "addr", "127.0.0.1:8081", "listen address")
 	fs.StringVar(&opts.logLevel, "log-level", "info", "log level: debug logs one line per request")
 	fs.StringVar(&keys, "keys", "", "comma-separated accepted API keys; empty accepts any")
@@ -118,6 +120,9 @@ func parseFlags(args []string) (options, error) {
 	})
 	if err := fs.Parse(args); err != nil {
 		return options{}, err
+	}
+	if ver.Print(os.Stdout, "llmsim") {
+		return options{}, version.ErrPrinted
 	}
 	if fs.NArg() > 0 {
 		return options{}, fmt.Errorf("unexpected arguments %q", fs.Args())

@@ -107,6 +107,13 @@ func TestParseFlagsRateLimitHeaders(t *testing.T) {
 	}
 }
 
+func TestRunVersionExitsZero(t *testing.T) {
+	t.Parallel()
+	if got := run([]string{"--version"}); got != 0 {
+		t.Errorf("run(--version) = %d, want 0", got)
+	}
+}
+
 func TestServeStopsOnCancel(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithCancel(context.Background())

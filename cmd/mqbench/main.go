@@ -21,6 +21,7 @@ import (
 
 	"github.com/multiquery/multiquery/internal/bench"
 	"github.com/multiquery/multiquery/internal/cli"
+	"github.com/multiquery/multiquery/internal/version"
 )
 
 func main() { os.Exit(run(os.Args[1:])) }
@@ -137,6 +138,7 @@ func (o *options) workDir() error {
 func parseFlags(args []string) (*options, error) {
 	fs := flag.NewFlagSet("mqbench", flag.ContinueOnError)
 	o := &options{}
+	ver := version.Register(fs)
 	fs.StringVar(&o.bin, "bin", "bin", "directory of the built binaries (make build)")
 	fs.StringVar(&o.dir, "dir", "", "work directory (default: a temp dir)")
 	fs.IntVar(&o.runs, "runs", 3, "runs per cell (the table keeps the worst)")
@@ -159,6 +161,9 @@ func parseFlags(args []string) (*options, error) {
 	fs.IntVar(&o.raw.Slots, "raw-slots", 512, "internal: slots of --raw-loop-child")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
+	}
+	if ver.Print(os.Stdout, "mqbench") {
+		return nil, version.ErrPrinted
 	}
 	return o, nil
 }

@@ -9,6 +9,7 @@ func TestRunUsageErrorsStartNothing(t *testing.T) {
 		want int
 	}{
 		{[]string{"-h"}, 0},
+		{[]string{"--version"}, 0}, // prints "<cmd> <version> (<revision>, <go version>)"
 		{[]string{"--bogus"}, 2},
 		{[]string{"--dir", dir, "--cost", "--shapes", "0x1"}, 2},
 		{[]string{"--dir", dir, "--collector-memory", "10,x"}, 2},

@@ -13,6 +13,7 @@ import (
 
 	"github.com/multiquery/multiquery/internal/bench"
 	"github.com/multiquery/multiquery/internal/cli"
+	"github.com/multiquery/multiquery/internal/version"
 )
 
 func main() { os.Exit(run(os.Args[1:])) }
@@ -57,6 +58,7 @@ func parseFlags(args []string) (options, error) {
 		seeds  string
 		faults string
 	)
+	ver := version.Register(fs)
 	fs.StringVar(&c.Bin, "bin", "bin", "directory of the built binaries (make build)")
 	fs.StringVar(&o.dir, "dir", "", "work directory (default: a temp dir)")
 	fs.IntVar(&c.Rows, "rows", 2000, "input rows")
@@ -71,6 +73,9 @@ func parseFlags(args []string) (options, error) {
 	fs.BoolVar(&c.Cluster, "cluster", false, "a 3-node JetStream cluster with 3 replicas; --nats-kills kill -9 nodes that stay down")
 	if err := fs.Parse(args); err != nil {
 		return o, err
+	}
+	if ver.Print(os.Stdout, "mqchaos") {
+		return o, version.ErrPrinted
 	}
 	c.Faults = strings.Split(faults, ",")
 	for _, seed := range strings.Split(seeds, ",") {

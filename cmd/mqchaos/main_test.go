@@ -13,6 +13,9 @@ func TestParseFlags(t *testing.T) {
 	if got := run([]string{"--seeds", "1,x"}); got != 2 {
 		t.Errorf("run(--seeds 1,x) = %d, want 2", got)
 	}
+	if got := run([]string{"--version"}); got != 0 {
+		t.Errorf("run(--version) = %d, want 0", got)
+	}
 	if got := run([]string{"-h"}); got != 0 {
 		t.Errorf("run(-h) = %d, want 0", got)
 	}

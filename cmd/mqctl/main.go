@@ -35,6 +35,7 @@ import (
 	"github.com/multiquery/multiquery/internal/provision"
 	"github.com/multiquery/multiquery/internal/queue"
 	"github.com/multiquery/multiquery/internal/status"
+	"github.com/multiquery/multiquery/internal/version"
 	"github.com/multiquery/multiquery/internal/wire"
 )
 
@@ -101,9 +102,13 @@ func run(args []string) int {
 	fs := flag.NewFlagSet("mqctl", flag.ContinueOnError)
 	var natsOpts natsconn.Options
 	natsOpts.Register(fs, os.Getenv)
+	ver := version.Register(fs)
 	fs.Usage = func() { fmt.Fprintln(os.Stderr, usage); fs.PrintDefaults() }
 	if err := fs.Parse(args); err != nil {
 		return cli.ParseExit(err)
+	}
+	if ver.Print(os.Stdout, "mqctl") {
+		return cli.ExitOK
 	}
 	cmd, rest, ok := lookup(fs.Args())
 	if !ok {

@@ -71,6 +71,9 @@ func TestRunUsage(t *testing.T) {
 	if got := run([]string{"-h"}); got != cli.ExitOK {
 		t.Errorf("run(-h) = %d, want %d", got, cli.ExitOK)
 	}
+	if got := run([]string{"--version"}); got != cli.ExitOK {
+		t.Errorf("run(--version) = %d, want %d", got, cli.ExitOK)
+	}
 }
 
 // get RUN writes the run's stored files into --out (default ./RUN) byte for byte and

@@ -33,6 +33,7 @@ import (
 	"github.com/multiquery/multiquery/internal/ops"
 	"github.com/multiquery/multiquery/internal/producer"
 	"github.com/multiquery/multiquery/internal/sink"
+	"github.com/multiquery/multiquery/internal/version"
 	"github.com/multiquery/multiquery/internal/worker"
 )
 
@@ -45,6 +46,7 @@ const lineEvery = 5 * time.Second
 func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
 
 const usage = `usage: multiquery run --config pipeline.yaml --workers worker.yaml --input rows.csv --out DIR [flags]
+       multiquery --version
 
 Runs the producer, a worker and the collector in one process on an embedded NATS
 JetStream server. Run the same command again to resume an interrupted run.
@@ -83,6 +85,10 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 
 // run returns the exit code, so that every deferred cleanup runs.
 func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 1 && (args[0] == "--version" || args[0] == "-version" || args[0] == "version") {
+		fmt.Fprintln(stdout, version.Get().Line("multiquery"))
+		return cli.ExitOK
+	}
 	if len(args) == 0 || args[0] != "run" {
 		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "help") {
 			_, _ = parseFlags([]string{"-h"}, stdout) // prints the usage and the flags

@@ -373,3 +373,10 @@ func TestARunFinishesAndRunningItAgainCallsNothing(t *testing.T) {
 		t.Errorf("the rerun made %d calls", n-calls)
 	}
 }
+
+func TestVersionPrintsTheBuildAndExits0(t *testing.T) {
+	var out, errOut strings.Builder
+	if code := run([]string{"--version"}, &out, &errOut); code != 0 || !strings.HasPrefix(out.String(), "multiquery ") {
+		t.Fatalf("--version: exit %d, stdout %q, stderr %q; want 0 and the version line", code, out.String(), errOut.String())
+	}
+}

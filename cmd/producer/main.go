@@ -15,6 +15,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -72,6 +73,9 @@ func run(args []string) int {
 	o, err := parseFlags(args)
 	if err != nil {
 		return cli.ParseExit(err)
+	}
+	if o.Version.Print(os.Stdout, "producer") {
+		return cli.ExitOK
 	}
 	if o.dryRun {
 		return dryRun(o)
@@ -242,18 +246,14 @@ func runService(o options, log zerolog.Logger) int {
 	}
 	defer nc.Drain()
 	m := producer.NewMetrics()
-	srv := ops.NewServer(o.OpsAddr, log, append(m.Collectors(), queue.Collectors()...)...)
+	cs := slices.Concat(ops.NATSMetrics(nc), m.Collectors(), queue.Collectors())
+	srv := ops.NewServer(o.OpsAddr, log, cs...)
 	srv.ReadyWhen(nc.IsConnected)
-	srv.SetReady(true)
-	opsDone := make(chan struct{})
-	go func() {
-		defer close(opsDone)
-		if err := srv.Run(ctx); err != nil {
-			log.Error().Err(err).Msg("ops server")
-		}
-	}()
-	defer func() { stop(); <-opsDone }()
-	if err := producer.Serve(ctx, js, producer.ServiceConfig{Pipelines: pipelines, Topology: o.Topology(), MaxAhead: o.ahead, Metrics: m}, log); err != nil {
+	// Ready until SIGTERM; /metrics and /healthz answer until the service has returned.
+	err = srv.Serve(ctx, func(ctx context.Context) error {
+		return producer.Serve(ctx, js, producer.ServiceConfig{Pipelines: pipelines, Topology: o.Topology(), MaxAhead: o.ahead, Metrics: m}, log)
+	})
+	if err != nil {
 		log.Error().Err(err).Msg("producer service")
 		return cli.ExitFailed
 	}

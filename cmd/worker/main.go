@@ -49,6 +49,9 @@ func run(args []string) int {
 	if err != nil {
 		return cli.ParseExit(err)
 	}
+	if o.Version.Print(os.Stdout, "worker") {
+		return cli.ExitOK
+	}
 	if err := o.CheckNATS(); err != nil {
 		return cli.Usage("worker", err)
 	}

@@ -8,6 +8,7 @@ func TestRunExitCodesWithoutNATS(t *testing.T) {
 		want int
 	}{
 		{[]string{"-h"}, 0},
+		{[]string{"--version"}, 0}, // prints "<cmd> <version> (<revision>, <go version>)"
 		{[]string{"--bogus"}, 2},
 		{[]string{"--replicas", "x"}, 2},
 		{[]string{"--nats-password", "p"}, 2},                  // a password without a user

@@ -1,7 +1,8 @@
 // Package cli is what the commands under cmd/ share: their exit codes, flag parsing that
 // returns instead of exiting (so that every deferred cleanup runs), the signal context
 // and list flags. Each command's main is `os.Exit(run(os.Args[1:]))`. It imports only
-// the standard library; the long-running processes' flags and serving are package proc.
+// the standard library and package version; the long-running processes' flags and
+// serving are package proc.
 package cli
 
 import (
@@ -13,6 +14,8 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+
+	"github.com/multiquery/multiquery/internal/version"
 )
 
 // Exit codes every command shares (the producer adds 3: some rows failed).
@@ -23,9 +26,10 @@ const (
 )
 
 // ParseExit is the exit code of a FlagSet.Parse error (flag.ContinueOnError): ExitOK for
-// -h, ExitUsage otherwise (the flag package has printed why, and the usage).
+// -h and --version (version.ErrPrinted), ExitUsage otherwise (the flag package has
+// printed why, and the usage).
 func ParseExit(err error) int {
-	if errors.Is(err, flag.ErrHelp) {
+	if errors.Is(err, flag.ErrHelp) || errors.Is(err, version.ErrPrinted) {
 		return ExitOK
 	}
 	return ExitUsage

@@ -30,6 +30,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/rs/zerolog"
 
+	"github.com/multiquery/multiquery/internal/backlog"
 	"github.com/multiquery/multiquery/internal/lease"
 	"github.com/multiquery/multiquery/internal/queue"
 	"github.com/multiquery/multiquery/internal/wire"
@@ -61,6 +62,9 @@ type Config struct {
 	// (wire.BucketResults, where mqctl get fetches them): the files then stay on the
 	// collector's volume only.
 	NoStore bool
+	// BacklogInterval is how often the active collector reads the job consumers for
+	// mq_jobs_backlog (0: backlog.DefaultInterval).
+	BacklogInterval time.Duration
 }
 
 // DefaultMemoryLimit is Config.MemoryLimit (the collector's --memory-limit) when not set.
@@ -131,6 +135,7 @@ type Collector struct {
 	// order, so every result below it has been applied.
 	resultsSeen uint64
 	m           *metrics
+	backlog     *backlog.Meter // mq_jobs_backlog, polled while active
 	// fence is the lease held while active (nil with NoLease): every side effect passes
 	// it first (docs/OPERATIONS.md, "Collector lease and fencing").
 	fence *lease.Fence
@@ -146,7 +151,8 @@ func New(js jetstream.JetStream, cfg Config, log zerolog.Logger) (*Collector, er
 		return nil, err
 	}
 	return &Collector{cfg: cfg, js: js, log: log.With().Str("component", "collector").Logger(),
-		runs: map[string]*run{}, orphans: map[string][]event{}, done: map[string]bool{}, dirty: map[string]*run{}, purges: make(chan purge, 100000), m: newMetrics()}, nil
+		runs: map[string]*run{}, orphans: map[string][]event{}, done: map[string]bool{}, dirty: map[string]*run{}, purges: make(chan purge, 100000), m: newMetrics(),
+		backlog: backlog.New(js, cfg.BacklogInterval, log)}, nil
 }
 
 // Run folds events until ctx ends, checkpointing as it goes; it returns after a last
@@ -225,6 +231,9 @@ func (c *Collector) active(ctx context.Context) error {
 		wg.Add(1)
 		go func() { defer wg.Done(); c.purger(pctx) }()
 	}
+	// Only the active collector exports the backlog: the fleet's sum counts it once.
+	wg.Add(1)
+	go func() { defer wg.Done(); c.backlog.Run(pctx) }()
 	tick := time.NewTicker(c.cfg.FlushInterval)
 	defer tick.Stop()
 	defer c.closeAll()
@@ -435,16 +444,23 @@ func (m *metrics) rejectedCount(reason string) float64 {
 }
 
 func newMetrics() *metrics {
-	return &metrics{
+	m := &metrics{
 		rows:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mq_collector_rows_total", Help: "Rows emitted, by outcome."}, []string{"outcome"}),
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mq_collector_rejected_total", Help: "Events refused at the door, by reason."}, []string{"reason"}),
 		takeover: prometheus.NewGauge(prometheus.GaugeOpts{Name: "mq_collector_lease_wait_seconds", Help: "How long this collector stood by before it took the lease."}),
 		storeFailures: prometheus.NewCounter(prometheus.CounterOpts{Name: "mq_collector_store_failures_total",
 			Help: "Failed attempts to store a completed run's files in the results bucket (each is retried; the run says finished once they are stored)."}),
 	}
+	// Every label value is known: each series starts at 0.
+	m.rows.WithLabelValues("ok")
+	m.rows.WithLabelValues("error")
+	for _, r := range []string{rejectInvalidRunID, rejectRowBeyondSeal, rejectOrphanLimit, rejectFinishedRun} {
+		m.rejected.WithLabelValues(r)
+	}
+	return m
 }
 
 // Collectors returns the collector's metrics for registration.
 func (c *Collector) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{c.m.rows, c.m.rejected, c.m.takeover, c.m.storeFailures}
+	return append([]prometheus.Collector{c.m.rows, c.m.rejected, c.m.takeover, c.m.storeFailures}, c.backlog.Collectors()...)
 }

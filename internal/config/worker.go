@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math"
 	"net"
 	"net/url"
 	"os"
@@ -67,6 +68,36 @@ type Deployment struct {
 	MaxConcurrency int `yaml:"max_concurrency"`
 	// Throttle parameterises the fleet-wide AIMD throttle of this deployment.
 	Throttle Throttle `yaml:"throttle"`
+	// Prices, optional, are the deployment's token prices: with them the worker counts
+	// the estimated cost of the tokens it is billed (mq_worker_cost_usd_total).
+	Prices *Prices `yaml:"prices"`
+}
+
+// Prices are a deployment's token prices in USD per 1000 tokens.
+type Prices struct {
+	// PromptPer1K is the price of 1000 prompt (input) tokens.
+	PromptPer1K float64 `yaml:"prompt_per_1k"`
+	// CompletionPer1K is the price of 1000 completion (output) tokens.
+	CompletionPer1K float64 `yaml:"completion_per_1k"`
+}
+
+func (p *Prices) problems(path string) []error {
+	if p == nil {
+		return nil
+	}
+	var errs []error
+	for _, f := range []struct {
+		name string
+		v    float64
+	}{{"prompt_per_1k", p.PromptPer1K}, {"completion_per_1k", p.CompletionPer1K}} {
+		if f.v < 0 || math.IsNaN(f.v) || math.IsInf(f.v, 0) {
+			errs = append(errs, fmt.Errorf("%s.prices.%s: must be a finite price >= 0 (USD per 1000 tokens), got %v", path, f.name, f.v))
+		}
+	}
+	if len(errs) == 0 && p.PromptPer1K == 0 && p.CompletionPer1K == 0 {
+		errs = append(errs, fmt.Errorf("%s.prices: prompt_per_1k or completion_per_1k must be > 0 (leave prices out to count no cost)", path))
+	}
+	return errs
 }
 
 // Throttle holds the fleet-wide throttle parameters of one deployment: the fields of
@@ -283,6 +314,7 @@ func (d Deployment) problems(alias string) []error {
 	if d.MaxConcurrency < 0 {
 		add("max_concurrency", "must be >= 0, got %d", d.MaxConcurrency)
 	}
+	errs = append(errs, d.Prices.problems(path)...)
 	return append(errs, d.Throttle.problems(path+".throttle")...)
 }
 

@@ -206,6 +206,9 @@ func TestWorkerValidate(t *testing.T) {
 		{"an explicit zero max_pause is checked, not defaulted", "deployments:\n  a:\n" + azure + "    api_key_env: K\n    throttle: {max_pause: 0s}\n", []string{"deployments.a.throttle.max_pause: must be > 0, got 0s"}},
 		{"an explicit zero increase is checked, not defaulted", "deployments:\n  a:\n" + azure + "    api_key_env: K\n    throttle: {increase: 0}\n", []string{"deployments.a.throttle.increase: must be > 0, got 0"}},
 		{"timeout as a number is rejected", "deployments:\n  a:\n" + azure + "    api_key_env: K\n    timeout: 60\n", []string{"time.Duration"}},
+		{"a negative price", "deployments:\n  a:\n" + azure + "    api_key_env: K\n    prices: {prompt_per_1k: -0.01, completion_per_1k: 0.03}\n", []string{"deployments.a.prices.prompt_per_1k: must be a finite price >= 0 (USD per 1000 tokens), got -0.01"}},
+		{"a prices block that prices nothing", "deployments:\n  a:\n" + azure + "    api_key_env: K\n    prices: {}\n", []string{"deployments.a.prices: prompt_per_1k or completion_per_1k must be > 0"}},
+		{"a misspelt price key names its path", "deployments:\n  a:\n" + azure + "    api_key_env: K\n    prices: {prompt_per_1000: 1}\n", []string{`unknown field "prompt_per_1000" in deployments.a.prices`}},
 		{"unknown key names its path", "deployments:\n  a:\n" + azure + "    api_key_env: K\n    throttle: {jiter: 0.1}\n", []string{`unknown field "jiter" in deployments.a.throttle`}},
 		{
 			"every problem is reported",
@@ -226,6 +229,22 @@ func TestWorkerValidate(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestWorkerPrices(t *testing.T) {
+	t.Parallel()
+	src := "deployments:\n  priced:\n    provider: openai\n    endpoint: http://127.0.0.1:8089/v1\n    prices: {prompt_per_1k: 0.0025, completion_per_1k: 0.01}\n" +
+		"  free:\n    provider: openai\n    endpoint: http://127.0.0.1:8089/v1\n"
+	w, err := parseWorker([]byte(src), "", fakeEnv(nil))
+	if err != nil {
+		t.Fatalf("parseWorker: %v", err)
+	}
+	if p := w.Deployments["priced"].Prices; p == nil || *p != (Prices{PromptPer1K: 0.0025, CompletionPer1K: 0.01}) {
+		t.Errorf("priced: prices %+v", p)
+	}
+	if p := w.Deployments["free"].Prices; p != nil {
+		t.Errorf("free: prices %+v, want none (no cost counted)", p)
 	}
 }
 

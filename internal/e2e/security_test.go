@@ -220,6 +220,9 @@ func TestPipelineRunsWithLeastPrivilegeRoles(t *testing.T) {
 	if strings.Contains(strings.ToLower(logs), "permissions violation") {
 		t.Fatalf("a role lacked a permission during the run:\n%s", grepLines(logs, "ermissions"))
 	}
+	if strings.Contains(logs, "job backlog not read") {
+		t.Fatalf("the collector could not read the job backlog:\n%s", grepLines(logs, "backlog"))
+	}
 	if strings.Contains(logs, "differs from what multiquery would create") {
 		t.Fatalf("a process found the provisioned topology different from its own:\n%s", grepLines(logs, "differs"))
 	}

@@ -1,6 +1,6 @@
 // Package ops owns what every process exposes to operators: the zerolog logger (JSON,
 // or console on a TTY), the HTTP endpoints /metrics, /healthz and /readyz, and the
-// NATS URL default.
+// metrics every process shares (mq_build_info, the NATS connection's state).
 package ops
 
 import (
@@ -14,11 +14,13 @@ import (
 	"time"
 
 	"github.com/mattn/go-isatty"
+	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/rs/zerolog"
-	"golang.org/x/sync/errgroup"
+
+	"github.com/multiquery/multiquery/internal/version"
 )
 
 // Logger builds the process logger: console output on a terminal, JSON otherwise.
@@ -44,6 +46,16 @@ type Server struct {
 	check func() bool
 	log   zerolog.Logger
 	pprof bool
+	bound atomic.Pointer[string] // the address listened on, once listening
+}
+
+// Addr is the address the server listens on ("" before it listens): with --ops-addr
+// :0, the port picked.
+func (s *Server) Addr() string {
+	if a := s.bound.Load(); a != nil {
+		return *a
+	}
+	return ""
 }
 
 // EnablePprof mounts net/http/pprof under /debug/pprof/ on the ops address. Off by
@@ -53,12 +65,43 @@ func (s *Server) EnablePprof() { s.pprof = true }
 // ReadyWhen adds a readiness condition (e.g. the NATS connection is up).
 func (s *Server) ReadyWhen(f func() bool) { s.check = f }
 
-// NewServer builds the ops server; addr "" disables it.
+// NewServer builds the ops server; addr "" disables it. Besides cs, /metrics has the
+// Go runtime's and the process's metrics, and mq_build_info.
 func NewServer(addr string, log zerolog.Logger, cs ...prometheus.Collector) *Server {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), BuildInfo())
 	reg.MustRegister(cs...)
 	return &Server{addr: addr, reg: reg, log: log}
+}
+
+// BuildInfo is the gauge mq_build_info{version,revision,go_version}, always 1: the
+// labels say which build a process runs (package version).
+func BuildInfo() prometheus.Collector {
+	i := version.Get()
+	g := prometheus.NewGauge(prometheus.GaugeOpts{Name: "mq_build_info",
+		Help:        "Always 1; the labels are the build this process runs: version, VCS revision, Go version.",
+		ConstLabels: prometheus.Labels{"version": i.Version, "revision": i.Revision, "go_version": i.GoVersion}})
+	g.Set(1)
+	return g
+}
+
+// NATSMetrics are the NATS connection's state, read at each scrape:
+// mq_nats_connected (1 while connected, 0 while disconnected or reconnecting) and
+// mq_nats_reconnects_total.
+func NATSMetrics(nc *nats.Conn) []prometheus.Collector {
+	return []prometheus.Collector{
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "mq_nats_connected",
+			Help: "1 while the process's NATS connection is up, 0 while it is down or reconnecting."},
+			func() float64 {
+				if nc.IsConnected() {
+					return 1
+				}
+				return 0
+			}),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "mq_nats_reconnects_total",
+			Help: "Times the process's NATS connection was re-established after a loss."},
+			func() float64 { return float64(nc.Stats().Reconnects) }),
+	}
 }
 
 // SetReady flips /readyz.
@@ -91,33 +134,57 @@ func (s *Server) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	bound := ln.Addr().String()
+	s.bound.Store(&bound)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	// Shut down when ctx ends, or at once when Serve fails.
+	served, stop := context.WithCancel(ctx)
+	defer stop()
+	shut := make(chan struct{})
 	go func() {
-		<-ctx.Done()
+		defer close(shut)
+		<-served.Done()
 		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		_ = srv.Shutdown(sctx)
 	}()
-	s.log.Info().Str("addr", ln.Addr().String()).Bool("pprof", s.pprof).Msg("ops endpoints: /metrics /healthz /readyz")
-	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+	s.log.Info().Str("addr", bound).Bool("pprof", s.pprof).Msg("ops endpoints: /metrics /healthz /readyz")
+	err = srv.Serve(ln)
+	stop()
+	<-shut
+	if !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}
 	return nil
 }
 
-// Serve runs a component next to its ops endpoints and returns when either ends: the
-// endpoints report ready once the component is started.
+// Serve runs a component next to its ops endpoints and returns when the component
+// returns (or the endpoints fail, which stops the component): the endpoints report ready
+// once the component is started, and not ready from the moment ctx ends (the drain
+// starts). /metrics and /healthz are served until the component has returned, so the
+// drain is observed to its end.
 func (s *Server) Serve(ctx context.Context, run func(context.Context) error) error {
-	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return s.Run(gctx) })
-	g.Go(func() error {
-		s.SetReady(true)
-		return run(gctx)
-	})
-	g.Go(func() error {
-		<-gctx.Done() // draining: not ready for new work
-		s.SetReady(false)
-		return nil
-	})
-	return g.Wait()
+	runCtx, stopRun := context.WithCancel(ctx)
+	defer stopRun()
+	// The endpoints outlive ctx: they stop once run has returned.
+	opsCtx, stopOps := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopOps()
+	opsErr := make(chan error, 1)
+	go func() {
+		err := s.Run(opsCtx)
+		if err != nil {
+			stopRun() // no endpoints: the component stops
+		}
+		opsErr <- err
+	}()
+	notReady := context.AfterFunc(ctx, func() { s.SetReady(false) }) // draining: not ready for new work
+	defer notReady()
+	s.SetReady(true)
+	err := run(runCtx)
+	s.SetReady(false)
+	stopOps()
+	if oerr := <-opsErr; err == nil {
+		err = oerr
+	}
+	return err
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/multiquery/multiquery/internal/natsconn"
 	"github.com/multiquery/multiquery/internal/ops"
 	"github.com/multiquery/multiquery/internal/queue"
+	"github.com/multiquery/multiquery/internal/version"
 	"github.com/multiquery/multiquery/internal/wire"
 )
 
@@ -29,19 +30,22 @@ type Flags struct {
 	OpsAddr    string
 	Pprof      bool
 	LogLevel   string
+	// Version is --version: the command prints its version and exits.
+	Version *version.Flag
 
 	nats *natsconn.Resolved // CheckNATS's result
 }
 
 // Register registers the NATS connection flags (--nats, --context, --nats-creds...,
-// package natsconn), --replicas, --results-ttl, --ops-addr (with its default and usage)
-// and --log-level.
+// package natsconn), --replicas, --results-ttl, --ops-addr (with its default and usage),
+// --log-level and --version.
 func (p *Flags) Register(fs *flag.FlagSet, opsAddr, opsUsage string) {
 	p.NATS.Register(fs, os.Getenv)
 	fs.IntVar(&p.Replicas, "replicas", queue.DefaultReplicas, "stream replicas when creating streams (3 in a NATS cluster)")
 	fs.DurationVar(&p.ResultsTTL, "results-ttl", queue.DefaultResultsTTL, "how long the results bucket "+wire.BucketResults+" keeps a run's stored files, when this process creates it")
 	fs.StringVar(&p.OpsAddr, "ops-addr", opsAddr, opsUsage)
 	fs.StringVar(&p.LogLevel, "log-level", "info", "log level")
+	p.Version = version.Register(fs)
 }
 
 // RegisterPprof registers --pprof.
@@ -90,11 +94,12 @@ type Component interface {
 	Started() bool
 }
 
-// Serve runs c next to the ops endpoints (with cs among the metrics) until ctx ends or
-// either fails, ready while nc is connected and c started, and returns the exit code;
-// a failure is logged ("<what> stopped").
+// Serve runs c next to the ops endpoints (with cs and the NATS connection's state among
+// the metrics) until ctx ends or either fails, ready while nc is connected and c started
+// and ctx not over, and returns the exit code; a failure is logged ("<what> stopped").
+// /metrics and /healthz answer until c has drained (ops.Server.Serve).
 func (p *Flags) Serve(ctx context.Context, what string, nc *nats.Conn, c Component, log zerolog.Logger, cs ...prometheus.Collector) int {
-	srv := ops.NewServer(p.OpsAddr, log, cs...)
+	srv := ops.NewServer(p.OpsAddr, log, append(ops.NATSMetrics(nc), cs...)...)
 	if p.Pprof {
 		srv.EnablePprof()
 	}

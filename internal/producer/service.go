@@ -34,21 +34,44 @@ type ServiceConfig struct {
 type Metrics struct {
 	rejected *prometheus.CounterVec
 	parked   *prometheus.CounterVec
+	accepted *prometheus.CounterVec
+	runs     prometheus.Counter
+	rows     prometheus.Counter
+	jobs     prometheus.Counter
 }
 
-// NewMetrics returns unregistered service metrics; register Collectors() once.
+// NewMetrics returns unregistered service metrics; register Collectors() once. Every
+// label value is known: each starts at 0.
 func NewMetrics() *Metrics {
-	return &Metrics{
+	m := &Metrics{
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mq_producer_submitted_rejected_total",
-			Help: "Submitted records terminated without being published, by reason (invalid_run_id, unknown_pipeline, malformed_subject, undecodable_seal)."}, []string{"reason"}),
+			Help: "Submitted records terminated without being published, by reason (invalid_run_id, unknown_pipeline, malformed_subject, undecodable_seal, finished_run)."}, []string{"reason"}),
 		parked: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mq_producer_submitted_parked_total",
 			Help: "Submitted rows left on the stream for later, by cause (flow_control: beyond the run's window; paused)."}, []string{"cause"}),
+		accepted: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mq_producer_submitted_accepted_total",
+			Help: "Submitted records converted and published, by kind (open, row, seal); a redelivered record counts again."}, []string{"kind"}),
+		runs: prometheus.NewCounter(prometheus.CounterOpts{Name: "mq_producer_runs_published_total",
+			Help: "Runs opened: open records published for submitted runs."}),
+		rows: prometheus.NewCounter(prometheus.CounterOpts{Name: "mq_producer_rows_published_total",
+			Help: "Submitted rows published (error rows included)."}),
+		jobs: prometheus.NewCounter(prometheus.CounterOpts{Name: "mq_producer_jobs_published_total",
+			Help: "Query jobs published for submitted rows."}),
 	}
+	for _, r := range []string{RejectInvalidRunID, RejectUnknownPipeline, RejectMalformedSubject, RejectUndecodableSeal, RejectFinishedRun} {
+		m.rejected.WithLabelValues(r)
+	}
+	for _, c := range []string{"flow_control", "paused"} {
+		m.parked.WithLabelValues(c)
+	}
+	for _, k := range []string{"open", "row", "seal"} {
+		m.accepted.WithLabelValues(k)
+	}
+	return m
 }
 
 // Collectors returns the metrics for a process's /metrics.
 func (m *Metrics) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.rejected, m.parked}
+	return []prometheus.Collector{m.rejected, m.parked, m.accepted, m.runs, m.rows, m.jobs}
 }
 
 // Rejected returns the counter of submitted records rejected for reason.
@@ -307,7 +330,12 @@ func (s *service) admit(ctx context.Context, msg jetstream.Msg) (*submission, er
 // handleOpen publishes a submitted run's open record.
 func (s *service) handleOpen(ctx context.Context, sub *submission) (bool, error) {
 	open := openRecord(sub.p, sub.run, nil)
-	return true, s.pub.sync(ctx, wire.InputOpenSubject(sub.run), "open."+sub.run, open)
+	if err := s.pub.sync(ctx, wire.InputOpenSubject(sub.run), "open."+sub.run, open); err != nil {
+		return true, err
+	}
+	s.cfg.Metrics.accepted.WithLabelValues("open").Inc()
+	s.cfg.Metrics.runs.Inc()
+	return true, nil
 }
 
 // handleSeal publishes a submitted run's seal record; an undecodable one is rejected.
@@ -318,7 +346,11 @@ func (s *service) handleSeal(ctx context.Context, msg jetstream.Msg, sub *submis
 		return false, nil
 	}
 	seal.V, seal.Run = wire.Version, sub.run
-	return true, s.pub.sync(ctx, wire.InputSealSubject(sub.run), "seal."+sub.run, seal)
+	if err := s.pub.sync(ctx, wire.InputSealSubject(sub.run), "seal."+sub.run, seal); err != nil {
+		return true, err
+	}
+	s.cfg.Metrics.accepted.WithLabelValues("seal").Inc()
+	return true, nil
 }
 
 // handleRow publishes a submitted row as the file producer would (planRow, fit,
@@ -350,9 +382,13 @@ func (s *service) handleRow(ctx context.Context, msg jetstream.Msg, sub *submiss
 		s.log.Warn().Str("run", run).Int("row", row).Str("reason", pl.row.Error.Message).Msg("row too large for a message: published as an error row")
 	}
 	// Always careful: a redelivered record must not publish a job twice.
-	if _, err := publishPlan(ctx, s.pub, run, pl, true); err != nil {
+	jobs, err := publishPlan(ctx, s.pub, run, pl, true)
+	if err != nil {
 		return false, err
 	}
+	s.cfg.Metrics.accepted.WithLabelValues("row").Inc()
+	s.cfg.Metrics.rows.Inc()
+	s.cfg.Metrics.jobs.Add(float64(jobs))
 	s.seen[run] = max(s.seen[run], row+1)
 	return true, nil
 }

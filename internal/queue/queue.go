@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strconv"
 	"strings"
 	"time"
 
@@ -245,6 +246,20 @@ const throttleMemoryTTL = 24 * time.Hour
 // length prefix keeps the name unique ("a_b"+"c" and "a"+"b_c" differ).
 func JobConsumerName(deployment, run string) string {
 	return fmt.Sprintf("w%d-%s-%s", len(deployment), deployment, run)
+}
+
+// ParseJobConsumerName is JobConsumerName's inverse: the deployment and run of a job
+// consumer's name; ok is false for any other name.
+func ParseJobConsumerName(name string) (deployment, run string, ok bool) {
+	n, rest, found := strings.Cut(strings.TrimPrefix(name, "w"), "-")
+	if !found || !strings.HasPrefix(name, "w") {
+		return "", "", false
+	}
+	k, err := strconv.Atoi(n)
+	if err != nil || k <= 0 || len(rest) < k+2 || rest[k] != '-' || strconv.Itoa(k) != n {
+		return "", "", false
+	}
+	return rest[:k], rest[k+1:], true
 }
 
 // EnsureJobConsumer creates or updates the durable pull consumer of one run's jobs for

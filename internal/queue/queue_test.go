@@ -51,3 +51,17 @@ func TestOnlyAPerSubjectDuplicateCountsAsDone(t *testing.T) {
 		})
 	}
 }
+
+func TestParseJobConsumerNameInvertsJobConsumerName(t *testing.T) {
+	for _, tc := range [][2]string{{"gpt4", "run-1"}, {"a_b", "c"}, {"a", "b_c"}, {"x-y", "0199a3b2-7c1d-7e2f-9a3b-000000000001"}} {
+		dep, run, ok := ParseJobConsumerName(JobConsumerName(tc[0], tc[1]))
+		if !ok || dep != tc[0] || run != tc[1] {
+			t.Errorf("ParseJobConsumerName(JobConsumerName(%q, %q)) = %q, %q, %v", tc[0], tc[1], dep, run, ok)
+		}
+	}
+	for _, name := range []string{"", "producer-service", "w", "w0--r", "wx-a-r", "w3-ab-r", "w2-ab", "w02-ab-r", "w2-abxr"} {
+		if dep, run, ok := ParseJobConsumerName(name); ok {
+			t.Errorf("ParseJobConsumerName(%q) = %q, %q: not a job consumer's name", name, dep, run)
+		}
+	}
+}

@@ -24,12 +24,16 @@ func DeploymentsFromConfig(w *config.Worker) ([]Deployment, error) {
 		if err != nil {
 			return nil, fmt.Errorf("deployments.%s: %w", a, err)
 		}
-		out = append(out, Deployment{
+		dep := Deployment{
 			LLM: llm.Options{Alias: a, Provider: d.Provider, Endpoint: d.Endpoint, APIVersion: d.APIVersion,
 				AzureDeployment: d.AzureDeployment, APIKey: key, Timeout: d.Timeout},
 			Throttle:       ThrottleParams(d.Throttle),
 			MaxConcurrency: d.MaxConcurrency,
-		})
+		}
+		if d.Prices != nil {
+			dep.Prices = Prices{PromptPer1K: d.Prices.PromptPer1K, CompletionPer1K: d.Prices.CompletionPer1K}
+		}
+		out = append(out, dep)
 	}
 	return out, nil
 }

@@ -175,7 +175,8 @@ func (w *Worker) call(ctx context.Context, dl *delivery, in outcomeInput) {
 	unhold := w.keep.hold(dl.msg)
 	w.m.calls.WithLabelValues(d.alias).Inc()
 	began := time.Now()
-	ans, callErr := d.client.Call(ctx, job.Request)
+	ans, callErr := w.callModel(ctx, d, job)
+	took := time.Since(began)
 	unhold()
 	if ans != nil {
 		d.budget(ans.RateLimit)
@@ -191,8 +192,9 @@ func (w *Worker) call(ctx context.Context, dl *delivery, in outcomeInput) {
 	if c.class != classCapacity && c.class != classDrained && (ans != nil || c.status != 0) {
 		d.served() // the provider answered, and not with a capacity error
 	}
+	w.m.observeCall(d, c.class, took.Seconds(), this)
 	if c.class != classDrained {
-		w.audit.record(job, dl.attempt, w.cfg.Name, ans, callErr, time.Since(began))
+		w.audit.record(job, dl.attempt, w.cfg.Name, ans, callErr, took)
 	}
 	st, unsaved := w.tally(ctx, dl, &in, callErr, this)
 	var res *wire.Result
@@ -200,6 +202,14 @@ func (w *Worker) call(ctx context.Context, dl *delivery, in outcomeInput) {
 		res = &wire.Result{OK: true, Fields: fields, Usage: &ans.Usage, Model: ans.Model}
 	}
 	w.act(ctx, dl, decide(in), res, st.spent().plus(unsaved), unsaved)
+}
+
+// callModel makes the model call, counted in flight while it runs (a panic included).
+func (w *Worker) callModel(ctx context.Context, d *deployment, job *wire.Job) (*llm.Answer, error) {
+	inflight := w.m.inflight.WithLabelValues(d.alias)
+	inflight.Inc()
+	defer inflight.Dec()
+	return d.client.Call(ctx, job.Request)
 }
 
 // tally does what a call's class entails before its outcome can be decided, and fills

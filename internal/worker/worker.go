@@ -29,6 +29,8 @@ type Deployment struct {
 	LLM            llm.Options
 	Throttle       throttle.Params
 	MaxConcurrency int // 0 = the worker's Concurrency
+	// Prices, when set, give the estimated cost of the tokens (mq_worker_cost_usd_total).
+	Prices Prices
 }
 
 // Config configures a worker process.
@@ -134,6 +136,9 @@ func (c *Config) Validate() error {
 		if err := d.Throttle.Validate(); err != nil {
 			errs = append(errs, fmt.Errorf("deployments.%s.throttle: %w", d.LLM.Alias, err))
 		}
+		if d.Prices.PromptPer1K < 0 || d.Prices.CompletionPer1K < 0 {
+			errs = append(errs, fmt.Errorf("deployments.%s.prices: must be >= 0, got %+v", d.LLM.Alias, d.Prices))
+		}
 	}
 	return errors.Join(errs...)
 }
@@ -168,6 +173,7 @@ type deployment struct {
 	ctrl   *throttle.Controller
 	fleet  *throttle.Fleet // nil in naive mode
 	slots  int
+	prices Prices
 	mu     sync.Mutex
 	runs   []*runConsumer // the runs with jobs for this deployment, fetched in turn
 	turn   int
@@ -226,7 +232,9 @@ func New(js jetstream.JetStream, cfg Config, log zerolog.Logger) (*Worker, error
 		if err != nil {
 			return nil, fmt.Errorf("deployments.%s.throttle: %w", o.Alias, err)
 		}
-		w.deps[o.Alias] = &deployment{alias: o.Alias, client: client, ctrl: ctrl, slots: slots, added: make(chan struct{}, 1)}
+		dep := &deployment{alias: o.Alias, client: client, ctrl: ctrl, slots: slots, prices: d.Prices, added: make(chan struct{}, 1)}
+		w.deps[o.Alias] = dep
+		w.m.initDeployment(dep)
 	}
 	return w, nil
 }
