@@ -49,7 +49,7 @@ func run(args []string) int {
 	if err != nil {
 		return cli.ParseExit(err)
 	}
-	if err := o.CheckNATS(); err != nil {
+	if err := o.Check(); err != nil {
 		return cli.Usage("worker", err)
 	}
 	log := ops.Logger("worker", o.LogLevel)

@@ -160,7 +160,7 @@ func TestPipelineRunsWithLeastPrivilegeRoles(t *testing.T) {
 		}
 	})
 
-	results, err := provision.Run(ctx, e.js, provision.Default(), provision.Options{})
+	results, err := provision.Run(ctx, e.js, e.topo.Names, provision.Default(), provision.Options{})
 	if err != nil {
 		t.Fatalf("provision as mq-admin: %v", err)
 	}
@@ -281,7 +281,7 @@ func TestOperatorLimitsSurviveProcessRestarts(t *testing.T) {
 	e, _ := secureSetup(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	if _, err := provision.Run(ctx, e.js, provision.Default(), provision.Options{}); err != nil {
+	if _, err := provision.Run(ctx, e.js, e.topo.Names, provision.Default(), provision.Options{}); err != nil {
 		t.Fatal(err)
 	}
 	set := func(name string, edit func(*jetstream.StreamConfig)) jetstream.StreamConfig {
