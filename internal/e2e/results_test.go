@@ -17,10 +17,10 @@ import (
 	"github.com/multiquery/multiquery/internal/wire"
 )
 
-// runStatus reads a run's status from mq_runs (ok false: none yet).
+// runStatus reads a run's status from the runs bucket (ok false: none yet).
 func (e *env) runStatus(run string) (wire.RunStatus, bool) {
 	e.t.Helper()
-	kv, err := e.js.KeyValue(context.Background(), wire.BucketRuns)
+	kv, err := e.js.KeyValue(context.Background(), e.topo.Names.BucketRuns())
 	if err != nil {
 		e.t.Fatal(err)
 	}
