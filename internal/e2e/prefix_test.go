@@ -2,6 +2,9 @@ package e2e
 
 import (
 	"context"
+	"os"
+	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -15,6 +18,8 @@ import (
 	"github.com/multiquery/multiquery/internal/llmsim"
 	"github.com/multiquery/multiquery/internal/natstest"
 	"github.com/multiquery/multiquery/internal/producer"
+	"github.com/multiquery/multiquery/internal/provision"
+	"github.com/multiquery/multiquery/internal/queue"
 	"github.com/multiquery/multiquery/internal/sink"
 	"github.com/multiquery/multiquery/internal/status"
 	"github.com/multiquery/multiquery/internal/wire"
@@ -187,4 +192,83 @@ func TestTwoPrefixedDeploymentsShareOneServer(t *testing.T) {
 			t.Errorf("saw no message of deployment %s: the sniffer proves nothing", prefix)
 		}
 	}
+}
+
+// prefixedAccounts writes deploy/nats/accounts.conf with the permissions of a deployment
+// with prefix p, by the rules of docs/OPERATIONS.md ("Several deployments on one NATS",
+// the sed command there): the stream subjects and the throttle subjects get "<p>.", the
+// streams in JetStream API subjects "<p>_", the buckets "<p>_" (KV_, OBJ_, $KV., $O.).
+func prefixedAccounts(t *testing.T, p string) string {
+	t.Helper()
+	b, err := os.ReadFile(accountsConf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := regexp.MustCompile(`"(input|jobs|results|rows|audit|dead|submit|mq\.throttle)\.>"`).ReplaceAllString(string(b), `"`+p+`.$1.>"`)
+	s = strings.ReplaceAll(s, ".MQ_", "."+p+"_MQ_")
+	s = regexp.MustCompile(`(KV|OBJ)_mq_`).ReplaceAllString(s, "${1}_"+p+"_mq_")
+	s = regexp.MustCompile(`\$(KV|O)\.mq_`).ReplaceAllString(s, "$$${1}."+p+"_mq_")
+	path := filepath.Join(t.TempDir(), "accounts-"+p+".conf")
+	if err := os.WriteFile(path, []byte(s), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// Issue 10 (namespacing): the least-privilege roles, with the prefix added to their
+// subjects as docs/OPERATIONS.md says, are enough for a prefixed deployment: the admin
+// provisions, the producer, a worker and the collector each run as their role, and no
+// permission is missing.
+func TestPrefixedDeploymentRunsWithPrefixedRoles(t *testing.T) {
+	e := newEnv(t, llmsim.Config{Seed: 1})
+	e.topo.Names = wire.MustNames("team-a")
+	w := startSecureNATSWith(t, prefixedAccounts(t, "team-a"))
+	_, e.js = w.connect(t, e, "mq-admin")
+	e.roles = map[string]jetstream.JetStream{}
+	for _, role := range []string{"producer", "worker", "collector"} {
+		_, e.roles[role] = w.connect(t, e, "mq-"+role)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if _, err := provision.Run(ctx, e.js, e.topo.Names, provision.Default(), provision.Options{}); err != nil {
+		t.Fatalf("provision as mq-admin: %v", err)
+	}
+	e.startWorker(workerOpts{})
+	e.startCollector("")
+	rep, err := e.produce(e.pipeline(matrixPipeline(1, 2, "")), csvRows(10, nil), input.CSV)
+	if err != nil {
+		t.Fatalf("produce as mq-producer: %v", err)
+	}
+	if sum := e.waitSummary(rep.Run, 90*time.Second); sum.Stats.RowsOK != 10 {
+		t.Fatalf("rows ok = %d, want 10", sum.Stats.RowsOK)
+	}
+	if st, err := status.WaitRun(ctx, e.jsFor("producer"), e.topo.Names, rep.Run, nil); err != nil || !st.Stored {
+		t.Fatalf("run status %+v (%v), want finished and stored", st, err)
+	}
+	// The collector cleans the finished run up: wait for it, so that its permissions
+	// are exercised too.
+	waitFor(t, 30*time.Second, "the run purged from the bus", func() bool {
+		for _, name := range []string{e.topo.Names.StreamInput(), e.topo.Names.StreamResults(), e.topo.Names.StreamJobs()} {
+			s, err := e.js.Stream(ctx, name)
+			if err != nil || s.CachedInfo().State.Msgs != 0 {
+				return false
+			}
+		}
+		return true
+	})
+	for _, stop := range e.stopped {
+		stop()
+	}
+	if logs := e.logBuf.String(); strings.Contains(strings.ToLower(logs), "permissions violation") {
+		t.Fatalf("a role lacked a permission:\n%s", grepLines(logs, "ermissions"))
+	}
+	t.Run("the worker may not publish the default deployment's results", func(t *testing.T) {
+		js := e.jsFor("worker")
+		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		if _, err := js.Publish(cctx, "results.r.0.q", []byte(`{}`)); err == nil {
+			t.Fatal("mq-worker of team-a published results.r.0.q")
+		}
+		waitFor(t, 5*time.Second, "the server's permissions violation", func() bool { return queue.Denied(js, "results.r.0.q") })
+	})
 }
