@@ -102,7 +102,7 @@ func (p *Flags) Connect(name string, log zerolog.Logger) (*nats.Conn, jetstream.
 			return nil, nil, err
 		}
 	}
-	log.Info().Str("nats", p.nats.Describe()).Msg("connecting")
+	log.Info().Str("nats", p.nats.Describe()).Stringer("prefix", p.names).Msg("connecting")
 	nc, js, err := queue.ConnectJetStream(p.nats.URL, name, log, p.nats.Opts...)
 	if err != nil {
 		log.Error().Err(err).Msg("connect")
