@@ -37,7 +37,7 @@ func parseFlags(args []string) (options, error) {
 	fs.StringVar(&o.out, "out", "out", "output directory (one sub-directory per run)")
 	fs.BoolVar(&o.csv, "csv", false, "also write results.csv and errors.csv")
 	fs.BoolVar(&o.escape, "csv-escape-formulas", true, "prefix CSV cells starting with = + - @ tab or CR with ' (spreadsheet formula injection); false writes them verbatim")
-	fs.BoolVar(&o.store, "store-results", true, "store each completed run's files in the object store bucket "+wire.BucketResults+" (mqctl get); false keeps them on --out only")
+	fs.BoolVar(&o.store, "store-results", true, "store each completed run's files in the object store bucket "+wire.BucketResults+" (<prefix>_"+wire.BucketResults+" with --prefix; mqctl get); false keeps them on --out only")
 	fs.StringVar(&o.order, "order", "", "row order: input | completion (default: the run's own)")
 	fs.Int64Var(&o.memory, "memory-limit", collector.DefaultMemoryLimit, "bytes of row bodies kept in memory; beyond, read back from JetStream")
 	fs.StringVar(&o.name, "name", "", "collector name in its lease (default host-pid)")
@@ -55,7 +55,7 @@ func run(args []string) int {
 	if o.Version.Print(os.Stdout, "collector") {
 		return cli.ExitOK
 	}
-	if err := o.CheckNATS(); err != nil {
+	if err := o.Check(); err != nil {
 		return cli.Usage("collector", err)
 	}
 	log := ops.Logger("collector", o.LogLevel)

@@ -32,6 +32,7 @@ import (
 	"github.com/multiquery/multiquery/internal/deadletter"
 	"github.com/multiquery/multiquery/internal/natsconn"
 	"github.com/multiquery/multiquery/internal/ops"
+	"github.com/multiquery/multiquery/internal/proc"
 	"github.com/multiquery/multiquery/internal/provision"
 	"github.com/multiquery/multiquery/internal/queue"
 	"github.com/multiquery/multiquery/internal/status"
@@ -45,6 +46,7 @@ const usage = `usage:
   mqctl [flags] resume RUN                      resume a paused run
   mqctl [flags] cancel RUN                      cancel: unanswered queries end as 'cancelled' error rows
   mqctl [flags] get RUN [--out DIR]             download a completed run's files from bucket mq_results
+                                                (<prefix>_mq_results with --prefix)
                                                 into DIR (default ./RUN)
   mqctl [flags] get --list                      list the runs with stored files
   mqctl [flags] dead list [--run ID]            list dead-lettered jobs
@@ -53,12 +55,14 @@ const usage = `usage:
   mqctl [flags] provision [--limits FILE] [--replicas N] [--update] [--dry-run]
                                                 create every stream and bucket with explicit limits and
                                                 report how existing ones differ (--update applies them)
-flags (the NATS connection; each also from its env variable):`
+flags (the NATS connection and the deployment's --prefix; each also from its env variable):`
 
-// conn is the NATS connection every subcommand works on.
+// conn is the NATS connection every subcommand works on, and the names of the
+// deployment (--prefix) it works on.
 type conn struct {
-	nc *nats.Conn
-	js jetstream.JetStream
+	nc    *nats.Conn
+	js    jetstream.JetStream
+	names wire.Names
 }
 
 // command is one subcommand: its words, how many arguments follow them, and what it
@@ -103,6 +107,8 @@ func run(args []string) int {
 	var natsOpts natsconn.Options
 	natsOpts.Register(fs, os.Getenv)
 	ver := version.Register(fs)
+	var prefix string
+	proc.RegisterPrefix(fs, &prefix, os.Getenv)
 	fs.Usage = func() { fmt.Fprintln(os.Stderr, usage); fs.PrintDefaults() }
 	if err := fs.Parse(args); err != nil {
 		return cli.ParseExit(err)
@@ -114,6 +120,10 @@ func run(args []string) int {
 	if !ok {
 		fs.Usage()
 		return cli.ExitUsage
+	}
+	names, err := wire.NewNames(prefix)
+	if err != nil {
+		return cli.Usage("mqctl", fmt.Errorf("--prefix: %w", err))
 	}
 	dial, err := natsOpts.Resolve()
 	if err != nil {
@@ -129,7 +139,7 @@ func run(args []string) int {
 	if err := queue.WaitConnected(ctx, nc, 10*time.Second); err != nil {
 		return fail(err)
 	}
-	return cmd.run(ctx, conn{nc: nc, js: js}, rest)
+	return cmd.run(ctx, conn{nc: nc, js: js, names: names}, rest)
 }
 
 func fail(err error) int {
@@ -164,7 +174,7 @@ func provisionCmd(ctx context.Context, c conn, args []string) int {
 		}
 		l.Replicas = *replicas
 	}
-	results, err := provision.Run(ctx, c.js, l, provision.Options{Update: *update, DryRun: *dryRun})
+	results, err := provision.Run(ctx, c.js, c.names, l, provision.Options{Update: *update, DryRun: *dryRun})
 	for _, r := range results {
 		fmt.Println(r)
 	}
@@ -183,7 +193,7 @@ func statusCmd(ctx context.Context, c conn, args []string) int {
 		return cli.ParseExit(err)
 	}
 	for {
-		r, err := status.Get(ctx, c.nc, c.js, args[0], 600*time.Millisecond)
+		r, err := status.Get(ctx, c.nc, c.js, c.names, args[0], 600*time.Millisecond)
 		if err != nil {
 			return fail(err)
 		}
@@ -207,7 +217,7 @@ func statusCmd(ctx context.Context, c conn, args []string) int {
 // controlCmd: pause|resume|cancel RUN, writing the run's control record.
 func controlCmd(state string) func(context.Context, conn, []string) int {
 	return func(ctx context.Context, c conn, args []string) int {
-		if err := status.SetControl(ctx, c.js, args[0], state); err != nil {
+		if err := status.SetControl(ctx, c.js, c.names, args[0], state); err != nil {
 			return fail(err)
 		}
 		fmt.Printf("run %s: %s\n", args[0], state)
@@ -239,7 +249,7 @@ func getCmd(ctx context.Context, c conn, args []string) int {
 	if dir == "" {
 		dir = run
 	}
-	files, err := archive.Fetch(ctx, c.js, run, dir)
+	files, err := archive.Fetch(ctx, c.js, c.names, run, dir)
 	if err != nil {
 		return fail(err)
 	}
@@ -251,7 +261,7 @@ func getCmd(ctx context.Context, c conn, args []string) int {
 
 // listStored: get --list.
 func listStored(ctx context.Context, c conn) int {
-	runs, err := archive.List(ctx, c.js)
+	runs, err := archive.List(ctx, c.js, c.names)
 	if err != nil {
 		return fail(err)
 	}
@@ -275,7 +285,7 @@ func deadListCmd(ctx context.Context, c conn, args []string) int {
 	if err := fs.Parse(args); err != nil {
 		return cli.ParseExit(err)
 	}
-	letters, err := deadletter.List(ctx, c.js, *runID)
+	letters, err := deadletter.List(ctx, c.js, c.names, *runID)
 	if err != nil {
 		return fail(err)
 	}
@@ -297,7 +307,7 @@ func deadReplayCmd(ctx context.Context, c conn, args []string) int {
 		if err != nil {
 			return fail(fmt.Errorf("replay: %q is not a sequence number", a))
 		}
-		if err := deadletter.Replay(ctx, c.js, seq); err != nil {
+		if err := deadletter.Replay(ctx, c.js, c.names, seq); err != nil {
 			fmt.Fprintf(os.Stderr, "mqctl: %v\n", err)
 			if !errors.Is(err, deadletter.ErrHasResult) && !errors.Is(err, deadletter.ErrRowWritten) {
 				code = cli.ExitFailed

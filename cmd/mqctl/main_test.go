@@ -63,7 +63,8 @@ func TestLookup(t *testing.T) {
 func TestRunUsage(t *testing.T) {
 	t.Parallel()
 	for _, args := range [][]string{nil, {"nope"}, {"--bogus"}, {"cancel"},
-		{"--nats-creds", "/nonexistent/a.creds", "status", "r1"}, {"--nats-user", "u", "--nats-token", "t", "provision"}} {
+		{"--nats-creds", "/nonexistent/a.creds", "status", "r1"}, {"--nats-user", "u", "--nats-token", "t", "provision"},
+		{"--prefix", "a.b", "status", "r1"}} {
 		if got := run(args); got != cli.ExitUsage {
 			t.Errorf("run(%q) = %d, want %d", args, got, cli.ExitUsage)
 		}
@@ -128,6 +129,8 @@ func TestGetDownloadsAStoredRun(t *testing.T) {
 		{[]string{"get", "--list"}, cli.ExitOK},
 		{[]string{"get", "run-7", "--list"}, cli.ExitUsage},
 		{[]string{"get", "--out", "d"}, cli.ExitUsage},
+		// Another deployment's names: its results bucket does not hold run-7.
+		{[]string{"--prefix", "other", "get", "run-7", "--out", t.TempDir()}, cli.ExitFailed},
 	} {
 		if code := run(append(nats, tt.args...)); code != tt.want {
 			t.Errorf("mqctl %q exited %d, want %d", tt.args, code, tt.want)

@@ -80,7 +80,7 @@ func run(args []string) int {
 	if o.dryRun {
 		return dryRun(o)
 	}
-	if err := o.CheckNATS(); err != nil {
+	if err := o.Check(); err != nil {
 		return cli.Usage("producer", err)
 	}
 	log := ops.Logger("producer", o.LogLevel)
@@ -122,7 +122,7 @@ func runFile(o options, log zerolog.Logger) int {
 		fmt.Printf("run %s was cancelled: only the %d rows above were published; their unanswered queries end as 'cancelled' error rows\n", rep.Run, rep.Rows)
 	}
 	if o.wait {
-		if err := waitRun(ctx, js, rep.Run, o.waitMax, log); err != nil {
+		if err := waitRun(ctx, js, o.Names(), rep.Run, o.waitMax, log); err != nil {
 			log.Error().Err(err).Msg("wait")
 			return cli.ExitFailed
 		}
@@ -215,13 +215,13 @@ func publish(ctx context.Context, js jetstream.JetStream, cfg producer.Config, l
 
 // waitRun waits (at most waitMax, 0: no limit) until the collector has emitted every
 // row of the run, then prints the run's status as JSON.
-func waitRun(ctx context.Context, js jetstream.JetStream, run string, waitMax time.Duration, log zerolog.Logger) error {
+func waitRun(ctx context.Context, js jetstream.JetStream, names wire.Names, run string, waitMax time.Duration, log zerolog.Logger) error {
 	if waitMax > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, waitMax)
 		defer cancel()
 	}
-	st, err := status.WaitRun(ctx, js, run, func(s wire.RunStatus) {
+	st, err := status.WaitRun(ctx, js, names, run, func(s wire.RunStatus) {
 		log.Info().Int("emitted", s.Emitted).Int("total", s.Total).Int("failed", s.Failed).Msg("progress")
 	})
 	if err != nil {

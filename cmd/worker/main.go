@@ -52,7 +52,7 @@ func run(args []string) int {
 	if o.Version.Print(os.Stdout, "worker") {
 		return cli.ExitOK
 	}
-	if err := o.CheckNATS(); err != nil {
+	if err := o.Check(); err != nil {
 		return cli.Usage("worker", err)
 	}
 	log := ops.Logger("worker", o.LogLevel)

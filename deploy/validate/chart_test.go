@@ -530,6 +530,10 @@ func TestChartRefusesValuesThatCannotWork(t *testing.T) {
 			map[string]any{"natsClient": url, "producer": map[string]any{"pipelines": map[string]any{"my.pipeline": map[string]any{}}}}, "my.pipeline"},
 		{"TLS without its Secret",
 			map[string]any{"natsClient": map[string]any{"url": "tls://nats:4222", "tls": map[string]any{"enabled": true}}}, "natsClient.tls.existingSecret is required"},
+		{"a prefix that is no subject token",
+			map[string]any{"natsClient": url, "prefix": "team.a"}, "prefix"},
+		{"a prefix the default names' subjects start with",
+			map[string]any{"natsClient": url, "prefix": "jobs"}, "prefix"},
 		{"a producer file that would load as a pipeline",
 			map[string]any{"natsClient": url, "producer": map[string]any{"files": map[string]any{"lookup.yaml": "a: b"}}}, "name it .yml"},
 	}
@@ -538,6 +542,40 @@ func TestChartRefusesValuesThatCannotWork(t *testing.T) {
 			_, err := renderChart(t, tc.set)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("render error %v, want one containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestChartGivesEveryProcessTheSamePrefix(t *testing.T) {
+	url := map[string]any{"url": "nats://nats:4222"}
+	for _, tc := range []struct {
+		name string
+		set  map[string]any
+		want string // the --prefix flag every container has; "" none
+	}{
+		{"with no prefix, no process gets --prefix (the default names)", map[string]any{"natsClient": url}, ""},
+		{"with a prefix, every process and the provision Job get it", map[string]any{"natsClient": url, "prefix": "team-a",
+			"provision": map[string]any{"enabled": true}}, "--prefix=team-a"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := mustRender(t, tc.set)
+			pods := r.podSpecs()
+			if tc.want != "" && pods["provision"] == nil {
+				t.Fatal("no provision Job rendered")
+			}
+			for comp, pod := range pods {
+				for _, ctr := range pod.Spec.Containers {
+					var got []string
+					for _, a := range ctr.Args {
+						if strings.HasPrefix(a, "--prefix") {
+							got = append(got, a)
+						}
+					}
+					if want := slices.DeleteFunc([]string{tc.want}, func(s string) bool { return s == "" }); !slices.Equal(got, want) {
+						t.Errorf("%s: prefix flags %q, want %q", comp, got, want)
+					}
+				}
 			}
 		})
 	}

@@ -1,4 +1,4 @@
-// Package archive owns the results bucket (wire.BucketResults, a JetStream object
+// Package archive owns the results bucket (wire.Names.BucketResults, a JetStream object
 // store): the output files of completed runs, stored as objects "<run>/<file>" so that
 // they can be fetched from anywhere NATS is reachable, not only from the collector's
 // volume. The collector stores a run's files (Store) before its status says finished;
@@ -108,21 +108,21 @@ type File struct {
 // temp file and a rename, with mode sink.FileMode; the object store checks every
 // object's SHA-256 as it is read, so a file is written whole and byte-identical or not
 // at all. A run without stored files is ErrUnknownRun, ErrNotComplete or ErrNotStored,
-// with what the run's status says.
-func Fetch(ctx context.Context, js jetstream.JetStream, run, dir string) ([]File, error) {
+// with what the run's status says. names are the deployment's bucket names.
+func Fetch(ctx context.Context, js jetstream.JetStream, names wire.Names, run, dir string) ([]File, error) {
 	if err := wire.ValidateRunID(run); err != nil {
 		return nil, err
 	}
-	obs, err := js.ObjectStore(ctx, wire.BucketResults)
+	obs, err := js.ObjectStore(ctx, names.BucketResults())
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
-		return nil, whyNotStored(ctx, js, run)
+		return nil, whyNotStored(ctx, js, names, run)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("open object store %s: %w", wire.BucketResults, err)
+		return nil, fmt.Errorf("open object store %s: %w", names.BucketResults(), err)
 	}
 	// summary.json is stored last: with it, the whole output set is there.
 	if _, err := obs.GetInfo(ctx, wire.ResultObject(run, sink.Summary)); errors.Is(err, jetstream.ErrObjectNotFound) {
-		return nil, whyNotStored(ctx, js, run)
+		return nil, whyNotStored(ctx, js, names, run)
 	} else if err != nil {
 		return nil, fmt.Errorf("look up %s: %w", wire.ResultObject(run, sink.Summary), err)
 	}
@@ -168,17 +168,17 @@ func get(ctx context.Context, obs jetstream.ObjectStore, obj, dir, name string, 
 }
 
 // whyNotStored says why a run has no stored files, from its status in the runs bucket.
-func whyNotStored(ctx context.Context, js jetstream.JetStream, run string) error {
-	kv, err := js.KeyValue(ctx, wire.BucketRuns)
+func whyNotStored(ctx context.Context, js jetstream.JetStream, names wire.Names, run string) error {
+	kv, err := js.KeyValue(ctx, names.BucketRuns())
 	if err != nil && !errors.Is(err, jetstream.ErrBucketNotFound) {
-		return fmt.Errorf("open kv %s: %w", wire.BucketRuns, err)
+		return fmt.Errorf("open kv %s: %w", names.BucketRuns(), err)
 	}
 	var e jetstream.KeyValueEntry
 	if err == nil {
 		e, err = kv.Get(ctx, run)
 	}
 	if errors.Is(err, jetstream.ErrBucketNotFound) || errors.Is(err, jetstream.ErrKeyNotFound) {
-		return fmt.Errorf("run %s: %w: no status in %s and no files in %s", run, ErrUnknownRun, wire.BucketRuns, wire.BucketResults)
+		return fmt.Errorf("run %s: %w: no status in %s and no files in %s", run, ErrUnknownRun, names.BucketRuns(), names.BucketResults())
 	}
 	if err != nil {
 		return fmt.Errorf("read status of run %s: %w", run, err)
@@ -199,9 +199,9 @@ func whyNotStored(ctx context.Context, js jetstream.JetStream, run string) error
 		}
 		return fmt.Errorf("run %s: %w yet (%s): its files are stored when it completes", run, ErrNotComplete, msg)
 	case st.Stored:
-		return fmt.Errorf("run %s: %w: it completed and its files were stored, but they are no longer in %s (expired after the bucket's TTL, or deleted); the collector wrote them to %s", run, ErrNotStored, wire.BucketResults, st.OutDir)
+		return fmt.Errorf("run %s: %w: it completed and its files were stored, but they are no longer in %s (expired after the bucket's TTL, or deleted); the collector wrote them to %s", run, ErrNotStored, names.BucketResults(), st.OutDir)
 	default:
-		return fmt.Errorf("run %s: %w: it completed, but its collector did not store its files in %s (collector --store-results=false); they are in %s on the collector's volume", run, ErrNotStored, wire.BucketResults, st.OutDir)
+		return fmt.Errorf("run %s: %w: it completed, but its collector did not store its files in %s (collector --store-results=false); they are in %s on the collector's volume", run, ErrNotStored, names.BucketResults(), st.OutDir)
 	}
 }
 
@@ -216,21 +216,22 @@ type Run struct {
 	Stored   time.Time `json:"stored"` // when its last file was stored
 }
 
-// List lists the runs with files in the results bucket, most recently stored last.
-func List(ctx context.Context, js jetstream.JetStream) ([]Run, error) {
-	obs, err := js.ObjectStore(ctx, wire.BucketResults)
+// List lists the runs with files in the deployment's results bucket (names), most
+// recently stored last.
+func List(ctx context.Context, js jetstream.JetStream, names wire.Names) ([]Run, error) {
+	obs, err := js.ObjectStore(ctx, names.BucketResults())
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
 		return nil, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("open object store %s: %w", wire.BucketResults, err)
+		return nil, fmt.Errorf("open object store %s: %w", names.BucketResults(), err)
 	}
 	infos, err := obs.List(ctx)
 	if errors.Is(err, jetstream.ErrNoObjectsFound) {
 		return nil, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("list %s: %w", wire.BucketResults, err)
+		return nil, fmt.Errorf("list %s: %w", names.BucketResults(), err)
 	}
 	byRun := map[string]*Run{}
 	for _, info := range infos {

@@ -101,7 +101,7 @@ func TestStoredFilesFetchByteIdentical(t *testing.T) {
 				t.Fatalf("Store again = %d, %v; want nothing uploaded twice", n, err)
 			}
 			elsewhere := filepath.Join(t.TempDir(), "fetched", "run-1")
-			got, err := archive.Fetch(b.ctx, b.js, "run-1", elsewhere)
+			got, err := archive.Fetch(b.ctx, b.js, wire.Names{}, "run-1", elsewhere)
 			if err != nil {
 				t.Fatalf("Fetch: %v", err)
 			}
@@ -178,7 +178,7 @@ func TestFetchSaysWhyARunHasNoStoredFiles(t *testing.T) {
 	} {
 		t.Run(tt.run, func(t *testing.T) {
 			dir := filepath.Join(t.TempDir(), tt.run)
-			_, err := archive.Fetch(b.ctx, b.js, tt.run, dir)
+			_, err := archive.Fetch(b.ctx, b.js, wire.Names{}, tt.run, dir)
 			if !errors.Is(err, tt.want) {
 				t.Fatalf("Fetch(%s) = %v, want %v", tt.run, err, tt.want)
 			}
@@ -193,7 +193,7 @@ func TestFetchSaysWhyARunHasNoStoredFiles(t *testing.T) {
 		})
 	}
 	t.Run("an invalid run id is refused before any lookup", func(t *testing.T) {
-		if _, err := archive.Fetch(b.ctx, b.js, "../etc", t.TempDir()); err == nil || errors.Is(err, archive.ErrUnknownRun) {
+		if _, err := archive.Fetch(b.ctx, b.js, wire.Names{}, "../etc", t.TempDir()); err == nil || errors.Is(err, archive.ErrUnknownRun) {
 			t.Fatalf("Fetch(../etc) = %v, want an invalid run id", err)
 		}
 	})
@@ -202,7 +202,7 @@ func TestFetchSaysWhyARunHasNoStoredFiles(t *testing.T) {
 // List shows each run with stored files, complete once its summary is stored.
 func TestListShowsTheRunsStored(t *testing.T) {
 	b := setup(t)
-	if runs, err := archive.List(b.ctx, b.js); err != nil || len(runs) != 0 {
+	if runs, err := archive.List(b.ctx, b.js, wire.Names{}); err != nil || len(runs) != 0 {
 		t.Fatalf("List of an empty bucket = %v, %v", runs, err)
 	}
 	dir, files := runFiles(t, false)
@@ -213,7 +213,7 @@ func TestListShowsTheRunsStored(t *testing.T) {
 	if _, err := archive.Store(b.ctx, b.obs, "run-b", dir, []string{sink.ResultsJSONL}, nil); err != nil {
 		t.Fatal(err)
 	}
-	runs, err := archive.List(b.ctx, b.js)
+	runs, err := archive.List(b.ctx, b.js, wire.Names{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -29,6 +29,7 @@ const DefaultInterval = 5 * time.Second
 // not for concurrent use.
 type Meter struct {
 	js    jetstream.JetStream
+	names wire.Names
 	every time.Duration
 	log   zerolog.Logger
 	gauge *prometheus.GaugeVec
@@ -38,11 +39,11 @@ type Meter struct {
 }
 
 // New returns a meter polling every every (0: DefaultInterval).
-func New(js jetstream.JetStream, every time.Duration, log zerolog.Logger) *Meter {
+func New(js jetstream.JetStream, names wire.Names, every time.Duration, log zerolog.Logger) *Meter {
 	if every <= 0 {
 		every = DefaultInterval
 	}
-	return &Meter{js: js, every: every, log: log.With().Str("component", "backlog").Logger(), known: map[string]bool{},
+	return &Meter{js: js, names: names, every: every, log: log.With().Str("component", "backlog").Logger(), known: map[string]bool{},
 		gauge: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "mq_jobs_backlog",
 			Help: "Jobs waiting for a worker, per deployment: never delivered (NumPending of its job consumers); jobs in flight or NAKed with a delay (a 429's Retry-After, a pause) are not counted."},
 			[]string{"deployment"})}
@@ -54,9 +55,9 @@ func (m *Meter) Collectors() []prometheus.Collector { return []prometheus.Collec
 // Poll reads every job consumer once, sets the gauge and returns the backlog per
 // deployment.
 func (m *Meter) Poll(ctx context.Context) (map[string]uint64, error) {
-	s, err := m.js.Stream(ctx, wire.StreamJobs)
+	s, err := m.js.Stream(ctx, m.names.StreamJobs())
 	if err != nil {
-		return nil, fmt.Errorf("open stream %s: %w", wire.StreamJobs, err)
+		return nil, fmt.Errorf("open stream %s: %w", m.names.StreamJobs(), err)
 	}
 	backlog := map[string]uint64{}
 	list := s.ListConsumers(ctx)
@@ -68,7 +69,7 @@ func (m *Meter) Poll(ctx context.Context) (map[string]uint64, error) {
 		backlog[dep] += info.NumPending
 	}
 	if err := list.Err(); err != nil {
-		return nil, fmt.Errorf("list consumers of %s: %w", wire.StreamJobs, err)
+		return nil, fmt.Errorf("list consumers of %s: %w", m.names.StreamJobs(), err)
 	}
 	for dep := range backlog {
 		m.known[dep] = true

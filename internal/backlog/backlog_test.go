@@ -32,7 +32,12 @@ func setup(t *testing.T) *bundle {
 	t.Helper()
 	srv := natstest.Start(t)
 	_, js := srv.Connect(t)
-	b := &bundle{js: js, meter: backlog.New(js, 20*time.Millisecond, zerolog.Nop()), topo: queue.Topology{AckWait: 30 * time.Second}}
+	// A prefixed deployment: the meter reads the jobs stream of its own names.
+	names, err := wire.NewNames("team-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &bundle{js: js, meter: backlog.New(js, names, 20*time.Millisecond, zerolog.Nop()), topo: queue.Topology{AckWait: 30 * time.Second, Names: names}}
 	if err := queue.EnsureLog(context.Background(), js, b.topo, zerolog.Nop()); err != nil {
 		t.Fatal(err)
 	}
@@ -49,7 +54,7 @@ func (b *bundle) queueJobs(t *testing.T, dep, run string, n int) jetstream.Consu
 		t.Fatal(err)
 	}
 	for i := range n {
-		if _, err := b.js.Publish(ctx, wire.JobSubject(dep, run, i, "q"), []byte("{}")); err != nil {
+		if _, err := b.js.Publish(ctx, b.topo.Names.JobSubject(dep, run, i, "q"), []byte("{}")); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -116,7 +121,7 @@ func TestBacklog(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		if err := b.js.DeleteConsumer(ctx, wire.StreamJobs, queue.JobConsumerName("b", "r1")); err != nil {
+		if err := b.js.DeleteConsumer(ctx, b.topo.Names.StreamJobs(), queue.JobConsumerName("b", "r1")); err != nil {
 			t.Fatal(err)
 		}
 		b.poll(t)

@@ -90,7 +90,7 @@ func (s *Stack) start(name string, args ...string) (*exec.Cmd, error) {
 	}
 	cmd := exec.Command(filepath.Join(s.Bin, bin), args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.Env = append(os.Environ(), "NATS_URL="+s.NATSURL, "LLM_ENDPOINT="+s.SimURL+"/v1")
+	cmd.Env = append(os.Environ(), "MQ_PREFIX=", "NATS_URL="+s.NATSURL, "LLM_ENDPOINT="+s.SimURL+"/v1")
 	if err := cmd.Start(); err != nil {
 		logf.Close()
 		return nil, fmt.Errorf("start %s: %w", name, err)
@@ -334,7 +334,7 @@ func (s *Stack) ProduceRun(ctx context.Context, pipeline, input, run string) (st
 		args = append(args, "--run", run)
 	}
 	cmd := exec.CommandContext(ctx, filepath.Join(s.Bin, "producer"), args...)
-	cmd.Env = append(os.Environ(), "NATS_URL="+s.NATSURL)
+	cmd.Env = append(os.Environ(), "MQ_PREFIX=", "NATS_URL="+s.NATSURL)
 	out, err := cmd.Output()
 	if err != nil {
 		return "", fmt.Errorf("producer: %w: %s", err, out)

@@ -202,7 +202,7 @@ func (c CostConfig) pipeline(ctx context.Context, s *Stack, name string, rows, q
 	began := time.Now()
 	args := append([]string{"--config", pipeline, "--input", input, "--log-level", "warn"}, s.Extra...)
 	cmd := exec.CommandContext(ctx, filepath.Join(s.Bin, "producer"), args...)
-	cmd.Env = append(os.Environ(), "NATS_URL="+s.NATSURL)
+	cmd.Env = append(os.Environ(), "MQ_PREFIX=", "NATS_URL="+s.NATSURL)
 	out, err := cmd.Output()
 	if err != nil {
 		return CostRow{}, fmt.Errorf("producer: %w: %s", err, out)

@@ -16,7 +16,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
-	"github.com/multiquery/multiquery/internal/lease"
 	"github.com/multiquery/multiquery/internal/queue"
 	"github.com/multiquery/multiquery/internal/sink"
 	"github.com/multiquery/multiquery/internal/wire"
@@ -237,7 +236,7 @@ func (tc *twoCollectors) start(dir, throttle, name string, rows int, collectorAr
 
 // openLease opens the lease bucket (the collectors create it once they run).
 func (tc *twoCollectors) openLease(ctx context.Context) error {
-	kv, err := tc.js.KeyValue(ctx, lease.Bucket)
+	kv, err := tc.js.KeyValue(ctx, wire.BucketLease)
 	if err != nil {
 		return fmt.Errorf("open the lease bucket: %w", err)
 	}

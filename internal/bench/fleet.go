@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/multiquery/multiquery/internal/wire"
 )
 
 // Group is Count worker processes of Slots slots (--concurrency) each.
@@ -111,8 +113,10 @@ func (s *Stack) pid(name string) int {
 	return 0
 }
 
-// ThrottleSubjects are the fleet throttle's core-NATS subjects (signals and heartbeats).
-const ThrottleSubjects = "mq.throttle.>"
+// ThrottleSubjects are the fleet throttle's core-NATS subjects (signals and heartbeats)
+// of the benchmarked deployment (the default names: the bench clears MQ_PREFIX for the
+// processes it starts).
+var ThrottleSubjects = wire.Names{}.ThrottleSubjects()
 
 // throttleWatch counts the fleet throttle's traffic on core NATS and remembers the
 // members heard in heartbeats. Each subscriber gets every message once, so the count

@@ -61,7 +61,7 @@ func Flow(ctx context.Context, bin, dir string, rows, queries, maxAhead int, rps
 	}()
 	start := time.Now()
 	cmd := exec.CommandContext(ctx, filepath.Join(bin, "producer"), "--config", pipeline, "--input", input, "--max-ahead", fmt.Sprint(maxAhead), "--log-level", "warn")
-	cmd.Env = append(os.Environ(), "NATS_URL="+s.NATSURL)
+	cmd.Env = append(os.Environ(), "MQ_PREFIX=", "NATS_URL="+s.NATSURL)
 	out, err := cmd.Output()
 	if err != nil {
 		return res, fmt.Errorf("producer: %w: %s", err, out)

@@ -202,7 +202,7 @@ func (c *Collector) purgeRows(_ context.Context, r *run) {
 		return
 	}
 	select {
-	case c.purges <- purge{stream: c.results, subject: "results." + r.id + ".>", below: bound}:
+	case c.purges <- purge{stream: c.results, subject: c.names.ResultRunFilter(r.id), below: bound}:
 		r.purgedBelow = bound
 	default:
 	}
@@ -288,15 +288,15 @@ func (c *Collector) cleanup(ctx context.Context, id string, deployments []string
 		s       jetstream.Stream
 		subject string
 	}{
-		{c.input, "input." + id + ".>"}, {c.results, "results." + id + ".>"},
-		{c.jobs, "jobs.*." + id + ".>"},
+		{c.input, c.names.InputRunFilter(id)}, {c.results, c.names.ResultRunFilter(id)},
+		{c.jobs, c.names.JobRunFilter(id)},
 	} {
 		if err := p.s.Purge(ctx, jetstream.WithPurgeSubject(p.subject)); err != nil && ctx.Err() == nil {
 			log.Warn().Err(err).Str("subject", p.subject).Msg("purge a finished run")
 		}
 	}
 	for _, dep := range deployments { // the run's job consumers are done
-		if err := c.js.DeleteConsumer(ctx, wire.StreamJobs, queue.JobConsumerName(dep, id)); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		if err := c.js.DeleteConsumer(ctx, c.names.StreamJobs(), queue.JobConsumerName(dep, id)); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
 			log.Debug().Err(err).Msg("delete job consumer")
 		}
 	}

@@ -59,7 +59,7 @@ type Config struct {
 	// same NATS must use the same value.
 	LeaseTTL time.Duration
 	// NoStore turns off storing each completed run's output files in the results bucket
-	// (wire.BucketResults, where mqctl get fetches them): the files then stay on the
+	// (wire.Names.BucketResults, where mqctl get fetches them): the files then stay on the
 	// collector's volume only.
 	NoStore bool
 	// BacklogInterval is how often the active collector reads the job consumers for
@@ -107,6 +107,7 @@ func (c *Config) Validate() error {
 type Collector struct {
 	started atomic.Bool // Run has its streams and lease bucket: active or standing by
 	cfg     Config
+	names   wire.Names // cfg.Topology.Names
 	js      jetstream.JetStream
 	log     zerolog.Logger
 	runsKV  jetstream.KeyValue
@@ -150,9 +151,9 @@ func New(js jetstream.JetStream, cfg Config, log zerolog.Logger) (*Collector, er
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return &Collector{cfg: cfg, js: js, log: log.With().Str("component", "collector").Logger(),
+	return &Collector{cfg: cfg, names: cfg.Topology.Names, js: js, log: log.With().Str("component", "collector").Logger(),
 		runs: map[string]*run{}, orphans: map[string][]event{}, done: map[string]bool{}, dirty: map[string]*run{}, purges: make(chan purge, 100000), m: newMetrics(),
-		backlog: backlog.New(js, cfg.BacklogInterval, log)}, nil
+		backlog: backlog.New(js, cfg.Topology.Names, cfg.BacklogInterval, log)}, nil
 }
 
 // Run folds events until ctx ends, checkpointing as it goes; it returns after a last
@@ -162,33 +163,33 @@ func (c *Collector) Run(ctx context.Context) error {
 		return err
 	}
 	var err error
-	if c.runsKV, err = c.js.KeyValue(ctx, wire.BucketRuns); err != nil {
-		return fmt.Errorf("open kv %s: %w", wire.BucketRuns, err)
+	if c.runsKV, err = c.js.KeyValue(ctx, c.names.BucketRuns()); err != nil {
+		return fmt.Errorf("open kv %s: %w", c.names.BucketRuns(), err)
 	}
-	if c.input, err = c.js.Stream(ctx, wire.StreamInput); err != nil {
-		return fmt.Errorf("open stream %s: %w", wire.StreamInput, err)
+	if c.input, err = c.js.Stream(ctx, c.names.StreamInput()); err != nil {
+		return fmt.Errorf("open stream %s: %w", c.names.StreamInput(), err)
 	}
-	if c.results, err = c.js.Stream(ctx, wire.StreamResults); err != nil {
-		return fmt.Errorf("open stream %s: %w", wire.StreamResults, err)
+	if c.results, err = c.js.Stream(ctx, c.names.StreamResults()); err != nil {
+		return fmt.Errorf("open stream %s: %w", c.names.StreamResults(), err)
 	}
-	if c.jobs, err = c.js.Stream(ctx, wire.StreamJobs); err != nil {
-		return fmt.Errorf("open stream %s: %w", wire.StreamJobs, err)
+	if c.jobs, err = c.js.Stream(ctx, c.names.StreamJobs()); err != nil {
+		return fmt.Errorf("open stream %s: %w", c.names.StreamJobs(), err)
 	}
-	if c.submit, err = c.js.Stream(ctx, wire.StreamSubmit); err != nil {
-		return fmt.Errorf("open stream %s: %w", wire.StreamSubmit, err)
+	if c.submit, err = c.js.Stream(ctx, c.names.StreamSubmit()); err != nil {
+		return fmt.Errorf("open stream %s: %w", c.names.StreamSubmit(), err)
 	}
-	if c.retryKV, err = c.js.KeyValue(ctx, wire.BucketRetry); err != nil {
-		return fmt.Errorf("open kv %s: %w", wire.BucketRetry, err)
+	if c.retryKV, err = c.js.KeyValue(ctx, c.names.BucketRetry()); err != nil {
+		return fmt.Errorf("open kv %s: %w", c.names.BucketRetry(), err)
 	}
 	if !c.cfg.NoStore {
-		if c.obs, err = c.js.ObjectStore(ctx, wire.BucketResults); err != nil {
-			return fmt.Errorf("open object store %s: %w", wire.BucketResults, err)
+		if c.obs, err = c.js.ObjectStore(ctx, c.names.BucketResults()); err != nil {
+			return fmt.Errorf("open object store %s: %w", c.names.BucketResults(), err)
 		}
 	}
 	if c.cfg.NoLease {
 		return c.active(ctx)
 	}
-	kv, err := lease.Ensure(ctx, c.js, c.cfg.Topology.Defaults().Replicas, c.cfg.LeaseTTL, c.log)
+	kv, err := lease.Ensure(ctx, c.js, c.names.BucketLease(), c.cfg.Topology.Defaults().Replicas, c.cfg.LeaseTTL, c.log)
 	if err != nil {
 		return err
 	}
@@ -213,12 +214,12 @@ func (c *Collector) active(ctx context.Context) error {
 	// (a row's results are what frees it).
 	inputs := make(chan event, 1024)
 	results := make(chan event, 4096)
-	stopIn, err := c.consume(ctx, wire.StreamInput, "input.>", inputs)
+	stopIn, err := c.consume(ctx, c.names.StreamInput(), c.names.InputSubjects(), inputs)
 	if err != nil {
 		return err
 	}
 	defer stopIn()
-	stopRes, err := c.consume(ctx, wire.StreamResults, "results.>", results)
+	stopRes, err := c.consume(ctx, c.names.StreamResults(), c.names.ResultSubjects(), results)
 	if err != nil {
 		return err
 	}
@@ -340,15 +341,15 @@ func (c *Collector) decodeEvent(msg jetstream.Msg) (event, bool) {
 
 func (c *Collector) decodeSubject(msg jetstream.Msg) (event, bool) {
 	subj := msg.Subject()
-	if len(subj) > 8 && subj[:8] == "results." {
-		a, err := wire.ParseResultSubject(subj)
+	if c.names.Kind(subj) == "results" {
+		a, err := c.names.ParseResultSubject(subj)
 		if err != nil {
 			c.log.Warn().Err(err).Msg("ignoring result on a malformed subject")
 			return event{}, false
 		}
 		return event{kind: evResult, run: a.Run, row: a.Row, q: a.Query, data: msg.Data()}, true
 	}
-	run, kind, row, err := wire.ParseInputSubject(subj)
+	run, kind, row, err := c.names.ParseInputSubject(subj)
 	if err != nil {
 		c.log.Warn().Err(err).Msg("ignoring input on a malformed subject")
 		return event{}, false

@@ -75,7 +75,7 @@ func (c *Collector) inputData(ctx context.Context, r *run, i int, rs *rowState) 
 	if rs.dataCached {
 		return rs.data, nil
 	}
-	msg, err := c.getLast(ctx, c.input, wire.InputRowSubject(r.id, i))
+	msg, err := c.getLast(ctx, c.input, c.names.InputRowSubject(r.id, i))
 	if err != nil {
 		return nil, err
 	}
@@ -98,7 +98,7 @@ func (c *Collector) rowLine(ctx context.Context, r *run, i int, rs *rowState, da
 		b := rs.results[qi]
 		if b == nil {
 			var err error
-			if b, err = c.getLast(ctx, c.results, wire.ResultSubject(r.id, i, q.Name)); err != nil {
+			if b, err = c.getLast(ctx, c.results, c.names.ResultSubject(r.id, i, q.Name)); err != nil {
 				return nil, false, err
 			}
 		}

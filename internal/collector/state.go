@@ -274,7 +274,7 @@ func (c *Collector) applyOpen(ctx context.Context, r *run, ev event) error {
 // duplicate of a finished, purged run (deleted), or kept as an orphan until the open
 // record shows up (a publisher that broke the open-first rule).
 func (c *Collector) applyUnopened(ctx context.Context, ev event) error {
-	data, err := c.getLast(ctx, c.input, wire.InputOpenSubject(ev.run))
+	data, err := c.getLast(ctx, c.input, c.names.InputOpenSubject(ev.run))
 	if err == nil {
 		if err := c.apply(ctx, event{kind: evOpen, run: ev.run, data: data}); err != nil {
 			return err
@@ -451,12 +451,12 @@ func (c *Collector) replayOrphans(ctx context.Context, id string) error {
 		c.orphanN--
 		c.orphanBytes -= size
 		c.cached -= size
-		s, subject := c.input, wire.InputSealSubject(id)
+		s, subject := c.input, c.names.InputSealSubject(id)
 		switch ev.kind {
 		case evRow:
-			subject = wire.InputRowSubject(id, ev.row)
+			subject = c.names.InputRowSubject(id, ev.row)
 		case evResult:
-			s, subject = c.results, wire.ResultSubject(id, ev.row, ev.q)
+			s, subject = c.results, c.names.ResultSubject(id, ev.row, ev.q)
 		}
 		msg, err := c.getLastMsg(ctx, s, subject)
 		if errors.Is(err, jetstream.ErrMsgNotFound) {

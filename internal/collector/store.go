@@ -15,7 +15,6 @@ import (
 	"github.com/multiquery/multiquery/internal/lease"
 	"github.com/multiquery/multiquery/internal/queue"
 	"github.com/multiquery/multiquery/internal/sink"
-	"github.com/multiquery/multiquery/internal/wire"
 )
 
 // complete ends a run whose files are final (finish, or a finished checkpoint found
@@ -54,7 +53,7 @@ func (c *Collector) complete(ctx context.Context, r *run) error {
 	if err := c.fence.Check(); err != nil {
 		return fmt.Errorf("purge run %s: %w", r.id, err)
 	}
-	if err := c.submit.Purge(ctx, jetstream.WithPurgeSubject("submit.*."+r.id+".>")); err != nil && ctx.Err() == nil {
+	if err := c.submit.Purge(ctx, jetstream.WithPurgeSubject(c.names.SubmitRunFilter(r.id))); err != nil && ctx.Err() == nil {
 		c.log.Warn().Err(err).Str("run", r.id).Msg("purge a finished run's submitted records")
 	}
 	if err := c.publishStatus(ctx, r); err != nil {
@@ -95,7 +94,7 @@ func (c *Collector) store(ctx context.Context, r *run) error {
 	if err != nil {
 		return fmt.Errorf("run %s: %w", r.id, err)
 	}
-	c.log.Info().Str("run", r.id).Int("files", len(names)).Int("uploaded", n).Msg("run's files stored in " + wire.BucketResults)
+	c.log.Info().Str("run", r.id).Int("files", len(names)).Int("uploaded", n).Msg("run's files stored in " + c.names.BucketResults())
 	return nil
 }
 

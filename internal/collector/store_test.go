@@ -81,7 +81,7 @@ func (b *bundle) checkStoredOnce(run string) map[string]*jetstream.ObjectInfo {
 		b.t.Fatalf("results bucket holds %d messages, want %d (one meta and the chunks of each object, once)", msgs, want)
 	}
 	dir := b.t.TempDir()
-	if _, err := archive.Fetch(context.Background(), b.js, run, dir); err != nil {
+	if _, err := archive.Fetch(context.Background(), b.js, wire.Names{}, run, dir); err != nil {
 		b.t.Fatalf("fetch run %s: %v", run, err)
 	}
 	for _, name := range names {

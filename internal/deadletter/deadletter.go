@@ -27,15 +27,16 @@ type Letter struct {
 	Size    int       `json:"size"`
 }
 
-// List returns the dead letters, optionally of one run only ("" = all).
-func List(ctx context.Context, js jetstream.JetStream, run string) ([]Letter, error) {
-	s, err := js.Stream(ctx, wire.StreamDead)
+// List returns the dead letters of the deployment's dead-letter stream (names),
+// optionally of one run only ("" = all).
+func List(ctx context.Context, js jetstream.JetStream, names wire.Names, run string) ([]Letter, error) {
+	s, err := js.Stream(ctx, names.StreamDead())
 	if err != nil {
-		return nil, fmt.Errorf("open %s: %w", wire.StreamDead, err)
+		return nil, fmt.Errorf("open %s: %w", names.StreamDead(), err)
 	}
 	info, err := s.Info(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("info %s: %w", wire.StreamDead, err)
+		return nil, fmt.Errorf("info %s: %w", names.StreamDead(), err)
 	}
 	var out []Letter
 	for seq := info.State.FirstSeq; seq > 0 && seq <= info.State.LastSeq; seq++ {
@@ -48,7 +49,7 @@ func List(ctx context.Context, js jetstream.JetStream, run string) ([]Letter, er
 		}
 		l := letter(m)
 		if run != "" {
-			if _, a, err := wire.ParseJobSubject(l.Subject); err != nil || a.Run != run {
+			if _, a, err := names.ParseJobSubject(l.Subject); err != nil || a.Run != run {
 				continue
 			}
 		}
@@ -72,39 +73,40 @@ var ErrHasResult = errors.New("the query already has a final result or its row w
 var ErrRowWritten = errors.New("the row is already written; a replayed call's result would be ignored")
 
 // Replay publishes a dead letter's payload again on its original subject and removes it
-// from MQ_DEAD. It refuses (ErrHasResult) when the query already has a final result,
-// and (ErrRowWritten) when its row is already written.
-func Replay(ctx context.Context, js jetstream.JetStream, seq uint64) error {
-	dead, err := js.Stream(ctx, wire.StreamDead)
+// from the deployment's dead-letter stream (names: MQ_DEAD with the default names). It
+// refuses (ErrHasResult) when the query already has a final result, and
+// (ErrRowWritten) when its row is already written.
+func Replay(ctx context.Context, js jetstream.JetStream, names wire.Names, seq uint64) error {
+	dead, err := js.Stream(ctx, names.StreamDead())
 	if err != nil {
-		return fmt.Errorf("open %s: %w", wire.StreamDead, err)
+		return fmt.Errorf("open %s: %w", names.StreamDead(), err)
 	}
 	m, err := dead.GetMsg(ctx, seq)
 	if err != nil {
 		return fmt.Errorf("get dead letter %d: %w", seq, err)
 	}
 	l := letter(m)
-	_, a, err := wire.ParseJobSubject(l.Subject)
+	_, a, err := names.ParseJobSubject(l.Subject)
 	if err != nil {
 		return fmt.Errorf("dead letter %d: %w", seq, err)
 	}
-	in, err := js.Stream(ctx, wire.StreamInput)
+	in, err := js.Stream(ctx, names.StreamInput())
 	if err != nil {
-		return fmt.Errorf("open %s: %w", wire.StreamInput, err)
+		return fmt.Errorf("open %s: %w", names.StreamInput(), err)
 	}
-	if _, err := in.GetLastMsgForSubject(ctx, wire.InputRowSubject(a.Run, a.Row)); errors.Is(err, jetstream.ErrMsgNotFound) {
+	if _, err := in.GetLastMsgForSubject(ctx, names.InputRowSubject(a.Run, a.Row)); errors.Is(err, jetstream.ErrMsgNotFound) {
 		return fmt.Errorf("dead letter %d (%s): %w", seq, l.Subject, ErrHasResult) // emitted: its input row is purged
 	} else if err != nil {
 		return fmt.Errorf("look up the row of %s: %w", a, err)
 	}
-	if err := rowWritten(ctx, js, a); err != nil {
+	if err := rowWritten(ctx, js, names, a); err != nil {
 		return fmt.Errorf("dead letter %d (%s): %w", seq, l.Subject, err)
 	}
-	results, err := js.Stream(ctx, wire.StreamResults)
+	results, err := js.Stream(ctx, names.StreamResults())
 	if err != nil {
-		return fmt.Errorf("open %s: %w", wire.StreamResults, err)
+		return fmt.Errorf("open %s: %w", names.StreamResults(), err)
 	}
-	if _, err := results.GetLastMsgForSubject(ctx, wire.ResultSubject(a.Run, a.Row, a.Query)); err == nil {
+	if _, err := results.GetLastMsgForSubject(ctx, names.ResultSubject(a.Run, a.Row, a.Query)); err == nil {
 		return fmt.Errorf("dead letter %d (%s): %w", seq, l.Subject, ErrHasResult)
 	} else if !errors.Is(err, jetstream.ErrMsgNotFound) {
 		return fmt.Errorf("look up the result of %s: %w", a, err)
@@ -125,10 +127,10 @@ func Replay(ctx context.Context, js jetstream.JetStream, seq uint64) error {
 // has written the row of a: below the run's watermark in its status (runs bucket), or
 // present on MQ_ROWS. A row written in completion order above the watermark is found
 // only when the MQ_ROWS sink is on.
-func rowWritten(ctx context.Context, js jetstream.JetStream, a wire.Addr) error {
-	runs, err := js.KeyValue(ctx, wire.BucketRuns)
+func rowWritten(ctx context.Context, js jetstream.JetStream, names wire.Names, a wire.Addr) error {
+	runs, err := js.KeyValue(ctx, names.BucketRuns())
 	if err != nil {
-		return fmt.Errorf("open kv %s: %w", wire.BucketRuns, err)
+		return fmt.Errorf("open kv %s: %w", names.BucketRuns(), err)
 	}
 	e, err := runs.Get(ctx, a.Run)
 	switch {
@@ -141,15 +143,15 @@ func rowWritten(ctx context.Context, js jetstream.JetStream, a wire.Addr) error 
 			return fmt.Errorf("row %d of run %s is already written (every row below %d is): %w", a.Row, a.Run, st.Next, ErrRowWritten)
 		}
 	}
-	rows, err := js.Stream(ctx, wire.StreamRows)
+	rows, err := js.Stream(ctx, names.StreamRows())
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("open %s: %w", wire.StreamRows, err)
+		return fmt.Errorf("open %s: %w", names.StreamRows(), err)
 	}
-	if _, err := rows.GetLastMsgForSubject(ctx, wire.RowSubject(a.Run, a.Row)); err == nil {
-		return fmt.Errorf("row %d of run %s is already written (on %s): %w", a.Row, a.Run, wire.StreamRows, ErrRowWritten)
+	if _, err := rows.GetLastMsgForSubject(ctx, names.RowSubject(a.Run, a.Row)); err == nil {
+		return fmt.Errorf("row %d of run %s is already written (on %s): %w", a.Row, a.Run, names.StreamRows(), ErrRowWritten)
 	} else if !errors.Is(err, jetstream.ErrMsgNotFound) {
 		return fmt.Errorf("look up the written row %d of run %s: %w", a.Row, a.Run, err)
 	}

@@ -169,7 +169,7 @@ func TestListReturnsTheLettersOfARunWithTheirReasonAndSubject(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	letters, err := List(ctx, js, run)
+	letters, err := List(ctx, js, wire.Names{}, run)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -191,7 +191,7 @@ func TestListReturnsTheLettersOfARunWithTheirReasonAndSubject(t *testing.T) {
 		}
 	}
 
-	letters, err = List(ctx, js, other)
+	letters, err = List(ctx, js, wire.Names{}, other)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -199,7 +199,7 @@ func TestListReturnsTheLettersOfARunWithTheirReasonAndSubject(t *testing.T) {
 		t.Fatalf("List(%s) = %+v, want the letters %d and %d", other, letters, seqB0, last)
 	}
 
-	all, err := List(ctx, js, "")
+	all, err := List(ctx, js, wire.Names{}, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -214,7 +214,7 @@ func TestListReturnsTheLettersOfARunWithTheirReasonAndSubject(t *testing.T) {
 		t.Fatalf("letter without a run = %+v, want subject jobs.bad and its reason", all[3])
 	}
 
-	if letters, err := List(ctx, js, "no-such-run"); err != nil || len(letters) != 0 {
+	if letters, err := List(ctx, js, wire.Names{}, "no-such-run"); err != nil || len(letters) != 0 {
 		t.Fatalf("List of a run without letters = %+v (%v), want none and no error", letters, err)
 	}
 }
@@ -222,13 +222,13 @@ func TestListReturnsTheLettersOfARunWithTheirReasonAndSubject(t *testing.T) {
 // An empty MQ_DEAD lists nothing; a missing one is an error naming it.
 func TestListOfAnEmptyOrMissingDeadStream(t *testing.T) {
 	js, ctx := start(t)
-	if letters, err := List(ctx, js, ""); err != nil || len(letters) != 0 {
+	if letters, err := List(ctx, js, wire.Names{}, ""); err != nil || len(letters) != 0 {
 		t.Fatalf("List of an empty MQ_DEAD = %+v (%v), want none and no error", letters, err)
 	}
 	if err := js.DeleteStream(ctx, wire.StreamDead); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := List(ctx, js, run); err == nil || !strings.Contains(err.Error(), wire.StreamDead) {
+	if _, err := List(ctx, js, wire.Names{}, run); err == nil || !strings.Contains(err.Error(), wire.StreamDead) {
 		t.Fatalf("List without MQ_DEAD: err = %v, want an error naming %s", err, wire.StreamDead)
 	}
 }
@@ -245,7 +245,7 @@ func TestReplayRepublishesTheJobAndRemovesTheLetter(t *testing.T) {
 	seq := deadLetter(t, ctx, js, dep, run, subject, "delivered 100000 times (MaxDeliver)", data)
 	otherSeq := deadLetter(t, ctx, js, dep, run, wire.JobSubject(dep, run, 1, query), "poison", jobPayload(t, run, 1))
 
-	if err := Replay(ctx, js, seq); err != nil {
+	if err := Replay(ctx, js, wire.Names{}, seq); err != nil {
 		t.Fatalf("replay: %v", err)
 	}
 	jobs, err := js.Stream(ctx, wire.StreamJobs)
@@ -269,12 +269,12 @@ func TestReplayRepublishesTheJobAndRemovesTheLetter(t *testing.T) {
 	if _, err := dead.GetMsg(ctx, seq); !errors.Is(err, jetstream.ErrMsgNotFound) {
 		t.Fatalf("dead letter %d after replay: err = %v, want it removed", seq, err)
 	}
-	letters, err := List(ctx, js, run)
+	letters, err := List(ctx, js, wire.Names{}, run)
 	if err != nil || len(letters) != 1 || letters[0].Seq != otherSeq {
 		t.Fatalf("letters left = %+v (%v), want only %d", letters, err, otherSeq)
 	}
 
-	if err := Replay(ctx, js, seq); !errors.Is(err, jetstream.ErrMsgNotFound) {
+	if err := Replay(ctx, js, wire.Names{}, seq); !errors.Is(err, jetstream.ErrMsgNotFound) {
 		t.Fatalf("second replay of %d: err = %v, want ErrMsgNotFound", seq, err)
 	}
 	if n := jobsOn(t, ctx, js, subject); n != 1 {
@@ -297,7 +297,7 @@ func TestReplayRefusesARowBelowTheWatermarkAndLosesNothing(t *testing.T) {
 	at := wire.JobSubject(dep, run, 3, query)
 	atSeq := deadLetter(t, ctx, js, dep, run, at, "poison", jobPayload(t, run, 3))
 
-	err := Replay(ctx, js, seq)
+	err := Replay(ctx, js, wire.Names{}, seq)
 	if !errors.Is(err, ErrRowWritten) {
 		t.Fatalf("replay of row 2 under watermark 3: err = %v, want ErrRowWritten", err)
 	}
@@ -306,7 +306,7 @@ func TestReplayRefusesARowBelowTheWatermarkAndLosesNothing(t *testing.T) {
 	}
 	kept(t, ctx, js, seq, below, belowData)
 
-	if err := Replay(ctx, js, atSeq); err != nil {
+	if err := Replay(ctx, js, wire.Names{}, atSeq); err != nil {
 		t.Fatalf("replay of row 3 at watermark 3: %v", err)
 	}
 	if n := jobsOn(t, ctx, js, at); n != 1 {
@@ -325,7 +325,7 @@ func TestReplayRefusesARowOnTheRowsStreamAndLosesNothing(t *testing.T) {
 	data := jobPayload(t, run, 5)
 	seq := deadLetter(t, ctx, js, dep, run, subject, "poison", data)
 
-	err := Replay(ctx, js, seq)
+	err := Replay(ctx, js, wire.Names{}, seq)
 	if !errors.Is(err, ErrRowWritten) {
 		t.Fatalf("replay of a row on MQ_ROWS: err = %v, want ErrRowWritten", err)
 	}
@@ -345,7 +345,7 @@ func TestReplayRefusesAQueryWithAResultOrAnEmittedRow(t *testing.T) {
 	withResult := wire.JobSubject(dep, run, 0, query)
 	data0 := jobPayload(t, run, 0)
 	seq0 := deadLetter(t, ctx, js, dep, run, withResult, "poison", data0)
-	if err := Replay(ctx, js, seq0); !errors.Is(err, ErrHasResult) {
+	if err := Replay(ctx, js, wire.Names{}, seq0); !errors.Is(err, ErrHasResult) {
 		t.Fatalf("replay of a query with a result: err = %v, want ErrHasResult", err)
 	}
 	kept(t, ctx, js, seq0, withResult, data0)
@@ -353,7 +353,7 @@ func TestReplayRefusesAQueryWithAResultOrAnEmittedRow(t *testing.T) {
 	noInput := wire.JobSubject(dep, run, 1, query) // row 1 has no input row (purged)
 	data1 := jobPayload(t, run, 1)
 	seq1 := deadLetter(t, ctx, js, dep, run, noInput, "poison", data1)
-	if err := Replay(ctx, js, seq1); !errors.Is(err, ErrHasResult) {
+	if err := Replay(ctx, js, wire.Names{}, seq1); !errors.Is(err, ErrHasResult) {
 		t.Fatalf("replay of a row without its input row: err = %v, want ErrHasResult", err)
 	}
 	kept(t, ctx, js, seq1, noInput, data1)
@@ -368,22 +368,22 @@ func TestReplayOfAMissingSequenceOrABadSubjectFailsAndLosesNothing(t *testing.T)
 	data := jobPayload(t, run, 0)
 	seq := deadLetter(t, ctx, js, dep, run, subject, "poison", data)
 
-	if err := Replay(ctx, js, seq+100); !errors.Is(err, jetstream.ErrMsgNotFound) || !strings.Contains(err.Error(), fmt.Sprint(seq+100)) {
+	if err := Replay(ctx, js, wire.Names{}, seq+100); !errors.Is(err, jetstream.ErrMsgNotFound) || !strings.Contains(err.Error(), fmt.Sprint(seq+100)) {
 		t.Fatalf("replay of a missing sequence: err = %v, want ErrMsgNotFound naming %d", err, seq+100)
 	}
 	kept(t, ctx, js, seq, subject, data)
 
 	bad := deadLetter(t, ctx, js, dep, "unknown", "jobs.bad", "job subject: bad", []byte(`x`))
-	if err := Replay(ctx, js, bad); err == nil || !strings.Contains(err.Error(), "jobs.bad") {
+	if err := Replay(ctx, js, wire.Names{}, bad); err == nil || !strings.Contains(err.Error(), "jobs.bad") {
 		t.Fatalf("replay of a letter without a job subject: err = %v, want an error naming the subject", err)
 	}
 	kept(t, ctx, js, bad, "jobs.bad", []byte(`x`))
 	noSubject := deadLetter(t, ctx, js, dep, "unknown", "", "no header", []byte(`y`))
-	if err := Replay(ctx, js, noSubject); err == nil {
+	if err := Replay(ctx, js, wire.Names{}, noSubject); err == nil {
 		t.Fatal("replay of a letter without Mq-Subject succeeded")
 	}
 	kept(t, ctx, js, noSubject, "", []byte(`y`))
-	if letters, err := List(ctx, js, ""); err != nil || len(letters) != 3 {
+	if letters, err := List(ctx, js, wire.Names{}, ""); err != nil || len(letters) != 3 {
 		t.Fatalf("letters after refused replays = %+v (%v), want all 3", letters, err)
 	}
 	s, err := js.Stream(ctx, wire.StreamJobs)
@@ -400,7 +400,7 @@ func TestReplayOfAMissingSequenceOrABadSubjectFailsAndLosesNothing(t *testing.T)
 func TestRowWrittenChecksTheWatermarkAndTheRowsStream(t *testing.T) {
 	js, ctx := start(t)
 	addr := func(row int) wire.Addr { return wire.Addr{Run: run, Row: row, Query: query} }
-	if err := rowWritten(ctx, js, addr(0)); err != nil {
+	if err := rowWritten(ctx, js, wire.Names{}, addr(0)); err != nil {
 		t.Fatalf("row 0 of a run without status: %v, want not written", err)
 	}
 	runStatus(t, ctx, js, wire.RunStatus{Run: run, State: "open", Next: 4})
@@ -408,7 +408,7 @@ func TestRowWrittenChecksTheWatermarkAndTheRowsStream(t *testing.T) {
 	publish(t, ctx, js, wire.RowSubject(run, 9), "rows."+run+".9", map[string]any{"id": "r9"})
 	publish(t, ctx, js, wire.RowSubject(other, 6), "rows."+other+".6", map[string]any{"id": "r6"})
 	for row, written := range map[int]bool{0: true, 3: true, 4: false, 6: false, 9: true} {
-		err := rowWritten(ctx, js, addr(row))
+		err := rowWritten(ctx, js, wire.Names{}, addr(row))
 		if written != errors.Is(err, ErrRowWritten) {
 			t.Errorf("row %d: rowWritten = %v, want written %v", row, err, written)
 		}
@@ -420,10 +420,10 @@ func TestRowWrittenChecksTheWatermarkAndTheRowsStream(t *testing.T) {
 	if err := js.DeleteStream(ctx, wire.StreamRows); err != nil {
 		t.Fatal(err)
 	}
-	if err := rowWritten(ctx, js, addr(9)); err != nil {
+	if err := rowWritten(ctx, js, wire.Names{}, addr(9)); err != nil {
 		t.Fatalf("row 9 above the watermark without MQ_ROWS: %v, want not written", err)
 	}
-	if err := rowWritten(ctx, js, addr(3)); !errors.Is(err, ErrRowWritten) {
+	if err := rowWritten(ctx, js, wire.Names{}, addr(3)); !errors.Is(err, ErrRowWritten) {
 		t.Fatalf("row 3 below the watermark without MQ_ROWS: %v, want ErrRowWritten", err)
 	}
 }

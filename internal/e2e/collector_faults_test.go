@@ -84,7 +84,7 @@ func TestCompletedRunLeavesOnlyItsStatusAndAudit(t *testing.T) {
 	if _, err := runs.Get(ctx, rep.Run); err != nil {
 		t.Fatalf("final status record: %v", err)
 	}
-	stored, err := archive.List(ctx, e.js)
+	stored, err := archive.List(ctx, e.js, e.topo.Names)
 	if err != nil || len(stored) != 1 || stored[0].Run != rep.Run || !stored[0].Complete {
 		t.Fatalf("results bucket = %+v (%v), want the run's files", stored, err)
 	}

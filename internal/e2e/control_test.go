@@ -17,7 +17,7 @@ func (e *env) waitState(run, want string, within time.Duration) status.Report {
 	nc, _ := e.nats.Connect(e.t)
 	deadline := time.Now().Add(within)
 	for {
-		r, err := status.Get(context.Background(), nc, e.js, run, 50*time.Millisecond)
+		r, err := status.Get(context.Background(), nc, e.js, e.topo.Names, run, 50*time.Millisecond)
 		if err == nil && r.State == want {
 			return r
 		}
@@ -60,7 +60,7 @@ func TestPauseResumeAndCancel(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := status.SetControl(context.Background(), e.js, rep.Run, wire.ControlPaused); err != nil {
+	if err := status.SetControl(context.Background(), e.js, e.topo.Names, rep.Run, wire.ControlPaused); err != nil {
 		t.Fatal(err)
 	}
 	e.startCollector("")
@@ -70,7 +70,7 @@ func TestPauseResumeAndCancel(t *testing.T) {
 	if n := e.sim.Stats().Requests; n != 0 {
 		t.Fatalf("llmsim saw %d calls of a paused run, want 0", n)
 	}
-	if err := status.SetControl(context.Background(), e.js, rep.Run, wire.ControlRunning); err != nil {
+	if err := status.SetControl(context.Background(), e.js, e.topo.Names, rep.Run, wire.ControlRunning); err != nil {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(10 * time.Second)
@@ -80,7 +80,7 @@ func TestPauseResumeAndCancel(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if err := status.SetControl(context.Background(), e.js, rep.Run, wire.ControlCancelled); err != nil {
+	if err := status.SetControl(context.Background(), e.js, e.topo.Names, rep.Run, wire.ControlCancelled); err != nil {
 		t.Fatal(err)
 	}
 	e.waitSummary(rep.Run, 30*time.Second)
@@ -93,7 +93,7 @@ func TestPauseResumeAndCancel(t *testing.T) {
 			t.Fatalf("row %v: reason %v, want %s", r["id"], qe["reason"], wire.ReasonCancelled)
 		}
 	}
-	if err := status.SetControl(context.Background(), e.js, rep.Run, wire.ControlRunning); err == nil {
+	if err := status.SetControl(context.Background(), e.js, e.topo.Names, rep.Run, wire.ControlRunning); err == nil {
 		t.Fatal("a cancelled run was resumed")
 	}
 }

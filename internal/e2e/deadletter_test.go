@@ -78,7 +78,7 @@ func TestPoisonJobsAreDeadLetteredAndTheirRowsComplete(t *testing.T) {
 	if qe := failedQuery(t, bad[0], "q"); qe["reason"] != wire.ReasonPoison {
 		t.Fatalf("reason = %v, want %s", qe["reason"], wire.ReasonPoison)
 	}
-	letters, err := deadletter.List(ctx, e.js, "")
+	letters, err := deadletter.List(ctx, e.js, e.topo.Names, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,10 +90,10 @@ func TestPoisonJobsAreDeadLetteredAndTheirRowsComplete(t *testing.T) {
 	// replay is refused: the query has a result, or its row is written.
 	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	if _, err := status.WaitRun(wctx, e.js, run, nil); err != nil {
+	if _, err := status.WaitRun(wctx, e.js, e.topo.Names, run, nil); err != nil {
 		t.Fatal(err)
 	}
-	if err := deadletter.Replay(ctx, e.js, letters[0].Seq); !errors.Is(err, deadletter.ErrHasResult) && !errors.Is(err, deadletter.ErrRowWritten) {
+	if err := deadletter.Replay(ctx, e.js, e.topo.Names, letters[0].Seq); !errors.Is(err, deadletter.ErrHasResult) && !errors.Is(err, deadletter.ErrRowWritten) {
 		t.Fatalf("replay of a dead letter whose query has a result: err = %v, want ErrHasResult or ErrRowWritten", err)
 	}
 	// The newer-version job is still waiting for a newer worker.
@@ -129,7 +129,7 @@ func TestJobsPastMaxDeliverAreDeadLettered(t *testing.T) {
 	if qe := failedQuery(t, bad[0], "cs1_k1"); qe["reason"] != wire.ReasonMaxDeliveries {
 		t.Fatalf("reason = %v, want %s", qe["reason"], wire.ReasonMaxDeliveries)
 	}
-	letters, err := deadletter.List(context.Background(), e.js, rep.Run)
+	letters, err := deadletter.List(context.Background(), e.js, e.topo.Names, rep.Run)
 	if err != nil || len(letters) != 1 {
 		t.Fatalf("dead letters of the run = %+v (%v), want 1", letters, err)
 	}
@@ -160,11 +160,11 @@ func TestReplayRepublishesAnOpenRowsJob(t *testing.T) {
 	if _, err := e.js.PublishMsg(ctx, dead); err != nil {
 		t.Fatal(err)
 	}
-	letters, err := deadletter.List(ctx, e.js, run)
+	letters, err := deadletter.List(ctx, e.js, e.topo.Names, run)
 	if err != nil || len(letters) != 1 {
 		t.Fatalf("letters = %v (%v)", letters, err)
 	}
-	if err := deadletter.Replay(ctx, e.js, letters[0].Seq); err != nil {
+	if err := deadletter.Replay(ctx, e.js, e.topo.Names, letters[0].Seq); err != nil {
 		t.Fatalf("replay: %v", err)
 	}
 	jobs, _ := e.js.Stream(ctx, wire.StreamJobs)
@@ -172,7 +172,7 @@ func TestReplayRepublishesAnOpenRowsJob(t *testing.T) {
 	if err != nil || string(m.Data) != string(dead.Data) {
 		t.Fatalf("replayed job = %v (%v), want the dead letter's payload", m, err)
 	}
-	if left, _ := deadletter.List(ctx, e.js, run); len(left) != 0 {
+	if left, _ := deadletter.List(ctx, e.js, e.topo.Names, run); len(left) != 0 {
 		t.Fatalf("%d dead letters left after replay, want 0", len(left))
 	}
 }

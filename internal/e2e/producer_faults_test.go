@@ -153,7 +153,7 @@ func TestAFullResultsStreamMakesTheWorkerWaitNotAck(t *testing.T) {
 	}
 	// Hold the run while the worker starts (its start-up ensures the topology, which
 	// would undo the limit below), then limit MQ_RESULTS to 2 messages and resume.
-	if err := status.SetControl(ctx, e.js, rep.Run, wire.ControlPaused); err != nil {
+	if err := status.SetControl(ctx, e.js, e.topo.Names, rep.Run, wire.ControlPaused); err != nil {
 		t.Fatal(err)
 	}
 	e.startWorker(workerOpts{})
@@ -178,7 +178,7 @@ func TestAFullResultsStreamMakesTheWorkerWaitNotAck(t *testing.T) {
 	if _, err := e.js.UpdateStream(ctx, full); err != nil {
 		t.Fatal(err)
 	}
-	if err := status.SetControl(ctx, e.js, rep.Run, wire.ControlRunning); err != nil {
+	if err := status.SetControl(ctx, e.js, e.topo.Names, rep.Run, wire.ControlRunning); err != nil {
 		t.Fatal(err)
 	}
 	var dropped bool
@@ -362,7 +362,7 @@ func TestPausingOneSubmittedRunDoesNotHoldAnother(t *testing.T) {
 		_, err := e.js.KeyValue(ctx, wire.BucketRuns)
 		return err == nil
 	})
-	if err := status.SetControl(ctx, e.js, "held", wire.ControlPaused); err != nil {
+	if err := status.SetControl(ctx, e.js, e.topo.Names, "held", wire.ControlPaused); err != nil {
 		t.Fatal(err)
 	}
 	submit(pub, "held", 0, 1, 2)
@@ -371,7 +371,7 @@ func TestPausingOneSubmittedRunDoesNotHoldAnother(t *testing.T) {
 	if n := streamMsgs(t, e.js, wire.StreamInput, "input.held.*"); n > 2 { // its open and seal records only
 		t.Fatalf("the paused run has %d input records on the bus, want only its open and seal records", n)
 	}
-	if err := status.SetControl(ctx, e.js, "held", wire.ControlRunning); err != nil {
+	if err := status.SetControl(ctx, e.js, e.topo.Names, "held", wire.ControlRunning); err != nil {
 		t.Fatal(err)
 	}
 	e.waitSummary("held", 60*time.Second)
@@ -393,7 +393,7 @@ func TestACancelledSubmittedRunCompletesAsCancelled(t *testing.T) {
 		_, err := e.js.KeyValue(ctx, wire.BucketRuns)
 		return err == nil
 	})
-	if err := status.SetControl(ctx, e.js, "gone", wire.ControlCancelled); err != nil {
+	if err := status.SetControl(ctx, e.js, e.topo.Names, "gone", wire.ControlCancelled); err != nil {
 		t.Fatal(err)
 	}
 	submit(pub, "gone", 0, 1, 2)
@@ -485,7 +485,7 @@ func TestReplayIsRefusedForARowAlreadyWritten(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = deadletter.Replay(ctx, e.js, ack.Sequence)
+	err = deadletter.Replay(ctx, e.js, e.topo.Names, ack.Sequence)
 	if err == nil {
 		t.Fatal("replay of a dead letter whose row is already written was accepted: a paid call whose result is ignored")
 	}
@@ -519,7 +519,7 @@ func TestAFinishedRunIDIsRefused(t *testing.T) {
 	e.waitSummary(rep.Run, 60*time.Second)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if _, err := status.WaitRun(ctx, e.js, rep.Run, nil); err != nil {
+	if _, err := status.WaitRun(ctx, e.js, e.topo.Names, rep.Run, nil); err != nil {
 		t.Fatal(err)
 	}
 	_, err = producer.Run(ctx, e.js, producer.Config{Pipeline: p, Input: strings.NewReader(csvRows(5, nil)), Format: input.CSV, Topology: e.topo, Run: rep.Run}, e.log)
@@ -546,7 +546,7 @@ func TestASubmittedRunReusingAFinishedRunIDIsRefused(t *testing.T) {
 	e.waitSummary("used-once", 60*time.Second)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if _, err := status.WaitRun(ctx, e.js, "used-once", nil); err != nil {
+	if _, err := status.WaitRun(ctx, e.js, e.topo.Names, "used-once", nil); err != nil {
 		t.Fatal(err)
 	}
 	calls := e.sim.Stats().Requests

@@ -17,10 +17,10 @@ import (
 	"github.com/multiquery/multiquery/internal/wire"
 )
 
-// runStatus reads a run's status from mq_runs (ok false: none yet).
+// runStatus reads a run's status from the runs bucket (ok false: none yet).
 func (e *env) runStatus(run string) (wire.RunStatus, bool) {
 	e.t.Helper()
-	kv, err := e.js.KeyValue(context.Background(), wire.BucketRuns)
+	kv, err := e.js.KeyValue(context.Background(), e.topo.Names.BucketRuns())
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -60,7 +60,7 @@ func TestGetFetchesARunsFilesByteIdenticalElsewhere(t *testing.T) {
 	}
 
 	elsewhere := filepath.Join(t.TempDir(), "another-machine", rep.Run)
-	files, err := archive.Fetch(context.Background(), e.js, rep.Run, elsewhere)
+	files, err := archive.Fetch(context.Background(), e.js, e.topo.Names, rep.Run, elsewhere)
 	if err != nil {
 		t.Fatalf("mqctl get %s: %v", rep.Run, err)
 	}
@@ -104,16 +104,16 @@ func TestGetOfAnIncompleteOrUnknownRunSaysWhich(t *testing.T) {
 	})
 	ctx := context.Background()
 	dir := filepath.Join(t.TempDir(), rep.Run)
-	if _, err := archive.Fetch(ctx, e.js, rep.Run, dir); !errors.Is(err, archive.ErrNotComplete) {
+	if _, err := archive.Fetch(ctx, e.js, e.topo.Names, rep.Run, dir); !errors.Is(err, archive.ErrNotComplete) {
 		t.Fatalf("get of a run without workers: %v, want %v", err, archive.ErrNotComplete)
 	}
-	if _, err := archive.Fetch(ctx, e.js, "never-published", dir); !errors.Is(err, archive.ErrUnknownRun) {
+	if _, err := archive.Fetch(ctx, e.js, e.topo.Names, "never-published", dir); !errors.Is(err, archive.ErrUnknownRun) {
 		t.Fatalf("get of a run never published: %v, want %v", err, archive.ErrUnknownRun)
 	}
 
 	e.startWorker(workerOpts{})
 	waitFor(t, 60*time.Second, "the run to finish", func() bool { st, _ := e.runStatus(rep.Run); return st.Finished })
-	if _, err := archive.Fetch(ctx, e.js, rep.Run, dir); err != nil {
+	if _, err := archive.Fetch(ctx, e.js, e.topo.Names, rep.Run, dir); err != nil {
 		t.Fatalf("get of the completed run: %v", err)
 	}
 	if n, err := sink.CountLines(filepath.Join(dir, sink.ResultsJSONL)); err != nil || n != 5 {

@@ -48,7 +48,10 @@ type secureWorld struct {
 // startSecureNATS starts an in-process server with the accounts and users of
 // deploy/nats/accounts.conf (passwords from the environment, as in production), TLS
 // required and client certificates verified.
-func startSecureNATS(t *testing.T) *secureWorld {
+func startSecureNATS(t *testing.T) *secureWorld { return startSecureNATSWith(t, accountsConf) }
+
+// startSecureNATSWith is startSecureNATS with the roles file conf.
+func startSecureNATSWith(t *testing.T, conf string) *secureWorld {
 	t.Helper()
 	w := &secureWorld{passwords: map[string]string{}}
 	for _, user := range []string{"admin", "producer", "worker", "collector", "upstream"} {
@@ -59,9 +62,9 @@ func startSecureNATS(t *testing.T) *secureWorld {
 		w.passwords["mq-"+user] = hex.EncodeToString(b)
 		t.Setenv("MQ_"+strings.ToUpper(user)+"_PASSWORD", w.passwords["mq-"+user])
 	}
-	opts, err := server.ProcessConfigFile(accountsConf)
+	opts, err := server.ProcessConfigFile(conf)
 	if err != nil {
-		t.Fatalf("load %s: %v", accountsConf, err)
+		t.Fatalf("load %s: %v", conf, err)
 	}
 	opts.ServerName, opts.Host, opts.Port = "mq-secure", "127.0.0.1", -1
 	opts.JetStream, opts.StoreDir = true, t.TempDir()
@@ -160,7 +163,7 @@ func TestPipelineRunsWithLeastPrivilegeRoles(t *testing.T) {
 		}
 	})
 
-	results, err := provision.Run(ctx, e.js, provision.Default(), provision.Options{})
+	results, err := provision.Run(ctx, e.js, e.topo.Names, provision.Default(), provision.Options{})
 	if err != nil {
 		t.Fatalf("provision as mq-admin: %v", err)
 	}
@@ -284,7 +287,7 @@ func TestOperatorLimitsSurviveProcessRestarts(t *testing.T) {
 	e, _ := secureSetup(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	if _, err := provision.Run(ctx, e.js, provision.Default(), provision.Options{}); err != nil {
+	if _, err := provision.Run(ctx, e.js, e.topo.Names, provision.Default(), provision.Options{}); err != nil {
 		t.Fatal(err)
 	}
 	set := func(name string, edit func(*jetstream.StreamConfig)) jetstream.StreamConfig {

@@ -38,7 +38,7 @@ func (e *env) watchFleet(alias string) *fleetView {
 	e.t.Helper()
 	nc, _ := e.nats.Connect(e.t)
 	v := &fleetView{last: map[string]hbCounters{}}
-	sub, err := nc.Subscribe(throttle.HeartbeatSubject(alias), func(m *nats.Msg) {
+	sub, err := nc.Subscribe(wire.ThrottleHeartbeatSubject(alias), func(m *nats.Msg) {
 		var h struct {
 			Member  string `json:"member"`
 			Leaving bool   `json:"leaving"`
@@ -190,7 +190,7 @@ func TestALaterWorkerStartsFromTheRememberedRate(t *testing.T) {
 		}
 	}
 	nc, _ := e.nats.Connect(t)
-	r, err := status.Get(t.Context(), nc, e.js, rep.Run, 600*time.Millisecond)
+	r, err := status.Get(t.Context(), nc, e.js, e.topo.Names, rep.Run, 600*time.Millisecond)
 	if err != nil {
 		t.Fatal(err)
 	}

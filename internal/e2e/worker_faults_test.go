@@ -37,7 +37,7 @@ func TestAPaidCallIsNotRepeatedWhileItsResultCannotBeStored(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Hold the run until the results stream is gone (the worker ensures it at start).
-	if err := status.SetControl(ctx, e.js, rep.Run, wire.ControlPaused); err != nil {
+	if err := status.SetControl(ctx, e.js, e.topo.Names, rep.Run, wire.ControlPaused); err != nil {
 		t.Fatal(err)
 	}
 	e.startWorker(workerOpts{concurrency: rows})
@@ -45,7 +45,7 @@ func TestAPaidCallIsNotRepeatedWhileItsResultCannotBeStored(t *testing.T) {
 	if err := e.js.DeleteStream(ctx, wire.StreamResults); err != nil {
 		t.Fatal(err)
 	}
-	if err := status.SetControl(ctx, e.js, rep.Run, wire.ControlRunning); err != nil {
+	if err := status.SetControl(ctx, e.js, e.topo.Names, rep.Run, wire.ControlRunning); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, 20*time.Second, "one call per job", func() bool { return e.sim.Stats().Requests >= rows })
@@ -107,7 +107,7 @@ func TestAPausedRunSurvivesALongPauseAndTakesNoPermits(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := status.SetControl(ctx, e.js, paused.Run, wire.ControlPaused); err != nil {
+	if err := status.SetControl(ctx, e.js, e.topo.Names, paused.Run, wire.ControlPaused); err != nil {
 		t.Fatal(err)
 	}
 	e.startWorker(workerOpts{concurrency: 4, tweak: func(c *worker.Config) {
@@ -132,7 +132,7 @@ func TestAPausedRunSurvivesALongPauseAndTakesNoPermits(t *testing.T) {
 	if info.Delivered.Consumer != 0 {
 		t.Errorf("the paused run's jobs were delivered %d times while paused (a pacing permit each), want 0", info.Delivered.Consumer)
 	}
-	if err := status.SetControl(ctx, e.js, paused.Run, wire.ControlRunning); err != nil {
+	if err := status.SetControl(ctx, e.js, e.topo.Names, paused.Run, wire.ControlRunning); err != nil {
 		t.Fatal(err)
 	}
 	sum := e.waitSummary(paused.Run, 60*time.Second)

@@ -16,45 +16,43 @@ import (
 	"github.com/multiquery/multiquery/internal/queue"
 )
 
-// Bucket is the KV bucket of leases.
-const Bucket = "mq_lease"
-
 // DefaultTTL is how long a lease outlives its holder's last refresh.
 const DefaultTTL = 10 * time.Second
 
 // ErrLost means the holder could not keep its lease: it must stop acting as active.
 var ErrLost = errors.New("lease lost")
 
-// BucketConfig is the lease bucket's configuration for a TTL (0: DefaultTTL).
-func BucketConfig(replicas int, ttl time.Duration) jetstream.KeyValueConfig {
+// BucketConfig is the configuration of the lease bucket named bucket (a deployment's
+// wire.Names.BucketLease) for a TTL (0: DefaultTTL).
+func BucketConfig(bucket string, replicas int, ttl time.Duration) jetstream.KeyValueConfig {
 	if ttl <= 0 {
 		ttl = DefaultTTL
 	}
-	return jetstream.KeyValueConfig{Bucket: Bucket, Description: "single-active leases",
+	return jetstream.KeyValueConfig{Bucket: bucket, Description: "single-active leases",
 		TTL: ttl, History: 1, Storage: jetstream.FileStorage, Replicas: max(replicas, 1)}
 }
 
-// Ensure returns the lease bucket, creating it with the given TTL (0: DefaultTTL) when
+// Ensure returns the lease bucket named bucket, creating it with the given TTL (0: DefaultTTL) when
 // it does not exist. Every holder of the bucket's leases should use the same TTL: when
 // the bucket's differs, Ensure updates it, and if this NATS user may not (a role without
 // stream-admin rights), logs a warning and goes on (Hold fences on the shorter of the
 // two, so a longer bucket TTL only slows a takeover).
-func Ensure(ctx context.Context, js jetstream.JetStream, replicas int, ttl time.Duration, log zerolog.Logger) (jetstream.KeyValue, error) {
-	cfg := BucketConfig(replicas, ttl)
+func Ensure(ctx context.Context, js jetstream.JetStream, bucket string, replicas int, ttl time.Duration, log zerolog.Logger) (jetstream.KeyValue, error) {
+	cfg := BucketConfig(bucket, replicas, ttl)
 	var kv jetstream.KeyValue
 	err := queue.Retry(ctx, func(ctx context.Context) error {
 		var err error
-		kv, err = js.KeyValue(ctx, Bucket)
+		kv, err = js.KeyValue(ctx, bucket)
 		if errors.Is(err, jetstream.ErrBucketNotFound) {
 			kv, err = js.CreateKeyValue(ctx, cfg)
 			if errors.Is(err, jetstream.ErrBucketExists) || errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
-				kv, err = js.KeyValue(ctx, Bucket)
+				kv, err = js.KeyValue(ctx, bucket)
 			}
 		}
 		return err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("ensure kv %s: %w", Bucket, err)
+		return nil, fmt.Errorf("ensure kv %s: %w", bucket, err)
 	}
 	b, err := bucketInfo(ctx, kv)
 	if err != nil {

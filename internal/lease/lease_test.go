@@ -10,6 +10,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/multiquery/multiquery/internal/natstest"
+	"github.com/multiquery/multiquery/internal/wire"
 )
 
 func TestMain(m *testing.M) {
@@ -50,7 +51,7 @@ func TestLaterHolderHasLargerEpoch(t *testing.T) {
 	srv := natstest.Start(t)
 	_, js := srv.Connect(t)
 	ctx := context.Background()
-	kv, err := Ensure(ctx, js, 1, 2*time.Second, zerolog.Nop())
+	kv, err := Ensure(ctx, js, wire.BucketLease, 1, 2*time.Second, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -258,7 +258,7 @@ func (r *localRun) flow(ctx context.Context, topo queue.Topology) (producer.Repo
 		return rep, wire.RunStatus{}, err
 	}
 	r.published.Store(int64(rep.Rows))
-	st, err := status.WaitRun(ctx, r.js, r.cfg.Run, nil)
+	st, err := status.WaitRun(ctx, r.js, wire.Names{}, r.cfg.Run, nil)
 	if err != nil {
 		return rep, st, err
 	}

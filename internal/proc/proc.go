@@ -6,6 +6,7 @@ package proc
 import (
 	"context"
 	"flag"
+	"fmt"
 	"os"
 	"time"
 
@@ -25,6 +26,7 @@ import (
 // Flags are the flags the worker, the collector and the producer share.
 type Flags struct {
 	NATS       natsconn.Options
+	Prefix     string // --prefix: the deployment's names (wire.Names)
 	Replicas   int
 	ResultsTTL time.Duration
 	OpsAddr    string
@@ -33,16 +35,18 @@ type Flags struct {
 	// Version is --version: the command prints its version and exits.
 	Version *version.Flag
 
-	nats *natsconn.Resolved // CheckNATS's result
+	nats  *natsconn.Resolved // CheckNATS's result
+	names wire.Names         // Check's result
 }
 
 // Register registers the NATS connection flags (--nats, --context, --nats-creds...,
-// package natsconn), --replicas, --results-ttl, --ops-addr (with its default and usage),
-// --log-level and --version.
+// package natsconn), --prefix, --replicas, --results-ttl, --ops-addr (with its default
+// and usage), --log-level and --version.
 func (p *Flags) Register(fs *flag.FlagSet, opsAddr, opsUsage string) {
 	p.NATS.Register(fs, os.Getenv)
+	RegisterPrefix(fs, &p.Prefix, os.Getenv)
 	fs.IntVar(&p.Replicas, "replicas", queue.DefaultReplicas, "stream replicas when creating streams (3 in a NATS cluster)")
-	fs.DurationVar(&p.ResultsTTL, "results-ttl", queue.DefaultResultsTTL, "how long the results bucket "+wire.BucketResults+" keeps a run's stored files, when this process creates it")
+	fs.DurationVar(&p.ResultsTTL, "results-ttl", queue.DefaultResultsTTL, "how long the results bucket ("+wire.BucketResults+" with no --prefix) keeps a run's stored files, when this process creates it")
 	fs.StringVar(&p.OpsAddr, "ops-addr", opsAddr, opsUsage)
 	fs.StringVar(&p.LogLevel, "log-level", "info", "log level")
 	p.Version = version.Register(fs)
@@ -53,9 +57,33 @@ func (p *Flags) RegisterPprof(fs *flag.FlagSet) {
 	fs.BoolVar(&p.Pprof, "pprof", false, "serve net/http/pprof under /debug/pprof/ on --ops-addr")
 }
 
-// Topology is the stream topology the flags ask for.
+// EnvPrefix is the environment variable of --prefix.
+const EnvPrefix = "MQ_PREFIX"
+
+// RegisterPrefix registers --prefix on fs into p, defaulting to $MQ_PREFIX (read with
+// env); wire.NewNames checks it.
+func RegisterPrefix(fs *flag.FlagSet, p *string, env func(string) string) {
+	fs.StringVar(p, "prefix", env(EnvPrefix), "prefix of every stream, subject and bucket name, so that several deployments share one NATS account: "+
+		"streams <prefix>_MQ_JOBS, subjects <prefix>.jobs.>, buckets <prefix>_mq_runs (empty: the default names; every process of a deployment needs the same; env "+EnvPrefix+")")
+}
+
+// Topology is the stream topology the flags ask for (with the names Check derived).
 func (p *Flags) Topology() queue.Topology {
-	return queue.Topology{Replicas: p.Replicas, ResultsTTL: p.ResultsTTL}
+	return queue.Topology{Names: p.names, Replicas: p.Replicas, ResultsTTL: p.ResultsTTL}
+}
+
+// Names are the deployment's names (--prefix), as Check derived them.
+func (p *Flags) Names() wire.Names { return p.names }
+
+// Check checks --prefix and the NATS connection flags (CheckNATS): its error is a usage
+// error.
+func (p *Flags) Check() error {
+	names, err := wire.NewNames(p.Prefix)
+	if err != nil {
+		return fmt.Errorf("--prefix: %w", err)
+	}
+	p.names = names
+	return p.CheckNATS()
 }
 
 // CheckNATS checks the NATS connection flags (a context that exists, readable files,
@@ -78,7 +106,7 @@ func (p *Flags) Connect(name string, log zerolog.Logger) (*nats.Conn, jetstream.
 			return nil, nil, err
 		}
 	}
-	log.Info().Str("nats", p.nats.Describe()).Msg("connecting")
+	log.Info().Str("nats", p.nats.Describe()).Stringer("prefix", p.names).Msg("connecting")
 	nc, js, err := queue.ConnectJetStream(p.nats.URL, name, log, p.nats.Opts...)
 	if err != nil {
 		log.Error().Err(err).Msg("connect")

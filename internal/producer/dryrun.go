@@ -48,7 +48,7 @@ func DryRun(cfg Config, visit func(row wire.Row, jobs []wire.Job)) (Report, erro
 		if err != nil {
 			return rep, fmt.Errorf("read input after row %d: %w", rep.Rows, err)
 		}
-		pl, err := fit(planRow(p, queries, run, rec, in.header), DryRunMaxPayload)
+		pl, err := fit(planRow(p, queries, run, rec, in.header), cfg.Topology.Names, DryRunMaxPayload)
 		if err != nil {
 			return rep, err
 		}

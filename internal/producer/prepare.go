@@ -48,7 +48,7 @@ func prepare(ctx context.Context, js jetstream.JetStream, cfg Config, log zerolo
 	if err != nil {
 		return nil, err
 	}
-	fr.pub = &publisher{js: js, window: cfg.Window, log: log}
+	fr.pub = &publisher{js: js, names: cfg.Topology.Names, window: cfg.Window, log: log}
 	fr.flow = &flowControl{kv: runs, run: cfg.Run, ahead: cfg.MaxAhead, flush: fr.pub.wait}
 	fr.limit = js.Conn().MaxPayload()
 	// Checkpoint every few rows, once everything before it is acknowledged.
@@ -124,9 +124,9 @@ func openInput(r io.Reader, f input.Format) (*source, error) {
 // another pipeline config. It returns the runs bucket (flow control reads it).
 func (fr *fileRun) resume(ctx context.Context, js jetstream.JetStream) (jetstream.KeyValue, error) {
 	run := fr.cfg.Run
-	runs, err := js.KeyValue(ctx, wire.BucketRuns)
+	runs, err := js.KeyValue(ctx, fr.cfg.Topology.Names.BucketRuns())
 	if err != nil {
-		return nil, fmt.Errorf("open kv %s: %w", wire.BucketRuns, err)
+		return nil, fmt.Errorf("open kv %s: %w", fr.cfg.Topology.Names.BucketRuns(), err)
 	}
 	if err := refuseFinished(ctx, runs, run); err != nil {
 		return nil, err

@@ -110,7 +110,7 @@ type fileRun struct {
 // openRun publishes the run's open record and awaits its ack.
 func (fr *fileRun) openRun(ctx context.Context) error {
 	run := fr.cfg.Run
-	if err := fr.pub.sync(ctx, wire.InputOpenSubject(run), "open."+run, fr.open); err != nil {
+	if err := fr.pub.sync(ctx, fr.pub.names.InputOpenSubject(run), "open."+run, fr.open); err != nil {
 		return err
 	}
 	fr.log = fr.log.With().Str("run", run).Logger()
@@ -205,7 +205,7 @@ func (fr *fileRun) sealRun(ctx context.Context) error {
 		return err
 	}
 	seal := wire.Seal{V: wire.Version, Run: fr.cfg.Run, Rows: fr.rep.Rows}
-	if err := fr.pub.sync(ctx, wire.InputSealSubject(fr.cfg.Run), "seal."+fr.cfg.Run, seal); err != nil {
+	if err := fr.pub.sync(ctx, fr.pub.names.InputSealSubject(fr.cfg.Run), "seal."+fr.cfg.Run, seal); err != nil {
 		return err
 	}
 	fr.log.Info().Int("rows", fr.rep.Rows).Int("jobs", fr.rep.Jobs).Int("row_errors", fr.rep.RowErrors).Str("input_sha256", hex.EncodeToString(fr.in.hasher.Sum(nil))).Msg("run sealed")

@@ -21,9 +21,9 @@ import (
 // each message on the bus and publishes only what is missing, so no job is ever called
 // twice. The plan must have been through fit.
 func publishPlan(ctx context.Context, pub *publisher, run string, pl plan, careful bool) (int, error) {
-	rowSubj := wire.InputRowSubject(run, pl.row.Row)
+	rowSubj := pub.names.InputRowSubject(run, pl.row.Row)
 	if careful {
-		there, err := pub.exists(ctx, wire.StreamInput, rowSubj)
+		there, err := pub.exists(ctx, pub.names.StreamInput(), rowSubj)
 		if err != nil {
 			return 0, err
 		}
@@ -34,11 +34,11 @@ func publishPlan(ctx context.Context, pub *publisher, run string, pl plan, caref
 	for i := range pl.jobs {
 		j := &pl.jobs[i]
 		if careful {
-			queued, err := pub.exists(ctx, wire.StreamJobs, pl.jobMsgs[i].Subject)
+			queued, err := pub.exists(ctx, pub.names.StreamJobs(), pl.jobMsgs[i].Subject)
 			if err != nil {
 				return i, err
 			}
-			answered, err := pub.exists(ctx, wire.StreamResults, wire.ResultSubject(run, j.Row, j.Query))
+			answered, err := pub.exists(ctx, pub.names.StreamResults(), pub.names.ResultSubject(run, j.Row, j.Query))
 			if err != nil {
 				return i, err
 			}
@@ -59,6 +59,7 @@ func publishPlan(ctx context.Context, pub *publisher, run string, pl plan, caref
 // until every message published before them is acknowledged.
 type publisher struct {
 	js      jetstream.JetStream
+	names   wire.Names
 	window  int
 	log     zerolog.Logger
 	pending []pending
@@ -94,7 +95,7 @@ func (p *publisher) sync(ctx context.Context, subject, id string, v any) error {
 
 // publishSync publishes m and waits for it to be stored; a full stream is waited out.
 func (p *publisher) publishSync(ctx context.Context, m *nats.Msg) error {
-	return queue.RetryPublish(ctx, p.log, m.Subject, func(ctx context.Context) error {
+	return queue.RetryPublish(ctx, p.log, p.names, m.Subject, func(ctx context.Context) error {
 		_, err := p.js.PublishMsg(ctx, m)
 		return err
 	})

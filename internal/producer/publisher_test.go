@@ -85,7 +85,7 @@ func TestFitMakesRowsTooLargeForAMessageErrorRows(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			pl, err := fit(tt.pl, limit)
+			pl, err := fit(tt.pl, wire.Names{}, limit)
 			if err != nil {
 				t.Fatal(err)
 			}

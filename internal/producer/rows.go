@@ -30,7 +30,7 @@ func (s *source) next() (input.Row, error) {
 // rolling hash and counts it.
 func (fr *fileRun) planNext(rec input.Row) (plan, error) {
 	hashRow(fr.rolling, rec)
-	pl, err := fit(planRow(fr.p, fr.queries, fr.cfg.Run, rec, fr.in.header), fr.limit)
+	pl, err := fit(planRow(fr.p, fr.queries, fr.cfg.Run, rec, fr.in.header), fr.pub.names, fr.limit)
 	if err != nil {
 		return pl, err
 	}
@@ -131,12 +131,12 @@ func planRow(p *config.Pipeline, queries []config.Query, run string, rec input.R
 // max_payload): a row or a rendered prompt too large for one message can never be
 // published, so the row becomes an error row (row_too_large) naming its size and the
 // limit; without its data when the data itself is what does not fit.
-func fit(pl plan, limit int64) (plan, error) {
+func fit(pl plan, names wire.Names, limit int64) (plan, error) {
 	run, row := pl.row.Run, pl.row.Row
 	pl.jobMsgs = pl.jobMsgs[:0]
 	for i := range pl.jobs {
 		j := &pl.jobs[i]
-		m, err := newMsg(wire.JobSubject(j.Deployment, run, j.Row, j.Query), wire.JobMsgID(run, j.Row, j.Query), j)
+		m, err := newMsg(names.JobSubject(j.Deployment, run, j.Row, j.Query), wire.JobMsgID(run, j.Row, j.Query), j)
 		if err != nil {
 			return pl, err
 		}
@@ -148,7 +148,7 @@ func fit(pl plan, limit int64) (plan, error) {
 		}
 		pl.jobMsgs = append(pl.jobMsgs, m)
 	}
-	m, err := newMsg(wire.InputRowSubject(run, row), "row."+run+"."+itoa(row), pl.row)
+	m, err := newMsg(names.InputRowSubject(run, row), "row."+run+"."+itoa(row), pl.row)
 	if err != nil {
 		return pl, err
 	}

@@ -92,7 +92,8 @@ const (
 	serviceStatusFreshness  = 200 * time.Millisecond
 )
 
-// ServiceConsumer is the durable consumer of submitted runs, shared by every replica.
+// ServiceConsumer is the durable consumer of submitted runs on the submit stream,
+// shared by every replica.
 const ServiceConsumer = "producer-service"
 
 // Serve renders runs that upstream systems submit on submit.<pipeline>.<run>.* (open,
@@ -123,25 +124,26 @@ func Serve(ctx context.Context, js jetstream.JetStream, cfg ServiceConfig, log z
 	if err := queue.EnsureLog(ctx, js, cfg.Topology, log); err != nil {
 		return err
 	}
-	runs, err := js.KeyValue(ctx, wire.BucketRuns)
+	names := cfg.Topology.Names
+	runs, err := js.KeyValue(ctx, names.BucketRuns())
 	if err != nil {
-		return fmt.Errorf("open kv %s: %w", wire.BucketRuns, err)
+		return fmt.Errorf("open kv %s: %w", names.BucketRuns(), err)
 	}
 	var cons jetstream.Consumer
 	err = queue.Retry(ctx, func(ctx context.Context) error {
 		var err error
 		// Parked rows count toward MaxAckPending while they wait: a bound in the default
 		// range would let one run's parked rows stop deliveries for every run.
-		cons, err = js.CreateOrUpdateConsumer(ctx, wire.StreamSubmit, jetstream.ConsumerConfig{
+		cons, err = js.CreateOrUpdateConsumer(ctx, names.StreamSubmit(), jetstream.ConsumerConfig{
 			Durable: ServiceConsumer, AckPolicy: jetstream.AckExplicitPolicy, AckWait: 30 * time.Second, MaxDeliver: -1,
-			MaxAckPending: serviceMaxAckPending, DeliverPolicy: jetstream.DeliverAllPolicy, FilterSubject: "submit.>",
+			MaxAckPending: serviceMaxAckPending, DeliverPolicy: jetstream.DeliverAllPolicy, FilterSubject: names.SubmitSubjects(),
 		})
 		return err
 	})
 	if err != nil {
 		return fmt.Errorf("consumer %s: %w", ServiceConsumer, err)
 	}
-	s := &service{cfg: cfg, js: js, runs: runs, log: log, pub: &publisher{js: js, window: 256, log: log},
+	s := &service{cfg: cfg, js: js, runs: runs, log: log, pub: &publisher{js: js, names: names, window: 256, log: log},
 		limit: js.Conn().MaxPayload(), states: map[string]*runState{}, seen: map[string]int{}}
 	log.Info().Int("pipelines", len(cfg.Pipelines)).Msg("producer service: waiting for submitted runs")
 	for ctx.Err() == nil {
@@ -294,7 +296,7 @@ func (s *service) handle(ctx context.Context, msg jetstream.Msg) (held bool, err
 // that its run has not finished. A nil submission means the record was terminated
 // (rejected), or, with an error, that its run's status could not be read.
 func (s *service) admit(ctx context.Context, msg jetstream.Msg) (*submission, error) {
-	name, run, kind, row, err := wire.ParseSubmitSubject(msg.Subject())
+	name, run, kind, row, err := s.pub.names.ParseSubmitSubject(msg.Subject())
 	if err != nil {
 		s.reject(msg, RejectMalformedSubject, err)
 		return nil, nil
@@ -330,7 +332,7 @@ func (s *service) admit(ctx context.Context, msg jetstream.Msg) (*submission, er
 // handleOpen publishes a submitted run's open record.
 func (s *service) handleOpen(ctx context.Context, sub *submission) (bool, error) {
 	open := openRecord(sub.p, sub.run, nil)
-	if err := s.pub.sync(ctx, wire.InputOpenSubject(sub.run), "open."+sub.run, open); err != nil {
+	if err := s.pub.sync(ctx, s.pub.names.InputOpenSubject(sub.run), "open."+sub.run, open); err != nil {
 		return true, err
 	}
 	s.cfg.Metrics.accepted.WithLabelValues("open").Inc()
@@ -346,7 +348,7 @@ func (s *service) handleSeal(ctx context.Context, msg jetstream.Msg, sub *submis
 		return false, nil
 	}
 	seal.V, seal.Run = wire.Version, sub.run
-	if err := s.pub.sync(ctx, wire.InputSealSubject(sub.run), "seal."+sub.run, seal); err != nil {
+	if err := s.pub.sync(ctx, s.pub.names.InputSealSubject(sub.run), "seal."+sub.run, seal); err != nil {
 		return true, err
 	}
 	s.cfg.Metrics.accepted.WithLabelValues("seal").Inc()
@@ -375,7 +377,7 @@ func (s *service) handleRow(ctx context.Context, msg jetstream.Msg, sub *submiss
 			pl.row.Error = &wire.Error{Reason: wire.ReasonCancelled, Message: fmt.Sprintf("row %d: run %s was cancelled before this row was published", row, run)}
 		}
 	}
-	if pl, err = fit(pl, s.limit); err != nil {
+	if pl, err = fit(pl, s.pub.names, s.limit); err != nil {
 		return false, err
 	}
 	if pl.row.Error != nil && pl.row.Error.Reason == wire.ReasonRowTooLarge {

@@ -22,8 +22,9 @@ import (
 	"github.com/multiquery/multiquery/internal/wire"
 )
 
-// Limits are what an operator chooses for the topology: replicas, each stream's limits,
-// and the collector lease's TTL.
+// Limits are what an operator chooses for the topology: replicas, each stream's limits
+// (by the stream's default name, MQ_JOBS, whatever the deployment's prefix), and the
+// collector lease's TTL.
 type Limits struct {
 	Replicas int
 	LeaseTTL time.Duration
@@ -62,9 +63,9 @@ func Default() Limits {
 	}
 }
 
-// Topology is the queue topology with these limits.
-func (l Limits) Topology() queue.Topology {
-	return queue.Topology{Replicas: l.Replicas, Limits: l.Streams}
+// Topology is the queue topology of the deployment with names, with these limits.
+func (l Limits) Topology(names wire.Names) queue.Topology {
+	return queue.Topology{Names: names, Replicas: l.Replicas, Limits: l.Streams}
 }
 
 // file is the YAML form of Limits; absent fields keep the defaults.

@@ -10,6 +10,7 @@ import (
 
 	"github.com/multiquery/multiquery/internal/lease"
 	"github.com/multiquery/multiquery/internal/queue"
+	"github.com/multiquery/multiquery/internal/wire"
 )
 
 // State is what provision found or did for one stream or bucket.
@@ -59,10 +60,10 @@ type Options struct {
 }
 
 // Run creates every stream, KV bucket and object store of the limits' topology (and the
-// collector's lease bucket) that is absent, and reports how each existing one differs; with
-// o.Update it updates those that differ.
-func Run(ctx context.Context, js jetstream.JetStream, l Limits, o Options) ([]Result, error) {
-	topo := l.Topology()
+// collector's lease bucket) of the deployment with names that is absent, and reports how
+// each existing one differs; with o.Update it updates those that differ.
+func Run(ctx context.Context, js jetstream.JetStream, names wire.Names, l Limits, o Options) ([]Result, error) {
+	topo := l.Topology(names)
 	var out []Result
 	for _, want := range topo.Streams() {
 		r, err := one(ctx, js, "stream", want.Name, want, o,
@@ -73,7 +74,7 @@ func Run(ctx context.Context, js jetstream.JetStream, l Limits, o Options) ([]Re
 		}
 		out = append(out, r)
 	}
-	buckets := append(topo.Buckets(), lease.BucketConfig(topo.Defaults().Replicas, l.LeaseTTL))
+	buckets := append(topo.Buckets(), lease.BucketConfig(names.BucketLease(), topo.Defaults().Replicas, l.LeaseTTL))
 	for _, kv := range buckets {
 		r, err := one(ctx, js, "bucket", kv.Bucket, queue.BucketStreamConfig(kv), o,
 			func(ctx context.Context) error { _, err := js.CreateKeyValue(ctx, kv); return err },

@@ -68,7 +68,7 @@ func TestProvisionCreatesThenReportsAndUpdatesOnlyWhenAsked(t *testing.T) {
 	defer cancel()
 	l := provision.Default()
 
-	rs, err := provision.Run(ctx, js, l, provision.Options{DryRun: true})
+	rs, err := provision.Run(ctx, js, wire.Names{}, l, provision.Options{DryRun: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,7 +79,7 @@ func TestProvisionCreatesThenReportsAndUpdatesOnlyWhenAsked(t *testing.T) {
 		t.Fatal("a dry run created a stream")
 	}
 
-	rs, err = provision.Run(ctx, js, l, provision.Options{})
+	rs, err = provision.Run(ctx, js, wire.Names{}, l, provision.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,7 +105,7 @@ func TestProvisionCreatesThenReportsAndUpdatesOnlyWhenAsked(t *testing.T) {
 	if _, err := js.UpdateStream(ctx, cfg); err != nil {
 		t.Fatal(err)
 	}
-	rs, err = provision.Run(ctx, js, l, provision.Options{})
+	rs, err = provision.Run(ctx, js, wire.Names{}, l, provision.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,7 +122,7 @@ func TestProvisionCreatesThenReportsAndUpdatesOnlyWhenAsked(t *testing.T) {
 		t.Fatalf("provision without --update changed MQ_JOBS max_bytes to %d", info.Config.MaxBytes)
 	}
 
-	rs, err = provision.Run(ctx, js, l, provision.Options{Update: true})
+	rs, err = provision.Run(ctx, js, wire.Names{}, l, provision.Options{Update: true})
 	if err != nil {
 		t.Fatal(err)
 	}

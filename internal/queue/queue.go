@@ -22,8 +22,11 @@ import (
 	"github.com/multiquery/multiquery/internal/wire"
 )
 
-// Topology sizes the streams. Zero values take the defaults.
+// Topology names and sizes the streams. Zero values take the defaults.
 type Topology struct {
+	// Names are the deployment's stream, subject and bucket names (the zero value: the
+	// default names, no prefix).
+	Names    wire.Names
 	Replicas int           // stream replicas (1 single server, 3 in a cluster)
 	AckWait  time.Duration // job consumer AckWait; workers send InProgress well within it
 	// MaxDeliver is the crash-loop backstop per job.
@@ -44,8 +47,9 @@ type Topology struct {
 	// ResultsTTL is how long the results bucket (wire.BucketResults) keeps a run's
 	// stored files: the bound on what the collector stores per run.
 	ResultsTTL time.Duration
-	// Limits replaces the default limits of the streams it names (by stream name);
-	// mqctl provision fills it from its limits file.
+	// Limits replaces the default limits of the streams it names, by their default
+	// names (MQ_JOBS, whatever the prefix); mqctl provision fills it from its limits
+	// file.
 	Limits map[string]StreamLimits
 }
 
@@ -110,17 +114,9 @@ func (t Topology) Defaults() Topology {
 // records (audit, advisories, dead letters).
 func (t Topology) Streams() []jetstream.StreamConfig {
 	t = t.Defaults()
-	cfgs := []jetstream.StreamConfig{
-		t.firstWins(wire.StreamInput, "input.>", "run records and input rows; first publish per subject wins"),
-		t.workQueue(wire.StreamJobs, "jobs.>", "query jobs, one consumer per deployment", t.MaxJobs, t.MaxJobsBytes),
-		t.firstWins(wire.StreamResults, "results.>", "final result per query; first result wins"),
-		t.workQueue(wire.StreamSubmit, "submit.>", "runs submitted by upstream systems to the producer service", -1, -1),
-		t.firstWins(wire.StreamRows, "rows.>", "emitted rows; first publish per row wins"),
-		t.auditStream(),
-		t.advisoriesStream(),
-		t.deadStream(),
-	}
-	for i, c := range cfgs {
+	cfgs := t.streams(t.Names)
+	// Limits name the streams by their default names: one limits file serves every prefix.
+	for i, c := range t.streams(wire.Names{}) {
 		if l, ok := t.Limits[c.Name]; ok {
 			cfgs[i].MaxAge, cfgs[i].MaxBytes, cfgs[i].MaxMsgs, cfgs[i].MaxMsgSize = l.MaxAge, l.MaxBytes, l.MaxMsgs, l.MaxMsgSize
 		}
@@ -128,15 +124,30 @@ func (t Topology) Streams() []jetstream.StreamConfig {
 	return cfgs
 }
 
+// streams are the stream configurations with names n, without Limits.
+func (t Topology) streams(n wire.Names) []jetstream.StreamConfig {
+	return []jetstream.StreamConfig{
+		t.firstWins(n.StreamInput(), n.InputSubjects(), "run records and input rows; first publish per subject wins"),
+		t.workQueue(n.StreamJobs(), n.JobSubjects(), "query jobs, one consumer per deployment", t.MaxJobs, t.MaxJobsBytes),
+		t.firstWins(n.StreamResults(), n.ResultSubjects(), "final result per query; first result wins"),
+		t.workQueue(n.StreamSubmit(), n.SubmitSubjects(), "runs submitted by upstream systems to the producer service", -1, -1),
+		t.firstWins(n.StreamRows(), n.RowSubjects(), "emitted rows; first publish per row wins"),
+		t.auditStream(n),
+		t.advisoriesStream(n),
+		t.deadStream(n),
+	}
+}
+
 // Buckets returns the KV bucket configurations of the topology (the collector's lease
 // bucket is package lease's).
 func (t Topology) Buckets() []jetstream.KeyValueConfig {
 	t = t.Defaults()
+	n := t.Names
 	return []jetstream.KeyValueConfig{
-		{Bucket: wire.BucketRetry, Description: "per-job retry state <run>.<row>.<query>", TTL: 7 * 24 * time.Hour, Storage: jetstream.FileStorage, Replicas: t.Replicas},
-		{Bucket: wire.BucketFleet, Description: "deployment aliases ever served by a worker, with the last time seen", Storage: jetstream.FileStorage, Replicas: t.Replicas, History: 1},
-		{Bucket: wire.BucketRuns, Description: "run status, watermark and checkpoints", Storage: jetstream.FileStorage, Replicas: t.Replicas, History: 1},
-		{Bucket: wire.BucketThrottle, Description: "each deployment's last good rate, the fleet throttle's memory", Storage: jetstream.FileStorage, Replicas: t.Replicas, History: 1, TTL: throttleMemoryTTL},
+		{Bucket: n.BucketRetry(), Description: "per-job retry state <run>.<row>.<query>", TTL: 7 * 24 * time.Hour, Storage: jetstream.FileStorage, Replicas: t.Replicas},
+		{Bucket: n.BucketFleet(), Description: "deployment aliases ever served by a worker, with the last time seen", Storage: jetstream.FileStorage, Replicas: t.Replicas, History: 1},
+		{Bucket: n.BucketRuns(), Description: "run status, watermark and checkpoints", Storage: jetstream.FileStorage, Replicas: t.Replicas, History: 1},
+		{Bucket: n.BucketThrottle(), Description: "each deployment's last good rate, the fleet throttle's memory", Storage: jetstream.FileStorage, Replicas: t.Replicas, History: 1, TTL: throttleMemoryTTL},
 	}
 }
 
@@ -145,7 +156,7 @@ func (t Topology) Buckets() []jetstream.KeyValueConfig {
 func (t Topology) ObjectStores() []jetstream.ObjectStoreConfig {
 	t = t.Defaults()
 	return []jetstream.ObjectStoreConfig{
-		{Bucket: wire.BucketResults, Description: "completed runs' output files <run>/<file>", TTL: t.ResultsTTL, Storage: jetstream.FileStorage, Replicas: t.Replicas},
+		{Bucket: t.Names.BucketResults(), Description: "completed runs' output files <run>/<file>", TTL: t.ResultsTTL, Storage: jetstream.FileStorage, Replicas: t.Replicas},
 	}
 }
 
@@ -187,11 +198,11 @@ func (t Topology) workQueue(name, subj, desc string, maxMsgs, maxBytes int64) je
 
 // auditStream keeps one record per LLM HTTP attempt, the oldest discarded past
 // AuditMaxAge or AuditMaxBytes.
-func (t Topology) auditStream() jetstream.StreamConfig {
+func (t Topology) auditStream(n wire.Names) jetstream.StreamConfig {
 	return jetstream.StreamConfig{
-		Name:        wire.StreamAudit,
+		Name:        n.StreamAudit(),
 		Description: "one record per LLM HTTP attempt",
-		Subjects:    []string{"audit.>"},
+		Subjects:    []string{n.AuditSubjects()},
 		Retention:   jetstream.LimitsPolicy,
 		Storage:     jetstream.FileStorage,
 		Replicas:    t.Replicas,
@@ -204,11 +215,11 @@ func (t Topology) auditStream() jetstream.StreamConfig {
 
 // advisoriesStream keeps the MaxDeliver advisories of MQ_JOBS (a work queue: a worker
 // takes each one) for up to 30 days.
-func (t Topology) advisoriesStream() jetstream.StreamConfig {
+func (t Topology) advisoriesStream(n wire.Names) jetstream.StreamConfig {
 	return jetstream.StreamConfig{
-		Name:        wire.StreamAdvisories,
-		Description: "MaxDeliver advisories of MQ_JOBS, kept until a worker dead-letters the job",
-		Subjects:    []string{wire.MaxDeliveriesAdvisories},
+		Name:        n.StreamAdvisories(),
+		Description: "MaxDeliver advisories of " + n.StreamJobs() + ", kept until a worker dead-letters the job",
+		Subjects:    []string{n.MaxDeliveriesAdvisories()},
 		Retention:   jetstream.WorkQueuePolicy,
 		Storage:     jetstream.FileStorage,
 		Replicas:    t.Replicas,
@@ -220,11 +231,11 @@ func (t Topology) advisoriesStream() jetstream.StreamConfig {
 }
 
 // deadStream keeps dead-lettered job payloads with their reason for 30 days.
-func (t Topology) deadStream() jetstream.StreamConfig {
+func (t Topology) deadStream(n wire.Names) jetstream.StreamConfig {
 	return jetstream.StreamConfig{
-		Name:        wire.StreamDead,
+		Name:        n.StreamDead(),
 		Description: "dead-lettered job payloads with the reason",
-		Subjects:    []string{"dead.>"},
+		Subjects:    []string{n.DeadSubjects()},
 		Retention:   jetstream.LimitsPolicy,
 		Storage:     jetstream.FileStorage,
 		Replicas:    t.Replicas,
@@ -274,7 +285,7 @@ func EnsureJobConsumer(ctx context.Context, js jetstream.JetStream, t Topology, 
 	cfg := jetstream.ConsumerConfig{
 		Durable:           JobConsumerName(deployment, run),
 		Description:       "query jobs of run " + run + " for deployment " + deployment,
-		FilterSubject:     "jobs." + deployment + "." + run + ".>",
+		FilterSubject:     t.Names.JobDeploymentRunFilter(deployment, run),
 		AckPolicy:         jetstream.AckExplicitPolicy,
 		AckWait:           t.AckWait,
 		MaxDeliver:        t.MaxDeliver,
@@ -285,7 +296,7 @@ func EnsureJobConsumer(ctx context.Context, js jetstream.JetStream, t Topology, 
 	var c jetstream.Consumer
 	err := Retry(ctx, func(ctx context.Context) error {
 		var err error
-		c, err = js.CreateOrUpdateConsumer(ctx, wire.StreamJobs, cfg)
+		c, err = js.CreateOrUpdateConsumer(ctx, t.Names.StreamJobs(), cfg)
 		return err
 	})
 	if err != nil {
@@ -366,11 +377,11 @@ func StreamFullWaits(kind string) prometheus.Counter { return streamFull.WithLab
 
 // RetryPublish runs publish until the message is stored. A first-writer-wins rejection
 // counts as stored (nil). A full stream is waited out with backoff until ctx ends: each
-// wait is counted in mq_publish_stream_full_total and logged, so a stuck pipeline shows
-// why. A message too large fails at once (IsTooLarge). Other errors are retried as
-// Retry does.
-func RetryPublish(ctx context.Context, log zerolog.Logger, subject string, publish func(ctx context.Context) error) error {
-	kind, _, _ := strings.Cut(subject, ".")
+// wait is counted in mq_publish_stream_full_total under the subject's kind
+// (wire.Names.Kind) and logged, so a stuck pipeline shows why. A message too large
+// fails at once (IsTooLarge). Other errors are retried as Retry does.
+func RetryPublish(ctx context.Context, log zerolog.Logger, names wire.Names, subject string, publish func(ctx context.Context) error) error {
+	kind := names.Kind(subject)
 	waits := 0
 	err := retry(ctx, func(ctx context.Context) (bool, error) {
 		err := publish(ctx)

@@ -17,7 +17,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/multiquery/multiquery/internal/throttle"
 	"github.com/multiquery/multiquery/internal/wire"
 )
 
@@ -27,24 +26,26 @@ const StalledAfter = 2 * time.Minute
 
 // Report is a run's status.
 type Report struct {
-	Run          string              `json:"run"`
-	State        string              `json:"state"` // open | sealed | completed | paused | cancelled | blocked | stalled
-	Reason       string              `json:"reason,omitempty"`
-	RowsTotal    int                 `json:"rows_total,omitempty"` // known once sealed
-	Published    int                 `json:"rows_published"`
-	Emitted      int                 `json:"rows_emitted"`
-	OK           int                 `json:"rows_ok"`
-	Failed       int                 `json:"rows_failed"`
-	OldestOpen   int                 `json:"oldest_incomplete_row"`
-	JobsQueued   int                 `json:"queries_queued"`
-	JobsInRetry  int                 `json:"queries_in_retry"`
-	Throttle     map[string]Throttle `json:"throttle,omitempty"`
-	RowsPerSec   float64             `json:"rows_per_second"`
-	ETA          string              `json:"eta,omitempty"`
-	OutDir       string              `json:"out_dir,omitempty"`
-	Stored       bool                `json:"stored,omitempty"` // its files are in the results bucket (mqctl get)
-	Deployments  []string            `json:"deployments,omitempty"`
-	ProducerSeen time.Time           `json:"producer_checkpoint,omitzero"`
+	Run         string              `json:"run"`
+	State       string              `json:"state"` // open | sealed | completed | paused | cancelled | blocked | stalled
+	Reason      string              `json:"reason,omitempty"`
+	RowsTotal   int                 `json:"rows_total,omitempty"` // known once sealed
+	Published   int                 `json:"rows_published"`
+	Emitted     int                 `json:"rows_emitted"`
+	OK          int                 `json:"rows_ok"`
+	Failed      int                 `json:"rows_failed"`
+	OldestOpen  int                 `json:"oldest_incomplete_row"`
+	JobsQueued  int                 `json:"queries_queued"`
+	JobsInRetry int                 `json:"queries_in_retry"`
+	Throttle    map[string]Throttle `json:"throttle,omitempty"`
+	RowsPerSec  float64             `json:"rows_per_second"`
+	ETA         string              `json:"eta,omitempty"`
+	OutDir      string              `json:"out_dir,omitempty"`
+	Stored      bool                `json:"stored,omitempty"` // its files are in the results bucket (mqctl get)
+	// ResultsBucket names that bucket when Stored (the deployment's BucketResults).
+	ResultsBucket string    `json:"results_bucket,omitempty"`
+	Deployments   []string  `json:"deployments,omitempty"`
+	ProducerSeen  time.Time `json:"producer_checkpoint,omitzero"`
 }
 
 // Throttle is the fleet throttle of one deployment as its heartbeats show it.
@@ -61,12 +62,13 @@ type Throttle struct {
 	LearnedAge string  `json:"learned_age,omitempty"`
 }
 
-// Get assembles a run's status. listen is how long to collect throttle heartbeats.
-func Get(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, run string, listen time.Duration) (Report, error) {
+// Get assembles a run's status from the deployment's streams and buckets (names).
+// listen is how long to collect throttle heartbeats.
+func Get(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, names wire.Names, run string, listen time.Duration) (Report, error) {
 	r := Report{Run: run, State: wire.RunOpen, Throttle: map[string]Throttle{}}
-	runs, err := js.KeyValue(ctx, wire.BucketRuns)
+	runs, err := js.KeyValue(ctx, names.BucketRuns())
 	if err != nil {
-		return r, fmt.Errorf("open kv %s: %w", wire.BucketRuns, err)
+		return r, fmt.Errorf("open kv %s: %w", names.BucketRuns(), err)
 	}
 	found := false
 	if e, err := runs.Get(ctx, run); err == nil {
@@ -75,6 +77,9 @@ func Get(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, run string,
 		if err := json.Unmarshal(e.Value(), &st); err == nil {
 			r.State, r.RowsTotal, r.Emitted, r.OK, r.Failed, r.OldestOpen, r.OutDir, r.Deployments, r.Stored =
 				st.State, st.Total, st.Emitted, st.OK, st.Failed, st.Next, st.OutDir, st.Deployments, st.Stored
+			if st.Stored {
+				r.ResultsBucket = names.BucketResults()
+			}
 			if el := time.Since(st.Started).Seconds(); el > 0 && st.Emitted > 0 {
 				r.RowsPerSec = float64(st.Emitted) / el
 			}
@@ -91,14 +96,14 @@ func Get(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, run string,
 		return r, fmt.Errorf("run %s: no status (unknown run, or nothing written yet)", run)
 	}
 	r.Published = max(r.Published, r.RowsTotal)
-	if s, err := js.Stream(ctx, wire.StreamJobs); err == nil {
-		if info, err := s.Info(ctx, jetstream.WithSubjectFilter("jobs.*."+run+".>")); err == nil {
+	if s, err := js.Stream(ctx, names.StreamJobs()); err == nil {
+		if info, err := s.Info(ctx, jetstream.WithSubjectFilter(names.JobRunFilter(run))); err == nil {
 			for _, n := range info.State.Subjects {
 				r.JobsQueued += int(n)
 			}
 		}
 	}
-	if kv, err := js.KeyValue(ctx, wire.BucketRetry); err == nil {
+	if kv, err := js.KeyValue(ctx, names.BucketRetry()); err == nil {
 		if keys, err := kv.ListKeysFiltered(ctx, run+".>"); err == nil {
 			for range keys.Keys() {
 				r.JobsInRetry++
@@ -107,7 +112,7 @@ func Get(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, run string,
 	}
 	blocked := ""
 	for _, dep := range r.Deployments {
-		t := heartbeats(ctx, nc, dep, listen)
+		t := heartbeats(ctx, nc, names, dep, listen)
 		if e, err := runs.Get(ctx, wire.BreakerKey(dep)); err == nil {
 			var b wire.Breaker
 			if json.Unmarshal(e.Value(), &b) == nil {
@@ -115,7 +120,7 @@ func Get(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, run string,
 				blocked = fmt.Sprintf("deployment %s: status %d %s: %s", dep, b.Status, b.Code, b.Message)
 			}
 		}
-		learned(ctx, js, dep, &t)
+		learned(ctx, js, names, dep, &t)
 		r.Throttle[dep] = t
 	}
 	var ctl wire.Control
@@ -142,8 +147,8 @@ func Get(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, run string,
 }
 
 // learned adds the deployment's remembered rate, if any.
-func learned(ctx context.Context, js jetstream.JetStream, dep string, t *Throttle) {
-	kv, err := js.KeyValue(ctx, wire.BucketThrottle)
+func learned(ctx context.Context, js jetstream.JetStream, names wire.Names, dep string, t *Throttle) {
+	kv, err := js.KeyValue(ctx, names.BucketThrottle())
 	if err != nil {
 		return
 	}
@@ -159,14 +164,14 @@ func learned(ctx context.Context, js jetstream.JetStream, dep string, t *Throttl
 }
 
 // heartbeats listens to a deployment's throttle heartbeats for d.
-func heartbeats(ctx context.Context, nc *nats.Conn, dep string, d time.Duration) Throttle {
+func heartbeats(ctx context.Context, nc *nats.Conn, names wire.Names, dep string, d time.Duration) Throttle {
 	var (
 		mu      sync.Mutex
 		source  string
 		ceiling float64
 	)
 	members := map[string]float64{}
-	sub, err := nc.Subscribe(throttle.HeartbeatSubject(dep), func(m *nats.Msg) {
+	sub, err := nc.Subscribe(names.ThrottleHeartbeatSubject(dep), func(m *nats.Msg) {
 		var hb struct {
 			Member  string  `json:"member"`
 			Rate    float64 `json:"rate"`
@@ -203,16 +208,17 @@ func heartbeats(ctx context.Context, nc *nats.Conn, dep string, d time.Duration)
 	return t
 }
 
-// SetControl writes a run's control record: paused, cancelled or running (resume).
-func SetControl(ctx context.Context, js jetstream.JetStream, run, state string) error {
+// SetControl writes a run's control record in the deployment's runs bucket (names):
+// paused, cancelled or running (resume).
+func SetControl(ctx context.Context, js jetstream.JetStream, names wire.Names, run, state string) error {
 	switch state {
 	case wire.ControlPaused, wire.ControlCancelled, wire.ControlRunning:
 	default:
 		return fmt.Errorf("control: %q is not paused, cancelled or running", state)
 	}
-	runs, err := js.KeyValue(ctx, wire.BucketRuns)
+	runs, err := js.KeyValue(ctx, names.BucketRuns())
 	if err != nil {
-		return fmt.Errorf("open kv %s: %w", wire.BucketRuns, err)
+		return fmt.Errorf("open kv %s: %w", names.BucketRuns(), err)
 	}
 	// A finished run is final: its per-run keys are purged, and a control key written
 	// now would be left behind for ever.
@@ -272,7 +278,7 @@ func (r Report) Text() string {
 		fmt.Fprintf(&b, "  output: %s\n", r.OutDir)
 	}
 	if r.Stored {
-		fmt.Fprintf(&b, "  stored in %s: mqctl get %s\n", wire.BucketResults, r.Run)
+		fmt.Fprintf(&b, "  stored in %s: mqctl get %s\n", r.ResultsBucket, r.Run)
 	}
 	return b.String()
 }

@@ -15,7 +15,6 @@ import (
 
 	"github.com/multiquery/multiquery/internal/natstest"
 	"github.com/multiquery/multiquery/internal/queue"
-	"github.com/multiquery/multiquery/internal/throttle"
 	"github.com/multiquery/multiquery/internal/wire"
 )
 
@@ -85,7 +84,7 @@ func (e *env) breaker(dep string, b wire.Breaker) {
 
 func (e *env) get(r string, listen time.Duration) Report {
 	e.t.Helper()
-	rep, err := Get(e.ctx, e.nc, e.js, r, listen)
+	rep, err := Get(e.ctx, e.nc, e.js, wire.Names{}, r, listen)
 	if err != nil {
 		e.t.Fatalf("status of %s: %v", r, err)
 	}
@@ -203,10 +202,10 @@ func TestGetOfAnUnknownRunFailsNamingIt(t *testing.T) {
 	e := start(t)
 	e.status(wire.RunStatus{Run: "run-b", State: "open", Emitted: 1})
 	e.checkpoint("run-b", 1, time.Now())
-	if err := SetControl(e.ctx, e.js, run, wire.ControlPaused); err != nil {
+	if err := SetControl(e.ctx, e.js, wire.Names{}, run, wire.ControlPaused); err != nil {
 		t.Fatal(err)
 	}
-	r, err := Get(e.ctx, e.nc, e.js, run, 0)
+	r, err := Get(e.ctx, e.nc, e.js, wire.Names{}, run, 0)
 	if err == nil || !strings.Contains(err.Error(), "run "+run+": no status") {
 		t.Fatalf("Get of an unknown run: report %+v, err %v; want an error naming %s", r, err, run)
 	}
@@ -220,10 +219,10 @@ func TestGetAndSetControlWithoutTheRunsBucketFailNamingIt(t *testing.T) {
 	nc, js := natstest.Start(t).Connect(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if _, err := Get(ctx, nc, js, run, 0); err == nil || !strings.Contains(err.Error(), wire.BucketRuns) {
+	if _, err := Get(ctx, nc, js, wire.Names{}, run, 0); err == nil || !strings.Contains(err.Error(), wire.BucketRuns) {
 		t.Fatalf("Get without %s: err = %v, want an error naming it", wire.BucketRuns, err)
 	}
-	if err := SetControl(ctx, js, run, wire.ControlPaused); err == nil || !strings.Contains(err.Error(), wire.BucketRuns) {
+	if err := SetControl(ctx, js, wire.Names{}, run, wire.ControlPaused); err == nil || !strings.Contains(err.Error(), wire.BucketRuns) {
 		t.Fatalf("SetControl without %s: err = %v, want an error naming it", wire.BucketRuns, err)
 	}
 }
@@ -282,13 +281,13 @@ func TestGetReportsTheControlStateButNeverOverCompletion(t *testing.T) {
 	e := start(t)
 	e.status(wire.RunStatus{Run: run, State: "open", Emitted: 1, Deployments: []string{"dep-a"}})
 	e.breaker("dep-a", wire.Breaker{State: "open", Status: 401, Code: "invalid_api_key", Message: "bad key", Since: time.Now()})
-	if err := SetControl(e.ctx, e.js, run, wire.ControlPaused); err != nil {
+	if err := SetControl(e.ctx, e.js, wire.Names{}, run, wire.ControlPaused); err != nil {
 		t.Fatal(err)
 	}
 	if r := e.get(run, 0); r.State != wire.ControlPaused || r.Reason != "" || r.Throttle["dep-a"].Breaker == "" {
 		t.Fatalf("paused run with an open breaker = %+v, want paused (its breaker shown)", r)
 	}
-	if err := SetControl(e.ctx, e.js, run, wire.ControlRunning); err != nil {
+	if err := SetControl(e.ctx, e.js, wire.Names{}, run, wire.ControlRunning); err != nil {
 		t.Fatal(err)
 	}
 	if r := e.get(run, 0); r.State != "blocked" {
@@ -296,7 +295,7 @@ func TestGetReportsTheControlStateButNeverOverCompletion(t *testing.T) {
 	}
 
 	e.status(wire.RunStatus{Run: "run-c", State: "sealed", Total: 9, Emitted: 1})
-	if err := SetControl(e.ctx, e.js, "run-c", wire.ControlCancelled); err != nil {
+	if err := SetControl(e.ctx, e.js, wire.Names{}, "run-c", wire.ControlCancelled); err != nil {
 		t.Fatal(err)
 	}
 	if r := e.get("run-c", 0); r.State != wire.ControlCancelled {
@@ -305,7 +304,7 @@ func TestGetReportsTheControlStateButNeverOverCompletion(t *testing.T) {
 
 	// Paused before the collector finished it: completed wins.
 	e.status(wire.RunStatus{Run: "run-d", State: "sealed", Total: 2, Emitted: 1})
-	if err := SetControl(e.ctx, e.js, "run-d", wire.ControlPaused); err != nil {
+	if err := SetControl(e.ctx, e.js, wire.Names{}, "run-d", wire.ControlPaused); err != nil {
 		t.Fatal(err)
 	}
 	e.status(wire.RunStatus{Run: "run-d", State: "completed", Total: 2, Emitted: 2, OK: 2, Next: 2, Finished: true})
@@ -375,14 +374,14 @@ func TestGetReportsTheFleetFromHeartbeats(t *testing.T) {
 		}
 		// w3 beats, then leaves; w2 before w1, so the last ceiling heard is not the highest.
 		for _, b := range [][]byte{w3, w2, w1, w3Leaves, []byte(`not json`)} {
-			_ = hb.Publish(throttle.HeartbeatSubject("dep-a"), b)
+			_ = hb.Publish(wire.ThrottleHeartbeatSubject("dep-a"), b)
 		}
 		tick := time.NewTicker(5 * time.Millisecond)
 		defer tick.Stop()
 		for {
-			_ = hb.Publish(throttle.HeartbeatSubject("dep-other"), []byte(`{"member":"x","rate":99,"source":"probing","ceiling":99}`))
-			_ = hb.Publish(throttle.HeartbeatSubject("dep-a"), w2)
-			_ = hb.Publish(throttle.HeartbeatSubject("dep-a"), w1)
+			_ = hb.Publish(wire.ThrottleHeartbeatSubject("dep-other"), []byte(`{"member":"x","rate":99,"source":"probing","ceiling":99}`))
+			_ = hb.Publish(wire.ThrottleHeartbeatSubject("dep-a"), w2)
+			_ = hb.Publish(wire.ThrottleHeartbeatSubject("dep-a"), w1)
 			select {
 			case <-done:
 				return
@@ -390,7 +389,7 @@ func TestGetReportsTheFleetFromHeartbeats(t *testing.T) {
 			}
 		}
 	})
-	r, err := Get(e.ctx, hb, e.js, run, 500*time.Millisecond)
+	r, err := Get(e.ctx, hb, e.js, wire.Names{}, run, 500*time.Millisecond)
 	close(done)
 	wg.Wait()
 	if err != nil {
@@ -408,7 +407,7 @@ func TestHeartbeatsStopListeningWhenTheContextEnds(t *testing.T) {
 	ctx, cancel := context.WithCancel(e.ctx)
 	cancel()
 	got := make(chan Throttle, 1)
-	go func() { got <- heartbeats(ctx, e.nc, "dep-a", time.Hour) }()
+	go func() { got <- heartbeats(ctx, e.nc, wire.Names{}, "dep-a", time.Hour) }()
 	select {
 	case tr := <-got:
 		if tr.Members != 0 || tr.FleetRate != 0 {
@@ -432,14 +431,14 @@ func TestLearnedIgnoresAMissingOrUnreadableMemory(t *testing.T) {
 	}
 	for _, dep := range []string{"dep-none", "dep-bad"} {
 		tr := Throttle{FleetRate: 2, Members: 1}
-		learned(e.ctx, e.js, dep, &tr)
+		learned(e.ctx, e.js, wire.Names{}, dep, &tr)
 		if tr != (Throttle{FleetRate: 2, Members: 1}) {
 			t.Fatalf("%s: throttle = %+v, want unchanged", dep, tr)
 		}
 	}
 	e.put(mem, "dep-ok", wire.LearnedRate{Rate: 2.5, Source: "learned", Learned: time.Now().UTC()})
 	tr := Throttle{}
-	learned(e.ctx, e.js, "dep-ok", &tr)
+	learned(e.ctx, e.js, wire.Names{}, "dep-ok", &tr)
 	if tr.Learned != 2.5 || tr.LearnedAge == "" {
 		t.Fatalf("dep-ok: throttle = %+v, want the remembered 2.5 and its age", tr)
 	}
@@ -452,7 +451,7 @@ func TestSetControlWritesTheRecordWorkersRead(t *testing.T) {
 	e.status(wire.RunStatus{Run: run, State: "open"})
 	for _, state := range []string{wire.ControlPaused, wire.ControlRunning, wire.ControlPaused} {
 		before := time.Now().Add(-time.Second)
-		if err := SetControl(e.ctx, e.js, run, state); err != nil {
+		if err := SetControl(e.ctx, e.js, wire.Names{}, run, state); err != nil {
 			t.Fatalf("set %s: %v", state, err)
 		}
 		c, ok := e.control(run)
@@ -472,7 +471,7 @@ func TestSetControlRejectsAnInvalidStateNamingIt(t *testing.T) {
 	e := start(t)
 	e.status(wire.RunStatus{Run: run, State: "open"})
 	for _, state := range []string{"stopped", "", "Paused", "resume", "cancel"} {
-		err := SetControl(e.ctx, e.js, run, state)
+		err := SetControl(e.ctx, e.js, wire.Names{}, run, state)
 		if err == nil || !strings.Contains(err.Error(), `"`+state+`"`) {
 			t.Fatalf("SetControl(%q): err = %v, want an error naming it", state, err)
 		}
@@ -487,18 +486,18 @@ func TestSetControlRejectsAnInvalidStateNamingIt(t *testing.T) {
 func TestACancelledRunCannotBeResumedOrPaused(t *testing.T) {
 	e := start(t)
 	e.status(wire.RunStatus{Run: run, State: "sealed", Total: 3})
-	if err := SetControl(e.ctx, e.js, run, wire.ControlCancelled); err != nil {
+	if err := SetControl(e.ctx, e.js, wire.Names{}, run, wire.ControlCancelled); err != nil {
 		t.Fatal(err)
 	}
 	for _, state := range []string{wire.ControlRunning, wire.ControlPaused} {
-		if err := SetControl(e.ctx, e.js, run, state); err == nil || !strings.Contains(err.Error(), "cancelled") {
+		if err := SetControl(e.ctx, e.js, wire.Names{}, run, state); err == nil || !strings.Contains(err.Error(), "cancelled") {
 			t.Fatalf("SetControl(%s) of a cancelled run: err = %v, want a refusal", state, err)
 		}
 		if c, _ := e.control(run); c.State != wire.ControlCancelled {
 			t.Fatalf("control after a refused %s = %+v, want cancelled", state, c)
 		}
 	}
-	if err := SetControl(e.ctx, e.js, run, wire.ControlCancelled); err != nil {
+	if err := SetControl(e.ctx, e.js, wire.Names{}, run, wire.ControlCancelled); err != nil {
 		t.Fatalf("cancel again: %v", err)
 	}
 }
@@ -509,7 +508,7 @@ func TestSetControlRefusesAFinishedRun(t *testing.T) {
 	e := start(t)
 	e.status(wire.RunStatus{Run: run, State: "completed", Total: 3, Emitted: 3, OK: 3, Next: 3, Finished: true})
 	for _, state := range []string{wire.ControlPaused, wire.ControlCancelled, wire.ControlRunning} {
-		err := SetControl(e.ctx, e.js, run, state)
+		err := SetControl(e.ctx, e.js, wire.Names{}, run, state)
 		if err == nil || !strings.Contains(err.Error(), "run "+run+" has finished") {
 			t.Fatalf("SetControl(%s) of a finished run: err = %v, want a refusal naming it", state, err)
 		}
@@ -548,7 +547,7 @@ func TestReportTextShowsTheKeyFigures(t *testing.T) {
 	}
 
 	// A completed run whose files are stored says how to fetch them.
-	r = Report{Run: "run-c", State: "completed", RowsTotal: 2, Published: 2, Emitted: 2, OK: 2, OldestOpen: 2, OutDir: "/out/run-c", Stored: true}
+	r = Report{Run: "run-c", State: "completed", RowsTotal: 2, Published: 2, Emitted: 2, OK: 2, OldestOpen: 2, OutDir: "/out/run-c", Stored: true, ResultsBucket: wire.BucketResults}
 	want = "run run-c: completed\n" +
 		"  rows: 2 total, 2 published, 2 emitted (2 ok, 0 failed); oldest incomplete row 2\n" +
 		"  queries: 0 queued, 0 in retry\n" +
@@ -571,7 +570,7 @@ func TestWaitRunReturnsTheFinishedStatus(t *testing.T) {
 	}
 	done := make(chan result, 1)
 	go func() {
-		st, err := WaitRun(e.ctx, e.js, run, func(s wire.RunStatus) { seen <- s })
+		st, err := WaitRun(e.ctx, e.js, wire.Names{}, run, func(s wire.RunStatus) { seen <- s })
 		done <- result{st, err}
 	}()
 	if s := <-seen; s.Emitted != 1 || s.Finished {
@@ -585,7 +584,7 @@ func TestWaitRunReturnsTheFinishedStatus(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(e.ctx, 200*time.Millisecond)
 	defer cancel()
-	if _, err := WaitRun(ctx, e.js, "run-never", nil); !errors.Is(err, context.DeadlineExceeded) {
+	if _, err := WaitRun(ctx, e.js, wire.Names{}, "run-never", nil); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("WaitRun of a run that never finishes = %v, want the context's error", err)
 	}
 }

@@ -10,13 +10,13 @@ import (
 	"github.com/multiquery/multiquery/internal/wire"
 )
 
-// WaitRun watches a run's status (wire.RunStatus, written by the collector) until the
-// collector has finished the run, calling progress on each change. It returns the final
-// status.
-func WaitRun(ctx context.Context, js jetstream.JetStream, run string, progress func(wire.RunStatus)) (wire.RunStatus, error) {
-	kv, err := js.KeyValue(ctx, wire.BucketRuns)
+// WaitRun watches a run's status (wire.RunStatus, written by the collector in the runs
+// bucket of names) until the collector has finished the run, calling progress on each
+// change. It returns the final status.
+func WaitRun(ctx context.Context, js jetstream.JetStream, names wire.Names, run string, progress func(wire.RunStatus)) (wire.RunStatus, error) {
+	kv, err := js.KeyValue(ctx, names.BucketRuns())
 	if err != nil {
-		return wire.RunStatus{}, fmt.Errorf("open kv %s: %w", wire.BucketRuns, err)
+		return wire.RunStatus{}, fmt.Errorf("open kv %s: %w", names.BucketRuns(), err)
 	}
 	w, err := kv.Watch(ctx, run)
 	if err != nil {

@@ -37,13 +37,6 @@ func heartbeatPeriod(n int) time.Duration {
 	return HeartbeatEvery * time.Duration(max(1, (n+heartbeatFleet-1)/heartbeatFleet))
 }
 
-// SignalSubject carries capacity signals of one deployment (core NATS, no persistence:
-// a signal is only useful now).
-func SignalSubject(alias string) string { return "mq.throttle." + alias + ".signal" }
-
-// HeartbeatSubject carries the membership and demand of one deployment's pacers.
-func HeartbeatSubject(alias string) string { return "mq.throttle." + alias + ".hb" }
-
 type signal struct {
 	Member string `json:"member"`
 	// Kind: "" a capacity answer | "deployment": paused, rate untouched | "budget": a
@@ -104,6 +97,9 @@ type Fleet struct {
 	id    string
 	ctrl  *Controller
 	log   zerolog.Logger
+	// The deployment's subjects (core NATS, no persistence): capacity signals (only
+	// useful now), and the pacers' membership and demand.
+	sigSubject, hbSubject string
 
 	mu      sync.Mutex
 	peers   map[string]member
@@ -204,9 +200,12 @@ func (f *Fleet) save(ctx context.Context, now time.Time) {
 	f.mu.Unlock()
 }
 
-// NewFleet couples ctrl to the deployment's other pacers. id must be unique per process.
-func NewFleet(nc *nats.Conn, alias, id string, ctrl *Controller, log zerolog.Logger) *Fleet {
-	return &Fleet{nc: nc, alias: alias, id: id, ctrl: ctrl, log: log, peers: map[string]member{}}
+// NewFleet couples ctrl to the deployment's other pacers, on the throttle subjects of
+// names (wire.Names.ThrottleSignalSubject, ThrottleHeartbeatSubject). id must be unique
+// per process.
+func NewFleet(nc *nats.Conn, names wire.Names, alias, id string, ctrl *Controller, log zerolog.Logger) *Fleet {
+	return &Fleet{nc: nc, alias: alias, id: id, ctrl: ctrl, log: log, peers: map[string]member{},
+		sigSubject: names.ThrottleSignalSubject(alias), hbSubject: names.ThrottleHeartbeatSubject(alias)}
 }
 
 // OnTick registers a function called after each heartbeat with the controller's state
@@ -225,7 +224,7 @@ func (f *Fleet) Capacity(status int, s Signal) Decision {
 		msg.Cut, msg.Good = d.Target, d.Good
 	}
 	b, _ := json.Marshal(msg)
-	if err := f.nc.Publish(SignalSubject(f.alias), b); err != nil {
+	if err := f.nc.Publish(f.sigSubject, b); err != nil {
 		f.log.Debug().Err(err).Msg("broadcast capacity signal")
 	}
 	return d
@@ -247,7 +246,7 @@ func (f *Fleet) Budget(b Budget) Decision {
 	d := f.ctrl.OnBudget(b)
 	if d.Cut {
 		m, _ := json.Marshal(signal{Member: f.id, Kind: "budget", Status: 200, Cut: d.Target, Good: d.Good})
-		if err := f.nc.Publish(SignalSubject(f.alias), m); err != nil {
+		if err := f.nc.Publish(f.sigSubject, m); err != nil {
 			f.log.Debug().Err(err).Msg("broadcast budget cut")
 		}
 	}
@@ -259,14 +258,14 @@ func (f *Fleet) Budget(b Budget) Decision {
 func (f *Fleet) Block(status int, d time.Duration) {
 	f.ctrl.Pause(d)
 	b, _ := json.Marshal(signal{Member: f.id, Kind: "deployment", Status: status, RetryAfterMS: d.Milliseconds()})
-	if err := f.nc.Publish(SignalSubject(f.alias), b); err != nil {
+	if err := f.nc.Publish(f.sigSubject, b); err != nil {
 		f.log.Debug().Err(err).Msg("broadcast deployment pause")
 	}
 }
 
 // Run exchanges signals and heartbeats until ctx ends.
 func (f *Fleet) Run(ctx context.Context) error {
-	sigSub, err := f.nc.Subscribe(SignalSubject(f.alias), func(m *nats.Msg) {
+	sigSub, err := f.nc.Subscribe(f.sigSubject, func(m *nats.Msg) {
 		var s signal
 		if json.Unmarshal(m.Data, &s) != nil || s.Member == f.id {
 			return
@@ -287,10 +286,10 @@ func (f *Fleet) Run(ctx context.Context) error {
 		}
 	})
 	if err != nil {
-		return fmt.Errorf("subscribe %s: %w", SignalSubject(f.alias), err)
+		return fmt.Errorf("subscribe %s: %w", f.sigSubject, err)
 	}
 	defer func() { _ = sigSub.Unsubscribe() }()
-	hbSub, err := f.nc.Subscribe(HeartbeatSubject(f.alias), func(m *nats.Msg) {
+	hbSub, err := f.nc.Subscribe(f.hbSubject, func(m *nats.Msg) {
 		var h heartbeat
 		if json.Unmarshal(m.Data, &h) != nil || h.Member == f.id {
 			return
@@ -313,7 +312,7 @@ func (f *Fleet) Run(ctx context.Context) error {
 		f.ctrl.Adopt(h.Rate, h.SlowStart)
 	})
 	if err != nil {
-		return fmt.Errorf("subscribe %s: %w", HeartbeatSubject(f.alias), err)
+		return fmt.Errorf("subscribe %s: %w", f.hbSubject, err)
 	}
 	defer func() { _ = hbSub.Unsubscribe() }()
 
@@ -339,7 +338,7 @@ func (f *Fleet) Run(ctx context.Context) error {
 // of after memberTimeout (a rolling restart replaces every member).
 func (f *Fleet) leave() {
 	b, _ := json.Marshal(heartbeat{Member: f.id, Leaving: true})
-	if err := f.nc.Publish(HeartbeatSubject(f.alias), b); err != nil {
+	if err := f.nc.Publish(f.hbSubject, b); err != nil {
 		f.log.Debug().Err(err).Msg("leave")
 	}
 }
@@ -371,7 +370,7 @@ func (f *Fleet) tick(ctx context.Context) int {
 	b, _ := json.Marshal(heartbeat{Member: f.id, Rate: snap.Rate, SlowStart: snap.SlowStart, Demanding: demanding, Served: served, Refused: refusedRate,
 		Signals: snap.Signals, Lone: snap.Lone, Decreases: snap.Decreases, Pauses: snap.Pauses, Source: snap.Source, Ceiling: snap.Ceiling,
 		EveryMS: every.Milliseconds()})
-	if err := f.nc.Publish(HeartbeatSubject(f.alias), b); err != nil {
+	if err := f.nc.Publish(f.hbSubject, b); err != nil {
 		f.log.Debug().Err(err).Msg("heartbeat")
 	}
 	n, me, anyDemanding := f.regrid(now, demanding, served, refusedRate)

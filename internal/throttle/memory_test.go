@@ -47,7 +47,7 @@ func TestAFleetRemembersItsRateAndALaterWorkerStartsFromIt(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f1 := NewFleet(nc, "dep", "a", first, zerolog.Nop())
+	f1 := NewFleet(nc, wire.Names{}, "dep", "a", first, zerolog.Nop())
 	f1.Remember(kv)
 	runCtx, stop := context.WithCancel(ctx)
 	done := make(chan struct{})
@@ -81,7 +81,7 @@ func TestAFleetRemembersItsRateAndALaterWorkerStartsFromIt(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f2 := NewFleet(nc, "dep", "b", second, zerolog.Nop())
+	f2 := NewFleet(nc, wire.Names{}, "dep", "b", second, zerolog.Nop())
 	f2.Remember(kv)
 	ctx2, stop2 := context.WithCancel(ctx)
 	defer stop2()
@@ -105,8 +105,8 @@ func TestALeavingMemberIsDroppedAtOnce(t *testing.T) {
 	defer cancel()
 	a, _ := New(params())
 	b, _ := New(params())
-	fa := NewFleet(nc, "dep", "a", a, zerolog.Nop())
-	fb := NewFleet(nc, "dep", "b", b, zerolog.Nop())
+	fa := NewFleet(nc, wire.Names{}, "dep", "a", a, zerolog.Nop())
+	fb := NewFleet(nc, wire.Names{}, "dep", "b", b, zerolog.Nop())
 	members := make(chan int, 100)
 	fa.OnTick(func(_ Snapshot, n int) {
 		select {
@@ -162,7 +162,7 @@ func TestAJoiningMemberListensBeforeItsFirstSlot(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	ctl, _ := New(params())
-	f := NewFleet(nc, "dep", "a", ctl, zerolog.Nop())
+	f := NewFleet(nc, wire.Names{}, "dep", "a", ctl, zerolog.Nop())
 	go func() { _ = f.Run(ctx) }()
 	deadline := time.Now().Add(5 * time.Second)
 	for ctl.PausedFor() == 0 && time.Now().Before(deadline) {
@@ -183,7 +183,7 @@ func TestTheRememberedRateFallsOnlyAfterACut(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	ctl, c := steady(t, 40)
-	f := NewFleet(nc, "dep", "a", ctl, zerolog.Nop())
+	f := NewFleet(nc, wire.Names{}, "dep", "a", ctl, zerolog.Nop())
 	f.Remember(kv)
 	saved := func(served float64) float64 {
 		t.Helper()

@@ -16,7 +16,9 @@ import (
 // Version is the schema version this build writes and fully understands.
 const Version = 1
 
-// Stream names.
+// Stream names of the default deployment (the empty prefix). A process takes its
+// names from a Names, which prefixes them ("<prefix>_MQ_JOBS"); so are the bucket names
+// and subjects below.
 const (
 	StreamInput   = "MQ_INPUT"
 	StreamJobs    = "MQ_JOBS"
@@ -120,6 +122,17 @@ func AuditSubject(run string, row int, query string) string {
 
 // DeadSubject is where dead-lettered job payloads go.
 func DeadSubject(deployment, run string) string { return "dead." + deployment + "." + run }
+
+// throttleRoot is the root of the fleet throttle's core NATS subjects.
+const throttleRoot = "mq.throttle."
+
+// ThrottleSignalSubject is where workers announce a deployment's capacity signals (core
+// NATS, not stored).
+func ThrottleSignalSubject(alias string) string { return throttleRoot + alias + ".signal" }
+
+// ThrottleHeartbeatSubject is where workers pacing a deployment send their heartbeats
+// (core NATS, not stored).
+func ThrottleHeartbeatSubject(alias string) string { return throttleRoot + alias + ".hb" }
 
 // JobKey is the KV key of a job's retry state: "<run>.<row>.<query>".
 func JobKey(run string, row int, query string) string {

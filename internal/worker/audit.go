@@ -51,11 +51,12 @@ const maxAuditPending = 4096
 // timeout, a disconnect): no goroutine per record waits for its ack.
 type auditor struct {
 	js      jetstream.JetStream
+	names   wire.Names
 	dropped func()
 }
 
-func newAuditor(js jetstream.JetStream, dropped func()) (*auditor, error) {
-	a := &auditor{dropped: dropped}
+func newAuditor(js jetstream.JetStream, names wire.Names, dropped func()) (*auditor, error) {
+	a := &auditor{names: names, dropped: dropped}
 	ajs, err := jetstream.New(js.Conn(),
 		jetstream.WithPublishAsyncMaxPending(maxAuditPending),
 		jetstream.WithPublishAsyncTimeout(10*time.Second),
@@ -95,7 +96,7 @@ func (a *auditor) record(job *wire.Job, attempt int, worker string, ans *llm.Ans
 		return
 	}
 	// A full window (a race past the check above) fails at once rather than stalling.
-	if _, err := a.js.PublishMsgAsync(&nats.Msg{Subject: wire.AuditSubject(job.Run, job.Row, job.Query), Data: b},
+	if _, err := a.js.PublishMsgAsync(&nats.Msg{Subject: a.names.AuditSubject(job.Run, job.Row, job.Query), Data: b},
 		jetstream.WithStallWait(time.Millisecond)); err != nil {
 		a.dropped()
 	}

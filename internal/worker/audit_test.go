@@ -15,7 +15,7 @@ func TestAnAuditRecordNotStoredIsCounted(t *testing.T) {
 	srv := natstest.Start(t)
 	_, js := srv.Connect(t)
 	var dropped atomic.Int64
-	a, err := newAuditor(js, func() { dropped.Add(1) })
+	a, err := newAuditor(js, wire.Names{}, func() { dropped.Add(1) })
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -22,16 +22,13 @@ type maxDeliveriesAdvisory struct {
 	Deliveries uint64 `json:"deliveries"`
 }
 
-// AdvisorySubject is where the server announces jobs that hit MaxDeliver (any consumer).
-const AdvisorySubject = wire.MaxDeliveriesAdvisories
-
 // watchMaxDeliveries dead-letters jobs that reached the consumer's MaxDeliver: after it
 // the message stays in the work-queue stream and nobody would ever finish its row. The
 // advisories are kept in MQ_ADVISORIES (an advisory sent while no worker runs waits
 // there), and the fleet shares one durable consumer: each advisory is handled once,
 // and acked only once its job is dead-lettered and answered.
 func (w *Worker) watchMaxDeliveries(ctx context.Context) {
-	jobs, err := w.js.Stream(ctx, wire.StreamJobs)
+	jobs, err := w.js.Stream(ctx, w.names.StreamJobs())
 	if err != nil {
 		w.log.Error().Err(err).Msg("max-deliveries watch")
 		return
@@ -39,7 +36,7 @@ func (w *Worker) watchMaxDeliveries(ctx context.Context) {
 	var cons jetstream.Consumer
 	err = queue.Retry(ctx, func(ctx context.Context) error {
 		var err error
-		cons, err = w.js.CreateOrUpdateConsumer(ctx, wire.StreamAdvisories, jetstream.ConsumerConfig{
+		cons, err = w.js.CreateOrUpdateConsumer(ctx, w.names.StreamAdvisories(), jetstream.ConsumerConfig{
 			Durable:     wire.AdvisoryConsumer,
 			Description: "workers dead-letter jobs past MaxDeliver",
 			AckPolicy:   jetstream.AckExplicitPolicy,
@@ -83,11 +80,11 @@ func (w *Worker) deadLetterSeq(ctx context.Context, jobs jetstream.Stream, a max
 		return fmt.Errorf("get job %d: %w", a.StreamSeq, err)
 	}
 	reason := fmt.Sprintf("delivered %d times (MaxDeliver)", a.Deliveries)
-	alias, addr, subjErr := wire.ParseJobSubject(raw.Subject)
+	alias, addr, subjErr := w.names.ParseJobSubject(raw.Subject)
 	if subjErr != nil {
 		alias = "unknown"
 	}
-	dead := nats.NewMsg(wire.DeadSubject(alias, orUnknown(addr.Run)))
+	dead := nats.NewMsg(w.names.DeadSubject(alias, orUnknown(addr.Run)))
 	dead.Data = raw.Data
 	dead.Header.Set(wire.HeaderReason, reason)
 	dead.Header.Set(wire.HeaderSubject, raw.Subject)

@@ -92,7 +92,7 @@ func (w *Worker) handle(ctx context.Context, d *deployment, msg jetstream.Msg) {
 	}()
 	in := outcomeInput{policy: w.cfg.policy(), rand: rand.Float64()}
 	var job wire.Job
-	_, addr, subjErr := wire.ParseJobSubject(msg.Subject())
+	_, addr, subjErr := w.names.ParseJobSubject(msg.Subject())
 	if check, cause := checkJob(msg, &job, addr, subjErr, d.alias); check != jobValid {
 		in.job, in.cause = check, cause.Error()
 		switch out := decide(in); out.act {
@@ -366,7 +366,7 @@ func (w *Worker) storeResult(ctx context.Context, msg jetstream.Msg, res *wire.R
 
 // resultStored reports whether a job's result is already in MQ_RESULTS.
 func (w *Worker) resultStored(ctx context.Context, job *wire.Job) bool {
-	_, err := w.results.GetLastMsgForSubject(ctx, wire.ResultSubject(job.Run, job.Row, job.Query))
+	_, err := w.results.GetLastMsgForSubject(ctx, w.names.ResultSubject(job.Run, job.Row, job.Query))
 	return err == nil
 }
 
@@ -375,10 +375,10 @@ func (w *Worker) publishResult(ctx context.Context, res *wire.Result) error {
 	if err != nil {
 		return fmt.Errorf("encode result: %w", err)
 	}
-	subj := wire.ResultSubject(res.Run, res.Row, res.Query)
+	subj := w.names.ResultSubject(res.Run, res.Row, res.Query)
 	// An earlier result winning counts as stored (the job is done); a full stream is
 	// waited out, never taken for done.
-	return queue.RetryPublish(ctx, w.log, subj, func(ctx context.Context) error {
+	return queue.RetryPublish(ctx, w.log, w.names, subj, func(ctx context.Context) error {
 		_, err := w.js.Publish(ctx, subj, data, jetstream.WithMsgID(wire.ResultMsgID(res.Run, res.Row, res.Query)))
 		return err
 	})
@@ -389,7 +389,7 @@ func (w *Worker) publishResult(ctx context.Context, res *wire.Result) error {
 func (w *Worker) poison(ctx context.Context, alias string, msg jetstream.Msg, addr wire.Addr, subjErr, cause error, failure *wire.Error, log zerolog.Logger) {
 	log.Error().Err(cause).Msg("poison job: dead-lettered and terminated")
 	w.m.poison.WithLabelValues(alias).Inc()
-	dead := nats.NewMsg(wire.DeadSubject(alias, orUnknown(addr.Run)))
+	dead := nats.NewMsg(w.names.DeadSubject(alias, orUnknown(addr.Run)))
 	dead.Data = msg.Data()
 	dead.Header.Set(wire.HeaderReason, cause.Error())
 	dead.Header.Set(wire.HeaderSubject, msg.Subject())

@@ -12,7 +12,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/multiquery/multiquery/internal/queue"
-	"github.com/multiquery/multiquery/internal/wire"
 )
 
 // puller pulls one consumer's messages over one long-lived inbox subscription: a
@@ -182,21 +181,22 @@ func (p *pulledMsg) TermWithReason(reason string) error { return p.final("+TERM 
 // loop: a run that leaves the rotation (dormant, paused, finished) has its inbox
 // dropped.
 type pullers struct {
-	nc    *nats.Conn
-	alias string
-	size  int
-	by    map[*runConsumer]*puller
+	nc     *nats.Conn
+	stream string // the jobs stream
+	alias  string
+	size   int
+	by     map[*runConsumer]*puller
 }
 
-func newPullers(nc *nats.Conn, alias string, size int) *pullers {
-	return &pullers{nc: nc, alias: alias, size: size, by: map[*runConsumer]*puller{}}
+func newPullers(nc *nats.Conn, stream, alias string, size int) *pullers {
+	return &pullers{nc: nc, stream: stream, alias: alias, size: size, by: map[*runConsumer]*puller{}}
 }
 
 // of returns a run's puller.
 func (ps *pullers) of(rc *runConsumer) *puller {
 	p := ps.by[rc]
 	if p == nil {
-		p = newPuller(ps.nc, wire.StreamJobs, queue.JobConsumerName(ps.alias, rc.run), ps.size)
+		p = newPuller(ps.nc, ps.stream, queue.JobConsumerName(ps.alias, rc.run), ps.size)
 		ps.by[rc] = p
 	}
 	return p

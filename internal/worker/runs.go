@@ -18,7 +18,7 @@ import (
 // the fleet registry of served aliases fresh. Jobs name aliases only: a worker never
 // sends a key to an endpoint a job names.
 func (w *Worker) watchRuns(ctx, callCtx context.Context) {
-	fleet, err := w.js.KeyValue(ctx, wire.BucketFleet)
+	fleet, err := w.js.KeyValue(ctx, w.names.BucketFleet())
 	if err != nil {
 		w.log.Error().Err(err).Msg("open fleet registry")
 		return
@@ -35,7 +35,7 @@ func (w *Worker) watchRuns(ctx, callCtx context.Context) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 
-	cons, err := w.js.OrderedConsumer(ctx, wire.StreamInput, jetstream.OrderedConsumerConfig{FilterSubjects: []string{"input.*.open"}})
+	cons, err := w.js.OrderedConsumer(ctx, w.names.StreamInput(), jetstream.OrderedConsumerConfig{FilterSubjects: []string{w.names.InputOpenFilter()}})
 	if err != nil {
 		w.log.Error().Err(err).Msg("watch run records")
 		return
@@ -78,7 +78,7 @@ func (w *Worker) watchRuns(ctx, callCtx context.Context) {
 					if w.finished(ctx, o.Run) {
 						// Finished since its open record was read: the collector purged
 						// the run before deleting its consumers, so this one is new. Go.
-						_ = w.js.DeleteConsumer(ctx, wire.StreamJobs, queue.JobConsumerName(alias, o.Run))
+						_ = w.js.DeleteConsumer(ctx, w.names.StreamJobs(), queue.JobConsumerName(alias, o.Run))
 						continue
 					}
 					d.addRun(o.Run, c)
@@ -131,7 +131,7 @@ func (w *Worker) rejectAlias(ctx, callCtx context.Context, fleet jetstream.KeyVa
 		n := 0
 		for msg := range batch.Messages() {
 			n++
-			_, addr, err := wire.ParseJobSubject(msg.Subject())
+			_, addr, err := w.names.ParseJobSubject(msg.Subject())
 			if err != nil {
 				out := decide(outcomeInput{job: jobPoison, cause: err.Error()})
 				w.poison(callCtx, alias, msg, addr, err, err, out.err, log)

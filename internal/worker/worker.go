@@ -146,6 +146,7 @@ func (c *Config) Validate() error {
 // Worker serves the configured deployments.
 type Worker struct {
 	cfg   Config
+	names wire.Names // cfg.Topology.Names
 	js    jetstream.JetStream
 	log   zerolog.Logger
 	retry jetstream.KeyValue
@@ -205,9 +206,9 @@ func New(js jetstream.JetStream, cfg Config, log zerolog.Logger) (*Worker, error
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	w := &Worker{cfg: cfg, js: js, log: log.With().Str("component", "worker").Str("worker", cfg.Name).Logger(), deps: map[string]*deployment{}, m: newMetrics(),
+	w := &Worker{cfg: cfg, names: cfg.Topology.Names, js: js, log: log.With().Str("component", "worker").Str("worker", cfg.Name).Logger(), deps: map[string]*deployment{}, m: newMetrics(),
 		ctl: controls{runs: map[string]string{}, breakers: map[string]bool{}}}
-	audit, err := newAuditor(js, func() { w.m.auditDropped.Inc() })
+	audit, err := newAuditor(js, cfg.Topology.Names, func() { w.m.auditDropped.Inc() })
 	if err != nil {
 		return nil, err
 	}
@@ -274,26 +275,26 @@ func (w *Worker) openBus(ctx context.Context) (jetstream.KeyValue, error) {
 	if err := queue.EnsureLog(ctx, w.js, w.cfg.Topology, w.log); err != nil {
 		return nil, err
 	}
-	kv, err := w.js.KeyValue(ctx, wire.BucketRetry)
+	kv, err := w.js.KeyValue(ctx, w.names.BucketRetry())
 	if err != nil {
-		return nil, fmt.Errorf("open kv %s: %w", wire.BucketRetry, err)
+		return nil, fmt.Errorf("open kv %s: %w", w.names.BucketRetry(), err)
 	}
 	w.retry = kv
-	if w.runs, err = w.js.KeyValue(ctx, wire.BucketRuns); err != nil {
-		return nil, fmt.Errorf("open kv %s: %w", wire.BucketRuns, err)
+	if w.runs, err = w.js.KeyValue(ctx, w.names.BucketRuns()); err != nil {
+		return nil, fmt.Errorf("open kv %s: %w", w.names.BucketRuns(), err)
 	}
-	if w.results, err = w.js.Stream(ctx, wire.StreamResults); err != nil {
-		return nil, fmt.Errorf("open stream %s: %w", wire.StreamResults, err)
+	if w.results, err = w.js.Stream(ctx, w.names.StreamResults()); err != nil {
+		return nil, fmt.Errorf("open stream %s: %w", w.names.StreamResults(), err)
 	}
-	if w.input, err = w.js.Stream(ctx, wire.StreamInput); err != nil {
-		return nil, fmt.Errorf("open stream %s: %w", wire.StreamInput, err)
+	if w.input, err = w.js.Stream(ctx, w.names.StreamInput()); err != nil {
+		return nil, fmt.Errorf("open stream %s: %w", w.names.StreamInput(), err)
 	}
-	if w.jobs, err = w.js.Stream(ctx, wire.StreamJobs); err != nil {
-		return nil, fmt.Errorf("open stream %s: %w", wire.StreamJobs, err)
+	if w.jobs, err = w.js.Stream(ctx, w.names.StreamJobs()); err != nil {
+		return nil, fmt.Errorf("open stream %s: %w", w.names.StreamJobs(), err)
 	}
-	memory, err := w.js.KeyValue(ctx, wire.BucketThrottle)
+	memory, err := w.js.KeyValue(ctx, w.names.BucketThrottle())
 	if err != nil {
-		return nil, fmt.Errorf("open kv %s: %w", wire.BucketThrottle, err)
+		return nil, fmt.Errorf("open kv %s: %w", w.names.BucketThrottle(), err)
 	}
 	return memory, nil
 }
@@ -321,7 +322,7 @@ func (w *Worker) startFleets(ctx context.Context, wg *sync.WaitGroup, memory jet
 		if w.cfg.Naive {
 			continue
 		}
-		d.fleet = throttle.NewFleet(w.js.Conn(), d.alias, w.cfg.Name+"-"+randomID(), d.ctrl, w.log.With().Str("deployment", d.alias).Logger())
+		d.fleet = throttle.NewFleet(w.js.Conn(), w.names, d.alias, w.cfg.Name+"-"+randomID(), d.ctrl, w.log.With().Str("deployment", d.alias).Logger())
 		d.fleet.Remember(memory)
 		d.fleet.OnTick(w.fleetMetrics(d.alias, d.fleet))
 		wg.Add(1)
@@ -399,7 +400,7 @@ func (w *Worker) drain(inflight *sync.WaitGroup, cancelCalls context.CancelFunc)
 func (w *Worker) fetchLoop(ctx, callCtx context.Context, d *deployment, inflight *sync.WaitGroup) {
 	slots := make(chan struct{}, d.slots)
 	release := func() { <-slots }
-	pulls := newPullers(w.js.Conn(), d.alias, d.slots)
+	pulls := newPullers(w.js.Conn(), w.names.StreamJobs(), d.alias, d.slots)
 	defer pulls.close()
 	handlers := w.handlers(callCtx, d, inflight, release)
 	defer close(handlers) // the handlers finish their jobs (Run waits for them), then exit
@@ -566,7 +567,7 @@ func (d *deployment) dueDormant(now time.Time) []*runConsumer {
 // lost handles a run whose consumer failed a fetch: gone with its run (the collector
 // deletes it when the run finishes) or expired while the run was paused or idle.
 func (w *Worker) lost(ctx context.Context, d *deployment, rc *runConsumer) {
-	_, err := w.js.Consumer(ctx, wire.StreamJobs, queue.JobConsumerName(d.alias, rc.run))
+	_, err := w.js.Consumer(ctx, w.names.StreamJobs(), queue.JobConsumerName(d.alias, rc.run))
 	if !errors.Is(err, jetstream.ErrConsumerNotFound) {
 		return // a passing error: fetch again
 	}
@@ -580,7 +581,7 @@ func (w *Worker) lost(ctx context.Context, d *deployment, rc *runConsumer) {
 // finished reports whether a run is over: the collector purges its records when it
 // finishes it.
 func (w *Worker) finished(ctx context.Context, run string) bool {
-	_, err := w.input.GetLastMsgForSubject(ctx, wire.InputOpenSubject(run))
+	_, err := w.input.GetLastMsgForSubject(ctx, w.names.InputOpenSubject(run))
 	return errors.Is(err, jetstream.ErrMsgNotFound)
 }
 
@@ -629,12 +630,12 @@ func (w *Worker) watchDormant(ctx context.Context) {
 func (w *Worker) checkDormant(ctx context.Context, d *deployment, rc *runConsumer) {
 	if w.finished(ctx, rc.run) {
 		d.removeRun(rc.run)
-		if err := w.js.DeleteConsumer(ctx, wire.StreamJobs, queue.JobConsumerName(d.alias, rc.run)); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		if err := w.js.DeleteConsumer(ctx, w.names.StreamJobs(), queue.JobConsumerName(d.alias, rc.run)); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
 			w.log.Debug().Err(err).Str("run", rc.run).Msg("delete job consumer of a finished run")
 		}
 		return
 	}
-	_, err := w.jobs.GetLastMsgForSubject(ctx, "jobs."+d.alias+"."+rc.run+".>")
+	_, err := w.jobs.GetLastMsgForSubject(ctx, w.names.JobDeploymentRunFilter(d.alias, rc.run))
 	if err != nil {
 		d.mu.Lock()
 		every := min(rc.every*2, max(maxDormantCheck, w.cfg.DormantCheck))

@@ -77,8 +77,12 @@ app.kubernetes.io/component: {{ .component }}
 {{- default (printf "%s-nats-creds" (include "multiquery.fullname" .)) .Values.natsClient.creds.existingSecret }}
 {{- end }}
 
-{{/* Connection flags shared by every process (one list item per flag). */}}
+{{/* Connection flags and the deployment's --prefix, shared by every process (one list
+item per flag). */}}
 {{- define "multiquery.natsArgs" -}}
+{{- if .Values.prefix }}
+- --prefix={{ .Values.prefix }}
+{{- end }}
 {{- with .Values.natsClient }}
 {{- if .creds.enabled }}
 - --nats-creds=/etc/multiquery/nats-creds/{{ .creds.key }}
