@@ -25,6 +25,7 @@ type options struct {
 	out, order, name string
 	csv, escape      bool
 	store            bool
+	publishRows      bool
 	memory           int64
 	leaseTTL         time.Duration
 }
@@ -37,6 +38,7 @@ func parseFlags(args []string) (options, error) {
 	fs.StringVar(&o.out, "out", "out", "output directory (one sub-directory per run)")
 	fs.BoolVar(&o.csv, "csv", false, "also write results.csv and errors.csv")
 	fs.BoolVar(&o.escape, "csv-escape-formulas", true, "prefix CSV cells starting with = + - @ tab or CR with ' (spreadsheet formula injection); false writes them verbatim")
+	fs.BoolVar(&o.publishRows, "publish-rows", false, "also publish each emitted row on the rows stream (rows.<run>.<row>; docs/WIRE.md, Output rows on the bus) for downstream consumers")
 	fs.BoolVar(&o.store, "store-results", true, "store each completed run's files in the object store bucket "+wire.BucketResults+" (<prefix>_"+wire.BucketResults+" with --prefix; mqctl get); false keeps them on --out only")
 	fs.StringVar(&o.order, "order", "", "row order: input | completion (default: the run's own)")
 	fs.Int64Var(&o.memory, "memory-limit", collector.DefaultMemoryLimit, "bytes of row bodies kept in memory; beyond, read back from JetStream")
@@ -67,7 +69,7 @@ func run(args []string) int {
 	}
 	defer nc.Drain()
 	c, err := collector.New(js, collector.Config{OutDir: o.out, CSV: o.csv, CSVRawFormulas: !o.escape, Order: o.order, MemoryLimit: o.memory,
-		Name: o.name, LeaseTTL: o.leaseTTL, Topology: o.Topology(), NoStore: !o.store}, log)
+		Name: o.name, LeaseTTL: o.leaseTTL, Topology: o.Topology(), NoStore: !o.store, PublishRows: o.publishRows}, log)
 	if err != nil {
 		return cli.Usage("collector", err)
 	}

@@ -62,6 +62,10 @@ type Config struct {
 	// (wire.Names.BucketResults, where mqctl get fetches them): the files then stay on the
 	// collector's volume only.
 	NoStore bool
+	// PublishRows also publishes each emitted row's line on the rows stream
+	// (wire.Names.RowSubject: rows.<run>.<row>, first writer wins) for downstream
+	// consumers, before the row counts as written.
+	PublishRows bool
 	// BacklogInterval is how often the active collector reads the job consumers for
 	// mq_jobs_backlog (0: backlog.DefaultInterval).
 	BacklogInterval time.Duration

@@ -622,3 +622,62 @@ func TestResultsOfEmittedRowsArePurgedBeforeTheRunEnds(t *testing.T) {
 		t.Fatalf("rows ok %d", s.Stats.RowsOK)
 	}
 }
+
+// With PublishRows, every emitted row's line also goes to the rows stream once, on
+// rows.<run>.<row>, with its outcome in a header: downstream consumers get the same
+// line the files hold. Without it, nothing is published there.
+func TestPublishRowsPutsEachEmittedLineOnTheRowsStream(t *testing.T) {
+	t.Parallel()
+	for _, on := range []bool{true, false} {
+		b := setup(t, Config{PublishRows: on})
+		run := fmt.Sprintf("published-%v", on)
+		b.open(run, wire.OrderInput)
+		b.row(run, 0, `{"id":"r0"}`)
+		b.malformedRow(run, 1)
+		b.row(run, 2, `{"id":"r2"}`)
+		b.seal(run, 3)
+		b.result(run, 0, `{"q1_answer":"a0"}`)
+		b.result(run, 2, `{"q1_answer":"a2"}`)
+		b.summary(run, 10*time.Second)
+		ctx := context.Background()
+		s, err := b.js.Stream(ctx, wire.StreamRows)
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := s.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !on {
+			if info.State.Msgs != 0 {
+				t.Fatalf("PublishRows off: %d messages on %s, want none", info.State.Msgs, wire.StreamRows)
+			}
+			continue
+		}
+		if info.State.Msgs != 3 {
+			t.Fatalf("%d messages on %s, want one per row (3)", info.State.Msgs, wire.StreamRows)
+		}
+		files := map[string]string{}
+		for _, name := range []string{sink.ResultsJSONL, sink.ErrorsJSONL} {
+			data, err := os.ReadFile(filepath.Join(b.cfg.OutDir, run, name))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, l := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+				files[l] = name
+			}
+		}
+		for i, want := range []string{wire.RowOK, wire.RowError, wire.RowOK} {
+			m, err := s.GetLastMsgForSubject(ctx, wire.RowSubject(run, i))
+			if err != nil {
+				t.Fatalf("row %d: %v", i, err)
+			}
+			if got := m.Header.Get(wire.HeaderRowOutcome); got != want {
+				t.Errorf("row %d outcome header %q, want %q", i, got, want)
+			}
+			if _, ok := files[string(m.Data)]; !ok {
+				t.Errorf("row %d published %s: not a line of the run's files", i, m.Data)
+			}
+		}
+	}
+}

@@ -7,6 +7,10 @@ import (
 	"fmt"
 	"sort"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/multiquery/multiquery/internal/queue"
 	"github.com/multiquery/multiquery/internal/wire"
 )
 
@@ -66,7 +70,34 @@ func (c *Collector) emit(ctx context.Context, r *run, i int) error {
 	if err := c.writeLine(r, rs, data, line, ok); err != nil {
 		return err
 	}
+	if c.cfg.PublishRows {
+		if err := c.publishRow(ctx, r, i, line, ok); err != nil {
+			return err
+		}
+	}
 	c.markEmitted(r, i, rs)
+	return nil
+}
+
+// publishRow publishes row i's line on the rows stream, awaiting its ack, before the row
+// counts as written (and so before a checkpoint moves past it): a collector that dies
+// between the two publishes it again, and the stream keeps the first (first writer
+// wins, and the message id dedups within the window). A full stream is waited out.
+func (c *Collector) publishRow(ctx context.Context, r *run, i int, line []byte, ok bool) error {
+	msg := nats.NewMsg(c.names.RowSubject(r.id, i))
+	msg.Data = bytes.TrimRight(line, "\n")
+	outcome := wire.RowOK
+	if !ok {
+		outcome = wire.RowError
+	}
+	msg.Header.Set(wire.HeaderRowOutcome, outcome)
+	err := queue.RetryPublish(ctx, c.log, c.names, msg.Subject, func(ctx context.Context) error {
+		_, err := c.js.PublishMsg(ctx, msg, jetstream.WithMsgID(wire.RowMsgID(r.id, i)))
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("publish row %s/%d: %w", r.id, i, err)
+	}
 	return nil
 }
 

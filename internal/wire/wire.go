@@ -80,6 +80,15 @@ const (
 	HeaderSchema  = "Mq-Schema"
 	HeaderReason  = "Mq-Reason"
 	HeaderSubject = "Mq-Subject"
+	// HeaderRowOutcome says whether a message of the rows stream is a success row or an
+	// error row: RowOK or RowError.
+	HeaderRowOutcome = "Mq-Row-Outcome"
+)
+
+// The outcomes of an emitted row (HeaderRowOutcome).
+const (
+	RowOK    = "ok"
+	RowError = "error"
 )
 
 var tokenRE = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
@@ -146,6 +155,9 @@ func JobMsgID(run string, row int, query string) string { return "job." + JobKey
 func ResultMsgID(run string, row int, query string) string {
 	return "result." + JobKey(run, row, query)
 }
+
+// RowMsgID is the Nats-Msg-Id of an emitted row on the rows stream.
+func RowMsgID(run string, row int) string { return "row." + run + "." + strconv.Itoa(row) }
 
 // Submit subjects: an upstream system submits a run of a named pipeline row by row; the
 // producer service renders it into the input records and jobs above.
