@@ -6,6 +6,7 @@ FUZZTIME  ?= 10s
 FUZZMIN   ?= 3s
 WORKERS   ?= 1,2,4,8
 GOLANGCI_VERSION ?= v2.6.2
+NATSCLI_VERSION  ?= v0.5.1
 
 .DEFAULT_GOAL := help
 
@@ -18,6 +19,11 @@ build: ## build producer, worker, collector, llmsim and nats-server into bin/
 	@mkdir -p $(BIN)
 	$(GO) build -o $(BIN)/ ./cmd/...
 	$(GO) build -o $(BIN)/nats-server github.com/nats-io/nats-server/v2
+
+.PHONY: nats-cli
+nats-cli: ## build the nats CLI into bin/ (the docs' examples; with it the e2e doc tests run them verbatim)
+	@mkdir -p $(BIN)
+	GOBIN=$(abspath $(BIN)) $(GO) install github.com/nats-io/natscli/nats@$(NATSCLI_VERSION)
 
 .PHONY: demo
 demo: build ## run the whole system on examples/assessment (no Docker, no account)
