@@ -217,15 +217,30 @@ func TestARejectedSubmissionSaysWhy(t *testing.T) {
 		}
 	})
 
-	t.Run("an undecodable open record is rejected", func(t *testing.T) {
+	t.Run("an undecodable open record is rejected, its rows too, until the run is submitted again", func(t *testing.T) {
 		const run = "bad-open"
 		events := e.events(run)
 		pub(wire.SubmitOpenSubject("assess", run), `{"run":"bad-open"}`)
 		if ev := waitEvent(t, events, wire.SubmitRejected, producer.RejectUndecodableOpen); !strings.Contains(ev.Message, `"v"`) {
 			t.Fatalf("rejection %+v, want the message to say the v field is missing", ev)
 		}
+		pub(wire.SubmitRowSubject("assess", run, 0), `{"v":1,"data":{"id":"r0","text":"row 0","fault":"","fault_query":""}}`)
+		pub(wire.SubmitSealSubject("assess", run), `{"v":1,"rows":1}`)
+		waitFor(t, 60*time.Second, "the row and the seal to be refused", func() bool {
+			n := 0
+			for _, ev := range events() {
+				if ev.Reason == producer.RejectRunRejected {
+					n++
+				}
+			}
+			return n == 2
+		})
 		if n := streamMsgs(t, e.js, wire.StreamInput, "input."+run+".>"); n != 0 {
 			t.Fatalf("%d input records of a rejected run on the bus", n)
+		}
+		submit(pub, run, 0)
+		if ev := waitEvent(t, events, wire.SubmitCompleted, ""); ev.RowsOK != 1 {
+			t.Fatalf("the run submitted again: %+v, want 1 row ok", ev)
 		}
 	})
 

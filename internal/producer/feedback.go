@@ -62,7 +62,8 @@ func (s *service) replyBytes(msg jetstream.Msg, b []byte) {
 // a finished run's (finished_run, as the file producer refuses it); for an open record,
 // a run that exists already (reused_run_id, claim); for a row or seal, a run published
 // without the service (reused_run_id); and a row beyond its run's seal
-// (row_beyond_seal), which the collector would never write. A failed read is an error
+// (row_beyond_seal), which the collector would never write; and a row or seal of a
+// run whose open record was rejected (run_rejected). A failed read is an error
 // with no reason (the record is retried).
 func (s *service) door(ctx context.Context, sub *submission) (reason string, err error) {
 	st := sub.st
@@ -90,6 +91,8 @@ func (s *service) door(ctx context.Context, sub *submission) (reason string, err
 	switch {
 	case rec == nil && st.foreign:
 		return RejectReusedRunID, fmt.Errorf("run %s exists already, published without the producer service; a reused run id is refused (use a new one)", sub.run)
+	case rec != nil && rec.State == wire.SubmitRejected:
+		return RejectRunRejected, fmt.Errorf("run %s was rejected (%s: %s); submit it again from its open record", sub.run, rec.Reason, rec.Message)
 	case rec != nil && rec.State == wire.SubmitSealed && sub.kind == wire.InputRow && sub.row >= rec.Rows:
 		return RejectRowBeyondSeal, fmt.Errorf("run %s is sealed with %d rows: row %d is not part of it", sub.run, rec.Rows, sub.row)
 	}

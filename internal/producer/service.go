@@ -41,7 +41,7 @@ type Metrics struct {
 func NewMetrics() *Metrics {
 	return &Metrics{
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mq_producer_submitted_rejected_total",
-			Help: "Submitted records terminated without being published, by reason (invalid_run_id, unknown_pipeline, malformed_subject, undecodable_open, undecodable_seal, finished_run, reused_run_id, row_beyond_seal)."}, []string{"reason"}),
+			Help: "Submitted records terminated without being published, by reason (invalid_run_id, unknown_pipeline, malformed_subject, undecodable_open, undecodable_seal, finished_run, reused_run_id, row_beyond_seal, run_rejected)."}, []string{"reason"}),
 		parked: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mq_producer_submitted_parked_total",
 			Help: "Submitted rows left on the stream for later, by cause (flow_control: beyond the run's window; paused)."}, []string{"cause"}),
 	}
@@ -67,6 +67,7 @@ const (
 	RejectReusedRunID       = "reused_run_id"
 	RejectUndecodableOpen   = "undecodable_open"
 	RejectRowBeyondSeal     = "row_beyond_seal"
+	RejectRunRejected       = "run_rejected"
 	serviceFetch            = 64
 	serviceMaxAckPending    = 100000
 	serviceControlFreshness = time.Second
