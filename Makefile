@@ -10,6 +10,7 @@ GOLANGCI_VERSION ?= v2.6.2
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 REVISION  ?= $(shell git rev-parse HEAD 2>/dev/null)
 LDFLAGS   := -X github.com/multiquery/multiquery/internal/version.version=$(VERSION) -X github.com/multiquery/multiquery/internal/version.revision=$(REVISION)
+NATSCLI_VERSION  ?= v0.5.1
 
 .DEFAULT_GOAL := help
 
@@ -22,6 +23,11 @@ build: ## build multiquery (local mode), producer, worker, collector, mqctl, llm
 	@mkdir -p $(BIN)
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/...
 	$(GO) build -o $(BIN)/nats-server github.com/nats-io/nats-server/v2
+
+.PHONY: nats-cli
+nats-cli: ## build the nats CLI into bin/ (the docs' examples; with it the e2e doc tests run them verbatim)
+	@mkdir -p $(BIN)
+	GOBIN=$(abspath $(BIN)) $(GO) install github.com/nats-io/natscli/nats@$(NATSCLI_VERSION)
 
 .PHONY: demo
 demo: build ## run the whole system on examples/assessment (no Docker, no account)

@@ -94,8 +94,10 @@ pids+=($!)
 wait_port "${SIM_ADDR%:*}" "${SIM_ADDR#*:}" llmsim "${pids[-1]}"
 export LLM_ENDPOINT="http://$SIM_ADDR/v1"
 
+# The example's worker config reads its key from OPENAI_API_KEY; llmsim accepts any key,
+# so the demo's workers get a dummy one (never a key of yours from the environment).
 for i in 1 2; do
-  "$BIN/worker" --config "$EXAMPLE/worker.yaml" --concurrency 32 --name "demo-worker-$i" --ops-addr "" >"$DEMO/logs/worker-$i.log" 2>&1 &
+  OPENAI_API_KEY=llmsim-accepts-any-key "$BIN/worker" --config "$EXAMPLE/worker.yaml" --concurrency 32 --name "demo-worker-$i" --ops-addr "" >"$DEMO/logs/worker-$i.log" 2>&1 &
   pids+=($!)
 done
 "$BIN/collector" --out "$OUT" --csv --ops-addr "" >"$DEMO/logs/collector.log" 2>&1 &

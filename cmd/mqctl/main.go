@@ -203,7 +203,7 @@ func statusCmd(ctx context.Context, c conn, args []string) int {
 		} else {
 			fmt.Print(r.Text())
 		}
-		if !*watch || r.State == wire.RunCompleted {
+		if !*watch || r.State == wire.RunCompleted || r.State == wire.SubmitRejected {
 			return cli.ExitOK
 		}
 		select {

@@ -14,9 +14,8 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"slices"
-	"strings"
+	"sort"
 	"time"
 
 	"github.com/mattn/go-isatty"
@@ -64,7 +63,7 @@ func parseFlags(args []string) (options, error) {
 	fs.DurationVar(&o.waitMax, "wait-timeout", 0, "give up waiting after this long (0 = no limit)")
 	fs.IntVar(&o.ahead, "max-ahead", producer.DefaultMaxAhead, "flow control: rows published ahead of the rows the collector has written")
 	fs.BoolVar(&o.dryRun, "dry-run", false, "check the config and the input, render every prompt, print rows, queries, prompt tokens and the estimated cost; connects to nothing, publishes nothing")
-	fs.StringVar(&o.serve, "serve", "", "run as a service for upstream publishers: a directory of pipeline configs, <name>.yaml each (see docs/WIRE.md, submit subjects)")
+	fs.StringVar(&o.serve, "serve", "", "run as a service for upstream publishers: a directory of pipeline configs, <name>.yaml each; other YAML files are skipped (see docs/WIRE.md, submit subjects)")
 	return o, fs.Parse(args)
 }
 
@@ -232,9 +231,10 @@ func waitRun(ctx context.Context, js jetstream.JetStream, names wire.Names, run 
 	return nil
 }
 
-// runService loads every <name>.yaml of --serve and serves submitted runs until SIGTERM.
+// runService loads the pipeline configs of --serve and serves submitted runs until
+// SIGTERM.
 func runService(o options, log zerolog.Logger) int {
-	pipelines, err := loadPipelines(o.serve)
+	pipelines, err := loadPipelines(o.serve, log)
 	if err != nil {
 		return cli.Usage("producer", err)
 	}
@@ -260,19 +260,21 @@ func runService(o options, log zerolog.Logger) int {
 	return cli.ExitOK
 }
 
-// loadPipelines loads the pipeline configs of dir by name: <name>.yaml.
-func loadPipelines(dir string) (map[string]*config.Pipeline, error) {
-	files, err := filepath.Glob(filepath.Join(dir, "*.yaml"))
-	if err != nil || len(files) == 0 {
-		return nil, fmt.Errorf("--serve %s: no <name>.yaml pipeline configs", dir)
+// loadPipelines loads the pipeline configs of --serve (config.LoadPipelineDir) and
+// logs each YAML file it skips as not a pipeline config.
+func loadPipelines(dir string, log zerolog.Logger) (map[string]*config.Pipeline, error) {
+	d, err := config.LoadPipelineDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("--serve: %w", err)
 	}
-	pipelines := map[string]*config.Pipeline{}
-	for _, f := range files {
-		p, err := config.LoadPipeline(f)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", f, err)
-		}
-		pipelines[strings.TrimSuffix(filepath.Base(f), ".yaml")] = p
+	for _, f := range d.Skipped {
+		log.Info().Str("file", f.Path).Str("why", f.Why).Msg("--serve: not a pipeline config, skipped")
 	}
-	return pipelines, nil
+	names := make([]string, 0, len(d.Pipelines))
+	for name := range d.Pipelines {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	log.Info().Strs("pipelines", names).Str("dir", dir).Msg("--serve: pipelines loaded")
+	return d.Pipelines, nil
 }

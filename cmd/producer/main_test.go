@@ -1,6 +1,11 @@
 package main
 
-import "testing"
+import (
+	"strings"
+	"testing"
+
+	"github.com/rs/zerolog"
+)
 
 func TestRunExitCodesWithoutNATS(t *testing.T) {
 	for _, tt := range []struct {
@@ -22,6 +27,24 @@ func TestRunExitCodesWithoutNATS(t *testing.T) {
 	} {
 		if got := run(tt.args); got != tt.want {
 			t.Errorf("run(%q) = %d, want %d", tt.args, got, tt.want)
+		}
+	}
+}
+
+// Issue 10, B1: --serve examples/assessment serves the example pipeline and logs the
+// two worker configs beside it as skipped.
+func TestServeLoadsTheExampleDirectory(t *testing.T) {
+	var logs strings.Builder
+	pipelines, err := loadPipelines("../../examples/assessment", zerolog.New(&logs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(pipelines) != 1 || pipelines["pipeline"] == nil {
+		t.Fatalf("pipelines %v, want only \"pipeline\"", pipelines)
+	}
+	for _, f := range []string{"worker.yaml", "worker.compose.yaml"} {
+		if !strings.Contains(logs.String(), f+`","why":`) || !strings.Contains(logs.String(), "not a pipeline config, skipped") {
+			t.Fatalf("no log line says %s is skipped:\n%s", f, logs.String())
 		}
 	}
 }

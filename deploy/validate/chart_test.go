@@ -461,19 +461,21 @@ func TestChartConfigsLoadWithTheBinariesLoaders(t *testing.T) {
 					t.Errorf("deployment %s reads its key from $%s, which the workers do not get", alias, d.APIKeyEnv)
 				}
 			}
-			pipelines, _ := filepath.Glob(filepath.Join(dir, "*.yaml"))
+			// producer --serve's loader: every pipeline config of the directory, the
+			// worker config skipped.
+			d, err := config.LoadPipelineDir(dir)
+			if err != nil {
+				t.Fatalf("the chart's pipelines: %v", err)
+			}
+			for _, f := range d.Skipped {
+				if filepath.Base(f.Path) != "worker.yaml" {
+					t.Errorf("the chart's %s is not a pipeline config: %s", filepath.Base(f.Path), f.Why)
+				}
+			}
 			var loaded int
-			for _, p := range pipelines {
-				if filepath.Base(p) == "worker.yaml" {
-					continue
-				}
-				pl, err := config.LoadPipeline(p)
-				if err != nil {
-					t.Errorf("the chart's pipeline %s: %v", filepath.Base(p), err)
-					continue
-				}
+			for name, pl := range d.Pipelines {
 				if _, ok := wc.Deployments[pl.LLM.Deployment]; !ok {
-					t.Errorf("pipeline %s names deployment %q, which the worker config lacks", filepath.Base(p), pl.LLM.Deployment)
+					t.Errorf("pipeline %s names deployment %q, which the worker config lacks", name, pl.LLM.Deployment)
 				}
 				loaded++
 			}

@@ -60,6 +60,13 @@ func TestComposeFileLoads(t *testing.T) {
 		}
 	})
 
+	t.Run("a second collector can stand by: each gets a host port", func(t *testing.T) {
+		ports := p.Services["collector"].Ports
+		if len(ports) != 1 || ports[0].Target != 9091 || ports[0].Published != "9091-9092" {
+			t.Fatalf("collector ports %+v, want container 9091 on host 9091-9092 (--scale collector=2)", ports)
+		}
+	})
+
 	t.Run("the producer's pipeline and input are mounted", func(t *testing.T) {
 		s := p.Services["producer"]
 		for _, flag := range []string{"--config", "--input"} {

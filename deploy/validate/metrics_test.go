@@ -42,6 +42,7 @@ func exportedMetrics(t *testing.T) map[string]bool {
 	t.Helper()
 	srv := natstest.Start(t)
 	_, js := srv.Connect(t)
+	t.Setenv("OPENAI_API_KEY", "unused") // the example config reads its key from it; no call is made
 	wc, err := config.LoadWorker("../../examples/assessment/worker.yaml")
 	if err != nil {
 		t.Fatal(err)

@@ -15,6 +15,7 @@ import (
 	"github.com/multiquery/multiquery/internal/lease"
 	"github.com/multiquery/multiquery/internal/queue"
 	"github.com/multiquery/multiquery/internal/sink"
+	"github.com/multiquery/multiquery/internal/wire"
 )
 
 // complete ends a run whose files are final (finish, or a finished checkpoint found
@@ -59,6 +60,7 @@ func (c *Collector) complete(ctx context.Context, r *run) error {
 	if err := c.publishStatus(ctx, r); err != nil {
 		return err
 	}
+	c.announceCompleted(r)
 	if err := c.fence.Check(); err != nil {
 		return fmt.Errorf("purge run %s: %w", r.id, err)
 	}
@@ -68,6 +70,18 @@ func (c *Collector) complete(ctx context.Context, r *run) error {
 	}
 	c.log.Info().Str("run", r.id).Int("rows_ok", r.stats.RowsOK).Int("rows_failed", r.stats.RowsFailed).Bool("stored", !c.cfg.NoStore).Msg("run completed")
 	return nil
+}
+
+// announceCompleted publishes the run's completed event on its status subject (core
+// NATS, docs/WIRE.md "Submitting a run to the producer service"), after its status says
+// finished: a submitter subscribed there learns that the run's files are final.
+func (c *Collector) announceCompleted(r *run) {
+	ev := wire.SubmitEvent{V: wire.Version, Run: r.id, State: wire.SubmitCompleted, Rows: r.total,
+		RowsOK: r.stats.RowsOK, RowsFailed: r.stats.RowsFailed, Time: time.Now().UTC()}
+	b, _ := json.Marshal(ev)
+	if err := c.js.Conn().Publish(c.names.StatusSubject(r.id), b); err != nil {
+		c.log.Debug().Err(err).Str("run", r.id).Msg("publish the completed event")
+	}
 }
 
 // store uploads the run's output set to the results bucket (nothing with NoStore),

@@ -204,7 +204,7 @@ func prefixedAccounts(t *testing.T, p string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := regexp.MustCompile(`"(input|jobs|results|rows|audit|dead|submit|mq\.throttle)\.>"`).ReplaceAllString(string(b), `"`+p+`.$1.>"`)
+	s := regexp.MustCompile(`"(input|jobs|results|rows|audit|dead|submit|status|mq\.throttle)\.>"`).ReplaceAllString(string(b), `"`+p+`.$1.>"`)
 	s = strings.ReplaceAll(s, ".MQ_", "."+p+"_MQ_")
 	s = regexp.MustCompile(`(KV|OBJ)_mq_`).ReplaceAllString(s, "${1}_"+p+"_mq_")
 	s = regexp.MustCompile(`\$(KV|O)\.mq_`).ReplaceAllString(s, "$$${1}."+p+"_mq_")

@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/hex"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -185,8 +186,16 @@ func TestPipelineRunsWithLeastPrivilegeRoles(t *testing.T) {
 	e.run("producer-service", func(ctx context.Context) error {
 		return producer.Serve(ctx, e.jsFor("producer"), producer.ServiceConfig{Pipelines: map[string]*config.Pipeline{"assess": p}, Topology: e.topo}, e.log)
 	})
-	_, upstream := w.connect(t, e, "mq-upstream")
+	upNC, upstream := w.connect(t, e, "mq-upstream")
 	const submitted = "submitted-run"
+	// The submitter subscribes to its run's events first (docs/WIRE.md).
+	events, err := upNC.SubscribeSync(wire.StatusSubject(submitted))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := upNC.Flush(); err != nil {
+		t.Fatal(err)
+	}
 	pub := func(subject, body string) {
 		t.Helper()
 		if _, err := upstream.Publish(ctx, subject, []byte(body)); err != nil {
@@ -199,6 +208,16 @@ func TestPipelineRunsWithLeastPrivilegeRoles(t *testing.T) {
 	}
 	pub(wire.SubmitSealSubject("assess", submitted), `{"v":1,"rows":5}`)
 
+	for _, want := range []string{wire.SubmitAccepted, wire.SubmitSealed, wire.SubmitCompleted} {
+		m, err := events.NextMsg(90 * time.Second)
+		if err != nil {
+			t.Fatalf("mq-upstream waiting for the %s event of its run: %v", want, err)
+		}
+		var ev wire.SubmitEvent
+		if err := json.Unmarshal(m.Data, &ev); err != nil || ev.State != want {
+			t.Fatalf("mq-upstream got event %s (%v), want state %s", m.Data, err, want)
+		}
+	}
 	for run, rows := range map[string]int{rep.Run: 20, submitted: 5} {
 		sum := e.waitSummary(run, 90*time.Second)
 		if sum.Stats.RowsOK != rows || len(e.lines(run, sink.ResultsJSONL)) != rows {

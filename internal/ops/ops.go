@@ -6,11 +6,13 @@ package ops
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/pprof"
 	"os"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/mattn/go-isatty"
@@ -47,7 +49,14 @@ type Server struct {
 	log   zerolog.Logger
 	pprof bool
 	bound atomic.Pointer[string] // the address listened on, once listening
+	// fallback: a taken address is replaced by a free port of the same host.
+	fallback bool
 }
+
+// FallBackWhenTaken makes Run serve on a free port of the same host, logged, when the
+// address is in use (a second worker on one host, with the default address): for an
+// address the operator did not choose. An address the operator chose stays strict.
+func (s *Server) FallBackWhenTaken() { s.fallback = true }
 
 // Addr is the address the server listens on ("" before it listens): with --ops-addr
 // :0, the port picked.
@@ -130,7 +139,7 @@ func (s *Server) Run(ctx context.Context) error {
 		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	}
-	ln, err := net.Listen("tcp", s.addr)
+	ln, err := s.listen()
 	if err != nil {
 		return err
 	}
@@ -156,6 +165,29 @@ func (s *Server) Run(ctx context.Context) error {
 		return err
 	}
 	return nil
+}
+
+// listen listens on the ops address, or with fallback on a free port of its host when
+// the address is in use.
+func (s *Server) listen() (net.Listener, error) {
+	ln, err := net.Listen("tcp", s.addr)
+	if err == nil || !s.fallback || !errors.Is(err, syscall.EADDRINUSE) {
+		if err != nil {
+			return nil, fmt.Errorf("ops endpoints on %s: %w", s.addr, err)
+		}
+		return ln, nil
+	}
+	host, _, serr := net.SplitHostPort(s.addr)
+	if serr != nil {
+		return nil, fmt.Errorf("ops endpoints on %s: %w", s.addr, err)
+	}
+	ln, ferr := net.Listen("tcp", net.JoinHostPort(host, "0"))
+	if ferr != nil {
+		return nil, fmt.Errorf("ops endpoints on %s: %w (and on a free port: %w)", s.addr, err, ferr)
+	}
+	s.log.Warn().Str("taken", s.addr).Str("addr", ln.Addr().String()).
+		Msg("ops address in use (another process on this host?): serving on a free port instead; give each process its own --ops-addr for a fixed scrape target")
+	return ln, nil
 }
 
 // Serve runs a component next to its ops endpoints and returns when the component

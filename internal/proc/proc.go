@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -37,6 +38,27 @@ type Flags struct {
 
 	nats  *natsconn.Resolved // CheckNATS's result
 	names wire.Names         // Check's result
+	// opsAddrSet: --ops-addr was given (strict), not left at its default (which falls
+	// back to a free port when taken: ops.Server.FallBackWhenTaken).
+	opsAddrSet bool
+}
+
+// opsAddrFlag is --ops-addr: a string that records whether it was given.
+type opsAddrFlag struct {
+	addr *string
+	set  *bool
+}
+
+func (f opsAddrFlag) String() string {
+	if f.addr == nil {
+		return ""
+	}
+	return *f.addr
+}
+
+func (f opsAddrFlag) Set(v string) error {
+	*f.addr, *f.set = v, true
+	return nil
 }
 
 // Register registers the NATS connection flags (--nats, --context, --nats-creds...,
@@ -47,7 +69,12 @@ func (p *Flags) Register(fs *flag.FlagSet, opsAddr, opsUsage string) {
 	RegisterPrefix(fs, &p.Prefix, os.Getenv)
 	fs.IntVar(&p.Replicas, "replicas", queue.DefaultReplicas, "stream replicas when creating streams (3 in a NATS cluster)")
 	fs.DurationVar(&p.ResultsTTL, "results-ttl", queue.DefaultResultsTTL, "how long the results bucket ("+wire.BucketResults+" with no --prefix) keeps a run's stored files, when this process creates it")
-	fs.StringVar(&p.OpsAddr, "ops-addr", opsAddr, opsUsage)
+	p.OpsAddr = opsAddr
+	opsUsage = strings.Replace(opsUsage, "address", "`address`", 1) // -h: "-ops-addr address", not "value"
+	if opsAddr != "" {
+		opsUsage += "; when the default is in use (a second process on one host), a free port instead, logged"
+	}
+	fs.Var(opsAddrFlag{addr: &p.OpsAddr, set: &p.opsAddrSet}, "ops-addr", opsUsage)
 	fs.StringVar(&p.LogLevel, "log-level", "info", "log level")
 	p.Version = version.Register(fs)
 }
@@ -128,6 +155,9 @@ type Component interface {
 // /metrics and /healthz answer until c has drained (ops.Server.Serve).
 func (p *Flags) Serve(ctx context.Context, what string, nc *nats.Conn, c Component, log zerolog.Logger, cs ...prometheus.Collector) int {
 	srv := ops.NewServer(p.OpsAddr, log, append(ops.NATSMetrics(nc), cs...)...)
+	if !p.opsAddrSet {
+		srv.FallBackWhenTaken()
+	}
 	if p.Pprof {
 		srv.EnablePprof()
 	}

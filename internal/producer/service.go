@@ -8,6 +8,7 @@ import (
 	"io"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
@@ -45,7 +46,7 @@ type Metrics struct {
 func NewMetrics() *Metrics {
 	m := &Metrics{
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mq_producer_submitted_rejected_total",
-			Help: "Submitted records terminated without being published, by reason (invalid_run_id, unknown_pipeline, malformed_subject, undecodable_seal, finished_run)."}, []string{"reason"}),
+			Help: "Submitted records terminated without being published, by reason (invalid_run_id, unknown_pipeline, malformed_subject, undecodable_open, undecodable_seal, finished_run, reused_run_id, row_beyond_seal, run_rejected)."}, []string{"reason"}),
 		parked: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mq_producer_submitted_parked_total",
 			Help: "Submitted rows left on the stream for later, by cause (flow_control: beyond the run's window; paused)."}, []string{"cause"}),
 		accepted: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mq_producer_submitted_accepted_total",
@@ -86,6 +87,10 @@ const (
 	RejectMalformedSubject  = "malformed_subject"
 	RejectUndecodableSeal   = "undecodable_seal"
 	RejectFinishedRun       = "finished_run"
+	RejectReusedRunID       = "reused_run_id"
+	RejectUndecodableOpen   = "undecodable_open"
+	RejectRowBeyondSeal     = "row_beyond_seal"
+	RejectRunRejected       = "run_rejected"
 	serviceFetch            = 64
 	serviceMaxAckPending    = 100000
 	serviceControlFreshness = time.Second
@@ -143,7 +148,7 @@ func Serve(ctx context.Context, js jetstream.JetStream, cfg ServiceConfig, log z
 	if err != nil {
 		return fmt.Errorf("consumer %s: %w", ServiceConsumer, err)
 	}
-	s := &service{cfg: cfg, js: js, runs: runs, log: log, pub: &publisher{js: js, names: names, window: 256, log: log},
+	s := &service{cfg: cfg, js: js, nc: js.Conn(), runs: runs, log: log, pub: &publisher{js: js, names: names, window: 256, log: log},
 		limit: js.Conn().MaxPayload(), states: map[string]*runState{}, seen: map[string]int{}}
 	log.Info().Int("pipelines", len(cfg.Pipelines)).Msg("producer service: waiting for submitted runs")
 	for ctx.Err() == nil {
@@ -204,6 +209,7 @@ func sleep(ctx context.Context, d time.Duration) {
 type service struct {
 	cfg    ServiceConfig
 	js     jetstream.JetStream
+	nc     *nats.Conn // events (core NATS)
 	runs   jetstream.KeyValue
 	log    zerolog.Logger
 	pub    *publisher
@@ -222,6 +228,11 @@ type runState struct {
 	// checked: the run's status was read once; finished: it said the run had finished
 	// before this service first saw it (a reused run id, refused).
 	checked, finished bool
+	// sub is the run's submission record as last read (subRead); foreign: the run was
+	// published without the service (looked up once, foreignChecked).
+	sub                     *wire.Submission
+	subRead                 time.Time
+	foreign, foreignChecked bool
 }
 
 func (s *service) state(run string) *runState {
@@ -249,11 +260,25 @@ func (s *service) checkpoint(ctx context.Context) {
 }
 
 // reject terminates a submitted record that can never be converted, with its reason
-// logged and counted.
-func (s *service) reject(msg jetstream.Msg, reason string, err error) {
+// logged and counted, and tells the submitter (reject's event). sub is nil when the
+// record's subject names no valid run.
+func (s *service) reject(ctx context.Context, msg jetstream.Msg, sub *submission, reason string, err error) {
 	s.cfg.Metrics.rejected.WithLabelValues(reason).Inc()
 	s.log.Error().Err(err).Str("subject", msg.Subject()).Str("reason", reason).Msg("submitted record rejected: terminated, nothing published")
 	_ = msg.TermWithReason(truncate(reason+": "+err.Error(), 200))
+	ev := wire.SubmitEvent{State: wire.SubmitRejected, Reason: reason, Message: err.Error(), Subject: msg.Subject()}
+	if sub == nil {
+		s.reply(msg, ev)
+		return
+	}
+	ev.Run, ev.Pipeline = sub.run, sub.name
+	if sub.kind == wire.InputRow {
+		ev.Row = &sub.row
+	}
+	s.event(msg, ev)
+	if sub.kind == wire.InputOpen && (reason == RejectUnknownPipeline || reason == RejectUndecodableOpen) {
+		s.recordRejected(ctx, sub.run, ev)
+	}
 }
 
 func truncate(s string, n int) string {
@@ -263,21 +288,25 @@ func truncate(s string, n int) string {
 	return s[:n]
 }
 
-// submission is a submitted record that passed the door (admit): its pipeline, run,
-// kind and row (for a row record), and what the service knows of its run.
+// submission is a submitted record that passed the door (admit): its pipeline (and
+// the name it was submitted under), run, kind and row (for a row record), what the
+// service knows of its run, and the message.
 type submission struct {
 	p    *config.Pipeline
+	name string
 	run  string
 	kind wire.InputKind
 	row  int
 	st   *runState
+	msg  jetstream.Msg
 }
 
 // handle converts one submitted record. held reports that it published and must be
 // acked once the publisher confirms; otherwise handle has acked, NAKed or terminated
 // it. A record that can never be converted (bad subject, invalid run id, unknown
-// pipeline) is terminated with its reason; a row that cannot be parsed or rendered, or
-// that is too large for a message, becomes an error row, as with the file producer.
+// pipeline, a reused run id) is terminated with its reason; a row that cannot be parsed
+// or rendered, or that is too large for a message, becomes an error row, as with the
+// file producer.
 func (s *service) handle(ctx context.Context, msg jetstream.Msg) (held bool, err error) {
 	sub, err := s.admit(ctx, msg)
 	if sub == nil {
@@ -287,79 +316,109 @@ func (s *service) handle(ctx context.Context, msg jetstream.Msg) (held bool, err
 	case wire.InputOpen:
 		return s.handleOpen(ctx, sub)
 	case wire.InputSeal:
-		return s.handleSeal(ctx, msg, sub)
+		return s.handleSeal(ctx, sub)
 	}
-	return s.handleRow(ctx, msg, sub)
+	return s.handleRow(ctx, sub)
 }
 
-// admit checks a submitted record at the door: its subject, run id and pipeline, and
-// that its run has not finished. A nil submission means the record was terminated
-// (rejected), or, with an error, that its run's status could not be read.
+// admit checks a submitted record at the door: its subject, run id and pipeline, an
+// open record's body, and that the run id is this submission's to use (door). A nil
+// submission means the record was terminated (rejected), or, with an error, that its
+// run's records could not be read.
 func (s *service) admit(ctx context.Context, msg jetstream.Msg) (*submission, error) {
 	name, run, kind, row, err := s.pub.names.ParseSubmitSubject(msg.Subject())
 	if err != nil {
-		s.reject(msg, RejectMalformedSubject, err)
+		s.reject(ctx, msg, nil, RejectMalformedSubject, err)
 		return nil, nil
 	}
 	if err := wire.ValidateRunID(run); err != nil {
-		s.reject(msg, RejectInvalidRunID, err)
+		s.reject(ctx, msg, nil, RejectInvalidRunID, err)
 		return nil, nil
 	}
-	p := s.cfg.Pipelines[name]
-	if p == nil {
-		s.reject(msg, RejectUnknownPipeline, fmt.Errorf("pipeline %q is not served here (run %s)", name, run))
+	sub := &submission{name: name, run: run, kind: kind, row: row, msg: msg}
+	if sub.p = s.cfg.Pipelines[name]; sub.p == nil {
+		s.reject(ctx, msg, sub, RejectUnknownPipeline, fmt.Errorf("pipeline %q is not served here (run %s)", name, run))
 		return nil, nil
 	}
-	st := s.state(run)
-	// Read once per run, and again at every open record: a run id reused after its run
-	// finished is seen at its new open record.
-	if !st.checked || kind == wire.InputOpen {
-		var usage *UsageError
-		err := refuseFinished(ctx, s.runs, run)
-		if err != nil && !errors.As(err, &usage) {
-			return nil, err
+	if kind == wire.InputOpen {
+		var open struct {
+			V int `json:"v"`
 		}
-		st.finished = err != nil
-		st.checked = true
+		if err := wire.Decode(msg.Data(), &open); err != nil {
+			s.reject(ctx, msg, sub, RejectUndecodableOpen, fmt.Errorf("run %s: open record: %w", run, err))
+			return nil, nil
+		}
 	}
-	if st.finished {
-		s.reject(msg, RejectFinishedRun, fmt.Errorf("run %s already finished; a reused run id is refused (use a new one)", run))
+	sub.st = s.state(run)
+	reason, err := s.door(ctx, sub)
+	if reason != "" {
+		s.reject(ctx, msg, sub, reason, err)
 		return nil, nil
 	}
-	return &submission{p: p, run: run, kind: kind, row: row, st: st}, nil
+	if err != nil {
+		return nil, err
+	}
+	return sub, nil
 }
 
-// handleOpen publishes a submitted run's open record.
+// handleOpen publishes a submitted run's open record and says the run is accepted.
 func (s *service) handleOpen(ctx context.Context, sub *submission) (bool, error) {
 	open := openRecord(sub.p, sub.run, nil)
 	if err := s.pub.sync(ctx, s.pub.names.InputOpenSubject(sub.run), "open."+sub.run, open); err != nil {
-		return true, err
+		return false, err
 	}
 	s.cfg.Metrics.accepted.WithLabelValues("open").Inc()
 	s.cfg.Metrics.runs.Inc()
+	s.event(sub.msg, wire.SubmitEvent{Run: sub.run, Pipeline: sub.name, State: wire.SubmitAccepted})
 	return true, nil
 }
 
-// handleSeal publishes a submitted run's seal record; an undecodable one is rejected.
-func (s *service) handleSeal(ctx context.Context, msg jetstream.Msg, sub *submission) (bool, error) {
+// handleSeal publishes a submitted run's seal record and says the run is sealed. An
+// undecodable seal is rejected, and so is a seal with another row count than the one
+// the run was sealed with (a reused run id).
+func (s *service) handleSeal(ctx context.Context, sub *submission) (bool, error) {
 	var seal wire.Seal
-	if err := wire.Decode(msg.Data(), &seal); err != nil {
-		s.reject(msg, RejectUndecodableSeal, fmt.Errorf("run %s: %w", sub.run, err))
+	if err := wire.Decode(sub.msg.Data(), &seal); err != nil {
+		s.reject(ctx, sub.msg, sub, RejectUndecodableSeal, fmt.Errorf("run %s: %w", sub.run, err))
+		return false, nil
+	}
+	rec, _, err := s.loadSubmission(ctx, sub.run)
+	if err != nil {
+		return false, err
+	}
+	if rec != nil && rec.State == wire.SubmitSealed && rec.Rows != seal.Rows {
+		s.reject(ctx, sub.msg, sub, RejectReusedRunID, fmt.Errorf("run %s is sealed already with %d rows, this seal says %d; a reused run id is refused (use a new one)", sub.run, rec.Rows, seal.Rows))
 		return false, nil
 	}
 	seal.V, seal.Run = wire.Version, sub.run
 	if err := s.pub.sync(ctx, s.pub.names.InputSealSubject(sub.run), "seal."+sub.run, seal); err != nil {
-		return true, err
+		return false, err
 	}
 	s.cfg.Metrics.accepted.WithLabelValues("seal").Inc()
+	err = s.updateSubmission(ctx, sub.run, func(r *wire.Submission) bool {
+		if r.State == wire.SubmitRejected {
+			return false
+		}
+		r.State, r.Rows = wire.SubmitSealed, seal.Rows
+		if r.Pipeline == "" {
+			r.Pipeline = sub.name
+		}
+		return true
+	})
+	if err != nil {
+		return false, err
+	}
+	sub.st.subRead = time.Time{} // read the sealed record again
+	s.event(sub.msg, wire.SubmitEvent{Run: sub.run, Pipeline: sub.name, State: wire.SubmitSealed, Rows: seal.Rows})
 	return true, nil
 }
 
 // handleRow publishes a submitted row as the file producer would (planRow, fit,
 // publishPlan, always careful), unless it is parked (park). A row of a cancelled run
-// becomes an error row (cancelled) with no job.
-func (s *service) handleRow(ctx context.Context, msg jetstream.Msg, sub *submission) (bool, error) {
-	run, row := sub.run, sub.row
+// becomes an error row (cancelled) with no job. A row that became an error row for
+// what it holds is reported (row_rejected).
+func (s *service) handleRow(ctx context.Context, sub *submission) (bool, error) {
+	run, row, msg := sub.run, sub.row, sub.msg
 	ctl := s.controlState(ctx, run, sub.st)
 	if parked, err := s.park(ctx, msg, sub, ctl); parked {
 		return false, err
@@ -392,6 +451,9 @@ func (s *service) handleRow(ctx context.Context, msg jetstream.Msg, sub *submiss
 	s.cfg.Metrics.rows.Inc()
 	s.cfg.Metrics.jobs.Add(float64(jobs))
 	s.seen[run] = max(s.seen[run], row+1)
+	if e := pl.row.Error; e != nil && e.Reason != wire.ReasonCancelled {
+		s.rowRejected(ctx, sub, e)
+	}
 	return true, nil
 }
 

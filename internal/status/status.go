@@ -27,7 +27,7 @@ const StalledAfter = 2 * time.Minute
 // Report is a run's status.
 type Report struct {
 	Run         string              `json:"run"`
-	State       string              `json:"state"` // open | sealed | completed | paused | cancelled | blocked | stalled
+	State       string              `json:"state"` // open | sealed | completed | paused | cancelled | blocked | stalled | rejected
 	Reason      string              `json:"reason,omitempty"`
 	RowsTotal   int                 `json:"rows_total,omitempty"` // known once sealed
 	Published   int                 `json:"rows_published"`
@@ -46,6 +46,10 @@ type Report struct {
 	ResultsBucket string    `json:"results_bucket,omitempty"`
 	Deployments   []string  `json:"deployments,omitempty"`
 	ProducerSeen  time.Time `json:"producer_checkpoint,omitzero"`
+	// Submission is the producer service's record of a submitted run (accepted,
+	// sealed or rejected, and its first rejected rows); absent for other runs and
+	// once the run has finished.
+	Submission *wire.Submission `json:"submission,omitempty"`
 }
 
 // Throttle is the fleet throttle of one deployment as its heartbeats show it.
@@ -92,6 +96,16 @@ func Get(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, names wire.
 			r.Published, r.ProducerSeen = cp.Through, cp.Updated
 		}
 	}
+	if e, err := runs.Get(ctx, wire.SubmissionKey(run)); err == nil {
+		var sub wire.Submission
+		if json.Unmarshal(e.Value(), &sub) == nil {
+			r.Submission = &sub
+			if !found && sub.State == wire.SubmitRejected {
+				r.State, r.Reason = wire.SubmitRejected, sub.Reason+": "+sub.Message
+			}
+			found = true
+		}
+	}
 	if !found {
 		return r, fmt.Errorf("run %s: no status (unknown run, or nothing written yet)", run)
 	}
@@ -133,7 +147,7 @@ func Get(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, names wire.
 		}
 	}
 	switch {
-	case r.State == wire.RunCompleted || r.State == wire.ControlCancelled || r.State == wire.ControlPaused:
+	case r.State == wire.RunCompleted || r.State == wire.ControlCancelled || r.State == wire.ControlPaused || r.State == wire.SubmitRejected:
 	case blocked != "":
 		r.State, r.Reason = "blocked", blocked
 	case r.State == wire.RunOpen && !r.ProducerSeen.IsZero() && time.Since(r.ProducerSeen) > StalledAfter:
@@ -254,6 +268,27 @@ func (r Report) Text() string {
 	}
 	fmt.Fprintf(&b, "\n  rows: %s total, %d published, %d emitted (%d ok, %d failed); oldest incomplete row %d\n", total, r.Published, r.Emitted, r.OK, r.Failed, r.OldestOpen)
 	fmt.Fprintf(&b, "  queries: %d queued, %d in retry\n", r.JobsQueued, r.JobsInRetry)
+	if sub := r.Submission; sub != nil {
+		fmt.Fprintf(&b, "  submission: %s (pipeline %s", sub.State, sub.Pipeline)
+		if sub.State == wire.SubmitSealed {
+			fmt.Fprintf(&b, ", %d rows", sub.Rows)
+		}
+		if sub.Reason != "" {
+			fmt.Fprintf(&b, "; %s: %s", sub.Reason, sub.Message)
+		}
+		b.WriteString(")\n")
+		for _, e := range sub.RowErrors {
+			row := -1
+			if e.Row != nil {
+				row = *e.Row
+			}
+			fmt.Fprintf(&b, "  row %d rejected: %s", row, e.Reason)
+			if e.Field != "" {
+				fmt.Fprintf(&b, " (field %s)", e.Field)
+			}
+			fmt.Fprintf(&b, ": %s\n", e.Message)
+		}
+	}
 	for dep, t := range r.Throttle {
 		fmt.Fprintf(&b, "  deployment %s: fleet rate %.1f req/s over %d workers", dep, t.FleetRate, t.Members)
 		if t.Source != "" {

@@ -17,14 +17,14 @@ const MaxPrefixLen = 32
 // reservedPrefixes are the first tokens of the default subjects: a deployment with one
 // of them as its prefix would publish into the default deployment's streams
 // ("jobs.input.>" lies under "jobs.>").
-var reservedPrefixes = []string{"input", "jobs", "results", "rows", "audit", "dead", "submit", "mq"}
+var reservedPrefixes = []string{"input", "jobs", "results", "rows", "audit", "dead", "submit", "status", "mq"}
 
 var prefixRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]*$`)
 
 // ValidatePrefix checks a deployment prefix: empty (the default names), or 1 to
 // MaxPrefixLen letters, digits, '_' and '-' starting with a letter or a digit (one
 // subject token, never a wildcard, '$' or '_INBOX'), and none of the default subjects'
-// first tokens (input, jobs, results, rows, audit, dead, submit, mq).
+// first tokens (input, jobs, results, rows, audit, dead, submit, status, mq).
 func ValidatePrefix(prefix string) error {
 	switch {
 	case prefix == "":
@@ -221,6 +221,12 @@ func (n Names) ResultSubject(run string, row int, query string) string {
 
 // RowSubject is RowSubject with the prefix.
 func (n Names) RowSubject(run string, row int) string { return n.subject(RowSubject(run, row)) }
+
+// StatusSubject is StatusSubject with the prefix: where a run's submission events go.
+func (n Names) StatusSubject(run string) string { return n.subject(StatusSubject(run)) }
+
+// StatusFilter is StatusFilter with the prefix.
+func (n Names) StatusFilter() string { return n.subject(StatusFilter) }
 
 // AuditSubject is AuditSubject with the prefix.
 func (n Names) AuditSubject(run string, row int, query string) string {
