@@ -41,8 +41,9 @@ func newMetrics() *metrics {
 
 // Collectors returns the worker's metrics for registration.
 func (w *Worker) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{w.m.calls, w.m.capacity, w.m.naks, w.m.results, w.m.poison, w.m.resultRetries,
-		w.m.rate, w.m.fleetRate, w.m.share, w.m.members, w.m.paused, w.m.learned, w.m.learnedAge, w.m.ceiling, w.m.source, w.m.auditDropped}
+	return append([]prometheus.Collector{w.m.calls, w.m.capacity, w.m.naks, w.m.results, w.m.poison, w.m.resultRetries,
+		w.m.rate, w.m.fleetRate, w.m.share, w.m.members, w.m.paused, w.m.learned, w.m.learnedAge, w.m.ceiling, w.m.source, w.m.auditDropped},
+		w.cache.m.collectors()...)
 }
 
 func gauge(name, help string) *prometheus.GaugeVec {
