@@ -1,6 +1,8 @@
 package wire
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"regexp"
 	"testing"
@@ -88,5 +90,18 @@ func TestJobCacheValidation(t *testing.T) {
 	j.Cache.TTLSeconds = 60
 	if err := j.Validate(); err != nil {
 		t.Errorf("a job with cache.ttl_seconds 60: %v", err)
+	}
+}
+
+// The key is the SHA-256 of the JSON form docs/WIRE.md ("Prompt cache") shows: a
+// publisher can compute it.
+func TestCacheKeyIsTheDocumentedForm(t *testing.T) {
+	req := Request{Model: "ignored: the model sent is passed apart", Messages: []Message{{Role: "user", Content: "Rate it."}},
+		MaxCompletionTokens: 200, ResponseFormat: FormatStandard}
+	form := `{"version":1,"model":"gpt-4o-mini","messages":[{"role":"user","content":"Rate it."}],` +
+		`"temperature":null,"max_completion_tokens":200,"response_format":"standard","schema":null}`
+	sum := sha256.Sum256([]byte(form))
+	if got, want := CacheKey("gpt-4o-mini", req), hex.EncodeToString(sum[:]); got != want {
+		t.Fatalf("CacheKey = %s, want the SHA-256 of %s: %s", got, form, want)
 	}
 }
