@@ -106,7 +106,7 @@ func (c *promptCache) lookup(ctx context.Context, alias, model string, job *wire
 		}
 		return e, nil, false
 	}
-	if err := json.Unmarshal(entry.Value(), &e); err != nil {
+	if err := wire.Decode(entry.Value(), &e); err != nil { // a newer entry's too: call
 		log.Debug().Err(err).Msg("prompt cache entry undecodable; calling")
 		return e, nil, false
 	}
