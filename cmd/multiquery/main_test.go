@@ -380,3 +380,44 @@ func TestVersionPrintsTheBuildAndExits0(t *testing.T) {
 		t.Fatalf("--version: exit %d, stdout %q, stderr %q; want 0 and the version line", code, out.String(), errOut.String())
 	}
 }
+
+// Issue 11, local mode: with the cache on in the pipeline, another run of the same
+// input (another run id, the same --out and so the same store) takes every answer from
+// the cache: no call, and each query's <query>_cached column says so.
+func TestAnotherRunOfTheSameInputIsAnsweredFromTheCache(t *testing.T) {
+	sim, simURL, stop, err := llmsim.Start(llmsim.Config{}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	f := writeFiles(t, simURL, 10)
+	p, err := os.OpenFile(f.pipeline, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.WriteString("cache: {enabled: true, ttl: 24h}\n"); err != nil {
+		t.Fatal(err)
+	}
+	p.Close()
+	var out, errs bytes.Buffer
+	if got := run(f.args("--run", "first"), &out, &errs); got != 0 {
+		t.Fatalf("first run: exit %d; stderr: %s", got, errs.String())
+	}
+	calls := sim.Stats().Requests
+	if calls != 40 {
+		t.Fatalf("first run: llmsim answered %d requests, want 40", calls)
+	}
+	if got := run(f.args("--run", "second"), &out, &errs); got != 0 {
+		t.Fatalf("second run: exit %d; stderr: %s", got, errs.String())
+	}
+	if n := sim.Stats().Requests; n != calls {
+		t.Fatalf("the second run made %d calls, want none", n-calls)
+	}
+	data, err := os.ReadFile(filepath.Join(f.out, "second", sink.ResultsJSONL))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(string(data), `_cached":true`); n != 40 || strings.Contains(string(data), `_cached":false`) {
+		t.Fatalf("second run's rows have %d cached queries, want all 40:\n%s", n, data)
+	}
+}

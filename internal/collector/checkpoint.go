@@ -43,6 +43,9 @@ type Stats struct {
 	PromptTokens     int64   `json:"prompt_tokens"`
 	CompletionTokens int64   `json:"completion_tokens"`
 	Cost             float64 `json:"cost"`
+	// Cached counts the queries of the written rows answered from the prompt cache
+	// (no call made for them).
+	Cached int64 `json:"cached,omitempty"`
 }
 
 // checkpoint makes every emitted row durable: fsync the files, write the checkpoint,

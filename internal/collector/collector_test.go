@@ -335,6 +335,43 @@ func TestCSVHeaderComesFromFirstWellFormedRow(t *testing.T) {
 	}
 }
 
+// Issue 11: a run opened with the cache on has a q_cached column after q_model in every
+// success row (JSONL and CSV), true for a result answered from the cache; the summary
+// counts those; an input key of that name is refused at the door.
+func TestCachedColumnWithTheCacheOn(t *testing.T) {
+	t.Parallel()
+	b := setup(t, Config{CSV: true})
+	const run = "cached-col"
+	b.publish(wire.InputOpenSubject(run), wire.Open{V: 1, Run: run, Order: wire.OrderInput, InputColumns: []string{"id"}, Deployments: []string{"default"},
+		Queries: []wire.QueryInfo{{Name: "q1", Columns: []string{"q1_answer"}}}, Created: time.Now(), Cache: true})
+	for i, cached := range []bool{false, true} {
+		b.row(run, i, fmt.Sprintf(`{"id":"r%d"}`, i))
+		b.publish(wire.ResultSubject(run, i, "q1"), wire.Result{V: 1, Run: run, Row: i, Query: "q1", OK: true,
+			Fields: map[string]json.RawMessage{"q1_answer": json.RawMessage(`"yes"`)}, Usage: &wire.Usage{TotalTokens: 12}, Model: "m", Cached: cached})
+	}
+	b.row(run, 2, `{"id":"r2","q1_cached":"x"}`)
+	b.seal(run, 3)
+	sum := b.summary(run, 10*time.Second)
+	if sum.Stats.Cached != 1 || sum.Stats.RowsOK != 2 || sum.Stats.RowsFailed != 1 {
+		t.Fatalf("summary stats %+v: want 1 cached, 2 ok, 1 failed", sum.Stats)
+	}
+	lines := b.lines(run, sink.ResultsJSONL)
+	if len(lines) != 2 || lines[0]["q1_cached"] != false || lines[1]["q1_cached"] != true {
+		t.Fatalf("results.jsonl: %v; want q1_cached false then true", lines)
+	}
+	csvRows := readCSV(t, filepath.Join(b.cfg.OutDir, run, sink.ResultsCSV))
+	if diff := cmp.Diff([][]string{{"id", "q1_answer", "q1_usage", "q1_model", "q1_cached"}}, csvRows[:1]); diff != "" {
+		t.Fatalf("results.csv header (-want +got):\n%s", diff)
+	}
+	if len(csvRows) != 3 || csvRows[1][4] != "false" || csvRows[2][4] != "true" {
+		t.Fatalf("results.csv rows: %q", csvRows)
+	}
+	bad := b.lines(run, sink.ErrorsJSONL)
+	if len(bad) != 1 || !strings.Contains(fmt.Sprint(bad[0]["_error"]), "q1_cached") {
+		t.Fatalf("errors.jsonl: %v; want the row with an input key q1_cached refused", bad)
+	}
+}
+
 // Issue 8, item 11: bodies from upstream are checked at the door; what does not fit
 // becomes an error row naming the query or field, never a half row.
 func TestUntrustedBodiesBecomeErrorRows(t *testing.T) {

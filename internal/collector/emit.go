@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"sort"
+	"strconv"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -203,6 +204,9 @@ func (r *run) fold(data json.RawMessage, results []wire.Result) ([]byte, bool) {
 		// What the provider billed for the query: every call of every delivery
 		// (docs/WIRE.md, "Calls, retries and tokens").
 		r.stats.Calls += int64(res.Calls)
+		if res.Cached {
+			r.stats.Cached++
+		}
 		r.stats.Retries += int64(res.Retries)
 		if b := res.Billed; b != nil {
 			r.stats.PromptTokens += b.PromptTokens
@@ -253,6 +257,9 @@ func (r *run) fold(data json.RawMessage, results []wire.Result) ([]byte, bool) {
 		add(q.Name+"_usage", u)
 		m, _ := json.Marshal(res.Model)
 		add(q.Name+"_model", m)
+		if r.open.Cache {
+			add(q.Name+"_cached", strconv.AppendBool(nil, res.Cached))
+		}
 	}
 	b.WriteByte('}')
 	return b.Bytes(), true
@@ -275,6 +282,9 @@ func (r *run) setCSVColumns(input []string) error {
 	for _, q := range r.open.Queries {
 		okCols = append(okCols, q.Columns...)
 		okCols = append(okCols, q.Name+"_usage", q.Name+"_model")
+		if r.open.Cache {
+			okCols = append(okCols, q.Name+"_cached")
+		}
 	}
 	errCols := append(append([]string{}, input...), "_error")
 	return r.out.SetCSVColumns(okCols, errCols)

@@ -154,6 +154,9 @@ func reservedKeys(o *wire.Open) map[string]bool {
 			m[c] = true
 		}
 		m[q.Name+"_usage"], m[q.Name+"_model"] = true, true
+		if o.Cache {
+			m[q.Name+"_cached"] = true
+		}
 	}
 	return m
 }

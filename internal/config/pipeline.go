@@ -51,6 +51,9 @@ type Pipeline struct {
 	LookupFile string `yaml:"lookup_file"`
 	// Cost prices tokens for run summaries.
 	Cost Cost `yaml:"cost"`
+	// Cache answers a query from the prompt cache when the same request was answered
+	// before (in any run), default off.
+	Cache Cache `yaml:"cache"`
 	// OutputFields are the default output fields of every query, in order.
 	OutputFields OutputFields `yaml:"output_fields"`
 	// QuerySpecs is the explicit query list (YAML `queries`). It is named apart
@@ -87,6 +90,22 @@ type Cost struct {
 	PromptPer1K     float64 `yaml:"prompt_per_1k"`
 	CompletionPer1K float64 `yaml:"completion_per_1k"`
 }
+
+// Cache is the pipeline's use of the prompt cache (KV bucket mq_cache): an answer is
+// stored after a call whose answer parsed into the query's output fields, and a query
+// whose request (model, messages, temperature, max_completion_tokens, response format
+// and schema) was answered less than TTL ago takes that answer without a call. With
+// Enabled every query also has a <query>_cached column.
+type Cache struct {
+	Enabled bool `yaml:"enabled"`
+	// TTL is the oldest cached answer a query accepts, default DefaultCacheTTL. The
+	// bucket keeps answers at most its own max age (30 days unless the operator chose
+	// otherwise), whatever TTL says.
+	TTL time.Duration `yaml:"ttl"`
+}
+
+// DefaultCacheTTL is the oldest cached answer a query accepts when cache.ttl is not set.
+const DefaultCacheTTL = 7 * 24 * time.Hour
 
 // QuerySpec is one explicit query as written in the configuration.
 type QuerySpec struct {
@@ -297,6 +316,7 @@ func (p *Pipeline) setDefaults() {
 	setZero(&p.MaxCapacityRetrySeconds, DefaultMaxCapacityRetrySeconds)
 	setZero(&p.MaxAttempts, DefaultMaxAttempts)
 	setZero(&p.Order, wire.OrderInput)
+	setZero(&p.Cache.TTL, DefaultCacheTTL)
 	if p.AppendFormatInstructions == nil {
 		t := true
 		p.AppendFormatInstructions = &t

@@ -84,6 +84,11 @@ func TestPipelineValidation(t *testing.T) {
 		{"max_attempts below 1", llmBlock + "max_attempts: -1\n" + oneQuery, []string{"max_attempts: must be >= 1, got -1"}},
 		{"unknown order", llmBlock + "order: random\n" + oneQuery, []string{`order: must be "input" or "completion", got "random"`}},
 		{"negative cost", llmBlock + "cost: {prompt_per_1k: -1}\n" + oneQuery, []string{"cost.prompt_per_1k: must be >= 0, got -1"}},
+		{"cache ttl below a second", llmBlock + "cache: {enabled: true, ttl: 10ms}\n" + oneQuery, []string{"cache.ttl: must be at least 1s, got 10ms"}},
+		{"negative cache ttl", llmBlock + "cache: {ttl: -1h}\n" + oneQuery, []string{"cache.ttl: must be at least 1s, got -1h0m0s"}},
+		{"cache ttl not a duration", llmBlock + "cache: {enabled: true, ttl: a week}\n" + oneQuery, []string{"cannot unmarshal", "a week"}},
+		{"unknown cache key", llmBlock + "cache: {enabled: true, max_age: 1h}\n" + oneQuery, []string{`unknown field "max_age"`}},
+		{"the cached suffix is reserved", llmBlock + "output_fields:\n  cached: {type: boolean}\nqueries:\n  - {name: a, template: \"x\"}\n", []string{`output_fields.cached.suffix: "cached" is reserved`}},
 		{"lookup and lookup_file together", llmBlock + "lookup: {a: 1}\nlookup_file: l.yaml\n" + oneQuery, []string{"lookup_file: mutually exclusive with lookup"}},
 		{"missing lookup file", llmBlock + "lookup_file: nope.yaml\n" + oneQuery, []string{"lookup_file:", "nope.yaml"}},
 
@@ -240,6 +245,31 @@ func TestPipelineDefaults(t *testing.T) {
 	if got := p.MaxCapacityRetry(); got != time.Hour {
 		t.Errorf("MaxCapacityRetry() = %v, want 1h", got)
 	}
+	if p.Cache.Enabled || p.Cache.TTL != 168*time.Hour {
+		t.Errorf("cache defaults = %+v, want off with a ttl of 168h", p.Cache)
+	}
+}
+
+func TestPipelineCache(t *testing.T) {
+	t.Parallel()
+	p := mustParse(t, llmBlock+"cache: {enabled: true, ttl: 48h}\n"+strings.TrimPrefix(explicit, llmBlock))
+	if !p.Cache.Enabled || p.Cache.TTL != 48*time.Hour {
+		t.Fatalf("cache = %+v, want enabled with a ttl of 48h", p.Cache)
+	}
+	t.Run("every query gets a cached column after its model column", func(t *testing.T) {
+		want := []string{"a_score", "a_usage", "a_model", "a_cached", "b_score", "b_usage", "b_model", "b_cached"}
+		if diff := cmp.Diff(want, p.OutputColumns()); diff != "" {
+			t.Errorf("OutputColumns (-want +got):\n%s", diff)
+		}
+	})
+	t.Run("an input column named like it collides", func(t *testing.T) {
+		if err := p.CheckInputColumns([]string{"id", "a_cached"}); err == nil || !strings.Contains(err.Error(), `"a_cached"`) {
+			t.Errorf("CheckInputColumns(a_cached) = %v, want a collision", err)
+		}
+		if err := mustParse(t, explicit).CheckInputColumns([]string{"a_cached"}); err != nil {
+			t.Errorf("with the cache off, a_cached is an ordinary input column: %v", err)
+		}
+	})
 }
 
 func TestMatrixQueries(t *testing.T) {
@@ -714,6 +744,8 @@ criteria: [{name: k}, {name: j}]
 		{"changes with case study extras", strings.Replace(base, "note: n", "note: m", 1), false},
 		{"changes with the order", base + "order: completion\n", false},
 		{"changes with format instructions", base + "append_format_instructions: false\nsystem_prompt: json\n", false},
+		{"ignores the cache off", base + "cache: {enabled: false, ttl: 1h}\n", true},
+		{"changes with the cache on (a column more)", base + "cache: {enabled: true}\n", false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -724,6 +756,12 @@ criteria: [{name: k}, {name: j}]
 			}
 		})
 	}
+	t.Run("ignores the cache's ttl", func(t *testing.T) {
+		t.Parallel()
+		if a, b := mustParse(t, base+"cache: {enabled: true, ttl: 1h}\n").Hash(), mustParse(t, base+"cache: {enabled: true}\n").Hash(); a != b {
+			t.Errorf("Hash() with ttl 1h %s, with the default %s: want the same", a, b)
+		}
+	})
 }
 
 func TestHashFollowsTemplateFileContent(t *testing.T) {

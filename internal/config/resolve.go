@@ -12,6 +12,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/multiquery/multiquery/internal/prompt"
 	"github.com/multiquery/multiquery/internal/wire"
@@ -21,10 +22,12 @@ import (
 const ErrorColumn = "_error"
 
 // Reserved suffixes: every query also has the columns <query>_usage and
-// <query>_model.
+// <query>_model, and <query>_cached when the pipeline's cache is enabled (reserved
+// always, so that turning the cache on never makes a column collide).
 const (
-	SuffixUsage = "usage"
-	SuffixModel = "model"
+	SuffixUsage  = "usage"
+	SuffixModel  = "model"
+	SuffixCached = "cached"
 )
 
 var fieldRE = regexp.MustCompile(`^[A-Za-z0-9_]+$`)
@@ -120,6 +123,9 @@ func (p *Pipeline) validateScalars(ps *problems) {
 	if p.MaxAttempts < 1 {
 		ps.add("max_attempts", "must be >= 1, got %d", p.MaxAttempts)
 	}
+	if p.Cache.TTL < 0 || (p.Cache.Enabled && p.Cache.TTL < time.Second) {
+		ps.add("cache.ttl", "must be at least 1s, got %s", p.Cache.TTL)
+	}
 	if p.Order != wire.OrderInput && p.Order != wire.OrderCompletion {
 		ps.add("order", "must be %q or %q, got %q", wire.OrderInput, wire.OrderCompletion, p.Order)
 	}
@@ -155,8 +161,8 @@ func (o OutputFields) problems(path string) []error {
 		switch {
 		case !fieldRE.MatchString(suffix):
 			ps.add(fp+".suffix", "must match %s, got %q", fieldRE, suffix)
-		case suffix == SuffixUsage || suffix == SuffixModel:
-			ps.add(fp+".suffix", "%q is reserved (every query has <query>_usage and <query>_model columns)", suffix)
+		case suffix == SuffixUsage || suffix == SuffixModel || suffix == SuffixCached:
+			ps.add(fp+".suffix", "%q is reserved (every query has <query>_usage and <query>_model columns, and <query>_cached with the cache on)", suffix)
 		case suffixes[suffix] != "" && suffixes[suffix] != f.Field:
 			ps.add(fp+".suffix", "duplicate suffix %q (also used by %s.%s)", suffix, path, suffixes[suffix])
 		}
@@ -405,7 +411,7 @@ func checkUniqueName(ps *problems, seen map[string]int, key string, i int, name,
 func (p *Pipeline) checkColumns(qs []resolvedQuery, ps *problems) {
 	owner := map[string]string{} // column -> query name
 	for _, rq := range qs {
-		for _, col := range queryColumns(rq.q) {
+		for _, col := range p.queryColumns(rq.q) {
 			other, taken := owner[col]
 			switch {
 			case !taken:
@@ -441,12 +447,16 @@ func mentionsJSON(s string) bool {
 	return strings.Contains(strings.ToLower(s), "json")
 }
 
-func queryColumns(q Query) []string {
-	cols := make([]string, 0, len(q.Outputs)+2)
+func (p *Pipeline) queryColumns(q Query) []string {
+	cols := make([]string, 0, len(q.Outputs)+3)
 	for _, o := range q.Outputs {
 		cols = append(cols, o.Column)
 	}
-	return append(cols, q.Name+"_"+SuffixUsage, q.Name+"_"+SuffixModel)
+	cols = append(cols, q.Name+"_"+SuffixUsage, q.Name+"_"+SuffixModel)
+	if p.Cache.Enabled {
+		cols = append(cols, q.Name+"_"+SuffixCached)
+	}
+	return cols
 }
 
 // Queries returns the resolved, compiled queries in order: the explicit order, or
@@ -456,11 +466,12 @@ func (p *Pipeline) Queries() []Query {
 }
 
 // OutputColumns returns every output column in order: for each query its
-// <query>_<suffix> columns, then <query>_usage and <query>_model.
+// <query>_<suffix> columns, then <query>_usage and <query>_model (and <query>_cached
+// with the cache on).
 func (p *Pipeline) OutputColumns() []string {
 	var cols []string
 	for _, q := range p.queries {
-		cols = append(cols, queryColumns(q)...)
+		cols = append(cols, p.queryColumns(q)...)
 	}
 	return cols
 }
@@ -470,7 +481,7 @@ func (p *Pipeline) OutputColumns() []string {
 func (p *Pipeline) CheckInputColumns(cols []string) error {
 	owner := map[string]string{}
 	for _, q := range p.queries {
-		for _, c := range queryColumns(q) {
+		for _, c := range p.queryColumns(q) {
 			owner[c] = q.Name
 		}
 	}
@@ -487,8 +498,8 @@ func (p *Pipeline) CheckInputColumns(cols []string) error {
 
 // Hash returns the hex SHA-256 of a canonical form of the resolved pipeline: what
 // determines the output rows (queries, template texts, model parameters, response
-// format, outputs, format instructions, lookup, order). Operational settings
-// (retry budgets, cost) are left out. It is empty until the pipeline validates.
+// format, outputs, format instructions, lookup, order, whether the cache is on: it adds
+// a column). Operational settings (retry budgets, cost, the cache's ttl) are left out. It is empty until the pipeline validates.
 func (p *Pipeline) Hash() string {
 	return p.hash
 }
@@ -514,7 +525,8 @@ func (p *Pipeline) computeHash() string {
 		Order   string         `json:"order"`
 		Queries []hq           `json:"queries"`
 		Lookup  map[string]any `json:"lookup"`
-	}{Version: 1, Order: p.Order, Lookup: p.Lookup}
+		Cache   bool           `json:"cache,omitempty"` // omitted when off: hashes of before the cache stay
+	}{Version: 1, Order: p.Order, Lookup: p.Lookup, Cache: p.Cache.Enabled}
 	for _, q := range p.queries {
 		h := hq{
 			Name: q.Name, Deployment: q.Deployment, Model: q.Model, Temperature: q.Temperature,

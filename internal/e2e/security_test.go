@@ -177,7 +177,8 @@ func TestPipelineRunsWithLeastPrivilegeRoles(t *testing.T) {
 	mark := len(e.logBuf.String()) // the logs of the runs start here
 	e.startWorker(workerOpts{})
 	e.startCollector("")
-	p := e.pipeline(matrixPipeline(1, 2, ""))
+	// With the prompt cache on, so that the worker's role reads and writes mq_cache.
+	p := e.pipeline(matrixPipeline(1, 2, "cache: {enabled: true}\n"))
 	rep, err := e.produce(p, csvRows(20, nil), input.CSV)
 	if err != nil {
 		t.Fatalf("produce as mq-producer: %v", err)
@@ -223,6 +224,11 @@ func TestPipelineRunsWithLeastPrivilegeRoles(t *testing.T) {
 		if sum.Stats.RowsOK != rows || len(e.lines(run, sink.ResultsJSONL)) != rows {
 			t.Fatalf("run %s: %d rows ok, %d result lines; want %d", run, sum.Stats.RowsOK, len(e.lines(run, sink.ResultsJSONL)), rows)
 		}
+	}
+	if cache, err := e.js.KeyValue(ctx, wire.BucketCache); err != nil {
+		t.Fatal(err)
+	} else if st, err := cache.Status(ctx); err != nil || st.Values() != 50 {
+		t.Fatalf("prompt cache: %v answers (%v), want the 50 of both runs stored by the worker's role", st.Values(), err)
 	}
 	// The collector cleans finished runs up (purges, consumer deletions): wait for it,
 	// so that its permissions are exercised too.

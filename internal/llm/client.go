@@ -232,11 +232,17 @@ type chatResponse struct {
 // encode builds the request body: the job's model (or the Azure deployment name),
 // its messages with roles other than system, assistant and developer sent as user,
 // and a JSON response format (json_object, or a strict json_schema named "answer").
-func (c *Client) encode(req wire.Request) ([]byte, error) {
-	body := chatRequest{Model: req.Model, Messages: req.Messages, Temperature: req.Temperature, MaxCompletionTokens: max(req.MaxCompletionTokens, 0)}
+// Model is the model name a call of req sends: the Azure deployment name when the
+// deployment sets one, else the job's model.
+func (c *Client) Model(req wire.Request) string {
 	if c.opts.Provider == ProviderAzure && c.opts.AzureDeployment != "" {
-		body.Model = c.opts.AzureDeployment
+		return c.opts.AzureDeployment
 	}
+	return req.Model
+}
+
+func (c *Client) encode(req wire.Request) ([]byte, error) {
+	body := chatRequest{Model: c.Model(req), Messages: req.Messages, Temperature: req.Temperature, MaxCompletionTokens: max(req.MaxCompletionTokens, 0)}
 	for i, m := range body.Messages {
 		switch m.Role {
 		case "system", "assistant", "developer", "user":

@@ -170,7 +170,7 @@ func refuseFinished(ctx context.Context, runs jetstream.KeyValue, run string) er
 // openRecord is the run's open record for a pipeline.
 func openRecord(p *config.Pipeline, run string, header []string) wire.Open {
 	open := wire.Open{V: wire.Version, Run: run, Order: p.Order, ConfigHash: p.Hash(), Created: time.Now().UTC(),
-		PromptPer1K: p.Cost.PromptPer1K, CompletionPer1K: p.Cost.CompletionPer1K, InputColumns: header}
+		PromptPer1K: p.Cost.PromptPer1K, CompletionPer1K: p.Cost.CompletionPer1K, InputColumns: header, Cache: p.Cache.Enabled}
 	seen := map[string]bool{}
 	for _, q := range p.Queries() {
 		if !seen[q.Deployment] {

@@ -206,6 +206,9 @@ func buildJob(p *config.Pipeline, q config.Query, run string, row int, msgs []co
 	if q.ResponseFormat == wire.FormatStructured {
 		j.Request.Schema = q.JSONSchema()
 	}
+	if p.Cache.Enabled {
+		j.Cache = &wire.JobCache{TTLSeconds: int64(max(p.Cache.TTL/time.Second, 1))}
+	}
 	for _, o := range q.Outputs {
 		j.Outputs = append(j.Outputs, wire.OutputField{Field: o.Field, Column: o.Column, Type: o.Type, Values: o.Values})
 	}

@@ -23,12 +23,15 @@ import (
 )
 
 // Limits are what an operator chooses for the topology: replicas, each stream's limits
-// (by the stream's default name, MQ_JOBS, whatever the deployment's prefix), and the
-// collector lease's TTL.
+// (by the stream's default name, MQ_JOBS, whatever the deployment's prefix), the
+// collector lease's TTL, and the prompt cache bucket's age and size.
 type Limits struct {
 	Replicas int
 	LeaseTTL time.Duration
 	Streams  map[string]queue.StreamLimits
+	// CacheMaxAge and CacheMaxBytes bound the prompt cache (wire.BucketCache).
+	CacheMaxAge   time.Duration
+	CacheMaxBytes int64
 }
 
 // Sizes of the default limits.
@@ -45,11 +48,14 @@ const (
 // (queue.RetryPublish) and nothing is lost; they have no age limit, which would drop
 // the rows of a long run. The kept records (audit, dead letters, advisories) discard
 // their oldest. The server reserves each stream's max_bytes (times replicas) from its
-// JetStream storage: about 8.8 GiB per replica with these values.
+// JetStream storage: about 9.8 GiB per replica with these values (the prompt cache's
+// 1 GiB included).
 func Default() Limits {
 	return Limits{
-		Replicas: queue.DefaultReplicas,
-		LeaseTTL: lease.DefaultTTL,
+		Replicas:      queue.DefaultReplicas,
+		LeaseTTL:      lease.DefaultTTL,
+		CacheMaxAge:   queue.DefaultCacheMaxAge,
+		CacheMaxBytes: 1 * gib,
 		Streams: map[string]queue.StreamLimits{
 			wire.StreamInput:      {MaxBytes: 2 * gib, MaxMsgs: -1, MaxMsgSize: -1},
 			wire.StreamJobs:       {MaxBytes: 2 * gib, MaxMsgs: -1, MaxMsgSize: -1},
@@ -65,7 +71,7 @@ func Default() Limits {
 
 // Topology is the queue topology of the deployment with names, with these limits.
 func (l Limits) Topology(names wire.Names) queue.Topology {
-	return queue.Topology{Names: names, Replicas: l.Replicas, Limits: l.Streams}
+	return queue.Topology{Names: names, Replicas: l.Replicas, Limits: l.Streams, CacheMaxAge: l.CacheMaxAge, CacheMaxBytes: l.CacheMaxBytes}
 }
 
 // file is the YAML form of Limits; absent fields keep the defaults.
@@ -73,6 +79,13 @@ type file struct {
 	Replicas *int                   `yaml:"replicas"`
 	LeaseTTL *age                   `yaml:"lease_ttl"`
 	Streams  map[string]streamLimit `yaml:"streams"`
+	Cache    *cacheLimit            `yaml:"cache"`
+}
+
+// cacheLimit is the YAML form of the prompt cache bucket's limits.
+type cacheLimit struct {
+	MaxAge   *age  `yaml:"max_age"`
+	MaxBytes *size `yaml:"max_bytes"`
 }
 
 type streamLimit struct {
@@ -116,6 +129,17 @@ func Parse(b []byte) (Limits, error) {
 			return Limits{}, errors.New("lease_ttl: must be positive")
 		}
 		l.LeaseTTL = time.Duration(*f.LeaseTTL)
+	}
+	if c := f.Cache; c != nil {
+		if c.MaxAge != nil {
+			if *c.MaxAge <= 0 {
+				return Limits{}, errors.New("cache: max_age: must be positive (answers older than it are dropped)")
+			}
+			l.CacheMaxAge = time.Duration(*c.MaxAge)
+		}
+		if c.MaxBytes != nil {
+			l.CacheMaxBytes = int64(*c.MaxBytes)
+		}
 	}
 	for name, s := range f.Streams {
 		d, ok := l.Streams[name]

@@ -39,12 +39,26 @@ func TestLimitsFile(t *testing.T) {
 			t.Fatalf("limits = %+v", l)
 		}
 	})
+	t.Run("the prompt cache's age and size are set apart from the streams", func(t *testing.T) {
+		l, err := provision.Parse([]byte("cache: {max_age: 90d, max_bytes: 4GiB}\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if l.CacheMaxAge != 90*24*time.Hour || l.CacheMaxBytes != 4<<30 {
+			t.Fatalf("cache limits = %s, %d bytes; want 90 days, 4 GiB", l.CacheMaxAge, l.CacheMaxBytes)
+		}
+		topo := l.Topology(wire.Names{})
+		if topo.CacheMaxAge != l.CacheMaxAge || topo.CacheMaxBytes != l.CacheMaxBytes {
+			t.Fatalf("topology %+v does not carry the cache limits", topo)
+		}
+	})
 	for _, bad := range []string{
 		"streams:\n  MQ_NOPE: {max_bytes: 1}\n",
 		"streams:\n  MQ_JOBS: {max_bytez: 1}\n",
 		"streams:\n  MQ_JOBS: {max_bytes: 2GB}\n",
 		"streams:\n  MQ_JOBS: {max_age: soon}\n",
 		"replicas: 7\n",
+		"cache: {max_age: unlimited}\n",
 	} {
 		t.Run("refuses "+strings.TrimSpace(bad), func(t *testing.T) {
 			if _, err := provision.Parse([]byte(bad)); err == nil {
@@ -72,8 +86,8 @@ func TestProvisionCreatesThenReportsAndUpdatesOnlyWhenAsked(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(rs) != 14 || states(rs)[wire.StreamJobs] != provision.Missing {
-		t.Fatalf("dry run on an empty server: %v, want 14 missing (8 streams, 5 buckets, 1 object store)", states(rs))
+	if len(rs) != 15 || states(rs)[wire.StreamJobs] != provision.Missing || states(rs)[wire.BucketCache] != provision.Missing {
+		t.Fatalf("dry run on an empty server: %v, want 15 missing (8 streams, 6 buckets, 1 object store)", states(rs))
 	}
 	if _, err := js.Stream(ctx, wire.StreamJobs); err == nil {
 		t.Fatal("a dry run created a stream")
@@ -94,6 +108,16 @@ func TestProvisionCreatesThenReportsAndUpdatesOnlyWhenAsked(t *testing.T) {
 	}
 	if c := s.CachedInfo().Config; c.MaxBytes != 2<<30 || c.Discard != jetstream.DiscardNew || c.Retention != jetstream.WorkQueuePolicy {
 		t.Fatalf("MQ_JOBS = bytes %d, discard %s, retention %s; want 2 GiB, new, workqueue", c.MaxBytes, c.Discard, c.Retention)
+	}
+	cache, err := js.KeyValue(ctx, wire.BucketCache)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, err := cache.Status(ctx); err != nil || st.TTL() != 30*24*time.Hour {
+		t.Fatalf("cache bucket status %v, %v; want a TTL of 30 days", st, err)
+	}
+	if info, err := js.Stream(ctx, "KV_"+wire.BucketCache); err != nil || info.CachedInfo().Config.MaxBytes != 1<<30 {
+		t.Fatalf("cache bucket stream: %v; want max_bytes 1 GiB", err)
 	}
 	// Every process's Ensure finds nothing to say about a provisioned topology.
 	if err := queue.Ensure(ctx, js, queue.Topology{}); err != nil {
@@ -146,5 +170,8 @@ func TestDeployLimitsFileIsTheDefaults(t *testing.T) {
 		if l.Streams[name] != want {
 			t.Errorf("deploy/nats/limits.yaml %s = %+v, defaults %+v", name, l.Streams[name], want)
 		}
+	}
+	if l.CacheMaxAge != d.CacheMaxAge || l.CacheMaxBytes != d.CacheMaxBytes {
+		t.Errorf("deploy/nats/limits.yaml cache = %s, %d bytes; defaults %s, %d bytes", l.CacheMaxAge, l.CacheMaxBytes, d.CacheMaxAge, d.CacheMaxBytes)
 	}
 }

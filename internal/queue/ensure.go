@@ -134,6 +134,10 @@ const (
 // BucketStreamConfig is the stream behind a KV bucket, as far as Diff compares it.
 func BucketStreamConfig(kv jetstream.KeyValueConfig) jetstream.StreamConfig {
 	history := int64(max(kv.History, 1))
+	maxBytes := kv.MaxBytes
+	if maxBytes == 0 {
+		maxBytes = -1
+	}
 	return jetstream.StreamConfig{
 		Name:              "KV_" + kv.Bucket,
 		Subjects:          []string{"$KV." + kv.Bucket + ".>"},
@@ -142,7 +146,7 @@ func BucketStreamConfig(kv jetstream.KeyValueConfig) jetstream.StreamConfig {
 		Replicas:          max(kv.Replicas, 1),
 		MaxMsgsPerSubject: history,
 		MaxAge:            kv.TTL,
-		MaxBytes:          -1,
+		MaxBytes:          maxBytes,
 		MaxMsgs:           -1,
 		Discard:           jetstream.DiscardNew,
 	}

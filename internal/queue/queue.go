@@ -47,6 +47,11 @@ type Topology struct {
 	// ResultsTTL is how long the results bucket (wire.BucketResults) keeps a run's
 	// stored files: the bound on what the collector stores per run.
 	ResultsTTL time.Duration
+	// CacheMaxAge and CacheMaxBytes bound the prompt cache bucket (wire.BucketCache):
+	// an answer is kept at most CacheMaxAge (a pipeline's cache ttl may accept less);
+	// when the bucket is full, answers are not stored until older ones expire.
+	CacheMaxAge   time.Duration
+	CacheMaxBytes int64
 	// Limits replaces the default limits of the streams it names, by their default
 	// names (MQ_JOBS, whatever the prefix); mqctl provision fills it from its limits
 	// file.
@@ -67,6 +72,8 @@ const (
 	DefaultReplicas   = 1
 	DefaultAckWait    = 10 * time.Second
 	DefaultResultsTTL = 30 * 24 * time.Hour
+	// DefaultCacheMaxAge is the longest a prompt cache answer is kept.
+	DefaultCacheMaxAge = 30 * 24 * time.Hour
 )
 
 // Defaults returns the topology with every zero field set.
@@ -105,6 +112,12 @@ func (t Topology) Defaults() Topology {
 	}
 	if t.ResultsTTL <= 0 {
 		t.ResultsTTL = DefaultResultsTTL
+	}
+	if t.CacheMaxAge <= 0 {
+		t.CacheMaxAge = DefaultCacheMaxAge
+	}
+	if t.CacheMaxBytes == 0 {
+		t.CacheMaxBytes = -1
 	}
 	return t
 }
@@ -148,6 +161,8 @@ func (t Topology) Buckets() []jetstream.KeyValueConfig {
 		{Bucket: n.BucketFleet(), Description: "deployment aliases ever served by a worker, with the last time seen", Storage: jetstream.FileStorage, Replicas: t.Replicas, History: 1},
 		{Bucket: n.BucketRuns(), Description: "run status, watermark and checkpoints", Storage: jetstream.FileStorage, Replicas: t.Replicas, History: 1},
 		{Bucket: n.BucketThrottle(), Description: "each deployment's last good rate, the fleet throttle's memory", Storage: jetstream.FileStorage, Replicas: t.Replicas, History: 1, TTL: throttleMemoryTTL},
+		{Bucket: n.BucketCache(), Description: "prompt cache: a request's hash to the model's answer", Storage: jetstream.FileStorage, Replicas: t.Replicas, History: 1,
+			TTL: t.CacheMaxAge, MaxBytes: t.CacheMaxBytes},
 	}
 }
 

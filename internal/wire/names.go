@@ -149,6 +149,9 @@ func (n Names) BucketFleet() string { return n.name(BucketFleet) }
 // BucketThrottle is the KV bucket of learned rates (BucketThrottle).
 func (n Names) BucketThrottle() string { return n.name(BucketThrottle) }
 
+// BucketCache is the KV bucket of the prompt cache (BucketCache).
+func (n Names) BucketCache() string { return n.name(BucketCache) }
+
 // BucketLease is the KV bucket of the collector lease (BucketLease).
 func (n Names) BucketLease() string { return n.name(BucketLease) }
 
@@ -158,7 +161,7 @@ func (n Names) BucketResults() string { return n.name(BucketResults) }
 // Buckets lists every KV bucket and object store name.
 func (n Names) Buckets() []string {
 	return []string{n.BucketRetry(), n.BucketRuns(), n.BucketFleet(), n.BucketThrottle(),
-		n.BucketLease(), n.BucketResults()}
+		n.BucketLease(), n.BucketCache(), n.BucketResults()}
 }
 
 // Subjects captured by the streams.

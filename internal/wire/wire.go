@@ -50,6 +50,9 @@ const (
 	// BucketThrottle holds each deployment's last good rate (key: the alias, value a
 	// LearnedRate), saved by the fleet throttle and read by a worker starting up.
 	BucketThrottle = "mq_throttle"
+	// BucketCache is the prompt cache: key CacheKey's hex hash of a request, value a
+	// CacheEntry (docs/WIRE.md, "Prompt cache").
+	BucketCache = "mq_cache"
 )
 
 // BucketResults is the object store bucket of completed runs' output files: the
@@ -290,6 +293,9 @@ type Open struct {
 	// Cost per 1k tokens, for the run summary.
 	PromptPer1K     float64 `json:"prompt_per_1k,omitempty"`
 	CompletionPer1K float64 `json:"completion_per_1k,omitempty"`
+	// Cache says the run's jobs may be answered from the prompt cache: every query of a
+	// success row then has a <query>_cached column (true: answered from the cache).
+	Cache bool `json:"cache,omitempty"`
 }
 
 // Validate checks what the collector relies on.
@@ -407,7 +413,19 @@ type Job struct {
 	// MaxAttempts bounds transient-error attempts.
 	MaxAttempts int       `json:"max_attempts"`
 	Enqueued    time.Time `json:"enqueued"`
+	// Cache, when set, lets a worker answer the job from the prompt cache and store its
+	// answer there; nil: neither (older workers ignore it and call).
+	Cache *JobCache `json:"cache,omitempty"`
 }
+
+// JobCache is a job's use of the prompt cache (BucketCache).
+type JobCache struct {
+	// TTLSeconds is the oldest cached answer the job accepts, in seconds (> 0).
+	TTLSeconds int64 `json:"ttl_seconds"`
+}
+
+// TTL returns the oldest cached answer accepted.
+func (c *JobCache) TTL() time.Duration { return time.Duration(c.TTLSeconds) * time.Second }
 
 // Addr returns the job's address.
 func (j *Job) Addr() Addr { return Addr{Run: j.Run, Row: j.Row, Query: j.Query} }
@@ -457,6 +475,9 @@ func (j *Job) Validate() error {
 	}
 	if j.MaxAttempts <= 0 {
 		errs = append(errs, fmt.Errorf("max_attempts: %d must be > 0", j.MaxAttempts))
+	}
+	if j.Cache != nil && j.Cache.TTLSeconds <= 0 {
+		errs = append(errs, fmt.Errorf("cache.ttl_seconds: %d must be > 0", j.Cache.TTLSeconds))
 	}
 	return errors.Join(errs...)
 }
@@ -561,6 +582,9 @@ type Result struct {
 	Billed  *Usage  `json:"billed,omitempty"`
 	Worker  string  `json:"worker,omitempty"`
 	Elapsed float64 `json:"elapsed_seconds,omitempty"`
+	// Cached says the answer came from the prompt cache: no call was made (Calls 0),
+	// Usage and Model are those of the call that stored it.
+	Cached bool `json:"cached,omitempty"`
 }
 
 // Addr returns the result's address.

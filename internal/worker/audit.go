@@ -31,6 +31,9 @@ type AuditRecord struct {
 	Usage        *wire.Usage `json:"usage,omitempty"`
 	Worker       string      `json:"worker"`
 	Time         time.Time   `json:"time"`
+	// Cached marks an answer taken from the prompt cache: no HTTP call (status 0, no
+	// usage: nothing billed), response_sha256 over the cached answer, latency the lookup's.
+	Cached bool `json:"cached,omitempty"`
 }
 
 // AuditError classifies a failed attempt.
@@ -86,6 +89,19 @@ func (a *auditor) record(job *wire.Job, attempt int, worker string, ans *llm.Ans
 	if callErr != nil {
 		rec.Error = classifyForAudit(callErr, &rec.Status)
 	}
+	a.publish(rec)
+}
+
+// cached publishes the audit record of an answer taken from the prompt cache.
+func (a *auditor) cached(job *wire.Job, attempt int, worker, content string, latency time.Duration) {
+	sum := sha256.Sum256([]byte(content))
+	a.publish(AuditRecord{V: wire.Version, Run: job.Run, Row: job.Row, Query: job.Query, Attempt: attempt, Deployment: job.Deployment,
+		RequestHash: hashJSON(job.Request), ResponseHash: hex.EncodeToString(sum[:]), LatencyMS: float64(latency.Microseconds()) / 1000,
+		Worker: worker, Time: time.Now().UTC(), Cached: true})
+}
+
+// publish sends one audit record without waiting for its ack.
+func (a *auditor) publish(rec AuditRecord) {
 	if a.js.PublishAsyncPending() >= maxAuditPending {
 		a.dropped() // never block a call on the audit stream
 		return
@@ -96,7 +112,7 @@ func (a *auditor) record(job *wire.Job, attempt int, worker string, ans *llm.Ans
 		return
 	}
 	// A full window (a race past the check above) fails at once rather than stalling.
-	if _, err := a.js.PublishMsgAsync(&nats.Msg{Subject: a.names.AuditSubject(job.Run, job.Row, job.Query), Data: b},
+	if _, err := a.js.PublishMsgAsync(&nats.Msg{Subject: a.names.AuditSubject(rec.Run, rec.Row, rec.Query), Data: b},
 		jetstream.WithStallWait(time.Millisecond)); err != nil {
 		a.dropped()
 	}

@@ -80,8 +80,9 @@ func (st *retryState) naks() uint64 {
 
 // handle runs one delivery of one job to a single queue action. decide (outcome.go)
 // says which, from what is known wherever the delivery may end; handle gathers those
-// facts and carries the action out.
-func (w *Worker) handle(ctx context.Context, d *deployment, msg jetstream.Msg) {
+// facts and carries the action out. permit says whether the delivery was fetched with
+// a throttle permit (see cache.go).
+func (w *Worker) handle(ctx context.Context, d *deployment, msg jetstream.Msg, permit bool) {
 	log := w.log.With().Str("deployment", d.alias).Str("subject", msg.Subject()).Logger()
 	defer func() {
 		if r := recover(); r != nil {
@@ -136,6 +137,9 @@ func (w *Worker) handle(ctx context.Context, d *deployment, msg jetstream.Msg) {
 			spent = st.spent()
 		}
 		w.act(ctx, dl, out, nil, spent, spend{})
+		return
+	}
+	if w.fromCache(ctx, dl) || (!permit && !w.permit(ctx, dl, &in)) {
 		return
 	}
 	w.call(ctx, dl, in)
@@ -200,6 +204,7 @@ func (w *Worker) call(ctx context.Context, dl *delivery, in outcomeInput) {
 	var res *wire.Result
 	if c.class == classOK {
 		res = &wire.Result{OK: true, Fields: fields, Usage: &ans.Usage, Model: ans.Model}
+		w.toCache(ctx, dl, ans)
 	}
 	w.act(ctx, dl, decide(in), res, st.spent().plus(unsaved), unsaved)
 }

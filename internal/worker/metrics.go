@@ -99,9 +99,10 @@ func (m *metrics) initDeployment(d *deployment) {
 
 // Collectors returns the worker's metrics for registration.
 func (w *Worker) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{w.m.calls, w.m.capacity, w.m.naks, w.m.results, w.m.poison, w.m.resultRetries,
+	return append([]prometheus.Collector{w.m.calls, w.m.capacity, w.m.naks, w.m.results, w.m.poison, w.m.resultRetries,
 		w.m.latency, w.m.tokens, w.m.cost, w.m.inflight, w.m.slots,
-		w.m.rate, w.m.fleetRate, w.m.share, w.m.members, w.m.paused, w.m.learned, w.m.learnedAge, w.m.ceiling, w.m.source, w.m.auditDropped}
+		w.m.rate, w.m.fleetRate, w.m.share, w.m.members, w.m.paused, w.m.learned, w.m.learnedAge, w.m.ceiling, w.m.source, w.m.auditDropped},
+		w.cache.m.collectors()...)
 }
 
 func gauge(name, help string) *prometheus.GaugeVec {

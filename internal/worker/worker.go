@@ -161,6 +161,7 @@ type Worker struct {
 	keep    *keeper
 	deps    map[string]*deployment
 	m       *metrics
+	cache   promptCache
 	started atomic.Bool // fetching: the /readyz condition
 }
 
@@ -214,6 +215,7 @@ func New(js jetstream.JetStream, cfg Config, log zerolog.Logger) (*Worker, error
 	}
 	w.audit = audit
 	w.keep = newKeeper(cfg.Topology.AckWait / 3)
+	w.cache = promptCache{now: time.Now, m: newCacheMetrics()}
 	for _, d := range cfg.Deployments {
 		slots := cfg.Concurrency
 		if d.MaxConcurrency > 0 && d.MaxConcurrency < slots {
@@ -236,6 +238,7 @@ func New(js jetstream.JetStream, cfg Config, log zerolog.Logger) (*Worker, error
 		dep := &deployment{alias: o.Alias, client: client, ctrl: ctrl, slots: slots, prices: d.Prices, added: make(chan struct{}, 1)}
 		w.deps[o.Alias] = dep
 		w.m.initDeployment(dep)
+		w.cache.m.init(o.Alias)
 	}
 	return w, nil
 }
@@ -295,6 +298,9 @@ func (w *Worker) openBus(ctx context.Context) (jetstream.KeyValue, error) {
 	memory, err := w.js.KeyValue(ctx, w.names.BucketThrottle())
 	if err != nil {
 		return nil, fmt.Errorf("open kv %s: %w", w.names.BucketThrottle(), err)
+	}
+	if err := w.cache.open(ctx, w.js, w.names.BucketCache()); err != nil {
+		return nil, fmt.Errorf("open kv %s: %w", w.names.BucketCache(), err)
 	}
 	return memory, nil
 }
@@ -423,6 +429,23 @@ func (w *Worker) fetchLoop(ctx, callCtx context.Context, d *deployment, inflight
 		case <-ctx.Done():
 			return
 		}
+		cached, paced := d.splitCached(runs)
+		if len(cached) > 0 && (len(paced) == 0 || cached[0] == runs[0]) {
+			// Its turn goes to the runs whose jobs use the prompt cache: fetched
+			// without a permit, as many as slots are free; a job the cache does not
+			// answer takes its permit before its call (cache.go).
+			n := 1
+			for n < d.slots && tryTake(slots) {
+				n++
+			}
+			// Nothing there: wait for jobs only when no other run could take the turn.
+			got := w.fetch(ctx, d, pulls, cached, n, len(paced) == 0, func(msg jetstream.Msg) { handlers <- fetched{msg: msg} })
+			for i := got; i < n; i++ {
+				release()
+			}
+			continue
+		}
+		runs = paced
 		if err := d.ctrl.Wait(ctx); err != nil {
 			release()
 			return
@@ -437,7 +460,7 @@ func (w *Worker) fetchLoop(ctx, callCtx context.Context, d *deployment, inflight
 			}
 			break
 		}
-		got := w.fetch(ctx, d, pulls, runs, n, func(msg jetstream.Msg) { handlers <- msg })
+		got := w.fetch(ctx, d, pulls, runs, n, true, func(msg jetstream.Msg) { handlers <- fetched{msg: msg, permit: true} })
 		for i := got; i < n; i++ {
 			release()
 		}
@@ -450,19 +473,36 @@ func (w *Worker) fetchLoop(ctx, callCtx context.Context, d *deployment, inflight
 // sent only with a slot taken, so one goroutine is free or about to be (the channel
 // holds a job per slot, so sending never waits). They exit when the channel is closed;
 // inflight counts them.
-func (w *Worker) handlers(callCtx context.Context, d *deployment, inflight *sync.WaitGroup, release func()) chan<- jetstream.Msg {
-	jobs := make(chan jetstream.Msg, d.slots)
+func (w *Worker) handlers(callCtx context.Context, d *deployment, inflight *sync.WaitGroup, release func()) chan<- fetched {
+	jobs := make(chan fetched, d.slots)
 	inflight.Add(d.slots)
 	for range d.slots {
 		go func() {
 			defer inflight.Done()
-			for msg := range jobs {
-				w.handle(callCtx, d, msg)
+			for f := range jobs {
+				w.handle(callCtx, d, f.msg, f.permit)
 				release()
 			}
 		}()
 	}
 	return jobs
+}
+
+// fetched is a delivery on its way to a handler: permit says whether a throttle permit
+// was taken for it (not for the runs whose jobs use the prompt cache).
+type fetched struct {
+	msg    jetstream.Msg
+	permit bool
+}
+
+// tryTake takes a free slot if there is one.
+func tryTake(slots chan struct{}) bool {
+	select {
+	case slots <- struct{}{}:
+		return true
+	default:
+		return false
+	}
 }
 
 // runConsumer is one run's job consumer for a deployment. Fields below cons are
@@ -477,6 +517,9 @@ type runConsumer struct {
 	dormant bool
 	next    time.Time
 	every   time.Duration
+	// cache: the run's jobs use the prompt cache (the last one handled did), so the
+	// run is fetched without permits.
+	cache bool
 }
 
 // maxDormantCheck bounds the interval between checks of a dormant run.
@@ -653,9 +696,9 @@ func (w *Worker) checkDormant(ctx context.Context, d *deployment, rc *runConsume
 }
 
 // fetch gets up to n messages without waiting, sharing them between the given runs
-// (an equal part from each in turn, then whatever is left); when there is nothing,
-// it waits a little so an idle worker does not spin.
-func (w *Worker) fetch(ctx context.Context, d *deployment, pulls *pullers, runs []*runConsumer, n int, start func(jetstream.Msg)) int {
+// (an equal part from each in turn, then whatever is left); when there is nothing and
+// idle is set, it waits a little so an idle worker does not spin.
+func (w *Worker) fetch(ctx context.Context, d *deployment, pulls *pullers, runs []*runConsumer, n int, idle bool, start func(jetstream.Msg)) int {
 	got := 0
 	defer w.settle(ctx, d, runs)
 	for pass := range 2 {
@@ -677,7 +720,7 @@ func (w *Worker) fetch(ctx context.Context, d *deployment, pulls *pullers, runs 
 			}
 		}
 	}
-	if got == 0 {
+	if got == 0 && idle {
 		// Nothing now: wait for jobs of the first run up to idleWait, holding the
 		// slots and permits taken (as a sleep would), so that a job published
 		// meanwhile starts at once, and an idle worker does not spin.
