@@ -18,6 +18,11 @@ import (
 const (
 	DefaultMaxCapacityRetrySeconds = 3600
 	DefaultMaxAttempts             = 5
+	// DefaultMaxAnswerRetries is how many times a query whose answer is not usable
+	// (invalid JSON, a missing output field, a wrong type) is asked again.
+	DefaultMaxAnswerRetries = 1
+	// MaxAnswerRetriesLimit bounds max_answer_retries.
+	MaxAnswerRetriesLimit = 10
 )
 
 // Pipeline is the producer's configuration: what to ask for every input row.
@@ -35,6 +40,13 @@ type Pipeline struct {
 	MaxCapacityRetrySeconds int `yaml:"max_capacity_retry_seconds"`
 	// MaxAttempts bounds transient retries per query, default 5.
 	MaxAttempts int `yaml:"max_attempts"`
+	// MaxAnswerRetries is how many times a query whose answer is not usable (not one
+	// JSON object, a mapped field missing or of the wrong type) is asked again before
+	// it fails with that reason; nil means DefaultMaxAnswerRetries, 0 never asks again.
+	MaxAnswerRetries *int `yaml:"max_answer_retries"`
+	// ReaskWithError appends the reason the previous answer was not usable to the
+	// messages of a query asked again (default false: the same request again).
+	ReaskWithError bool `yaml:"reask_with_error"`
 	// Order is "input" (default) or "completion".
 	Order string `yaml:"order"`
 	// SystemPrompt is an optional Jinja2 template sent as the system message of
@@ -315,6 +327,10 @@ func (p *Pipeline) setDefaults() {
 	setZero(&p.ResponseFormat, wire.FormatStandard)
 	setZero(&p.MaxCapacityRetrySeconds, DefaultMaxCapacityRetrySeconds)
 	setZero(&p.MaxAttempts, DefaultMaxAttempts)
+	if p.MaxAnswerRetries == nil {
+		n := DefaultMaxAnswerRetries
+		p.MaxAnswerRetries = &n
+	}
 	setZero(&p.Order, wire.OrderInput)
 	setZero(&p.Cache.TTL, DefaultCacheTTL)
 	if p.AppendFormatInstructions == nil {
@@ -336,6 +352,14 @@ func (o OutputFields) setDefaults() {
 // MaxCapacityRetry returns the capacity-retry budget as a duration.
 func (p *Pipeline) MaxCapacityRetry() time.Duration {
 	return time.Duration(p.MaxCapacityRetrySeconds) * time.Second
+}
+
+// AnswerRetries returns max_answer_retries (its default when unset).
+func (p *Pipeline) AnswerRetries() int {
+	if p.MaxAnswerRetries == nil {
+		return DefaultMaxAnswerRetries
+	}
+	return *p.MaxAnswerRetries
 }
 
 // appendFormat reports whether format instructions are appended (default true).

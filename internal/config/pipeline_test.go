@@ -82,6 +82,8 @@ func TestPipelineValidation(t *testing.T) {
 		{"unknown response_format", llmBlock + "response_format: xml\n" + oneQuery, []string{`response_format: must be "standard" or "structured", got "xml"`}},
 		{"non-positive max_capacity_retry_seconds", llmBlock + "max_capacity_retry_seconds: -5\n" + oneQuery, []string{"max_capacity_retry_seconds: must be > 0, got -5"}},
 		{"max_attempts below 1", llmBlock + "max_attempts: -1\n" + oneQuery, []string{"max_attempts: must be >= 1, got -1"}},
+		{"negative max_answer_retries", llmBlock + "max_answer_retries: -1\n" + oneQuery, []string{"max_answer_retries: must be in [0,10], got -1"}},
+		{"max_answer_retries above its limit", llmBlock + "max_answer_retries: 11\n" + oneQuery, []string{"max_answer_retries: must be in [0,10], got 11"}},
 		{"unknown order", llmBlock + "order: random\n" + oneQuery, []string{`order: must be "input" or "completion", got "random"`}},
 		{"negative cost", llmBlock + "cost: {prompt_per_1k: -1}\n" + oneQuery, []string{"cost.prompt_per_1k: must be >= 0, got -1"}},
 		{"cache ttl below a second", llmBlock + "cache: {enabled: true, ttl: 10ms}\n" + oneQuery, []string{"cache.ttl: must be at least 1s, got 10ms"}},
@@ -248,6 +250,14 @@ func TestPipelineDefaults(t *testing.T) {
 	if p.Cache.Enabled || p.Cache.TTL != 168*time.Hour {
 		t.Errorf("cache defaults = %+v, want off with a ttl of 168h", p.Cache)
 	}
+	if got := p.AnswerRetries(); got != 1 || p.ReaskWithError {
+		t.Errorf("AnswerRetries() = %d, ReaskWithError %v; want 1, false", got, p.ReaskWithError)
+	}
+	t.Run("max_answer_retries 0 turns re-asking off", func(t *testing.T) {
+		if got := mustParse(t, explicit+"max_answer_retries: 0\n").AnswerRetries(); got != 0 {
+			t.Errorf("AnswerRetries() = %d, want 0", got)
+		}
+	})
 }
 
 func TestPipelineCache(t *testing.T) {

@@ -126,6 +126,9 @@ func (p *Pipeline) validateScalars(ps *problems) {
 	if p.Cache.TTL < 0 || (p.Cache.Enabled && p.Cache.TTL < time.Second) {
 		ps.add("cache.ttl", "must be at least 1s, got %s", p.Cache.TTL)
 	}
+	if n := p.AnswerRetries(); n < 0 || n > MaxAnswerRetriesLimit {
+		ps.add("max_answer_retries", "must be in [0,%d], got %d", MaxAnswerRetriesLimit, n)
+	}
 	if p.Order != wire.OrderInput && p.Order != wire.OrderCompletion {
 		ps.add("order", "must be %q or %q, got %q", wire.OrderInput, wire.OrderCompletion, p.Order)
 	}

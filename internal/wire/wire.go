@@ -411,8 +411,15 @@ type Job struct {
 	// MaxCapacityRetrySeconds bounds capacity retries, counted from the first capacity error.
 	MaxCapacityRetrySeconds int `json:"max_capacity_retry_seconds"`
 	// MaxAttempts bounds transient-error attempts.
-	MaxAttempts int       `json:"max_attempts"`
-	Enqueued    time.Time `json:"enqueued"`
+	MaxAttempts int `json:"max_attempts"`
+	// MaxAnswerRetries is how many times the query is asked again when its answer is
+	// not usable (invalid_json, missing_output_field, type_mismatch) before it fails
+	// with that reason; 0 (absent, as from a publisher of an earlier build) never.
+	MaxAnswerRetries int `json:"max_answer_retries,omitempty"`
+	// ReaskWithError: a query asked again gets one more user message saying why the
+	// previous answer was not usable.
+	ReaskWithError bool      `json:"reask_with_error,omitempty"`
+	Enqueued       time.Time `json:"enqueued"`
 	// Cache, when set, lets a worker answer the job from the prompt cache and store its
 	// answer there; nil: neither (older workers ignore it and call).
 	Cache *JobCache `json:"cache,omitempty"`
@@ -478,6 +485,9 @@ func (j *Job) Validate() error {
 	}
 	if j.Cache != nil && j.Cache.TTLSeconds <= 0 {
 		errs = append(errs, fmt.Errorf("cache.ttl_seconds: %d must be > 0", j.Cache.TTLSeconds))
+	}
+	if j.MaxAnswerRetries < 0 {
+		errs = append(errs, fmt.Errorf("max_answer_retries: %d must be >= 0", j.MaxAnswerRetries))
 	}
 	return errors.Join(errs...)
 }

@@ -17,11 +17,13 @@ import (
 
 // AuditRecord is one LLM HTTP attempt, published to MQ_AUDIT (audit.<run>.<row>.<query>).
 type AuditRecord struct {
-	V            int         `json:"v"`
-	Run          string      `json:"run"`
-	Row          int         `json:"row"`
-	Query        string      `json:"query"`
-	Attempt      int         `json:"attempt"`
+	V       int    `json:"v"`
+	Run     string `json:"run"`
+	Row     int    `json:"row"`
+	Query   string `json:"query"`
+	Attempt int    `json:"attempt"`
+	// Reask is n when the query is asked again after n unusable answers (0: absent).
+	Reask        int         `json:"reask,omitempty"`
 	Deployment   string      `json:"deployment"`
 	RequestHash  string      `json:"request_sha256"` // over the request's canonical JSON
 	ResponseHash string      `json:"response_sha256,omitempty"`
@@ -77,10 +79,11 @@ func hashJSON(v any) string {
 	return hex.EncodeToString(sum[:])
 }
 
-// record publishes one attempt's audit record asynchronously.
-func (a *auditor) record(job *wire.Job, attempt int, worker string, ans *llm.Answer, callErr error, latency time.Duration) {
-	rec := AuditRecord{V: wire.Version, Run: job.Run, Row: job.Row, Query: job.Query, Attempt: attempt, Deployment: job.Deployment,
-		RequestHash: hashJSON(job.Request), Status: 200, LatencyMS: float64(latency.Microseconds()) / 1000, Worker: worker, Time: time.Now().UTC()}
+// record publishes one attempt's audit record asynchronously: req is the request sent,
+// reask its re-ask number (0: a first ask).
+func (a *auditor) record(job *wire.Job, req wire.Request, attempt, reask int, worker string, ans *llm.Answer, callErr error, latency time.Duration) {
+	rec := AuditRecord{V: wire.Version, Run: job.Run, Row: job.Row, Query: job.Query, Attempt: attempt, Reask: reask, Deployment: job.Deployment,
+		RequestHash: hashJSON(req), Status: 200, LatencyMS: float64(latency.Microseconds()) / 1000, Worker: worker, Time: time.Now().UTC()}
 	if ans != nil {
 		sum := sha256.Sum256([]byte(ans.Content))
 		rec.ResponseHash = hex.EncodeToString(sum[:])

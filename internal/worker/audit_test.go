@@ -21,7 +21,7 @@ func TestAnAuditRecordNotStoredIsCounted(t *testing.T) {
 	}
 	job := &wire.Job{Run: "r", Row: 1, Query: "q", Deployment: "d"}
 	for i := range 3 {
-		a.record(job, i+1, "w", nil, nil, time.Millisecond)
+		a.record(job, job.Request, i+1, 0, "w", nil, nil, time.Millisecond)
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for dropped.Load() < 3 {

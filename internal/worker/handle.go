@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -31,6 +32,11 @@ type retryState struct {
 	// Naks counts deliveries that ended in a NAK this worker chose (retry, wait, pause):
 	// only the other deliveries (a worker died or hung mid-job) count toward HardDeliverCap.
 	Naks int `json:"naks,omitempty"`
+	// AnswerErrors counts the answers that were not usable (the query is asked again
+	// while they do not exceed max_answer_retries); LastAnswerError says why the last one
+	// was not, for a re-ask with reask_with_error.
+	AnswerErrors    int    `json:"answer_errors,omitempty"`
+	LastAnswerError string `json:"last_answer_error,omitempty"`
 }
 
 // spend is what the provider billed: HTTP calls and their tokens.
@@ -116,6 +122,7 @@ func (w *Worker) handle(ctx context.Context, d *deployment, msg jetstream.Msg, p
 	dl := &delivery{d: d, msg: msg, job: &job, attempt: int(meta.NumDelivered), log: log}
 	in.run, in.deliveries = w.ctl.run(job.Run), meta.NumDelivered
 	in.maxAttempts, in.capacityBudget = job.MaxAttempts, time.Duration(job.MaxCapacityRetrySeconds)*time.Second
+	in.maxAnswer = job.MaxAnswerRetries
 	var st *retryState
 	if in.deliveries > in.hardDeliverCap { // the NAKs matter only past the crash-loop cap
 		s := w.loadState(ctx, &job)
@@ -169,6 +176,7 @@ type delivery struct {
 	job     *wire.Job
 	attempt int
 	log     zerolog.Logger
+	prior   *retryState // the retry state read before the call (a redelivery that may be a re-ask)
 }
 
 // call makes the job's model call, then carries out what its outcome comes to.
@@ -178,8 +186,9 @@ func (w *Worker) call(ctx context.Context, dl *delivery, in outcomeInput) {
 	// worker's jobs come back quickly).
 	unhold := w.keep.hold(dl.msg)
 	w.m.calls.WithLabelValues(d.alias).Inc()
+	req, reask := w.reask(ctx, dl)
 	began := time.Now()
-	ans, callErr := w.callModel(ctx, d, job)
+	ans, callErr := w.callModel(ctx, d, req)
 	took := time.Since(began)
 	unhold()
 	if ans != nil {
@@ -198,7 +207,7 @@ func (w *Worker) call(ctx context.Context, dl *delivery, in outcomeInput) {
 	}
 	w.m.observeCall(d, c.class, took.Seconds(), this)
 	if c.class != classDrained {
-		w.audit.record(job, dl.attempt, w.cfg.Name, ans, callErr, took)
+		w.audit.record(job, req, dl.attempt, reask, w.cfg.Name, ans, callErr, took)
 	}
 	st, unsaved := w.tally(ctx, dl, &in, callErr, this)
 	var res *wire.Result
@@ -210,11 +219,11 @@ func (w *Worker) call(ctx context.Context, dl *delivery, in outcomeInput) {
 }
 
 // callModel makes the model call, counted in flight while it runs (a panic included).
-func (w *Worker) callModel(ctx context.Context, d *deployment, job *wire.Job) (*llm.Answer, error) {
+func (w *Worker) callModel(ctx context.Context, d *deployment, req wire.Request) (*llm.Answer, error) {
 	inflight := w.m.inflight.WithLabelValues(d.alias)
 	inflight.Inc()
 	defer inflight.Dec()
-	return d.client.Call(ctx, job.Request)
+	return d.client.Call(ctx, req)
 }
 
 // tally does what a call's class entails before its outcome can be decided, and fills
@@ -231,9 +240,16 @@ func (w *Worker) tally(ctx context.Context, dl *delivery, in *outcomeInput, call
 	switch in.call.class {
 	case classOK:
 		w.closeBreaker(ctx, d)
-		return w.stateOf(ctx, job, dl.attempt), this
+		return w.priorState(ctx, dl), this
 	case classPermanent:
-		return w.stateOf(ctx, job, dl.attempt), this
+		return w.priorState(ctx, dl), this
+	case classAnswer:
+		if job.MaxAnswerRetries == 0 { // never asked again: nothing to count
+			in.answerErrors = 1
+			return w.priorState(ctx, dl), this
+		}
+		st, err = w.recordAnswer(ctx, job, in.call, this)
+		in.answerErrors = st.AnswerErrors
 	case classCapacity:
 		var capErr *llm.CapacityError
 		errors.As(callErr, &capErr)
@@ -275,6 +291,10 @@ func (w *Worker) act(ctx context.Context, dl *delivery, out outcome, res *wire.R
 	case actNak:
 		if out.record {
 			w.recordNak(ctx, dl.job, unsaved, dl.log)
+		}
+		if out.reask {
+			w.m.reasks.WithLabelValues(dl.d.alias).Inc()
+			dl.log.Info().Msg("answer not usable; query asked again")
 		}
 		w.nak(dl.msg, out.delay, dl.d.alias)
 	case actGiveBack:
@@ -523,6 +543,54 @@ func (w *Worker) recordCapacity(ctx context.Context, job *wire.Job, capErr *llm.
 		_, _ = w.retry.Update(ctx, key, mustJSON(st), rev)
 	}
 	return st, now.Created().Sub(st.FirstCapacity), nil
+}
+
+// reask returns the request this delivery sends and its re-ask number: 0 for a first
+// ask, n when n answers were not usable before (retryState.AnswerErrors). Only a
+// redelivery of a job that may be re-asked reads the retry state (written only on
+// failure); with reask_with_error the request gets one more user message saying why the
+// last answer was not usable.
+func (w *Worker) reask(ctx context.Context, dl *delivery) (wire.Request, int) {
+	job := dl.job
+	if dl.attempt <= 1 || job.MaxAnswerRetries == 0 {
+		return job.Request, 0
+	}
+	st := w.loadState(ctx, job)
+	dl.prior = &st
+	if st.AnswerErrors == 0 {
+		return job.Request, 0
+	}
+	req := job.Request
+	if job.ReaskWithError && st.LastAnswerError != "" {
+		req.Messages = append(slices.Clip(req.Messages), wire.Message{Role: "user", Content: ReaskMessage(st.LastAnswerError)})
+	}
+	return req, st.AnswerErrors
+}
+
+// ReaskMessage is the user message appended to a query asked again with
+// reask_with_error, cause being why the previous answer was not usable.
+func ReaskMessage(cause string) string {
+	return "Your previous answer could not be used (" + cause + "). Answer again with only the JSON object asked for, every field present and of its type."
+}
+
+// priorState is the job's retry state before this delivery's call: read already (reask),
+// or read now (stateOf: a first delivery has none).
+func (w *Worker) priorState(ctx context.Context, dl *delivery) retryState {
+	if dl.prior != nil {
+		return *dl.prior
+	}
+	return w.stateOf(ctx, dl.job, dl.attempt)
+}
+
+// recordAnswer counts an answer that was not usable, and why.
+func (w *Worker) recordAnswer(ctx context.Context, job *wire.Job, c *callResult, this spend) (retryState, error) {
+	st, _, err := w.updateState(ctx, job, func(st *retryState) {
+		st.AnswerErrors++
+		st.Naks++
+		st.LastAnswerError = c.reason + ": " + c.message
+		st.add(this)
+	})
+	return st, err
 }
 
 // recordTransient counts a transient error.

@@ -10,6 +10,7 @@ type metrics struct {
 	calls                                   *prometheus.CounterVec
 	capacity                                *prometheus.CounterVec
 	naks                                    *prometheus.CounterVec
+	reasks                                  *prometheus.CounterVec
 	results                                 *prometheus.CounterVec
 	poison                                  *prometheus.CounterVec
 	resultRetries                           *prometheus.CounterVec
@@ -46,8 +47,10 @@ func newMetrics() *metrics {
 		calls:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mq_worker_calls_total", Help: "LLM calls started."}, []string{"deployment"}),
 		capacity: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mq_worker_capacity_signals_total", Help: "Capacity errors (429/503/529) seen."}, []string{"deployment"}),
 		naks:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mq_worker_naks_total", Help: "Jobs NAKed with delay."}, []string{"deployment"}),
-		results:  prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mq_worker_results_total", Help: "Final results published, by outcome."}, []string{"deployment", "outcome"}),
-		poison:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mq_worker_poison_total", Help: "Poison jobs dead-lettered."}, []string{"deployment"}),
+		reasks: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mq_worker_reasks_total",
+			Help: "Queries asked again because the answer was not usable (invalid JSON, a missing or mistyped field)."}, []string{"deployment"}),
+		results: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mq_worker_results_total", Help: "Final results published, by outcome."}, []string{"deployment", "outcome"}),
+		poison:  prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mq_worker_poison_total", Help: "Poison jobs dead-lettered."}, []string{"deployment"}),
 		resultRetries: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mq_worker_result_publish_retries_total",
 			Help: "Final results whose publish failed and was retried (the job is kept, the call not repeated)."}, []string{"deployment"}),
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "mq_worker_call_duration_seconds",
@@ -99,7 +102,7 @@ func (m *metrics) initDeployment(d *deployment) {
 
 // Collectors returns the worker's metrics for registration.
 func (w *Worker) Collectors() []prometheus.Collector {
-	return append([]prometheus.Collector{w.m.calls, w.m.capacity, w.m.naks, w.m.results, w.m.poison, w.m.resultRetries,
+	return append([]prometheus.Collector{w.m.calls, w.m.capacity, w.m.naks, w.m.reasks, w.m.results, w.m.poison, w.m.resultRetries,
 		w.m.latency, w.m.tokens, w.m.cost, w.m.inflight, w.m.slots,
 		w.m.rate, w.m.fleetRate, w.m.share, w.m.members, w.m.paused, w.m.learned, w.m.learnedAge, w.m.ceiling, w.m.source, w.m.auditDropped},
 		w.cache.m.collectors()...)

@@ -33,6 +33,7 @@ const (
 	classCapacity                      // 429 (not insufficient_quota), 503, 529
 	classTransient                     // 408, 409, other 5xx, timeouts, connection errors, a 200 that is not a completion
 	classDeployment                    // 401, 403, 404, 429 insufficient_quota
+	classAnswer                        // a 200 whose answer is not usable: invalid_json, missing_output_field, type_mismatch
 	classPermanent                     // any reason that retrying will not change
 	classUnclassified                  // an error of no known type
 )
@@ -83,8 +84,10 @@ type outcomeInput struct {
 	capacityErrors  int           // capacity errors so far, this one included
 	capacityElapsed time.Duration // since the job's first capacity error (KV server time)
 	transientErrors int           // transient errors so far, this one included
+	answerErrors    int           // unusable answers so far, this one included
 
 	maxAttempts    int           // the job's max_attempts
+	maxAnswer      int           // the job's max_answer_retries
 	capacityBudget time.Duration // the job's max_capacity_retry_seconds
 	policy
 	rand float64 // U[0, 1), drawn by the caller: the jitter of whichever delay applies
@@ -110,6 +113,7 @@ type outcome struct {
 	delay  time.Duration // actNak, actNewer
 	err    *wire.Error   // actFinal (nil: success), actPoison
 	record bool          // actNak: count the NAK (and what this delivery spent) in the retry state first
+	reask  bool          // actNak: the answer was not usable, the query is asked again (mq_worker_reasks_total)
 }
 
 // Fixed delays of the outcome table.
@@ -182,17 +186,32 @@ func decideCall(in outcomeInput) outcome {
 	case classDeployment:
 		// Not a row's fault: the deployment is paused and the job waits.
 		return outcome{act: actNak, delay: in.deploymentPause, record: true}
+	case classAnswer:
+		// Asked again, through the queue, while re-asks are left: the count is in the
+		// retry state (durable across a crash), the next delivery makes the call.
+		if in.stateErr {
+			return outcome{act: actNak, delay: stateErrDelay}
+		}
+		if in.answerErrors <= in.maxAnswer {
+			return outcome{act: actNak, reask: true}
+		}
+		return permanent(c)
 	case classPermanent:
-		details := map[string]any{}
-		if c.field != "" {
-			details["field"] = c.field
-		}
-		if c.status != 0 {
-			details["status_code"] = c.status
-		}
-		return outcome{act: actFinal, err: &wire.Error{Reason: c.reason, Message: c.message, Details: details}}
+		return permanent(c)
 	}
 	return outcome{act: actNak, delay: unclassifiedDelay, record: true}
+}
+
+// permanent fails the query with the call's reason and its details.
+func permanent(c *callResult) outcome {
+	details := map[string]any{}
+	if c.field != "" {
+		details["field"] = c.field
+	}
+	if c.status != 0 {
+		details["status_code"] = c.status
+	}
+	return outcome{act: actFinal, err: &wire.Error{Reason: c.reason, Message: c.message, Details: details}}
 }
 
 // decideCapacity: within the budget, NAK no sooner than Retry-After (and the pause
@@ -237,10 +256,22 @@ func classify(drained bool, err error) callResult {
 		return callResult{class: classTransient, status: tranErr.StatusCode, message: tranErr.Message}
 	case errors.As(err, &depErr):
 		return callResult{class: classDeployment, status: depErr.StatusCode, message: depErr.Message}
+	case errors.As(err, &permErr) && isAnswerReason(permErr.Reason):
+		return callResult{class: classAnswer, reason: permErr.Reason, status: permErr.StatusCode, field: permErr.Field, message: permErr.Message}
 	case errors.As(err, &permErr):
 		return callResult{class: classPermanent, reason: permErr.Reason, status: permErr.StatusCode, field: permErr.Field, message: permErr.Message}
 	}
 	return callResult{class: classUnclassified, message: err.Error()}
+}
+
+// isAnswerReason reports whether a reason says the answer came back but is not usable:
+// the reasons llm.ParseAnswer gives, which asking again may mend.
+func isAnswerReason(reason string) bool {
+	switch reason {
+	case wire.ReasonInvalidJSON, wire.ReasonMissingField, wire.ReasonTypeMismatch:
+		return true
+	}
+	return false
 }
 
 // jitterBy multiplies d by 0.8 + 0.4r: U(0.8, 1.2) for r drawn from U(0, 1).

@@ -102,10 +102,23 @@ var outcomeTable = []struct {
 	{"404: wait 15 s", called(&llm.DeploymentError{StatusCode: 404}, nil), wait(15 * time.Second)},
 	{"429 insufficient_quota: wait 15 s", called(&llm.DeploymentError{StatusCode: 429, Code: "insufficient_quota"}, nil), wait(15 * time.Second)},
 
+	// An answer that is not usable: asked again while max_answer_retries allows (the
+	// count is in the retry state), then the query fails with the reason.
+	{"answer not JSON, 1st bad answer of max_answer_retries 1: asked again at once", called(perm(wire.ReasonInvalidJSON, 0, ""), answers(1, 1)), reask()},
+	{"field absent, 1st bad answer of 1: asked again", called(perm(wire.ReasonMissingField, 0, "score"), answers(1, 1)), reask()},
+	{"field of the wrong type, 3rd bad answer of 3: asked again", called(perm(wire.ReasonTypeMismatch, 0, "label"), answers(3, 3)), reask()},
+	{"answer not JSON, re-asks spent (2nd bad answer of 1): invalid_json", called(perm(wire.ReasonInvalidJSON, 0, ""), answers(2, 1)),
+		final(wire.ReasonInvalidJSON, "m", map[string]any{})},
+	{"field absent, re-asks spent: missing_output_field naming the field", called(perm(wire.ReasonMissingField, 0, "score"), answers(2, 1)),
+		final(wire.ReasonMissingField, "m", map[string]any{"field": "score"})},
+	{"field of the wrong type, re-asks spent: type_mismatch naming the field", called(perm(wire.ReasonTypeMismatch, 0, "label"), answers(4, 3)),
+		final(wire.ReasonTypeMismatch, "m", map[string]any{"field": "label"})},
+	{"answer not JSON, max_answer_retries 0: invalid_json at once", called(perm(wire.ReasonInvalidJSON, 0, ""), answers(1, 0)),
+		final(wire.ReasonInvalidJSON, "m", map[string]any{})},
+	{"answer not JSON, retry state not written: NAK 1 s", called(perm(wire.ReasonInvalidJSON, 0, ""), func(in *outcomeInput) { in.maxAnswer, in.stateErr = 1, true }),
+		nak(time.Second)},
+
 	// Permanent.
-	{"answer not JSON: invalid_json", called(perm(wire.ReasonInvalidJSON, 0, ""), nil), final(wire.ReasonInvalidJSON, "m", map[string]any{})},
-	{"field absent: missing_output_field", called(perm(wire.ReasonMissingField, 0, "score"), nil), final(wire.ReasonMissingField, "m", map[string]any{"field": "score"})},
-	{"field of the wrong type: type_mismatch", called(perm(wire.ReasonTypeMismatch, 0, "label"), nil), final(wire.ReasonTypeMismatch, "m", map[string]any{"field": "label"})},
 	{"finish_reason=length: response_truncated", called(perm(wire.ReasonTruncated, 200, ""), nil), final(wire.ReasonTruncated, "m", map[string]any{"status_code": 200})},
 	{"finish_reason=content_filter: content_filtered", called(perm(wire.ReasonContentFiltered, 200, ""), nil), final(wire.ReasonContentFiltered, "m", map[string]any{"status_code": 200})},
 	{"400 code content_filter: content_filtered", called(perm(wire.ReasonContentFiltered, 400, ""), nil), final(wire.ReasonContentFiltered, "m", map[string]any{"status_code": 400})},
@@ -181,6 +194,11 @@ func transient(n int) func(*outcomeInput) {
 	return func(in *outcomeInput) { in.transientErrors = n }
 }
 
+// answers: n unusable answers so far (this one included), of a job with max_answer_retries max.
+func answers(n, max int) func(*outcomeInput) {
+	return func(in *outcomeInput) { in.answerErrors, in.maxAnswer = n, max }
+}
+
 func perm(reason string, status int, field string) error {
 	return &llm.PermanentError{Reason: reason, StatusCode: status, Field: field, Message: "m"}
 }
@@ -191,6 +209,9 @@ func final(reason, msg string, details map[string]any) outcome {
 }
 
 func nak(d time.Duration) outcome { return outcome{act: actNak, delay: d} }
+
+// reask is the NAK that asks the query again at once (counted in mq_worker_reasks_total).
+func reask() outcome { return outcome{act: actNak, reask: true} }
 
 // wait is a NAK counted in the retry state first (with what the delivery spent).
 func wait(d time.Duration) outcome { return outcome{act: actNak, delay: d, record: true} }

@@ -239,6 +239,7 @@ func New(js jetstream.JetStream, cfg Config, log zerolog.Logger) (*Worker, error
 		w.deps[o.Alias] = dep
 		w.m.initDeployment(dep)
 		w.cache.m.init(o.Alias)
+		w.m.reasks.WithLabelValues(o.Alias) // exported at 0 before the first re-ask
 	}
 	return w, nil
 }
