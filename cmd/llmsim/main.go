@@ -106,6 +106,7 @@ func parseFlags(args []string) (options, error) {
 	fs.DurationVar(&burstEvery, "burst429-every", 0, "period of 429 bursts")
 	fs.DurationVar(&burstFor, "burst429-for", 0, "length of each 429 burst")
 	fs.Int64Var(&cfg.Seed, "seed", 1, "seed for fault draws and jitter")
+	fs.BoolVar(&cfg.FirstTryOnly, "fault-first-try-only", false, "draw --fault percentages only on a request's first try (a retry or a re-ask of it gets none)")
 	fs.Func("fault", "KIND=PCT, repeatable; kinds: "+strings.Join(llmsim.FaultKinds, ", "), func(v string) error {
 		kind, pct, ok := strings.Cut(v, "=")
 		if !ok {

@@ -90,6 +90,10 @@ type Config struct {
 	Faults             Faults
 	InjectedRetryAfter time.Duration // on injected 429/503/529; zero means DefaultInjectedRetryAfter
 	Burst429           Burst429
+	// FirstTryOnly draws Faults only for a request's first try: a request whose
+	// messages up to its first user message were seen before (a retry, or a re-ask that
+	// appends messages) gets no drawn fault. Directives and Burst429 still apply.
+	FirstTryOnly bool
 
 	Seed int64 // seeds fault draws and jitter
 }
@@ -126,6 +130,7 @@ func (c Config) settings() Settings {
 		Faults:             cloneFaults(c.Faults),
 		InjectedRetryAfter: c.InjectedRetryAfter,
 		Burst429:           c.Burst429,
+		FirstTryOnly:       c.FirstTryOnly,
 	}
 }
 
@@ -143,6 +148,7 @@ type Settings struct {
 	Faults             Faults
 	InjectedRetryAfter time.Duration
 	Burst429           Burst429
+	FirstTryOnly       bool
 }
 
 func (s Settings) validate(prefix string) []error {
@@ -202,7 +208,8 @@ func (s Settings) validate(prefix string) []error {
 // alone. It is the Go form of POST /admin, whose JSON keys are snake_case
 // (rps, rpm, burst, tpm, max_concurrency, ratelimit_headers, latency, jitter,
 // injected_retry_after, burst_429 {every, for}, faults, reset_faults) and whose
-// durations are strings like "150ms" or numbers of milliseconds.
+// durations are strings like "150ms" or numbers of milliseconds; first_try_only sets
+// FirstTryOnly.
 type Update struct {
 	Latency            *time.Duration
 	Jitter             *time.Duration
@@ -219,6 +226,8 @@ type Update struct {
 	Faults Faults
 	// ResetFaults clears every percentage before Faults is merged.
 	ResetFaults bool
+	// FirstTryOnly sets Settings.FirstTryOnly.
+	FirstTryOnly *bool
 }
 
 // apply returns s changed by u.
@@ -260,6 +269,9 @@ func (u Update) apply(s Settings) Settings {
 	}
 	if u.ResetFaults {
 		s.Faults = Faults{}
+	}
+	if u.FirstTryOnly != nil {
+		s.FirstTryOnly = *u.FirstTryOnly
 	}
 	for k, v := range u.Faults {
 		if v == 0 {
@@ -323,6 +335,7 @@ type jsonUpdate struct {
 	Burst429           *jsonBurst429 `json:"burst_429,omitempty"`
 	Faults             Faults        `json:"faults,omitempty"`
 	ResetFaults        bool          `json:"reset_faults,omitempty"`
+	FirstTryOnly       *bool         `json:"first_try_only,omitempty"`
 }
 
 // UnmarshalJSON reads the POST /admin body. Unknown keys are rejected so a
@@ -346,6 +359,7 @@ func (u *Update) UnmarshalJSON(b []byte) error {
 		InjectedRetryAfter: durPtr(j.InjectedRetryAfter),
 		Faults:             j.Faults,
 		ResetFaults:        j.ResetFaults,
+		FirstTryOnly:       j.FirstTryOnly,
 	}
 	if j.Burst429 != nil {
 		u.Burst429 = &Burst429{Every: time.Duration(j.Burst429.Every), For: time.Duration(j.Burst429.For)}
@@ -365,6 +379,7 @@ type jsonSettings struct {
 	Faults             Faults       `json:"faults"`
 	InjectedRetryAfter jsonDuration `json:"injected_retry_after"`
 	Burst429           jsonBurst429 `json:"burst_429"`
+	FirstTryOnly       bool         `json:"first_try_only"`
 }
 
 // MarshalJSON writes the GET /admin shape.
@@ -385,6 +400,7 @@ func (s Settings) MarshalJSON() ([]byte, error) {
 		Faults:             f,
 		InjectedRetryAfter: jsonDuration(s.InjectedRetryAfter),
 		Burst429:           jsonBurst429{Every: jsonDuration(s.Burst429.Every), For: jsonDuration(s.Burst429.For)},
+		FirstTryOnly:       s.FirstTryOnly,
 	})
 }
 
@@ -406,6 +422,7 @@ func (s *Settings) UnmarshalJSON(b []byte) error {
 		Faults:             j.Faults,
 		InjectedRetryAfter: time.Duration(j.InjectedRetryAfter),
 		Burst429:           Burst429{Every: time.Duration(j.Burst429.Every), For: time.Duration(j.Burst429.For)},
+		FirstTryOnly:       j.FirstTryOnly,
 	}
 	return nil
 }

@@ -80,6 +80,11 @@
 // Config.Burst429 additionally fails every request with a 429 during the
 // first For of every Every.
 //
+// Config.FirstTryOnly (--fault-first-try-only) draws the percentages only on a
+// request's first try: a request whose messages up to its first user message were
+// seen before (a retry, or a re-ask that appends messages) gets no drawn fault, so
+// "5 % invalid_json on the first try" makes every query answerable when asked again.
+//
 // # Directives and markers
 //
 // A message containing [[fault:KIND]] forces that fault for the request,

@@ -36,9 +36,10 @@ type Server struct {
 	keys        map[string]bool
 	deployments map[string]bool
 
-	mu       sync.Mutex // guards settings and rng
+	mu       sync.Mutex // guards settings, rng and tries
 	settings Settings
 	rng      *rand.Rand
+	tries    map[[32]byte]int // FirstTryOnly: tries per request (its messages up to the first user message)
 
 	lim    *limiter
 	active atomic.Int64 // requests past the limiter, for MaxConcurrency
@@ -139,12 +140,21 @@ type draw struct {
 	settings Settings
 	pct      float64       // uniform [0,100) for the fault draw
 	jitter   time.Duration // uniform [0,Jitter)
+	retry    bool          // FirstTryOnly: the request was seen before
 }
 
-func (s *Server) drawFor() draw {
+func (s *Server) drawFor(req *chatRequest) draw {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	d := draw{settings: s.settings, pct: s.rng.Float64() * 100}
+	if s.settings.FirstTryOnly {
+		if s.tries == nil {
+			s.tries = map[[32]byte]int{}
+		}
+		k := req.tryKey()
+		d.retry = s.tries[k] > 0
+		s.tries[k]++
+	}
 	if s.settings.Jitter > 0 {
 		d.jitter = time.Duration(s.rng.Int64N(int64(s.settings.Jitter)))
 	}
@@ -159,6 +169,9 @@ func (s *Server) pickFault(text string, d draw) string {
 	}
 	if b := d.settings.Burst429; b.Every > 0 && b.For > 0 && s.now().Sub(s.start)%b.Every < b.For {
 		return Fault429
+	}
+	if d.retry {
+		return ""
 	}
 	var acc float64
 	for _, kind := range FaultKinds {
@@ -243,7 +256,7 @@ func (s *Server) serveChat(w http.ResponseWriter, r *http.Request, rec *RequestL
 	if ms := markers(text); len(ms) > 0 {
 		rec.Marker = ms[0]
 	}
-	d := s.drawFor()
+	d := s.drawFor(req)
 	rec.Fault = s.pickFault(text, d)
 	if status, ok := statusFaults[rec.Fault]; ok {
 		retryAfter := d.settings.InjectedRetryAfter

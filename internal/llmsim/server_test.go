@@ -467,6 +467,46 @@ func TestFaultPercentages(t *testing.T) {
 	}
 }
 
+func TestFaultsOnTheFirstTryOnly(t *testing.T) {
+	t.Parallel()
+	b := setup(t, Config{Seed: 3, Faults: Faults{FaultInvalidJSON: 100}, FirstTryOnly: true})
+	t.Run("a request's first try draws its fault", func(t *testing.T) {
+		if c := completion(t, b.chat(t, "rate this")); json.Valid([]byte(c.Choices[0].Message.Content)) {
+			t.Errorf("first try answered %q, want invalid JSON", c.Choices[0].Message.Content)
+		}
+	})
+	t.Run("the same request again draws none", func(t *testing.T) {
+		if c := completion(t, b.chat(t, "rate this")); !json.Valid([]byte(c.Choices[0].Message.Content)) {
+			t.Errorf("second try answered %q, want JSON", c.Choices[0].Message.Content)
+		}
+	})
+	t.Run("a re-ask that appends a message is a retry too", func(t *testing.T) {
+		r := b.post(t, "/v1/chat/completions", bearer(testKey), chatBody("gpt-test", "rate this", "that was not JSON"))
+		if c := completion(t, r); !json.Valid([]byte(c.Choices[0].Message.Content)) {
+			t.Errorf("re-ask answered %q, want JSON", c.Choices[0].Message.Content)
+		}
+	})
+	t.Run("another request is a first try", func(t *testing.T) {
+		if c := completion(t, b.chat(t, "rate that")); json.Valid([]byte(c.Choices[0].Message.Content)) {
+			t.Errorf("first try answered %q, want invalid JSON", c.Choices[0].Message.Content)
+		}
+	})
+	t.Run("first_try_only is set and reported by /admin", func(t *testing.T) {
+		off := b.post(t, "/admin", nil, `{"first_try_only":false}`)
+		if off.status != http.StatusOK {
+			t.Fatalf("POST /admin: %d %s", off.status, off.body)
+		}
+		var got Settings
+		b.get(t, "/admin", &got)
+		if got.FirstTryOnly {
+			t.Errorf("GET /admin: first_try_only still true")
+		}
+		if c := completion(t, b.chat(t, "rate this")); json.Valid([]byte(c.Choices[0].Message.Content)) {
+			t.Errorf("with first_try_only off, a repeat answered %q, want invalid JSON", c.Choices[0].Message.Content)
+		}
+	})
+}
+
 func TestHangEndsWhenClientGivesUp(t *testing.T) {
 	t.Parallel()
 	b := setup(t, Config{})

@@ -2,6 +2,7 @@ package llmsim
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -89,6 +90,25 @@ func (r *chatRequest) text() string {
 		parts[i] = string(m.Content)
 	}
 	return strings.Join(parts, "\n")
+}
+
+// tryKey identifies a request across its tries for FirstTryOnly: a hash of its messages
+// up to its first user message, so a retry of the same request and a re-ask that
+// appends messages share it.
+func (r *chatRequest) tryKey() [32]byte {
+	h := sha256.New()
+	for _, m := range r.Messages {
+		h.Write([]byte(m.Role))
+		h.Write([]byte{0})
+		h.Write([]byte(m.Content))
+		h.Write([]byte{0})
+		if m.Role == "user" {
+			break
+		}
+	}
+	var k [32]byte
+	h.Sum(k[:0])
+	return k
 }
 
 // maxCompletion is the requested completion budget, 16 when unset.
