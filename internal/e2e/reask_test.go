@@ -1,0 +1,140 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"testing"
+	"time"
+
+	"github.com/multiquery/multiquery/internal/input"
+	"github.com/multiquery/multiquery/internal/llmsim"
+	"github.com/multiquery/multiquery/internal/sink"
+	"github.com/multiquery/multiquery/internal/wire"
+	"github.com/multiquery/multiquery/internal/worker"
+)
+
+// auditRecords reads every record of MQ_AUDIT once it holds one per call llmsim answered.
+func (e *env) auditRecords() []worker.AuditRecord {
+	e.t.Helper()
+	ctx := context.Background()
+	s, err := e.js.Stream(ctx, wire.StreamAudit)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	waitFor(e.t, 10*time.Second, "an audit record per call", func() bool {
+		info, err := s.Info(ctx)
+		return err == nil && int64(info.State.Msgs) == e.sim.Stats().Requests
+	})
+	info, err := s.Info(ctx)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	var out []worker.AuditRecord
+	for seq := info.State.FirstSeq; seq > 0 && seq <= info.State.LastSeq; seq++ {
+		m, err := s.GetMsg(ctx, seq)
+		if err != nil {
+			e.t.Fatalf("audit record %d: %v", seq, err)
+		}
+		var rec worker.AuditRecord
+		if err := json.Unmarshal(m.Data, &rec); err != nil {
+			e.t.Fatalf("audit record %d: %v", seq, err)
+		}
+		out = append(out, rec)
+	}
+	return out
+}
+
+// Issue 11, acceptance 7: with 5 % of answers invalid JSON on their first try only,
+// every row succeeds: each bad answer is asked again (max_answer_retries defaults to 1),
+// here with the reason appended (reask_with_error), and the audit shows the re-asks.
+func TestInvalidFirstAnswersAreAskedAgainAndEveryRowSucceeds(t *testing.T) {
+	e := setup(t, llmsim.Config{Seed: 11, FirstTryOnly: true, Faults: llmsim.Faults{llmsim.FaultInvalidJSON: 5}})
+	e.startWorker(workerOpts{})
+	e.startCollector("")
+	const rows, queries = 100, 2
+	rep, err := e.produce(e.pipeline(matrixPipeline(1, queries, "reask_with_error: true\n")), csvRows(rows, nil), input.CSV)
+	if err != nil {
+		t.Fatalf("produce: %v", err)
+	}
+	sum := e.waitSummary(rep.Run, 90*time.Second)
+	st := e.sim.Stats()
+	bad := st.ByFault[llmsim.FaultInvalidJSON]
+	if bad == 0 {
+		t.Fatalf("no invalid answer injected (%v): the test proves nothing", st.ByFault)
+	}
+	if ok, failed := e.lines(rep.Run, sink.ResultsJSONL), e.lines(rep.Run, sink.ErrorsJSONL); len(ok) != rows || len(failed) != 0 {
+		t.Fatalf("got %d ok and %d error rows, want %d and 0", len(ok), len(failed), rows)
+	}
+	if want := int64(rows*queries) + bad; st.Requests != want || sum.Stats.Calls != want {
+		t.Errorf("llmsim answered %d calls, the summary counts %d; want one per query plus one per bad answer, %d", st.Requests, sum.Stats.Calls, want)
+	}
+
+	t.Run("each re-ask is audited as one, after the bad answer, with the reason appended", func(t *testing.T) {
+		byQuery := map[wire.Addr][]worker.AuditRecord{}
+		for _, rec := range e.auditRecords() {
+			a := wire.Addr{Run: rec.Run, Row: rec.Row, Query: rec.Query}
+			byQuery[a] = append(byQuery[a], rec)
+		}
+		reasks := 0
+		for a, recs := range byQuery {
+			switch len(recs) {
+			case 1:
+				if recs[0].Reask != 0 || recs[0].Error != nil {
+					t.Errorf("%s: a single attempt audited as %+v", a, recs[0])
+				}
+			case 2:
+				first, again := recs[0], recs[1]
+				if first.Reask != 0 || first.Error == nil || first.Error.Type != "permanent" {
+					t.Errorf("%s: first attempt audited as %+v, want the bad answer (permanent error, no reask)", a, first)
+				}
+				if again.Reask != 1 || again.Error != nil || again.Status != 200 {
+					t.Errorf("%s: second attempt audited as %+v, want re-ask 1, answered", a, again)
+				}
+				if again.RequestHash == first.RequestHash {
+					t.Errorf("%s: the re-ask sent the same request: reask_with_error appended nothing", a)
+				}
+				reasks++
+			default:
+				t.Errorf("%s: %d attempts audited, want 1 or 2", a, len(recs))
+			}
+		}
+		if int64(reasks) != bad {
+			t.Errorf("%d re-asks audited, llmsim gave %d bad answers", reasks, bad)
+		}
+	})
+}
+
+// max_answer_retries: 0 turns re-asking off: a bad first answer fails its row with the
+// precise reason, after one call.
+func TestWithoutAnswerRetriesABadAnswerFailsItsRow(t *testing.T) {
+	e := setup(t, llmsim.Config{Seed: 11, FirstTryOnly: true, Faults: llmsim.Faults{llmsim.FaultInvalidJSON: 5}})
+	e.startWorker(workerOpts{})
+	e.startCollector("")
+	const rows, queries = 100, 2
+	rep, err := e.produce(e.pipeline(matrixPipeline(1, queries, "max_answer_retries: 0\n")), csvRows(rows, nil), input.CSV)
+	if err != nil {
+		t.Fatalf("produce: %v", err)
+	}
+	e.waitSummary(rep.Run, 90*time.Second)
+	st := e.sim.Stats()
+	bad := st.ByFault[llmsim.FaultInvalidJSON]
+	if bad == 0 || st.Requests != rows*queries {
+		t.Fatalf("llmsim answered %d calls with %d bad answers; want one call per query, some bad", st.Requests, bad)
+	}
+	failed := e.lines(rep.Run, sink.ErrorsJSONL)
+	if len(failed) == 0 {
+		t.Fatalf("no error row for %d bad answers", bad)
+	}
+	n := 0
+	for _, r := range failed {
+		for _, f := range errorOf(t, r)["failed_queries"].([]any) {
+			if qe := f.(map[string]any)["error"].(map[string]any); qe["reason"] != wire.ReasonInvalidJSON {
+				t.Errorf("row %v: reason %v, want %s", r["id"], qe["reason"], wire.ReasonInvalidJSON)
+			}
+			n++
+		}
+	}
+	if int64(n) != bad {
+		t.Errorf("%d failed queries, llmsim gave %d bad answers", n, bad)
+	}
+}
