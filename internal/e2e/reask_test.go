@@ -2,12 +2,18 @@ package e2e
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
+	"slices"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/multiquery/multiquery/internal/input"
 	"github.com/multiquery/multiquery/internal/llmsim"
+	"github.com/multiquery/multiquery/internal/queue"
 	"github.com/multiquery/multiquery/internal/sink"
 	"github.com/multiquery/multiquery/internal/wire"
 	"github.com/multiquery/multiquery/internal/worker"
@@ -136,5 +142,66 @@ func TestWithoutAnswerRetriesABadAnswerFailsItsRow(t *testing.T) {
 	}
 	if int64(n) != bad {
 		t.Errorf("%d failed queries, llmsim gave %d bad answers", n, bad)
+	}
+}
+
+// The count of unusable answers lives in mq_retry, not in the worker: a worker that
+// counted a bad answer and died before its NAK leaves the re-ask to the job's next
+// delivery, which asks again, with the reason appended (reask_with_error), and says so
+// in the audit.
+func TestAReaskSurvivesTheWorkerThatCountedTheBadAnswer(t *testing.T) {
+	e := setup(t, llmsim.Config{})
+	e.topo.AckWait = 2 * time.Second
+	rep, err := e.produce(e.pipeline(matrixPipeline(1, 1, "reask_with_error: true\n")), csvRows(1, nil), input.CSV)
+	if err != nil {
+		t.Fatalf("produce: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	// The worker that dies: it takes the job's first delivery, counts a bad answer in
+	// mq_retry as the worker does, and never NAKs nor acks.
+	cons, err := queue.EnsureJobConsumer(ctx, e.js, e.topo, "default", rep.Run)
+	if err != nil {
+		t.Fatal(err)
+	}
+	batch, err := cons.Fetch(1, jetstream.FetchMaxWait(5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, ok := <-batch.Messages()
+	if !ok {
+		t.Fatalf("no job delivered: %v", batch.Error())
+	}
+	var job wire.Job
+	if err := json.Unmarshal(msg.Data(), &job); err != nil {
+		t.Fatal(err)
+	}
+	const cause = "invalid_json: answer is not JSON"
+	retry, err := e.js.KeyValue(ctx, wire.BucketRetry)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := retry.Create(ctx, wire.JobKey(job.Run, job.Row, job.Query),
+		[]byte(`{"answer_errors":1,"last_answer_error":"`+cause+`","naks":1,"calls":1}`)); err != nil {
+		t.Fatal(err)
+	}
+
+	e.startWorker(workerOpts{})
+	e.startCollector("")
+	sum := e.waitSummary(rep.Run, 30*time.Second)
+	if sum.Stats.RowsOK != 1 || sum.Stats.Calls != 2 {
+		t.Fatalf("summary %+v, want the row ok after 2 calls (the dead worker's and the re-ask)", sum.Stats)
+	}
+	recs := e.auditRecords()
+	if len(recs) != 1 {
+		t.Fatalf("%d audit records, want the re-ask's only", len(recs))
+	}
+	want := job.Request
+	want.Messages = append(slices.Clip(want.Messages), wire.Message{Role: "user", Content: worker.ReaskMessage(cause)})
+	b, _ := json.Marshal(want)
+	sha := sha256.Sum256(b)
+	if got := recs[0]; got.Reask != 1 || got.Attempt != 2 || got.RequestHash != hex.EncodeToString(sha[:]) {
+		t.Errorf("audit record %+v: want re-ask 1 on delivery 2, the request with the reason appended", got)
 	}
 }
