@@ -83,7 +83,7 @@ func (c *Controller) OnBudget(b Budget) Decision {
 	d.Pressure = true
 	if t.Sub(c.lastCut) >= c.p.Window {
 		d.Cut = true
-		d.Target, d.Good = c.cutTarget()
+		d.Target, d.Good = c.cutTarget(true)
 		c.applyCut(t, d.Target, d.Good)
 	}
 	return d
