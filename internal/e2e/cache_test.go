@@ -40,6 +40,29 @@ func (e *env) cacheBucket() jetstream.KeyValue {
 	return kv
 }
 
+// cacheEntries is every entry of the cache bucket, by key.
+func (e *env) cacheEntries(kv jetstream.KeyValue) map[string]wire.CacheEntry {
+	e.t.Helper()
+	ctx := context.Background()
+	keys, err := kv.ListKeys(ctx)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	out := map[string]wire.CacheEntry{}
+	for key := range keys.Keys() {
+		entry, err := kv.Get(ctx, key)
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		var c wire.CacheEntry
+		if err := json.Unmarshal(entry.Value(), &c); err != nil {
+			e.t.Fatal(err)
+		}
+		out[key] = c
+	}
+	return out
+}
+
 // withoutCached is a row without its <query>_cached columns.
 func withoutCached(row map[string]any, queries []string) map[string]any {
 	out := map[string]any{}
@@ -131,20 +154,8 @@ func TestCacheIgnoresAnswersOlderThanTheTTL(t *testing.T) {
 	// with an answer of their own that names the row.
 	ctx := context.Background()
 	kv := e.cacheBucket()
-	keys, err := kv.ListKeys(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
 	n := 0
-	for key := range keys.Keys() {
-		entry, err := kv.Get(ctx, key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var c wire.CacheEntry
-		if err := json.Unmarshal(entry.Value(), &c); err != nil {
-			t.Fatal(err)
-		}
+	for key, c := range e.cacheEntries(kv) {
 		var answer map[string]any
 		if err := json.Unmarshal([]byte(c.Content), &answer); err != nil {
 			t.Fatalf("cached content %q: %v", c.Content, err)
@@ -184,20 +195,8 @@ func TestCacheIgnoresAnswersOlderThanTheTTL(t *testing.T) {
 	}
 
 	t.Run("a stale answer is replaced by the fresh one", func(t *testing.T) {
-		keys, err := kv.ListKeys(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
 		fresh := 0
-		for key := range keys.Keys() {
-			entry, err := kv.Get(ctx, key)
-			if err != nil {
-				t.Fatal(err)
-			}
-			var c wire.CacheEntry
-			if err := json.Unmarshal(entry.Value(), &c); err != nil {
-				t.Fatal(err)
-			}
+		for _, c := range e.cacheEntries(kv) {
 			if time.Since(c.Stored) < 10*time.Minute {
 				fresh++
 			}
