@@ -31,6 +31,7 @@ import (
 	"github.com/multiquery/multiquery/internal/input"
 	"github.com/multiquery/multiquery/internal/local"
 	"github.com/multiquery/multiquery/internal/ops"
+	"github.com/multiquery/multiquery/internal/proc"
 	"github.com/multiquery/multiquery/internal/producer"
 	"github.com/multiquery/multiquery/internal/sink"
 	"github.com/multiquery/multiquery/internal/version"
@@ -43,7 +44,10 @@ const exitRowErrors = 3
 // lineEvery is how often progress is printed as a line when stderr is not a terminal.
 const lineEvery = 5 * time.Second
 
-func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
+func main() {
+	proc.TuneGC(os.Getenv)
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
 
 const usage = `usage: multiquery run --config pipeline.yaml --workers worker.yaml --input rows.csv --out DIR [flags]
        multiquery --version

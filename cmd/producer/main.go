@@ -39,7 +39,10 @@ import (
 // exitRowErrors: the run was published, but some rows failed to parse or render.
 const exitRowErrors = 3
 
-func main() { os.Exit(run(os.Args[1:])) }
+func main() {
+	proc.TuneGC(os.Getenv)
+	os.Exit(run(os.Args[1:]))
+}
 
 // options is everything the command reads from its flags.
 type options struct {
@@ -61,7 +64,7 @@ func parseFlags(args []string) (options, error) {
 	fs.StringVar(&o.runID, "run", "", "run id (default: a new UUIDv7); rerun with the same id to resume")
 	fs.BoolVar(&o.wait, "wait", false, "wait until the collector has emitted every row, then print the summary")
 	fs.DurationVar(&o.waitMax, "wait-timeout", 0, "give up waiting after this long (0 = no limit)")
-	fs.IntVar(&o.ahead, "max-ahead", producer.DefaultMaxAhead, "flow control: rows published ahead of the rows the collector has written")
+	fs.IntVar(&o.ahead, "max-ahead", 0, fmt.Sprintf("flow control: rows published ahead of the rows the collector has written (0: the larger of %d rows and %d jobs' worth)", producer.DefaultMaxAhead, producer.DefaultAheadJobs))
 	fs.BoolVar(&o.dryRun, "dry-run", false, "check the config and the input, render every prompt, print rows, queries, prompt tokens and the estimated cost; connects to nothing, publishes nothing")
 	fs.StringVar(&o.serve, "serve", "", "run as a service for upstream publishers: a directory of pipeline configs, <name>.yaml each; other YAML files are skipped (see docs/WIRE.md, submit subjects)")
 	return o, fs.Parse(args)

@@ -18,7 +18,10 @@ import (
 	"github.com/multiquery/multiquery/internal/worker"
 )
 
-func main() { os.Exit(run(os.Args[1:])) }
+func main() {
+	proc.TuneGC(os.Getenv)
+	os.Exit(run(os.Args[1:]))
+}
 
 // options is everything the command reads from its flags.
 type options struct {

@@ -468,6 +468,9 @@ func (p *Pipeline) Queries() []Query {
 	return slices.Clone(p.queries)
 }
 
+// QueryCount is len(Queries()) without the copy: M, the queries of every row.
+func (p *Pipeline) QueryCount() int { return len(p.queries) }
+
 // OutputColumns returns every output column in order: for each query its
 // <query>_<suffix> columns, then <query>_usage and <query>_model (and <query>_cached
 // with the cache on).

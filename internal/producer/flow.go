@@ -104,8 +104,9 @@ func (s *service) controlState(ctx context.Context, run string, st *runState) st
 // the collector's watermark (every row below it is emitted). Rows arriving out of order
 // cannot deadlock: a row below the window is always published, and the rows the
 // collector waits for are always below it.
-func (s *service) inWindow(ctx context.Context, run string, row int, st *runState) bool {
-	if row < st.watermark+s.cfg.MaxAhead {
+func (s *service) inWindow(ctx context.Context, run string, row, queries int, st *runState) bool {
+	ahead := AheadRows(s.cfg.MaxAhead, queries)
+	if row < st.watermark+ahead {
 		return true
 	}
 	if time.Since(st.statusRead) < serviceStatusFreshness {
@@ -118,7 +119,7 @@ func (s *service) inWindow(ctx context.Context, run string, row int, st *runStat
 			st.watermark = max(st.watermark, status.Next)
 		}
 	}
-	return row < st.watermark+s.cfg.MaxAhead
+	return row < st.watermark+ahead
 }
 
 // park leaves a submitted row on the stream for later (NAK with ParkDelay), counted by
@@ -129,7 +130,7 @@ func (s *service) park(ctx context.Context, msg jetstream.Msg, sub *submission, 
 	case ctl == wire.ControlPaused:
 		s.cfg.Metrics.parked.WithLabelValues("paused").Inc()
 		return true, msg.NakWithDelay(s.cfg.ParkDelay)
-	case ctl != wire.ControlCancelled && !s.inWindow(ctx, sub.run, sub.row, sub.st):
+	case ctl != wire.ControlCancelled && !s.inWindow(ctx, sub.run, sub.row, sub.p.QueryCount(), sub.st):
 		s.cfg.Metrics.parked.WithLabelValues("flow_control").Inc()
 		return true, msg.NakWithDelay(s.cfg.ParkDelay)
 	}

@@ -49,7 +49,7 @@ func prepare(ctx context.Context, js jetstream.JetStream, cfg Config, log zerolo
 		return nil, err
 	}
 	fr.pub = &publisher{js: js, names: cfg.Topology.Names, window: cfg.Window, log: log}
-	fr.flow = &flowControl{kv: runs, run: cfg.Run, ahead: cfg.MaxAhead, flush: fr.pub.wait}
+	fr.flow = &flowControl{kv: runs, run: cfg.Run, ahead: AheadRows(cfg.MaxAhead, len(fr.queries)), flush: fr.pub.wait}
 	fr.limit = js.Conn().MaxPayload()
 	// Checkpoint every few rows, once everything before it is acknowledged.
 	fr.every = max(1, cfg.Window/(len(fr.queries)+1))
@@ -60,9 +60,6 @@ func prepare(ctx context.Context, js jetstream.JetStream, cfg Config, log zerolo
 func (cfg *Config) defaults() {
 	if cfg.Window <= 0 {
 		cfg.Window = 2048
-	}
-	if cfg.MaxAhead <= 0 {
-		cfg.MaxAhead = DefaultMaxAhead
 	}
 }
 

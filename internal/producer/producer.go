@@ -41,13 +41,27 @@ type Config struct {
 	// Window bounds publishes awaiting their ack.
 	Window int
 	// MaxAhead is how many rows the producer may be ahead of the rows the collector has
-	// written (flow control: the streams never hold a whole giant input).
+	// written (flow control: the streams never hold a whole giant input); 0: AheadRows.
 	MaxAhead int
 }
 
-// DefaultMaxAhead is Config.MaxAhead and ServiceConfig.MaxAhead (the producer's
-// --max-ahead) when not set.
+// DefaultMaxAhead is the least flow window in rows when MaxAhead is not set (the
+// producer's --max-ahead 0): see AheadRows.
 const DefaultMaxAhead = 1000
+
+// DefaultAheadJobs is the jobs a run's flow window holds when MaxAhead is not set and
+// its rows have few queries: at one query per row, 1000 rows ahead is 1000 jobs, too few
+// to keep a fleet busy between two progress reports of the collector (every 200 ms).
+const DefaultAheadJobs = 16000
+
+// AheadRows is a run's flow window in rows: maxAhead when set (> 0), else the larger of
+// DefaultMaxAhead rows and DefaultAheadJobs jobs' worth of rows of queries queries.
+func AheadRows(maxAhead, queries int) int {
+	if maxAhead > 0 {
+		return maxAhead
+	}
+	return max(DefaultMaxAhead, DefaultAheadJobs/max(1, queries))
+}
 
 // UsageError is a whole-run problem found before anything was published (exit 2).
 type UsageError struct{ Err error }

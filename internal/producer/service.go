@@ -23,7 +23,7 @@ import (
 type ServiceConfig struct {
 	Pipelines map[string]*config.Pipeline // by the name upstream systems submit under
 	Topology  queue.Topology
-	MaxAhead  int // flow control per run, as for the file producer
+	MaxAhead  int // flow control per run, as for the file producer (0: AheadRows)
 	// ParkDelay is how long a row that may not be published yet (beyond its run's flow
 	// window, or of a paused run) waits on the stream before it is looked at again.
 	ParkDelay time.Duration
@@ -115,9 +115,6 @@ const ServiceConsumer = "producer-service"
 func Serve(ctx context.Context, js jetstream.JetStream, cfg ServiceConfig, log zerolog.Logger) error {
 	if len(cfg.Pipelines) == 0 {
 		return &UsageError{errors.New("pipelines: at least one is required")}
-	}
-	if cfg.MaxAhead <= 0 {
-		cfg.MaxAhead = DefaultMaxAhead
 	}
 	if cfg.ParkDelay <= 0 {
 		cfg.ParkDelay = time.Second
