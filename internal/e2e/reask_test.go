@@ -19,18 +19,14 @@ import (
 	"github.com/multiquery/multiquery/internal/worker"
 )
 
-// auditRecords reads every record of MQ_AUDIT once it holds one per call llmsim answered.
-func (e *env) auditRecords() []worker.AuditRecord {
+// readAudit decodes every record MQ_AUDIT holds now (its messages are batches).
+func (e *env) readAudit() []worker.AuditRecord {
 	e.t.Helper()
 	ctx := context.Background()
 	s, err := e.js.Stream(ctx, wire.StreamAudit)
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	waitFor(e.t, 10*time.Second, "an audit record per call", func() bool {
-		info, err := s.Info(ctx)
-		return err == nil && int64(info.State.Msgs) == e.sim.Stats().Requests
-	})
 	info, err := s.Info(ctx)
 	if err != nil {
 		e.t.Fatal(err)
@@ -39,14 +35,25 @@ func (e *env) auditRecords() []worker.AuditRecord {
 	for seq := info.State.FirstSeq; seq > 0 && seq <= info.State.LastSeq; seq++ {
 		m, err := s.GetMsg(ctx, seq)
 		if err != nil {
-			e.t.Fatalf("audit record %d: %v", seq, err)
+			e.t.Fatalf("audit message %d: %v", seq, err)
 		}
-		var rec worker.AuditRecord
-		if err := json.Unmarshal(m.Data, &rec); err != nil {
-			e.t.Fatalf("audit record %d: %v", seq, err)
+		recs, err := worker.DecodeAudit(m.Data)
+		if err != nil {
+			e.t.Fatalf("audit message %d: %v", seq, err)
 		}
-		out = append(out, rec)
+		out = append(out, recs...)
 	}
+	return out
+}
+
+// auditRecords reads every record of MQ_AUDIT once it holds one per call llmsim answered.
+func (e *env) auditRecords() []worker.AuditRecord {
+	e.t.Helper()
+	var out []worker.AuditRecord
+	waitFor(e.t, 10*time.Second, "an audit record per call", func() bool {
+		out = e.readAudit()
+		return int64(len(out)) == e.sim.Stats().Requests
+	})
 	return out
 }
 

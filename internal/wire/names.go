@@ -232,9 +232,7 @@ func (n Names) StatusSubject(run string) string { return n.subject(StatusSubject
 func (n Names) StatusFilter() string { return n.subject(StatusFilter) }
 
 // AuditSubject is AuditSubject with the prefix.
-func (n Names) AuditSubject(run string, row int, query string) string {
-	return n.subject(AuditSubject(run, row, query))
-}
+func (n Names) AuditSubject(run string) string { return n.subject(AuditSubject(run)) }
 
 // DeadSubject is DeadSubject with the prefix.
 func (n Names) DeadSubject(deployment, run string) string {

@@ -127,10 +127,8 @@ func ResultSubject(run string, row int, query string) string {
 // RowSubject is where an emitted row is published by the MQ_ROWS sink.
 func RowSubject(run string, row int) string { return "rows." + run + "." + strconv.Itoa(row) }
 
-// AuditSubject is where audit records of one query's attempts go.
-func AuditSubject(run string, row int, query string) string {
-	return "audit." + run + "." + strconv.Itoa(row) + "." + query
-}
+// AuditSubject is where a run's audit records go, in batches (JSON lines).
+func AuditSubject(run string) string { return "audit." + run + ".batch" }
 
 // DeadSubject is where dead-lettered job payloads go.
 func DeadSubject(deployment, run string) string { return "dead." + deployment + "." + run }

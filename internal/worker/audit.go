@@ -1,11 +1,13 @@
 package worker
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -15,7 +17,8 @@ import (
 	"github.com/multiquery/multiquery/internal/wire"
 )
 
-// AuditRecord is one LLM HTTP attempt, published to MQ_AUDIT (audit.<run>.<row>.<query>).
+// AuditRecord is one LLM HTTP attempt, published to MQ_AUDIT in its run's batches
+// (audit.<run>.batch: JSON lines, one record each; DecodeAudit reads them).
 type AuditRecord struct {
 	V       int    `json:"v"`
 	Run     string `json:"run"`
@@ -47,25 +50,44 @@ type AuditError struct {
 	Retryable bool   `json:"retryable"`
 }
 
-// maxAuditPending bounds audit publishes awaiting their ack; past it records are
-// dropped and counted (mq_worker_audit_dropped_total), never blocking a call.
-const maxAuditPending = 4096
+// An auditor batches a run's records: one message holds up to auditBatchRecords records
+// (or auditBatchBytes), and a batch waits at most auditFlushEvery. One publish and one
+// ack per batch instead of per attempt (two NATS messages and a stored message less per
+// query; docs/BENCHMARKS.md, "Cost per query").
+const (
+	auditBatchRecords = 256
+	auditBatchBytes   = 256 << 10
+	auditFlushEvery   = 100 * time.Millisecond
+	// maxAuditPending bounds batches awaiting their ack; past it a batch is dropped and
+	// its records counted (mq_worker_audit_dropped_total), never blocking a call.
+	maxAuditPending = 256
+)
 
-// auditor publishes audit records asynchronously on a JetStream context of its own,
-// whose error handler counts every record the stream did not take (an error ack, an ack
-// timeout, a disconnect): no goroutine per record waits for its ack.
+// auditor publishes audit records in batches, one per run, asynchronously on a
+// JetStream context of its own, whose error handler counts every record the stream did
+// not take (an error ack, an ack timeout, a disconnect): no goroutine per record waits
+// for its ack.
 type auditor struct {
 	js      jetstream.JetStream
 	names   wire.Names
-	dropped func()
+	dropped func(records int)
+
+	mu      sync.Mutex
+	batches map[string]*auditBatch // by run
 }
 
-func newAuditor(js jetstream.JetStream, names wire.Names, dropped func()) (*auditor, error) {
-	a := &auditor{names: names, dropped: dropped}
+// auditBatch is one run's records not yet published: JSON lines.
+type auditBatch struct {
+	buf     []byte
+	records int
+}
+
+func newAuditor(js jetstream.JetStream, names wire.Names, dropped func(records int)) (*auditor, error) {
+	a := &auditor{names: names, dropped: dropped, batches: map[string]*auditBatch{}}
 	ajs, err := jetstream.New(js.Conn(),
 		jetstream.WithPublishAsyncMaxPending(maxAuditPending),
 		jetstream.WithPublishAsyncTimeout(10*time.Second),
-		jetstream.WithPublishAsyncErrHandler(func(jetstream.JetStream, *nats.Msg, error) { dropped() }))
+		jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, m *nats.Msg, _ error) { dropped(bytes.Count(m.Data, []byte{'\n'})) }))
 	if err != nil {
 		return nil, fmt.Errorf("audit publisher: %w", err)
 	}
@@ -79,7 +101,7 @@ func hashJSON(v any) string {
 	return hex.EncodeToString(sum[:])
 }
 
-// record publishes one attempt's audit record asynchronously: req is the request sent,
+// record adds one attempt's audit record to its run's batch: req is the request sent,
 // reask its re-ask number (0: a first ask).
 func (a *auditor) record(job *wire.Job, req wire.Request, attempt, reask int, worker string, ans *llm.Answer, callErr error, latency time.Duration) {
 	rec := AuditRecord{V: wire.Version, Run: job.Run, Row: job.Row, Query: job.Query, Attempt: attempt, Reask: reask, Deployment: job.Deployment,
@@ -92,33 +114,101 @@ func (a *auditor) record(job *wire.Job, req wire.Request, attempt, reask int, wo
 	if callErr != nil {
 		rec.Error = classifyForAudit(callErr, &rec.Status)
 	}
-	a.publish(rec)
+	a.add(rec)
 }
 
-// cached publishes the audit record of an answer taken from the prompt cache.
+// cached adds the audit record of an answer taken from the prompt cache.
 func (a *auditor) cached(job *wire.Job, attempt int, worker, content string, latency time.Duration) {
 	sum := sha256.Sum256([]byte(content))
-	a.publish(AuditRecord{V: wire.Version, Run: job.Run, Row: job.Row, Query: job.Query, Attempt: attempt, Deployment: job.Deployment,
+	a.add(AuditRecord{V: wire.Version, Run: job.Run, Row: job.Row, Query: job.Query, Attempt: attempt, Deployment: job.Deployment,
 		RequestHash: hashJSON(job.Request), ResponseHash: hex.EncodeToString(sum[:]), LatencyMS: float64(latency.Microseconds()) / 1000,
 		Worker: worker, Time: time.Now().UTC(), Cached: true})
 }
 
-// publish sends one audit record without waiting for its ack.
-func (a *auditor) publish(rec AuditRecord) {
-	if a.js.PublishAsyncPending() >= maxAuditPending {
-		a.dropped() // never block a call on the audit stream
+// add appends rec to its run's batch and publishes the batch once it is full.
+func (a *auditor) add(rec AuditRecord) {
+	line, err := json.Marshal(rec)
+	if err != nil {
+		a.dropped(1)
 		return
 	}
-	b, err := json.Marshal(rec)
-	if err != nil {
-		a.dropped()
+	a.mu.Lock()
+	b := a.batches[rec.Run]
+	if b == nil {
+		b = &auditBatch{}
+		a.batches[rec.Run] = b
+	}
+	b.buf = append(append(b.buf, line...), '\n')
+	b.records++
+	var full []byte
+	if b.records >= auditBatchRecords || len(b.buf) >= auditBatchBytes {
+		full = b.buf
+		delete(a.batches, rec.Run)
+	}
+	a.mu.Unlock()
+	if full != nil {
+		a.publish(rec.Run, full)
+	}
+}
+
+// flush publishes every batch.
+func (a *auditor) flush() {
+	a.mu.Lock()
+	batches := a.batches
+	a.batches = make(map[string]*auditBatch, len(batches))
+	a.mu.Unlock()
+	for run, b := range batches {
+		a.publish(run, b.buf)
+	}
+}
+
+// run flushes the batches every auditFlushEvery until stop is closed, then flushes once
+// more and waits up to wait for the batches' acks.
+func (a *auditor) run(stop <-chan struct{}, wait time.Duration) {
+	tick := time.NewTicker(auditFlushEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-tick.C:
+			a.flush()
+		case <-stop:
+			a.flush()
+			select {
+			case <-a.js.PublishAsyncComplete():
+			case <-time.After(wait):
+			}
+			return
+		}
+	}
+}
+
+// publish sends one batch without waiting for its ack.
+func (a *auditor) publish(run string, batch []byte) {
+	if a.js.PublishAsyncPending() >= maxAuditPending {
+		a.dropped(bytes.Count(batch, []byte{'\n'})) // never block a call on the audit stream
 		return
 	}
 	// A full window (a race past the check above) fails at once rather than stalling.
-	if _, err := a.js.PublishMsgAsync(&nats.Msg{Subject: a.names.AuditSubject(rec.Run, rec.Row, rec.Query), Data: b},
+	if _, err := a.js.PublishMsgAsync(&nats.Msg{Subject: a.names.AuditSubject(run), Data: batch},
 		jetstream.WithStallWait(time.Millisecond)); err != nil {
-		a.dropped()
+		a.dropped(bytes.Count(batch, []byte{'\n'}))
 	}
+}
+
+// DecodeAudit reads the records of one audit message (JSON lines, one record each).
+func DecodeAudit(data []byte) ([]AuditRecord, error) {
+	var recs []AuditRecord
+	for line := range bytes.Lines(data) {
+		if len(bytes.TrimSpace(line)) == 0 {
+			continue
+		}
+		var r AuditRecord
+		if err := json.Unmarshal(line, &r); err != nil {
+			return recs, fmt.Errorf("audit record %d: %w", len(recs)+1, err)
+		}
+		recs = append(recs, r)
+	}
+	return recs, nil
 }
 
 func classifyForAudit(err error, status *int) *AuditError {

@@ -1,9 +1,12 @@
 package worker
 
 import (
+	"context"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/multiquery/multiquery/internal/natstest"
 	"github.com/multiquery/multiquery/internal/wire"
@@ -15,7 +18,7 @@ func TestAnAuditRecordNotStoredIsCounted(t *testing.T) {
 	srv := natstest.Start(t)
 	_, js := srv.Connect(t)
 	var dropped atomic.Int64
-	a, err := newAuditor(js, wire.Names{}, func() { dropped.Add(1) })
+	a, err := newAuditor(js, wire.Names{}, func(n int) { dropped.Add(int64(n)) })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -23,11 +26,78 @@ func TestAnAuditRecordNotStoredIsCounted(t *testing.T) {
 	for i := range 3 {
 		a.record(job, job.Request, i+1, 0, "w", nil, nil, time.Millisecond)
 	}
+	a.flush()
 	deadline := time.Now().Add(10 * time.Second)
 	for dropped.Load() < 3 {
 		if time.Now().After(deadline) {
 			t.Fatalf("dropped %d of 3 records not stored", dropped.Load())
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// A run's records go out together: one message per batch on audit.<run>.batch, JSON
+// lines that DecodeAudit reads back; a full batch goes out without waiting for a flush.
+func TestAuditRecordsGoOutInBatchesPerRun(t *testing.T) {
+	srv := natstest.Start(t)
+	_, js := srv.Connect(t)
+	ctx := context.Background()
+	stream, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: wire.StreamAudit, Subjects: []string{wire.Names{}.AuditSubjects()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dropped atomic.Int64
+	a, err := newAuditor(js, wire.Names{}, func(n int) { dropped.Add(int64(n)) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	stored := func(subject string) []AuditRecord {
+		t.Helper()
+		var recs []AuditRecord
+		cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for {
+			m, err := cons.Next(jetstream.FetchMaxWait(200 * time.Millisecond))
+			if err != nil {
+				return recs
+			}
+			got, err := DecodeAudit(m.Data())
+			if err != nil {
+				t.Fatal(err)
+			}
+			recs = append(recs, got...)
+		}
+	}
+	t.Run("a full batch is published at once", func(t *testing.T) {
+		job := &wire.Job{Run: "full", Row: 1, Query: "q", Deployment: "d"}
+		for i := range auditBatchRecords {
+			a.record(job, job.Request, i+1, 0, "w", nil, nil, time.Millisecond)
+		}
+		waitUntil(t, "one message with every record", func() bool {
+			info, err := stream.Info(ctx)
+			return err == nil && info.State.Msgs == 1
+		})
+		if recs := stored(wire.AuditSubject("full")); len(recs) != auditBatchRecords || recs[0].Attempt != 1 || recs[len(recs)-1].Attempt != auditBatchRecords {
+			t.Fatalf("stored %d records, want %d in order", len(recs), auditBatchRecords)
+		}
+	})
+	t.Run("a flush publishes each run's records on its own subject", func(t *testing.T) {
+		for _, run := range []string{"r1", "r2", "r1"} {
+			job := &wire.Job{Run: run, Row: 2, Query: "q", Deployment: "d"}
+			a.record(job, job.Request, 1, 0, "w", nil, nil, time.Millisecond)
+		}
+		a.flush()
+		waitUntil(t, "a message per run", func() bool {
+			info, err := stream.Info(ctx)
+			return err == nil && info.State.Msgs == 3
+		})
+		if r1, r2 := stored(wire.AuditSubject("r1")), stored(wire.AuditSubject("r2")); len(r1) != 2 || len(r2) != 1 || r1[0].Run != "r1" || r2[0].Run != "r2" {
+			t.Fatalf("r1 %d records, r2 %d: want 2 and 1", len(r1), len(r2))
+		}
+	})
+	if dropped.Load() != 0 {
+		t.Fatalf("%d records dropped", dropped.Load())
 	}
 }

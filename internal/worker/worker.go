@@ -209,7 +209,7 @@ func New(js jetstream.JetStream, cfg Config, log zerolog.Logger) (*Worker, error
 	}
 	w := &Worker{cfg: cfg, names: cfg.Topology.Names, js: js, log: log.With().Str("component", "worker").Str("worker", cfg.Name).Logger(), deps: map[string]*deployment{}, m: newMetrics(),
 		ctl: controls{runs: map[string]string{}, breakers: map[string]bool{}}}
-	audit, err := newAuditor(js, cfg.Topology.Names, func() { w.m.auditDropped.Inc() })
+	audit, err := newAuditor(js, cfg.Topology.Names, func(n int) { w.m.auditDropped.Add(float64(n)) })
 	if err != nil {
 		return nil, err
 	}
@@ -262,6 +262,11 @@ func (w *Worker) Run(ctx context.Context) error {
 	// Calls outlive ctx during the drain; they get their own context.
 	callCtx, cancelCalls := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelCalls()
+
+	// The audit's batches go out until the last call is recorded, then once more.
+	stopAudit, audited := make(chan struct{}), make(chan struct{})
+	go func() { defer close(audited); w.audit.run(stopAudit, 2*time.Second) }()
+	defer func() { close(stopAudit); <-audited }()
 
 	var inflight sync.WaitGroup
 	w.startFetching(ctx, callCtx, &wg, &inflight)
