@@ -325,10 +325,10 @@ func CostTable(rounds [][]CostRow) string {
 		sort.Strings(procs)
 		var by []string
 		for k, v := range med.MsgsBy {
-			by = append(by, fmt.Sprintf("%s %.1f", strings.TrimPrefix(k, "multiquery-"), float64(v)/float64(max(1, med.Queries))))
+			by = append(by, fmt.Sprintf("%s %.2f", strings.TrimPrefix(k, "multiquery-"), float64(v)/float64(max(1, med.Queries))))
 		}
 		sort.Strings(by)
-		fmt.Fprintf(&b, "| %s | %s | %s | %.2f | %.0f %% | %.1f | %s | %s |\n", rounds[0][i].Name, mmm(rate, "%.0f"), mmm(cpu, "%.0f"),
+		fmt.Fprintf(&b, "| %s | %s | %s | %.2f | %.0f %% | %.2f | %s | %s |\n", rounds[0][i].Name, mmm(rate, "%.0f"), mmm(cpu, "%.0f"),
 			median(ratioCPU), 100*median(ratioRate), median(msgs), strings.Join(procs, ", "), strings.Join(by, ", "))
 	}
 	return b.String()

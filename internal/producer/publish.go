@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
+	"github.com/synadia-io/orbit.go/jetstreamext"
 
 	"github.com/multiquery/multiquery/internal/queue"
 	"github.com/multiquery/multiquery/internal/wire"
@@ -57,20 +58,34 @@ func publishPlan(ctx context.Context, pub *publisher, run string, pl plan, caref
 // publisher publishes with a bounded window of unacknowledged messages; a message that
 // a first-writer-wins stream already holds counts as published. Input rows wait (later)
 // until every message published before them is acknowledged.
+//
+// Jobs and rows go out in atomic batches of up to batchMax messages (one ack per batch,
+// not per message: two NATS messages a query less at one query per row). A batch the
+// server refuses or does not answer is published again one message at a time (each
+// with its Nats-Msg-Id, so nothing is stored twice); a stream that takes no batches
+// (created by an older version, or by hand without allow_atomic) turns batching off.
 type publisher struct {
 	js      jetstream.JetStream
 	names   wire.Names
 	window  int
 	log     zerolog.Logger
 	pending []pending
+	out     int         // messages in pending
 	rows    []*nats.Msg // held back until the jobs before them are acknowledged
+	open    []*nats.Msg // the batch being filled
+	single  bool        // batches are off: publish one message at a time
 }
+
+// batchMax is the most messages in one atomic batch (the server's limit is 1000).
+const batchMax = 1000
 
 type pending struct {
 	msg     *nats.Msg
 	fut     jetstream.PubAckFuture
-	settled bool  // the future's outcome was read (its channels yield it once)
-	err     error // that outcome
+	batch   []*nats.Msg // or an atomic batch,
+	done    chan error  // and its outcome
+	settled bool        // the outcome was read (the channels yield it once)
+	err     error       // that outcome
 }
 
 func newMsg(subject, id string, v any) (*nats.Msg, error) {
@@ -103,13 +118,51 @@ func (p *publisher) publishSync(ctx context.Context, m *nats.Msg) error {
 
 // async publishes m without waiting; past the window it settles what is out first.
 func (p *publisher) async(ctx context.Context, m *nats.Msg) error {
-	if err := p.send(ctx, m); err != nil {
-		return err
+	if p.single {
+		if err := p.send(ctx, m); err != nil {
+			return err
+		}
+	} else if p.open = append(p.open, m); len(p.open) >= batchMax {
+		if err := p.flush(ctx); err != nil {
+			return err
+		}
 	}
-	if len(p.pending) >= p.window {
+	if p.out+len(p.open) >= p.window {
 		return p.wait(ctx)
 	}
 	return nil
+}
+
+// flush publishes the open batch without waiting (its outcome is settled later).
+func (p *publisher) flush(ctx context.Context) error {
+	if len(p.open) == 0 {
+		return nil
+	}
+	b := p.open
+	p.open = nil
+	if len(b) == 1 || p.single {
+		for _, m := range b {
+			if err := p.send(ctx, m); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := jetstreamext.PublishMsgBatch(context.Background(), p.js, b, jetstreamext.BatchFlowControl{AckTimeout: p.js.Options().DefaultTimeout})
+		done <- err
+	}()
+	p.pending = append(p.pending, pending{batch: b, done: done})
+	p.out += len(b)
+	return nil
+}
+
+// batchesRefused reports whether err says the stream takes no atomic batches.
+func batchesRefused(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstreamext.JSErrCodeBatchPublishNotEnabled ||
+		apiErr.ErrorCode == jetstreamext.JSErrCodeBatchPublishUnsupportedHeader || apiErr.ErrorCode == jetstreamext.JSErrCodeBatchPublishExceedsLimit)
 }
 
 func (p *publisher) send(ctx context.Context, m *nats.Msg) error {
@@ -122,6 +175,7 @@ func (p *publisher) send(ctx context.Context, m *nats.Msg) error {
 		return p.publishSync(ctx, m)
 	}
 	p.pending = append(p.pending, pending{msg: m, fut: fut})
+	p.out++
 	return nil
 }
 
@@ -134,6 +188,9 @@ func (p *publisher) later(m *nats.Msg) { p.rows = append(p.rows, m) }
 // not settled stays, and the next wait takes up where this one stopped.
 func (p *publisher) wait(ctx context.Context) error {
 	for {
+		if err := p.flush(ctx); err != nil {
+			return err
+		}
 		if err := p.settle(ctx); err != nil {
 			return err
 		}
@@ -141,43 +198,83 @@ func (p *publisher) wait(ctx context.Context) error {
 			return nil
 		}
 		for len(p.rows) > 0 {
-			if err := p.send(ctx, p.rows[0]); err != nil {
-				return err
+			if p.single {
+				if err := p.send(ctx, p.rows[0]); err != nil {
+					return err
+				}
+			} else if p.open = append(p.open, p.rows[0]); len(p.open) >= batchMax {
+				if err := p.flush(ctx); err != nil {
+					return err
+				}
 			}
 			p.rows = p.rows[1:]
 		}
 	}
 }
 
-// settle waits for every pending publish, republishing the failed ones.
+// settle waits for every pending publish, republishing the failed ones (a failed batch
+// one message at a time).
 func (p *publisher) settle(ctx context.Context) error {
 	for i := range p.pending {
 		pd := &p.pending[i]
 		if !pd.settled {
+			var ok <-chan *jetstream.PubAck
+			var failed <-chan error = pd.done
+			if pd.fut != nil {
+				ok, failed = pd.fut.Ok(), pd.fut.Err()
+			}
 			select {
-			case <-pd.fut.Ok():
-			case pd.err = <-pd.fut.Err():
+			case <-ok:
+			case pd.err = <-failed:
 			case <-ctx.Done():
 				p.pending = p.pending[i:]
 				return ctx.Err()
 			}
 			pd.settled = true
 		}
-		if pd.err != nil && !queue.IsFirstWriterLost(pd.err) {
-			if err := p.publishSync(ctx, pd.msg); err != nil {
-				p.pending = p.pending[i:]
-				return err
-			}
+		if err := p.republish(ctx, pd); err != nil {
+			p.pending = p.pending[i:]
+			return err
 		}
+		p.out -= max(len(pd.batch), 1)
+		pd.batch, pd.err = nil, nil // done: a later settle skips it
 	}
 	p.pending = p.pending[:0]
+	return nil
+}
+
+// republish publishes what a settled publish did not store.
+func (p *publisher) republish(ctx context.Context, pd *pending) error {
+	if pd.err == nil {
+		return nil
+	}
+	if pd.batch == nil {
+		if queue.IsFirstWriterLost(pd.err) {
+			return nil
+		}
+		return p.publishSync(ctx, pd.msg)
+	}
+	if batchesRefused(pd.err) && !p.single {
+		p.single = true
+		p.log.Info().Err(pd.err).Msg("stream takes no atomic batches: publishing one message at a time")
+	}
+	for len(pd.batch) > 0 {
+		m := pd.batch[0]
+		for _, h := range []string{jetstreamext.BatchIDHeader, jetstreamext.BatchSeqHeader, jetstreamext.BatchCommitHeader} {
+			m.Header.Del(h) // the message alone, not a batch's
+		}
+		if err := p.publishSync(ctx, m); err != nil {
+			return err
+		}
+		pd.batch = pd.batch[1:]
+	}
 	return nil
 }
 
 // reset forgets every publish not yet settled (their submissions are redelivered and
 // published again, carefully).
 func (p *publisher) reset() {
-	p.pending, p.rows = p.pending[:0], p.rows[:0]
+	p.pending, p.rows, p.open, p.out = p.pending[:0], p.rows[:0], nil, 0
 }
 
 // exists reports whether a stream holds a message on subject.

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
 	"github.com/multiquery/multiquery/internal/natstest"
@@ -103,5 +104,101 @@ func TestFitMakesRowsTooLargeForAMessageErrorRows(t *testing.T) {
 				t.Fatalf("encoded row %v (%d jobs for %d messages): want it within the limit", pl.rowMsg != nil, len(pl.jobs), len(pl.jobMsgs))
 			}
 		})
+	}
+}
+
+// publishJobsAndRows publishes n jobs, each followed (later) by its row, and waits.
+func publishJobsAndRows(t *testing.T, pub *publisher, first, n int) {
+	t.Helper()
+	ctx := context.Background()
+	for i := first; i < first+n; i++ {
+		job, err := newMsg(wire.JobSubject("d", "run", i, "q"), wire.JobMsgID("run", i, "q"), map[string]int{"row": i})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := pub.async(ctx, job); err != nil {
+			t.Fatal(err)
+		}
+		row, err := newMsg(wire.Names{}.InputRowSubject("run", i), fmt.Sprintf("row.run.%d", i), map[string]int{"row": i})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pub.later(row)
+	}
+	if err := pub.wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func streamMsgs(t *testing.T, js interface {
+	Stream(context.Context, string) (jetstream.Stream, error)
+}, name string) uint64 {
+	t.Helper()
+	s, err := js.Stream(context.Background(), name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.State.Msgs
+}
+
+// Jobs and rows go out in atomic batches: one ack per batch, not per message.
+func TestJobsAndRowsGoOutInAtomicBatches(t *testing.T) {
+	srv := natstest.Start(t)
+	nc, js := srv.Connect(t)
+	if err := queue.Ensure(context.Background(), js, queue.Topology{}); err != nil {
+		t.Fatal(err)
+	}
+	pub := &publisher{js: js, window: 2048, log: zerolog.Nop()}
+	before := nc.Stats().InMsgs
+	publishJobsAndRows(t, pub, 0, 600)
+	acks := nc.Stats().InMsgs - before
+	if jobs, rows := streamMsgs(t, js, wire.StreamJobs), streamMsgs(t, js, wire.StreamInput); jobs != 600 || rows != 600 {
+		t.Fatalf("stored %d jobs and %d rows, want 600 of each", jobs, rows)
+	}
+	// 600 jobs and 600 rows in batches of at most batchMax: 3 + 3 acks (one by one: 1200).
+	if acks > 6 || pub.single {
+		t.Fatalf("%d messages back for 1200 published (batches off: %v), want one ack per batch", acks, pub.single)
+	}
+}
+
+// A stream created without atomic batches (by an older version, or by hand) gets every
+// message one at a time.
+func TestAStreamWithoutBatchesGetsEveryMessageOneByOne(t *testing.T) {
+	srv := natstest.Start(t)
+	_, js := srv.Connect(t)
+	ctx := context.Background()
+	for _, c := range (queue.Topology{}).Streams() {
+		c.AllowAtomicPublish = false
+		if _, err := js.CreateStream(ctx, c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pub := &publisher{js: js, window: 2048, log: zerolog.Nop()}
+	publishJobsAndRows(t, pub, 0, 300)
+	if jobs, rows := streamMsgs(t, js, wire.StreamJobs), streamMsgs(t, js, wire.StreamInput); jobs != 300 || rows != 300 || !pub.single {
+		t.Fatalf("stored %d jobs and %d rows (batches off: %v), want 300 of each, one by one", jobs, rows, pub.single)
+	}
+}
+
+// A batch the server refuses because one of its rows is stored already (a resumed
+// producer) is published again one message at a time: every row once, nothing lost.
+func TestABatchWithARowAlreadyStoredIsPublishedOneByOne(t *testing.T) {
+	srv := natstest.Start(t)
+	_, js := srv.Connect(t)
+	if err := queue.Ensure(context.Background(), js, queue.Topology{}); err != nil {
+		t.Fatal(err)
+	}
+	pub := &publisher{js: js, window: 2048, log: zerolog.Nop()}
+	publishJobsAndRows(t, pub, 5, 1) // row 5 and its job are on the bus
+	publishJobsAndRows(t, pub, 0, 20)
+	if rows := streamMsgs(t, js, wire.StreamInput); rows != 20 || pub.single {
+		t.Fatalf("stored %d rows (batches off: %v), want 20, batches still on", rows, pub.single)
+	}
+	if jobs := streamMsgs(t, js, wire.StreamJobs); jobs != 20 {
+		t.Fatalf("stored %d jobs, want 20 (job 5's second publish deduplicated by its id)", jobs)
 	}
 }
