@@ -4,6 +4,7 @@ import (
 	"context"
 	"math"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -28,6 +29,9 @@ import (
 // joins or leaves changes the parts within a heartbeat. The price: an idle member's part
 // is unused (the fleet runs below the budget while demand is uneven).
 type TokenGate struct {
+	// on: a budget is in force (configured or stated); it never goes off again. Read
+	// without the lock (Active), so that a deployment without a budget pays nothing.
+	on  atomic.Bool
 	mu  sync.Mutex
 	now func() time.Time
 
@@ -63,8 +67,14 @@ func NewTokenGate(tpm float64, now func() time.Time) *TokenGate {
 	}
 	g := &TokenGate{now: now, configured: max(tpm, 0), members: 1, ratio: 1, last: now()}
 	g.level = g.capacity()
+	g.on.Store(g.configured > 0)
 	return g
 }
+
+// Active reports whether a budget is in force (configured, or stated by the
+// provider's headers). A caller may skip an inactive gate altogether: it admits
+// everything and learns nothing (the learned figures start with the budget).
+func (g *TokenGate) Active() bool { return g.on.Load() }
 
 // Limit is the budget in force in tokens per minute, fleet-wide (0: none).
 func (g *TokenGate) Limit() float64 {
@@ -123,6 +133,7 @@ func (g *TokenGate) SetStated(tpm float64) {
 	if g.limit() == 0 { // the first budget: start with a full bucket
 		g.stated = tpm
 		g.level = g.capacity()
+		g.on.Store(true)
 		return
 	}
 	g.stated = tpm
