@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"strings"
 	"testing"
 	"time"
@@ -12,6 +13,7 @@ import (
 	"github.com/multiquery/multiquery/internal/llm"
 	"github.com/multiquery/multiquery/internal/llmsim"
 	"github.com/multiquery/multiquery/internal/sink"
+	"github.com/multiquery/multiquery/internal/wire"
 	"github.com/multiquery/multiquery/internal/worker"
 )
 
@@ -129,4 +131,71 @@ func TestDeploymentPool(t *testing.T) {
 			t.Fatal("no worker took east down after its calls failed")
 		}
 	})
+}
+
+// A pool's member that refuses calls is failed over within the delivery: a member that
+// answers only 429s, and a member whose key is refused (its breaker opens).
+func TestPoolFailsOver(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		east    llmsim.Config
+		breaker bool
+	}{
+		{"a member answering only 429s: every row is answered by the other",
+			llmsim.Config{Latency: 5 * time.Millisecond, Faults: llmsim.Faults{"429": 100}, InjectedRetryAfter: time.Second}, false},
+		{"a member refusing the key: its breaker opens and every row is answered by the other",
+			llmsim.Config{Latency: 5 * time.Millisecond, Keys: []string{"another-key"}}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := setup(t, llmsim.Config{})
+			east, eastURL, stopEast, err := llmsim.Start(tc.east, zerolog.Nop())
+			if err != nil {
+				t.Fatalf("start llmsim: %v", err)
+			}
+			t.Cleanup(stopEast)
+			west, westURL, stopWest, err := llmsim.Start(llmsim.Config{Latency: 5 * time.Millisecond}, zerolog.Nop())
+			if err != nil {
+				t.Fatalf("start llmsim: %v", err)
+			}
+			t.Cleanup(stopWest)
+			e.poolWorker(eastURL, westURL)
+			e.startCollector("")
+			rep, err := e.produce(e.pipeline(poolPipeline), csvRows(60, nil), input.CSV)
+			if err != nil {
+				t.Fatalf("produce: %v", err)
+			}
+			sum := e.waitSummary(rep.Run, 90*time.Second)
+			if sum.Stats.RowsOK != 60 {
+				t.Fatalf("rows ok = %d, want 60", sum.Stats.RowsOK)
+			}
+			if by := e.deployments(rep.Run, 60); by["west"] != 60 {
+				t.Fatalf("rows by deployment = %v, want all 60 from west", by)
+			}
+			if east.Stats().Requests == 0 || west.Stats().OK < 60 {
+				t.Fatalf("east got %d calls, west answered %d: want east tried and west answering every row", east.Stats().Requests, west.Stats().OK)
+			}
+			// Every call of east failed over within its delivery: no job was delivered
+			// twice, and east's calls are audited under east.
+			byDep := map[string]int{}
+			for _, r := range e.auditRecordsOf(func() int64 { return east.Stats().Requests + west.Stats().Requests }) {
+				if r.Attempt != 1 {
+					t.Fatalf("row %d called at delivery %d (%s): a refused call was not failed over within its delivery", r.Row, r.Attempt, r.Deployment)
+				}
+				byDep[r.Deployment]++
+			}
+			if int64(byDep["east"]) != east.Stats().Requests || int64(byDep["west"]) != west.Stats().Requests {
+				t.Fatalf("audited calls by deployment %v, want east %d and west %d", byDep, east.Stats().Requests, west.Stats().Requests)
+			}
+			if !tc.breaker {
+				return
+			}
+			runs, err := e.js.KeyValue(context.Background(), e.topo.Names.BucketRuns())
+			if err != nil {
+				t.Fatalf("runs bucket: %v", err)
+			}
+			if _, err := runs.Get(context.Background(), wire.BreakerKey("east")); err != nil {
+				t.Fatalf("east's breaker: %v, want it open", err)
+			}
+		})
+	}
 }

@@ -22,14 +22,21 @@ import (
 // auditRecords reads every record of MQ_AUDIT once it holds one per call llmsim answered.
 func (e *env) auditRecords() []worker.AuditRecord {
 	e.t.Helper()
+	return e.auditRecordsOf(func() int64 { return e.sim.Stats().Requests })
+}
+
+// auditRecordsOf reads every record of MQ_AUDIT once it holds calls() of them (one per
+// call the simulators answered).
+func (e *env) auditRecordsOf(calls func() int64) []worker.AuditRecord {
+	e.t.Helper()
 	ctx := context.Background()
-	s, err := e.js.Stream(ctx, wire.StreamAudit)
+	s, err := e.js.Stream(ctx, e.topo.Names.StreamAudit())
 	if err != nil {
 		e.t.Fatal(err)
 	}
 	waitFor(e.t, 10*time.Second, "an audit record per call", func() bool {
 		info, err := s.Info(ctx)
-		return err == nil && int64(info.State.Msgs) == e.sim.Stats().Requests
+		return err == nil && int64(info.State.Msgs) == calls()
 	})
 	info, err := s.Info(ctx)
 	if err != nil {

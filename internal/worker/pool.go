@@ -354,6 +354,7 @@ func (w *Worker) failover(ctx context.Context, dl *delivery, c callResult, callE
 		dl.log.Error().Str("member", m.alias).Int("status", depErr.StatusCode).Str("code", depErr.Code).Msg("deployment-wide error: pausing the pool member fleet-wide")
 		w.openBreaker(ctx, m, depErr)
 	}
+	w.m.failovers.WithLabelValues(dl.pool.alias, m.alias).Inc()
 	dl.log.Debug().Str("from", m.alias).Str("to", next.alias).Int("status", c.status).Msg("pool failover")
 	return next
 }

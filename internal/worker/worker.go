@@ -348,6 +348,7 @@ func (w *Worker) startFleets(ctx context.Context, wg *sync.WaitGroup, memory jet
 		d.fleet.OnTick(func(s throttle.Snapshot, members int) {
 			metrics(s, members)
 			d.tokens.SetMembers(members) // the token budget's parts (tokens.go)
+			w.m.tokenLimit.WithLabelValues(d.alias).Set(d.tokens.Limit())
 		})
 		wg.Add(1)
 		go func() {
