@@ -55,19 +55,19 @@ type pool struct {
 func (p *pool) add(members []wire.PoolMember, served map[string]*deployment) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	any := false
+	found := false
 	for _, m := range members {
 		d, ok := served[m.Alias]
 		if !ok {
 			continue // served by other workers, or none: skipped here
 		}
-		any = true
+		found = true
 		if _, known := p.weights[m.Alias]; !known {
 			p.members = append(p.members, d)
 		}
 		p.weights[m.Alias] = m.Weight
 	}
-	return any
+	return found
 }
 
 // failed counts a transient error of a member; it reports whether the member is down.
