@@ -199,3 +199,57 @@ func TestPoolFailsOver(t *testing.T) {
 		})
 	}
 }
+
+// The prompt cache with a pool: a run whose jobs use the cache is fetched without
+// permits, and a job the cache does not answer takes the permit of a member with spare
+// capacity, which answers it (the first run: every row names east or west); a job the
+// cache answers takes no member's permit and makes no call (the second run of the same
+// input: neither member is called, every row is cached and names no member).
+func TestAPoolRunUsesThePromptCache(t *testing.T) {
+	e := setup(t, llmsim.Config{})
+	east, eastURL, stopEast, err := llmsim.Start(llmsim.Config{Latency: 5 * time.Millisecond, Seed: 1}, zerolog.Nop())
+	if err != nil {
+		t.Fatalf("start llmsim: %v", err)
+	}
+	t.Cleanup(stopEast)
+	west, westURL, stopWest, err := llmsim.Start(llmsim.Config{Latency: 5 * time.Millisecond, Seed: 2}, zerolog.Nop())
+	if err != nil {
+		t.Fatalf("start llmsim: %v", err)
+	}
+	t.Cleanup(stopWest)
+	e.poolWorker(eastURL, westURL)
+	e.startCollector("")
+	pipeline := poolPipeline + "cache: {enabled: true, ttl: 168h}\n"
+	rows := csvRows(60, nil)
+	calls := func() int64 { return east.Stats().Requests + west.Stats().Requests }
+
+	_, calls1, cached1, first := e.cacheRun(pipeline, rows)
+	served := calls()
+	if calls1 != 60 || cached1 != 0 || served != 60 {
+		t.Fatalf("first run: %d calls, %d cached, the members served %d; want 60, 0, 60", calls1, cached1, served)
+	}
+	by := map[string]int{}
+	for _, r := range first {
+		if r["q_cached"] != false {
+			t.Fatalf("first run row %v: q_cached %v, want false", r["id"], r["q_cached"])
+		}
+		d, _ := r["q_deployment"].(string)
+		by[d]++
+	}
+	if len(first) != 60 || by["east"]+by["west"] != 60 {
+		t.Fatalf("first run: %d rows, by deployment %v; want 60, all answered by east or west", len(first), by)
+	}
+
+	_, calls2, cached2, second := e.cacheRun(pipeline, rows)
+	if n := calls(); n != served {
+		t.Fatalf("second run: the members served %d requests more, want none", n-served)
+	}
+	if calls2 != 0 || cached2 != 60 || len(second) != 60 {
+		t.Fatalf("second run: %d calls, %d cached, %d rows; want 0, 60, 60", calls2, cached2, len(second))
+	}
+	for _, r := range second {
+		if r["q_cached"] != true || r["q_deployment"] != "" {
+			t.Fatalf("second run row %v: q_cached %v, q_deployment %q; want true and no member", r["id"], r["q_cached"], r["q_deployment"])
+		}
+	}
+}
