@@ -35,6 +35,28 @@ func TestTokenGate(t *testing.T) {
 			t.Fatal("Next > 0 without a budget")
 		}
 	})
+	t.Run("is active from a configured budget, or from the first stated one on, and stays so", func(t *testing.T) {
+		c := &clock{t: time.Unix(1000, 0)}
+		if !NewTokenGate(6000, c.now).Active() {
+			t.Fatal("a configured budget is not active")
+		}
+		g := NewTokenGate(0, c.now)
+		if g.Active() {
+			t.Fatal("a gate without a budget is active: every call would pay for it")
+		}
+		g.SetStated(0) // a header that states nothing
+		if g.Active() {
+			t.Fatal("a stated 0 made the gate active")
+		}
+		g.SetStated(6000)
+		if !g.Active() || g.Limit() != 6000 {
+			t.Fatalf("after a stated budget: active %v, limit %g; want true, 6000", g.Active(), g.Limit())
+		}
+		g.SetStated(12000)
+		if !g.Active() {
+			t.Fatal("another stated budget turned the gate off")
+		}
+	})
 	t.Run("paces a member to its share of the budget per minute", func(t *testing.T) {
 		c := &clock{t: time.Unix(1000, 0)}
 		g := NewTokenGate(6000, c.now) // 100 tokens/s fleet-wide
