@@ -194,8 +194,8 @@ type delivery struct {
 	log     zerolog.Logger
 	prior   *retryState // the retry state read before the call (a redelivery that may be a re-ask)
 	// A pool's job (pool.go): pool is the pool, d the member called (the pool itself
-	// until a member's permit is taken); tried are the members called in this delivery, carried what their calls
-	// cost.
+	// until a member's permit is taken); tried are the members called in this
+	// delivery, carried what their calls cost.
 	pool    *deployment
 	tried   map[*deployment]bool
 	carried spend
