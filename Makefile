@@ -109,6 +109,15 @@ bench-throttle-short: build ## the same with W = 2, one run, 20 s window, no lim
 bench-throttle-scale: build ## fleet throttle at 16-64 workers x 4-8 slots and 4x64+28x4, 3 runs each, worker weight and throttle traffic, then the limit change at 32x4 (~45 min)
 	$(GO) run ./cmd/mqbench --bin $(BIN) --workers 16x4,16x8,32x4,32x8,64x4,64x8,4x64+28x4 --modes fleet --adapt-workers 32x4
 
+.PHONY: bench-pool
+bench-pool: build ## deployment pool: llmsim east 10 + west 40 req/s as one pool, 2x32 workers, goodput and 429s over 60 s, then east killed: the run completes on west (~3 min)
+	$(GO) run ./cmd/mqbench --bin $(BIN) --pool
+
+.PHONY: bench-tokens
+bench-tokens: build ## token budget: llmsim limited to 60000 tokens/min only, 2x32 workers, goodput in tokens and 429s over 60 s, budget configured then learned from headers (~4 min)
+	$(GO) run ./cmd/mqbench --bin $(BIN) --tokens 60000
+	$(GO) run ./cmd/mqbench --bin $(BIN) --tokens 60000 --tokens-learned
+
 .PHONY: bench-churn
 bench-churn: build ## churn at 50 req/s: rolling replacement of 16x8 workers, scale-up 4x8 -> 32x8; 3 runs each, every row exactly once (~12 min)
 	$(GO) run ./cmd/mqbench --bin $(BIN) --churn rolling,scaleup --modes fleet

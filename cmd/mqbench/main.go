@@ -43,6 +43,16 @@ type options struct {
 	child    bool
 	memory   string // --collector-memory
 	flow     flowOptions
+	pool     poolOptions
+}
+
+type poolOptions struct {
+	on                bool
+	east, west        float64
+	workers           int
+	tokens            int
+	tokensLearned     bool
+	completionTimeout time.Duration
 }
 
 type throttleOptions struct {
@@ -111,6 +121,10 @@ func (o *options) mode() func(context.Context, *options) error {
 		return runRawLoopChild
 	case o.cost.on:
 		return runCost
+	case o.pool.on:
+		return runPool
+	case o.pool.tokens > 0:
+		return runTokens
 	case o.flow.rows > 0:
 		return runFlow
 	case o.memory != "":
@@ -154,6 +168,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.IntVar(&o.flow.queries, "flow-queries", 1, "queries per row of the flow run")
 	fs.IntVar(&o.flow.ahead, "flow-ahead", 1000, "producer --max-ahead of the flow run")
 	o.cost.flags(fs)
+	o.pool.flags(fs)
 	fs.IntVar(&o.raw.Jobs, "raw-jobs", 20000, "jobs per raw-loop measurement (cost benchmark)")
 	fs.BoolVar(&o.child, "raw-loop-child", false, "internal: run one raw loop and print its result as JSON")
 	fs.StringVar(&o.raw.NATSURL, "nats", "", "internal: NATS URL of --raw-loop-child")
@@ -199,6 +214,16 @@ func (s *startOptions) flags(fs *flag.FlagSet) {
 	fs.IntVar(&s.queries, "start-queries", 4, "start: queries per row")
 	fs.Float64Var(&s.rps, "start-rps", 40, "start: llmsim request limit")
 	fs.IntVar(&s.burst, "start-burst", 5, "start: llmsim bucket size")
+}
+
+func (p *poolOptions) flags(fs *flag.FlagSet) {
+	fs.BoolVar(&p.on, "pool", false, "instead: the deployment-pool scenario: two llmsim (east --pool-east, west --pool-west req/s, --burst, --latency) as one pool, --pool-workers x --concurrency; goodput and 429s over --measure after --warmup, then east is killed and the run must complete on west")
+	fs.Float64Var(&p.east, "pool-east", 10, "pool: east's request limit")
+	fs.Float64Var(&p.west, "pool-west", 40, "pool: west's request limit")
+	fs.IntVar(&p.workers, "pool-workers", 2, "pool and tokens: workers")
+	fs.DurationVar(&p.completionTimeout, "pool-complete-within", 5*time.Minute, "pool: how long the run may take to complete after east is killed")
+	fs.IntVar(&p.tokens, "tokens", 0, "instead: the token-budget scenario, llmsim limited to this many tokens per minute (no request limit), --pool-workers x --concurrency; goodput in tokens and 429s over --measure after --warmup")
+	fs.BoolVar(&p.tokensLearned, "tokens-learned", false, "tokens: the workers learn the budget from x-ratelimit-limit-tokens (llmsim --ratelimit-headers openai) instead of throttle.tokens_per_minute")
 }
 
 func (c *costOptions) flags(fs *flag.FlagSet) {
@@ -292,6 +317,43 @@ func runFlow(ctx context.Context, o *options) error {
 	res, err := bench.Flow(ctx, o.bin, d, o.flow.rows, o.flow.queries, o.flow.ahead, o.rps)
 	fmt.Printf("flow: %d rows x %d queries at %g req/s, max-ahead %d: MQ_JOBS peak %d jobs (bound K x M = %d), completed %v, wall %s\n",
 		res.Rows, res.Queries, o.rps, res.MaxAhead, res.PeakJobs, res.MaxAhead*res.Queries, res.Completed, res.Wall.Round(time.Second))
+	return err
+}
+
+// runPool runs the deployment-pool scenario.
+func runPool(ctx context.Context, o *options) error {
+	p := o.pool
+	if p.east <= 0 || p.west <= 0 || p.workers < 1 {
+		return usagef("pool: need --pool-east, --pool-west > 0 and --pool-workers >= 1")
+	}
+	c := bench.PoolConfig{Bin: o.bin, Dir: o.dir, EastRPS: p.east, WestRPS: p.west, Burst: o.burst, Latency: o.latency,
+		Workers: p.workers, Slots: o.throttle.conc, Warmup: o.throttle.warmup, Measure: o.throttle.measure, Log: os.Stdout,
+		KillAfterMeasure: true, CompletionTimeout: p.completionTimeout}
+	fmt.Printf("mqbench pool: east %g + west %g req/s (burst %d, latency %s), %d workers x %d slots; warm-up %s, window %s; work dir %s\n",
+		c.EastRPS, c.WestRPS, c.Burst, c.Latency, c.Workers, c.Slots, c.Warmup, c.Measure, c.Dir)
+	res, err := bench.Pool(ctx, c)
+	fmt.Printf("pool: goodput %.1f %% of %g req/s (east %d, west %d answers), 429s %.1f %% of %d answers; east killed: run of %d rows completed %v (west answered %d after the kill), wall %s\n",
+		100*res.Goodput, c.EastRPS+c.WestRPS, res.EastOK, res.WestOK, 100*res.Share429, res.Total, res.Rows, res.Completed, res.WestOKAfterKill, res.Wall.Round(time.Second))
+	return err
+}
+
+// runTokens runs the token-budget scenario.
+func runTokens(ctx context.Context, o *options) error {
+	p := o.pool
+	if p.workers < 1 {
+		return usagef("tokens: need --pool-workers >= 1")
+	}
+	c := bench.TokensConfig{Bin: o.bin, Dir: o.dir, TPM: p.tokens, Latency: o.latency, Workers: p.workers, Slots: o.throttle.conc,
+		Warmup: o.throttle.warmup, Measure: o.throttle.measure, Learned: p.tokensLearned, Log: os.Stdout}
+	how := "throttle.tokens_per_minute"
+	if c.Learned {
+		how = "x-ratelimit-limit-tokens"
+	}
+	fmt.Printf("mqbench tokens: llmsim %d tokens/min (latency %s), budget from %s; %d workers x %d slots; warm-up %s, window %s; work dir %s\n",
+		c.TPM, c.Latency, how, c.Workers, c.Slots, c.Warmup, c.Measure, c.Dir)
+	res, err := bench.Tokens(ctx, c)
+	fmt.Printf("tokens: goodput %.1f %% of %d tokens/min (%d tokens in %d answers), 429s %.1f %% of %d answers\n",
+		100*res.Goodput, c.TPM, res.Tokens, res.OK, 100*res.Share429, res.Total)
 	return err
 }
 

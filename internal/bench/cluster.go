@@ -87,6 +87,8 @@ func (s *Stack) start(name string, args ...string) (*exec.Cmd, error) {
 		bin = "nats-server"
 	case strings.HasPrefix(name, "collector-"):
 		bin = "collector"
+	case strings.HasPrefix(name, "llmsim-"):
+		bin = "llmsim"
 	}
 	cmd := exec.Command(filepath.Join(s.Bin, bin), args...)
 	cmd.Stdout, cmd.Stderr = logf, logf

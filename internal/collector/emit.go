@@ -260,6 +260,10 @@ func (r *run) fold(data json.RawMessage, results []wire.Result) ([]byte, bool) {
 		if r.open.Cache {
 			add(q.Name+"_cached", strconv.AppendBool(nil, res.Cached))
 		}
+		if len(r.open.Pools) > 0 {
+			d, _ := json.Marshal(res.Deployment)
+			add(q.Name+"_deployment", d)
+		}
 	}
 	b.WriteByte('}')
 	return b.Bytes(), true
@@ -284,6 +288,9 @@ func (r *run) setCSVColumns(input []string) error {
 		okCols = append(okCols, q.Name+"_usage", q.Name+"_model")
 		if r.open.Cache {
 			okCols = append(okCols, q.Name+"_cached")
+		}
+		if len(r.open.Pools) > 0 {
+			okCols = append(okCols, q.Name+"_deployment")
 		}
 	}
 	errCols := append(append([]string{}, input...), "_error")

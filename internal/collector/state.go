@@ -157,6 +157,9 @@ func reservedKeys(o *wire.Open) map[string]bool {
 		if o.Cache {
 			m[q.Name+"_cached"] = true
 		}
+		if len(o.Pools) > 0 {
+			m[q.Name+"_deployment"] = true
+		}
 	}
 	return m
 }

@@ -87,8 +87,16 @@ type Pipeline struct {
 
 // LLM holds the model parameters.
 type LLM struct {
-	// Deployment is the worker deployment alias to send calls to (required).
+	// Deployment is the worker deployment alias to send calls to (required, unless
+	// Deployments is set).
 	Deployment string `yaml:"deployment"`
+	// Deployments, instead of Deployment, is a pool of deployment aliases: each call
+	// goes to a member with spare capacity, and fails over to another when one is
+	// throttled, paused by its breaker or down.
+	Deployments []PoolDeployment `yaml:"deployments"`
+	// Pool names the pool (a subject token); default "pool-" + the aliases joined
+	// with "-".
+	Pool string `yaml:"pool"`
 	// Model is the model name (required).
 	Model string `yaml:"model"`
 	// Temperature is optional, in [0,2].
@@ -324,6 +332,7 @@ func (p *Pipeline) path(name string) string {
 }
 
 func (p *Pipeline) setDefaults() {
+	p.LLM.setPoolDefaults()
 	setZero(&p.ResponseFormat, wire.FormatStandard)
 	setZero(&p.MaxCapacityRetrySeconds, DefaultMaxCapacityRetrySeconds)
 	setZero(&p.MaxAttempts, DefaultMaxAttempts)

@@ -22,7 +22,9 @@ type Query struct {
 	Name string
 
 	Deployment string
-	Model      string
+	// Pool lists the members when Deployment names a deployment pool (nil otherwise).
+	Pool  []wire.PoolMember
+	Model string
 	// Temperature is nil when unset.
 	Temperature *float64
 	// MaxCompletionTokens is 0 when unset.

@@ -22,12 +22,15 @@ import (
 const ErrorColumn = "_error"
 
 // Reserved suffixes: every query also has the columns <query>_usage and
-// <query>_model, and <query>_cached when the pipeline's cache is enabled (reserved
-// always, so that turning the cache on never makes a column collide).
+// <query>_model, <query>_cached when the pipeline's cache is enabled, and
+// <query>_deployment (the member that answered) for a query of a deployment pool; each
+// is reserved always, so that turning the cache on or using a pool never makes a
+// column collide.
 const (
-	SuffixUsage  = "usage"
-	SuffixModel  = "model"
-	SuffixCached = "cached"
+	SuffixUsage      = "usage"
+	SuffixModel      = "model"
+	SuffixCached     = "cached"
+	SuffixDeployment = "deployment"
 )
 
 var fieldRE = regexp.MustCompile(`^[A-Za-z0-9_]+$`)
@@ -99,12 +102,7 @@ func (p *Pipeline) Validate() error {
 }
 
 func (p *Pipeline) validateScalars(ps *problems) {
-	switch {
-	case p.LLM.Deployment == "":
-		ps.add("llm.deployment", "required")
-	case !nameRE.MatchString(p.LLM.Deployment):
-		ps.add("llm.deployment", "must match %s, got %q", nameRE, p.LLM.Deployment)
-	}
+	p.LLM.validateDeployments(ps)
 	if p.LLM.Model == "" {
 		ps.add("llm.model", "required")
 	}
@@ -164,8 +162,8 @@ func (o OutputFields) problems(path string) []error {
 		switch {
 		case !fieldRE.MatchString(suffix):
 			ps.add(fp+".suffix", "must match %s, got %q", fieldRE, suffix)
-		case suffix == SuffixUsage || suffix == SuffixModel || suffix == SuffixCached:
-			ps.add(fp+".suffix", "%q is reserved (every query has <query>_usage and <query>_model columns, and <query>_cached with the cache on)", suffix)
+		case suffix == SuffixUsage || suffix == SuffixModel || suffix == SuffixCached || suffix == SuffixDeployment:
+			ps.add(fp+".suffix", "%q is reserved (every query has <query>_usage and <query>_model columns, <query>_cached with the cache on and <query>_deployment with a pool)", suffix)
 		case suffixes[suffix] != "" && suffixes[suffix] != f.Field:
 			ps.add(fp+".suffix", "duplicate suffix %q (also used by %s.%s)", suffix, path, suffixes[suffix])
 		}
@@ -323,7 +321,8 @@ func entryMap(name string, extra map[string]any) map[string]any {
 func (p *Pipeline) newQuery(name string, inputFields []string, outputs OutputFields) Query {
 	q := Query{
 		Name:           name,
-		Deployment:     p.LLM.Deployment,
+		Deployment:     p.LLM.target(),
+		Pool:           p.LLM.poolMembers(),
 		Model:          p.LLM.Model,
 		Temperature:    p.LLM.Temperature,
 		ResponseFormat: p.ResponseFormat,
@@ -459,6 +458,9 @@ func (p *Pipeline) queryColumns(q Query) []string {
 	if p.Cache.Enabled {
 		cols = append(cols, q.Name+"_"+SuffixCached)
 	}
+	if q.Pool != nil {
+		cols = append(cols, q.Name+"_"+SuffixDeployment)
+	}
 	return cols
 }
 
@@ -472,8 +474,8 @@ func (p *Pipeline) Queries() []Query {
 func (p *Pipeline) QueryCount() int { return len(p.queries) }
 
 // OutputColumns returns every output column in order: for each query its
-// <query>_<suffix> columns, then <query>_usage and <query>_model (and <query>_cached
-// with the cache on).
+// <query>_<suffix> columns, then <query>_usage and <query>_model (then <query>_cached
+// with the cache on, and <query>_deployment for a query of a pool).
 func (p *Pipeline) OutputColumns() []string {
 	var cols []string
 	for _, q := range p.queries {
@@ -512,19 +514,20 @@ func (p *Pipeline) Hash() string {
 
 func (p *Pipeline) computeHash() string {
 	type hq struct {
-		Name                string         `json:"name"`
-		Deployment          string         `json:"deployment"`
-		Model               string         `json:"model"`
-		Temperature         *float64       `json:"temperature"`
-		MaxCompletionTokens int            `json:"max_completion_tokens"`
-		ResponseFormat      string         `json:"response_format"`
-		InputFields         []string       `json:"input_fields"`
-		CaseStudy           map[string]any `json:"case_study"`
-		Criterion           map[string]any `json:"criterion"`
-		Outputs             []Output       `json:"outputs"`
-		System              string         `json:"system"`
-		Template            string         `json:"template"`
-		AppendFormat        bool           `json:"append_format"`
+		Name                string            `json:"name"`
+		Deployment          string            `json:"deployment"`
+		Pool                []wire.PoolMember `json:"pool,omitempty"`
+		Model               string            `json:"model"`
+		Temperature         *float64          `json:"temperature"`
+		MaxCompletionTokens int               `json:"max_completion_tokens"`
+		ResponseFormat      string            `json:"response_format"`
+		InputFields         []string          `json:"input_fields"`
+		CaseStudy           map[string]any    `json:"case_study"`
+		Criterion           map[string]any    `json:"criterion"`
+		Outputs             []Output          `json:"outputs"`
+		System              string            `json:"system"`
+		Template            string            `json:"template"`
+		AppendFormat        bool              `json:"append_format"`
 	}
 	form := struct {
 		Version int            `json:"version"`
@@ -535,7 +538,7 @@ func (p *Pipeline) computeHash() string {
 	}{Version: 1, Order: p.Order, Lookup: p.Lookup, Cache: p.Cache.Enabled}
 	for _, q := range p.queries {
 		h := hq{
-			Name: q.Name, Deployment: q.Deployment, Model: q.Model, Temperature: q.Temperature,
+			Name: q.Name, Deployment: q.Deployment, Pool: q.Pool, Model: q.Model, Temperature: q.Temperature,
 			MaxCompletionTokens: q.MaxCompletionTokens, ResponseFormat: q.ResponseFormat,
 			InputFields: q.InputFields, CaseStudy: q.CaseStudy, Criterion: q.Criterion,
 			Outputs: q.Outputs, Template: q.user.Source(), AppendFormat: q.appendFormat,

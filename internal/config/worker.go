@@ -144,6 +144,10 @@ type Throttle struct {
 	CatchUp time.Duration `yaml:"catch_up"`
 	// MaxPause caps a fleet-wide pause requested by Retry-After.
 	MaxPause time.Duration `yaml:"max_pause"`
+	// TokensPerMinute is the deployment's token budget, fleet-wide (optional): the
+	// worker's token gate paces calls by their estimated tokens within it. Without
+	// it, a provider's x-ratelimit-limit-tokens header sets the budget.
+	TokensPerMinute float64 `yaml:"tokens_per_minute"`
 }
 
 // DefaultThrottle returns the default throttle parameters, throttle.DefaultParams.

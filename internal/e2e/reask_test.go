@@ -23,7 +23,7 @@ import (
 func (e *env) readAudit() []worker.AuditRecord {
 	e.t.Helper()
 	ctx := context.Background()
-	s, err := e.js.Stream(ctx, wire.StreamAudit)
+	s, err := e.js.Stream(ctx, e.topo.Names.StreamAudit())
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -46,15 +46,22 @@ func (e *env) readAudit() []worker.AuditRecord {
 	return out
 }
 
-// auditRecords reads every record of MQ_AUDIT once it holds one per call llmsim answered.
-func (e *env) auditRecords() []worker.AuditRecord {
+// auditRecordsOf reads every record of MQ_AUDIT once it holds calls() of them (one per
+// call the simulators answered).
+func (e *env) auditRecordsOf(calls func() int64) []worker.AuditRecord {
 	e.t.Helper()
 	var out []worker.AuditRecord
 	waitFor(e.t, 10*time.Second, "an audit record per call", func() bool {
 		out = e.readAudit()
-		return int64(len(out)) == e.sim.Stats().Requests
+		return int64(len(out)) == calls()
 	})
 	return out
+}
+
+// auditRecords reads every record of MQ_AUDIT once it holds one per call llmsim answered.
+func (e *env) auditRecords() []worker.AuditRecord {
+	e.t.Helper()
+	return e.auditRecordsOf(func() int64 { return e.sim.Stats().Requests })
 }
 
 // Issue 11, acceptance 7: with 5 % of answers invalid JSON on their first try only,

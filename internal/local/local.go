@@ -120,7 +120,7 @@ func (cfg Config) Check() error {
 			served[d.LLM.Alias] = true
 		}
 		for _, q := range cfg.Pipeline.Queries() {
-			if !served[q.Deployment] {
+			if !servesQuery(served, q) {
 				errs = append(errs, fmt.Errorf("query %s: deployment %q is not in the worker config", q.Name, q.Deployment))
 				break
 			}
@@ -350,4 +350,18 @@ func countRows(path string, f input.Format) (int, error) {
 		}
 		n++
 	}
+}
+
+// servesQuery reports whether the worker config serves a query's deployment: its
+// alias, or for a pool at least one member.
+func servesQuery(served map[string]bool, q config.Query) bool {
+	if q.Pool == nil {
+		return served[q.Deployment]
+	}
+	for _, m := range q.Pool {
+		if served[m.Alias] {
+			return true
+		}
+	}
+	return false
 }

@@ -173,6 +173,9 @@ func openRecord(p *config.Pipeline, run string, header []string) wire.Open {
 		if !seen[q.Deployment] {
 			seen[q.Deployment] = true
 			open.Deployments = append(open.Deployments, q.Deployment)
+			if q.Pool != nil {
+				open.Pools = append(open.Pools, wire.Pool{Name: q.Deployment, Members: q.Pool})
+			}
 		}
 		qi := wire.QueryInfo{Name: q.Name}
 		for _, o := range q.Outputs {

@@ -200,7 +200,7 @@ func buildJob(p *config.Pipeline, q config.Query, run string, row int, msgs []co
 	j := wire.Job{V: wire.Version, Run: run, Row: row, Query: q.Name, Deployment: q.Deployment,
 		Request:                 wire.Request{Model: q.Model, Temperature: q.Temperature, MaxCompletionTokens: q.MaxCompletionTokens, ResponseFormat: q.ResponseFormat},
 		MaxCapacityRetrySeconds: p.MaxCapacityRetrySeconds, MaxAttempts: p.MaxAttempts,
-		MaxAnswerRetries: p.AnswerRetries(), ReaskWithError: p.ReaskWithError, Enqueued: now}
+		MaxAnswerRetries: p.AnswerRetries(), ReaskWithError: p.ReaskWithError, Enqueued: now, Pool: q.Pool}
 	for _, m := range msgs {
 		j.Request.Messages = append(j.Request.Messages, wire.Message{Role: m.Role, Content: m.Content})
 	}

@@ -55,6 +55,10 @@ type Params struct {
 	Period     time.Duration // dispatch grid period
 	CatchUp    time.Duration // how late a slot may still be used (then it is lost, not banked)
 	MaxPause   time.Duration // cap on a Retry-After pause, and on Pause
+	// TokensPerMinute is the deployment's token budget, fleet-wide: the token gate's
+	// (TokenGate, beside the controller; the controller does not read it). 0: none
+	// configured (the provider's x-ratelimit-limit-tokens header may state one).
+	TokensPerMinute float64
 }
 
 // DefaultParams returns the shipped parameters, the one source of the defaults
@@ -134,6 +138,9 @@ func (p Params) Validate() error {
 	}
 	if p.MaxPause <= 0 {
 		add("max_pause: must be > 0, got %s", p.MaxPause)
+	}
+	if !(p.TokensPerMinute >= 0) || math.IsInf(p.TokensPerMinute, 0) {
+		add("tokens_per_minute: must be >= 0 (0: none), got %g", p.TokensPerMinute)
 	}
 	return errors.Join(errs...)
 }
@@ -352,6 +359,16 @@ func (c *Controller) Wait(ctx context.Context) error {
 			return err
 		}
 	}
+}
+
+// Want records that this member wanted a permit it could not take now: what Wait
+// records while it waits, so that the fleet knows the member is rate-bound (the rate
+// grows only then). A caller that picks among several controllers with TryReserve (a
+// deployment pool) calls it on each it found without a slot.
+func (c *Controller) Want() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.lastWaited = c.now()
 }
 
 // OnCapacity records a capacity answer seen by this member or a peer and decides whether

@@ -284,10 +284,14 @@ type Open struct {
 	Queries      []QueryInfo `json:"queries"`
 	Order        string      `json:"order"`
 	InputColumns []string    `json:"input_columns,omitempty"`
-	Deployments  []string    `json:"deployments"` // aliases the run's jobs name
-	ConfigHash   string      `json:"config_hash,omitempty"`
-	InputHash    string      `json:"input_hash,omitempty"`
-	Created      time.Time   `json:"created"`
+	Deployments  []string    `json:"deployments"` // aliases (and pool names) the run's jobs name
+	// Pools are the deployment pools among Deployments: their jobs are published on the
+	// pool's subject and served by any of its members. A run with pools has a
+	// <query>_deployment output column per query (the member that answered).
+	Pools      []Pool    `json:"pools,omitempty"`
+	ConfigHash string    `json:"config_hash,omitempty"`
+	InputHash  string    `json:"input_hash,omitempty"`
+	Created    time.Time `json:"created"`
 	// Cost per 1k tokens, for the run summary.
 	PromptPer1K     float64 `json:"prompt_per_1k,omitempty"`
 	CompletionPer1K float64 `json:"completion_per_1k,omitempty"`
@@ -322,6 +326,11 @@ func (o *Open) Validate() error {
 	case "", OrderInput, OrderCompletion:
 	default:
 		errs = append(errs, fmt.Errorf("order: %q is not input or completion", o.Order))
+	}
+	for i := range o.Pools {
+		if err := o.Pools[i].Validate(); err != nil {
+			errs = append(errs, fmt.Errorf("pools[%d].%w", i, err))
+		}
 	}
 	return errors.Join(errs...)
 }
@@ -421,6 +430,9 @@ type Job struct {
 	// Cache, when set, lets a worker answer the job from the prompt cache and store its
 	// answer there; nil: neither (older workers ignore it and call).
 	Cache *JobCache `json:"cache,omitempty"`
+	// Pool, when set, makes Deployment the name of a pool of these members: a worker
+	// calls whichever member it serves has spare capacity (see Pool).
+	Pool []PoolMember `json:"pool,omitempty"`
 }
 
 // JobCache is a job's use of the prompt cache (BucketCache).
@@ -449,6 +461,11 @@ func (j *Job) Validate() error {
 	}
 	if !ValidToken(j.Deployment) {
 		errs = append(errs, fmt.Errorf("deployment: %q is not a valid alias", j.Deployment))
+	}
+	if j.Pool != nil {
+		if err := ValidatePoolMembers(j.Pool); err != nil {
+			errs = append(errs, fmt.Errorf("pool.%w", err))
+		}
 	}
 	if len(j.Request.Messages) == 0 {
 		errs = append(errs, errors.New("request.messages: empty"))
@@ -572,16 +589,19 @@ func (e *Error) UnmarshalJSON(b []byte) error {
 
 // Result is the final outcome of one job. The first result for an address wins.
 type Result struct {
-	V       int                        `json:"v"`
-	Run     string                     `json:"run"`
-	Row     int                        `json:"row"`
-	Query   string                     `json:"query"`
-	OK      bool                       `json:"ok"`
-	Fields  map[string]json.RawMessage `json:"fields,omitempty"` // column -> value
-	Usage   *Usage                     `json:"usage,omitempty"`
-	Model   string                     `json:"model,omitempty"`
-	Error   *Error                     `json:"error,omitempty"`
-	Attempt int                        `json:"attempt,omitempty"`
+	V      int                        `json:"v"`
+	Run    string                     `json:"run"`
+	Row    int                        `json:"row"`
+	Query  string                     `json:"query"`
+	OK     bool                       `json:"ok"`
+	Fields map[string]json.RawMessage `json:"fields,omitempty"` // column -> value
+	Usage  *Usage                     `json:"usage,omitempty"`
+	Model  string                     `json:"model,omitempty"`
+	// Deployment is the alias that answered (success only): the pool member, for a
+	// job of a pool.
+	Deployment string `json:"deployment,omitempty"`
+	Error      *Error `json:"error,omitempty"`
+	Attempt    int    `json:"attempt,omitempty"`
 	// Calls, Retries and Billed are what the provider billed for this query over every
 	// delivery of its job: HTTP calls made (429s and failed answers included), calls
 	// beyond the first, and the tokens of every answer (not only the winning one).

@@ -23,7 +23,8 @@ import (
 // best effort: the cache never fails or delays a job for long.
 //
 // Runs whose jobs use the cache are fetched without permits (fetchLoop): a job found in
-// the cache needs none, and one that is not takes its permit here, before its call.
+// the cache needs none, and one that is not takes its permit here, before its call (a
+// pool's job: the permit of a member with spare capacity, pool.go).
 
 // promptCache is the worker's side of the prompt cache.
 type promptCache struct {
@@ -152,12 +153,13 @@ func (c *promptCache) store(ctx context.Context, alias, model string, job *wire.
 // after a call. It reports whether it did; false: the job calls.
 func (w *Worker) fromCache(ctx context.Context, dl *delivery) bool {
 	job := dl.job
-	dl.d.cacheRun(job.Run, job.Cache != nil)
+	dl.fetchedFor().cacheRun(job.Run, job.Cache != nil)
 	if job.Cache == nil {
 		return false
 	}
 	began := time.Now()
-	e, fields, ok := w.cache.lookup(ctx, dl.d.alias, dl.d.client.Model(job.Request), job, dl.log)
+	alias, model := dl.cacheTarget()
+	e, fields, ok := w.cache.lookup(ctx, alias, model, job, dl.log)
 	if !ok {
 		return false
 	}
@@ -174,8 +176,29 @@ func (w *Worker) fromCache(ctx context.Context, dl *delivery) bool {
 // pipeline has the cache on.
 func (w *Worker) toCache(ctx context.Context, dl *delivery, ans *llm.Answer) {
 	if dl.job.Cache != nil {
-		w.cache.store(ctx, dl.d.alias, dl.d.client.Model(dl.job.Request), dl.job, ans, dl.log)
+		alias, model := dl.cacheTarget()
+		w.cache.store(ctx, alias, model, dl.job, ans, dl.log)
 	}
+}
+
+// fetchedFor is the deployment whose runs the delivery was fetched from: the pool for
+// a pool's job, else the alias.
+func (dl *delivery) fetchedFor() *deployment {
+	if dl.pool != nil {
+		return dl.pool
+	}
+	return dl.d
+}
+
+// cacheTarget is the deployment a delivery's cache metrics name and the model its
+// cache key holds: the alias and the model its client sends; for a pool's job, the
+// pool and the job's model, whichever member calls (the members serve the same model,
+// and a job is looked up before a member is chosen).
+func (dl *delivery) cacheTarget() (alias, model string) {
+	if dl.pool != nil {
+		return dl.pool.alias, dl.job.Request.Model
+	}
+	return dl.d.alias, dl.d.client.Model(dl.job.Request)
 }
 
 // permit takes the throttle permit of a delivery fetched without one (its run's jobs
@@ -184,13 +207,20 @@ func (w *Worker) toCache(ctx context.Context, dl *delivery, ans *llm.Answer) {
 // has ended (NAKed).
 func (w *Worker) permit(ctx context.Context, dl *delivery, in *outcomeInput) bool {
 	unhold := w.keep.hold(dl.msg)
-	err := dl.d.ctrl.Wait(ctx)
+	var err error
+	if dl.pool != nil {
+		err = w.memberPermit(ctx, dl)
+	} else {
+		err = dl.d.waitPermit(ctx)
+	}
 	unhold()
 	if err != nil { // the drain timeout: give it back, nothing was spent
 		_ = dl.msg.Nak()
 		return false
 	}
-	in.pausedFor = dl.d.ctrl.PausedFor()
+	if dl.pool == nil { // a pool's member is not paused: it was chosen for that
+		in.pausedFor = dl.d.ctrl.PausedFor()
+	}
 	if out := decide(*in); out.act != actCall {
 		w.act(ctx, dl, out, nil, spend{}, spend{})
 		return false

@@ -86,9 +86,11 @@ func (st *retryState) naks() uint64 {
 
 // handle runs one delivery of one job to a single queue action. decide (outcome.go)
 // says which, from what is known wherever the delivery may end; handle gathers those
-// facts and carries the action out. permit says whether the delivery was fetched with
-// a throttle permit (see cache.go).
-func (w *Worker) handle(ctx context.Context, d *deployment, msg jetstream.Msg, permit bool) {
+// facts and carries the action out. d is the deployment the job was fetched for (an
+// alias, or a pool: pool.go); permit is the deployment whose throttle permit the
+// delivery holds: d, a member of d's pool, or nil when it was fetched without one (its
+// run's jobs use the prompt cache, cache.go).
+func (w *Worker) handle(ctx context.Context, d *deployment, msg jetstream.Msg, permit *deployment) {
 	log := w.log.With().Str("deployment", d.alias).Str("subject", msg.Subject()).Logger()
 	defer func() {
 		if r := recover(); r != nil {
@@ -101,6 +103,7 @@ func (w *Worker) handle(ctx context.Context, d *deployment, msg jetstream.Msg, p
 	var job wire.Job
 	_, addr, subjErr := w.names.ParseJobSubject(msg.Subject())
 	if check, cause := checkJob(msg, &job, addr, subjErr, d.alias); check != jobValid {
+		permit.refundPermit() // no call: the permit's tokens go back (tokens.go)
 		in.job, in.cause = check, cause.Error()
 		switch out := decide(in); out.act {
 		case actNewer:
@@ -120,6 +123,12 @@ func (w *Worker) handle(ctx context.Context, d *deployment, msg jetstream.Msg, p
 		return
 	}
 	dl := &delivery{d: d, msg: msg, job: &job, attempt: int(meta.NumDelivered), log: log}
+	if d.pool != nil { // a pool's job: the call goes to the member whose permit it holds (pool.go)
+		dl.pool = d
+		if permit != nil {
+			dl.d = permit
+		}
+	}
 	in.run, in.deliveries = w.ctl.run(job.Run), meta.NumDelivered
 	in.maxAttempts, in.capacityBudget = job.MaxAttempts, time.Duration(job.MaxCapacityRetrySeconds)*time.Second
 	in.maxAnswer = job.MaxAnswerRetries
@@ -128,13 +137,16 @@ func (w *Worker) handle(ctx context.Context, d *deployment, msg jetstream.Msg, p
 		s := w.loadState(ctx, &job)
 		st, in.naks = &s, s.naks()
 	}
-	in.pausedFor = d.ctrl.PausedFor()
+	if dl.pool == nil { // a pool's paused member is failed over, not waited for
+		in.pausedFor = d.ctrl.PausedFor()
+	}
 	out := decide(in)
 	if out.act == actProbe {
 		in.probed, in.stored = true, w.resultStored(ctx, &job)
 		out = decide(in)
 	}
 	if out.act != actCall {
+		permit.refundPermit() // no call: the permit's tokens go back (tokens.go)
 		if st == nil && out.act == actFinal {
 			s := w.stateOf(ctx, &job, dl.attempt)
 			st = &s
@@ -146,7 +158,11 @@ func (w *Worker) handle(ctx context.Context, d *deployment, msg jetstream.Msg, p
 		w.act(ctx, dl, out, nil, spent, spend{})
 		return
 	}
-	if w.fromCache(ctx, dl) || (!permit && !w.permit(ctx, dl, &in)) {
+	if w.fromCache(ctx, dl) {
+		permit.refundPermit() // answered without a call
+		return
+	}
+	if permit == nil && !w.permit(ctx, dl, &in) {
 		return
 	}
 	w.call(ctx, dl, in)
@@ -177,16 +193,26 @@ type delivery struct {
 	attempt int
 	log     zerolog.Logger
 	prior   *retryState // the retry state read before the call (a redelivery that may be a re-ask)
+	// A pool's job (pool.go): pool is the pool, d the member called (the pool itself
+	// until a member's permit is taken); tried are the members called in this
+	// delivery, carried what their calls cost.
+	pool    *deployment
+	tried   map[*deployment]bool
+	carried spend
 }
 
 // call makes the job's model call, then carries out what its outcome comes to.
 func (w *Worker) call(ctx context.Context, dl *delivery, in outcomeInput) {
+	if dl.pool != nil {
+		w.routePool(dl)
+	}
 	d, job := dl.d, dl.job
 	// Keep the message ours while the call runs (AckWait is short so that a killed
 	// worker's jobs come back quickly).
 	unhold := w.keep.hold(dl.msg)
 	w.m.calls.WithLabelValues(d.alias).Inc()
 	req, reask := w.reask(ctx, dl)
+	est := d.chargeTokens(&req)
 	began := time.Now()
 	ans, callErr := w.callModel(ctx, d, req)
 	took := time.Since(began)
@@ -201,18 +227,27 @@ func (w *Worker) call(ctx context.Context, dl *delivery, in outcomeInput) {
 	}
 	// Drain timeout hit (ctx is over): the job goes back at once, unaudited.
 	c := classify(ctx.Err() != nil, callErr)
+	d.settleTokens(&req, est, c.class, ans)
 	in.call = &c
 	if c.class != classCapacity && c.class != classDrained && (ans != nil || c.status != 0) {
 		d.served() // the provider answered, and not with a capacity error
 	}
 	w.m.observeCall(d, c.class, took.Seconds(), this)
 	if c.class != classDrained {
-		w.audit.record(job, req, dl.attempt, reask, w.cfg.Name, ans, callErr, took)
+		w.audit.record(auditJob(dl), req, dl.attempt, reask, w.cfg.Name, ans, callErr, took)
 	}
-	st, unsaved := w.tally(ctx, dl, &in, callErr, this)
+	if next := w.failover(ctx, dl, c, callErr); next != nil { // pool.go
+		dl.carried, dl.d = dl.carried.plus(this), next
+		w.call(ctx, dl, in)
+		return
+	}
+	st, unsaved := w.tally(ctx, dl, &in, callErr, this.plus(dl.carried))
 	var res *wire.Result
 	if c.class == classOK {
 		res = &wire.Result{OK: true, Fields: fields, Usage: &ans.Usage, Model: ans.Model}
+		if dl.pool != nil {
+			res.Deployment = d.alias // the member that answered: <query>_deployment
+		}
 		w.toCache(ctx, dl, ans)
 	}
 	w.act(ctx, dl, decide(in), res, st.spent().plus(unsaved), unsaved)
@@ -555,8 +590,11 @@ func (w *Worker) reask(ctx context.Context, dl *delivery) (wire.Request, int) {
 	if dl.attempt <= 1 || job.MaxAnswerRetries == 0 {
 		return job.Request, 0
 	}
-	st := w.loadState(ctx, job)
-	dl.prior = &st
+	if dl.prior == nil { // read once per delivery (a pool's failover calls again)
+		st := w.loadState(ctx, job)
+		dl.prior = &st
+	}
+	st := *dl.prior
 	if st.AnswerErrors == 0 {
 		return job.Request, 0
 	}

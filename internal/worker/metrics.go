@@ -23,6 +23,8 @@ type metrics struct {
 	learned, learnedAge, ceiling            *prometheus.GaugeVec
 	source                                  *prometheus.GaugeVec // deployment, source: 1 for the current one
 	auditDropped                            prometheus.Counter
+	failovers                               *prometheus.CounterVec // pool, deployment: the member failed over from
+	tokenLimit                              *prometheus.GaugeVec
 }
 
 // Call outcome classes of mq_worker_call_duration_seconds.
@@ -75,6 +77,9 @@ func newMetrics() *metrics {
 			Help: "What the fleet rate rests on: 1 for the current source (headers, learned, probing), 0 for the others."}, []string{"deployment", "source"}),
 		auditDropped: prometheus.NewCounter(prometheus.CounterOpts{Name: "mq_worker_audit_dropped_total",
 			Help: "Audit records not stored (too many pending or a publish error)."}),
+		failovers: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mq_worker_pool_failovers_total",
+			Help: "Calls of a deployment pool's job made again on another member after a capacity, deployment-wide or transient error of this member."}, []string{"pool", "deployment"}),
+		tokenLimit: gauge("mq_throttle_token_limit", "The deployment's token budget in force (tokens per minute, fleet-wide; 0: none)."),
 	}
 }
 
@@ -103,7 +108,7 @@ func (m *metrics) initDeployment(d *deployment) {
 // Collectors returns the worker's metrics for registration.
 func (w *Worker) Collectors() []prometheus.Collector {
 	return append([]prometheus.Collector{w.m.calls, w.m.capacity, w.m.naks, w.m.reasks, w.m.results, w.m.poison, w.m.resultRetries,
-		w.m.latency, w.m.tokens, w.m.cost, w.m.inflight, w.m.slots,
+		w.m.latency, w.m.tokens, w.m.cost, w.m.inflight, w.m.slots, w.m.failovers, w.m.tokenLimit,
 		w.m.rate, w.m.fleetRate, w.m.share, w.m.members, w.m.paused, w.m.learned, w.m.learnedAge, w.m.ceiling, w.m.source, w.m.auditDropped},
 		w.cache.m.collectors()...)
 }

@@ -24,7 +24,7 @@ func (w *Worker) watchRuns(ctx, callCtx context.Context) {
 		return
 	}
 	register := func() {
-		for alias := range w.deps {
+		for _, alias := range w.servedNames() {
 			v := mustJSON(map[string]any{"worker": w.cfg.Name, "seen": time.Now().UTC()})
 			if _, err := fleet.Put(ctx, alias, v); err != nil && ctx.Err() == nil {
 				w.log.Warn().Err(err).Str("deployment", alias).Msg("fleet registry refresh")
@@ -67,6 +67,10 @@ func (w *Worker) watchRuns(ctx, callCtx context.Context) {
 		case o := <-opens:
 			for _, alias := range o.Deployments {
 				if !wire.ValidToken(alias) {
+					continue
+				}
+				if pl, ok := o.PoolOf(alias); ok && w.servePool(ctx, pl, o.Run) {
+					register() // a pool with a member served here (pool.go)
 					continue
 				}
 				if d, ok := w.deps[alias]; ok {

@@ -160,6 +160,11 @@ type Worker struct {
 	audit   *auditor
 	keep    *keeper
 	deps    map[string]*deployment
+	// pools are the deployment pools served here (pool.go), created as runs name them;
+	// launch starts a pool's fetch loop.
+	poolsMu sync.Mutex
+	pools   map[string]*deployment
+	launch  func(p *deployment)
 	m       *metrics
 	cache   promptCache
 	started atomic.Bool // fetching: the /readyz condition
@@ -176,6 +181,11 @@ type deployment struct {
 	fleet  *throttle.Fleet // nil in naive mode
 	slots  int
 	prices Prices
+	// tokens is the deployment's token gate (tokens.go; nil in naive mode); pool, the
+	// members of a pool's deployment (pool.go; nil for an alias: client, ctrl and
+	// tokens are then nil).
+	tokens *throttle.TokenGate
+	pool   *pool
 	mu     sync.Mutex
 	runs   []*runConsumer // the runs with jobs for this deployment, fetched in turn
 	turn   int
@@ -236,6 +246,9 @@ func New(js jetstream.JetStream, cfg Config, log zerolog.Logger) (*Worker, error
 			return nil, fmt.Errorf("deployments.%s.throttle: %w", o.Alias, err)
 		}
 		dep := &deployment{alias: o.Alias, client: client, ctrl: ctrl, slots: slots, prices: d.Prices, added: make(chan struct{}, 1)}
+		if !cfg.Naive {
+			dep.tokens = throttle.NewTokenGate(p.TokensPerMinute, nil)
+		}
 		w.deps[o.Alias] = dep
 		w.m.initDeployment(dep)
 		w.cache.m.init(o.Alias)
@@ -336,7 +349,12 @@ func (w *Worker) startFleets(ctx context.Context, wg *sync.WaitGroup, memory jet
 		}
 		d.fleet = throttle.NewFleet(w.js.Conn(), w.names, d.alias, w.cfg.Name+"-"+randomID(), d.ctrl, w.log.With().Str("deployment", d.alias).Logger())
 		d.fleet.Remember(memory)
-		d.fleet.OnTick(w.fleetMetrics(d.alias, d.fleet))
+		metrics := w.fleetMetrics(d.alias, d.fleet)
+		d.fleet.OnTick(func(s throttle.Snapshot, members int) {
+			metrics(s, members)
+			d.tokens.SetMembers(members) // the token budget's parts (tokens.go)
+			w.m.tokenLimit.WithLabelValues(d.alias).Set(d.tokens.Limit())
+		})
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -368,6 +386,13 @@ func (w *Worker) fleetMetrics(alias string, fleet *throttle.Fleet) func(throttle
 // startFetching starts one fetch loop per deployment (calls run on callCtx, counted in
 // inflight) and the watchers: MaxDeliver advisories, new runs, dormant runs.
 func (w *Worker) startFetching(ctx, callCtx context.Context, wg, inflight *sync.WaitGroup) {
+	w.launch = func(p *deployment) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			w.fetchLoop(ctx, callCtx, p, inflight)
+		}()
+	}
 	for _, d := range w.deps {
 		wg.Add(1)
 		go func() {
@@ -407,8 +432,9 @@ func (w *Worker) drain(inflight *sync.WaitGroup, cancelCalls context.CancelFunc)
 	w.log.Info().Msg("drained")
 }
 
-// fetchLoop pulls jobs for one deployment: a slot and a pacing permit first, then a
-// fetch of at most that many messages, so no message waits in the worker.
+// fetchLoop pulls jobs for one deployment (an alias, or a pool: fetchPool): a slot and
+// a pacing permit first, then a fetch of at most that many messages, so no message
+// waits in the worker.
 func (w *Worker) fetchLoop(ctx, callCtx context.Context, d *deployment, inflight *sync.WaitGroup) {
 	slots := make(chan struct{}, d.slots)
 	release := func() { <-slots }
@@ -418,9 +444,13 @@ func (w *Worker) fetchLoop(ctx, callCtx context.Context, d *deployment, inflight
 	defer close(handlers) // the handlers finish their jobs (Run waits for them), then exit
 	for ctx.Err() == nil {
 		// Paused (Retry-After, or a deployment-wide error): take no slot, fetch nothing.
-		if p := d.ctrl.PausedFor(); p > 0 {
-			sleep(ctx, p)
-			continue
+		// (A pool has no pause of its own: its members' are skipped when a permit is
+		// taken.)
+		if d.pool == nil {
+			if p := d.ctrl.PausedFor(); p > 0 {
+				sleep(ctx, p)
+				continue
+			}
 		}
 		// Only live runs are fetched: a paused run takes no permit and no delivery
 		// (which would count toward its crash-loop cap), a dormant one no round trip.
@@ -452,22 +482,33 @@ func (w *Worker) fetchLoop(ctx, callCtx context.Context, d *deployment, inflight
 			continue
 		}
 		runs = paced
-		if err := d.ctrl.Wait(ctx); err != nil {
+		if d.pool != nil { // a pool: each job holds the permit of a member (pool.go)
+			if !w.fetchPool(ctx, d, pulls, runs, slots, handlers) {
+				return
+			}
+			continue
+		}
+		if err := d.waitPermit(ctx); err != nil {
 			release()
 			return
 		}
 		n := 1
-		for n < d.slots && d.ctrl.TryReserve() {
+		for n < d.slots {
+			if ok, _ := d.tryPermit(); !ok {
+				break
+			}
 			select {
 			case slots <- struct{}{}:
 				n++
 				continue
 			default:
 			}
+			d.refundPermit() // no slot: its tokens go back (the grid slot is lost)
 			break
 		}
-		got := w.fetch(ctx, d, pulls, runs, n, true, func(msg jetstream.Msg) { handlers <- fetched{msg: msg, permit: true} })
+		got := w.fetch(ctx, d, pulls, runs, n, true, func(msg jetstream.Msg) { handlers <- fetched{msg: msg, permit: d} })
 		for i := got; i < n; i++ {
+			d.refundPermit()
 			release()
 		}
 	}
@@ -494,11 +535,12 @@ func (w *Worker) handlers(callCtx context.Context, d *deployment, inflight *sync
 	return jobs
 }
 
-// fetched is a delivery on its way to a handler: permit says whether a throttle permit
-// was taken for it (not for the runs whose jobs use the prompt cache).
+// fetched is a delivery on its way to a handler: permit is the deployment whose
+// throttle permit was taken for it (the deployment, or a pool's member), nil when none
+// was (the runs whose jobs use the prompt cache).
 type fetched struct {
 	msg    jetstream.Msg
-	permit bool
+	permit *deployment
 }
 
 // tryTake takes a free slot if there is one.
@@ -667,7 +709,7 @@ func (w *Worker) watchDormant(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case now := <-t.C:
-			for _, d := range w.deps {
+			for _, d := range w.fetched() {
 				for _, rc := range d.dueDormant(now) {
 					w.checkDormant(ctx, d, rc)
 				}
