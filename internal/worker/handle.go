@@ -327,6 +327,9 @@ func (w *Worker) final(ctx context.Context, msg jetstream.Msg, job *wire.Job, re
 	}
 	res.V, res.Run, res.Row, res.Query = wire.Version, job.Run, job.Row, job.Query
 	res.Attempt, res.Worker = attempt, w.cfg.Name
+	if !res.OK {
+		res.Job = msg.Data() // what mqctl resubmit asks again; a success carries nothing
+	}
 	spent.apply(res)
 	if !job.Enqueued.IsZero() {
 		res.Elapsed = time.Since(job.Enqueued).Seconds()
@@ -399,6 +402,16 @@ func (w *Worker) publishResult(ctx context.Context, res *wire.Result) error {
 	data, err := json.Marshal(res)
 	if err != nil {
 		return fmt.Errorf("encode result: %w", err)
+	}
+	if res.Job != nil && int64(len(data)) > w.js.Conn().MaxPayload() {
+		// A failure too large with its job (a prompt near the limit) is stored without
+		// it: the row cannot be resubmitted with its failed queries alone, but its
+		// result is not lost.
+		trimmed := *res
+		trimmed.Job = nil
+		if data, err = json.Marshal(&trimmed); err != nil {
+			return fmt.Errorf("encode result: %w", err)
+		}
 	}
 	subj := w.names.ResultSubject(res.Run, res.Row, res.Query)
 	// An earlier result winning counts as stored (the job is done); a full stream is
