@@ -133,8 +133,8 @@ func Fetch(ctx context.Context, js jetstream.JetStream, names wire.Names, run, d
 	for _, name := range sink.OutputFiles(true) {
 		obj := wire.ResultObject(run, name)
 		info, err := obs.GetInfo(ctx, obj)
-		if errors.Is(err, jetstream.ErrObjectNotFound) && (name == sink.ResultsCSV || name == sink.ErrorsCSV) {
-			continue // written with collector --csv only
+		if errors.Is(err, jetstream.ErrObjectNotFound) && sink.Optional(name) {
+			continue // written with collector --csv only, with a first error row, or not by an earlier build
 		}
 		if err != nil {
 			return files, fmt.Errorf("look up %s: %w", obj, err)

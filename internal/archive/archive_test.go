@@ -57,9 +57,11 @@ func runFiles(t *testing.T, csv bool) (string, map[string][]byte) {
 		big.WriteString(`{"id":"r` + strings.Repeat("x", i%50) + `","q_answer":"é ✓"}` + "\n")
 	}
 	files := map[string][]byte{
-		sink.ResultsJSONL: big.Bytes(),
-		sink.ErrorsJSONL:  []byte(`{"id":"r1","_error":{"reason":"query_failed"}}` + "\n"),
-		sink.Summary:      []byte("{\n  \"run\": \"r\"\n}\n"),
+		sink.ResultsJSONL:  big.Bytes(),
+		sink.ErrorsJSONL:   []byte(`{"id":"r1","_error":{"reason":"query_failed"}}` + "\n"),
+		sink.ResubmitJSONL: []byte(`{"row":1,"data":{"id":"r1"}}` + "\n"),
+		sink.OpenJSON:      []byte(`{"v":1,"run":"r"}` + "\n"),
+		sink.Summary:       []byte("{\n  \"run\": \"r\"\n}\n"),
 	}
 	if csv {
 		files[sink.ResultsCSV] = []byte("id,q_answer\nr0,yes\n")
@@ -122,6 +124,22 @@ func TestStoredFilesFetchByteIdentical(t *testing.T) {
 				t.Errorf("fetch left %d entries in the directory, want only the %d files (no temp files)", len(entries), len(files))
 			}
 		})
+	}
+}
+
+// A run without resubmit.jsonl (no error row) or open.json (stored by an earlier
+// build) is fetched whole all the same.
+func TestFetchOfARunStoredWithoutItsResubmissionFiles(t *testing.T) {
+	b := setup(t)
+	dir, files := runFiles(t, false)
+	delete(files, sink.ResubmitJSONL)
+	delete(files, sink.OpenJSON)
+	if _, err := archive.Store(b.ctx, b.obs, "run-old", dir, []string{sink.ResultsJSONL, sink.ErrorsJSONL, sink.Summary}, nil); err != nil {
+		t.Fatal(err)
+	}
+	got, err := archive.Fetch(b.ctx, b.js, wire.Names{}, "run-old", filepath.Join(t.TempDir(), "run-old"))
+	if err != nil || len(got) != len(files) {
+		t.Fatalf("Fetch = %v, %v; want the %d files stored", got, err, len(files))
 	}
 }
 
@@ -228,8 +246,8 @@ func TestListShowsTheRunsStored(t *testing.T) {
 	for _, f := range files {
 		size += uint64(len(f))
 	}
-	if a := byRun["run-a"]; !a.Complete || a.Files != 3 || a.Bytes != size || a.Stored.IsZero() {
-		t.Errorf("run-a: %+v, want complete, 3 files, %d bytes, a time", a, size)
+	if a := byRun["run-a"]; !a.Complete || a.Files != len(files) || a.Bytes != size || a.Stored.IsZero() {
+		t.Errorf("run-a: %+v, want complete, %d files, %d bytes, a time", a, len(files), size)
 	}
 	if r := byRun["run-b"]; r.Complete || r.Files != 1 {
 		t.Errorf("run-b: %+v, want 1 file, not complete", r)
