@@ -16,6 +16,7 @@ import (
 	"github.com/multiquery/multiquery/internal/config"
 	"github.com/multiquery/multiquery/internal/input"
 	"github.com/multiquery/multiquery/internal/llmsim"
+	"github.com/multiquery/multiquery/internal/provision"
 	"github.com/multiquery/multiquery/internal/queue"
 	"github.com/multiquery/multiquery/internal/resubmit"
 	"github.com/multiquery/multiquery/internal/sink"
@@ -324,3 +325,47 @@ func TestResubmittingAnUnfinishedRunIsRefused(t *testing.T) {
 }
 
 func mustJSON(v any) string { b, _ := json.Marshal(v); return string(b) }
+
+// Issue 11 with the least-privilege roles (deploy/nats/accounts.conf): mqctl resubmit
+// as mq-admin, the worker and the collector each as their role; the collector, started
+// again without the run's files on its volume, reads them back from the results bucket
+// to merge the resubmission. No permission is missing.
+func TestResubmissionRunsWithLeastPrivilegeRoles(t *testing.T) {
+	e, _ := secureSetup(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if _, err := provision.Run(ctx, e.js, e.topo.Names, provision.Default(), provision.Options{}); err != nil {
+		t.Fatalf("provision as mq-admin: %v", err)
+	}
+	if err := e.sim.Update(llmsim.Update{Faults: llmsim.Faults{llmsim.FaultContentFilter: 20}}); err != nil {
+		t.Fatal(err)
+	}
+	mark := len(e.logBuf.String())
+	e.startWorker(workerOpts{})
+	stopCollector := e.startCollector("")
+	const rows = 20
+	p := e.pipeline(matrixPipeline(1, 2, ""))
+	run := e.finishedRun(p, rows)
+	if len(e.lines(run, sink.ErrorsJSONL)) == 0 {
+		t.Fatal("no error row: the test proves nothing")
+	}
+	stopCollector()
+	if err := os.RemoveAll(filepath.Join(e.out, run)); err != nil {
+		t.Fatal(err)
+	}
+	e.startCollector("")
+	if err := e.sim.Update(llmsim.Update{ResetFaults: true}); err != nil {
+		t.Fatal(err)
+	}
+	_, st := e.resubmitRun(run, resubmit.Options{Pipeline: p})
+	e.exactlyOnce(filepath.Join(e.out, run), rows)
+	if st.OK != rows || st.Attempt != 1 {
+		t.Errorf("run status %+v, want %d ok, attempt 1", st, rows)
+	}
+	for _, stop := range e.stopped {
+		stop()
+	}
+	if logs := e.logBuf.String()[mark:]; strings.Contains(strings.ToLower(logs), "permissions violation") {
+		t.Fatalf("a role lacked a permission:\n%s", grepLines(logs, "ermissions"))
+	}
+}
