@@ -3,6 +3,7 @@ package producer
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
@@ -12,8 +13,9 @@ import (
 	"github.com/multiquery/multiquery/internal/wire"
 )
 
-// A row rendered again from the data the collector wrote (mqctl resubmit) gives the
-// jobs the producer published for the input record, from CSV and from JSONL alike.
+// A row rendered again from the data the collector wrote (config.RenderRow, for mqctl
+// resubmit) gives the jobs the producer published for the input record, from CSV and
+// from JSONL alike.
 func TestRenderRowFromWrittenDataGivesThePublishedJobs(t *testing.T) {
 	p, err := config.ParsePipeline([]byte(dryPipeline), t.TempDir())
 	if err != nil {
@@ -40,7 +42,7 @@ func TestRenderRowFromWrittenDataGivesThePublishedJobs(t *testing.T) {
 			if published.rowErr {
 				t.Fatalf("the record does not render: %+v", published.row.Error)
 			}
-			again, err := RenderRow(p, "run-1", rec.Index, published.row.Data)
+			again, err := p.RenderRow("run-1", rec.Index, published.row.Data, time.Now())
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -27,7 +27,6 @@ import (
 
 	"github.com/multiquery/multiquery/internal/archive"
 	"github.com/multiquery/multiquery/internal/config"
-	"github.com/multiquery/multiquery/internal/producer"
 	"github.com/multiquery/multiquery/internal/queue"
 	"github.com/multiquery/multiquery/internal/sink"
 	"github.com/multiquery/multiquery/internal/wire"
@@ -253,7 +252,7 @@ func pick(open *wire.Open, e wire.ResubmitEntry, opts Options) (r row, ok bool, 
 			return row{}, false, fmt.Errorf("query %s has no kept job (it had succeeded, or its job did not fit): %w", open.Queries[qi].Name, ErrNeedsPipeline)
 		}
 		if rendered == nil {
-			if rendered, err = producer.RenderRow(opts.Pipeline, open.Run, e.Row, e.Data); err != nil {
+			if rendered, err = opts.Pipeline.RenderRow(open.Run, e.Row, e.Data, time.Now().UTC()); err != nil {
 				return row{}, false, err
 			}
 		}
