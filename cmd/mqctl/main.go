@@ -6,7 +6,7 @@
 //	mqctl pause|resume|cancel RUN
 //	mqctl get RUN [--out DIR]
 //	mqctl get --list
-//	mqctl resubmit RUN [--only-failed-queries] [--pipeline FILE] [--no-wait] [--json]
+//	mqctl resubmit RUN [--only-failed-queries] [--config FILE] [--no-wait] [--json]
 //	mqctl dead list [--run ID]
 //	mqctl dead replay SEQ...
 package main
@@ -52,7 +52,7 @@ const usage = `usage:
                                                 (<prefix>_mq_results with --prefix)
                                                 into DIR (default ./RUN)
   mqctl [flags] get --list                      list the runs with stored files
-  mqctl [flags] resubmit RUN [--only-failed-queries] [--pipeline FILE] [--no-wait] [--json]
+  mqctl [flags] resubmit RUN [--only-failed-queries] [--config FILE] [--no-wait] [--json]
                                                 ask a finished run's error rows again and merge their new
                                                 outcome into its files (exit 3: error rows remain)
   mqctl [flags] dead list [--run ID]            list dead-lettered jobs
@@ -270,13 +270,13 @@ func getCmd(ctx context.Context, c conn, args []string) int {
 // producer's).
 const exitRowErrors = 3
 
-// resubmitCmd: resubmit RUN [--only-failed-queries] [--pipeline FILE] [--no-wait]
+// resubmitCmd: resubmit RUN [--only-failed-queries] [--config FILE] [--no-wait]
 // [--json]. It waits for the resubmission to be merged into the run's files, then
 // prints the run's counts.
 func resubmitCmd(ctx context.Context, c conn, args []string) int {
 	fs := flag.NewFlagSet("resubmit", flag.ContinueOnError)
 	onlyFailed := fs.Bool("only-failed-queries", false, "ask only the failed queries again; the others keep their answers")
-	pipeline := fs.String("pipeline", "", "the run's pipeline file, to render again the queries that had succeeded (needed to ask every query of a row)")
+	pipeline := fs.String("config", "", "the run's pipeline file (as given to the producer), to render again the queries that had succeeded (needed to ask every query of a row)")
 	noWait := fs.Bool("no-wait", false, "return once the resubmission is published")
 	asJSON := fs.Bool("json", false, "print JSON")
 	if strings.HasPrefix(args[0], "-") {
@@ -298,7 +298,7 @@ func resubmitCmd(ctx context.Context, c conn, args []string) int {
 	}
 	rep, err := resubmit.Start(ctx, c.js, c.names, args[0], opts, ops.Logger("mqctl", "warn"))
 	if errors.Is(err, resubmit.ErrNeedsPipeline) {
-		return cli.Usage("mqctl", fmt.Errorf("resubmit: %w: give it with --pipeline FILE, or ask only the failed queries (--only-failed-queries)", err))
+		return cli.Usage("mqctl", fmt.Errorf("resubmit: %w: give it with --config FILE, or ask only the failed queries (--only-failed-queries)", err))
 	}
 	if err != nil {
 		return fail(err)

@@ -147,7 +147,7 @@ func TestGetDownloadsAStoredRun(t *testing.T) {
 		{[]string{"resubmit", "run-7", "--json"}, cli.ExitOK},
 		{[]string{"resubmit", "--only-failed-queries", "run-7"}, cli.ExitUsage},
 		{[]string{"resubmit", "run-7", "extra"}, cli.ExitUsage},
-		{[]string{"resubmit", "run-7", "--pipeline", "/nonexistent/pipeline.yaml"}, cli.ExitUsage},
+		{[]string{"resubmit", "run-7", "--config", "/nonexistent/pipeline.yaml"}, cli.ExitUsage},
 	} {
 		if code := run(append(nats, tt.args...)); code != tt.want {
 			t.Errorf("mqctl %q exited %d, want %d", tt.args, code, tt.want)
