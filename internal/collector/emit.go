@@ -78,6 +78,7 @@ func (c *Collector) emit(ctx context.Context, r *run, i int) error {
 			return err
 		}
 	}
+	clear(raws) // the bodies go with the row
 	if c.cfg.PublishRows {
 		if err := c.publishRow(ctx, r, i, line, ok); err != nil {
 			return err
@@ -146,13 +147,16 @@ func resubmitEntry(row int, ok bool, data json.RawMessage, raws [][]byte) []byte
 // rowLine builds row i's output line: an error line for a row with a pre-known error,
 // else the fold of its M results (each kept in memory or read back by subject; an
 // undecodable one is a poison error). ok reports a success line; raws are the results
-// as stored (none for a pre-known error), for resubmit.jsonl.
+// as stored (none for a pre-known error), for resubmit.jsonl, valid until the next row.
 func (c *Collector) rowLine(ctx context.Context, r *run, i int, rs *rowState, data json.RawMessage) ([]byte, bool, [][]byte, error) {
 	if rs.preErr != nil {
 		return withField(data, "_error", rs.preErr), false, nil, nil
 	}
 	results := make([]wire.Result, r.m)
-	raws := make([][]byte, r.m)
+	if len(r.raws) != r.m {
+		r.raws = make([][]byte, r.m)
+	}
+	raws := r.raws // reused row after row: the success path allocates nothing for it
 	for qi, q := range r.open.Queries {
 		b := rs.results[qi]
 		if b == nil {

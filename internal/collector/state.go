@@ -47,6 +47,8 @@ type run struct {
 	storeDone bool
 	storeAt   time.Time
 	storeWait time.Duration
+	// raws holds the stored results of the row being emitted (rowLine), reused.
+	raws [][]byte
 }
 
 // rowState is what the collector holds of one row not yet emitted: the bitset of the
