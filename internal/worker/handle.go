@@ -403,10 +403,10 @@ func (w *Worker) publishResult(ctx context.Context, res *wire.Result) error {
 	if err != nil {
 		return fmt.Errorf("encode result: %w", err)
 	}
-	if res.Job != nil && int64(len(data)) > w.js.Conn().MaxPayload() {
-		// A failure too large with its job (a prompt near the limit) is stored without
-		// it: the row cannot be resubmitted with its failed queries alone, but its
-		// result is not lost.
+	if res.Job != nil && int64(len(data))+1024 > w.js.Conn().MaxPayload() {
+		// A failure too large with its job (a prompt near the limit; 1 KiB left for the
+		// headers) is stored without it: mqctl resubmit then renders the query again
+		// from the pipeline, and the result is not lost.
 		trimmed := *res
 		trimmed.Job = nil
 		if data, err = json.Marshal(&trimmed); err != nil {
