@@ -54,7 +54,8 @@ const usage = `usage:
   mqctl [flags] get --list                      list the runs with stored files
   mqctl [flags] resubmit RUN [--only-failed-queries] [--config FILE] [--no-wait] [--json]
                                                 ask a finished run's error rows again and merge their new
-                                                outcome into its files (exit 3: error rows remain)
+                                                outcome into its files (exit 3: error rows remain); every
+                                                query of a row needs --config, the run's pipeline file
   mqctl [flags] dead list [--run ID]            list dead-lettered jobs
   mqctl [flags] dead replay SEQ...              publish dead letters again on their subjects (refused for a
                                                 query with a result or a row already written)
