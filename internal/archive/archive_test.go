@@ -7,6 +7,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -140,6 +141,28 @@ func TestFetchOfARunStoredWithoutItsResubmissionFiles(t *testing.T) {
 	got, err := archive.Fetch(b.ctx, b.js, wire.Names{}, "run-old", filepath.Join(t.TempDir(), "run-old"))
 	if err != nil || len(got) != len(files) {
 		t.Fatalf("Fetch = %v, %v; want the %d files stored", got, err, len(files))
+	}
+}
+
+// FetchOnly writes the files asked for and no other (mqctl resubmit reads neither the
+// success rows nor the CSV files).
+func TestFetchOnlyWritesTheFilesAskedFor(t *testing.T) {
+	b := setup(t)
+	dir, files := runFiles(t, true)
+	if _, err := archive.Store(b.ctx, b.obs, "run-3", dir, sink.OutputFiles(true), nil); err != nil {
+		t.Fatal(err)
+	}
+	elsewhere := filepath.Join(t.TempDir(), "run-3")
+	only := []string{sink.ErrorsJSONL, sink.ResubmitJSONL, sink.OpenJSON}
+	got, err := archive.FetchOnly(b.ctx, b.js, wire.Names{}, "run-3", elsewhere, only)
+	if err != nil || len(got) != len(only) {
+		t.Fatalf("FetchOnly = %v, %v; want the %d files asked for", got, err, len(only))
+	}
+	entries, _ := os.ReadDir(elsewhere)
+	for _, e := range entries {
+		if b, err := os.ReadFile(filepath.Join(elsewhere, e.Name())); err != nil || !bytes.Equal(b, files[e.Name()]) || !slices.Contains(only, e.Name()) {
+			t.Errorf("%s fetched (%v): want only %v, byte-identical", e.Name(), err, only)
+		}
 	}
 }
 

@@ -147,7 +147,8 @@ func load(ctx context.Context, js jetstream.JetStream, names wire.Names, run str
 		return nil, nil, fmt.Errorf("temp dir: %w", err)
 	}
 	defer os.RemoveAll(dir)
-	if _, err := archive.Fetch(ctx, js, names, run, dir); err != nil {
+	// What it reads, all sized by the error rows: not the rows that succeeded.
+	if _, err := archive.FetchOnly(ctx, js, names, run, dir, []string{sink.ErrorsJSONL, sink.ResubmitJSONL, sink.OpenJSON}); err != nil {
 		return nil, nil, fmt.Errorf("fetch run %s: %w", run, err)
 	}
 	errLines, err := sink.CountLines(filepath.Join(dir, sink.ErrorsJSONL))
