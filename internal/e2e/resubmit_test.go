@@ -285,6 +285,40 @@ func TestResubmittingOnlyFailedQueriesAfterACollectorRestartKeepsTheOtherAnswers
 	}
 }
 
+// A second resubmission starts from the merged files: the rows the first one left in
+// error (their failed results, of the first resubmission, keep their jobs) are asked
+// again, and the run ends with every row once, all successful, at attempt 2.
+func TestASecondResubmissionStartsFromTheMergedFiles(t *testing.T) {
+	e := setup(t, llmsim.Config{Seed: 11, Faults: llmsim.Faults{llmsim.FaultContentFilter: 20}})
+	e.startWorker(workerOpts{})
+	e.startCollector("")
+	const rows = 40
+	p := e.pipeline(matrixPipeline(1, 2, ""))
+	run := e.finishedRun(p, rows)
+	if err := e.sim.Update(llmsim.Update{Faults: llmsim.Faults{llmsim.FaultContentFilter: 50}}); err != nil {
+		t.Fatal(err)
+	}
+	first, st := e.resubmitRun(run, resubmit.Options{OnlyFailed: true})
+	if first.Attempt != 1 || st.Attempt != 1 || st.Failed == 0 || st.OK+st.Failed != rows {
+		t.Fatalf("first resubmission %+v, status %+v: want attempt 1 with rows still in error, every row counted once", first, st)
+	}
+	left := e.lines(run, sink.ErrorsJSONL)
+	if entries := readLines(t, filepath.Join(e.out, run, sink.ResubmitJSONL)); len(entries) != len(left) || len(left) != st.Failed {
+		t.Fatalf("after the first resubmission: %d error lines, %d entries, status %d failed; want the same", len(left), len(entries), st.Failed)
+	}
+	if err := e.sim.Update(llmsim.Update{ResetFaults: true}); err != nil {
+		t.Fatal(err)
+	}
+	second, st := e.resubmitRun(run, resubmit.Options{Pipeline: p})
+	if second.Attempt != 2 || second.Rows != len(left) || st.Attempt != 2 {
+		t.Errorf("second resubmission %+v, status attempt %d; want attempt 2 asking the %d rows left", second, st.Attempt, len(left))
+	}
+	e.exactlyOnce(filepath.Join(e.out, run), rows)
+	if sum := e.waitSummary(run, time.Second); sum.Attempt != 2 || sum.Stats.RowsOK != rows {
+		t.Errorf("summary %+v, want attempt 2, %d rows ok", sum, rows)
+	}
+}
+
 // A run without error rows has nothing to resubmit: no resubmit.jsonl, no
 // resubmission, no call, its files and status as they were.
 func TestResubmittingARunWithoutErrorRowsDoesNothing(t *testing.T) {
