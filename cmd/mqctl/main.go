@@ -1,11 +1,12 @@
 // Command mqctl operates a multiquery system: provisioning the streams, run status and
-// control, a run's stored results, dead letters.
+// control, a run's stored results, resubmitting its error rows, dead letters.
 //
 //	mqctl provision [--limits FILE] [--replicas N] [--update] [--dry-run]
 //	mqctl status RUN [--watch] [--json]
 //	mqctl pause|resume|cancel RUN
 //	mqctl get RUN [--out DIR]
 //	mqctl get --list
+//	mqctl resubmit RUN [--only-failed-queries] [--config FILE] [--no-wait] [--json]
 //	mqctl dead list [--run ID]
 //	mqctl dead replay SEQ...
 package main
@@ -29,12 +30,14 @@ import (
 
 	"github.com/multiquery/multiquery/internal/archive"
 	"github.com/multiquery/multiquery/internal/cli"
+	"github.com/multiquery/multiquery/internal/config"
 	"github.com/multiquery/multiquery/internal/deadletter"
 	"github.com/multiquery/multiquery/internal/natsconn"
 	"github.com/multiquery/multiquery/internal/ops"
 	"github.com/multiquery/multiquery/internal/proc"
 	"github.com/multiquery/multiquery/internal/provision"
 	"github.com/multiquery/multiquery/internal/queue"
+	"github.com/multiquery/multiquery/internal/resubmit"
 	"github.com/multiquery/multiquery/internal/status"
 	"github.com/multiquery/multiquery/internal/version"
 	"github.com/multiquery/multiquery/internal/wire"
@@ -49,6 +52,10 @@ const usage = `usage:
                                                 (<prefix>_mq_results with --prefix)
                                                 into DIR (default ./RUN)
   mqctl [flags] get --list                      list the runs with stored files
+  mqctl [flags] resubmit RUN [--only-failed-queries] [--config FILE] [--no-wait] [--json]
+                                                ask a finished run's error rows again and merge their new
+                                                outcome into its files (exit 3: error rows remain); every
+                                                query of a row needs --config, the run's pipeline file
   mqctl [flags] dead list [--run ID]            list dead-lettered jobs
   mqctl [flags] dead replay SEQ...              publish dead letters again on their subjects (refused for a
                                                 query with a result or a row already written)
@@ -81,6 +88,7 @@ var commands = []command{
 	{words: []string{"resume"}, minArgs: 1, maxArgs: 1, run: controlCmd(wire.ControlRunning)},
 	{words: []string{"cancel"}, minArgs: 1, maxArgs: 1, run: controlCmd(wire.ControlCancelled)},
 	{words: []string{"get"}, minArgs: 1, maxArgs: -1, run: getCmd},
+	{words: []string{"resubmit"}, minArgs: 1, maxArgs: -1, run: resubmitCmd},
 	{words: []string{"dead", "list"}, minArgs: 0, maxArgs: -1, run: deadListCmd},
 	{words: []string{"dead", "replay"}, minArgs: 1, maxArgs: -1, run: deadReplayCmd},
 }
@@ -255,6 +263,75 @@ func getCmd(ctx context.Context, c conn, args []string) int {
 	}
 	for _, f := range files {
 		fmt.Printf("%s\t%d bytes\n", filepath.Join(dir, f.Name), f.Size)
+	}
+	return cli.ExitOK
+}
+
+// exitRowErrors is resubmit's exit code when the run still has error rows (as the
+// producer's).
+const exitRowErrors = 3
+
+// resubmitCmd: resubmit RUN [--only-failed-queries] [--config FILE] [--no-wait]
+// [--json]. It waits for the resubmission to be merged into the run's files, then
+// prints the run's counts.
+func resubmitCmd(ctx context.Context, c conn, args []string) int {
+	fs := flag.NewFlagSet("resubmit", flag.ContinueOnError)
+	onlyFailed := fs.Bool("only-failed-queries", false, "ask only the failed queries again; the others keep their answers")
+	pipeline := fs.String("config", "", "the run's pipeline file (as given to the producer), to render again the queries that had succeeded (needed to ask every query of a row)")
+	noWait := fs.Bool("no-wait", false, "return once the resubmission is published")
+	asJSON := fs.Bool("json", false, "print JSON")
+	if strings.HasPrefix(args[0], "-") {
+		return cli.Usage("mqctl", errors.New("resubmit: the run id comes first"))
+	}
+	if err := fs.Parse(args[1:]); err != nil {
+		return cli.ParseExit(err)
+	}
+	if fs.NArg() > 0 {
+		return cli.Usage("mqctl", fmt.Errorf("resubmit: unexpected argument %q", fs.Arg(0)))
+	}
+	opts := resubmit.Options{OnlyFailed: *onlyFailed}
+	if *pipeline != "" {
+		p, err := config.LoadPipeline(*pipeline)
+		if err != nil {
+			return cli.Usage("mqctl", err)
+		}
+		opts.Pipeline = p
+	}
+	rep, err := resubmit.Start(ctx, c.js, c.names, args[0], opts, ops.Logger("mqctl", "warn"))
+	if errors.Is(err, resubmit.ErrNeedsPipeline) {
+		return cli.Usage("mqctl", fmt.Errorf("resubmit: %w: give it with --config FILE, or ask only the failed queries (--only-failed-queries)", err))
+	}
+	if err != nil {
+		return fail(err)
+	}
+	out := struct {
+		resubmit.Report
+		Status *wire.RunStatus `json:"status,omitempty"`
+	}{Report: rep}
+	if !*noWait {
+		if rep.Rows > 0 {
+			if _, err := status.WaitRun(ctx, c.js, c.names, rep.Resubmission, nil); err != nil {
+				return fail(err)
+			}
+		}
+		st, err := status.WaitRun(ctx, c.js, c.names, rep.Run, nil)
+		if err != nil {
+			return fail(err)
+		}
+		out.Status = &st
+	}
+	if *asJSON {
+		b, _ := json.MarshalIndent(out, "", "  ")
+		fmt.Println(string(b))
+	} else {
+		fmt.Printf("run %s: attempt %d (%s): %d error rows asked again (%d queries, %d rendered from the pipeline, %d answers kept), %d cannot be\n",
+			rep.Run, rep.Attempt, rep.Resubmission, rep.Rows, rep.Jobs, rep.Rendered, rep.Reused, rep.Skipped)
+		if out.Status != nil {
+			fmt.Printf("run %s: %d rows: %d ok, %d failed\n", rep.Run, out.Status.Total, out.Status.OK, out.Status.Failed)
+		}
+	}
+	if out.Status != nil && out.Status.Failed > 0 {
+		return exitRowErrors
 	}
 	return cli.ExitOK
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"slices"
@@ -64,7 +65,7 @@ func TestRunUsage(t *testing.T) {
 	t.Parallel()
 	for _, args := range [][]string{nil, {"nope"}, {"--bogus"}, {"cancel"},
 		{"--nats-creds", "/nonexistent/a.creds", "status", "r1"}, {"--nats-user", "u", "--nats-token", "t", "provision"},
-		{"--prefix", "a.b", "status", "r1"}} {
+		{"--prefix", "a.b", "status", "r1"}, {"resubmit"}} {
 		if got := run(args); got != cli.ExitUsage {
 			t.Errorf("run(%q) = %d, want %d", args, got, cli.ExitUsage)
 		}
@@ -79,7 +80,7 @@ func TestRunUsage(t *testing.T) {
 
 // get RUN writes the run's stored files into --out (default ./RUN) byte for byte and
 // exits 0; an unknown run exits 1; get --list exits 0; a run id with --list is a usage
-// error.
+// error. resubmit of that run (finished, no error rows) asks nothing and exits 0.
 func TestGetDownloadsAStoredRun(t *testing.T) {
 	srv := natstest.Start(t)
 	_, js := srv.Connect(t)
@@ -99,10 +100,19 @@ func TestGetDownloadsAStoredRun(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, err := archive.Store(ctx, obs, "run-7", src, sink.OutputFiles(false), nil); err != nil {
+	// A run without error rows: neither resubmit.jsonl nor (an earlier build) open.json.
+	if _, err := archive.Store(ctx, obs, "run-7", src, []string{sink.ResultsJSONL, sink.ErrorsJSONL, sink.Summary}, nil); err != nil {
 		t.Fatal(err)
 	}
 	nats := []string{"--nats", srv.URL()}
+	runs, err := js.KeyValue(ctx, wire.BucketRuns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, _ := json.Marshal(wire.RunStatus{Run: "run-7", State: wire.RunCompleted, Total: 1, Emitted: 1, OK: 1, Finished: true, Stored: true})
+	if _, err := runs.Put(ctx, "run-7", st); err != nil {
+		t.Fatal(err)
+	}
 
 	dir := filepath.Join(t.TempDir(), "into")
 	if code := run(append(nats, "get", "run-7", "--out", dir)); code != cli.ExitOK {
@@ -131,6 +141,13 @@ func TestGetDownloadsAStoredRun(t *testing.T) {
 		{[]string{"get", "--out", "d"}, cli.ExitUsage},
 		// Another deployment's names: its results bucket does not hold run-7.
 		{[]string{"--prefix", "other", "get", "run-7", "--out", t.TempDir()}, cli.ExitFailed},
+		// resubmit: a run that has not finished fails; a finished one without error rows
+		// has nothing to ask and exits 0; the run id comes first.
+		{[]string{"resubmit", "no-such-run"}, cli.ExitFailed},
+		{[]string{"resubmit", "run-7", "--json"}, cli.ExitOK},
+		{[]string{"resubmit", "--only-failed-queries", "run-7"}, cli.ExitUsage},
+		{[]string{"resubmit", "run-7", "extra"}, cli.ExitUsage},
+		{[]string{"resubmit", "run-7", "--config", "/nonexistent/pipeline.yaml"}, cli.ExitUsage},
 	} {
 		if code := run(append(nats, tt.args...)); code != tt.want {
 			t.Errorf("mqctl %q exited %d, want %d", tt.args, code, tt.want)

@@ -223,6 +223,9 @@ func printResult(w io.Writer, res local.Result) {
 	}
 	fmt.Fprintf(w, "run %s: %d rows: %d ok, %d failed\n", res.Run, st.Total, st.OK, st.Failed)
 	for _, name := range sink.OutputFiles(true) {
+		if name == sink.ResubmitJSONL || name == sink.OpenJSON {
+			continue // the system's own, for a resubmission
+		}
 		path := filepath.Join(res.Dir, name)
 		if _, err := os.Stat(path); err == nil {
 			fmt.Fprintf(w, "  %s\n", path)

@@ -110,6 +110,13 @@ type File struct {
 // at all. A run without stored files is ErrUnknownRun, ErrNotComplete or ErrNotStored,
 // with what the run's status says. names are the deployment's bucket names.
 func Fetch(ctx context.Context, js jetstream.JetStream, names wire.Names, run, dir string) ([]File, error) {
+	return FetchOnly(ctx, js, names, run, dir, sink.OutputFiles(true))
+}
+
+// FetchOnly is Fetch of the files named only (of the output set): what a reader of
+// part of a run needs (mqctl resubmit reads neither results.jsonl nor the CSV files). A
+// file of only that may be missing (sink.Optional) and is not stored is left out.
+func FetchOnly(ctx context.Context, js jetstream.JetStream, names wire.Names, run, dir string, only []string) ([]File, error) {
 	if err := wire.ValidateRunID(run); err != nil {
 		return nil, err
 	}
@@ -130,11 +137,11 @@ func Fetch(ctx context.Context, js jetstream.JetStream, names wire.Names, run, d
 		return nil, fmt.Errorf("create %s: %w", dir, err)
 	}
 	var files []File
-	for _, name := range sink.OutputFiles(true) {
+	for _, name := range only {
 		obj := wire.ResultObject(run, name)
 		info, err := obs.GetInfo(ctx, obj)
-		if errors.Is(err, jetstream.ErrObjectNotFound) && (name == sink.ResultsCSV || name == sink.ErrorsCSV) {
-			continue // written with collector --csv only
+		if errors.Is(err, jetstream.ErrObjectNotFound) && sink.Optional(name) {
+			continue // written with collector --csv only, with a first error row, or not by an earlier build
 		}
 		if err != nil {
 			return files, fmt.Errorf("look up %s: %w", obj, err)

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -57,9 +58,11 @@ func runFiles(t *testing.T, csv bool) (string, map[string][]byte) {
 		big.WriteString(`{"id":"r` + strings.Repeat("x", i%50) + `","q_answer":"é ✓"}` + "\n")
 	}
 	files := map[string][]byte{
-		sink.ResultsJSONL: big.Bytes(),
-		sink.ErrorsJSONL:  []byte(`{"id":"r1","_error":{"reason":"query_failed"}}` + "\n"),
-		sink.Summary:      []byte("{\n  \"run\": \"r\"\n}\n"),
+		sink.ResultsJSONL:  big.Bytes(),
+		sink.ErrorsJSONL:   []byte(`{"id":"r1","_error":{"reason":"query_failed"}}` + "\n"),
+		sink.ResubmitJSONL: []byte(`{"row":1,"data":{"id":"r1"}}` + "\n"),
+		sink.OpenJSON:      []byte(`{"v":1,"run":"r"}` + "\n"),
+		sink.Summary:       []byte("{\n  \"run\": \"r\"\n}\n"),
 	}
 	if csv {
 		files[sink.ResultsCSV] = []byte("id,q_answer\nr0,yes\n")
@@ -122,6 +125,44 @@ func TestStoredFilesFetchByteIdentical(t *testing.T) {
 				t.Errorf("fetch left %d entries in the directory, want only the %d files (no temp files)", len(entries), len(files))
 			}
 		})
+	}
+}
+
+// A run without resubmit.jsonl (no error row) or open.json (stored by an earlier
+// build) is fetched whole all the same.
+func TestFetchOfARunStoredWithoutItsResubmissionFiles(t *testing.T) {
+	b := setup(t)
+	dir, files := runFiles(t, false)
+	delete(files, sink.ResubmitJSONL)
+	delete(files, sink.OpenJSON)
+	if _, err := archive.Store(b.ctx, b.obs, "run-old", dir, []string{sink.ResultsJSONL, sink.ErrorsJSONL, sink.Summary}, nil); err != nil {
+		t.Fatal(err)
+	}
+	got, err := archive.Fetch(b.ctx, b.js, wire.Names{}, "run-old", filepath.Join(t.TempDir(), "run-old"))
+	if err != nil || len(got) != len(files) {
+		t.Fatalf("Fetch = %v, %v; want the %d files stored", got, err, len(files))
+	}
+}
+
+// FetchOnly writes the files asked for and no other (mqctl resubmit reads neither the
+// success rows nor the CSV files).
+func TestFetchOnlyWritesTheFilesAskedFor(t *testing.T) {
+	b := setup(t)
+	dir, files := runFiles(t, true)
+	if _, err := archive.Store(b.ctx, b.obs, "run-3", dir, sink.OutputFiles(true), nil); err != nil {
+		t.Fatal(err)
+	}
+	elsewhere := filepath.Join(t.TempDir(), "run-3")
+	only := []string{sink.ErrorsJSONL, sink.ResubmitJSONL, sink.OpenJSON}
+	got, err := archive.FetchOnly(b.ctx, b.js, wire.Names{}, "run-3", elsewhere, only)
+	if err != nil || len(got) != len(only) {
+		t.Fatalf("FetchOnly = %v, %v; want the %d files asked for", got, err, len(only))
+	}
+	entries, _ := os.ReadDir(elsewhere)
+	for _, e := range entries {
+		if b, err := os.ReadFile(filepath.Join(elsewhere, e.Name())); err != nil || !bytes.Equal(b, files[e.Name()]) || !slices.Contains(only, e.Name()) {
+			t.Errorf("%s fetched (%v): want only %v, byte-identical", e.Name(), err, only)
+		}
 	}
 }
 
@@ -228,8 +269,8 @@ func TestListShowsTheRunsStored(t *testing.T) {
 	for _, f := range files {
 		size += uint64(len(f))
 	}
-	if a := byRun["run-a"]; !a.Complete || a.Files != 3 || a.Bytes != size || a.Stored.IsZero() {
-		t.Errorf("run-a: %+v, want complete, 3 files, %d bytes, a time", a, size)
+	if a := byRun["run-a"]; !a.Complete || a.Files != len(files) || a.Bytes != size || a.Stored.IsZero() {
+		t.Errorf("run-a: %+v, want complete, %d files, %d bytes, a time", a, len(files), size)
 	}
 	if r := byRun["run-b"]; r.Complete || r.Files != 1 {
 		t.Errorf("run-b: %+v, want 1 file, not complete", r)

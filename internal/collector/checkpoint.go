@@ -257,6 +257,12 @@ func (c *Collector) finish(ctx context.Context, r *run) error {
 		return fmt.Errorf("run %s: %w", r.id, err)
 	}
 	r.finished = true
+	open := r.open
+	open.Order = r.order // the order its files are in
+	openRec, _ := json.Marshal(&open)
+	if err := r.out.WriteFile(sink.OpenJSON, append(openRec, '\n')); err != nil {
+		return err
+	}
 	sum := Summary{Run: r.id, Status: "completed", Rows: r.total, Stats: r.stats, Started: r.started, Finished: time.Now().UTC(),
 		Dir: r.out.Dir(), Results: r.out.Dir() + "/" + sink.ResultsJSONL, Errors: r.out.Dir() + "/" + sink.ErrorsJSONL}
 	sum.WallSeconds = sum.Finished.Sub(r.started).Seconds()
@@ -338,4 +344,7 @@ type Summary struct {
 	Dir         string    `json:"dir"`
 	Results     string    `json:"results"`
 	Errors      string    `json:"errors"`
+	// Attempt is the number of resubmissions merged into the files (mqctl resubmit);
+	// Stats then count the merged rows and every attempt's calls.
+	Attempt int `json:"attempt,omitempty"`
 }

@@ -64,13 +64,21 @@ func (c *Collector) emit(ctx context.Context, r *run, i int) error {
 	if err != nil {
 		return err
 	}
-	line, ok, err := c.rowLine(ctx, r, i, rs, data)
+	line, ok, raws, err := c.rowLine(ctx, r, i, rs, data)
 	if err != nil {
 		return err
 	}
 	if err := c.writeLine(r, rs, data, line, ok); err != nil {
 		return err
 	}
+	if !ok || r.open.Resubmit != nil {
+		// Only a row that ends in error (and every row of a resubmission, itself made
+		// of error rows) leaves what a resubmission needs: nothing on the success path.
+		if err := r.out.WriteResubmit(resubmitEntry(rs.origin(i), ok, data, raws)); err != nil {
+			return err
+		}
+	}
+	clear(raws) // the bodies go with the row
 	if c.cfg.PublishRows {
 		if err := c.publishRow(ctx, r, i, line, ok); err != nil {
 			return err
@@ -118,28 +126,53 @@ func (c *Collector) inputData(ctx context.Context, r *run, i int, rs *rowState) 
 	return row.Data, nil
 }
 
+// resubmitEntry is a row's line of resubmit.jsonl (wire.ResubmitEntry): its row in the
+// original run and, for an error row, its data and results as stored (none for a
+// pre-known error). A success entry (a resubmission's) names its row only.
+func resubmitEntry(row int, ok bool, data json.RawMessage, raws [][]byte) []byte {
+	if ok {
+		return []byte(`{"row":` + strconv.Itoa(row) + `,"ok":true}`)
+	}
+	e := wire.ResubmitEntry{Row: row, Data: data}
+	for _, b := range raws {
+		e.Results = append(e.Results, b)
+	}
+	b, err := json.Marshal(e)
+	if err != nil { // a result that is not JSON: kept without the results
+		b, _ = json.Marshal(wire.ResubmitEntry{Row: row, Data: data})
+	}
+	return b
+}
+
 // rowLine builds row i's output line: an error line for a row with a pre-known error,
 // else the fold of its M results (each kept in memory or read back by subject; an
-// undecodable one is a poison error). ok reports a success line.
-func (c *Collector) rowLine(ctx context.Context, r *run, i int, rs *rowState, data json.RawMessage) ([]byte, bool, error) {
+// undecodable one is a poison error). ok reports a success line; raws are the results
+// as stored (none for a pre-known error), for resubmit.jsonl, valid until the next row.
+func (c *Collector) rowLine(ctx context.Context, r *run, i int, rs *rowState, data json.RawMessage) ([]byte, bool, [][]byte, error) {
 	if rs.preErr != nil {
-		return withField(data, "_error", rs.preErr), false, nil
+		return withField(data, "_error", rs.preErr), false, nil, nil
 	}
 	results := make([]wire.Result, r.m)
+	if len(r.raws) != r.m {
+		r.raws = make([][]byte, r.m)
+	}
+	raws := r.raws // reused row after row: the success path allocates nothing for it
 	for qi, q := range r.open.Queries {
 		b := rs.results[qi]
 		if b == nil {
 			var err error
 			if b, err = c.getLast(ctx, c.results, c.names.ResultSubject(r.id, i, q.Name)); err != nil {
-				return nil, false, err
+				return nil, false, nil, err
 			}
 		}
+		raws[qi] = b
 		if err := wire.Decode(b, &results[qi]); err != nil {
 			results[qi] = wire.Result{Query: q.Name, Error: &wire.Error{Reason: wire.ReasonPoison, Message: "undecodable result: " + err.Error()}}
+			raws[qi] = nil
 		}
 	}
 	line, ok := r.fold(data, results)
-	return line, ok, nil
+	return line, ok, raws, nil
 }
 
 // writeLine writes a row's line to the run's results or errors, counting it, and gives

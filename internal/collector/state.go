@@ -47,6 +47,8 @@ type run struct {
 	storeDone bool
 	storeAt   time.Time
 	storeWait time.Duration
+	// raws holds the stored results of the row being emitted (rowLine), reused.
+	raws [][]byte
 }
 
 // rowState is what the collector holds of one row not yet emitted: the bitset of the
@@ -61,6 +63,17 @@ type rowState struct {
 	dataCached bool
 	results    [][]byte // per query; nil when not cached (read back by subject)
 	resultSeqs []uint64 // stream sequences, deleted once the row is durably out
+	// sourceRow is, in a resubmission, the row in the original run (-1: none).
+	sourceRow int
+}
+
+// origin is row i's row in the original run: its own index, or a resubmission's
+// source_row.
+func (rs *rowState) origin(i int) int {
+	if rs.sourceRow >= 0 {
+		return rs.sourceRow
+	}
+	return i
 }
 
 func (rs *rowState) has(i int) bool { return rs.have[i/64]&(1<<(i%64)) != 0 }
@@ -75,7 +88,7 @@ func (rs *rowState) set(i int) {
 func (r *run) rowState(i int) *rowState {
 	rs := r.rows[i]
 	if rs == nil {
-		rs = &rowState{have: make([]uint64, (r.m+63)/64), results: make([][]byte, r.m), resultSeqs: make([]uint64, r.m)}
+		rs = &rowState{have: make([]uint64, (r.m+63)/64), results: make([][]byte, r.m), resultSeqs: make([]uint64, r.m), sourceRow: -1}
 		r.rows[i] = rs
 	}
 	return rs
@@ -355,6 +368,9 @@ func (c *Collector) applyRow(ctx context.Context, r *run, ev event) error {
 	rs.input = true
 	c.waiting++
 	rs.preErr = row.Error
+	if row.SourceRow != nil && r.open.Resubmit != nil && *row.SourceRow >= 0 {
+		rs.sourceRow = *row.SourceRow
+	}
 	if c.cached+int64(len(row.Data)) <= c.cfg.MemoryLimit {
 		rs.data = row.Data
 		rs.dataCached = true

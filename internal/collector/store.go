@@ -90,6 +90,11 @@ func (c *Collector) store(ctx context.Context, r *run) error {
 	if err := c.injectFault(faultBeforeStore); err != nil {
 		return err
 	}
+	if r.open.Resubmit != nil { // a resubmission: its rows go into the original run's files first
+		if err := c.merge(ctx, r); err != nil {
+			return err
+		}
+	}
 	if c.cfg.NoStore {
 		return nil
 	}
@@ -113,11 +118,12 @@ func (c *Collector) store(ctx context.Context, r *run) error {
 }
 
 // outputFiles is the output set of a run's directory: the CSV files only when written
-// (csv) and present (a run finished before the collector got --csv has none).
+// (csv) and present (a run finished before the collector got --csv has none), the
+// files of a resubmission when present (resubmit.jsonl: a run with error rows).
 func outputFiles(dir string, csv bool) []string {
 	var names []string
 	for _, n := range sink.OutputFiles(csv) {
-		if n == sink.ResultsCSV || n == sink.ErrorsCSV {
+		if sink.Optional(n) {
 			if _, err := os.Stat(filepath.Join(dir, n)); err != nil {
 				continue
 			}
@@ -157,6 +163,7 @@ func loadSummaryTotal(dir string, r *run) {
 const (
 	faultBeforeStore  = "before-store"  // the files are final, nothing stored yet
 	faultBeforeStatus = "before-status" // the files are stored, the status not written
+	faultMidSwap      = "mid-swap"      // a resubmission's merged files are half renamed in
 )
 
 // errFault is what a test's fault hook returns: the collector stops there, as if killed.

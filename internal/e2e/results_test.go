@@ -35,7 +35,8 @@ func (e *env) runStatus(run string) (wire.RunStatus, bool) {
 // Issue 10, acceptance: after a run with failing rows, `mqctl get RUN` on another
 // machine (here another directory; archive.Fetch is what mqctl get runs) yields
 // results.jsonl, errors.jsonl and summary.json byte-identical to the collector's files,
-// with the same mode.
+// with the same mode; with them what mqctl resubmit reads (resubmit.jsonl: the run has
+// error rows; open.json).
 func TestGetFetchesARunsFilesByteIdenticalElsewhere(t *testing.T) {
 	e := setup(t, llmsim.Config{})
 	e.startWorker(workerOpts{})
@@ -64,10 +65,10 @@ func TestGetFetchesARunsFilesByteIdenticalElsewhere(t *testing.T) {
 	if err != nil {
 		t.Fatalf("mqctl get %s: %v", rep.Run, err)
 	}
-	if len(files) != 3 {
-		t.Fatalf("fetched %+v, want results.jsonl, errors.jsonl and summary.json", files)
+	if len(files) != 5 {
+		t.Fatalf("fetched %+v, want results.jsonl, errors.jsonl, resubmit.jsonl, open.json and summary.json", files)
 	}
-	for _, name := range []string{sink.ResultsJSONL, sink.ErrorsJSONL, sink.Summary} {
+	for _, name := range []string{sink.ResultsJSONL, sink.ErrorsJSONL, sink.ResubmitJSONL, sink.OpenJSON, sink.Summary} {
 		orig := filepath.Join(e.out, rep.Run, name)
 		want, err := os.ReadFile(orig)
 		if err != nil {

@@ -122,7 +122,7 @@ func planRow(p *config.Pipeline, queries []config.Query, run string, rec input.R
 			}
 			return fail(&wire.Error{Reason: wire.ReasonTemplateRendering, Message: err.Error(), Details: details})
 		}
-		jobs = append(jobs, buildJob(p, q, run, rec.Index, msgs, now))
+		jobs = append(jobs, p.Job(q, run, rec.Index, msgs, now))
 	}
 	return plan{row: row, jobs: jobs}
 }
@@ -194,26 +194,6 @@ func sameColumns(a, b []string) bool {
 		}
 	}
 	return true
-}
-
-func buildJob(p *config.Pipeline, q config.Query, run string, row int, msgs []config.Message, now time.Time) wire.Job {
-	j := wire.Job{V: wire.Version, Run: run, Row: row, Query: q.Name, Deployment: q.Deployment,
-		Request:                 wire.Request{Model: q.Model, Temperature: q.Temperature, MaxCompletionTokens: q.MaxCompletionTokens, ResponseFormat: q.ResponseFormat},
-		MaxCapacityRetrySeconds: p.MaxCapacityRetrySeconds, MaxAttempts: p.MaxAttempts,
-		MaxAnswerRetries: p.AnswerRetries(), ReaskWithError: p.ReaskWithError, Enqueued: now, Pool: q.Pool}
-	for _, m := range msgs {
-		j.Request.Messages = append(j.Request.Messages, wire.Message{Role: m.Role, Content: m.Content})
-	}
-	if q.ResponseFormat == wire.FormatStructured {
-		j.Request.Schema = q.JSONSchema()
-	}
-	if p.Cache.Enabled {
-		j.Cache = &wire.JobCache{TTLSeconds: int64(max(p.Cache.TTL/time.Second, 1))}
-	}
-	for _, o := range q.Outputs {
-		j.Outputs = append(j.Outputs, wire.OutputField{Field: o.Field, Column: o.Column, Type: o.Type, Values: o.Values})
-	}
-	return j
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }

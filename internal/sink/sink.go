@@ -28,6 +28,14 @@ const (
 	ErrorsCSV    = "errors.csv"
 	Checkpoint   = "checkpoint.json"
 	Summary      = "summary.json"
+	// ResubmitJSONL keeps, for each row that ends in error and only for those, what a
+	// resubmission of the row needs (wire.ResubmitEntry), the k-th entry with the k-th
+	// line of errors.jsonl. It is created with the run's first error row: a run without
+	// one has none.
+	ResubmitJSONL = "resubmit.jsonl"
+	// OpenJSON is the run's open record, written when the run finishes (the bus copy is
+	// purged then): what mqctl resubmit opens again.
+	OpenJSON = "open.json"
 )
 
 // FileMode is the mode every file of a run is created with, less the process umask:
@@ -36,14 +44,26 @@ const (
 const FileMode os.FileMode = 0o644
 
 // OutputFiles is a run's output set, what leaves the collector once the run is
-// complete: the JSONL files, the CSV files when csv, and summary.json last (its
-// presence says the others are complete). checkpoint.json is the collector's own.
+// complete: the JSONL files, the CSV files when csv, what a resubmission needs
+// (resubmit.jsonl, open.json), and summary.json last (its presence says the others are
+// complete). checkpoint.json is the collector's own.
 func OutputFiles(csv bool) []string {
 	names := []string{ResultsJSONL, ErrorsJSONL}
 	if csv {
 		names = append(names, ResultsCSV, ErrorsCSV)
 	}
-	return append(names, Summary)
+	return append(names, ResubmitJSONL, OpenJSON, Summary)
+}
+
+// Optional reports whether a file of the output set may be missing: the CSV files
+// (written with CSV only), resubmit.jsonl (written with a run's first error row) and
+// open.json (a run finished by an earlier build has none).
+func Optional(name string) bool {
+	switch name {
+	case ResultsCSV, ErrorsCSV, ResubmitJSONL, OpenJSON:
+		return true
+	}
+	return false
 }
 
 // Offsets maps a file name to its durable length.
@@ -120,30 +140,14 @@ func Open(dir string, opts Options, offsets Offsets) (*Run, error) {
 		names = append(names, ResultsCSV, ErrorsCSV)
 	}
 	r := &Run{dir: dir, files: map[string]*file{}, csv: withCSV, opts: opts}
+	if _, err := os.Stat(filepath.Join(dir, ResubmitJSONL)); err == nil || offsets[ResubmitJSONL] > 0 {
+		names = append(names, ResubmitJSONL) // else created with the first error row
+	}
 	for _, n := range names {
-		p := filepath.Join(dir, n)
-		f, err := os.OpenFile(p, os.O_CREATE|os.O_RDWR, FileMode)
-		if err != nil {
-			r.Close()
-			return nil, fmt.Errorf("open %s: %w", p, err)
-		}
-		off := offsets[n]
-		if err := opts.guard(); err != nil {
-			f.Close()
+		if err := r.openFile(n, offsets[n]); err != nil {
 			r.Close()
 			return nil, err
 		}
-		if err := f.Truncate(off); err != nil {
-			f.Close()
-			r.Close()
-			return nil, fmt.Errorf("truncate %s to %d: %w", p, off, err)
-		}
-		if _, err := f.Seek(off, 0); err != nil {
-			f.Close()
-			r.Close()
-			return nil, fmt.Errorf("seek %s: %w", p, err)
-		}
-		r.files[n] = &file{f: f, w: bufio.NewWriterSize(guarded{f: f, guard: opts.guard}, 256<<10)}
 	}
 	if withCSV && offsets[ResultsCSV] == 0 && offsets[ErrorsCSV] == 0 {
 		// No CSV header yet: the rows written so far wait for it, as they did before.
@@ -155,6 +159,29 @@ func Open(dir string, opts Options, offsets Offsets) (*Run, error) {
 		}
 	}
 	return r, nil
+}
+
+// openFile opens (creating) file n of the run, truncated to off.
+func (r *Run) openFile(n string, off int64) error {
+	p := filepath.Join(r.dir, n)
+	f, err := os.OpenFile(p, os.O_CREATE|os.O_RDWR, FileMode)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", p, err)
+	}
+	if err := r.opts.guard(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Truncate(off); err != nil {
+		f.Close()
+		return fmt.Errorf("truncate %s to %d: %w", p, off, err)
+	}
+	if _, err := f.Seek(off, 0); err != nil {
+		f.Close()
+		return fmt.Errorf("seek %s: %w", p, err)
+	}
+	r.files[n] = &file{f: f, w: bufio.NewWriterSize(guarded{f: f, guard: r.opts.guard}, 256<<10)}
+	return nil
 }
 
 // loadPending reads the first size bytes of a JSONL file as rows waiting for the header.
@@ -216,6 +243,26 @@ func (r *Run) WriteOK(line []byte) error { return r.write(ResultsJSONL, ResultsC
 
 // WriteError appends an error row.
 func (r *Run) WriteError(line []byte) error { return r.write(ErrorsJSONL, ErrorsCSV, r.errCols, line) }
+
+// WriteResubmit appends an entry to resubmit.jsonl (wire.ResubmitEntry), creating the
+// file with the first: only rows that end in error have one (and, in a resubmission,
+// every row).
+func (r *Run) WriteResubmit(line []byte) error {
+	f := r.files[ResubmitJSONL]
+	if f == nil {
+		if err := r.openFile(ResubmitJSONL, 0); err != nil {
+			return err
+		}
+		f = r.files[ResubmitJSONL]
+	}
+	if _, err := f.w.Write(line); err != nil {
+		return fmt.Errorf("write %s: %w", ResubmitJSONL, err)
+	}
+	if err := f.w.WriteByte('\n'); err != nil {
+		return fmt.Errorf("write %s: %w", ResubmitJSONL, err)
+	}
+	return nil
+}
 
 func (r *Run) write(jsonl, csvName string, cols []string, line []byte) error {
 	f := r.files[jsonl]

@@ -64,6 +64,52 @@ func TestOpenTruncatesToTheCheckpoint(t *testing.T) {
 
 // Rows written before the CSV header is known wait for it, also across a restart
 // (rebuilt from the JSONL files), and then go to the CSV files under that header.
+// resubmit.jsonl is written for error rows only: a run without one has no file (no
+// write, no fsync on the success path); once there, it is truncated to its checkpointed
+// offset like the others.
+func TestResubmitEntriesOnlyWithTheFirstErrorRow(t *testing.T) {
+	dir := t.TempDir()
+	r, err := Open(dir, Options{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.WriteOK([]byte(`{"id":"a"}`)); err != nil {
+		t.Fatal(err)
+	}
+	off, err := r.Sync()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, ResubmitJSONL)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("%s after a success row only: %v, want no file", ResubmitJSONL, err)
+	}
+	if err := r.WriteError([]byte(`{"id":"b","_error":{}}`)); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.WriteResubmit([]byte(`{"row":1}`)); err != nil {
+		t.Fatal(err)
+	}
+	if off, err = r.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.WriteResubmit([]byte(`{"row":2}`)); err != nil { // after the checkpoint
+		t.Fatal(err)
+	}
+	if _, err := r.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
+	r, err = Open(dir, Options{}, off)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	b, err := os.ReadFile(filepath.Join(dir, ResubmitJSONL))
+	if err != nil || string(b) != `{"row":1}`+"\n" {
+		t.Fatalf("%s after reopening at the checkpoint = %q, %v; want the entry written before it", ResubmitJSONL, b, err)
+	}
+}
+
 func TestRowsBeforeTheCSVHeaderSurviveARestart(t *testing.T) {
 	dir := t.TempDir()
 	r, err := Open(dir, Options{CSV: true}, nil)
@@ -164,6 +210,15 @@ func TestEveryFileOfARunHasTheSameMode(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := r.WriteFile(Checkpoint, []byte("{}")); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.WriteFile(OpenJSON, []byte("{}\n")); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.WriteResubmit([]byte(`{"row":0}`)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Sync(); err != nil {
 		t.Fatal(err)
 	}
 	if err := WriteAtomic(dir, "other.json", func(w io.Writer) error { _, err := io.WriteString(w, "{}"); return err }); err != nil {

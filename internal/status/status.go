@@ -41,7 +41,8 @@ type Report struct {
 	RowsPerSec  float64             `json:"rows_per_second"`
 	ETA         string              `json:"eta,omitempty"`
 	OutDir      string              `json:"out_dir,omitempty"`
-	Stored      bool                `json:"stored,omitempty"` // its files are in the results bucket (mqctl get)
+	Stored      bool                `json:"stored,omitempty"`  // its files are in the results bucket (mqctl get)
+	Attempt     int                 `json:"attempt,omitempty"` // resubmissions merged into its files (mqctl resubmit)
 	// ResultsBucket names that bucket when Stored (the deployment's BucketResults).
 	ResultsBucket string    `json:"results_bucket,omitempty"`
 	Deployments   []string  `json:"deployments,omitempty"`
@@ -81,6 +82,7 @@ func Get(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, names wire.
 		if err := json.Unmarshal(e.Value(), &st); err == nil {
 			r.State, r.RowsTotal, r.Emitted, r.OK, r.Failed, r.OldestOpen, r.OutDir, r.Deployments, r.Stored =
 				st.State, st.Total, st.Emitted, st.OK, st.Failed, st.Next, st.OutDir, st.Deployments, st.Stored
+			r.Attempt = st.Attempt
 			if st.Stored {
 				r.ResultsBucket = names.BucketResults()
 			}
@@ -311,6 +313,9 @@ func (r Report) Text() string {
 	}
 	if r.OutDir != "" {
 		fmt.Fprintf(&b, "  output: %s\n", r.OutDir)
+	}
+	if r.Attempt > 0 {
+		fmt.Fprintf(&b, "  resubmissions merged: %d (the last: %s)\n", r.Attempt, wire.ResubmitRunID(r.Run, r.Attempt))
 	}
 	if r.Stored {
 		fmt.Fprintf(&b, "  stored in %s: mqctl get %s\n", r.ResultsBucket, r.Run)

@@ -556,6 +556,18 @@ func TestReportTextShowsTheKeyFigures(t *testing.T) {
 	if got := r.Text(); got != want {
 		t.Fatalf("Text() =\n%s\nwant\n%s", got, want)
 	}
+
+	// A run whose error rows were resubmitted says how many times.
+	r.Attempt = 2
+	want = "run run-c: completed\n" +
+		"  rows: 2 total, 2 published, 2 emitted (2 ok, 0 failed); oldest incomplete row 2\n" +
+		"  queries: 0 queued, 0 in retry\n" +
+		"  output: /out/run-c\n" +
+		"  resubmissions merged: 2 (the last: run-c-r2)\n" +
+		"  stored in mq_results: mqctl get run-c\n"
+	if got := r.Text(); got != want {
+		t.Fatalf("Text() =\n%s\nwant\n%s", got, want)
+	}
 }
 
 // WaitRun reports each status the collector writes and returns the first finished one;

@@ -43,6 +43,9 @@ type RunStatus struct {
 	Stored bool `json:"stored,omitempty"`
 	// LeaseEpoch is the epoch of the collector lease it was written under.
 	LeaseEpoch uint64 `json:"lease_epoch,omitempty"`
+	// Attempt is the number of resubmissions merged into the run's files (mqctl
+	// resubmit); the counts above are then those of the merged files.
+	Attempt int `json:"attempt,omitempty"`
 }
 
 // ProducerCheckpoint is the producer's resume point in the runs bucket under

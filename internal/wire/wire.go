@@ -298,7 +298,23 @@ type Open struct {
 	// Cache says the run's jobs may be answered from the prompt cache: every query of a
 	// success row then has a <query>_cached column (true: answered from the cache).
 	Cache bool `json:"cache,omitempty"`
+	// Resubmit is set on the open record of a resubmission (mqctl resubmit): this run
+	// asks again the error rows of run Resubmit.Run, as its attempt Resubmit.Attempt.
+	// Its rows carry SourceRow; when it completes, the collector merges its rows into
+	// that run's files.
+	Resubmit *Resubmission `json:"resubmit,omitempty"`
 }
+
+// Resubmission names what a resubmission asks again: run Run (the original run id),
+// attempt Attempt (1 for the first resubmission), and in a job, the original row Row.
+type Resubmission struct {
+	Run     string `json:"run"`
+	Row     int    `json:"row,omitempty"`
+	Attempt int    `json:"attempt"`
+}
+
+// ResubmitRunID is the run id on the bus of attempt n of run: "<run>-r<n>".
+func ResubmitRunID(run string, attempt int) string { return run + "-r" + strconv.Itoa(attempt) }
 
 // Validate checks what the collector relies on.
 func (o *Open) Validate() error {
@@ -330,6 +346,14 @@ func (o *Open) Validate() error {
 	for i := range o.Pools {
 		if err := o.Pools[i].Validate(); err != nil {
 			errs = append(errs, fmt.Errorf("pools[%d].%w", i, err))
+		}
+	}
+	if rs := o.Resubmit; rs != nil {
+		if err := ValidateRunID(rs.Run); err != nil || rs.Run == o.Run {
+			errs = append(errs, fmt.Errorf("resubmit.run: %q is not another run's id", rs.Run))
+		}
+		if rs.Attempt < 1 {
+			errs = append(errs, fmt.Errorf("resubmit.attempt: %d must be >= 1", rs.Attempt))
 		}
 	}
 	return errors.Join(errs...)
@@ -364,6 +388,8 @@ type Row struct {
 	Row   int             `json:"row"`
 	Data  json.RawMessage `json:"data,omitempty"`
 	Error *Error          `json:"error,omitempty"`
+	// SourceRow is, in a resubmission, the row's index in the original run.
+	SourceRow *int `json:"source_row,omitempty"`
 }
 
 // Message is one chat message of a rendered prompt.
@@ -433,6 +459,9 @@ type Job struct {
 	// Pool, when set, makes Deployment the name of a pool of these members: a worker
 	// calls whichever member it serves has spare capacity (see Pool).
 	Pool []PoolMember `json:"pool,omitempty"`
+	// Resubmission is set on the jobs of a resubmission: the original run, row and the
+	// attempt (copied into the audit records).
+	Resubmission *Resubmission `json:"resubmission,omitempty"`
 }
 
 // JobCache is a job's use of the prompt cache (BucketCache).
@@ -613,6 +642,25 @@ type Result struct {
 	// Cached says the answer came from the prompt cache: no call was made (Calls 0),
 	// Usage and Model are those of the call that stored it.
 	Cached bool `json:"cached,omitempty"`
+	// Job is, on a failed result only, the job it answers as the worker received it:
+	// what mqctl resubmit publishes again. A success result never carries it (the
+	// success path pays nothing for resubmission); it is also absent from synthetic
+	// results (poison, MaxDeliver) and when the result would not fit in a message with it.
+	Job json.RawMessage `json:"job,omitempty"`
+}
+
+// ResubmitEntry is one line of a run's resubmit.jsonl, written by the collector for a
+// row that ends in error, and only then (docs/WIRE.md, "Resubmitting error rows"): the
+// k-th entry goes with the k-th line of errors.jsonl. It keeps what a resubmission of
+// the row needs: the row's data and its M results as stored, in the open record's query
+// order, a failed one with its job (Results is absent for a row with a pre-known error).
+// A resubmission's own file also has an entry with OK for each row that succeeded, so
+// that the merge knows the original row of every line.
+type ResubmitEntry struct {
+	Row     int               `json:"row"` // the row in the original run
+	OK      bool              `json:"ok,omitempty"`
+	Data    json.RawMessage   `json:"data,omitempty"`
+	Results []json.RawMessage `json:"results,omitempty"`
 }
 
 // Addr returns the result's address.

@@ -39,6 +39,9 @@ type AuditRecord struct {
 	// Cached marks an answer taken from the prompt cache: no HTTP call (status 0, no
 	// usage: nothing billed), response_sha256 over the cached answer, latency the lookup's.
 	Cached bool `json:"cached,omitempty"`
+	// Resubmission is the job's: the original run, row and attempt of a row asked
+	// again by mqctl resubmit (absent on a first run's records).
+	Resubmission *wire.Resubmission `json:"resubmission,omitempty"`
 }
 
 // AuditError classifies a failed attempt.
@@ -114,6 +117,7 @@ func (a *auditor) record(job *wire.Job, req wire.Request, attempt, reask int, wo
 	if callErr != nil {
 		rec.Error = classifyForAudit(callErr, &rec.Status)
 	}
+	rec.Resubmission = job.Resubmission
 	a.add(rec)
 }
 
@@ -122,7 +126,7 @@ func (a *auditor) cached(job *wire.Job, attempt int, worker, content string, lat
 	sum := sha256.Sum256([]byte(content))
 	a.add(AuditRecord{V: wire.Version, Run: job.Run, Row: job.Row, Query: job.Query, Attempt: attempt, Deployment: job.Deployment,
 		RequestHash: hashJSON(job.Request), ResponseHash: hex.EncodeToString(sum[:]), LatencyMS: float64(latency.Microseconds()) / 1000,
-		Worker: worker, Time: time.Now().UTC(), Cached: true})
+		Worker: worker, Time: time.Now().UTC(), Cached: true, Resubmission: job.Resubmission})
 }
 
 // add appends rec to its run's batch and publishes the batch once it is full.

@@ -362,6 +362,9 @@ func (w *Worker) final(ctx context.Context, msg jetstream.Msg, job *wire.Job, re
 	}
 	res.V, res.Run, res.Row, res.Query = wire.Version, job.Run, job.Row, job.Query
 	res.Attempt, res.Worker = attempt, w.cfg.Name
+	if !res.OK {
+		res.Job = msg.Data() // what mqctl resubmit asks again; a success carries nothing
+	}
 	spent.apply(res)
 	if !job.Enqueued.IsZero() {
 		res.Elapsed = time.Since(job.Enqueued).Seconds()
@@ -434,6 +437,16 @@ func (w *Worker) publishResult(ctx context.Context, res *wire.Result) error {
 	data, err := json.Marshal(res)
 	if err != nil {
 		return fmt.Errorf("encode result: %w", err)
+	}
+	if res.Job != nil && int64(len(data))+1024 > w.js.Conn().MaxPayload() {
+		// A failure too large with its job (a prompt near the limit; 1 KiB left for the
+		// headers) is stored without it: mqctl resubmit then renders the query again
+		// from the pipeline, and the result is not lost.
+		trimmed := *res
+		trimmed.Job = nil
+		if data, err = json.Marshal(&trimmed); err != nil {
+			return fmt.Errorf("encode result: %w", err)
+		}
 	}
 	subj := w.names.ResultSubject(res.Run, res.Row, res.Query)
 	// An earlier result winning counts as stored (the job is done); a full stream is
