@@ -3,6 +3,7 @@ module github.com/multiquery/multiquery
 go 1.26.8
 
 require (
+	github.com/goccy/go-json v0.12.0
 	github.com/google/go-cmp v0.7.0
 	github.com/google/uuid v1.6.0
 	github.com/mattn/go-isatty v0.0.24

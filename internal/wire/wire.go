@@ -4,13 +4,14 @@
 package wire
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"regexp"
 	"strconv"
 	"strings"
 	"time"
+
+	json "github.com/goccy/go-json"
 )
 
 // Version is the schema version this build writes and fully understands.
