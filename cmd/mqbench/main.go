@@ -230,7 +230,7 @@ func (c *costOptions) flags(fs *flag.FlagSet) {
 	fs.BoolVar(&c.on, "cost", false, "instead: CPU per query of the pipeline against a raw JetStream loop, --rounds rounds interleaved")
 	fs.IntVar(&c.rounds, "rounds", 3, "rounds of the cost benchmark")
 	fs.StringVar(&c.shapes, "shapes", "20000x1,2000x10", "pipeline runs of the cost benchmark, rows x queries")
-	fs.IntVar(&c.callsPerSlot, "latency-calls-per-slot", 20, "latency-bound runs: calls per slot")
+	fs.IntVar(&c.callsPerSlot, "latency-calls-per-slot", 40, "latency-bound runs: calls per slot")
 	fs.StringVar(&c.profile, "profile", "", "cost benchmark: a directory for CPU profiles of workers, collector and nats-server during each pipeline run")
 	fs.DurationVar(&c.profileFor, "profile-for", 3*time.Second, "cost benchmark: length of each CPU profile")
 	fs.BoolVar(&c.latency, "cost-latency", true, "cost benchmark: also run the latency-bound and replaced-system scenarios")
@@ -288,7 +288,8 @@ func parseShapes(v string) ([][2]int, error) {
 func runLatency(ctx context.Context, o *options, self string) error {
 	var lat []bench.LatencyRow
 	for r := range o.cost.rounds {
-		for _, ws := range [][2]int{{1, 64}, {2, 128}, {4, 256}} {
+		// Issue 9's cells: 1 x 64, 2 x 128 and 4 x 256 slots (64, 256, 1024 in all).
+		for _, ws := range [][2]int{{1, 64}, {2, 256}, {4, 1024}} {
 			rows, err := bench.LatencyBound(ctx, bench.CostConfig{Bin: o.bin, Dir: o.dir, Self: self}, 50*time.Millisecond,
 				ws[0], ws[1], ws[1]*o.cost.callsPerSlot, 1, bench.NonLimiting)
 			lat = append(lat, rows...)

@@ -45,6 +45,10 @@ func (s *Stack) simPeak(reset bool) (int64, error) {
 	return st.Peak, nil
 }
 
+// FleetWarm is how long the latency-bound cells let a fresh fleet run before the run
+// starts: more than a worker's first listening period (throttle.HeartbeatEvery + 20 %).
+const FleetWarm = time.Second
+
 // LatencyBound measures, at a model latency, the raw loop with HTTP at `slots` and the
 // pipeline with `workers` workers x slots/workers, each on a fresh stack; the pipeline
 // runs with the throttle given (the shipped defaults when "").
@@ -72,6 +76,11 @@ func LatencyBound(ctx context.Context, c CostConfig, latency time.Duration, work
 		return out, err
 	}
 	if err := s.StartCollector(); err != nil {
+		return out, err
+	}
+	// A run comes to a fleet that is up: a worker listens to its fleet for a heartbeat
+	// period before its first call (throttle.Fleet), once in its life, not per run.
+	if err := sleepCtx(ctx, FleetWarm); err != nil {
 		return out, err
 	}
 	seq0 := s.lastSeq() // the raw loop's calls are not the pipeline's

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -73,11 +74,17 @@ type publisher struct {
 	out     int         // messages in pending
 	rows    []*nats.Msg // held back until the jobs before them are acknowledged
 	open    []*nats.Msg // the batch being filled
+	opened  time.Time   // when its first message came
 	single  bool        // batches are off: publish one message at a time
 }
 
-// batchMax is the most messages in one atomic batch (the server's limit is 1000).
-const batchMax = 1000
+// batchMax is the most messages in one atomic batch (the server's limit is 1000), and
+// batchLinger the longest a batch waits to fill: the first jobs of a run go out within
+// milliseconds, not once a thousand rows are read.
+const (
+	batchMax    = 1000
+	batchLinger = 2 * time.Millisecond
+)
 
 type pending struct {
 	msg     *nats.Msg
@@ -122,9 +129,14 @@ func (p *publisher) async(ctx context.Context, m *nats.Msg) error {
 		if err := p.send(ctx, m); err != nil {
 			return err
 		}
-	} else if p.open = append(p.open, m); len(p.open) >= batchMax {
-		if err := p.flush(ctx); err != nil {
-			return err
+	} else {
+		if len(p.open) == 0 {
+			p.opened = time.Now()
+		}
+		if p.open = append(p.open, m); len(p.open) >= batchMax || time.Since(p.opened) >= batchLinger {
+			if err := p.flush(ctx); err != nil {
+				return err
+			}
 		}
 	}
 	if p.out+len(p.open) >= p.window {
