@@ -13,7 +13,6 @@ package local
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -314,18 +313,7 @@ func runStatus(ctx context.Context, js jetstream.JetStream, run string) (*wire.R
 	if err != nil {
 		return nil, fmt.Errorf("open kv %s: %w", wire.BucketRuns, err)
 	}
-	e, err := kv.Get(ctx, run)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("read status of run %s: %w", run, err)
-	}
-	var st wire.RunStatus
-	if err := json.Unmarshal(e.Value(), &st); err != nil {
-		return nil, fmt.Errorf("decode status of run %s: %w", run, err)
-	}
-	return &st, nil
+	return status.Read(ctx, kv, run)
 }
 
 // countRows counts the input's records (error records included): the progress total.

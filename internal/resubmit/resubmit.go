@@ -29,6 +29,7 @@ import (
 	"github.com/multiquery/multiquery/internal/config"
 	"github.com/multiquery/multiquery/internal/queue"
 	"github.com/multiquery/multiquery/internal/sink"
+	"github.com/multiquery/multiquery/internal/status"
 	"github.com/multiquery/multiquery/internal/wire"
 )
 
@@ -86,7 +87,7 @@ func Start(ctx context.Context, js jetstream.JetStream, names wire.Names, run st
 	if err != nil {
 		return rep, fmt.Errorf("open kv %s: %w", names.BucketRuns(), err)
 	}
-	st, err := readStatus(ctx, kv, run)
+	st, err := status.Read(ctx, kv, run)
 	if err != nil {
 		return rep, err
 	}
@@ -98,7 +99,7 @@ func Start(ctx context.Context, js jetstream.JetStream, names wire.Names, run st
 	if err := wire.ValidateRunID(rep.Resubmission); err != nil {
 		return rep, fmt.Errorf("run %s: %w: its resubmission's id %q: %w", run, ErrNotResubmittable, rep.Resubmission, err)
 	}
-	if sub, err := readStatus(ctx, kv, rep.Resubmission); err != nil {
+	if sub, err := status.Read(ctx, kv, rep.Resubmission); err != nil {
 		return rep, err
 	} else if sub != nil && sub.Finished {
 		return rep, nil // done before: its rows are merged
@@ -112,21 +113,6 @@ func Start(ctx context.Context, js jetstream.JetStream, names wire.Names, run st
 	}
 	p := &publisher{js: js, names: names, log: log, run: rep.Resubmission}
 	return rep, p.publish(ctx, open, rows, &rep)
-}
-
-func readStatus(ctx context.Context, kv jetstream.KeyValue, run string) (*wire.RunStatus, error) {
-	e, err := kv.Get(ctx, run)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("read status of run %s: %w", run, err)
-	}
-	var st wire.RunStatus
-	if err := json.Unmarshal(e.Value(), &st); err != nil {
-		return nil, fmt.Errorf("decode status of run %s: %w", run, err)
-	}
-	return &st, nil
 }
 
 // row is one error row to ask again: its row in the original run, its data, and per

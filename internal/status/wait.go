@@ -3,6 +3,7 @@ package status
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -46,4 +47,20 @@ func WaitRun(ctx context.Context, js jetstream.JetStream, names wire.Names, run 
 			}
 		}
 	}
+}
+
+// Read returns run's status record from kv (bucket mq_runs), nil when the run has none.
+func Read(ctx context.Context, kv jetstream.KeyValue, run string) (*wire.RunStatus, error) {
+	e, err := kv.Get(ctx, run)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read status of run %s: %w", run, err)
+	}
+	var st wire.RunStatus
+	if err := json.Unmarshal(e.Value(), &st); err != nil {
+		return nil, fmt.Errorf("decode status of run %s: %w", run, err)
+	}
+	return &st, nil
 }
