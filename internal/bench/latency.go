@@ -88,18 +88,17 @@ func LatencyBound(ctx context.Context, c CostConfig, latency time.Duration, work
 	if err != nil {
 		return out, err
 	}
-	sinceFirst, sinceLast := s.callSpan(seq0)
+	sinceFirst, sinceLast := s.callSpan(seq0, time.Now())
 	peak, _ := s.simPeak(true)
 	out = append(out, LatencyRow{Name: fmt.Sprintf("pipeline %dx%d slots, %dx%d", workers, slots/workers, rows, queries), Slots: slots,
 		Ideal: ideal, Achieved: row.Rate(), Wall: row.Wall, Peak: peak, ToFirst: row.Wall - sinceFirst, AfterLast: sinceLast})
 	return out, nil
 }
 
-// callSpan is how long ago llmsim received the first and the last call logged after
-// sequence since.
-func (s *Stack) callSpan(since uint64) (first, last time.Duration) {
+// callSpan is how long before now llmsim received the first and the last call logged
+// after sequence since (now is taken by the caller: reading a long log takes a while).
+func (s *Stack) callSpan(since uint64, now time.Time) (first, last time.Duration) {
 	reqs, err := s.Requests()
-	now := time.Now()
 	var lo, hi time.Time
 	if err != nil {
 		return 0, 0
