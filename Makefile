@@ -74,7 +74,7 @@ bench-cost: build ## CPU per query: raw JetStream loop, raw loop + HTTP, the pip
 	$(BIN)/mqbench --bin $(BIN) --cost --rounds 3
 
 .PHONY: bench-cost-short
-bench-cost-short: build ## the same, 1 round of 5000 jobs (~40 s)
+bench-cost-short: build ## the same, 1 round of 5000 jobs, 5 calls per slot in the latency cells (~1.5 min)
 	$(GO) build -o $(BIN)/ ./cmd/mqbench
 	$(BIN)/mqbench --bin $(BIN) --cost --rounds 1 --raw-jobs 5000 --shapes 5000x1,500x10 --latency-calls-per-slot 5
 
