@@ -239,20 +239,27 @@ func (p *publisher) settle(ctx context.Context) error {
 			case <-ok:
 			case pd.err = <-failed:
 			case <-ctx.Done():
-				p.pending = p.pending[i:]
+				p.keep(i)
 				return ctx.Err()
 			}
 			pd.settled = true
 		}
 		if err := p.republish(ctx, pd); err != nil {
-			p.pending = p.pending[i:]
+			p.keep(i)
 			return err
 		}
-		p.out -= max(len(pd.batch), 1)
-		pd.batch, pd.err = nil, nil // done: a later settle skips it
 	}
-	p.pending = p.pending[:0]
+	p.pending, p.out = p.pending[:0], 0
 	return nil
+}
+
+// keep leaves the pending publishes from i on for the next settle, and counts their
+// messages (a batch published again in part counts what is left of it).
+func (p *publisher) keep(i int) {
+	p.pending, p.out = p.pending[i:], 0
+	for _, pd := range p.pending {
+		p.out += max(len(pd.batch), 1)
+	}
 }
 
 // republish publishes what a settled publish did not store.

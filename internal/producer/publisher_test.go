@@ -201,4 +201,7 @@ func TestABatchWithARowAlreadyStoredIsPublishedOneByOne(t *testing.T) {
 	if jobs := streamMsgs(t, js, wire.StreamJobs); jobs != 20 {
 		t.Fatalf("stored %d jobs, want 20 (job 5's second publish deduplicated by its id)", jobs)
 	}
+	if pub.out != 0 || len(pub.pending) != 0 {
+		t.Fatalf("%d messages in %d publishes still counted outstanding after the wait, want none", pub.out, len(pub.pending))
+	}
 }
