@@ -88,13 +88,10 @@ func Pool(ctx context.Context, c PoolConfig) (PoolResult, error) {
 	}
 	start := time.Now()
 	produced := s.produceAsync(ctx, pipeline, input)
-	first, err := s.waitFirstRequest(ctx, 60*time.Second)
+	from, to, err := s.waitWindow(ctx, c.Warmup, c.Measure)
 	if err != nil {
 		return res, err
 	}
-	from := first.Add(c.Warmup)
-	to := from.Add(c.Measure)
-	sleepUntil(ctx, to.Add(time.Second))
 	east, err := s.Requests()
 	if err != nil {
 		return res, err
@@ -226,13 +223,10 @@ func Tokens(ctx context.Context, c TokensConfig) (TokensResult, error) {
 		return res, err
 	}
 	s.produceAsync(ctx, pipeline, input)
-	first, err := s.waitFirstRequest(ctx, 60*time.Second)
+	from, to, err := s.waitWindow(ctx, c.Warmup, c.Measure)
 	if err != nil {
 		return res, err
 	}
-	from := first.Add(c.Warmup)
-	to := from.Add(c.Measure)
-	sleepUntil(ctx, to.Add(time.Second))
 	reqs, err := s.Requests()
 	if err != nil {
 		return res, err
@@ -248,4 +242,17 @@ func Tokens(ctx context.Context, c TokensConfig) (TokensResult, error) {
 		res.Share429 = float64(res.Limited) / float64(res.Total)
 	}
 	return res, nil
+}
+
+// waitWindow waits for llmsim's first request, then until a second past the window of
+// length measure that starts warmup after it, and returns the window.
+func (s *Stack) waitWindow(ctx context.Context, warmup, measure time.Duration) (from, to time.Time, err error) {
+	first, err := s.waitFirstRequest(ctx, 60*time.Second)
+	if err != nil {
+		return from, to, err
+	}
+	from = first.Add(warmup)
+	to = from.Add(measure)
+	sleepUntil(ctx, to.Add(time.Second))
+	return from, to, nil
 }

@@ -119,6 +119,21 @@ func failedMarks(t *testing.T, bad []map[string]any) (marks, ids []string) {
 }
 
 // markedSince returns the sorted markers of llmsim's requests after seq.
+// restartCollectorWithoutFiles stops the collector, deletes the run's files from its
+// volume (they are in the object store), starts a new collector and turns llmsim's
+// faults off: a resubmission must work from what the system stored.
+func (e *env) restartCollectorWithoutFiles(stop func(), run string) {
+	e.t.Helper()
+	stop()
+	if err := os.RemoveAll(filepath.Join(e.out, run)); err != nil {
+		e.t.Fatal(err)
+	}
+	e.startCollector("")
+	if err := e.sim.Update(llmsim.Update{ResetFaults: true}); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
 func (e *env) markedSince(seq uint64) []string {
 	var out []string
 	for _, r := range e.sim.Requests(seq) {
@@ -257,14 +272,7 @@ func TestResubmittingOnlyFailedQueriesAfterACollectorRestartKeepsTheOtherAnswers
 	}
 	okBefore := byID(e.lines(run, sink.ResultsJSONL))
 
-	stopCollector()
-	if err := os.RemoveAll(filepath.Join(e.out, run)); err != nil {
-		t.Fatal(err)
-	}
-	e.startCollector("")
-	if err := e.sim.Update(llmsim.Update{ResetFaults: true}); err != nil {
-		t.Fatal(err)
-	}
+	e.restartCollectorWithoutFiles(stopCollector, run)
 	seq := uint64(e.sim.Stats().Requests)
 	res, st := e.resubmitRun(run, resubmit.Options{OnlyFailed: true})
 	if asked := e.markedSince(seq); !slices.Equal(asked, marks) {
@@ -383,14 +391,7 @@ func TestResubmissionRunsWithLeastPrivilegeRoles(t *testing.T) {
 	if len(e.lines(run, sink.ErrorsJSONL)) == 0 {
 		t.Fatal("no error row: the test proves nothing")
 	}
-	stopCollector()
-	if err := os.RemoveAll(filepath.Join(e.out, run)); err != nil {
-		t.Fatal(err)
-	}
-	e.startCollector("")
-	if err := e.sim.Update(llmsim.Update{ResetFaults: true}); err != nil {
-		t.Fatal(err)
-	}
+	e.restartCollectorWithoutFiles(stopCollector, run)
 	_, st := e.resubmitRun(run, resubmit.Options{Pipeline: p})
 	e.exactlyOnce(filepath.Join(e.out, run), rows)
 	if st.OK != rows || st.Attempt != 1 {
