@@ -159,9 +159,41 @@ func TestJobsAndRowsGoOutInAtomicBatches(t *testing.T) {
 	if jobs, rows := streamMsgs(t, js, wire.StreamJobs), streamMsgs(t, js, wire.StreamInput); jobs != 600 || rows != 600 {
 		t.Fatalf("stored %d jobs and %d rows, want 600 of each", jobs, rows)
 	}
-	// 600 jobs and 600 rows in batches of at most batchMax: 3 + 3 acks (one by one: 1200).
+	// 600 jobs in batches of 64, 128, 256 and the rest at the wait, 600 rows in 512 and
+	// 88: 6 acks (one by one: 1200).
 	if acks > 6 || pub.single {
 		t.Fatalf("%d messages back for 1200 published (batches off: %v), want one ack per batch", acks, pub.single)
+	}
+}
+
+// A run's first jobs go out in a small batch, before a full one is read: workers start
+// within a millisecond of the producer, whatever the input's size.
+func TestTheFirstBatchGoesOutBeforeAFullOneIsRead(t *testing.T) {
+	srv := natstest.Start(t)
+	_, js := srv.Connect(t)
+	if err := queue.Ensure(context.Background(), js, queue.Topology{}); err != nil {
+		t.Fatal(err)
+	}
+	pub := &publisher{js: js, window: 2048, log: zerolog.Nop()}
+	for i := range batchFirst {
+		job, err := newMsg(wire.JobSubject("d", "run", i, "q"), wire.JobMsgID("run", i, "q"), map[string]int{"row": i})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := pub.async(context.Background(), job); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// No wait: the batch went out when it reached its size.
+	deadline := time.Now().Add(10 * time.Second)
+	for streamMsgs(t, js, wire.StreamJobs) != batchFirst {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of the first %d jobs stored without a wait, want all", streamMsgs(t, js, wire.StreamJobs), batchFirst)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := pub.wait(context.Background()); err != nil {
+		t.Fatal(err)
 	}
 }
 
