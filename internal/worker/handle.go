@@ -450,9 +450,12 @@ func (w *Worker) publishResult(ctx context.Context, res *wire.Result) error {
 	}
 	subj := w.names.ResultSubject(res.Run, res.Row, res.Query)
 	// An earlier result winning counts as stored (the job is done); a full stream is
-	// waited out, never taken for done.
+	// waited out, never taken for done. No Nats-Msg-Id: MQ_RESULTS keeps one message per
+	// subject, so a second result (a duplicate job, a publish retried after a lost ack)
+	// gets 10077 while the first is stored; a duplicate window would only cost the
+	// server a map entry per result for two minutes.
 	return queue.RetryPublish(ctx, w.log, w.names, subj, func(ctx context.Context) error {
-		_, err := w.js.Publish(ctx, subj, data, jetstream.WithMsgID(wire.ResultMsgID(res.Run, res.Row, res.Query)))
+		_, err := w.js.Publish(ctx, subj, data)
 		return err
 	})
 }
