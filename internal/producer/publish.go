@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -60,11 +61,14 @@ func publishPlan(ctx context.Context, pub *publisher, run string, pl plan, caref
 // a first-writer-wins stream already holds counts as published. Input rows wait (later)
 // until every message published before them is acknowledged.
 //
-// Jobs and rows go out in atomic batches of up to batchMax messages (one ack per batch,
-// not per message: two NATS messages a query less at one query per row). A batch the
-// server refuses or does not answer is published again one message at a time (each
-// with its Nats-Msg-Id, so nothing is stored twice); a stream that takes no batches
-// (created by an older version, or by hand without allow_atomic) turns batching off.
+// Jobs and rows go out in fast-ingest batches of up to batchMax messages (a few acks
+// per batch, not one per message: two NATS messages a query less at one query per row;
+// unlike an atomic batch, which the server stages in a store of its own and copies at
+// the commit, a fast batch is stored as it comes). A batch that fails in any way is
+// published again one message at a time (each with its Nats-Msg-Id, and on a
+// first-writer-wins stream, so whatever of it was stored is not stored twice); a
+// stream that takes no fast batches (created by an older version, by hand without
+// allow_batched, or on a server before 2.14) turns batching off.
 type publisher struct {
 	js      jetstream.JetStream
 	names   wire.Names
@@ -77,16 +81,16 @@ type publisher struct {
 	opened  time.Time   // when its first message came
 	fill    int         // the open batch is sent at this size (batchFirst, doubling to batchMax)
 	single  bool        // batches are off: publish one message at a time
+	checked bool        // the streams were asked whether they take batches
 }
 
-// batchMax is the most messages in one atomic batch (the server's limit is 1000). A
-// publisher's first batch holds at most batchFirst, each next one twice the last up to
-// batchMax: the first jobs of a run go out within a millisecond, not once a thousand
-// rows are read, and a run's steady state goes out in full batches (the server stages
-// each atomic batch in a store of its own, created and synced per batch: ~1 ms of its
-// CPU, 20 µs a query in batches of ~140). batchLinger bounds how long a slowly read
-// input's batch waits to fill; a wait (the window, a checkpoint, the flow window, the
-// end of the input) sends it at once.
+// batchMax is the most messages in one batch (a batch costs a subscription, a first
+// ack and a commit ack, so small ones cost a query more). A publisher's first batch
+// holds at most batchFirst, each next one twice the last up to batchMax: the first
+// jobs of a run go out within a millisecond, not once a thousand rows are read, and a
+// run's steady state goes out in full batches. batchLinger bounds how long a slowly
+// read input's batch waits to fill; a wait (the window, a checkpoint, the flow window,
+// the end of the input) sends it at once.
 const (
 	batchMax    = 1000
 	batchFirst  = 64
@@ -163,6 +167,10 @@ func (p *publisher) flush(ctx context.Context) error {
 	}
 	b := p.open
 	p.open = nil
+	if !p.checked {
+		p.checked = true
+		p.single = !p.streamsTakeBatches(ctx)
+	}
 	if len(b) == 1 || p.single {
 		for _, m := range b {
 			if err := p.send(ctx, m); err != nil {
@@ -172,20 +180,82 @@ func (p *publisher) flush(ctx context.Context) error {
 		return nil
 	}
 	done := make(chan error, 1)
-	go func() {
-		_, err := jetstreamext.PublishMsgBatch(context.Background(), p.js, b, jetstreamext.BatchFlowControl{AckTimeout: p.js.Options().DefaultTimeout})
-		done <- err
-	}()
+	go func() { done <- p.publishBatch(b) }()
 	p.pending = append(p.pending, pending{batch: b, done: done})
 	p.out += len(b)
 	return nil
 }
 
-// batchesRefused reports whether err says the stream takes no atomic batches.
+// publishBatch publishes b as one fast-ingest batch and returns once the server has
+// committed it (or failed it: then what of it is stored is not known).
+func (p *publisher) publishBatch(b []*nats.Msg) error {
+	timeout := p.js.Options().DefaultTimeout
+	// The server's refusal of a batch's first message reaches only the error handler
+	// (orbit.go v0.3.2), and the first add waits out its ack timeout: the refusal is
+	// returned then, so that batchesRefused sees it.
+	var mu sync.Mutex
+	var refused error
+	onErr := jetstreamext.WithFastPublisherErrorHandler(func(err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if refused == nil {
+			refused = err
+		}
+	})
+	fp, err := jetstreamext.NewFastPublisher(p.js, jetstreamext.FastPublishFlowControl{Flow: batchMax, AckTimeout: timeout}, onErr)
+	if err != nil {
+		return err
+	}
+	for _, m := range b[:len(b)-1] {
+		if _, err := fp.AddMsg(m); err != nil {
+			mu.Lock()
+			defer mu.Unlock()
+			if refused != nil {
+				return fmt.Errorf("%w (%w)", refused, err)
+			}
+			return err
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	ack, err := fp.CommitMsg(ctx, b[len(b)-1])
+	if err != nil {
+		return err
+	}
+	// A message the stream rejects (full, say) ends the batch there, and the commit
+	// still succeeds: its count says how much of the batch was stored.
+	mu.Lock()
+	defer mu.Unlock()
+	if ack.BatchSize != uint64(len(b)) || refused != nil {
+		return fmt.Errorf("batch of %d stored %d: %v", len(b), ack.BatchSize, refused)
+	}
+	return nil
+}
+
+// streamsTakeBatches reports whether both streams the publisher writes to take fast
+// batches, as the server states their configuration: a server before 2.14 does not
+// know allow_batched and leaves it out, so it gets one message at a time. A stream it
+// cannot look up is taken as taking none (a wrong guess costs speed, not messages).
+func (p *publisher) streamsTakeBatches(ctx context.Context) bool {
+	for _, name := range []string{p.names.StreamJobs(), p.names.StreamInput()} {
+		s, err := p.js.Stream(ctx, name)
+		if err != nil || !s.CachedInfo().Config.AllowBatchPublish {
+			p.log.Info().Err(err).Str("stream", name).Msg("stream takes no fast batches: publishing one message at a time")
+			return false
+		}
+	}
+	return true
+}
+
+// codeBatchDisabled is nats-server's JSBatchPublishDisabledErr: the stream takes no
+// fast batches (orbit.go v0.3.2 names other numbers for it).
+const codeBatchDisabled jetstream.ErrorCode = 10205
+
+// batchesRefused reports whether err says the stream takes no fast batches.
 func batchesRefused(err error) bool {
 	var apiErr *jetstream.APIError
-	return errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstreamext.JSErrCodeBatchPublishNotEnabled ||
-		apiErr.ErrorCode == jetstreamext.JSErrCodeBatchPublishUnsupportedHeader || apiErr.ErrorCode == jetstreamext.JSErrCodeBatchPublishExceedsLimit)
+	return errors.As(err, &apiErr) && (apiErr.ErrorCode == codeBatchDisabled ||
+		apiErr.ErrorCode == jetstreamext.JSErrCodeFastBatchNotEnabled)
 }
 
 func (p *publisher) send(ctx context.Context, m *nats.Msg) error {
@@ -286,13 +356,11 @@ func (p *publisher) republish(ctx context.Context, pd *pending) error {
 	}
 	if batchesRefused(pd.err) && !p.single {
 		p.single = true
-		p.log.Info().Err(pd.err).Msg("stream takes no atomic batches: publishing one message at a time")
+		p.log.Info().Err(pd.err).Msg("stream takes no fast batches: publishing one message at a time")
 	}
 	for len(pd.batch) > 0 {
 		m := pd.batch[0]
-		for _, h := range []string{jetstreamext.BatchIDHeader, jetstreamext.BatchSeqHeader, jetstreamext.BatchCommitHeader} {
-			m.Header.Del(h) // the message alone, not a batch's
-		}
+		m.Reply = "" // the message alone, not a batch's
 		if err := p.publishSync(ctx, m); err != nil {
 			return err
 		}

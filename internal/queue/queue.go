@@ -140,8 +140,8 @@ func (t Topology) Streams() []jetstream.StreamConfig {
 // streams are the stream configurations with names n, without Limits.
 func (t Topology) streams(n wire.Names) []jetstream.StreamConfig {
 	return []jetstream.StreamConfig{
-		atomic(t.firstWins(n.StreamInput(), n.InputSubjects(), "run records and input rows; first publish per subject wins")),
-		atomic(t.workQueue(n.StreamJobs(), n.JobSubjects(), "query jobs, one consumer per deployment", t.MaxJobs, t.MaxJobsBytes)),
+		batched(t.firstWins(n.StreamInput(), n.InputSubjects(), "run records and input rows; first publish per subject wins")),
+		batched(t.workQueue(n.StreamJobs(), n.JobSubjects(), "query jobs, one consumer per deployment", t.MaxJobs, t.MaxJobsBytes)),
 		t.firstWins(n.StreamResults(), n.ResultSubjects(), "final result per query; first result wins"),
 		t.workQueue(n.StreamSubmit(), n.SubmitSubjects(), "runs submitted by upstream systems to the producer service", -1, -1),
 		t.firstWins(n.StreamRows(), n.RowSubjects(), "emitted rows; first publish per row wins"),
@@ -177,10 +177,11 @@ func (t Topology) ObjectStores() []jetstream.ObjectStoreConfig {
 
 // firstWins is a stream that keeps the first message of each subject and rejects the
 // later ones (MaxMsgsPerSubject 1, DiscardNewPerSubject): a re-publish is safe.
-// atomic lets c take atomic batches: the producer publishes its jobs and rows in
-// batches with one ack each (a stream without it gets them one by one).
-func atomic(c jetstream.StreamConfig) jetstream.StreamConfig {
-	c.AllowAtomicPublish = true
+// batched lets c take fast-ingest batches (allow_batched, nats-server 2.14+): the
+// producer publishes its jobs and rows in batches with a few acks each (a stream
+// without it gets them one by one).
+func batched(c jetstream.StreamConfig) jetstream.StreamConfig {
+	c.AllowBatchPublish = true
 	return c
 }
 
