@@ -154,3 +154,17 @@ func FuzzLeadingVersion(f *testing.F) {
 		}
 	})
 }
+
+// A subject token is one or more ASCII letters, digits, '_' and '-': nothing that NATS
+// reads as a separator or wildcard, no whitespace, no other letters.
+func TestValidToken(t *testing.T) {
+	for s, want := range map[string]bool{
+		"run-1": true, "A_z-09": true, "0": true, "019a2b3c-0000-7000-8000-000000000000": true,
+		"": false, "a.b": false, "a*": false, ">": false, "a b": false, "tab\t": false,
+		"é": false, "ａ": false, "a/b": false, "a\x00": false,
+	} {
+		if got := ValidToken(s); got != want {
+			t.Errorf("ValidToken(%q) = %v, want %v", s, got, want)
+		}
+	}
+}
