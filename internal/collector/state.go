@@ -198,17 +198,8 @@ func (r *run) checkRowData(data json.RawMessage, need bool) *wire.Error {
 	if t[0] != '{' {
 		return bad("input row data is not a JSON object", "")
 	}
-	dec := json.NewDecoder(bytes.NewReader(t))
-	if _, err := dec.Token(); err != nil {
-		return bad("input row data: "+err.Error(), "")
-	}
 	seen := map[string]bool{}
-	for dec.More() {
-		tok, err := dec.Token()
-		if err != nil {
-			return bad("input row data: "+err.Error(), "")
-		}
-		k, _ := tok.(string)
+	keyErr := func(k string) *wire.Error {
 		switch {
 		case seen[k]:
 			return bad(fmt.Sprintf("input key %q appears twice", k), k)
@@ -216,6 +207,27 @@ func (r *run) checkRowData(data json.RawMessage, need bool) *wire.Error {
 			return bad(fmt.Sprintf("input key %q is also an output column", k), k)
 		}
 		seen[k] = true
+		return nil
+	}
+	if json.Valid(t) { // every well-formed row: its keys scanned, not decoded
+		var e *wire.Error
+		eachKey(t, func(k string) bool { e = keyErr(k); return e == nil })
+		return e
+	}
+	// Malformed: the decoder names what is wrong and where.
+	dec := json.NewDecoder(bytes.NewReader(t))
+	if _, err := dec.Token(); err != nil {
+		return bad("input row data: "+err.Error(), "")
+	}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return bad("input row data: "+err.Error(), "")
+		}
+		k, _ := tok.(string)
+		if e := keyErr(k); e != nil {
+			return e
+		}
 		var skip json.RawMessage
 		if err := dec.Decode(&skip); err != nil {
 			return bad("input row data: "+err.Error(), "")
