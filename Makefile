@@ -69,7 +69,7 @@ bench: ## benchmarks (see docs/BENCHMARKS.md)
 	$(GO) test -run '^$$' -bench . -benchmem $(PKGS)
 
 .PHONY: bench-cost
-bench-cost: build ## CPU per query: raw JetStream loop, raw loop + HTTP, the pipeline at 0 latency; 3 interleaved rounds (~5 min)
+bench-cost: build ## CPU per query: raw JetStream loop, raw loop + HTTP, the pipeline at 0 latency; 3 interleaved rounds (~6 min)
 	$(GO) build -o $(BIN)/ ./cmd/mqbench
 	$(BIN)/mqbench --bin $(BIN) --cost --rounds 3
 
