@@ -86,6 +86,7 @@ func Run(ctx context.Context, js jetstream.JetStream, cfg Config, log zerolog.Lo
 	if err != nil {
 		return Report{}, err
 	}
+	defer fr.pub.drain()
 	if err := fr.openRun(ctx); err != nil {
 		return Report{}, err
 	}

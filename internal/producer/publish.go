@@ -75,13 +75,14 @@ type publisher struct {
 	window  int
 	log     zerolog.Logger
 	pending []pending
-	out     int         // messages in pending
-	rows    []*nats.Msg // held back until the jobs before them are acknowledged
-	open    []*nats.Msg // the batch being filled
-	opened  time.Time   // when its first message came
-	fill    int         // the open batch is sent at this size (batchFirst, doubling to batchMax)
-	single  bool        // batches are off: publish one message at a time
-	checked bool        // the streams were asked whether they take batches
+	out     int            // messages in pending
+	rows    []*nats.Msg    // held back until the jobs before them are acknowledged
+	open    []*nats.Msg    // the batch being filled
+	opened  time.Time      // when its first message came
+	fill    int            // the open batch is sent at this size (batchFirst, doubling to batchMax)
+	single  bool           // batches are off: publish one message at a time
+	checked bool           // the streams were asked whether they take batches
+	batches sync.WaitGroup // batch publishes still running (drain)
 }
 
 // batchMax is the most messages in one batch (a batch costs a subscription, a first
@@ -180,7 +181,11 @@ func (p *publisher) flush(ctx context.Context) error {
 		return nil
 	}
 	done := make(chan error, 1)
-	go func() { done <- p.publishBatch(b) }()
+	p.batches.Add(1)
+	go func() {
+		defer p.batches.Done()
+		done <- p.publishBatch(b)
+	}()
 	p.pending = append(p.pending, pending{batch: b, done: done})
 	p.out += len(b)
 	return nil
@@ -368,6 +373,11 @@ func (p *publisher) republish(ctx context.Context, pd *pending) error {
 	}
 	return nil
 }
+
+// drain returns once no batch publish runs any more: one that a cancelled wait left
+// behind ends with the server's answer, or after its ack timeout when none comes (a
+// fast batch's first add cannot be cancelled), and must not outlive its publisher.
+func (p *publisher) drain() { p.batches.Wait() }
 
 // reset forgets every publish not yet settled (their submissions are redelivered and
 // published again, carefully).

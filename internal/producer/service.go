@@ -147,6 +147,7 @@ func Serve(ctx context.Context, js jetstream.JetStream, cfg ServiceConfig, log z
 	}
 	s := &service{cfg: cfg, js: js, nc: js.Conn(), runs: runs, log: log, pub: &publisher{js: js, names: names, window: 256, log: log},
 		limit: js.Conn().MaxPayload(), states: map[string]*runState{}, seen: map[string]int{}}
+	defer s.pub.drain()
 	log.Info().Int("pipelines", len(cfg.Pipelines)).Msg("producer service: waiting for submitted runs")
 	for ctx.Err() == nil {
 		batch, err := cons.Fetch(serviceFetch, jetstream.FetchMaxWait(time.Second))
