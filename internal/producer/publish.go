@@ -101,7 +101,7 @@ const (
 type pending struct {
 	msg     *nats.Msg
 	fut     jetstream.PubAckFuture
-	batch   []*nats.Msg // or an atomic batch,
+	batch   []*nats.Msg // or a batch,
 	done    chan error  // and its outcome
 	settled bool        // the outcome was read (the channels yield it once)
 	err     error       // that outcome
