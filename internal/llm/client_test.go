@@ -124,3 +124,25 @@ func TestCallClassifiesBadBodiesAndStatuses(t *testing.T) {
 		})
 	}
 }
+
+// BenchmarkCall is one chat call over real HTTP to a server that answers at once: the
+// client's cost per call (and the test server's, which is small and fixed).
+func BenchmarkCall(b *testing.B) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"id":"x","model":"served","choices":[{"index":0,"message":{"role":"assistant","content":"{\"a\":1}"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}`)
+	}))
+	defer srv.Close()
+	c, err := New(Options{Provider: ProviderOpenAI, Endpoint: srv.URL + "/v1"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	req := wire.Request{Model: "m", Messages: []wire.Message{{Role: "user", Content: "Rate the case study against the criterion; answer in JSON."}}, ResponseFormat: wire.FormatStandard}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := c.Call(context.Background(), req); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
