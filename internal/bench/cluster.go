@@ -292,7 +292,8 @@ func (s *Stack) pprofArgs(name string) []string {
 }
 
 // Profile takes a CPU profile of every process with pprof on, for d, into dir as
-// <prefix>-<process>.pprof. It returns when every profile is written.
+// <prefix>-<process>.pprof, then its allocations since it started as
+// <prefix>-<process>.allocs.pprof. It returns when every profile is written.
 func (s *Stack) Profile(dir, prefix string, d time.Duration) error {
 	var errs []error
 	done := make(chan error, len(s.OpsAddr))
@@ -302,26 +303,32 @@ func (s *Stack) Profile(dir, prefix string, d time.Duration) error {
 				done <- err
 				return
 			}
-			url := fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", addr, max(1, int(d.Seconds())))
-			resp, err := http.Get(url)
-			if err != nil {
-				done <- err
-				return
+			cpu := fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", addr, max(1, int(d.Seconds())))
+			err := fetchProfile(cpu, filepath.Join(dir, prefix+"-"+name+".pprof"))
+			if err == nil { // then the allocations since the process started
+				err = fetchProfile("http://"+addr+"/debug/pprof/allocs", filepath.Join(dir, prefix+"-"+name+".allocs.pprof"))
 			}
-			defer resp.Body.Close()
-			f, err := os.Create(filepath.Join(dir, prefix+"-"+name+".pprof"))
-			if err != nil {
-				done <- err
-				return
-			}
-			_, err = io.Copy(f, resp.Body)
-			done <- errors.Join(err, f.Close())
+			done <- err
 		}()
 	}
 	for range s.OpsAddr {
 		errs = append(errs, <-done)
 	}
 	return errors.Join(errs...)
+}
+
+func fetchProfile(url, file string) error {
+	resp, err := http.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	f, err := os.Create(file)
+	if err != nil {
+		return err
+	}
+	_, err = io.Copy(f, resp.Body)
+	return errors.Join(err, f.Close())
 }
 
 // Produce runs the producer to completion and returns the run id.

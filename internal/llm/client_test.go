@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 
 	"github.com/multiquery/multiquery/internal/wire"
@@ -144,5 +145,74 @@ func BenchmarkCall(b *testing.B) {
 		if _, err := c.Call(context.Background(), req); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestCallFollowsARedirectOnlyWithinTheEndpointsOrigin: a proxy's redirect to another
+// path of the same server is followed with the body sent again; one to another host is
+// refused and that host never sees the request (nor its credentials).
+func TestCallFollowsARedirectOnlyWithinTheEndpointsOrigin(t *testing.T) {
+	answer := `{"model":"served","choices":[{"message":{"content":"{\"a\":1}"},"finish_reason":"stop"}]}`
+	var elsewhere int
+	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		elsewhere++
+		_, _ = io.WriteString(w, answer)
+	}))
+	defer other.Close()
+	var gotBody string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/v1/chat/completions":
+			http.Redirect(w, r, "/v2/chat/completions", http.StatusTemporaryRedirect)
+		case "/v2/chat/completions":
+			b, _ := io.ReadAll(r.Body)
+			gotBody = string(b)
+			_, _ = io.WriteString(w, answer)
+		case "/away/chat/completions":
+			http.Redirect(w, r, other.URL+"/v1/chat/completions", http.StatusTemporaryRedirect)
+		}
+	}))
+	defer srv.Close()
+	req := wire.Request{Model: "m", Messages: []wire.Message{{Role: "user", Content: "q"}}}
+
+	c, err := New(Options{Endpoint: srv.URL + "/v1", APIKey: "secret"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := c.Call(context.Background(), req)
+	if err != nil || a.Content != `{"a":1}` {
+		t.Fatalf("same-origin redirect: answer %+v, error %v", a, err)
+	}
+	if !strings.Contains(gotBody, `"content":"q"`) {
+		t.Errorf("the redirected request's body %q, want the request sent again", gotBody)
+	}
+
+	c, err = New(Options{Endpoint: srv.URL + "/away", APIKey: "secret"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.Call(context.Background(), req)
+	var te *TransientError
+	if !errors.As(err, &te) || !strings.Contains(err.Error(), "another origin") {
+		t.Errorf("cross-origin redirect: error %T %v, want a transient error naming the refused origin", err, err)
+	}
+	if elsewhere != 0 {
+		t.Errorf("the other origin got %d requests, want none", elsewhere)
+	}
+}
+
+// TestACallThatCannotConnectNamesTheURL: a transport error reads as http.Client's do.
+func TestACallThatCannotConnectNamesTheURL(t *testing.T) {
+	srv := httptest.NewServer(http.NotFoundHandler())
+	endpoint := srv.URL + "/v1"
+	srv.Close()
+	c, err := New(Options{Endpoint: endpoint})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.Call(context.Background(), wire.Request{Model: "m", Messages: []wire.Message{{Role: "user", Content: "q"}}})
+	var te *TransientError
+	if !errors.As(err, &te) || !strings.Contains(err.Error(), `Post "`+endpoint+`/chat/completions"`) {
+		t.Errorf("error %T %v, want a transient error naming the POST and its URL", err, err)
 	}
 }
