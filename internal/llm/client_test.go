@@ -1,6 +1,7 @@
 package llm
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -126,14 +127,19 @@ func TestCallClassifiesBadBodiesAndStatuses(t *testing.T) {
 	}
 }
 
-// BenchmarkCall is one chat call over real HTTP to a server that answers at once: the
-// client's cost per call (and the test server's, which is small and fixed).
-func BenchmarkCall(b *testing.B) {
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+// benchServer answers every chat call at once with the same small completion.
+func benchServer() *httptest.Server {
+	return httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.Copy(io.Discard, r.Body)
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = io.WriteString(w, `{"id":"x","model":"served","choices":[{"index":0,"message":{"role":"assistant","content":"{\"a\":1}"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}`)
 	}))
+}
+
+// BenchmarkCall is one chat call over real HTTP to a server that answers at once: the
+// client's cost per call (and the test server's, which is small and fixed).
+func BenchmarkCall(b *testing.B) {
+	srv := benchServer()
 	defer srv.Close()
 	c, err := New(Options{Provider: ProviderOpenAI, Endpoint: srv.URL + "/v1"})
 	if err != nil {
@@ -144,6 +150,38 @@ func BenchmarkCall(b *testing.B) {
 	for b.Loop() {
 		if _, err := c.Call(context.Background(), req); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkRawHTTPCall is BenchmarkCall's call made as the cost benchmark's raw loop
+// makes it (internal/bench/rawloop.go): net/http alone, the same body, the content
+// decoded. Against BenchmarkCall it prices what openai-go adds to a call.
+func BenchmarkRawHTTPCall(b *testing.B) {
+	srv := benchServer()
+	defer srv.Close()
+	c, err := New(Options{Provider: ProviderOpenAI, Endpoint: srv.URL + "/v1"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	body, err := c.encode(wire.Request{Model: "m", Messages: []wire.Message{{Role: "user", Content: "Rate the case study against the criterion; answer in JSON."}}, ResponseFormat: wire.FormatStandard})
+	if err != nil {
+		b.Fatal(err)
+	}
+	hc := &http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone()}
+	b.ReportAllocs()
+	for b.Loop() {
+		req, _ := http.NewRequest(http.MethodPost, srv.URL+"/v1/chat/completions", bytes.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := hc.Do(req)
+		if err != nil {
+			b.Fatal(err)
+		}
+		var cc chatResponse
+		err = json.NewDecoder(resp.Body).Decode(&cc)
+		_ = resp.Body.Close()
+		if err != nil || len(cc.Choices) == 0 {
+			b.Fatalf("answer: %v", err)
 		}
 	}
 }

@@ -77,6 +77,9 @@ type auditor struct {
 
 	mu      sync.Mutex
 	batches map[string]*auditBatch // by run
+	// size is the length of the last batch published full: a new batch's buffer starts
+	// that large instead of doubling its way up (half of what the records allocated).
+	size int
 }
 
 // auditBatch is one run's records not yet published: JSON lines.
@@ -139,7 +142,7 @@ func (a *auditor) add(rec AuditRecord) {
 	a.mu.Lock()
 	b := a.batches[rec.Run]
 	if b == nil {
-		b = &auditBatch{}
+		b = &auditBatch{buf: make([]byte, 0, max(a.size, 4<<10))}
 		a.batches[rec.Run] = b
 	}
 	b.buf = append(append(b.buf, line...), '\n')
@@ -147,6 +150,7 @@ func (a *auditor) add(rec AuditRecord) {
 	var full []byte
 	if b.records >= auditBatchRecords || len(b.buf) >= auditBatchBytes {
 		full = b.buf
+		a.size = min(len(full)+len(full)/8, auditBatchBytes+64<<10)
 		delete(a.batches, rec.Run)
 	}
 	a.mu.Unlock()

@@ -91,9 +91,15 @@ func (st *retryState) naks() uint64 {
 // delivery holds: d, a member of d's pool, or nil when it was fetched without one (its
 // run's jobs use the prompt cache, cache.go).
 func (w *Worker) handle(ctx context.Context, d *deployment, msg jetstream.Msg, permit *deployment) {
-	log := w.log.With().Str("deployment", d.alias).Str("subject", msg.Subject()).Logger()
+	// The job's logger is built once, when the job is known (a With allocates).
+	base := func() zerolog.Context { return w.log.With().Str("deployment", d.alias).Str("subject", msg.Subject()) }
+	var log zerolog.Logger
+	logged := false
 	defer func() {
 		if r := recover(); r != nil {
+			if !logged {
+				log = base().Logger()
+			}
 			// A panic is this job's error, never the worker's end: retry it later.
 			log.Error().Interface("panic", r).Msg("handler panic; job NAKed")
 			_ = msg.NakWithDelay(5 * time.Second)
@@ -103,6 +109,7 @@ func (w *Worker) handle(ctx context.Context, d *deployment, msg jetstream.Msg, p
 	var job wire.Job
 	_, addr, subjErr := w.names.ParseJobSubject(msg.Subject())
 	if check, cause := checkJob(msg, &job, addr, subjErr, d.alias); check != jobValid {
+		log, logged = base().Logger(), true
 		permit.refundPermit() // no call: the permit's tokens go back (tokens.go)
 		in.job, in.cause = check, cause.Error()
 		switch out := decide(in); out.act {
@@ -115,7 +122,7 @@ func (w *Worker) handle(ctx context.Context, d *deployment, msg jetstream.Msg, p
 		}
 		return
 	}
-	log = log.With().Str("run", job.Run).Int("row", job.Row).Str("query", job.Query).Logger()
+	log, logged = base().Str("run", job.Run).Int("row", job.Row).Str("query", job.Query).Logger(), true
 	meta, err := msg.Metadata()
 	if err != nil {
 		log.Error().Err(err).Msg("message metadata")
