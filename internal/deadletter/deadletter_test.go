@@ -73,7 +73,7 @@ func deadLetter(t *testing.T, ctx context.Context, js jetstream.JetStream, alias
 	return ack.Sequence
 }
 
-// publish stores a record the way the producer and collector do (Nats-Msg-Id, Mq-Schema).
+// publish stores a record with a Nats-Msg-Id and the Mq-Schema header earlier builds sent.
 func publish(t *testing.T, ctx context.Context, js jetstream.JetStream, subject, id string, v any) {
 	t.Helper()
 	data, err := json.Marshal(v)

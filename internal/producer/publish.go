@@ -114,8 +114,7 @@ func newMsg(subject, id string, v any) (*nats.Msg, error) {
 	}
 	m := nats.NewMsg(subject)
 	m.Data = data
-	m.Header.Set(wire.HeaderMsgID, id)
-	m.Header.Set(wire.HeaderSchema, "1")
+	m.Header.Set(wire.HeaderMsgID, id) // the only header: every record and job carries "v" in its body
 	return m, nil
 }
 

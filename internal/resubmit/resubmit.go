@@ -334,7 +334,6 @@ func (p *publisher) send(ctx context.Context, subject, msgID string, v any) erro
 	m := nats.NewMsg(subject)
 	m.Data = b
 	m.Header.Set(wire.HeaderMsgID, msgID)
-	m.Header.Set(wire.HeaderSchema, "1")
 	if err := queue.RetryPublish(ctx, p.log, p.names, subject, func(ctx context.Context) error {
 		_, err := p.js.PublishMsg(ctx, m)
 		return err

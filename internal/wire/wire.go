@@ -79,7 +79,9 @@ type LearnedRate struct {
 
 // Header names.
 const (
-	HeaderMsgID   = "Nats-Msg-Id"
+	HeaderMsgID = "Nats-Msg-Id"
+	// HeaderSchema ("1") was sent by earlier builds on records and jobs; none reads it (the
+	// body's "v" counts) and none sends it now: a header less to parse per message.
 	HeaderSchema  = "Mq-Schema"
 	HeaderReason  = "Mq-Reason"
 	HeaderSubject = "Mq-Subject"
