@@ -29,8 +29,9 @@ func (s *source) next() (input.Row, error) {
 // planNext turns the next record into its plan (planRow, then fit), adds it to the
 // rolling hash and counts it.
 func (fr *fileRun) planNext(rec input.Row) (plan, error) {
-	hashRow(fr.rolling, rec)
-	pl, err := fit(planRow(fr.p, fr.queries, fr.cfg.Run, rec, fr.in.header), fr.pub.names, fr.limit)
+	pl := planRow(fr.p, fr.queries, fr.cfg.Run, rec, fr.in.header)
+	hashRow(fr.rolling, rec, pl.row.Data) // before fit, which drops the data of a row too large
+	pl, err := fit(pl, fr.pub.names, fr.limit)
 	if err != nil {
 		return pl, err
 	}
@@ -58,14 +59,13 @@ func (fr *fileRun) skipPublished(rec input.Row, pl plan) (bool, error) {
 	return true, nil
 }
 
-// hashRow feeds one record into the rolling hash of the input: its index, its data (or
-// raw text and error), so that a rerun can prove it reads the same rows.
-func hashRow(h hash.Hash, rec input.Row) {
-	b := []byte(rec.Raw)
-	if rec.Err == nil {
-		if j, err := rec.JSON(); err == nil {
-			b = j
-		}
+// hashRow feeds one record into the rolling hash of the input: its data as planRow
+// encoded it (nil when the record is malformed: its raw text), so that a rerun can prove
+// it reads the same rows.
+func hashRow(h hash.Hash, rec input.Row, data []byte) {
+	b := data
+	if b == nil {
+		b = []byte(rec.Raw)
 	}
 	var n [8]byte
 	binary.BigEndian.PutUint64(n[:], uint64(len(b)))
