@@ -233,7 +233,7 @@ func (c *costOptions) flags(fs *flag.FlagSet) {
 	// 100 calls a slot: ~5 s runs, so that the ~100 ms of a run's start and end (the
 	// producer's start-up, the summary) weigh ~2 %, not ~5 % as at 40 (2 s runs).
 	fs.IntVar(&c.callsPerSlot, "latency-calls-per-slot", 100, "latency-bound runs: calls per slot")
-	fs.StringVar(&c.profile, "profile", "", "cost benchmark: a directory for CPU profiles of workers, collector and nats-server during each pipeline run")
+	fs.StringVar(&c.profile, "profile", "", "cost benchmark: a directory for CPU profiles (and allocation profiles since start) of workers, collector and nats-server during each pipeline run")
 	fs.DurationVar(&c.profileFor, "profile-for", 3*time.Second, "cost benchmark: length of each CPU profile")
 	fs.BoolVar(&c.latency, "cost-latency", true, "cost benchmark: also run the latency-bound and replaced-system scenarios")
 }
