@@ -268,38 +268,95 @@ func (r *run) fold(data json.RawMessage, results []wire.Result) ([]byte, bool) {
 			"succeeded_count": len(results) - len(failed), "total_count": len(results),
 		}), false
 	}
-	var b bytes.Buffer
+	keys := r.outputKeys()
+	size := len(data) + 2
+	for qi := range results {
+		for _, v := range results[qi].Fields {
+			size += len(v) + 32
+		}
+		size += 160 + len(results[qi].Model)
+	}
+	b := bytes.NewBuffer(make([]byte, 0, size))
 	b.Write(openObject(data))
 	first := isEmptyObject(data)
-	add := func(k string, v []byte) {
+	add := func(k, v []byte) {
 		if !first {
 			b.WriteByte(',')
 		}
 		first = false
-		kb, _ := json.Marshal(k)
-		b.Write(kb)
-		b.WriteByte(':')
+		b.Write(k) // the key's JSON and a colon
 		b.Write(v)
 	}
+	var ub [96]byte
 	for qi, q := range r.open.Queries {
-		res := &results[qi]
-		for _, col := range q.Columns {
-			add(col, res.Fields[col]) // present: checked above
+		res, k := &results[qi], &keys[qi]
+		for ci, col := range q.Columns {
+			add(k.columns[ci], res.Fields[col]) // present: checked above
 		}
-		u, _ := json.Marshal(res.Usage)
-		add(q.Name+"_usage", u)
-		m, _ := json.Marshal(res.Model)
-		add(q.Name+"_model", m)
+		add(k.usage, appendUsage(ub[:0], res.Usage))
+		add(k.model, k.modelJSON(res.Model))
 		if r.open.Cache {
-			add(q.Name+"_cached", strconv.AppendBool(nil, res.Cached))
+			add(k.cached, strconv.AppendBool(nil, res.Cached))
 		}
 		if len(r.open.Pools) > 0 {
 			d, _ := json.Marshal(res.Deployment)
-			add(q.Name+"_deployment", d)
+			add(k.deployment, d)
 		}
 	}
 	b.WriteByte('}')
 	return b.Bytes(), true
+}
+
+// queryKeys are a query's output keys as JSON, each with its colon, built once per run,
+// and the last model name it encoded (a run's answers name one model, or a few).
+type queryKeys struct {
+	columns                          [][]byte
+	usage, model, cached, deployment []byte
+	lastModel                        string
+	lastModelJSON                    []byte
+}
+
+// outputKeys returns the run's output keys, building them on first use.
+func (r *run) outputKeys() []queryKeys {
+	if r.keys != nil {
+		return r.keys
+	}
+	key := func(k string) []byte {
+		b, _ := json.Marshal(k)
+		return append(b, ':')
+	}
+	r.keys = make([]queryKeys, len(r.open.Queries))
+	for qi, q := range r.open.Queries {
+		k := &r.keys[qi]
+		for _, col := range q.Columns {
+			k.columns = append(k.columns, key(col))
+		}
+		k.usage, k.model = key(q.Name+"_usage"), key(q.Name+"_model")
+		k.cached, k.deployment = key(q.Name+"_cached"), key(q.Name+"_deployment")
+	}
+	return r.keys
+}
+
+func (k *queryKeys) modelJSON(model string) []byte {
+	if k.lastModelJSON == nil || model != k.lastModel {
+		k.lastModel = model
+		k.lastModelJSON, _ = json.Marshal(model)
+	}
+	return k.lastModelJSON
+}
+
+// appendUsage appends u as encoding/json writes it.
+func appendUsage(b []byte, u *wire.Usage) []byte {
+	if u == nil {
+		return append(b, "null"...)
+	}
+	b = append(b, `{"prompt_tokens":`...)
+	b = strconv.AppendInt(b, u.PromptTokens, 10)
+	b = append(b, `,"completion_tokens":`...)
+	b = strconv.AppendInt(b, u.CompletionTokens, 10)
+	b = append(b, `,"total_tokens":`...)
+	b = strconv.AppendInt(b, u.TotalTokens, 10)
+	return append(b, '}')
 }
 
 // maxCSVPending bounds the rows held for a CSV header that no well-formed row gave yet.

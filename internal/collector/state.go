@@ -49,6 +49,8 @@ type run struct {
 	storeWait time.Duration
 	// raws holds the stored results of the row being emitted (rowLine), reused.
 	raws [][]byte
+	// keys are the output keys as JSON, per query (fold).
+	keys []queryKeys
 }
 
 // rowState is what the collector holds of one row not yet emitted: the bitset of the
