@@ -76,16 +76,24 @@ type auditor struct {
 	dropped func(records int)
 
 	mu      sync.Mutex
-	batches map[string]*auditBatch // by run
-	// size is the length of the last batch published full: a new batch's buffer starts
-	// that large instead of doubling its way up (half of what the records allocated).
-	size int
+	batches map[string]*auditBatch // by run; a run without records since the last flush is dropped
 }
 
-// auditBatch is one run's records not yet published: JSON lines.
+// auditBatch is one run's records not yet published: JSON lines. size is the length of
+// the run's last batch: the next one's buffer starts that large instead of doubling its
+// way up (half of what a busy run's records allocated).
 type auditBatch struct {
 	buf     []byte
 	records int
+	size    int
+}
+
+// take returns the batch's records and starts an empty one.
+func (b *auditBatch) take() []byte {
+	full := b.buf
+	b.size = min(len(full)+len(full)/8, auditBatchBytes+64<<10)
+	b.buf, b.records = nil, 0
+	return full
 }
 
 func newAuditor(js jetstream.JetStream, names wire.Names, dropped func(records int)) (*auditor, error) {
@@ -142,16 +150,17 @@ func (a *auditor) add(rec AuditRecord) {
 	a.mu.Lock()
 	b := a.batches[rec.Run]
 	if b == nil {
-		b = &auditBatch{buf: make([]byte, 0, max(a.size, 4<<10))}
+		b = &auditBatch{}
 		a.batches[rec.Run] = b
+	}
+	if b.buf == nil {
+		b.buf = make([]byte, 0, max(b.size, len(line)+1))
 	}
 	b.buf = append(append(b.buf, line...), '\n')
 	b.records++
 	var full []byte
 	if b.records >= auditBatchRecords || len(b.buf) >= auditBatchBytes {
-		full = b.buf
-		a.size = min(len(full)+len(full)/8, auditBatchBytes+64<<10)
-		delete(a.batches, rec.Run)
+		full = b.take()
 	}
 	a.mu.Unlock()
 	if full != nil {
@@ -159,14 +168,24 @@ func (a *auditor) add(rec AuditRecord) {
 	}
 }
 
-// flush publishes every batch.
+// flush publishes every batch that holds records and forgets the runs that had none.
 func (a *auditor) flush() {
+	type out struct {
+		run   string
+		batch []byte
+	}
+	var outs []out
 	a.mu.Lock()
-	batches := a.batches
-	a.batches = make(map[string]*auditBatch, len(batches))
+	for run, b := range a.batches {
+		if b.records == 0 {
+			delete(a.batches, run)
+			continue
+		}
+		outs = append(outs, out{run, b.take()})
+	}
 	a.mu.Unlock()
-	for run, b := range batches {
-		a.publish(run, b.buf)
+	for _, o := range outs {
+		a.publish(o.run, o.batch)
 	}
 }
 

@@ -101,3 +101,26 @@ func TestAuditRecordsGoOutInBatchesPerRun(t *testing.T) {
 		t.Fatalf("%d records dropped", dropped.Load())
 	}
 }
+
+// A run's next audit batch starts as large as its last one (no doubling its way up),
+// and a run that had no record since the last flush is forgotten.
+func TestAnAuditBatchStartsAtItsRunsLastSizeAndAnIdleRunIsForgotten(t *testing.T) {
+	a := &auditor{batches: map[string]*auditBatch{}, dropped: func(int) { t.Error("a record was dropped") }}
+	for i := range 10 {
+		a.add(AuditRecord{Run: "r1", Row: i, Worker: "w"})
+	}
+	b := a.batches["r1"]
+	n := len(b.buf)
+	if full := b.take(); len(full) != n || b.buf != nil || b.records != 0 {
+		t.Fatalf("take returned %d bytes of %d, left %d bytes and %d records", len(full), n, len(b.buf), b.records)
+	}
+	a.add(AuditRecord{Run: "r1", Row: 10, Worker: "w"})
+	if c := cap(a.batches["r1"].buf); c < n {
+		t.Errorf("the next batch starts with room for %d bytes, want the last batch's %d", c, n)
+	}
+	a.batches["r1"].take() // as a publish does
+	a.flush()
+	if _, ok := a.batches["r1"]; ok {
+		t.Error("a run without records since the last flush is still held")
+	}
+}
