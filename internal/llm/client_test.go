@@ -127,25 +127,28 @@ func TestCallClassifiesBadBodiesAndStatuses(t *testing.T) {
 	}
 }
 
-// benchServer answers every chat call at once with the same small completion.
-func benchServer() *httptest.Server {
-	return httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+// benchSetup starts a server that answers every chat call at once with the same small
+// completion, and returns it with an OpenAI client of it and the request the call
+// benchmarks send.
+func benchSetup(b *testing.B) (*httptest.Server, *Client, wire.Request) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.Copy(io.Discard, r.Body)
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = io.WriteString(w, `{"id":"x","model":"served","choices":[{"index":0,"message":{"role":"assistant","content":"{\"a\":1}"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}`)
 	}))
-}
-
-// BenchmarkCall is one chat call over real HTTP to a server that answers at once: the
-// client's cost per call (and the test server's, which is small and fixed).
-func BenchmarkCall(b *testing.B) {
-	srv := benchServer()
-	defer srv.Close()
+	b.Cleanup(srv.Close)
 	c, err := New(Options{Provider: ProviderOpenAI, Endpoint: srv.URL + "/v1"})
 	if err != nil {
 		b.Fatal(err)
 	}
 	req := wire.Request{Model: "m", Messages: []wire.Message{{Role: "user", Content: "Rate the case study against the criterion; answer in JSON."}}, ResponseFormat: wire.FormatStandard}
+	return srv, c, req
+}
+
+// BenchmarkCall is one chat call over real HTTP to a server that answers at once: the
+// client's cost per call (and the test server's, which is small and fixed).
+func BenchmarkCall(b *testing.B) {
+	_, c, req := benchSetup(b)
 	b.ReportAllocs()
 	for b.Loop() {
 		if _, err := c.Call(context.Background(), req); err != nil {
@@ -158,13 +161,8 @@ func BenchmarkCall(b *testing.B) {
 // makes it (internal/bench/rawloop.go): net/http alone, the same body, the content
 // decoded. Against BenchmarkCall it prices what openai-go adds to a call.
 func BenchmarkRawHTTPCall(b *testing.B) {
-	srv := benchServer()
-	defer srv.Close()
-	c, err := New(Options{Provider: ProviderOpenAI, Endpoint: srv.URL + "/v1"})
-	if err != nil {
-		b.Fatal(err)
-	}
-	body, err := c.encode(wire.Request{Model: "m", Messages: []wire.Message{{Role: "user", Content: "Rate the case study against the criterion; answer in JSON."}}, ResponseFormat: wire.FormatStandard})
+	srv, c, call := benchSetup(b)
+	body, err := c.encode(call)
 	if err != nil {
 		b.Fatal(err)
 	}
