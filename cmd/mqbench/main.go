@@ -14,7 +14,6 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -81,7 +80,8 @@ type costOptions struct {
 	rounds, callsPerSlot int
 	shapes, profile      string
 	profileFor           time.Duration
-	latency              bool
+	latency, demo        bool
+	demoScript, record   string
 }
 
 type flowOptions struct{ rows, queries, ahead int }
@@ -236,6 +236,9 @@ func (c *costOptions) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.profile, "profile", "", "cost benchmark: a directory for CPU profiles (and allocation profiles since start) of workers, collector and nats-server during each pipeline run")
 	fs.DurationVar(&c.profileFor, "profile-for", 3*time.Second, "cost benchmark: length of each CPU profile")
 	fs.BoolVar(&c.latency, "cost-latency", true, "cost benchmark: also run the latency-bound and replaced-system scenarios")
+	fs.BoolVar(&c.demo, "cost-demo", true, "cost benchmark: also run make demo's script (--demo-script) once a round")
+	fs.StringVar(&c.demoScript, "demo-script", "scripts/demo.sh", "cost benchmark: make demo's script")
+	fs.StringVar(&c.record, "record", "", "cost benchmark: write the tables and the bounds into this document, between its make-bench marker lines")
 }
 
 // runRawLoopChild runs one raw loop for the cost benchmark's parent and prints its
@@ -247,70 +250,6 @@ func runRawLoopChild(ctx context.Context, o *options) error {
 	}
 	b, _ := json.Marshal(res)
 	fmt.Println(string(b))
-	return nil
-}
-
-// runCost runs the cost benchmark, then (with --cost-latency) the latency-bound and
-// replaced-system scenarios.
-func runCost(ctx context.Context, o *options) error {
-	shapes, err := parseShapes(o.cost.shapes)
-	if err != nil {
-		return err
-	}
-	self, err := os.Executable()
-	if err != nil {
-		return err
-	}
-	cc := bench.CostConfig{Bin: o.bin, Dir: o.dir, Self: self, Rounds: o.cost.rounds, RawJobs: o.raw.Jobs,
-		Shapes: shapes, Slots: 256, Workers: 2, Log: os.Stdout, Profile: o.cost.profile, ProfileFor: o.cost.profileFor}
-	fmt.Printf("mqbench cost: %d cores, %d rounds, raw loop %d jobs at %d slots, pipeline %d workers x %d slots, llmsim 0 latency\n",
-		runtime.NumCPU(), cc.Rounds, cc.RawJobs, cc.Slots*cc.Workers, cc.Workers, cc.Slots)
-	res, err := bench.Cost(ctx, cc)
-	fmt.Print(bench.CostTable(res))
-	if err != nil || !o.cost.latency {
-		return err
-	}
-	return runLatency(ctx, o, self)
-}
-
-// parseShapes parses --shapes: ROWSxQUERIES, comma-separated.
-func parseShapes(v string) ([][2]int, error) {
-	var sh [][2]int
-	for _, f := range strings.Split(v, ",") {
-		var r, q int
-		if _, err := fmt.Sscanf(strings.TrimSpace(f), "%dx%d", &r, &q); err != nil || r < 1 || q < 1 {
-			return nil, usagef("--shapes: %q is not ROWSxQUERIES", f)
-		}
-		sh = append(sh, [2]int{r, q})
-	}
-	return sh, nil
-}
-
-// runLatency runs the latency-bound scenarios, --rounds times, and prints their table.
-func runLatency(ctx context.Context, o *options, self string) error {
-	var lat []bench.LatencyRow
-	for r := range o.cost.rounds {
-		// Issue 9's cells: 1 x 64, 2 x 128 and 4 x 256 slots (64, 256, 1024 in all).
-		for _, ws := range [][2]int{{1, 64}, {2, 256}, {4, 1024}} {
-			rows, err := bench.LatencyBound(ctx, bench.CostConfig{Bin: o.bin, Dir: o.dir, Self: self}, 50*time.Millisecond,
-				ws[0], ws[1], ws[1]*o.cost.callsPerSlot, 1, bench.NonLimiting)
-			lat = append(lat, rows...)
-			if err != nil {
-				return fmt.Errorf("latency-bound: %w", err)
-			}
-		}
-		// The replaced system's scenario: 50 rows x 10 queries, 100 slots, 50 ms,
-		// shipped throttle defaults; ideal wall 500 / (100 / 50 ms) = 0.25 s.
-		for _, ws := range [][2]int{{1, 100}, {4, 100}} {
-			rows, err := bench.LatencyBound(ctx, bench.CostConfig{Bin: o.bin, Dir: o.dir}, 50*time.Millisecond, ws[0], ws[1], 50, 10, "")
-			lat = append(lat, rows...)
-			if err != nil {
-				return fmt.Errorf("replaced-system scenario: %w", err)
-			}
-		}
-		fmt.Printf("latency round %d done\n", r+1)
-	}
-	fmt.Print(bench.LatencyTable(lat))
 	return nil
 }
 

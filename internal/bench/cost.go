@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/multiquery/multiquery/internal/wire"
 )
 
 // CostConfig sizes the cost-per-query benchmark (docs/BENCHMARKS.md, "Cost per query").
@@ -36,6 +38,7 @@ type CostRow struct {
 	Name    string
 	Queries int
 	Wall    time.Duration
+	Ended   time.Time                // when the summary was seen (pipeline rows)
 	CPU     map[string]time.Duration // by process kind, llmsim excluded
 	MsgsIn  int64                    // nats-server in_msgs during the run
 	MsgsOut int64
@@ -43,6 +46,9 @@ type CostRow struct {
 	// "server" for what no client connection counts (internal JetStream traffic).
 	MsgsBy     map[string]int64
 	StoreBytes int64 // bytes left in the streams after the run (audit included)
+	// Left is what the run left in the job and result streams and the retry bucket
+	// once its summary was written (issue 9: nothing), by stream; nil when not read.
+	Left map[string]uint64
 }
 
 // PerQuery returns the CPU per query of every process but llmsim.
@@ -141,6 +147,62 @@ func diffMsgs(a, b map[string]int64) map[string]int64 {
 	return out
 }
 
+// leftStreams are the streams a completed run must leave empty: jobs, results and the
+// retry bucket's.
+var leftStreams = []string{wire.StreamJobs, wire.StreamResults, "KV_" + wire.BucketRetry}
+
+// streamMessages reads the messages stored in each of names (a name the server does not
+// have reads 0).
+func (s *Stack) streamMessages(names []string) (map[string]uint64, error) {
+	var v struct {
+		Accounts []struct {
+			Streams []struct {
+				Name  string `json:"name"`
+				State struct {
+					Msgs uint64 `json:"messages"`
+				} `json:"state"`
+			} `json:"stream_detail"`
+		} `json:"account_details"`
+	}
+	if err := getJSON(s.MonitorURL+"/jsz?streams=true", &v); err != nil {
+		return nil, err
+	}
+	out := make(map[string]uint64, len(names))
+	for _, n := range names {
+		out[n] = 0
+	}
+	for _, a := range v.Accounts {
+		for _, st := range a.Streams {
+			if _, ok := out[st.Name]; ok {
+				out[st.Name] += st.State.Msgs
+			}
+		}
+	}
+	return out, nil
+}
+
+// waitEmpty reads names until all are empty or d has passed (the collector purges what a
+// finished run leaves after its summary), and returns the last reading.
+func (s *Stack) waitEmpty(ctx context.Context, names []string, d time.Duration) (map[string]uint64, error) {
+	deadline := time.Now().Add(d)
+	for {
+		left, err := s.streamMessages(names)
+		if err != nil || time.Now().After(deadline) {
+			return left, err
+		}
+		var n uint64
+		for _, v := range left {
+			n += v
+		}
+		if n == 0 {
+			return left, nil
+		}
+		if err := sleepCtx(ctx, 100*time.Millisecond); err != nil {
+			return left, err
+		}
+	}
+}
+
 // jszBytes reads the bytes stored in every stream.
 func (s *Stack) jszBytes() (int64, error) {
 	var v struct {
@@ -217,18 +279,23 @@ func (c CostConfig) pipeline(ctx context.Context, s *Stack, name string, rows, q
 	if _, err := s.WaitSummary(wctx, run); err != nil {
 		return CostRow{}, err
 	}
-	wall := time.Since(began)
+	ended := time.Now()
+	wall := ended.Sub(began)
 	cpu := diffCPU(before, s.cpu())
 	cpu["producer"] = cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
 	in1, out1, _ := s.varz()
 	by := diffMsgs(conns0, s.connMsgs())
 	stored, _ := s.jszBytes()
+	left, err := s.waitEmpty(ctx, leftStreams, 10*time.Second)
+	if err != nil {
+		return CostRow{}, fmt.Errorf("read what the run left: %w", err)
+	}
 	if profiled != nil {
 		if err := <-profiled; err != nil {
 			fmt.Fprintf(c.Log, "profile %s: %v\n", name, err)
 		}
 	}
-	return CostRow{Name: name, Queries: rows * queries, Wall: wall, CPU: cpu, MsgsIn: in1 - in0, MsgsOut: out1 - out0, MsgsBy: by, StoreBytes: stored}, nil
+	return CostRow{Name: name, Queries: rows * queries, Wall: wall, Ended: ended, CPU: cpu, MsgsIn: in1 - in0, MsgsOut: out1 - out0, MsgsBy: by, StoreBytes: stored, Left: left}, nil
 }
 
 func costPipeline(queries int) string {
@@ -301,7 +368,7 @@ func CostTable(rounds [][]CostRow) string {
 		return ""
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "| measure | q/s (min/med/max) | CPU/query µs (min/med/max) | x raw+http CPU (med) | throughput / raw+http (med) | NATS msgs/query in+out (med) | CPU by process (med round) | msgs/query by connection (med round) |\n|---|---|---|---|---|---|---|---|\n")
+	fmt.Fprintf(&b, "| measure | q/s (min/med/max) | CPU/query µs (min/med/max) | x raw+http CPU (med) | throughput / raw+http (med) | NATS msgs/query in+out (med) | CPU by process (med round) | msgs/query by connection (med round) | left after the run: jobs / results / retry (max) |\n|---|---|---|---|---|---|---|---|---|\n")
 	for i := range rounds[0] {
 		var rate, cpu, ratioCPU, ratioRate, msgs []float64
 		for _, rs := range rounds {
@@ -328,10 +395,32 @@ func CostTable(rounds [][]CostRow) string {
 			by = append(by, fmt.Sprintf("%s %.2f", strings.TrimPrefix(k, "multiquery-"), float64(v)/float64(max(1, med.Queries))))
 		}
 		sort.Strings(by)
-		fmt.Fprintf(&b, "| %s | %s | %s | %.2f | %.0f %% | %.2f | %s | %s |\n", rounds[0][i].Name, mmm(rate, "%.0f"), mmm(cpu, "%.0f"),
-			median(ratioCPU), 100*median(ratioRate), median(msgs), strings.Join(procs, ", "), strings.Join(by, ", "))
+		fmt.Fprintf(&b, "| %s | %s | %s | %.2f | %.0f %% | %.2f | %s | %s | %s |\n", rounds[0][i].Name, mmm(rate, "%.0f"), mmm(cpu, "%.0f"),
+			median(ratioCPU), 100*median(ratioRate), median(msgs), strings.Join(procs, ", "), strings.Join(by, ", "), maxLeft(rounds, i))
 	}
 	return b.String()
+}
+
+// maxLeft is the most messages measurement i left in each of leftStreams over the rounds.
+func maxLeft(rounds [][]CostRow, i int) string {
+	most := map[string]uint64{}
+	read := false
+	for _, rs := range rounds {
+		if i < len(rs) && rs[i].Left != nil {
+			read = true
+			for k, v := range rs[i].Left {
+				most[k] = max(most[k], v)
+			}
+		}
+	}
+	if !read {
+		return "-"
+	}
+	var f []string
+	for _, n := range leftStreams {
+		f = append(f, strconv.FormatUint(most[n], 10))
+	}
+	return strings.Join(f, " / ")
 }
 
 func findRow(rs []CostRow, prefix string) *CostRow {

@@ -19,6 +19,9 @@ type LatencyRow struct {
 	Achieved float64
 	Wall     time.Duration
 	Peak     int64 // llmsim peak in flight
+	Queries  int   // calls the run asked for
+	Raw      bool  // the raw+HTTP loop, not the pipeline
+	Shipped  bool  // the pipeline ran with the shipped throttle defaults
 	// ToFirst is the time from the producer's start to the first call, AfterLast from
 	// the last call to the summary (pipeline rows only): what the run's wall spends
 	// outside the calls.
@@ -70,7 +73,8 @@ func LatencyBound(ctx context.Context, c CostConfig, latency time.Duration, work
 			return out, err
 		}
 		peak, _ := s.simPeak(true)
-		out = append(out, LatencyRow{Name: fmt.Sprintf("raw+http %d slots", slots), Slots: slots, Ideal: ideal, Achieved: raw.Rate(), Wall: raw.Wall, Peak: peak})
+		out = append(out, LatencyRow{Name: fmt.Sprintf("raw+http %d slots", slots), Slots: slots, Ideal: ideal, Achieved: raw.Rate(), Wall: raw.Wall, Peak: peak,
+			Queries: raw.Queries, Raw: true})
 	}
 	if _, err := s.StartWorkers(workers, throttle, "--concurrency", strconv.Itoa(slots/workers), "--log-level", "warn"); err != nil {
 		return out, err
@@ -88,10 +92,11 @@ func LatencyBound(ctx context.Context, c CostConfig, latency time.Duration, work
 	if err != nil {
 		return out, err
 	}
-	sinceFirst, sinceLast := s.callSpan(seq0, time.Now())
+	sinceFirst, sinceLast := s.callSpan(seq0, row.Ended)
 	peak, _ := s.simPeak(true)
 	out = append(out, LatencyRow{Name: fmt.Sprintf("pipeline %dx%d slots, %dx%d", workers, slots/workers, rows, queries), Slots: slots,
-		Ideal: ideal, Achieved: row.Rate(), Wall: row.Wall, Peak: peak, ToFirst: row.Wall - sinceFirst, AfterLast: sinceLast})
+		Ideal: ideal, Achieved: row.Rate(), Wall: row.Wall, Peak: peak, ToFirst: row.Wall - sinceFirst, AfterLast: sinceLast,
+		Queries: rows * queries, Shipped: throttle == ""})
 	return out, nil
 }
 

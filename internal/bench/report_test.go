@@ -1,0 +1,169 @@
+package bench
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Record writes between the marker lines only, and a second record replaces the first.
+func TestRecordReplacesOnlyWhatIsBetweenTheMarkers(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "benchmarks.txt")
+	before, after := "# Benchmarks\n\nby hand above\n\n", "\nby hand below\n"
+	if err := os.WriteFile(path, []byte(before+RecordBegin+"\nold\n"+RecordEnd+after), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, block := range []string{"first table", "second table\n| a | b |"} {
+		if err := Record(path, block); err != nil {
+			t.Fatal(err)
+		}
+		got, _ := os.ReadFile(path)
+		if want := before + RecordBegin + "\n" + block + "\n" + RecordEnd + after; string(got) != want {
+			t.Fatalf("document after recording %q:\n%s\nwant:\n%s", block, got, want)
+		}
+	}
+}
+
+// A document without both markers, once each and in order, is left as it was.
+func TestRecordRefusesADocumentWithoutItsMarkers(t *testing.T) {
+	for name, doc := range map[string]string{
+		"none":     "# Benchmarks\n",
+		"no end":   RecordBegin + "\n",
+		"reversed": RecordEnd + "\n" + RecordBegin + "\n",
+		"twice":    RecordBegin + "\n" + RecordEnd + "\n" + RecordBegin + "\n" + RecordEnd + "\n",
+	} {
+		path := filepath.Join(t.TempDir(), "benchmarks.txt")
+		if err := os.WriteFile(path, []byte(doc), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		err := Record(path, "table")
+		if err == nil || !strings.Contains(err.Error(), "marker") && !strings.Contains(err.Error(), "once each") {
+			t.Errorf("%s: Record = %v, want an error naming the marker lines", name, err)
+		}
+		if got, _ := os.ReadFile(path); string(got) != doc {
+			t.Errorf("%s: the document changed to %q", name, got)
+		}
+	}
+}
+
+func costRound(rawCPU, pipeCPU time.Duration, rawRate, pipeRate float64, left uint64) []CostRow {
+	row := func(name string, cpu time.Duration, rate float64) CostRow {
+		q := 1000
+		return CostRow{Name: name, Queries: q, Wall: time.Duration(float64(q) / rate * float64(time.Second)),
+			CPU: map[string]time.Duration{"all": cpu * time.Duration(q)}, MsgsIn: 4 * int64(q), MsgsOut: 4 * int64(q)}
+	}
+	p := row("pipeline 1000x1", pipeCPU, pipeRate)
+	p.Left = map[string]uint64{"MQ_JOBS": 0, "MQ_RESULTS": left}
+	return []CostRow{row("raw 512 slots", rawCPU/2, 2*rawRate), row("raw+http 512 slots", rawCPU, rawRate), p}
+}
+
+// The bounds take the median of the per-round ratios: one bad round of three does not
+// fail a point, two do; anything a run left fails point 6.
+func TestCostBoundsHoldOnTheMedianRound(t *testing.T) {
+	good := costRound(100*time.Microsecond, 190*time.Microsecond, 1000, 600, 0)
+	bad := costRound(100*time.Microsecond, 230*time.Microsecond, 1000, 400, 0)
+	held := func(bs []Bound, asks string) bool {
+		for _, b := range bs {
+			if strings.HasPrefix(b.Asks, asks) {
+				return b.Met
+			}
+		}
+		t.Fatalf("no bound asks %q", asks)
+		return false
+	}
+	if bs := CostBounds([][]CostRow{good, bad, good}, nil, nil); !held(bs, "CPU per query") || !held(bs, "throughput") {
+		t.Errorf("one bad round of three: %v", bs)
+	}
+	if bs := CostBounds([][]CostRow{bad, good, bad}, nil, nil); held(bs, "CPU per query") || held(bs, "throughput") {
+		t.Errorf("two bad rounds of three held: %v", bs)
+	}
+	if bs := CostBounds([][]CostRow{good, costRound(100*time.Microsecond, 190*time.Microsecond, 1000, 600, 3), good}, nil, nil); held(bs, "a completed run leaves nothing") {
+		t.Errorf("3 results left in one round held: %v", bs)
+	}
+	if bs := CostBounds(nil, nil, nil); held(bs, "CPU per query") || held(bs, "latency-bound") || held(bs, "replaced") || held(bs, "make demo") {
+		t.Errorf("no measurement held a bound: %v", bs)
+	}
+}
+
+// The latency points: 64 slots against slots / latency, the larger cells against the
+// raw loop of their round; the replaced system's scenario in its worst round.
+func TestLatencyAndReplacedBounds(t *testing.T) {
+	round := func(share64, ofRaw float64, replacedWall time.Duration, peak int64) []LatencyRow {
+		return []LatencyRow{
+			{Slots: 64, Ideal: 1280, Achieved: 1000, Raw: true},
+			{Slots: 64, Ideal: 1280, Achieved: share64 * 1280},
+			{Slots: 1024, Ideal: 20480, Achieved: 10000, Raw: true},
+			{Slots: 1024, Ideal: 20480, Achieved: ofRaw * 10000},
+			{Slots: 100, Ideal: 2000, Queries: 500, Wall: replacedWall, Peak: peak, Shipped: true},
+		}
+	}
+	get := func(bs []Bound, asks string) Bound {
+		for _, b := range bs {
+			if strings.Contains(b.Asks, asks) {
+				return b
+			}
+		}
+		t.Fatalf("no bound asks %q", asks)
+		return Bound{}
+	}
+	bs := CostBounds(nil, [][]LatencyRow{round(0.92, 0.85, 300*time.Millisecond, 100), round(0.91, 0.5, 350*time.Millisecond, 95), round(0.8, 0.9, 360*time.Millisecond, 98)}, nil)
+	if !get(bs, "64 slots").Met || !get(bs, "1024 slots").Met {
+		t.Errorf("medians 91 %% and 85 %% did not hold: %v", bs)
+	}
+	if !get(bs, "replaced").Met {
+		t.Errorf("walls <= 0.375 s and peaks >= 90 did not hold: %v", bs)
+	}
+	bs = CostBounds(nil, [][]LatencyRow{round(0.92, 0.85, 300*time.Millisecond, 100), round(0.92, 0.85, 400*time.Millisecond, 100)}, nil)
+	if get(bs, "replaced").Met {
+		t.Errorf("a 0.4 s round held the replaced system's bound of 0.375 s: %v", bs)
+	}
+	bs = CostBounds(nil, [][]LatencyRow{round(0.92, 0.85, 300*time.Millisecond, 89)}, nil)
+	if get(bs, "replaced").Met {
+		t.Errorf("a peak of 89 held: %v", bs)
+	}
+}
+
+// Demo reads the run id the script prints, the run's summary and llmsim's 429 count.
+func TestDemoReadsTheRunsSummary(t *testing.T) {
+	dir := t.TempDir()
+	script := filepath.Join(dir, "demo.sh")
+	err := os.WriteFile(script, []byte(`#!/usr/bin/env bash
+set -e
+mkdir -p "$OUT/r1"
+echo '{"run":"r1","rows_total":50,"wall_seconds":2.5,"stats":{"rows_ok":50,"calls":530,"retries":30}}' >"$OUT/r1/summary.json"
+echo "run r1: 50 rows published"
+echo 'demo: llmsim counters: {"requests":530,"injected_429": 30,"ok":500}'
+`), 0o755)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := Demo(context.Background(), script, dir, filepath.Join(dir, "work"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.RunWall != 2500*time.Millisecond || d.Rows != 50 || d.RowsOK != 50 || d.Calls != 530 || d.Retries != 30 || d.Injected != 30 {
+		t.Fatalf("Demo = %+v", d)
+	}
+	if b := demoBound([]DemoRow{d}); !b.Met {
+		t.Errorf("a 2.5 s run did not hold: %+v", b)
+	}
+	if b := demoBound([]DemoRow{{RunWall: 3100 * time.Millisecond, Rows: 50, RowsOK: 50}}); b.Met {
+		t.Errorf("a 3.1 s run held: %+v", b)
+	}
+}
+
+// A demo that fails is an error naming the script, with the end of what it said.
+func TestDemoThatFailsIsAnError(t *testing.T) {
+	dir := t.TempDir()
+	script := filepath.Join(dir, "demo.sh")
+	if err := os.WriteFile(script, []byte("echo 'demo: port 14222 for nats-server is already in use' >&2; exit 1\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Demo(context.Background(), script, dir, dir)
+	if err == nil || !strings.Contains(err.Error(), "already in use") || !strings.Contains(err.Error(), script) {
+		t.Fatalf("Demo = %v, want the script's name and its last words", err)
+	}
+}
