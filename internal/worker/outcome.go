@@ -239,6 +239,18 @@ func decideCapacity(in outcomeInput) outcome {
 // classify reads a call's outcome off its error (nil: the answer parsed). drained: the
 // worker's context ended meanwhile, whatever the call came to.
 func classify(drained bool, err error) callResult {
+	switch {
+	case drained:
+		return callResult{class: classDrained}
+	case err == nil:
+		return callResult{class: classOK}
+	}
+	return classifyError(err)
+}
+
+// classifyError is classify of a call that failed; apart, so that a success does not
+// allocate the four targets of errors.As.
+func classifyError(err error) callResult {
 	var (
 		capErr  *llm.CapacityError
 		tranErr *llm.TransientError
@@ -246,10 +258,6 @@ func classify(drained bool, err error) callResult {
 		permErr *llm.PermanentError
 	)
 	switch {
-	case drained:
-		return callResult{class: classDrained}
-	case err == nil:
-		return callResult{class: classOK}
 	case errors.As(err, &capErr):
 		return callResult{class: classCapacity, status: capErr.StatusCode, message: capErr.Message, retryAfter: capErr.RetryAfter}
 	case errors.As(err, &tranErr):
