@@ -53,11 +53,9 @@ func Machine(cores int) string {
 			}
 		}
 	}
-	load := "?"
-	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
-		if f := strings.Fields(string(b)); len(f) >= 3 {
-			load = strings.Join(f[:3], " ")
-		}
+	load := "unknown"
+	if l := loadAverage(); l >= 0 {
+		load = fmt.Sprintf("%.2f", l)
 	}
-	return fmt.Sprintf("%d cores (%s), load average %s", cores, model, load)
+	return fmt.Sprintf("%d cores (%s), 1-minute load average %s", cores, model, load)
 }
