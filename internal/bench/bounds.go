@@ -44,7 +44,7 @@ func CostBounds(cost [][]CostRow, lat [][]LatencyRow, demo []DemoRow) []Bound {
 		var rc, rr, mq []float64
 		var most uint64
 		for _, rs := range cost {
-			r, base := findRow(rs, name), findRow(rs, "raw+http")
+			r, base := namedRow(rs, name), findRow(rs, "raw+http")
 			if r == nil || base == nil {
 				continue
 			}
@@ -69,6 +69,17 @@ func CostBounds(cost [][]CostRow, lat [][]LatencyRow, demo []DemoRow) []Bound {
 	out = append(out, cpu, rate)
 	out = append(out, latencyBounds(lat)...)
 	return append(out, replacedBound(lat), demoBound(demo), msgs, left)
+}
+
+// namedRow is the row called name (a prefix is not enough: "pipeline 20000x1" is one of
+// "pipeline 20000x10").
+func namedRow(rs []CostRow, name string) *CostRow {
+	for i := range rs {
+		if rs[i].Name == name {
+			return &rs[i]
+		}
+	}
+	return nil
 }
 
 func pipelineNames(cost [][]CostRow) []string {

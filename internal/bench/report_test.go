@@ -88,6 +88,24 @@ func TestCostBoundsHoldOnTheMedianRound(t *testing.T) {
 	}
 }
 
+// Each shape is judged on its own rows, also when one shape's name begins with another's.
+func TestCostBoundsTellShapesApartWhoseNamesShareAPrefix(t *testing.T) {
+	round := func() []CostRow {
+		rs := costRound(100*time.Microsecond, 250*time.Microsecond, 1000, 600, 0) // raw, raw+http, one shape at 2.5x
+		rs[2].Name = "pipeline 20000x10"
+		ok := costRound(100*time.Microsecond, 190*time.Microsecond, 1000, 600, 0)[2]
+		ok.Name = "pipeline 20000x1"
+		return append(rs, ok)
+	}
+	bs := CostBounds([][]CostRow{round(), round(), round()}, nil, nil)
+	if got := bs[0].Measured; got != "20000x10 2.50x, 20000x1 1.90x" {
+		t.Fatalf("CPU bound measured %q, want each shape's own ratio", got)
+	}
+	if bs[0].Met {
+		t.Errorf("a shape at 2.5x held the CPU bound: %+v", bs[0])
+	}
+}
+
 // The latency points: 64 slots against slots / latency, the larger cells against the
 // raw loop of their round; the replaced system's scenario in its worst round.
 func TestLatencyAndReplacedBounds(t *testing.T) {
