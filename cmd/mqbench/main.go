@@ -70,7 +70,7 @@ type churnOptions struct {
 
 type startOptions struct {
 	on                          bool
-	headers, workers            string
+	headers, workers, throttle  string
 	slots, rows, queries, burst int
 	rps                         float64
 }
@@ -82,6 +82,7 @@ type costOptions struct {
 	profileFor           time.Duration
 	latency, demo        bool
 	demoScript, record   string
+	replacedThrottle     string
 }
 
 type flowOptions struct{ rows, queries, ahead int }
@@ -214,6 +215,7 @@ func (s *startOptions) flags(fs *flag.FlagSet) {
 	fs.IntVar(&s.queries, "start-queries", 4, "start: queries per row")
 	fs.Float64Var(&s.rps, "start-rps", 40, "start: llmsim request limit")
 	fs.IntVar(&s.burst, "start-burst", 5, "start: llmsim bucket size")
+	fs.StringVar(&s.throttle, "start-throttle", "", `start: the workers' throttle settings as a YAML flow map, e.g. "{start_rate: 2000}" (default: the shipped defaults)`)
 }
 
 func (p *poolOptions) flags(fs *flag.FlagSet) {
@@ -238,6 +240,7 @@ func (c *costOptions) flags(fs *flag.FlagSet) {
 	fs.BoolVar(&c.latency, "cost-latency", true, "cost benchmark: also run the latency-bound and replaced-system scenarios")
 	fs.BoolVar(&c.demo, "cost-demo", true, "cost benchmark: also run make demo's script (--demo-script) once a round")
 	fs.StringVar(&c.demoScript, "demo-script", "scripts/demo.sh", "cost benchmark: make demo's script")
+	fs.StringVar(&c.replacedThrottle, "replaced-throttle", "", `cost benchmark: also run the replaced system's scenario with these throttle settings (a YAML flow map, e.g. "{start_rate: 2000}"), beside the shipped defaults`)
 	fs.StringVar(&c.record, "record", "", "cost benchmark: write the tables and the bounds into this document, between its make-bench marker lines")
 }
 
@@ -323,7 +326,7 @@ func runStart(ctx context.Context, o *options) error {
 		return err
 	}
 	c := bench.StartConfig{Bin: o.bin, Dir: o.dir, Headers: cli.List(o.start.headers), Workers: workers, Slots: o.start.slots,
-		Rows: o.start.rows, Queries: o.start.queries, Runs: o.runs, RPS: o.start.rps, Burst: o.start.burst, Latency: o.latency, Log: os.Stdout}
+		Rows: o.start.rows, Queries: o.start.queries, Runs: o.runs, RPS: o.start.rps, Burst: o.start.burst, Latency: o.latency, Throttle: o.start.throttle, Log: os.Stdout}
 	for _, h := range c.Headers {
 		if h != "none" && h != "openai" && h != "azure" {
 			return usagef("--start-headers: %q is not none, openai or azure", h)
@@ -332,8 +335,12 @@ func runStart(ctx context.Context, o *options) error {
 	if c.Slots < 1 || c.Rows < 1 || c.Queries < 1 || c.RPS <= 0 {
 		return usagef("start: need --start-slots, --start-rows, --start-queries >= 1 and --start-rps > 0")
 	}
-	fmt.Printf("mqbench start: llmsim %g req/s burst %d, latency %s; %d rows x %d queries, run twice per fresh fleet of W x %d slots; %d repetitions; work dir %s\n",
-		c.RPS, c.Burst, c.Latency, c.Rows, c.Queries, c.Slots, c.Runs, c.Dir)
+	throttle := "the shipped defaults"
+	if c.Throttle != "" {
+		throttle = c.Throttle
+	}
+	fmt.Printf("mqbench start: llmsim %g req/s burst %d, latency %s; %d rows x %d queries, run twice per fresh fleet of W x %d slots; throttle %s; %d repetitions; work dir %s\n",
+		c.RPS, c.Burst, c.Latency, c.Rows, c.Queries, c.Slots, throttle, c.Runs, c.Dir)
 	res, err := bench.StartStorm(ctx, c)
 	fmt.Println()
 	fmt.Print(bench.StartTable(res))

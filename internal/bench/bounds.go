@@ -108,7 +108,7 @@ func latencyBounds(lat [][]LatencyRow) []Bound {
 			}
 		}
 		for _, r := range rs {
-			if r.Raw || r.Shipped {
+			if r.Raw || r.Shipped || r.Aside {
 				continue
 			}
 			if _, seen := bySlots[r.Slots]; !seen {

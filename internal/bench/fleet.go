@@ -418,6 +418,12 @@ type fleetStack struct {
 // extra worker args, and the collector, and waits until every worker is up. The watcher
 // stops with ctx; Stop stops the processes.
 func startFleetStack(ctx context.Context, bin, dir string, sim []string, sh Shape, mode string, args ...string) (*fleetStack, error) {
+	return startFleetStackWith(ctx, bin, dir, sim, sh, mode, "", args...)
+}
+
+// startFleetStackWith is startFleetStack with the workers' throttle settings (a YAML
+// flow map, e.g. "{start_rate: 2000}"; "" for the shipped defaults).
+func startFleetStackWith(ctx context.Context, bin, dir string, sim []string, sh Shape, mode, throttle string, args ...string) (*fleetStack, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
@@ -426,19 +432,19 @@ func startFleetStack(ctx context.Context, bin, dir string, sim []string, sh Shap
 		return nil, fmt.Errorf("start nats-server and llmsim %s (see %s): %w", strings.Join(sim, " "), filepath.Join(dir, "llmsim.log"), err)
 	}
 	f := &fleetStack{Stack: s}
-	if err := f.start(ctx, sh, mode, args); err != nil {
+	if err := f.start(ctx, sh, mode, throttle, args); err != nil {
 		s.Stop()
 		return nil, err
 	}
 	return f, nil
 }
 
-func (f *fleetStack) start(ctx context.Context, sh Shape, mode string, args []string) error {
+func (f *fleetStack) start(ctx context.Context, sh Shape, mode, throttle string, args []string) error {
 	var err error
 	if f.tw, err = watchThrottle(ctx, f.NATSURL); err != nil {
 		return err
 	}
-	if f.cfg, err = f.WriteWorkerConfig(""); err != nil {
+	if f.cfg, err = f.WriteWorkerConfig(ThrottleYAML(throttle)); err != nil {
 		return err
 	}
 	if f.names, err = f.startFleet(f.cfg, sh, args...); err != nil {
@@ -456,4 +462,13 @@ func (f *fleetStack) Stop() {
 		f.tw.Close()
 	}
 	f.Stack.Stop()
+}
+
+// ThrottleYAML is a deployment's throttle line of the worker config for settings given
+// as a YAML flow map ("{start_rate: 2000}"); "" for the shipped defaults.
+func ThrottleYAML(flow string) string {
+	if flow == "" {
+		return ""
+	}
+	return "    throttle: " + flow + "\n"
 }

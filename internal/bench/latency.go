@@ -22,6 +22,9 @@ type LatencyRow struct {
 	Queries  int   // calls the run asked for
 	Raw      bool  // the raw+HTTP loop, not the pipeline
 	Shipped  bool  // the pipeline ran with the shipped throttle defaults
+	// Aside is a row shown beside the bounds and judged by none: the replaced system's
+	// scenario with other throttle settings (mqbench --replaced-throttle).
+	Aside bool
 	// ToFirst is the time from the producer's start to the first call, AfterLast from
 	// the last call to the summary (pipeline rows only): what the run's wall spends
 	// outside the calls.

@@ -144,6 +144,27 @@ func TestLatencyAndReplacedBounds(t *testing.T) {
 	}
 }
 
+// The replaced system's scenario with other throttle settings (--replaced-throttle) is
+// shown, not judged: it neither holds acceptance 4 for the shipped defaults nor becomes
+// a latency-bound cell of its own.
+func TestAnAsideRowIsJudgedByNoBound(t *testing.T) {
+	round := []LatencyRow{
+		{Slots: 64, Ideal: 1280, Achieved: 1000, Raw: true},
+		{Slots: 64, Ideal: 1280, Achieved: 1200},
+		{Slots: 100, Ideal: 2000, Queries: 500, Wall: 2 * time.Second, Peak: 100, Shipped: true},
+		{Slots: 100, Ideal: 2000, Queries: 500, Wall: 300 * time.Millisecond, Peak: 100, Aside: true},
+	}
+	bs := CostBounds(nil, [][]LatencyRow{round}, nil)
+	for _, b := range bs {
+		if strings.Contains(b.Asks, "100 slots") {
+			t.Errorf("the aside row became a latency-bound cell: %v", b)
+		}
+		if strings.Contains(b.Asks, "replaced") && (b.Met || !strings.Contains(b.Measured, "2.00 s")) {
+			t.Errorf("the replaced system's bound read the aside row: %v", b)
+		}
+	}
+}
+
 // Demo reads the run id the script prints, the run's summary and llmsim's 429 count.
 func TestDemoReadsTheRunsSummary(t *testing.T) {
 	dir := t.TempDir()

@@ -27,7 +27,10 @@ type StartConfig struct {
 	RPS     float64
 	Burst   int
 	Latency time.Duration
-	Log     io.Writer
+	// Throttle is the workers' throttle settings as a YAML flow map ("" for the
+	// shipped defaults).
+	Throttle string
+	Log      io.Writer
 }
 
 // StartRun is one of the two runs on one stack.
@@ -103,7 +106,7 @@ func (c StartConfig) once(ctx context.Context, headers string, sh Shape, rep int
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	dir := filepath.Join(c.Dir, fmt.Sprintf("start-%s-%s-r%d", headers, sh, rep))
-	fs, err := startFleetStack(ctx, c.Bin, dir, simArgs(c.RPS, c.Burst, c.Latency, headersArgs(headers)...), sh, "fleet")
+	fs, err := startFleetStackWith(ctx, c.Bin, dir, simArgs(c.RPS, c.Burst, c.Latency, headersArgs(headers)...), sh, "fleet", c.Throttle)
 	if err != nil {
 		return nil, err
 	}
