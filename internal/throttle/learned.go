@@ -93,8 +93,12 @@ func (c *Controller) OnBudget(b Budget) Decision {
 // StartRate: the rate learned age ago, halved per LearnedHalfLife of age, at RecoverTo of
 // it, probing from there; ceiling (0: unknown) is the headers' limit remembered with it.
 // Only a member still in slow start that has neither cut nor joined a running fleet is
-// seeded; a remembered rate not above StartRate, or older than MaxLearnedAge, is ignored.
-// It reports whether the rate was seeded.
+// seeded; a remembered rate older than MaxLearnedAge is ignored. A remembered rate below
+// StartRate (a start_rate set above what the provider was found to take) lowers slow
+// start's first rate to it, halved per LearnedHalfLife of age: slow start from
+// StartRate would overshoot the limit from the first call. A remembered rate above
+// StartRate that age decayed to StartRate or less is ignored (slow start from StartRate
+// finds it again). It reports whether the memory changed the start.
 func (c *Controller) Seed(rate, ceiling float64, age time.Duration) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -106,6 +110,10 @@ func (c *Controller) Seed(rate, ceiling float64, age time.Duration) bool {
 		c.rate = min(c.rate, c.maxRate())
 	}
 	r := rate * math.Exp2(-max(age, 0).Hours()/LearnedHalfLife.Hours())
+	if rate < c.p.StartRate {
+		c.rate = min(max(r, c.p.MinRate), c.maxRate())
+		return true
+	}
 	if !(r > c.p.StartRate) {
 		return false
 	}

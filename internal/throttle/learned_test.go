@@ -74,7 +74,6 @@ func TestARememberedRateIsDecayedOrIgnored(t *testing.T) {
 	}{
 		{"an hour old: half", 40, time.Hour, true},
 		{"older than a day: ignored", 1000, 25 * time.Hour, false},
-		{"not above the start rate: ignored", 8, 0, false},
 		{"decayed below the start rate: ignored", 30, 3 * time.Hour, false},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
@@ -88,6 +87,38 @@ func TestARememberedRateIsDecayedOrIgnored(t *testing.T) {
 			}
 			if !tt.ok && (!s.SlowStart || s.Rate != 10) {
 				t.Fatalf("ignored memory changed the controller: %+v", s)
+			}
+		})
+	}
+}
+
+// A start_rate above what the provider was found to take would overshoot the limit from
+// the first call of every cold start: the remembered rate lowers slow start's first rate
+// instead (decayed with age like any remembered rate), and slow start goes on from there.
+func TestARememberedRateBelowTheStartRateLowersTheStart(t *testing.T) {
+	for _, tt := range []struct {
+		name      string
+		rate      float64
+		age       time.Duration
+		wantStart float64
+	}{
+		{"fresh", 8, 0, 8},
+		{"an hour old: half", 8, time.Hour, 4},
+		{"decayed below min_rate: min_rate", 8, 10 * time.Hour, params().MinRate},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			ctl, c := newCtl(t, params()) // start_rate 10
+			if !ctl.Seed(tt.rate, 0, tt.age) {
+				t.Fatalf("Seed(%g, age %s) reported the start unchanged", tt.rate, tt.age)
+			}
+			s := ctl.Snapshot()
+			if !s.SlowStart || !near(s.Rate, tt.wantStart) || s.Source != SourceProbing {
+				t.Fatalf("after Seed(%g, age %s): slow start %v at %g (%s), want slow start from %g, probing", tt.rate, tt.age, s.SlowStart, s.Rate, s.Source, tt.wantStart)
+			}
+			c.advance(params().Window)
+			ctl.Next()
+			if r := ctl.Snapshot().Rate; !near(r, 2*s.Rate) {
+				t.Fatalf("a window later the rate is %g; want slow start to double from %g", r, s.Rate)
 			}
 		})
 	}
