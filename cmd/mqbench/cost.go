@@ -133,8 +133,8 @@ func runLatency(ctx context.Context, o *options, self string) ([][]bench.Latency
 		for _, th := range throttles {
 			for _, ws := range [][2]int{{1, 100}, {4, 100}} {
 				rows, err := bench.LatencyBound(ctx, bench.CostConfig{Bin: o.bin, Dir: o.dir}, 50*time.Millisecond, ws[0], ws[1], 50, 10, bench.ThrottleYAML(th))
-				for i := range rows {
-					if th != "" {
+				if th != "" {
+					for i := range rows {
 						rows[i].Name += ", throttle " + th
 						rows[i].Aside = true
 					}

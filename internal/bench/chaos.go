@@ -139,7 +139,7 @@ func startChaosStack(c ChaosConfig) (*Stack, error) {
 		return nil, err
 	}
 	// Injected (random) 429s must not pin the AIMD low: a high floor.
-	_, err = s.StartWorkers(c.Workers, "    throttle: {start_rate: 200, min_rate: 100, max_rate: 5000, max_pause: 1s}\n",
+	_, err = s.StartWorkers(c.Workers, ThrottleYAML("{start_rate: 200, min_rate: 100, max_rate: 5000, max_pause: 1s}"),
 		"--concurrency", "16", "--ack-wait", "3s", "--drain-timeout", "5s")
 	if err == nil {
 		err = s.StartCollector()

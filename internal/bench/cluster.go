@@ -239,6 +239,15 @@ func waitPort(addr string, d time.Duration) error {
 	return fmt.Errorf("%s did not come up in %s", addr, d)
 }
 
+// ThrottleYAML is a deployment's throttle line of the worker config for settings given
+// as a YAML flow map ("{start_rate: 2000}"); "" for the shipped defaults.
+func ThrottleYAML(flow string) string {
+	if flow == "" {
+		return ""
+	}
+	return "    throttle: " + flow + "\n"
+}
+
 // WriteWorkerConfig writes the worker config pointing at the stack's llmsim.
 func (s *Stack) WriteWorkerConfig(throttle string) (string, error) {
 	p := filepath.Join(s.Dir, "worker.yaml")

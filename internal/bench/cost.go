@@ -309,7 +309,7 @@ func costPipeline(queries int) string {
 
 // NonLimiting is a throttle that never holds the pipeline back (0-latency runs measure
 // cost, not pacing).
-const NonLimiting = "    throttle: {start_rate: 100000, min_rate: 50000, max_rate: 1000000}\n"
+var NonLimiting = ThrottleYAML("{start_rate: 100000, min_rate: 50000, max_rate: 1000000}")
 
 // Cost runs the rounds: in each, the raw loop, the raw loop with HTTP, and the pipeline
 // at 0 latency for every shape, interleaved so that every ratio is taken within a round.

@@ -50,7 +50,7 @@ func (r FencingReport) Violations() []string {
 func CollectorFencing(ctx context.Context, bin, dir string, rows int, ttl time.Duration) (FencingReport, error) {
 	var rep FencingReport
 	rep.RowsIn = rows
-	tc, err := startTwoCollectors(bin, dir, "10ms", "    throttle: {start_rate: 60, min_rate: 30, max_rate: 60}\n", "bench-fencing", rows,
+	tc, err := startTwoCollectors(bin, dir, "10ms", ThrottleYAML("{start_rate: 60, min_rate: 30, max_rate: 60}"), "bench-fencing", rows,
 		"--lease-ttl", ttl.String())
 	if err != nil {
 		return rep, err

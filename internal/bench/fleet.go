@@ -463,12 +463,3 @@ func (f *fleetStack) Stop() {
 	}
 	f.Stack.Stop()
 }
-
-// ThrottleYAML is a deployment's throttle line of the worker config for settings given
-// as a YAML flow map ("{start_rate: 2000}"); "" for the shipped defaults.
-func ThrottleYAML(flow string) string {
-	if flow == "" {
-		return ""
-	}
-	return "    throttle: " + flow + "\n"
-}

@@ -21,7 +21,7 @@ type TakeoverReport struct {
 func CollectorTakeover(ctx context.Context, bin, dir string, rows int) (TakeoverReport, error) {
 	var rep TakeoverReport
 	rep.RowsIn = rows
-	tc, err := startTwoCollectors(bin, dir, "20ms", "    throttle: {start_rate: 50, min_rate: 10, max_rate: 200}\n", "bench-takeover", rows)
+	tc, err := startTwoCollectors(bin, dir, "20ms", ThrottleYAML("{start_rate: 50, min_rate: 10, max_rate: 200}"), "bench-takeover", rows)
 	if err != nil {
 		return rep, err
 	}
