@@ -25,6 +25,10 @@ type LatencyRow struct {
 	// Aside is a row shown beside the bounds and judged by none: the replaced system's
 	// scenario with other throttle settings (mqbench --replaced-throttle).
 	Aside bool
+	// Next is the same scenario run again, NextRunAfter after the run before it ended,
+	// on the same fleet: a fleet that has run before, as a deployed one has (the rows
+	// without it are a fleet's first run).
+	Next bool
 	// ToFirst is the time from the producer's start to the first call, AfterLast from
 	// the last call to the summary (pipeline rows only): what the run's wall spends
 	// outside the calls.
@@ -55,10 +59,16 @@ func (s *Stack) simPeak(reset bool) (int64, error) {
 // starts: more than a worker's first listening period (throttle.HeartbeatEvery + 20 %).
 const FleetWarm = time.Second
 
+// NextRunAfter is how long after a run ends the fleet's next run starts (LatencyBound's
+// runs after the first): more than the throttle's idle spell (1 s), so that the fleet
+// resumes as after a break between runs, not as in mid-run.
+const NextRunAfter = 2 * time.Second
+
 // LatencyBound measures, at a model latency, the raw loop with HTTP at `slots` and the
 // pipeline with `workers` workers x slots/workers, each on a fresh stack; the pipeline
-// runs with the throttle given (the shipped defaults when "").
-func LatencyBound(ctx context.Context, c CostConfig, latency time.Duration, workers, slots, rows, queries int, throttle string) ([]LatencyRow, error) {
+// runs with the throttle given (the shipped defaults when ""), `runs` times on the same
+// fleet (the rows after the first are Next).
+func LatencyBound(ctx context.Context, c CostConfig, latency time.Duration, workers, slots, rows, queries, runs int, throttle string) ([]LatencyRow, error) {
 	dir, err := os.MkdirTemp(c.Dir, fmt.Sprintf("lat-%dx%d-", workers, slots/workers))
 	if err != nil {
 		return nil, err
@@ -90,16 +100,24 @@ func LatencyBound(ctx context.Context, c CostConfig, latency time.Duration, work
 	if err := sleepCtx(ctx, FleetWarm); err != nil {
 		return out, err
 	}
-	seq0 := s.lastSeq() // the raw loop's calls are not the pipeline's
-	row, err := c.pipeline(ctx, s, "", rows, queries)
-	if err != nil {
-		return out, err
+	for i := range max(runs, 1) {
+		name := fmt.Sprintf("pipeline %dx%d slots, %dx%d", workers, slots/workers, rows, queries)
+		if i > 0 {
+			if err := sleepCtx(ctx, NextRunAfter); err != nil {
+				return out, err
+			}
+			name += ", next run"
+		}
+		seq0 := s.lastSeq() // the raw loop's calls, and the run before's, are not this run's
+		row, err := c.pipeline(ctx, s, "", rows, queries)
+		if err != nil {
+			return out, err
+		}
+		sinceFirst, sinceLast := s.callSpan(seq0, row.Ended)
+		peak, _ := s.simPeak(true)
+		out = append(out, LatencyRow{Name: name, Slots: slots, Ideal: ideal, Achieved: row.Rate(), Wall: row.Wall, Peak: peak,
+			ToFirst: row.Wall - sinceFirst, AfterLast: sinceLast, Queries: rows * queries, Shipped: throttle == "", Next: i > 0})
 	}
-	sinceFirst, sinceLast := s.callSpan(seq0, row.Ended)
-	peak, _ := s.simPeak(true)
-	out = append(out, LatencyRow{Name: fmt.Sprintf("pipeline %dx%d slots, %dx%d", workers, slots/workers, rows, queries), Slots: slots,
-		Ideal: ideal, Achieved: row.Rate(), Wall: row.Wall, Peak: peak, ToFirst: row.Wall - sinceFirst, AfterLast: sinceLast,
-		Queries: rows * queries, Shipped: throttle == ""})
 	return out, nil
 }
 
