@@ -128,7 +128,7 @@ func (c ChurnConfig) runOnce(ctx context.Context, scenario, mode string, run int
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	dir := filepath.Join(c.Dir, fmt.Sprintf("churn-%s-%s-r%d", scenario, mode, run))
-	fs, err := startFleetStack(ctx, c.Bin, dir, simArgs(c.RPS, c.Burst, c.Latency), first, mode, "--throttle", mode)
+	fs, err := startFleetStack(ctx, c.Bin, dir, simArgs(c.RPS, c.Burst, c.Latency), first, mode, "", "--throttle", mode)
 	if err != nil {
 		return res, err
 	}

@@ -415,15 +415,11 @@ type fleetStack struct {
 }
 
 // startFleetStack starts a stack in dir (llmsim with sim), the fleet sh in mode with the
-// extra worker args, and the collector, and waits until every worker is up. The watcher
+// throttle settings (a YAML flow map, e.g. "{start_rate: 2000}"; "" for the shipped
+// defaults) and the extra worker args, and the collector, and waits until every worker
+// is up. The watcher
 // stops with ctx; Stop stops the processes.
-func startFleetStack(ctx context.Context, bin, dir string, sim []string, sh Shape, mode string, args ...string) (*fleetStack, error) {
-	return startFleetStackWith(ctx, bin, dir, sim, sh, mode, "", args...)
-}
-
-// startFleetStackWith is startFleetStack with the workers' throttle settings (a YAML
-// flow map, e.g. "{start_rate: 2000}"; "" for the shipped defaults).
-func startFleetStackWith(ctx context.Context, bin, dir string, sim []string, sh Shape, mode, throttle string, args ...string) (*fleetStack, error) {
+func startFleetStack(ctx context.Context, bin, dir string, sim []string, sh Shape, mode, throttle string, args ...string) (*fleetStack, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}

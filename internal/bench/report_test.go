@@ -65,15 +65,7 @@ func costRound(rawCPU, pipeCPU time.Duration, rawRate, pipeRate float64, left ui
 func TestCostBoundsHoldOnTheMedianRound(t *testing.T) {
 	good := costRound(100*time.Microsecond, 190*time.Microsecond, 1000, 600, 0)
 	bad := costRound(100*time.Microsecond, 230*time.Microsecond, 1000, 400, 0)
-	held := func(bs []Bound, asks string) bool {
-		for _, b := range bs {
-			if strings.HasPrefix(b.Asks, asks) {
-				return b.Met
-			}
-		}
-		t.Fatalf("no bound asks %q", asks)
-		return false
-	}
+	held := func(bs []Bound, asks string) bool { return boundAsking(t, bs, asks).Met }
 	if bs := CostBounds([][]CostRow{good, bad, good}, nil, nil); !held(bs, "CPU per query") || !held(bs, "throughput") {
 		t.Errorf("one bad round of three: %v", bs)
 	}
@@ -130,28 +122,19 @@ func TestLatencyAndReplacedBounds(t *testing.T) {
 			{Slots: 100, Ideal: 2000, Queries: 500, Wall: replacedWall, Peak: peak, Shipped: true},
 		}
 	}
-	get := func(bs []Bound, asks string) Bound {
-		for _, b := range bs {
-			if strings.Contains(b.Asks, asks) {
-				return b
-			}
-		}
-		t.Fatalf("no bound asks %q", asks)
-		return Bound{}
-	}
 	bs := CostBounds(nil, [][]LatencyRow{round(0.92, 0.85, 300*time.Millisecond, 100), round(0.91, 0.5, 350*time.Millisecond, 95), round(0.8, 0.9, 360*time.Millisecond, 98)}, nil)
-	if !get(bs, "64 slots").Met || !get(bs, "1024 slots").Met {
+	if !boundAsking(t, bs, "64 slots").Met || !boundAsking(t, bs, "1024 slots").Met {
 		t.Errorf("medians 91 %% and 85 %% did not hold: %v", bs)
 	}
-	if !get(bs, "replaced").Met {
+	if !boundAsking(t, bs, "replaced").Met {
 		t.Errorf("walls <= 0.375 s and peaks >= 90 did not hold: %v", bs)
 	}
 	bs = CostBounds(nil, [][]LatencyRow{round(0.92, 0.85, 300*time.Millisecond, 100), round(0.92, 0.85, 400*time.Millisecond, 100)}, nil)
-	if get(bs, "replaced").Met {
+	if boundAsking(t, bs, "replaced").Met {
 		t.Errorf("a 0.4 s round held the replaced system's bound of 0.375 s: %v", bs)
 	}
 	bs = CostBounds(nil, [][]LatencyRow{round(0.92, 0.85, 300*time.Millisecond, 89)}, nil)
-	if get(bs, "replaced").Met {
+	if boundAsking(t, bs, "replaced").Met {
 		t.Errorf("a peak of 89 held: %v", bs)
 	}
 }

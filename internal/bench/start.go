@@ -106,7 +106,7 @@ func (c StartConfig) once(ctx context.Context, headers string, sh Shape, rep int
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	dir := filepath.Join(c.Dir, fmt.Sprintf("start-%s-%s-r%d", headers, sh, rep))
-	fs, err := startFleetStackWith(ctx, c.Bin, dir, simArgs(c.RPS, c.Burst, c.Latency, headersArgs(headers)...), sh, "fleet", c.Throttle)
+	fs, err := startFleetStack(ctx, c.Bin, dir, simArgs(c.RPS, c.Burst, c.Latency, headersArgs(headers)...), sh, "fleet", c.Throttle)
 	if err != nil {
 		return nil, err
 	}

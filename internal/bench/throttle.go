@@ -134,7 +134,7 @@ func (c ThrottleConfig) runOnce(ctx context.Context, mode string, sh Shape, run 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	dir := filepath.Join(c.Dir, fmt.Sprintf("%s-%s-r%d", mode, sh, run))
-	fs, err := startFleetStack(ctx, c.Bin, dir, c.sim(), sh, mode, "--throttle", mode)
+	fs, err := startFleetStack(ctx, c.Bin, dir, c.sim(), sh, mode, "", "--throttle", mode)
 	if err != nil {
 		return cell, err
 	}
