@@ -366,7 +366,7 @@ func (s *Stack) ProduceRun(ctx context.Context, pipeline, input, run string) (st
 
 // summaryPoll is how often WaitSummary looks for the summary. A run's wall is taken
 // when it is seen, so the poll adds half of it to every wall on average: at 10 ms that
-// was ~5 ms of the replaced system's ~0.35 s runs. A look costs a failed open (~5 µs).
+// was ~5 ms of the replaced system's ~0.35 s runs. A look costs a failed open (~1 µs).
 const summaryPoll = time.Millisecond
 
 // WaitSummary waits for the run's summary.json.
