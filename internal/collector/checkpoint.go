@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"sort"
@@ -193,14 +194,7 @@ func (c *Collector) purgeRows(_ context.Context, r *run) {
 	if r.emittedTop < r.purgedBelow {
 		return // nothing emitted since the last purge
 	}
-	bound := c.resultsSeen + 1
-	for _, rs := range r.rows {
-		for _, seq := range rs.resultSeqs {
-			if seq != 0 && seq < bound {
-				bound = seq
-			}
-		}
-	}
+	bound := min(c.resultsSeen+1, r.lowestHeld())
 	if bound <= r.purgedBelow {
 		return
 	}
@@ -209,6 +203,60 @@ func (c *Collector) purgeRows(_ context.Context, r *run) {
 		r.purgedBelow = bound
 	default:
 	}
+}
+
+// heldResult is one entry of run.held: the result at seq, of query qi of row.
+type heldResult struct {
+	seq     uint64
+	row, qi int
+}
+
+// hold indexes a result just applied to a row not yet out (run.held).
+func (r *run) hold(row, qi int, seq uint64) {
+	if n := len(r.held); n > r.heldFrom && seq < r.held[n-1].seq {
+		r.heldUnordered = true
+	}
+	r.held = append(r.held, heldResult{seq: seq, row: row, qi: qi})
+}
+
+// holds reports whether h is a result of a row still waiting to go out.
+func (r *run) holds(h heldResult) bool {
+	rs := r.rows[h.row]
+	return rs != nil && rs.resultSeqs[h.qi] == h.seq
+}
+
+// lowestHeld is the lowest sequence of a result whose row is not yet out (MaxUint64:
+// none). It drops the index's leading entries of rows gone out, and compacts the index
+// when most of it is such entries (a row that waits long keeps the entries after it).
+func (r *run) lowestHeld() uint64 {
+	if r.heldUnordered {
+		lowest := uint64(math.MaxUint64)
+		for _, rs := range r.rows {
+			for _, seq := range rs.resultSeqs {
+				if seq != 0 && seq < lowest {
+					lowest = seq
+				}
+			}
+		}
+		return lowest
+	}
+	for r.heldFrom < len(r.held) && !r.holds(r.held[r.heldFrom]) {
+		r.heldFrom++
+	}
+	if r.heldFrom == len(r.held) {
+		r.held, r.heldFrom = r.held[:0], 0
+		return math.MaxUint64
+	}
+	if live := len(r.rows) * r.m; len(r.held) > 1024 && len(r.held) > 2*live {
+		kept := r.held[:0]
+		for _, h := range r.held[r.heldFrom:] {
+			if r.holds(h) {
+				kept = append(kept, h)
+			}
+		}
+		r.held, r.heldFrom = kept, 0
+	}
+	return r.held[r.heldFrom].seq
 }
 
 // purge is one request to the purger: the messages of subject below a sequence, or

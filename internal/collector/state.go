@@ -36,7 +36,16 @@ type run struct {
 	// emitted row).
 	purgedBelow uint64
 	emittedTop  uint64
-	started     time.Time
+	// held is the purge bound's index: every result applied to a row not yet out, in
+	// the order read (heldFrom: the entries before it are of rows gone out). The stream
+	// is read in order, so the first entry whose row still holds it is the lowest
+	// sequence still needed, and a checkpoint reads it without visiting every waiting
+	// row. heldUnordered: a sequence came below the last one (never, as the stream is
+	// read); purgeRows then visits every waiting row instead.
+	held          []heldResult
+	heldFrom      int
+	heldUnordered bool
+	started       time.Time
 	// statusRev is the revision of the run's status key this collector last saw or
 	// wrote: status writes are compare-and-set on it.
 	statusRev uint64
@@ -410,6 +419,7 @@ func (c *Collector) applyResult(ctx context.Context, r *run, ev event) error {
 	}
 	rs.set(qi)
 	rs.resultSeqs[qi] = ev.seq
+	r.hold(ev.row, qi, ev.seq)
 	if c.cached+int64(len(ev.data)) <= c.cfg.MemoryLimit {
 		rs.results[qi] = ev.data
 		c.cached += int64(len(ev.data))
