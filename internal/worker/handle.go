@@ -462,8 +462,7 @@ func (w *Worker) publishResult(ctx context.Context, res *wire.Result) error {
 	// gets 10077 while the first is stored; a duplicate window would only cost the
 	// server a map entry per result for two minutes.
 	return queue.RetryPublish(ctx, w.log, w.names, subj, func(ctx context.Context) error {
-		_, err := w.js.Publish(ctx, subj, data)
-		return err
+		return queue.Publish(ctx, w.js.Conn(), subj, data)
 	})
 }
 
