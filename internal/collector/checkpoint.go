@@ -230,15 +230,7 @@ func (r *run) holds(h heldResult) bool {
 // when most of it is such entries (a row that waits long keeps the entries after it).
 func (r *run) lowestHeld() uint64 {
 	if r.heldUnordered {
-		lowest := uint64(math.MaxUint64)
-		for _, rs := range r.rows {
-			for _, seq := range rs.resultSeqs {
-				if seq != 0 && seq < lowest {
-					lowest = seq
-				}
-			}
-		}
-		return lowest
+		return r.lowestWaiting()
 	}
 	for r.heldFrom < len(r.held) && !r.holds(r.held[r.heldFrom]) {
 		r.heldFrom++
@@ -257,6 +249,20 @@ func (r *run) lowestHeld() uint64 {
 		r.held, r.heldFrom = kept, 0
 	}
 	return r.held[r.heldFrom].seq
+}
+
+// lowestWaiting is lowestHeld by its definition: a visit of every waiting row's
+// results (MaxUint64: none).
+func (r *run) lowestWaiting() uint64 {
+	lowest := uint64(math.MaxUint64)
+	for _, rs := range r.rows {
+		for _, seq := range rs.resultSeqs {
+			if seq != 0 && seq < lowest {
+				lowest = seq
+			}
+		}
+	}
+	return lowest
 }
 
 // purge is one request to the purger: the messages of subject below a sequence, or
