@@ -66,6 +66,93 @@ func TestAPaidCallIsNotRepeatedWhileItsResultCannotBeStored(t *testing.T) {
 	}
 }
 
+// A slot is a model call: once a job's call has answered, the next job's call starts
+// while the first one's result is still being stored. With one slot and the results
+// stream gone, a second job is called; the calls stop once every handler is storing a
+// result (a worker with one slot has three: its call slot, its reserve, and one for a
+// result being stored), so not every job is called; never two calls at once. Every row
+// completes, one call each, once the stream is back.
+func TestTheNextCallDoesNotWaitForTheLastResultToBeStored(t *testing.T) {
+	e := setup(t, llmsim.Config{})
+	ctx := context.Background()
+	const rows, handlers = 6, 3
+	rep, err := e.produce(e.pipeline(matrixPipeline(1, 1, "")), csvRows(rows, nil), input.CSV)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Hold the run until the results stream is gone (the worker ensures it at start).
+	if err := status.SetControl(ctx, e.js, e.topo.Names, rep.Run, wire.ControlPaused); err != nil {
+		t.Fatal(err)
+	}
+	e.startWorker(workerOpts{concurrency: 1})
+	waitFor(t, 20*time.Second, "the worker's job consumer", func() bool { return e.consumerExists("default", rep.Run) })
+	if err := e.js.DeleteStream(ctx, wire.StreamResults); err != nil {
+		t.Fatal(err)
+	}
+	if err := status.SetControl(ctx, e.js, e.topo.Names, rep.Run, wire.ControlRunning); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 20*time.Second, "a second call while the first result waits to be stored", func() bool { return e.sim.Stats().Requests >= 2 })
+	time.Sleep(2 * time.Second) // room for more calls, were they allowed
+	if st := e.sim.Stats(); st.Requests+st.InFlight > handlers {
+		n := st.Requests + st.InFlight
+		t.Fatalf("llmsim had %d calls while no result could be stored, want at most %d (one a handler)", n, handlers)
+	}
+	if err := queue.Ensure(ctx, e.js, e.topo); err != nil {
+		t.Fatal(err)
+	}
+	e.startCollector("")
+	sum := e.waitSummary(rep.Run, 60*time.Second)
+	if sum.Stats.RowsOK != rows {
+		t.Fatalf("rows ok = %d, want %d", sum.Stats.RowsOK, rows)
+	}
+	st := e.sim.Stats()
+	if st.Requests != rows {
+		t.Fatalf("llmsim answered %d calls for %d jobs, want exactly one each", st.Requests, rows)
+	}
+	if st.PeakInFlight != 1 {
+		t.Fatalf("llmsim saw %d calls at once from a worker with one slot, want 1", st.PeakInFlight)
+	}
+}
+
+// A worker fetches a job ahead of a free call slot (its reserve), so that the next
+// call starts when one ends, without a fetch's round trip: with one slot and calls
+// longer than AckWait, the second job is delivered while the first call runs, waits
+// for the slot kept in progress (no redelivery, no second call of it), and its call
+// starts only when the first has answered.
+func TestAJobFetchedAheadWaitsForACallSlotKeptInProgress(t *testing.T) {
+	e := setup(t, llmsim.Config{Latency: 2500 * time.Millisecond})
+	e.topo.AckWait = time.Second
+	ctx := context.Background()
+	const rows = 2
+	rep, err := e.produce(e.pipeline(matrixPipeline(1, 1, "")), csvRows(rows, nil), input.CSV)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cons, err := queue.EnsureJobConsumer(ctx, e.js, e.topo, "default", rep.Run)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.startWorker(workerOpts{concurrency: 1})
+	e.startCollector("")
+	waitFor(t, 20*time.Second, "the first call", func() bool { return e.sim.Stats().InFlight == 1 })
+	waitFor(t, 2*time.Second, "the second job delivered while the first call runs", func() bool {
+		info, err := cons.Info(ctx)
+		return err == nil && info.NumAckPending == rows && e.sim.Stats().Requests == 0
+	})
+	sum := e.waitSummary(rep.Run, 60*time.Second)
+	if sum.Stats.RowsOK != rows {
+		t.Fatalf("rows ok = %d, want %d", sum.Stats.RowsOK, rows)
+	}
+	st := e.sim.Stats()
+	if n := st.Requests + st.InFlight; n != rows {
+		t.Fatalf("llmsim had %d calls for %d jobs, want one each (the job waiting for its slot was redelivered?)", n, rows)
+	}
+	if st.PeakInFlight != 1 {
+		t.Fatalf("llmsim saw %d calls at once from a worker with one slot, want 1", st.PeakInFlight)
+	}
+}
+
 // Issue 8 item 7: summary.json counts what the provider billed, to the call and the
 // token: 429s, invalid JSON and truncated answers included, NAKs without a call not.
 func TestTheSummaryCountsWhatTheProviderBilled(t *testing.T) {

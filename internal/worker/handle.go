@@ -89,8 +89,9 @@ func (st *retryState) naks() uint64 {
 // facts and carries the action out. d is the deployment the job was fetched for (an
 // alias, or a pool: pool.go); permit is the deployment whose throttle permit the
 // delivery holds: d, a member of d's pool, or nil when it was fetched without one (its
-// run's jobs use the prompt cache, cache.go).
-func (w *Worker) handle(ctx context.Context, d *deployment, msg jetstream.Msg, permit *deployment) {
+// run's jobs use the prompt cache, cache.go). slot is what the delivery holds in the
+// worker: the call takes a call slot, and frees both once its last call has answered.
+func (w *Worker) handle(ctx context.Context, d *deployment, msg jetstream.Msg, permit *deployment, slot *slotHold) {
 	// The job's logger is built once, when the job is known (a With allocates).
 	base := func() zerolog.Context { return w.log.With().Str("deployment", d.alias).Str("subject", msg.Subject()) }
 	var log zerolog.Logger
@@ -129,7 +130,7 @@ func (w *Worker) handle(ctx context.Context, d *deployment, msg jetstream.Msg, p
 		_ = msg.Nak()
 		return
 	}
-	dl := &delivery{d: d, msg: msg, job: &job, attempt: int(meta.NumDelivered), log: log}
+	dl := &delivery{d: d, msg: msg, job: &job, attempt: int(meta.NumDelivered), log: log, slot: slot}
 	if d.pool != nil { // a pool's job: the call goes to the member whose permit it holds (pool.go)
 		dl.pool = d
 		if permit != nil {
@@ -200,6 +201,10 @@ type delivery struct {
 	attempt int
 	log     zerolog.Logger
 	prior   *retryState // the retry state read before the call (a redelivery that may be a re-ask)
+	// slot is what the delivery holds in the worker (a fetching slot, then a call
+	// slot), freed once no call is left to make: the result is stored and the job
+	// acked outside them.
+	slot *slotHold
 	// A pool's job (pool.go): pool is the pool, d the member called (the pool itself
 	// until a member's permit is taken); tried are the members called in this
 	// delivery, carried what their calls cost.
@@ -217,6 +222,7 @@ func (w *Worker) call(ctx context.Context, dl *delivery, in outcomeInput) {
 	// Keep the message ours while the call runs (AckWait is short so that a killed
 	// worker's jobs come back quickly).
 	unhold := w.keep.hold(dl.msg)
+	dl.slot.takeCall(ctx) // a job fetched into the reserve waits here, kept in progress
 	w.m.calls.WithLabelValues(d.alias).Inc()
 	req, reask := w.reask(ctx, dl)
 	est := d.chargeTokens(&req)
@@ -248,6 +254,7 @@ func (w *Worker) call(ctx context.Context, dl *delivery, in outcomeInput) {
 		w.call(ctx, dl, in)
 		return
 	}
+	dl.slot.free() // no more calls for this delivery: the next job's may start
 	st, unsaved := w.tally(ctx, dl, &in, callErr, this.plus(dl.carried))
 	var res *wire.Result
 	if c.class == classOK {

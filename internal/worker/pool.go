@@ -261,9 +261,9 @@ func (w *Worker) fetchPool(ctx context.Context, p *deployment, pulls *pullers, r
 		<-slots
 		return false
 	}
-	granted := make([]*deployment, 1, p.slots)
+	granted := make([]*deployment, 1, cap(slots))
 	granted[0] = first
-	for len(granted) < p.slots && tryTake(slots) {
+	for len(granted) < cap(slots) && tryTake(slots) {
 		m, _ := w.tryMember(p, nil)
 		if m == nil {
 			<-slots

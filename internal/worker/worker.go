@@ -433,14 +433,16 @@ func (w *Worker) drain(inflight *sync.WaitGroup, cancelCalls context.CancelFunc)
 }
 
 // fetchLoop pulls jobs for one deployment (an alias, or a pool: fetchPool): a slot and
-// a pacing permit first, then a fetch of at most that many messages, so no message
-// waits in the worker.
+// a pacing permit first, then a fetch of at most that many messages. The slots it
+// fetches for are the deployment's call slots and a reserve (reserveOf): a job fetched
+// into the reserve waits in the worker for a call slot, so that when a call ends the
+// next one starts without a fetch's round trip. No other message waits in the worker.
 func (w *Worker) fetchLoop(ctx, callCtx context.Context, d *deployment, inflight *sync.WaitGroup) {
-	slots := make(chan struct{}, d.slots)
+	slots := make(chan struct{}, d.slots+reserveOf(d.slots))
 	release := func() { <-slots }
-	pulls := newPullers(w.js.Conn(), w.names.StreamJobs(), d.alias, d.slots)
+	pulls := newPullers(w.js.Conn(), w.names.StreamJobs(), d.alias, cap(slots))
 	defer pulls.close()
-	handlers := w.handlers(callCtx, d, inflight, release)
+	handlers := w.handlers(callCtx, d, inflight, cap(slots), release)
 	defer close(handlers) // the handlers finish their jobs (Run waits for them), then exit
 	for ctx.Err() == nil {
 		// Paused (Retry-After, or a deployment-wide error): take no slot, fetch nothing.
@@ -471,7 +473,7 @@ func (w *Worker) fetchLoop(ctx, callCtx context.Context, d *deployment, inflight
 			// without a permit, as many as slots are free; a job the cache does not
 			// answer takes its permit before its call (cache.go).
 			n := 1
-			for n < d.slots && tryTake(slots) {
+			for n < cap(slots) && tryTake(slots) {
 				n++
 			}
 			// Nothing there: wait for jobs only when no other run could take the turn.
@@ -493,7 +495,7 @@ func (w *Worker) fetchLoop(ctx, callCtx context.Context, d *deployment, inflight
 			return
 		}
 		n := 1
-		for n < d.slots {
+		for n < cap(slots) {
 			if ok, _ := d.tryPermit(); !ok {
 				break
 			}
@@ -514,25 +516,72 @@ func (w *Worker) fetchLoop(ctx, callCtx context.Context, d *deployment, inflight
 	}
 }
 
-// handlers starts one goroutine per slot, each handling the jobs sent to the returned
-// channel one after the other and releasing the job's slot after each: a goroutine per
-// job would grow a fresh stack through the HTTP client's calls every time. A job is
-// sent only with a slot taken, so one goroutine is free or about to be (the channel
-// holds a job per slot, so sending never waits). They exit when the channel is closed;
-// inflight counts them.
-func (w *Worker) handlers(callCtx context.Context, d *deployment, inflight *sync.WaitGroup, release func()) chan<- fetched {
-	jobs := make(chan fetched, d.slots)
-	inflight.Add(d.slots)
-	for range d.slots {
+// reserveOf is the reserve of a deployment with `slots` call slots: jobs fetched ahead
+// of a free call slot, one per 16 slots (at least one). Each waits about a call's
+// length / 16 for its slot, kept in progress meanwhile.
+func reserveOf(slots int) int { return (slots + 15) / 16 }
+
+// handlers starts the goroutines that handle the jobs sent to the returned channel,
+// each one job after the other: a goroutine per job would grow a fresh stack through
+// the HTTP client's calls every time. A job is sent with one of the fetch loop's
+// `fetching` slots taken (call slots and reserve); its call takes one of d.slots call
+// slots (slotHold), and both are released as soon as its last call has answered, so
+// the next job's call overlaps this one's result publish and ack instead of waiting for
+// them. The channel holds a job per fetching slot, so sending never waits; with a
+// goroutine per fetching slot and one per call slot for the results being stored, a
+// job waits in the channel only while more than a slot's worth of results are (NATS
+// slow), and the slots it holds then stop the fetches. They exit when the channel is
+// closed; inflight counts them.
+func (w *Worker) handlers(callCtx context.Context, d *deployment, inflight *sync.WaitGroup, fetching int, release func()) chan<- fetched {
+	jobs := make(chan fetched, fetching)
+	calls := make(chan struct{}, d.slots)
+	inflight.Add(fetching + d.slots)
+	for range fetching + d.slots {
 		go func() {
 			defer inflight.Done()
+			slot := &slotHold{calls: calls, release: release}
 			for f := range jobs {
-				w.handle(callCtx, d, f.msg, f.permit)
-				release()
+				slot.fetched = true
+				w.handle(callCtx, d, f.msg, f.permit, slot)
+				slot.free()
 			}
 		}()
 	}
 	return jobs
+}
+
+// slotHold is what a handler's job holds: its fetching slot, from the fetch until free,
+// and a call slot, from takeCall until free. One handler goroutine uses it.
+type slotHold struct {
+	calls   chan struct{} // the call slots
+	release func()        // gives the fetching slot back
+	fetched bool          // the fetching slot is held
+	calling bool          // a call slot is held
+}
+
+// takeCall waits for a call slot unless one is held. When ctx ends first it returns
+// without one: the call then fails at once, as a drained call does.
+func (s *slotHold) takeCall(ctx context.Context) {
+	if s.calling {
+		return
+	}
+	select {
+	case s.calls <- struct{}{}:
+		s.calling = true
+	case <-ctx.Done():
+	}
+}
+
+// free releases what the job holds: no call is left to make.
+func (s *slotHold) free() {
+	if s.calling {
+		s.calling = false
+		<-s.calls
+	}
+	if s.fetched {
+		s.fetched = false
+		s.release()
+	}
 }
 
 // fetched is a delivery on its way to a handler: permit is the deployment whose
