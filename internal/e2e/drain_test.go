@@ -1,11 +1,13 @@
 package e2e
 
 import (
+	"context"
 	"testing"
 	"time"
 
 	"github.com/multiquery/multiquery/internal/input"
 	"github.com/multiquery/multiquery/internal/llmsim"
+	"github.com/multiquery/multiquery/internal/queue"
 )
 
 func waitInFlight(t *testing.T, e *env, n int64) {
@@ -67,6 +69,42 @@ func TestDrain(t *testing.T) {
 		sum := e.waitSummary(rep.Run, 2*time.Minute)
 		if sum.Stats.RowsOK != 4 {
 			t.Fatalf("%d rows ok, want 4", sum.Stats.RowsOK)
+		}
+	})
+	t.Run("a job fetched ahead and not yet called goes back at once", func(t *testing.T) {
+		// One slot: a call in flight and a job in the reserve waiting for its slot.
+		// Draining finishes the call and gives the waiting job back uncalled: NAKed,
+		// so the next worker has it at once (an AckWait of 10 minutes: a job kept
+		// would not come back within the test's time).
+		e := setup(t, llmsim.Config{Latency: 800 * time.Millisecond})
+		e.topo.AckWait = 10 * time.Minute
+		ctx := context.Background()
+		rep, err := e.produce(e.pipeline(matrixPipeline(1, 1, "")), csvRows(3, nil), input.CSV)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cons, err := queue.EnsureJobConsumer(ctx, e.js, e.topo, "default", rep.Run)
+		if err != nil {
+			t.Fatal(err)
+		}
+		stop := e.startWorker(workerOpts{concurrency: 1})
+		waitInFlight(t, e, 1)
+		waitFor(t, 10*time.Second, "a second job in the reserve", func() bool {
+			info, err := cons.Info(ctx)
+			return err == nil && info.NumAckPending == 2
+		})
+		stop()
+		if n := e.sim.Stats().Requests; n != 1 {
+			t.Fatalf("llmsim answered %d calls before the drain ended, want 1: the waiting job was called", n)
+		}
+		e.startWorker(workerOpts{concurrency: 1})
+		e.startCollector("")
+		sum := e.waitSummary(rep.Run, time.Minute)
+		if sum.Stats.RowsOK != 3 {
+			t.Fatalf("%d rows ok, want 3", sum.Stats.RowsOK)
+		}
+		if n := e.sim.Stats().Requests; n != 3 {
+			t.Fatalf("llmsim answered %d calls for 3 jobs, want one each", n)
 		}
 	})
 }

@@ -222,7 +222,22 @@ func (w *Worker) call(ctx context.Context, dl *delivery, in outcomeInput) {
 	// Keep the message ours while the call runs (AckWait is short so that a killed
 	// worker's jobs come back quickly).
 	unhold := w.keep.hold(dl.msg)
-	dl.slot.takeCall(ctx) // a job fetched into the reserve waits here, kept in progress
+	// A job fetched into the reserve waits here for a call slot, kept in progress.
+	if waited, ok := dl.slot.takeCall(ctx); !ok {
+		unhold()
+		d.refundPermit()
+		_ = dl.msg.Nak() // the worker drains: not called, the job goes back at once
+		return
+	} else if waited && dl.pool == nil {
+		// Paused (Retry-After, a deployment-wide error) while it waited: do not
+		// dispatch into the pause (decide's rule, checked again).
+		if in.pausedFor = d.ctrl.PausedFor(); in.pausedFor > 0 {
+			unhold()
+			d.refundPermit()
+			w.act(ctx, dl, decide(in), nil, spend{}, spend{})
+			return
+		}
+	}
 	w.m.calls.WithLabelValues(d.alias).Inc()
 	req, reask := w.reask(ctx, dl)
 	est := d.chargeTokens(&req)

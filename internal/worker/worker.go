@@ -442,7 +442,7 @@ func (w *Worker) fetchLoop(ctx, callCtx context.Context, d *deployment, inflight
 	release := func() { <-slots }
 	pulls := newPullers(w.js.Conn(), w.names.StreamJobs(), d.alias, cap(slots))
 	defer pulls.close()
-	handlers := w.handlers(callCtx, d, inflight, cap(slots), release)
+	handlers := w.handlers(callCtx, ctx.Done(), d, inflight, cap(slots), release)
 	defer close(handlers) // the handlers finish their jobs (Run waits for them), then exit
 	for ctx.Err() == nil {
 		// Paused (Retry-After, or a deployment-wide error): take no slot, fetch nothing.
@@ -532,14 +532,14 @@ func reserveOf(slots int) int { return (slots + 15) / 16 }
 // job waits in the channel only while more than a slot's worth of results are (NATS
 // slow), and the slots it holds then stop the fetches. They exit when the channel is
 // closed; inflight counts them.
-func (w *Worker) handlers(callCtx context.Context, d *deployment, inflight *sync.WaitGroup, fetching int, release func()) chan<- fetched {
+func (w *Worker) handlers(callCtx context.Context, stop <-chan struct{}, d *deployment, inflight *sync.WaitGroup, fetching int, release func()) chan<- fetched {
 	jobs := make(chan fetched, fetching)
 	calls := make(chan struct{}, d.slots)
 	inflight.Add(fetching + d.slots)
 	for range fetching + d.slots {
 		go func() {
 			defer inflight.Done()
-			slot := &slotHold{calls: calls, release: release}
+			slot := &slotHold{calls: calls, stop: stop, release: release}
 			for f := range jobs {
 				slot.fetched = true
 				w.handle(callCtx, d, f.msg, f.permit, slot)
@@ -553,23 +553,34 @@ func (w *Worker) handlers(callCtx context.Context, d *deployment, inflight *sync
 // slotHold is what a handler's job holds: its fetching slot, from the fetch until free,
 // and a call slot, from takeCall until free. One handler goroutine uses it.
 type slotHold struct {
-	calls   chan struct{} // the call slots
-	release func()        // gives the fetching slot back
-	fetched bool          // the fetching slot is held
-	calling bool          // a call slot is held
+	calls   chan struct{}   // the call slots
+	stop    <-chan struct{} // closed when the worker stops fetching (drain)
+	release func()          // gives the fetching slot back
+	fetched bool            // the fetching slot is held
+	calling bool            // a call slot is held
 }
 
-// takeCall waits for a call slot unless one is held. When ctx ends first it returns
-// without one: the call then fails at once, as a drained call does.
-func (s *slotHold) takeCall(ctx context.Context) {
+// takeCall takes a call slot unless one is held, waiting for one if none is free
+// (waited). It fails (ok false) when the worker drains or ctx ends first: a job not yet
+// called then goes back to the queue at once.
+func (s *slotHold) takeCall(ctx context.Context) (waited, ok bool) {
 	if s.calling {
-		return
+		return false, true
 	}
 	select {
 	case s.calls <- struct{}{}:
 		s.calling = true
+		return false, true
+	default:
+	}
+	select {
+	case s.calls <- struct{}{}:
+		s.calling = true
+		return true, true
+	case <-s.stop:
 	case <-ctx.Done():
 	}
+	return true, false
 }
 
 // free releases what the job holds: no call is left to make.
