@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/multiquery/multiquery/internal/collector"
 	"github.com/multiquery/multiquery/internal/input"
 	"github.com/multiquery/multiquery/internal/llmsim"
 	"github.com/multiquery/multiquery/internal/queue"
@@ -24,43 +25,59 @@ func (e *env) consumerExists(alias, run string) bool {
 	return err == nil
 }
 
+// withoutResultsStream produces rows, starts a worker with `concurrency` slots and lets
+// it call them with the results stream gone (the worker ensures it at start, so the
+// run is held until the stream is deleted); it returns the run.
+func (e *env) withoutResultsStream(rows, concurrency int) string {
+	e.t.Helper()
+	ctx := context.Background()
+	rep, err := e.produce(e.pipeline(matrixPipeline(1, 1, "")), csvRows(rows, nil), input.CSV)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if err := status.SetControl(ctx, e.js, e.topo.Names, rep.Run, wire.ControlPaused); err != nil {
+		e.t.Fatal(err)
+	}
+	e.startWorker(workerOpts{concurrency: concurrency})
+	waitFor(e.t, 20*time.Second, "the worker's job consumer", func() bool { return e.consumerExists("default", rep.Run) })
+	if err := e.js.DeleteStream(ctx, wire.StreamResults); err != nil {
+		e.t.Fatal(err)
+	}
+	if err := status.SetControl(ctx, e.js, e.topo.Names, rep.Run, wire.ControlRunning); err != nil {
+		e.t.Fatal(err)
+	}
+	return rep.Run
+}
+
+// resultsStreamBack restores the results stream, collects the run and checks that
+// every row completed with one call a job.
+func (e *env) resultsStreamBack(run string, rows int) collector.Summary {
+	e.t.Helper()
+	if err := queue.Ensure(context.Background(), e.js, e.topo); err != nil {
+		e.t.Fatal(err)
+	}
+	e.startCollector("")
+	sum := e.waitSummary(run, 60*time.Second)
+	if sum.Stats.RowsOK != rows {
+		e.t.Fatalf("rows ok = %d, want %d", sum.Stats.RowsOK, rows)
+	}
+	if n := e.sim.Stats().Requests; n != int64(rows) {
+		e.t.Fatalf("llmsim answered %d calls for %d jobs, want exactly one each", n, rows)
+	}
+	return sum
+}
+
 // Issue 8 item 5: a worker that cannot store a paid answer keeps the job (InProgress)
 // and retries the publish, never the call: a results stream gone for four AckWaits
 // costs no second call, and every row completes once it is back.
 func TestAPaidCallIsNotRepeatedWhileItsResultCannotBeStored(t *testing.T) {
 	e := setup(t, llmsim.Config{})
 	e.topo.AckWait = time.Second
-	ctx := context.Background()
 	const rows = 8
-	rep, err := e.produce(e.pipeline(matrixPipeline(1, 1, "")), csvRows(rows, nil), input.CSV)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Hold the run until the results stream is gone (the worker ensures it at start).
-	if err := status.SetControl(ctx, e.js, e.topo.Names, rep.Run, wire.ControlPaused); err != nil {
-		t.Fatal(err)
-	}
-	e.startWorker(workerOpts{concurrency: rows})
-	waitFor(t, 20*time.Second, "the worker's job consumer", func() bool { return e.consumerExists("default", rep.Run) })
-	if err := e.js.DeleteStream(ctx, wire.StreamResults); err != nil {
-		t.Fatal(err)
-	}
-	if err := status.SetControl(ctx, e.js, e.topo.Names, rep.Run, wire.ControlRunning); err != nil {
-		t.Fatal(err)
-	}
+	run := e.withoutResultsStream(rows, rows)
 	waitFor(t, 20*time.Second, "one call per job", func() bool { return e.sim.Stats().Requests >= rows })
 	time.Sleep(4 * e.topo.AckWait) // the outage under test: four times AckWait
-	if err := queue.Ensure(ctx, e.js, e.topo); err != nil {
-		t.Fatal(err)
-	}
-	e.startCollector("")
-	sum := e.waitSummary(rep.Run, 60*time.Second)
-	if sum.Stats.RowsOK != rows {
-		t.Fatalf("rows ok = %d, want %d", sum.Stats.RowsOK, rows)
-	}
-	if n := e.sim.Stats().Requests; n != rows {
-		t.Fatalf("llmsim answered %d calls for %d jobs, want exactly one each", n, rows)
-	}
+	sum := e.resultsStreamBack(run, rows)
 	if sum.Stats.Calls != rows {
 		t.Fatalf("summary calls = %d, want %d", sum.Stats.Calls, rows)
 	}
@@ -74,44 +91,16 @@ func TestAPaidCallIsNotRepeatedWhileItsResultCannotBeStored(t *testing.T) {
 // completes, one call each, once the stream is back.
 func TestTheNextCallDoesNotWaitForTheLastResultToBeStored(t *testing.T) {
 	e := setup(t, llmsim.Config{})
-	ctx := context.Background()
 	const rows, handlers = 6, 3
-	rep, err := e.produce(e.pipeline(matrixPipeline(1, 1, "")), csvRows(rows, nil), input.CSV)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Hold the run until the results stream is gone (the worker ensures it at start).
-	if err := status.SetControl(ctx, e.js, e.topo.Names, rep.Run, wire.ControlPaused); err != nil {
-		t.Fatal(err)
-	}
-	e.startWorker(workerOpts{concurrency: 1})
-	waitFor(t, 20*time.Second, "the worker's job consumer", func() bool { return e.consumerExists("default", rep.Run) })
-	if err := e.js.DeleteStream(ctx, wire.StreamResults); err != nil {
-		t.Fatal(err)
-	}
-	if err := status.SetControl(ctx, e.js, e.topo.Names, rep.Run, wire.ControlRunning); err != nil {
-		t.Fatal(err)
-	}
+	run := e.withoutResultsStream(rows, 1)
 	waitFor(t, 20*time.Second, "a second call while the first result waits to be stored", func() bool { return e.sim.Stats().Requests >= 2 })
 	time.Sleep(2 * time.Second) // room for more calls, were they allowed
 	if st := e.sim.Stats(); st.Requests+st.InFlight > handlers {
-		n := st.Requests + st.InFlight
-		t.Fatalf("llmsim had %d calls while no result could be stored, want at most %d (one a handler)", n, handlers)
+		t.Fatalf("llmsim had %d calls while no result could be stored, want at most %d (one a handler)", st.Requests+st.InFlight, handlers)
 	}
-	if err := queue.Ensure(ctx, e.js, e.topo); err != nil {
-		t.Fatal(err)
-	}
-	e.startCollector("")
-	sum := e.waitSummary(rep.Run, 60*time.Second)
-	if sum.Stats.RowsOK != rows {
-		t.Fatalf("rows ok = %d, want %d", sum.Stats.RowsOK, rows)
-	}
-	st := e.sim.Stats()
-	if st.Requests != rows {
-		t.Fatalf("llmsim answered %d calls for %d jobs, want exactly one each", st.Requests, rows)
-	}
-	if st.PeakInFlight != 1 {
-		t.Fatalf("llmsim saw %d calls at once from a worker with one slot, want 1", st.PeakInFlight)
+	e.resultsStreamBack(run, rows)
+	if peak := e.sim.Stats().PeakInFlight; peak != 1 {
+		t.Fatalf("llmsim saw %d calls at once from a worker with one slot, want 1", peak)
 	}
 }
 
