@@ -10,7 +10,6 @@ import (
 	"github.com/multiquery/multiquery/internal/collector"
 	"github.com/multiquery/multiquery/internal/input"
 	"github.com/multiquery/multiquery/internal/llmsim"
-	"github.com/multiquery/multiquery/internal/queue"
 )
 
 // Issue 10, acceptance: the backlog metric (mq_jobs_backlog, exported by the active
@@ -54,10 +53,7 @@ func TestTheBacklogCountsQueuedJobsNotThoseHeldBack(t *testing.T) {
 	// No worker yet: the run's job consumer is made as a worker makes it when the run
 	// opens.
 	ctx := context.Background()
-	cons, err := queue.EnsureJobConsumer(ctx, e.js, e.topo, "default", rep.Run)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cons := e.jobConsumer(rep.Run)
 	t.Run("the backlog is the number of jobs queued", func(t *testing.T) {
 		waitFor(t, 20*time.Second, "mq_jobs_backlog{deployment=default} 20", func() bool { return backlog() == rows })
 	})

@@ -7,7 +7,6 @@ import (
 
 	"github.com/multiquery/multiquery/internal/input"
 	"github.com/multiquery/multiquery/internal/llmsim"
-	"github.com/multiquery/multiquery/internal/queue"
 )
 
 func waitInFlight(t *testing.T, e *env, n int64) {
@@ -83,10 +82,7 @@ func TestDrain(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		cons, err := queue.EnsureJobConsumer(ctx, e.js, e.topo, "default", rep.Run)
-		if err != nil {
-			t.Fatal(err)
-		}
+		cons := e.jobConsumer(rep.Run)
 		stop := e.startWorker(workerOpts{concurrency: 1})
 		waitInFlight(t, e, 1)
 		waitFor(t, 10*time.Second, "a second job in the reserve", func() bool {

@@ -185,6 +185,17 @@ func (e *env) startCollector(order string) func() {
 	})
 }
 
+// jobConsumer is a run's job consumer for the default deployment (created if the
+// worker has not yet).
+func (e *env) jobConsumer(run string) jetstream.Consumer {
+	e.t.Helper()
+	cons, err := queue.EnsureJobConsumer(context.Background(), e.js, e.topo, "default", run)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return cons
+}
+
 // run starts a component; the returned stop cancels it and waits for Run to return.
 func (e *env) run(name string, fn func(context.Context) error) func() {
 	ctx, cancel := context.WithCancel(context.Background())

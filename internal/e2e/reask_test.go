@@ -13,7 +13,6 @@ import (
 
 	"github.com/multiquery/multiquery/internal/input"
 	"github.com/multiquery/multiquery/internal/llmsim"
-	"github.com/multiquery/multiquery/internal/queue"
 	"github.com/multiquery/multiquery/internal/sink"
 	"github.com/multiquery/multiquery/internal/wire"
 	"github.com/multiquery/multiquery/internal/worker"
@@ -175,10 +174,7 @@ func TestAReaskSurvivesTheWorkerThatCountedTheBadAnswer(t *testing.T) {
 
 	// The worker that dies: it takes the job's first delivery, counts a bad answer in
 	// mq_retry as the worker does, and never NAKs nor acks.
-	cons, err := queue.EnsureJobConsumer(ctx, e.js, e.topo, "default", rep.Run)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cons := e.jobConsumer(rep.Run)
 	batch, err := cons.Fetch(1, jetstream.FetchMaxWait(5*time.Second))
 	if err != nil {
 		t.Fatal(err)

@@ -118,10 +118,7 @@ func TestAJobFetchedAheadWaitsForACallSlotKeptInProgress(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cons, err := queue.EnsureJobConsumer(ctx, e.js, e.topo, "default", rep.Run)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cons := e.jobConsumer(rep.Run)
 	e.startWorker(workerOpts{concurrency: 1})
 	e.startCollector("")
 	waitFor(t, 20*time.Second, "the first call", func() bool { return e.sim.Stats().InFlight == 1 })
@@ -230,10 +227,7 @@ func TestAJobPastMaxDeliverIsDeadLetteredByAWorkerStartedLater(t *testing.T) {
 	}
 	// A worker that died twice with the job: two deliveries given back, then one more
 	// fetch, on which the server gives up on the job and announces it. No worker runs.
-	cons, err := queue.EnsureJobConsumer(ctx, e.js, e.topo, "default", rep.Run)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cons := e.jobConsumer(rep.Run)
 	delivered := 0
 	for range 10 {
 		b, err := cons.Fetch(1, jetstream.FetchMaxWait(500*time.Millisecond))

@@ -222,21 +222,8 @@ func (w *Worker) call(ctx context.Context, dl *delivery, in outcomeInput) {
 	// Keep the message ours while the call runs (AckWait is short so that a killed
 	// worker's jobs come back quickly).
 	unhold := w.keep.hold(dl.msg)
-	// A job fetched into the reserve waits here for a call slot, kept in progress.
-	if waited, ok := dl.slot.takeCall(ctx); !ok {
-		unhold()
-		d.refundPermit()
-		_ = dl.msg.Nak() // the worker drains: not called, the job goes back at once
+	if !w.awaitCall(ctx, dl, in, unhold) {
 		return
-	} else if waited && dl.pool == nil {
-		// Paused (Retry-After, a deployment-wide error) while it waited: do not
-		// dispatch into the pause (decide's rule, checked again).
-		if in.pausedFor = d.ctrl.PausedFor(); in.pausedFor > 0 {
-			unhold()
-			d.refundPermit()
-			w.act(ctx, dl, decide(in), nil, spend{}, spend{})
-			return
-		}
 	}
 	w.m.calls.WithLabelValues(d.alias).Inc()
 	req, reask := w.reask(ctx, dl)
@@ -280,6 +267,28 @@ func (w *Worker) call(ctx context.Context, dl *delivery, in outcomeInput) {
 		w.toCache(ctx, dl, ans)
 	}
 	w.act(ctx, dl, decide(in), res, st.spent().plus(unsaved), unsaved)
+}
+
+// awaitCall takes the delivery's call slot: a job fetched into the reserve waits for
+// one here, kept in progress (unhold stops that). It reports false when the delivery
+// ended without a call: the worker drains (NAKed, back at once), or the deployment
+// paused while the job waited (decide's pause rule, checked again).
+func (w *Worker) awaitCall(ctx context.Context, dl *delivery, in outcomeInput, unhold func()) bool {
+	waited, ok := dl.slot.takeCall(ctx)
+	if ok && waited && dl.pool == nil {
+		in.pausedFor = dl.d.ctrl.PausedFor()
+	}
+	if ok && in.pausedFor == 0 {
+		return true
+	}
+	unhold()
+	dl.d.refundPermit()
+	if !ok {
+		_ = dl.msg.Nak()
+		return false
+	}
+	w.act(ctx, dl, decide(in), nil, spend{}, spend{})
+	return false
 }
 
 // callModel makes the model call, counted in flight while it runs (a panic included).
