@@ -44,6 +44,10 @@ func runCost(ctx context.Context, o *options) error {
 		}
 		tables = append(tables, bench.LatencyTable(flatten(lat)))
 		fmt.Print(tables[len(tables)-1])
+		if calls := bench.CallProfileTable(flatten(lat)); calls != "" {
+			tables = append(tables, calls)
+			fmt.Print(calls)
+		}
 	}
 	var demo []bench.DemoRow
 	if o.cost.demo {

@@ -33,7 +33,18 @@ type LatencyRow struct {
 	// the last call to the summary (pipeline rows only): what the run's wall spends
 	// outside the calls.
 	ToFirst, AfterLast time.Duration
+	// Calls is how many calls llmsim received in each CallBucket from the run's first
+	// call, for a pipeline run whose calls span at most CallProfileSpan (the replaced
+	// system's scenario on a fleet that has run before): how the run's calls were spread.
+	Calls []int
 }
+
+// CallBucket and CallProfileSpan bound LatencyRow.Calls: 10 ms buckets (a fifth of the
+// scenarios' 50 ms latency), for runs whose calls span up to a second.
+const (
+	CallBucket      = 10 * time.Millisecond
+	CallProfileSpan = time.Second
+)
 
 // Share is achieved / ideal.
 func (r LatencyRow) Share() float64 { return r.Achieved / r.Ideal }
@@ -113,26 +124,29 @@ func LatencyBound(ctx context.Context, c CostConfig, latency time.Duration, work
 		if err != nil {
 			return out, err
 		}
-		sinceFirst, sinceLast := s.callSpan(seq0, row.Ended)
+		sinceFirst, sinceLast, received := s.callSpan(seq0, row.Ended)
 		peak, _ := s.simPeak(true)
 		out = append(out, LatencyRow{Name: name, Slots: slots, Ideal: ideal, Achieved: row.Rate(), Wall: row.Wall, Peak: peak,
-			ToFirst: row.Wall - sinceFirst, AfterLast: sinceLast, Queries: rows * queries, Shipped: throttle == "", Next: i > 0})
+			ToFirst: row.Wall - sinceFirst, AfterLast: sinceLast, Queries: rows * queries, Shipped: throttle == "", Next: i > 0,
+			Calls: callProfile(received, CallBucket, CallProfileSpan)})
 	}
 	return out, nil
 }
 
 // callSpan is how long before now llmsim received the first and the last call logged
-// after sequence since (now is taken by the caller: reading a long log takes a while).
-func (s *Stack) callSpan(since uint64, now time.Time) (first, last time.Duration) {
+// after sequence since (now is taken by the caller: reading a long log takes a while),
+// and when it received each of them.
+func (s *Stack) callSpan(since uint64, now time.Time) (first, last time.Duration, received []time.Time) {
 	reqs, err := s.Requests()
 	var lo, hi time.Time
 	if err != nil {
-		return 0, 0
+		return 0, 0, nil
 	}
 	for _, r := range reqs {
 		if r.Seq <= since {
 			continue
 		}
+		received = append(received, r.Received)
 		if lo.IsZero() || r.Received.Before(lo) {
 			lo = r.Received
 		}
@@ -141,9 +155,34 @@ func (s *Stack) callSpan(since uint64, now time.Time) (first, last time.Duration
 		}
 	}
 	if lo.IsZero() {
-		return 0, 0
+		return 0, 0, nil
 	}
-	return now.Sub(lo), now.Sub(hi)
+	return now.Sub(lo), now.Sub(hi), received
+}
+
+// callProfile counts the calls received in each bucket from the first one; nil when
+// they span more than maxSpan (or there are none).
+func callProfile(received []time.Time, bucket, maxSpan time.Duration) []int {
+	if len(received) == 0 {
+		return nil
+	}
+	lo, hi := received[0], received[0]
+	for _, t := range received {
+		if t.Before(lo) {
+			lo = t
+		}
+		if t.After(hi) {
+			hi = t
+		}
+	}
+	if hi.Sub(lo) > maxSpan {
+		return nil
+	}
+	counts := make([]int, hi.Sub(lo)/bucket+1)
+	for _, t := range received {
+		counts[t.Sub(lo)/bucket]++
+	}
+	return counts
 }
 
 // lastSeq is the sequence of llmsim's last logged request.
@@ -154,6 +193,26 @@ func (s *Stack) lastSeq() uint64 {
 		seq = max(seq, r.Seq)
 	}
 	return seq
+}
+
+// CallProfileTable prints the rows' call profiles (LatencyRow.Calls); "" when none has
+// one.
+func CallProfileTable(rows []LatencyRow) string {
+	var b strings.Builder
+	for _, r := range rows {
+		if len(r.Calls) == 0 {
+			continue
+		}
+		if b.Len() == 0 {
+			fmt.Fprintf(&b, "| run | calls llmsim received per %s from the run's first call |\n|---|---|\n", CallBucket)
+		}
+		counts := make([]string, len(r.Calls))
+		for i, n := range r.Calls {
+			counts[i] = strconv.Itoa(n)
+		}
+		fmt.Fprintf(&b, "| %s | %s |\n", r.Name, strings.Join(counts, " "))
+	}
+	return b.String()
 }
 
 // LatencyTable prints latency-bound rows.
