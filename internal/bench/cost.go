@@ -40,7 +40,10 @@ type CostRow struct {
 	Wall    time.Duration
 	Ended   time.Time                // when the summary was seen (pipeline rows)
 	CPU     map[string]time.Duration // by process kind, llmsim excluded
-	MsgsIn  int64                    // nats-server in_msgs during the run
+	// Sim is llmsim's CPU over the same span: counted in no ratio (issue 9 counts every
+	// process but llmsim), shown because llmsim shares the machine's cores with the rest.
+	Sim     time.Duration
+	MsgsIn  int64 // nats-server in_msgs during the run
 	MsgsOut int64
 	// MsgsBy is in+out messages by client connection name (the server's view), and
 	// "server" for what no client connection counts (internal JetStream traffic).
@@ -77,7 +80,8 @@ func procCPU(pid int) (time.Duration, error) {
 	return time.Duration(ut+st) * time.Second / 100, nil // USER_HZ is 100 on Linux
 }
 
-// cpu sums the CPU of the stack's processes by kind (worker, collector, nats-server).
+// cpu sums the CPU of the stack's processes by kind (worker, collector, nats-server),
+// llmsim's apart (simCPU).
 func (s *Stack) cpu() map[string]time.Duration {
 	out := map[string]time.Duration{}
 	for name, p := range s.byName {
@@ -85,14 +89,25 @@ func (s *Stack) cpu() map[string]time.Duration {
 		if strings.HasPrefix(name, "nats-server") {
 			kind = "nats-server"
 		}
-		if kind == "llmsim" {
-			continue
-		}
 		if d, err := procCPU(p.cmd.Process.Pid); err == nil {
 			out[kind] += d
 		}
 	}
+	delete(out, "llmsim")
 	return out
+}
+
+// simCPU is the CPU of the stack's llmsim processes.
+func (s *Stack) simCPU() time.Duration {
+	var t time.Duration
+	for name, p := range s.byName {
+		if strings.HasPrefix(name, "llmsim") {
+			if d, err := procCPU(p.cmd.Process.Pid); err == nil {
+				t += d
+			}
+		}
+	}
+	return t
 }
 
 func diffCPU(a, b map[string]time.Duration) map[string]time.Duration {
@@ -220,7 +235,7 @@ func (c CostConfig) rawLoop(ctx context.Context, s *Stack, withHTTP bool, slots,
 		name = "raw+http"
 		args = append(args, "--raw-sim", s.SimURL)
 	}
-	natsBefore := s.cpu()["nats-server"]
+	natsBefore, simBefore := s.cpu()["nats-server"], s.simCPU()
 	in0, out0, _ := s.varz()
 	cmd := exec.CommandContext(ctx, c.Self, args...)
 	var stderr strings.Builder
@@ -236,8 +251,8 @@ func (c CostConfig) rawLoop(ctx context.Context, s *Stack, withHTTP bool, slots,
 	in1, out1, _ := s.varz()
 	st := cmd.ProcessState
 	row := CostRow{Name: fmt.Sprintf("%s %d slots", name, slots), Queries: res.Jobs, Wall: res.Wall,
-		CPU:    map[string]time.Duration{"loop": st.UserTime() + st.SystemTime(), "nats-server": s.cpu()["nats-server"] - natsBefore},
-		MsgsIn: in1 - in0, MsgsOut: out1 - out0}
+		CPU: map[string]time.Duration{"loop": st.UserTime() + st.SystemTime(), "nats-server": s.cpu()["nats-server"] - natsBefore},
+		Sim: s.simCPU() - simBefore, MsgsIn: in1 - in0, MsgsOut: out1 - out0}
 	return row, nil
 }
 
@@ -258,7 +273,7 @@ func (c CostConfig) pipeline(ctx context.Context, s *Stack, name string, rows, q
 			profiled <- s.Profile(c.Profile, strings.ReplaceAll(name, " ", "-"), max(c.ProfileFor, time.Second))
 		}()
 	}
-	before := s.cpu()
+	before, simBefore := s.cpu(), s.simCPU()
 	in0, out0, _ := s.varz()
 	conns0 := s.connMsgs()
 	began := time.Now()
@@ -281,7 +296,7 @@ func (c CostConfig) pipeline(ctx context.Context, s *Stack, name string, rows, q
 	}
 	ended := time.Now()
 	wall := ended.Sub(began)
-	cpu := diffCPU(before, s.cpu())
+	cpu, sim := diffCPU(before, s.cpu()), s.simCPU()-simBefore
 	cpu["producer"] = cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
 	in1, out1, _ := s.varz()
 	by := diffMsgs(conns0, s.connMsgs())
@@ -295,7 +310,7 @@ func (c CostConfig) pipeline(ctx context.Context, s *Stack, name string, rows, q
 			fmt.Fprintf(c.Log, "profile %s: %v\n", name, err)
 		}
 	}
-	return CostRow{Name: name, Queries: rows * queries, Wall: wall, Ended: ended, CPU: cpu, MsgsIn: in1 - in0, MsgsOut: out1 - out0, MsgsBy: by, StoreBytes: stored, Left: left}, nil
+	return CostRow{Name: name, Queries: rows * queries, Wall: wall, Ended: ended, CPU: cpu, Sim: sim, MsgsIn: in1 - in0, MsgsOut: out1 - out0, MsgsBy: by, StoreBytes: stored, Left: left}, nil
 }
 
 func costPipeline(queries int) string {
@@ -368,7 +383,7 @@ func CostTable(rounds [][]CostRow) string {
 		return ""
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "| measure | q/s (min/med/max) | CPU/query µs (min/med/max) | x raw+http CPU (med) | throughput / raw+http (med) | NATS msgs/query in+out (med) | CPU by process (med round) | msgs/query by connection (med round) | left after the run: jobs / results / retry (max) |\n|---|---|---|---|---|---|---|---|---|\n")
+	fmt.Fprintf(&b, "| measure | q/s (min/med/max) | CPU/query µs (min/med/max) | x raw+http CPU (med) | throughput / raw+http (med) | NATS msgs/query in+out (med) | CPU by process (med round) | msgs/query by connection (med round) | left after the run: jobs / results / retry (max) | llmsim CPU/query µs, in no ratio (med round) |\n|---|---|---|---|---|---|---|---|---|---|\n")
 	for i := range rounds[0] {
 		var rate, cpu, ratioCPU, ratioRate, msgs []float64
 		for _, rs := range rounds {
@@ -395,8 +410,12 @@ func CostTable(rounds [][]CostRow) string {
 			by = append(by, fmt.Sprintf("%s %.2f", strings.TrimPrefix(k, "multiquery-"), float64(v)/float64(max(1, med.Queries))))
 		}
 		sort.Strings(by)
-		fmt.Fprintf(&b, "| %s | %s | %s | %.2f | %.0f %% | %.2f | %s | %s | %s |\n", rounds[0][i].Name, mmm(rate, "%.0f"), mmm(cpu, "%.0f"),
-			median(ratioCPU), 100*median(ratioRate), median(msgs), strings.Join(procs, ", "), strings.Join(by, ", "), maxLeft(rounds, i))
+		sim := "-"
+		if med.Sim > 0 {
+			sim = strconv.FormatInt((med.Sim / time.Duration(max(1, med.Queries))).Microseconds(), 10)
+		}
+		fmt.Fprintf(&b, "| %s | %s | %s | %.2f | %.0f %% | %.2f | %s | %s | %s | %s |\n", rounds[0][i].Name, mmm(rate, "%.0f"), mmm(cpu, "%.0f"),
+			median(ratioCPU), 100*median(ratioRate), median(msgs), strings.Join(procs, ", "), strings.Join(by, ", "), maxLeft(rounds, i), sim)
 	}
 	return b.String()
 }
