@@ -138,44 +138,39 @@ func LatencyBound(ctx context.Context, c CostConfig, latency time.Duration, work
 // and when it received each of them.
 func (s *Stack) callSpan(since uint64, now time.Time) (first, last time.Duration, received []time.Time) {
 	reqs, err := s.Requests()
-	var lo, hi time.Time
 	if err != nil {
 		return 0, 0, nil
 	}
 	for _, r := range reqs {
-		if r.Seq <= since {
-			continue
-		}
-		received = append(received, r.Received)
-		if lo.IsZero() || r.Received.Before(lo) {
-			lo = r.Received
-		}
-		if r.Received.After(hi) {
-			hi = r.Received
+		if r.Seq > since {
+			received = append(received, r.Received)
 		}
 	}
+	lo, hi := span(received)
 	if lo.IsZero() {
 		return 0, 0, nil
 	}
 	return now.Sub(lo), now.Sub(hi), received
 }
 
-// callProfile counts the calls received in each bucket from the first one; nil when
-// they span more than maxSpan (or there are none).
-func callProfile(received []time.Time, bucket, maxSpan time.Duration) []int {
-	if len(received) == 0 {
-		return nil
-	}
-	lo, hi := received[0], received[0]
-	for _, t := range received {
-		if t.Before(lo) {
+// span is the earliest and the latest of ts (zero times when ts is empty).
+func span(ts []time.Time) (lo, hi time.Time) {
+	for _, t := range ts {
+		if lo.IsZero() || t.Before(lo) {
 			lo = t
 		}
 		if t.After(hi) {
 			hi = t
 		}
 	}
-	if hi.Sub(lo) > maxSpan {
+	return lo, hi
+}
+
+// callProfile counts the calls received in each bucket from the first one; nil when
+// they span more than maxSpan (or there are none).
+func callProfile(received []time.Time, bucket, maxSpan time.Duration) []int {
+	lo, hi := span(received)
+	if lo.IsZero() || hi.Sub(lo) > maxSpan {
 		return nil
 	}
 	counts := make([]int, hi.Sub(lo)/bucket+1)
