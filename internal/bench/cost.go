@@ -83,6 +83,16 @@ func procCPU(pid int) (time.Duration, error) {
 // cpu sums the CPU of the stack's processes by kind (worker, collector, nats-server),
 // llmsim's apart (simCPU).
 func (s *Stack) cpu() map[string]time.Duration {
+	out := s.cpuByKind()
+	delete(out, "llmsim")
+	return out
+}
+
+// simCPU is the CPU of the stack's llmsim processes.
+func (s *Stack) simCPU() time.Duration { return s.cpuByKind()["llmsim"] }
+
+// cpuByKind sums the CPU of all the stack's processes by kind, llmsim's included.
+func (s *Stack) cpuByKind() map[string]time.Duration {
 	out := map[string]time.Duration{}
 	for name, p := range s.byName {
 		kind := strings.SplitN(name, "-", 2)[0]
@@ -93,21 +103,7 @@ func (s *Stack) cpu() map[string]time.Duration {
 			out[kind] += d
 		}
 	}
-	delete(out, "llmsim")
 	return out
-}
-
-// simCPU is the CPU of the stack's llmsim processes.
-func (s *Stack) simCPU() time.Duration {
-	var t time.Duration
-	for name, p := range s.byName {
-		if strings.HasPrefix(name, "llmsim") {
-			if d, err := procCPU(p.cmd.Process.Pid); err == nil {
-				t += d
-			}
-		}
-	}
-	return t
 }
 
 func diffCPU(a, b map[string]time.Duration) map[string]time.Duration {
