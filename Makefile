@@ -65,11 +65,11 @@ fuzz: ## fuzz the CSV/JSONL readers and the answer parser for FUZZTIME each
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeJob$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMIN) ./internal/wire/
 
 .PHONY: bench
-bench: build ## issue 9's table on real processes, 3 interleaved rounds: CPU and NATS messages per query against a raw JetStream loop, latency-bound cells, the replaced system's scenario, make demo; the bounds checked and everything recorded in docs/BENCHMARKS.md (~7 min)
+bench: build ## issue 9's table on real processes, 3 interleaved rounds: CPU and NATS messages per query against a raw JetStream loop, latency-bound cells, the replaced system's scenario, make demo; the bounds checked and everything recorded in docs/BENCHMARKS.md (~7 min on a 2-core Intel Xeon, ~10 min on a 2-core AMD EPYC)
 	$(BIN)/mqbench --bin $(BIN) --cost --rounds 3 --record docs/BENCHMARKS.md
 
 .PHONY: bench-short
-bench-short: build ## the same, 1 round of 5000 jobs, 5 calls per slot in the latency cells; printed, not recorded (~1.5 min)
+bench-short: build ## the same, 1 round of 5000 jobs, 5 calls per slot in the latency cells; printed, not recorded (~1.5-2 min)
 	$(BIN)/mqbench --bin $(BIN) --cost --rounds 1 --raw-jobs 5000 --shapes 5000x1,500x10 --latency-calls-per-slot 5
 
 .PHONY: bench-cost bench-cost-short
