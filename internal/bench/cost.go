@@ -80,19 +80,9 @@ func procCPU(pid int) (time.Duration, error) {
 	return time.Duration(ut+st) * time.Second / 100, nil // USER_HZ is 100 on Linux
 }
 
-// cpu sums the CPU of the stack's processes by kind (worker, collector, nats-server),
-// llmsim's apart (simCPU).
+// cpu sums the CPU of the stack's processes by kind (worker, collector, nats-server,
+// llmsim).
 func (s *Stack) cpu() map[string]time.Duration {
-	out := s.cpuByKind()
-	delete(out, "llmsim")
-	return out
-}
-
-// simCPU is the CPU of the stack's llmsim processes.
-func (s *Stack) simCPU() time.Duration { return s.cpuByKind()["llmsim"] }
-
-// cpuByKind sums the CPU of all the stack's processes by kind, llmsim's included.
-func (s *Stack) cpuByKind() map[string]time.Duration {
 	out := map[string]time.Duration{}
 	for name, p := range s.byName {
 		kind := strings.SplitN(name, "-", 2)[0]
@@ -231,7 +221,7 @@ func (c CostConfig) rawLoop(ctx context.Context, s *Stack, withHTTP bool, slots,
 		name = "raw+http"
 		args = append(args, "--raw-sim", s.SimURL)
 	}
-	natsBefore, simBefore := s.cpu()["nats-server"], s.simCPU()
+	before := s.cpu()
 	in0, out0, _ := s.varz()
 	cmd := exec.CommandContext(ctx, c.Self, args...)
 	var stderr strings.Builder
@@ -245,10 +235,10 @@ func (c CostConfig) rawLoop(ctx context.Context, s *Stack, withHTTP bool, slots,
 		return CostRow{}, fmt.Errorf("%s printed %q: %w", name, outb, err)
 	}
 	in1, out1, _ := s.varz()
-	st := cmd.ProcessState
+	st, used := cmd.ProcessState, diffCPU(before, s.cpu())
 	row := CostRow{Name: fmt.Sprintf("%s %d slots", name, slots), Queries: res.Jobs, Wall: res.Wall,
-		CPU: map[string]time.Duration{"loop": st.UserTime() + st.SystemTime(), "nats-server": s.cpu()["nats-server"] - natsBefore},
-		Sim: s.simCPU() - simBefore, MsgsIn: in1 - in0, MsgsOut: out1 - out0}
+		CPU: map[string]time.Duration{"loop": st.UserTime() + st.SystemTime(), "nats-server": used["nats-server"]},
+		Sim: used["llmsim"], MsgsIn: in1 - in0, MsgsOut: out1 - out0}
 	return row, nil
 }
 
@@ -269,7 +259,7 @@ func (c CostConfig) pipeline(ctx context.Context, s *Stack, name string, rows, q
 			profiled <- s.Profile(c.Profile, strings.ReplaceAll(name, " ", "-"), max(c.ProfileFor, time.Second))
 		}()
 	}
-	before, simBefore := s.cpu(), s.simCPU()
+	before := s.cpu()
 	in0, out0, _ := s.varz()
 	conns0 := s.connMsgs()
 	began := time.Now()
@@ -292,7 +282,9 @@ func (c CostConfig) pipeline(ctx context.Context, s *Stack, name string, rows, q
 	}
 	ended := time.Now()
 	wall := ended.Sub(began)
-	cpu, sim := diffCPU(before, s.cpu()), s.simCPU()-simBefore
+	cpu := diffCPU(before, s.cpu())
+	sim := cpu["llmsim"] // shown apart: in no ratio
+	delete(cpu, "llmsim")
 	cpu["producer"] = cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
 	in1, out1, _ := s.varz()
 	by := diffMsgs(conns0, s.connMsgs())
