@@ -139,6 +139,43 @@ func TestAJobFetchedAheadWaitsForACallSlotKeptInProgress(t *testing.T) {
 	}
 }
 
+// A busy worker holds one job ahead per 4 call slots, and no more: with its 8 slots
+// calling, 10 jobs are delivered to it while 12 wait in the queue for other workers.
+func TestABusyWorkerHoldsOneJobAheadPerFourSlots(t *testing.T) {
+	e := setup(t, llmsim.Config{Latency: 3 * time.Second})
+	e.topo.AckWait = time.Second
+	ctx := context.Background()
+	const rows, slots, ahead = 20, 8, 2
+	rep, err := e.produce(e.pipeline(matrixPipeline(1, 1, "")), csvRows(rows, nil), input.CSV)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cons := e.jobConsumer(rep.Run)
+	e.startWorker(workerOpts{concurrency: slots})
+	e.startCollector("")
+	held := func() int {
+		info, err := cons.Info(ctx)
+		if err != nil {
+			return -1
+		}
+		return info.NumAckPending
+	}
+	waitFor(t, 20*time.Second, "every slot calling and the reserve fetched", func() bool {
+		return e.sim.Stats().InFlight == slots && held() == slots+ahead
+	})
+	time.Sleep(500 * time.Millisecond) // no call ends meanwhile: nothing more may be fetched
+	if st, n := e.sim.Stats(), held(); st.InFlight != slots || n != slots+ahead {
+		t.Fatalf("with %d calls in flight the worker holds %d jobs, want %d", st.InFlight, n, slots+ahead)
+	}
+	sum := e.waitSummary(rep.Run, 60*time.Second)
+	if sum.Stats.RowsOK != rows {
+		t.Fatalf("rows ok = %d, want %d", sum.Stats.RowsOK, rows)
+	}
+	if st := e.sim.Stats(); st.Requests != rows || st.PeakInFlight != slots {
+		t.Fatalf("llmsim answered %d calls, %d at most at once; want %d and %d", st.Requests, st.PeakInFlight, rows, slots)
+	}
+}
+
 // Issue 8 item 7: summary.json counts what the provider billed, to the call and the
 // token: 429s, invalid JSON and truncated answers included, NAKs without a call not.
 func TestTheSummaryCountsWhatTheProviderBilled(t *testing.T) {

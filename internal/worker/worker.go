@@ -517,9 +517,12 @@ func (w *Worker) fetchLoop(ctx, callCtx context.Context, d *deployment, inflight
 }
 
 // reserveOf is the reserve of a deployment with `slots` call slots: jobs fetched ahead
-// of a free call slot, one per 16 slots (at least one). Each waits about a call's
-// length / 16 for its slot, kept in progress meanwhile.
-func reserveOf(slots int) int { return (slots + 15) / 16 }
+// of a free call slot, one per 4 slots (at least one). Calls that start together end
+// together, so a busy worker's answers come in waves, and a slot whose next job is not
+// there waits a fetch's round trip: with one per 16, a 64-slot worker at 50 ms reached
+// 86-89 % of slots / latency, with one per 4 89-91 % (docs/BENCHMARKS.md). A reserved
+// job waits, kept in progress, until a call of its worker ends: at most a call's length.
+func reserveOf(slots int) int { return (slots + 3) / 4 }
 
 // handlers starts the goroutines that handle the jobs sent to the returned channel,
 // each one job after the other: a goroutine per job would grow a fresh stack through
