@@ -163,6 +163,34 @@ func TestAFleetsFirstAndNextRunsAreJudgedApart(t *testing.T) {
 	}
 }
 
+// The raw+HTTP loop run at the replaced system's slots and calls is shown beside its
+// bound, and judged by none: a pipeline slower than the bound fails it whatever the loop
+// took, and one within it holds it.
+func TestTheReplacedBoundShowsTheRawLoopAtItsShapeUnjudged(t *testing.T) {
+	round := func(raw, next time.Duration) []LatencyRow {
+		return []LatencyRow{
+			{Slots: 100, Ideal: 2000, Queries: 500, Wall: raw, Peak: 100, Raw: true},
+			{Slots: 100, Ideal: 2000, Queries: 500, Wall: 2 * time.Second, Peak: 100, Shipped: true},
+			{Slots: 100, Ideal: 2000, Queries: 500, Wall: next, Peak: 100, Shipped: true, Next: true},
+		}
+	}
+	bs := CostBounds(nil, [][]LatencyRow{round(390*time.Millisecond, 350*time.Millisecond), round(410*time.Millisecond, 360*time.Millisecond)}, nil)
+	next := boundAsking(t, bs, "next run")
+	if !next.Met || !strings.Contains(next.Measured, "raw+HTTP loop, 100 slots and 500 calls: worst 0.41 s") {
+		t.Errorf("next runs of 0.35 and 0.36 s beside raw loops of 0.39 and 0.41 s: %+v", next)
+	}
+	if first := boundAsking(t, bs, "first run"); first.Met || !strings.Contains(first.Measured, "worst 0.41 s") {
+		t.Errorf("first runs of 2 s: %+v", first)
+	}
+	bs = CostBounds(nil, [][]LatencyRow{round(300*time.Millisecond, 400*time.Millisecond)}, nil)
+	if next := boundAsking(t, bs, "next run"); next.Met {
+		t.Errorf("a next run of 0.4 s held beside a raw loop of 0.3 s: %+v", next)
+	}
+	if bs := CostBounds(nil, [][]LatencyRow{round(300*time.Millisecond, 400*time.Millisecond)[1:]}, nil); strings.Contains(boundAsking(t, bs, "next run").Measured, "raw") {
+		t.Errorf("a raw loop shown that did not run: %+v", bs)
+	}
+}
+
 // The replaced system's scenario with other throttle settings (--replaced-throttle) is
 // shown, not judged: it neither holds acceptance 4 for the shipped defaults nor becomes
 // a latency-bound cell of its own.
