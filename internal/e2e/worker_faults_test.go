@@ -142,7 +142,10 @@ func TestAJobFetchedAheadWaitsForACallSlotKeptInProgress(t *testing.T) {
 // A busy worker holds one job ahead per 4 call slots, and no more: with its 8 slots
 // calling, 10 jobs are delivered to it while 12 wait in the queue for other workers.
 func TestABusyWorkerHoldsOneJobAheadPerFourSlots(t *testing.T) {
-	e := setup(t, llmsim.Config{Latency: 3 * time.Second})
+	// Calls long enough that none ends before the check: the reserve is fetched within
+	// milliseconds of the first call (checked below).
+	const latency = 3 * time.Second
+	e := setup(t, llmsim.Config{Latency: latency})
 	e.topo.AckWait = time.Second
 	ctx := context.Background()
 	const rows, slots, ahead = 20, 8, 2
@@ -160,10 +163,18 @@ func TestABusyWorkerHoldsOneJobAheadPerFourSlots(t *testing.T) {
 		}
 		return info.NumAckPending
 	}
+	waitFor(t, 20*time.Second, "the first call", func() bool { return e.sim.Stats().InFlight > 0 })
+	first := time.Now()
 	waitFor(t, 20*time.Second, "every slot calling and the reserve fetched", func() bool {
 		return e.sim.Stats().InFlight == slots && held() == slots+ahead
 	})
-	time.Sleep(500 * time.Millisecond) // no call ends meanwhile: nothing more may be fetched
+	t.Logf("every slot calling and the reserve fetched %s after the first call", time.Since(first).Round(time.Millisecond))
+	// No call ends meanwhile: nothing more may be fetched. (The first call began up to
+	// a poll, 20 ms, before first.)
+	time.Sleep(500 * time.Millisecond)
+	if took := time.Since(first); took >= latency-500*time.Millisecond {
+		t.Fatalf("the reserve took %s to fill: the first call may have ended, the check proves nothing", took)
+	}
 	if st, n := e.sim.Stats(), held(); st.InFlight != slots || n != slots+ahead {
 		t.Fatalf("with %d calls in flight the worker holds %d jobs, want %d", st.InFlight, n, slots+ahead)
 	}
