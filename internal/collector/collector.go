@@ -48,7 +48,9 @@ type Config struct {
 	FlushInterval  time.Duration // max time between checkpoints
 	FlushRows      int           // checkpoint after this many emitted rows
 	// MaxPendingRows bounds the rows held (input in, not yet emitted): past it no input
-	// row is read until rows go out. Memory is bounded by it and MemoryLimit.
+	// row is read until rows go out. Memory is bounded by it and MemoryLimit. A row
+	// carried in its first job comes with that result, which is always read, as every
+	// result is: those rows are bounded by the producer's window (--max-ahead).
 	MaxPendingRows int
 	Topology       queue.Topology
 	// Name identifies this collector in its lease; NoLease turns the single-active lease

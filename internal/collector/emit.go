@@ -115,6 +115,13 @@ func (c *Collector) inputData(ctx context.Context, r *run, i int, rs *rowState) 
 	if rs.dataCached {
 		return rs.data, nil
 	}
+	if rs.dataInResult {
+		msg, err := c.getLast(ctx, c.results, c.names.ResultSubject(r.id, i, r.open.Queries[0].Name))
+		if err != nil {
+			return nil, err
+		}
+		return wire.RowData(msg), nil
+	}
 	msg, err := c.getLast(ctx, c.input, c.names.InputRowSubject(r.id, i))
 	if err != nil {
 		return nil, err

@@ -72,8 +72,11 @@ type rowState struct {
 	preErr     *wire.Error
 	data       json.RawMessage
 	dataCached bool
-	results    [][]byte // per query; nil when not cached (read back by subject)
-	resultSeqs []uint64 // stream sequences, deleted once the row is durably out
+	// dataInResult: the input data came in the first query's result (wire.Job.Data),
+	// not in an input row message; read back from there when not cached.
+	dataInResult bool
+	results      [][]byte // per query; nil when not cached (read back by subject)
+	resultSeqs   []uint64 // stream sequences, deleted once the row is durably out
 	// sourceRow is, in a resubmission, the row in the original run (-1: none).
 	sourceRow int
 }
@@ -377,29 +380,37 @@ func (c *Collector) applyRow(ctx context.Context, r *run, ev event) error {
 		// An input row nobody can read still completes: as an error row.
 		row = wire.Row{Run: r.id, Row: ev.row, Error: &wire.Error{Reason: wire.ReasonMalformedRecord, Message: "undecodable input row: " + err.Error()}}
 	}
-	if bad := r.checkRowData(row.Data, row.Error == nil); bad != nil {
-		// What the row cannot be written with is dropped; the row becomes an error row.
-		row.Data = nil
-		if row.Error == nil {
-			row.Error = bad
-		}
-	}
 	rs := r.rowState(ev.row)
 	if rs.input {
 		return nil
 	}
-	rs.input = true
-	c.waiting++
-	rs.preErr = row.Error
 	if row.SourceRow != nil && r.open.Resubmit != nil && *row.SourceRow >= 0 {
 		rs.sourceRow = *row.SourceRow
 	}
-	if c.cached+int64(len(row.Data)) <= c.cfg.MemoryLimit {
-		rs.data = row.Data
-		rs.dataCached = true
-		c.cached += int64(len(row.Data))
-	}
+	c.setInput(r, rs, row.Data, row.Error, false)
 	return c.advance(ctx, r, ev.row)
+}
+
+// setInput sets a row's input: its data, checked at the door (what the row cannot be
+// written with is dropped and the row becomes an error row), or the error it carries.
+// inResult says the data came in the row's first result (wire.Job.Data), where it is
+// read back when it is not kept.
+func (c *Collector) setInput(r *run, rs *rowState, data json.RawMessage, preErr *wire.Error, inResult bool) {
+	if bad := r.checkRowData(data, preErr == nil); bad != nil {
+		data = nil
+		if preErr == nil {
+			preErr = bad
+		}
+	}
+	rs.input = true
+	c.waiting++
+	rs.preErr = preErr
+	rs.dataInResult = inResult
+	if c.cached+int64(len(data)) <= c.cfg.MemoryLimit {
+		rs.data = data
+		rs.dataCached = true
+		c.cached += int64(len(data))
+	}
 }
 
 // applyResult sets a query's bit in its row: the first result wins. Its body is kept in
@@ -423,6 +434,14 @@ func (c *Collector) applyResult(ctx context.Context, r *run, ev event) error {
 	if c.cached+int64(len(ev.data)) <= c.cfg.MemoryLimit {
 		rs.results[qi] = ev.data
 		c.cached += int64(len(ev.data))
+	}
+	if qi == 0 && !rs.input && r.open.Resubmit == nil {
+		// A row whose first query's job carried its data has no input row message:
+		// the data comes back in that query's result. (A resubmission's rows are
+		// input rows, each with its source_row.)
+		if data := wire.RowData(ev.data); data != nil {
+			c.setInput(r, rs, data, nil, true)
+		}
 	}
 	return c.advance(ctx, r, ev.row)
 }

@@ -94,8 +94,14 @@ func Replay(ctx context.Context, js jetstream.JetStream, names wire.Names, seq u
 	if err != nil {
 		return fmt.Errorf("open %s: %w", names.StreamInput(), err)
 	}
-	if _, err := in.GetLastMsgForSubject(ctx, names.InputRowSubject(a.Run, a.Row)); errors.Is(err, jetstream.ErrMsgNotFound) {
-		return fmt.Errorf("dead letter %d (%s): %w", seq, l.Subject, ErrHasResult) // emitted: its input row is purged
+	// A row's input is on MQ_INPUT until its run ends: its input row message, or, for a
+	// job that carries its row's data (wire.Job.Data), the run's open record.
+	pending := names.InputRowSubject(a.Run, a.Row)
+	if wire.RowData(l.Data) != nil {
+		pending = names.InputOpenSubject(a.Run)
+	}
+	if _, err := in.GetLastMsgForSubject(ctx, pending); errors.Is(err, jetstream.ErrMsgNotFound) {
+		return fmt.Errorf("dead letter %d (%s): %w", seq, l.Subject, ErrHasResult) // emitted: its run's input is purged
 	} else if err != nil {
 		return fmt.Errorf("look up the row of %s: %w", a, err)
 	}

@@ -427,3 +427,34 @@ func TestRowWrittenChecksTheWatermarkAndTheRowsStream(t *testing.T) {
 		t.Fatalf("row 3 below the watermark without MQ_ROWS: %v, want ErrRowWritten", err)
 	}
 }
+
+// A job that carries its row's data (the row's first query, wire.Job.Data) has no input
+// row message: its row is pending while the run's open record is on MQ_INPUT, so
+// Replay republishes it then, and refuses it (losing nothing) once the run has ended.
+func TestReplayOfACarriedJobLooksForItsRunsOpenRecord(t *testing.T) {
+	js, ctx := start(t)
+	subject := wire.JobSubject(dep, run, 0, query)
+	var job wire.Job
+	if err := json.Unmarshal(jobPayload(t, run, 0), &job); err != nil {
+		t.Fatal(err)
+	}
+	job.Data = json.RawMessage(`{"id":"r0"}`)
+	data, err := json.Marshal(job)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seq := deadLetter(t, ctx, js, dep, run, subject, "delivered 100000 times (MaxDeliver)", data)
+	if err := Replay(ctx, js, wire.Names{}, seq); !errors.Is(err, ErrHasResult) {
+		t.Fatalf("replay of a carried job of a run without an open record: err = %v, want ErrHasResult", err)
+	}
+	kept(t, ctx, js, seq, subject, data)
+
+	publish(t, ctx, js, wire.InputOpenSubject(run), "open."+run, wire.Open{V: wire.Version, Run: run, Deployments: []string{dep},
+		Queries: []wire.QueryInfo{{Name: query, Columns: []string{"a"}}}})
+	if err := Replay(ctx, js, wire.Names{}, seq); err != nil {
+		t.Fatalf("replay of a carried job of an open run: %v", err)
+	}
+	if n := jobsOn(t, ctx, js, subject); n != 1 {
+		t.Fatalf("MQ_JOBS holds %d jobs on %s after the replay, want 1", n, subject)
+	}
+}

@@ -24,6 +24,13 @@ type Server struct {
 // Start runs a JetStream-enabled server on 127.0.0.1 with its store in a temp dir.
 func Start(t testing.TB) *Server {
 	t.Helper()
+	return StartWith(t, nil)
+}
+
+// StartWith is Start with the server's options changed by edit (nil: none), e.g. a
+// smaller max_payload.
+func StartWith(t testing.TB, edit func(*server.Options)) *Server {
+	t.Helper()
 	opts := server.Options{
 		ServerName: "mq-test",
 		Host:       "127.0.0.1",
@@ -32,6 +39,9 @@ func Start(t testing.TB) *Server {
 		StoreDir:   t.TempDir(),
 		NoLog:      true,
 		NoSigs:     true,
+	}
+	if edit != nil {
+		edit(&opts)
 	}
 	s := &Server{t: t, opts: opts}
 	s.start()

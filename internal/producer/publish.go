@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 	"github.com/synadia-io/orbit.go/jetstreamext"
 
 	"github.com/multiquery/multiquery/internal/queue"
+	"github.com/multiquery/multiquery/internal/status"
 	"github.com/multiquery/multiquery/internal/wire"
 )
 
@@ -23,10 +25,14 @@ import (
 // producer or a redelivered submission may have published in part), it first looks for
 // each message on the bus and publishes only what is missing, so no job is ever called
 // twice. The plan must have been through fit.
+//
+// A row carried in its first job (plan.carried: a run in input order) has no input row
+// message to find: a job neither queued nor answered may also be one whose row is
+// already written and its result purged, which the run's watermark then covers (read
+// after the lookups: the collector publishes its watermark before it purges).
 func publishPlan(ctx context.Context, pub *publisher, run string, pl plan, careful bool) (int, error) {
-	rowSubj := pub.names.InputRowSubject(run, pl.row.Row)
-	if careful {
-		there, err := pub.exists(ctx, pub.names.StreamInput(), rowSubj)
+	if careful && pl.rowMsg != nil {
+		there, err := pub.exists(ctx, pub.names.StreamInput(), pub.names.InputRowSubject(run, pl.row.Row))
 		if err != nil {
 			return 0, err
 		}
@@ -34,26 +40,42 @@ func publishPlan(ctx context.Context, pub *publisher, run string, pl plan, caref
 			return len(pl.jobs), nil
 		}
 	}
+	missing := make([]bool, len(pl.jobs))
 	for i := range pl.jobs {
 		j := &pl.jobs[i]
+		missing[i] = true
 		if careful {
 			queued, err := pub.exists(ctx, pub.names.StreamJobs(), pl.jobMsgs[i].Subject)
 			if err != nil {
-				return i, err
+				return 0, err
 			}
 			answered, err := pub.exists(ctx, pub.names.StreamResults(), pub.names.ResultSubject(run, j.Row, j.Query))
 			if err != nil {
-				return i, err
+				return 0, err
 			}
-			if queued || answered {
-				continue
-			}
+			missing[i] = !queued && !answered
+		}
+	}
+	if careful && pl.carried() && slices.Contains(missing, true) {
+		written, err := pub.written(ctx, run, pl.row.Row)
+		if err != nil {
+			return 0, err
+		}
+		if written {
+			return len(pl.jobs), nil
+		}
+	}
+	for i := range pl.jobs {
+		if !missing[i] {
+			continue
 		}
 		if err := pub.async(ctx, pl.jobMsgs[i]); err != nil {
 			return i, err
 		}
 	}
-	pub.later(pl.rowMsg)
+	if pl.rowMsg != nil {
+		pub.later(pl.rowMsg)
+	}
 	return len(pl.jobs), nil
 }
 
@@ -385,6 +407,17 @@ func (p *publisher) reset() {
 }
 
 // exists reports whether a stream holds a message on subject.
+// written reports whether row is below its run's watermark (wire.RunStatus, written by
+// the collector): written, its results possibly purged.
+func (p *publisher) written(ctx context.Context, run string, row int) (bool, error) {
+	kv, err := p.js.KeyValue(ctx, p.names.BucketRuns())
+	if err != nil {
+		return false, fmt.Errorf("open kv %s: %w", p.names.BucketRuns(), err)
+	}
+	st, err := status.Read(ctx, kv, run)
+	return err == nil && st != nil && row < st.Next, err
+}
+
 func (p *publisher) exists(ctx context.Context, stream, subject string) (bool, error) {
 	s, err := p.js.Stream(ctx, stream)
 	if err != nil {

@@ -30,6 +30,9 @@ func (s *source) next() (input.Row, error) {
 // rolling hash and counts it.
 func (fr *fileRun) planNext(rec input.Row) (plan, error) {
 	pl := planRow(fr.p, fr.queries, fr.cfg.Run, rec, fr.in.header)
+	// A row of a run in input order rides in its first job (publishPlan can then tell
+	// a row already written by the run's watermark).
+	pl.carry = fr.p.Order == wire.OrderInput
 	hashRow(fr.rolling, rec, pl.row.Data) // before fit, which drops the data of a row too large
 	pl, err := fit(pl, fr.pub.names, fr.limit)
 	if err != nil {
@@ -79,10 +82,20 @@ type plan struct {
 	row    wire.Row
 	jobs   []wire.Job
 	rowErr bool
-	// Set by fit: the encoded jobs and row.
+	// carry: the row's data may ride in its first job (wire.Job.Data) instead of an
+	// input row message; fit decides whether it does.
+	carry bool
+	// Set by fit: the encoded jobs and row (nil when the first job carries the row).
 	jobMsgs []*nats.Msg
 	rowMsg  *nats.Msg
 }
+
+// maxCarried bounds the data a row's first job carries: a larger row keeps its own
+// input row message, so that a job and its result stay well within max_payload.
+const maxCarried = 64 << 10
+
+// carried reports whether the plan's first job carries its row (no input row message).
+func (pl *plan) carried() bool { return len(pl.jobs) > 0 && pl.jobs[0].Data != nil }
 
 // planRow renders all M prompts of a row before anything of it is published.
 func planRow(p *config.Pipeline, queries []config.Query, run string, rec input.Row, header []string) plan {
@@ -133,12 +146,22 @@ func planRow(p *config.Pipeline, queries []config.Query, run string, rec input.R
 // limit; without its data when the data itself is what does not fit.
 func fit(pl plan, names wire.Names, limit int64) (plan, error) {
 	run, row := pl.row.Run, pl.row.Row
-	pl.jobMsgs = pl.jobMsgs[:0]
+	pl.jobMsgs, pl.rowMsg = pl.jobMsgs[:0], nil
+	if pl.carry && pl.row.Error == nil && len(pl.jobs) > 0 && len(pl.row.Data) <= maxCarried {
+		pl.jobs[0].Data = pl.row.Data
+	}
 	for i := range pl.jobs {
 		j := &pl.jobs[i]
 		m, err := newMsg(names.JobSubject(j.Deployment, run, j.Row, j.Query), wire.JobMsgID(run, j.Row, j.Query), j)
 		if err != nil {
 			return pl, err
+		}
+		if size := msgSize(m); limit > 0 && size > limit && j.Data != nil {
+			// Too large with the row: the row keeps its own message.
+			j.Data = nil
+			if m, err = newMsg(m.Subject, m.Header.Get(wire.HeaderMsgID), j); err != nil {
+				return pl, err
+			}
 		}
 		if size := msgSize(m); limit > 0 && size > limit {
 			pl.jobs, pl.jobMsgs, pl.rowErr = nil, nil, true
@@ -147,6 +170,9 @@ func fit(pl plan, names wire.Names, limit int64) (plan, error) {
 			break
 		}
 		pl.jobMsgs = append(pl.jobMsgs, m)
+	}
+	if pl.carried() {
+		return pl, nil
 	}
 	m, err := newMsg(names.InputRowSubject(run, row), "row."+run+"."+itoa(row), pl.row)
 	if err != nil {

@@ -304,6 +304,7 @@ func (p *publisher) publish(ctx context.Context, orig *wire.Open, rows []row, re
 			if job := r.jobs[qi]; job != nil {
 				job.V, job.Run, job.Row, job.Enqueued = wire.Version, p.run, j, now
 				job.Resubmission = &wire.Resubmission{Run: rep.Run, Row: r.source, Attempt: rep.Attempt}
+				job.Data = nil // the row goes in its own input row, with its source_row
 				if err := p.send(ctx, p.names.JobSubject(job.Deployment, p.run, j, q.Name), wire.JobMsgID(p.run, j, q.Name), job); err != nil {
 					return err
 				}
@@ -312,6 +313,7 @@ func (p *publisher) publish(ctx context.Context, orig *wire.Open, rows []row, re
 			res := *r.kept[qi]
 			res.V, res.Run, res.Row = wire.Version, p.run, j
 			res.Calls, res.Retries, res.Billed, res.Elapsed = 0, 0, nil, 0 // billed in its own attempt
+			res.Data = nil
 			if err := p.send(ctx, p.names.ResultSubject(p.run, j, q.Name), wire.ResultMsgID(p.run, j, q.Name), &res); err != nil {
 				return err
 			}

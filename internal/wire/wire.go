@@ -471,6 +471,11 @@ type Job struct {
 	// Resubmission is set on the jobs of a resubmission: the original run, row and the
 	// attempt (copied into the audit records).
 	Resubmission *Resubmission `json:"resubmission,omitempty"`
+	// Data, set only on the job of a row's first query (the open record's order), is
+	// the row's input data, carried in the job instead of an input row message
+	// (InputRowSubject): every result of the job carries it back (Result.Data) and the
+	// collector takes it as the row's input. Absent: the row has its input row message.
+	Data json.RawMessage `json:"data,omitempty"`
 }
 
 // JobCache is a job's use of the prompt cache (BucketCache).
@@ -656,6 +661,9 @@ type Result struct {
 	// success path pays nothing for resubmission); it is also absent from synthetic
 	// results (poison, MaxDeliver) and when the result would not fit in a message with it.
 	Job json.RawMessage `json:"job,omitempty"`
+	// Data is the job's Data, on every result of a job that carries its row's data
+	// (the row's first query): the row's input for the collector.
+	Data json.RawMessage `json:"data,omitempty"`
 }
 
 // ResubmitEntry is one line of a run's resubmit.jsonl, written by the collector for a
@@ -674,6 +682,19 @@ type ResubmitEntry struct {
 
 // Addr returns the result's address.
 func (r *Result) Addr() Addr { return Addr{Run: r.Run, Row: r.Row, Query: r.Query} }
+
+// RowData is the row's input data a job or a result carries ("data": Job.Data,
+// Result.Data), read without decoding the rest; nil when it carries none or the body is
+// not JSON.
+func RowData(body []byte) json.RawMessage {
+	var probe struct {
+		Data json.RawMessage `json:"data"`
+	}
+	if json.Unmarshal(body, &probe) != nil || len(probe.Data) == 0 || string(probe.Data) == "null" {
+		return nil
+	}
+	return probe.Data
+}
 
 // Decode unmarshals a payload and checks the schema version: a version above Version
 // returns ErrNewerVersion so the caller can leave the message for a newer build. The

@@ -97,7 +97,8 @@ func (w *Worker) deadLetterSeq(ctx context.Context, jobs jetstream.Stream, a max
 		job := wire.Job{Run: addr.Run, Row: addr.Row, Query: addr.Query, Deployment: alias}
 		st := w.loadState(ctx, &job)
 		res := &wire.Result{V: wire.Version, Run: addr.Run, Row: addr.Row, Query: addr.Query, Worker: w.cfg.Name,
-			Error: &wire.Error{Reason: wire.ReasonMaxDeliveries, Message: reason, Details: map[string]any{"deliveries": a.Deliveries}}}
+			Error: &wire.Error{Reason: wire.ReasonMaxDeliveries, Message: reason, Details: map[string]any{"deliveries": a.Deliveries}},
+			Data:  wire.RowData(raw.Data)}
 		st.spent().apply(res)
 		if err := w.publishResult(ctx, res); err != nil {
 			return err

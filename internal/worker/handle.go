@@ -400,6 +400,7 @@ func (w *Worker) final(ctx context.Context, msg jetstream.Msg, job *wire.Job, re
 	}
 	res.V, res.Run, res.Row, res.Query = wire.Version, job.Run, job.Row, job.Query
 	res.Attempt, res.Worker = attempt, w.cfg.Name
+	res.Data = job.Data // the row's input, when its first query's job carries it
 	if !res.OK {
 		res.Job = msg.Data() // what mqctl resubmit asks again; a success carries nothing
 	}
@@ -476,13 +477,28 @@ func (w *Worker) publishResult(ctx context.Context, res *wire.Result) error {
 	if err != nil {
 		return fmt.Errorf("encode result: %w", err)
 	}
-	if res.Job != nil && int64(len(data))+1024 > w.js.Conn().MaxPayload() {
+	limit := w.js.Conn().MaxPayload()
+	if res.Job != nil && int64(len(data))+1024 > limit {
 		// A failure too large with its job (a prompt near the limit; 1 KiB left for the
 		// headers) is stored without it: mqctl resubmit then renders the query again
 		// from the pipeline, and the result is not lost.
 		trimmed := *res
 		trimmed.Job = nil
 		if data, err = json.Marshal(&trimmed); err != nil {
+			return fmt.Errorf("encode result: %w", err)
+		}
+	}
+	if res.OK && int64(len(data))+1024 > limit {
+		// An answer too large to store (with the row's data it carries, if any) fails
+		// its query, keeping what the call cost and the row's data: the row goes out
+		// as an error row naming the sizes, not never. res becomes that failure (the
+		// caller counts and logs it as one).
+		size := len(data)
+		res.OK, res.Fields, res.Usage, res.Model, res.Deployment = false, nil, nil, "", ""
+		res.Error = &wire.Error{Reason: wire.ReasonRowTooLarge, Message: fmt.Sprintf(
+			"the result of query %s is %d bytes, over the server's max_payload of %d less 1 KiB for headers", res.Query, size, limit),
+			Details: map[string]any{"query": res.Query, "size_bytes": size, "limit_bytes": limit}}
+		if data, err = json.Marshal(res); err != nil {
 			return fmt.Errorf("encode result: %w", err)
 		}
 	}
@@ -516,7 +532,7 @@ func (w *Worker) poison(ctx context.Context, alias string, msg jetstream.Msg, ad
 	}
 	if subjErr == nil {
 		res := &wire.Result{V: wire.Version, Run: addr.Run, Row: addr.Row, Query: addr.Query, Worker: w.cfg.Name,
-			Error: failure}
+			Error: failure, Data: wire.RowData(msg.Data())}
 		if err := w.publishResult(ctx, res); err != nil {
 			log.Error().Err(err).Msg("synthetic result publish; job NAKed")
 			_ = msg.NakWithDelay(5 * time.Second)

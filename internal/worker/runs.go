@@ -141,7 +141,7 @@ func (w *Worker) rejectAlias(ctx, callCtx context.Context, fleet jetstream.KeyVa
 				w.poison(callCtx, alias, msg, addr, err, err, out.err, log)
 				continue
 			}
-			job := wire.Job{Run: addr.Run, Row: addr.Row, Query: addr.Query, Deployment: alias}
+			job := wire.Job{Run: addr.Run, Row: addr.Row, Query: addr.Query, Deployment: alias, Data: wire.RowData(msg.Data())}
 			out := decide(outcomeInput{job: jobUnservedAlias, alias: alias})
 			w.final(callCtx, msg, &job, nil, out.err, 1, spend{}, spend{}, log)
 		}

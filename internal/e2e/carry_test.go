@@ -1,0 +1,91 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"testing"
+	"time"
+
+	"github.com/multiquery/multiquery/internal/input"
+	"github.com/multiquery/multiquery/internal/llmsim"
+	"github.com/multiquery/multiquery/internal/queue"
+	"github.com/multiquery/multiquery/internal/sink"
+	"github.com/multiquery/multiquery/internal/wire"
+)
+
+// A run in input order carries each well-formed row in the job of its first query: the
+// producer publishes no input row message for it (a malformed record keeps its own, as
+// it has no job), and every row is written with its input columns, a row whose first
+// query failed included.
+func TestARunInInputOrderCarriesEachRowInItsFirstJob(t *testing.T) {
+	e := setup(t, llmsim.Config{})
+	p := e.pipeline(matrixPipeline(1, 2, "max_answer_retries: 0\n"))
+	data := csvRows(4, func(i int) (string, string) {
+		if i == 1 {
+			return "invalid_json", "cs1_k1" // the first query fails: its result still brings the row
+		}
+		return "", ""
+	}) + "r4,\"unclosed\n"
+	rep, err := e.produce(p, data, input.CSV)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := streamMsgs(t, e.js, wire.StreamInput, "input."+rep.Run+".*"); n != 3 {
+		t.Fatalf("MQ_INPUT holds %d messages of the run, want 3: the open and seal records and the malformed row's", n)
+	}
+	e.startWorker(workerOpts{})
+	e.startCollector("")
+	sum := e.waitSummary(rep.Run, 60*time.Second)
+	if sum.Stats.RowsOK != 3 || sum.Stats.RowsFailed != 2 {
+		t.Fatalf("summary: %+v, want 3 rows ok and 2 failed", sum.Stats)
+	}
+	ok, bad := e.lines(rep.Run, sink.ResultsJSONL), e.lines(rep.Run, sink.ErrorsJSONL)
+	for i, want := range []string{"r0", "r2", "r3"} {
+		if ok[i]["id"] != want || ok[i]["text"] == nil || ok[i]["cs1_k1_echo"] == nil || ok[i]["cs1_k2_echo"] == nil {
+			t.Fatalf("success row %d = %v, want %s with its input and both outputs", i, ok[i], want)
+		}
+	}
+	if len(bad) != 2 || bad[0]["id"] != "r1" || bad[0]["text"] == nil {
+		t.Fatalf("error rows = %v, want r1 with its input columns, then the malformed record", bad)
+	}
+	if qe := failedQuery(t, bad[0], "cs1_k1"); qe["reason"] != wire.ReasonInvalidJSON {
+		t.Fatalf("r1's failed query: %v, want %s", qe, wire.ReasonInvalidJSON)
+	}
+	if e := errorOf(t, bad[1]); e["reason"] != wire.ReasonMalformedRecord {
+		t.Fatalf("the malformed record's _error: %v", e)
+	}
+}
+
+// A poison job that carries its row (decodable, but not a valid job) is dead-lettered
+// and answered with a synthetic result that brings the row back: the row is written,
+// as an error row with its input columns.
+func TestAPoisonJobThatCarriesItsRowStillCompletesIt(t *testing.T) {
+	e := setup(t, llmsim.Config{})
+	ctx := context.Background()
+	if err := queue.Ensure(ctx, e.js, e.topo); err != nil {
+		t.Fatal(err)
+	}
+	const run = "carried-poison"
+	publishJSON(t, e.js, wire.InputOpenSubject(run), wire.Open{V: 1, Run: run, Order: wire.OrderInput, Deployments: []string{"default"},
+		Queries: []wire.QueryInfo{{Name: "q", Columns: []string{"q_echo"}}}, Created: time.Now()})
+	good := job(run, 0)
+	good.Data = json.RawMessage(`{"id":"r0"}`)
+	invalid := job(run, 1)
+	invalid.Data, invalid.Outputs = json.RawMessage(`{"id":"r1"}`), nil
+	publishJSON(t, e.js, wire.JobSubject("default", run, 0, "q"), good)
+	publishJSON(t, e.js, wire.JobSubject("default", run, 1, "q"), invalid)
+	publishJSON(t, e.js, wire.InputSealSubject(run), wire.Seal{V: 1, Run: run, Rows: 2})
+	e.startWorker(workerOpts{})
+	e.startCollector("")
+	e.waitSummary(run, 30*time.Second)
+	ok, bad := e.lines(run, sink.ResultsJSONL), e.lines(run, sink.ErrorsJSONL)
+	if len(ok) != 1 || ok[0]["id"] != "r0" || ok[0]["q_echo"] == nil {
+		t.Fatalf("success rows = %v, want r0 with its output", ok)
+	}
+	if len(bad) != 1 || bad[0]["id"] != "r1" {
+		t.Fatalf("error rows = %v, want r1 with its input", bad)
+	}
+	if qe := failedQuery(t, bad[0], "q"); qe["reason"] != wire.ReasonPoison {
+		t.Fatalf("r1's failed query: %v, want %s", qe, wire.ReasonPoison)
+	}
+}
