@@ -64,7 +64,7 @@ func TestPoisonJobsAreDeadLetteredAndTheirRowsComplete(t *testing.T) {
 	publishJSON(t, e.js, wire.InputOpenSubject("newer-run"), wire.Open{V: 1, Run: "newer-run", Order: wire.OrderInput, Deployments: []string{"default"},
 		Queries: []wire.QueryInfo{{Name: "q", Columns: []string{"q_echo"}}}, Created: time.Now()})
 	newer := job(run, 3)
-	newer.V = 2
+	newer.V = wire.MaxVersion + 1
 	publishJSON(t, e.js, wire.JobSubject("default", "newer-run", 3, "q"), newer)
 	publishJSON(t, e.js, wire.InputSealSubject(run), wire.Seal{V: 1, Run: run, Rows: 3})
 
@@ -99,7 +99,7 @@ func TestPoisonJobsAreDeadLetteredAndTheirRowsComplete(t *testing.T) {
 	// The newer-version job is still waiting for a newer worker.
 	s, _ := e.js.Stream(ctx, wire.StreamJobs)
 	if _, err := s.GetLastMsgForSubject(ctx, wire.JobSubject("default", "newer-run", 3, "q")); err != nil {
-		t.Fatalf("the v2 job is gone from the stream (%v): it must be NAKed, not terminated", err)
+		t.Fatalf("the newer-version job is gone from the stream (%v): it must be NAKed, not terminated", err)
 	}
 }
 

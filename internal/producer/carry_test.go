@@ -62,6 +62,10 @@ func TestFitCarriesARowInItsFirstJobWhenItFits(t *testing.T) {
 				if want := tt.carried && i == 0; (got != nil) != want || (want && string(got) != string(pl.row.Data)) {
 					t.Fatalf("job %d carries %.40q, want the row: %v", i, got, want)
 				}
+				var v struct{ V int }
+				if err := json.Unmarshal(m.Data, &v); err != nil || (v.V == wire.VersionCarried) != (got != nil) {
+					t.Fatalf("job %d: version %d (%v); want %d exactly when it carries the row", i, v.V, err, wire.VersionCarried)
+				}
 				if msgSize(m) > tt.limit {
 					t.Fatalf("job %d is %d bytes, over %d", i, msgSize(m), tt.limit)
 				}

@@ -148,7 +148,7 @@ func fit(pl plan, names wire.Names, limit int64) (plan, error) {
 	run, row := pl.row.Run, pl.row.Row
 	pl.jobMsgs, pl.rowMsg = pl.jobMsgs[:0], nil
 	if pl.carry && pl.row.Error == nil && len(pl.jobs) > 0 && len(pl.row.Data) <= maxCarried {
-		pl.jobs[0].Data = pl.row.Data
+		pl.jobs[0].V, pl.jobs[0].Data = wire.VersionCarried, pl.row.Data
 	}
 	for i := range pl.jobs {
 		j := &pl.jobs[i]
@@ -158,7 +158,7 @@ func fit(pl plan, names wire.Names, limit int64) (plan, error) {
 		}
 		if size := msgSize(m); limit > 0 && size > limit && j.Data != nil {
 			// Too large with the row: the row keeps its own message.
-			j.Data = nil
+			j.V, j.Data = wire.Version, nil
 			if m, err = newMsg(m.Subject, m.Header.Get(wire.HeaderMsgID), j); err != nil {
 				return pl, err
 			}

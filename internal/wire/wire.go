@@ -13,8 +13,18 @@ import (
 	json "github.com/goccy/go-json"
 )
 
-// Version is the schema version this build writes and fully understands.
+// Version is the schema version this build writes, but for a job that carries its
+// row's data and the results of such a job (VersionCarried).
 const Version = 1
+
+// VersionCarried is the schema version of a job that carries its row's data
+// (Job.Data) and of every result of such a job (Result.Data): a reader of version 1
+// would drop the data and its row would never complete, so it leaves them alone (a
+// worker NAKs the job for a newer one, a collector fails the result).
+const VersionCarried = 2
+
+// MaxVersion is the highest schema version this build understands.
+const MaxVersion = VersionCarried
 
 // Stream names of the default deployment (the empty prefix). A process takes its
 // names from a Names, which prefixes them ("<prefix>_MQ_JOBS"); so are the bucket names
@@ -696,7 +706,7 @@ func RowData(body []byte) json.RawMessage {
 	return probe.Data
 }
 
-// Decode unmarshals a payload and checks the schema version: a version above Version
+// Decode unmarshals a payload and checks the schema version: a version above MaxVersion
 // returns ErrNewerVersion so the caller can leave the message for a newer build. The
 // version is read without a second decode when the payload starts with it, as every
 // record this package's types encode does ("v" is their first field).
@@ -711,7 +721,7 @@ func Decode(data []byte, v any) error {
 		}
 		ver = probe.V
 	}
-	if ver > Version {
+	if ver > MaxVersion {
 		return fmt.Errorf("decode: schema version %d: %w", ver, ErrNewerVersion)
 	}
 	if ver < 1 {

@@ -37,8 +37,11 @@ func TestSubjectsRoundTrip(t *testing.T) {
 
 func TestDecodeChecksTheVersion(t *testing.T) {
 	var j Job
-	if err := Decode([]byte(`{"v":2,"run":"r"}`), &j); !errors.Is(err, ErrNewerVersion) {
-		t.Fatalf("v2: err = %v, want ErrNewerVersion", err)
+	if err := Decode([]byte(`{"v":3,"run":"r"}`), &j); !errors.Is(err, ErrNewerVersion) {
+		t.Fatalf("v3: err = %v, want ErrNewerVersion", err)
+	}
+	if err := Decode([]byte(`{"v":2,"run":"r","data":{"id":"a"}}`), &j); err != nil || string(j.Data) != `{"id":"a"}` {
+		t.Fatalf("v2 (a job that carries its row): err = %v, data %s", err, j.Data)
 	}
 	if err := Decode([]byte(`{"run":"r"}`), &j); err == nil || errors.Is(err, ErrNewerVersion) {
 		t.Fatalf("no version: err = %v, want a decode error", err)

@@ -473,6 +473,9 @@ func (w *Worker) resultStored(ctx context.Context, job *wire.Job) bool {
 }
 
 func (w *Worker) publishResult(ctx context.Context, res *wire.Result) error {
+	if res.Data != nil {
+		res.V = wire.VersionCarried // a reader of version 1 would drop the row
+	}
 	data, err := json.Marshal(res)
 	if err != nil {
 		return fmt.Errorf("encode result: %w", err)

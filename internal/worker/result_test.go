@@ -46,8 +46,8 @@ func TestAResultTooLargeToStoreFailsItsQueryAndKeepsTheRow(t *testing.T) {
 		if err := wire.Decode(m.Data, &got); err != nil {
 			t.Fatal(err)
 		}
-		if string(got.Data) != string(row) {
-			t.Fatalf("row %d: stored result carries %s, want the row's data %s", i, got.Data, row)
+		if string(got.Data) != string(row) || got.V != wire.VersionCarried {
+			t.Fatalf("row %d: stored result v%d carries %s, want v%d with the row's data %s", i, got.V, got.Data, wire.VersionCarried, row)
 		}
 		tooLarge := i == 1
 		if got.OK == tooLarge || (tooLarge && (got.Error == nil || got.Error.Reason != wire.ReasonRowTooLarge ||
