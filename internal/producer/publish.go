@@ -40,11 +40,11 @@ func publishPlan(ctx context.Context, pub *publisher, run string, pl plan, caref
 			return len(pl.jobs), nil
 		}
 	}
-	missing := make([]bool, len(pl.jobs))
-	for i := range pl.jobs {
-		j := &pl.jobs[i]
-		missing[i] = true
-		if careful {
+	var missing []bool // careful: the jobs neither queued nor answered
+	if careful {
+		missing = make([]bool, len(pl.jobs))
+		for i := range pl.jobs {
+			j := &pl.jobs[i]
 			queued, err := pub.exists(ctx, pub.names.StreamJobs(), pl.jobMsgs[i].Subject)
 			if err != nil {
 				return 0, err
@@ -55,18 +55,18 @@ func publishPlan(ctx context.Context, pub *publisher, run string, pl plan, caref
 			}
 			missing[i] = !queued && !answered
 		}
-	}
-	if careful && pl.carried() && slices.Contains(missing, true) {
-		written, err := pub.written(ctx, run, pl.row.Row)
-		if err != nil {
-			return 0, err
-		}
-		if written {
-			return len(pl.jobs), nil
+		if pl.carried() && slices.Contains(missing, true) {
+			written, err := pub.written(ctx, run, pl.row.Row)
+			if err != nil {
+				return 0, err
+			}
+			if written {
+				return len(pl.jobs), nil
+			}
 		}
 	}
 	for i := range pl.jobs {
-		if !missing[i] {
+		if careful && !missing[i] {
 			continue
 		}
 		if err := pub.async(ctx, pl.jobMsgs[i]); err != nil {
@@ -406,7 +406,6 @@ func (p *publisher) reset() {
 	p.pending, p.rows, p.open, p.out = p.pending[:0], p.rows[:0], nil, 0
 }
 
-// exists reports whether a stream holds a message on subject.
 // written reports whether row is below its run's watermark (wire.RunStatus, written by
 // the collector): written, its results possibly purged.
 func (p *publisher) written(ctx context.Context, run string, row int) (bool, error) {
@@ -418,6 +417,7 @@ func (p *publisher) written(ctx context.Context, run string, row int) (bool, err
 	return err == nil && st != nil && row < st.Next, err
 }
 
+// exists reports whether a stream holds a message on subject.
 func (p *publisher) exists(ctx context.Context, stream, subject string) (bool, error) {
 	s, err := p.js.Stream(ctx, stream)
 	if err != nil {
