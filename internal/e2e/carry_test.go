@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -11,7 +10,6 @@ import (
 	"github.com/multiquery/multiquery/internal/input"
 	"github.com/multiquery/multiquery/internal/llmsim"
 	"github.com/multiquery/multiquery/internal/producer"
-	"github.com/multiquery/multiquery/internal/queue"
 	"github.com/multiquery/multiquery/internal/sink"
 	"github.com/multiquery/multiquery/internal/status"
 	"github.com/multiquery/multiquery/internal/wire"
@@ -65,13 +63,8 @@ func TestARunInInputOrderCarriesEachRowInItsFirstJob(t *testing.T) {
 // as an error row with its input columns.
 func TestAPoisonJobThatCarriesItsRowStillCompletesIt(t *testing.T) {
 	e := setup(t, llmsim.Config{})
-	ctx := context.Background()
-	if err := queue.Ensure(ctx, e.js, e.topo); err != nil {
-		t.Fatal(err)
-	}
 	const run = "carried-poison"
-	publishJSON(t, e.js, wire.InputOpenSubject(run), wire.Open{V: 1, Run: run, Order: wire.OrderInput, Deployments: []string{"default"},
-		Queries: []wire.QueryInfo{{Name: "q", Columns: []string{"q_echo"}}}, Created: time.Now()})
+	e.openOneQueryRun(run)
 	good := job(run, 0)
 	good.Data = json.RawMessage(`{"id":"r0"}`)
 	invalid := job(run, 1)
@@ -106,18 +99,9 @@ func TestAResumedProducerCallsNoCarriedRowAgainOnceWritten(t *testing.T) {
 	p := e.pipeline(matrixPipeline(1, 1, ""))
 	data := csvRows(300, nil)
 	const run = "resume-carried"
-	ctx, kill := context.WithCancel(context.Background())
-	_, err := producer.Run(ctx, e.js, producer.Config{Pipeline: p, Input: strings.NewReader(data), Format: input.CSV, Run: run,
-		Topology: e.topo, Window: 64, Progress: func(rows int) {
-			if rows == 192 {
-				// At a checkpoint (every 32 rows): the last 32 rows are flushed, the
-				// checkpoint is not written, so the rerun publishes rows 160.. carefully.
-				kill()
-			}
-		}}, e.log)
-	if !errors.Is(err, context.Canceled) {
-		t.Fatalf("first producer: err = %v, want it interrupted", err)
-	}
+	// At a checkpoint (every 32 rows): the last 32 rows are flushed, the checkpoint is
+	// not written, so the rerun publishes rows 160.. carefully.
+	e.interruptProducer(p, data, run, 192)
 	kv, err := e.js.KeyValue(context.Background(), e.topo.Names.BucketRuns())
 	if err != nil {
 		t.Fatal(err)

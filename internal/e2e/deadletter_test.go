@@ -36,6 +36,17 @@ func publishJSON(t *testing.T, js jetstream.JetStream, subject string, v any) {
 	}
 }
 
+// openOneQueryRun creates the streams and publishes the open record of a run of query q
+// (output q_echo), the run whose jobs job builds, in input order.
+func (e *env) openOneQueryRun(run string) {
+	e.t.Helper()
+	if err := queue.Ensure(context.Background(), e.js, e.topo); err != nil {
+		e.t.Fatal(err)
+	}
+	publishJSON(e.t, e.js, wire.InputOpenSubject(run), wire.Open{V: 1, Run: run, Order: wire.OrderInput, Deployments: []string{"default"},
+		Queries: []wire.QueryInfo{{Name: "q", Columns: []string{"q_echo"}}}, Created: time.Now()})
+}
+
 func job(run string, row int) wire.Job {
 	return wire.Job{V: 1, Run: run, Row: row, Query: "q", Deployment: "default",
 		Request: wire.Request{Model: "m", ResponseFormat: wire.FormatStandard, Messages: []wire.Message{{Role: "user",
@@ -49,20 +60,15 @@ func job(run string, row int) wire.Job {
 func TestPoisonJobsAreDeadLetteredAndTheirRowsComplete(t *testing.T) {
 	e := setup(t, llmsim.Config{})
 	ctx := context.Background()
-	if err := queue.Ensure(ctx, e.js, e.topo); err != nil {
-		t.Fatal(err)
-	}
 	const run = "manual-poison"
-	publishJSON(t, e.js, wire.InputOpenSubject(run), wire.Open{V: 1, Run: run, Order: wire.OrderInput, Deployments: []string{"default"},
-		Queries: []wire.QueryInfo{{Name: "q", Columns: []string{"q_echo"}}}, Created: time.Now()})
+	e.openOneQueryRun(run)
 	for row := range 3 {
 		publishJSON(t, e.js, wire.InputRowSubject(run, row), wire.Row{V: 1, Run: run, Row: row, Data: json.RawMessage(`{"id":"r` + string(rune('0'+row)) + `"}`)})
 	}
 	publishJSON(t, e.js, wire.JobSubject("default", run, 0, "q"), job(run, 0))
 	publishJSON(t, e.js, wire.JobSubject("default", run, 1, "q"), []byte(`{"v":1,"run":"manual-poison","row":`)) // undecodable
 	publishJSON(t, e.js, wire.JobSubject("default", run, 2, "q"), job(run, 2))
-	publishJSON(t, e.js, wire.InputOpenSubject("newer-run"), wire.Open{V: 1, Run: "newer-run", Order: wire.OrderInput, Deployments: []string{"default"},
-		Queries: []wire.QueryInfo{{Name: "q", Columns: []string{"q_echo"}}}, Created: time.Now()})
+	e.openOneQueryRun("newer-run")
 	newer := job(run, 3)
 	newer.V = wire.MaxVersion + 1
 	publishJSON(t, e.js, wire.JobSubject("default", "newer-run", 3, "q"), newer)

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/multiquery/multiquery/internal/config"
 	"github.com/multiquery/multiquery/internal/input"
 	"github.com/multiquery/multiquery/internal/llmsim"
 	"github.com/multiquery/multiquery/internal/producer"
@@ -66,6 +67,22 @@ func TestFlowControlBoundsTheJobsStream(t *testing.T) {
 	t.Logf("peak jobs in the stream: %d (bound %d + %d in-flight acks)", peak.Load(), k*m, slots)
 }
 
+// interruptProducer runs the file producer for run with a window of 64 (a checkpoint
+// every 64/(M+1) rows) and kills it once it has published rows rows.
+func (e *env) interruptProducer(p *config.Pipeline, data, run string, rows int) {
+	e.t.Helper()
+	ctx, kill := context.WithCancel(context.Background())
+	_, err := producer.Run(ctx, e.js, producer.Config{Pipeline: p, Input: strings.NewReader(data), Format: input.CSV, Run: run,
+		Topology: e.topo, Window: 64, Progress: func(n int) {
+			if n == rows {
+				kill()
+			}
+		}}, e.log)
+	if !errors.Is(err, context.Canceled) {
+		e.t.Fatalf("first producer: err = %v, want it interrupted", err)
+	}
+}
+
 // Issue 5, acceptance 3: a producer killed half-way and rerun with the same run id after
 // the dedup window resumes from its checkpoint: no job is called twice and the run
 // completes; a different input under the same run id is refused before publishing.
@@ -77,24 +94,15 @@ func TestProducerResumesWithoutDuplicateCalls(t *testing.T) {
 	p := e.pipeline(matrixPipeline(1, 2, ""))
 	data := csvRows(400, nil)
 	const run = "resume-run"
-	ctx, kill := context.WithCancel(context.Background())
-	_, err := producer.Run(ctx, e.js, producer.Config{Pipeline: p, Input: strings.NewReader(data), Format: input.CSV, Run: run,
-		Topology: e.topo, Window: 64, Progress: func(rows int) {
-			if rows == 200 {
-				kill() // mid-run, with publishes in flight
-			}
-		}}, e.log)
-	if !errors.Is(err, context.Canceled) {
-		t.Fatalf("first producer: err = %v, want it interrupted", err)
-	}
-	time.Sleep(time.Second) // past the dedup window
+	e.interruptProducer(p, data, run, 200) // mid-run, with publishes in flight
+	time.Sleep(time.Second)                // past the dedup window
 	other := csvRows(400, func(i int) (string, string) {
 		if i == 3 {
 			return "x", "y"
 		}
 		return "", ""
 	})
-	_, err = producer.Run(context.Background(), e.js, producer.Config{Pipeline: p, Input: strings.NewReader(other), Format: input.CSV, Run: run, Topology: e.topo}, e.log)
+	_, err := producer.Run(context.Background(), e.js, producer.Config{Pipeline: p, Input: strings.NewReader(other), Format: input.CSV, Run: run, Topology: e.topo}, e.log)
 	var ue *producer.UsageError
 	if !errors.As(err, &ue) || !strings.Contains(err.Error(), "input differs") {
 		t.Fatalf("rerun with another input: err = %v, want a UsageError saying the input differs", err)

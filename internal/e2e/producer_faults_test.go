@@ -461,12 +461,8 @@ func TestASubmittedRunWithAnInvalidIDIsRejectedAtTheDoor(t *testing.T) {
 func TestReplayIsRefusedForARowAlreadyWritten(t *testing.T) {
 	e := setup(t, llmsim.Config{})
 	ctx := context.Background()
-	if err := queue.Ensure(ctx, e.js, e.topo); err != nil {
-		t.Fatal(err)
-	}
 	const run = "written-row"
-	publishJSON(t, e.js, wire.InputOpenSubject(run), wire.Open{V: 1, Run: run, Order: wire.OrderInput, Deployments: []string{"default"},
-		Queries: []wire.QueryInfo{{Name: "q", Columns: []string{"q_echo"}}}, Created: time.Now()})
+	e.openOneQueryRun(run)
 	for row := range 2 {
 		publishJSON(t, e.js, wire.InputRowSubject(run, row), wire.Row{V: 1, Run: run, Row: row, Data: json.RawMessage(fmt.Sprintf(`{"id":"r%d"}`, row))})
 	}
