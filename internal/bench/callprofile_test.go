@@ -2,8 +2,11 @@ package bench
 
 import (
 	"slices"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/multiquery/multiquery/internal/llmsim"
 )
 
 // A run's call profile counts the calls llmsim received in each bucket from the first
@@ -45,5 +48,41 @@ func TestTheCallProfileTableShowsOnlyRowsWithAProfile(t *testing.T) {
 	want := "| run | calls llmsim received per 10ms from the run's first call |\n|---|---|\n| pipeline 1x100 slots, 50x10, next run | 100 0 3 |\n"
 	if got != want {
 		t.Errorf("got\n%s\nwant\n%s", got, want)
+	}
+}
+
+// The calls after a sequence are whole while llmsim's log still holds the first of
+// them; once it lost some (it keeps the last 100 000), the run's first call is not
+// known, and the table says so instead of a time from the oldest call it kept.
+func TestACallLogThatLostTheRunsFirstCallsIsNotWhole(t *testing.T) {
+	t0 := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+	logOf := func(seqs ...uint64) []llmsim.RequestLog {
+		var out []llmsim.RequestLog
+		for _, s := range seqs {
+			out = append(out, llmsim.RequestLog{Seq: s, Received: t0.Add(time.Duration(s) * time.Millisecond)})
+		}
+		return out
+	}
+	cases := []struct {
+		name  string
+		log   []llmsim.RequestLog
+		since uint64
+		calls int
+		whole bool
+	}{
+		{"the run's calls after an earlier run's", logOf(5, 6, 7, 8), 6, 2, true},
+		{"the log starts at the run's first call", logOf(7, 8, 9), 6, 3, true},
+		{"the log lost the run's first call", logOf(8, 9, 10), 6, 3, false},
+		{"no call after since", logOf(3, 4), 4, 0, true},
+	}
+	for _, c := range cases {
+		received, whole := receivedSince(c.log, c.since)
+		if len(received) != c.calls || whole != c.whole {
+			t.Errorf("%s: %d calls, whole %v; want %d, %v", c.name, len(received), whole, c.calls, c.whole)
+		}
+	}
+	table := LatencyTable([]LatencyRow{{Name: "pipeline 4x256 slots, 102400x1", Slots: 1024, Ideal: 20480, Achieved: 3692, Wall: 27 * time.Second, ToFirst: -1, AfterLast: 58 * time.Millisecond, Peak: 1024}})
+	if !strings.Contains(table, "| not in llmsim's log / 58ms |") {
+		t.Errorf("a row whose first call the log lost shows\n%s", table)
 	}
 }

@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/multiquery/multiquery/internal/llmsim"
 )
 
 // LatencyRow is one latency-bound measurement: achieved calls/s against what the slots
@@ -31,7 +33,7 @@ type LatencyRow struct {
 	Next bool
 	// ToFirst is the time from the producer's start to the first call, AfterLast from
 	// the last call to the summary (pipeline rows only): what the run's wall spends
-	// outside the calls.
+	// outside the calls. ToFirst is -1 when llmsim's log lost the run's first calls.
 	ToFirst, AfterLast time.Duration
 	// Calls is how many calls llmsim received in each CallBucket from the run's first
 	// call, for a pipeline run whose calls span at most CallProfileSpan (the replaced
@@ -125,9 +127,13 @@ func LatencyBound(ctx context.Context, c CostConfig, latency time.Duration, work
 			return out, err
 		}
 		sinceFirst, sinceLast, received := s.callSpan(seq0, row.Ended)
+		toFirst := row.Wall - sinceFirst
+		if sinceFirst < 0 {
+			toFirst = -1 // not known: the log lost the run's first calls
+		}
 		peak, _ := s.simPeak(true)
 		out = append(out, LatencyRow{Name: name, Slots: slots, Ideal: ideal, Achieved: row.Rate(), Wall: row.Wall, Peak: peak,
-			ToFirst: row.Wall - sinceFirst, AfterLast: sinceLast, Queries: rows * queries, Shipped: throttle == "", Next: i > 0,
+			ToFirst: toFirst, AfterLast: sinceLast, Queries: rows * queries, Shipped: throttle == "", Next: i > 0,
 			Calls: callProfile(received, CallBucket, CallProfileSpan)})
 	}
 	return out, nil
@@ -135,22 +141,37 @@ func LatencyBound(ctx context.Context, c CostConfig, latency time.Duration, work
 
 // callSpan is how long before now llmsim received the first and the last call logged
 // after sequence since (now is taken by the caller: reading a long log takes a while),
-// and when it received each of them.
+// and when it received each of them. first is -1 when the log no longer holds the
+// run's first calls (llmsim keeps its last 100 000: a longer run's first calls are gone).
 func (s *Stack) callSpan(since uint64, now time.Time) (first, last time.Duration, received []time.Time) {
 	reqs, err := s.Requests()
 	if err != nil {
 		return 0, 0, nil
 	}
-	for _, r := range reqs {
-		if r.Seq > since {
-			received = append(received, r.Received)
-		}
-	}
+	received, whole := receivedSince(reqs, since)
 	lo, hi := span(received)
 	if lo.IsZero() {
 		return 0, 0, nil
 	}
+	if !whole {
+		return -1, now.Sub(hi), received
+	}
 	return now.Sub(lo), now.Sub(hi), received
+}
+
+// receivedSince is when llmsim received each logged call after sequence since; whole is
+// false when the log lost some of them (its oldest entry comes after since + 1).
+func receivedSince(reqs []llmsim.RequestLog, since uint64) (received []time.Time, whole bool) {
+	oldest := uint64(0)
+	for _, r := range reqs {
+		if r.Seq > since {
+			received = append(received, r.Received)
+		}
+		if oldest == 0 || r.Seq < oldest {
+			oldest = r.Seq
+		}
+	}
+	return received, len(received) == 0 || oldest <= since+1
 }
 
 // span is the earliest and the latest of ts (zero times when ts is empty).
@@ -217,7 +238,11 @@ func LatencyTable(rows []LatencyRow) string {
 	for _, r := range rows {
 		span := "-"
 		if r.ToFirst != 0 || r.AfterLast != 0 {
-			span = fmt.Sprintf("%s / %s", r.ToFirst.Round(time.Millisecond), r.AfterLast.Round(time.Millisecond))
+			toFirst := r.ToFirst.Round(time.Millisecond).String()
+			if r.ToFirst < 0 {
+				toFirst = "not in llmsim's log"
+			}
+			span = fmt.Sprintf("%s / %s", toFirst, r.AfterLast.Round(time.Millisecond))
 		}
 		fmt.Fprintf(&b, "| %s | %.0f | %.0f | %.0f %% | %s | %s | %d |\n", r.Name, r.Ideal, r.Achieved, 100*r.Share(), r.Wall.Round(10*time.Millisecond), span, r.Peak)
 	}
