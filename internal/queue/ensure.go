@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -82,40 +83,44 @@ type ensureItem struct {
 	create func(ctx context.Context) error
 }
 
+// ensure looks every item up at once and creates those missing: a process's start-up
+// waits about one API round trip, not one per stream (14 in a row). The result is the
+// sequential one: the error of the first item in order that fails, and an item that
+// fails stops those after it (which may retry until ctx ends, e.g. a bucket whose
+// account lookup the user may not make), never those before it. Warnings are logged
+// in item order.
 func ensure(ctx context.Context, js jetstream.JetStream, items []ensureItem, log zerolog.Logger) error {
-	for _, it := range items {
-		name := it.want.Name
-		var have *jetstream.StreamConfig
-		err := Retry(ctx, func(ctx context.Context) error {
-			s, err := js.Stream(ctx, name)
-			if err == nil {
-				c := s.CachedInfo().Config
-				have = &c
-				return nil
-			}
-			if !errors.Is(err, jetstream.ErrStreamNotFound) {
-				if Denied(js, apiInfo+name) {
-					return fmt.Errorf("look up stream %s: %w: the user needs publish permission on %s", name, ErrNotAllowed, apiInfo+name)
+	have := make([]*jetstream.StreamConfig, len(items))
+	errs := make([]error, len(items))
+	stops := make([]context.CancelFunc, len(items))
+	ctxs := make([]context.Context, len(items))
+	for i := range items {
+		ctxs[i], stops[i] = context.WithCancel(ctx)
+		defer stops[i]()
+	}
+	var wg sync.WaitGroup
+	for i, it := range items {
+		wg.Go(func() {
+			if have[i], errs[i] = ensureOne(ctxs[i], js, it); errs[i] != nil {
+				for _, stop := range stops[i+1:] {
+					stop()
 				}
-				return err
 			}
-			err = it.create(ctx)
-			switch {
-			case errors.Is(err, jetstream.ErrStreamNameAlreadyInUse):
-				return nil // another process created it meanwhile
-			case err != nil && Denied(js, apiCreate+name):
-				return fmt.Errorf("stream %s does not exist and this NATS user may not create it (%w): run mqctl provision", name, ErrNotAllowed)
-			}
-			return err
 		})
+	}
+	wg.Wait()
+	for i, err := range errs {
 		if err != nil {
-			return fmt.Errorf("ensure stream %s: %w", name, err)
+			return fmt.Errorf("ensure stream %s: %w", items[i].want.Name, err)
 		}
-		if have == nil {
+	}
+	for i, it := range items {
+		name := it.want.Name
+		if have[i] == nil {
 			log.Info().Str("stream", name).Msg("created stream")
 			continue
 		}
-		for _, d := range Diff(it.want, *have) {
+		for _, d := range Diff(it.want, *have[i]) {
 			if d.Kind == Semantics || (d.Kind == Replicas && d.Have < d.Want) {
 				log.Warn().Str("stream", name).Str("field", d.Field).Str("want", d.WantText).Str("have", d.HaveText).
 					Msg("existing stream differs from what multiquery would create; check it (mqctl provision shows every difference)")
@@ -123,6 +128,36 @@ func ensure(ctx context.Context, js jetstream.JetStream, items []ensureItem, log
 		}
 	}
 	return nil
+}
+
+// ensureOne looks one item's stream up and returns its configuration, or creates it
+// when it does not exist and returns nil.
+func ensureOne(ctx context.Context, js jetstream.JetStream, it ensureItem) (*jetstream.StreamConfig, error) {
+	name := it.want.Name
+	var have *jetstream.StreamConfig
+	err := Retry(ctx, func(ctx context.Context) error {
+		s, err := js.Stream(ctx, name)
+		if err == nil {
+			c := s.CachedInfo().Config
+			have = &c
+			return nil
+		}
+		if !errors.Is(err, jetstream.ErrStreamNotFound) {
+			if Denied(js, apiInfo+name) {
+				return fmt.Errorf("look up stream %s: %w: the user needs publish permission on %s", name, ErrNotAllowed, apiInfo+name)
+			}
+			return err
+		}
+		err = it.create(ctx)
+		switch {
+		case errors.Is(err, jetstream.ErrStreamNameAlreadyInUse):
+			return nil // another process created it meanwhile
+		case err != nil && Denied(js, apiCreate+name):
+			return fmt.Errorf("stream %s does not exist and this NATS user may not create it (%w): run mqctl provision", name, ErrNotAllowed)
+		}
+		return err
+	})
+	return have, err
 }
 
 // JetStream API subjects of the calls Ensure makes.

@@ -134,3 +134,18 @@ func TestEnsureCreatesTheResultsBucketWithItsTTL(t *testing.T) {
 		t.Fatalf("default results TTL = %s, want 720h", (queue.Topology{}).Defaults().ResultsTTL)
 	}
 }
+
+// BenchmarkEnsureExisting is a process's start-up check when everything exists: one
+// lookup per stream and bucket of the topology.
+func BenchmarkEnsureExisting(b *testing.B) {
+	_, js := natstest.Start(b).Connect(b)
+	ctx := context.Background()
+	if err := queue.Ensure(ctx, js, queue.Topology{}); err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		if err := queue.Ensure(ctx, js, queue.Topology{}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
