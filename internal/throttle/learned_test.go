@@ -337,6 +337,54 @@ func TestSlowStartsWindowRuleCountsWhatTheFleetAnswers(t *testing.T) {
 	}
 }
 
+// The answers the fleet reports lag a doubling rate by a heartbeat, and a 429 comes back
+// at once where a served answer takes the call's latency: against the answers alone, 5
+// random 429s (5 %) among a window's ~40 dispatches read as pressure and cut a cold
+// fleet to a fraction of its slots for the rest of its run. The window rule asks for
+// its share of what the fleet dispatched in the window when that is more.
+func TestSlowStartsWindowRuleCountsWhatTheFleetDispatched(t *testing.T) {
+	ramp := func() (*Controller, *clock, int) {
+		ctl, c := newCtl(t, params())
+		c.advance(time.Second) // 10 -> 160/s
+		ctl.Next()
+		taken := 0
+		for range 250 { // a window at 160/s: this member (alone in its grid) takes ~40 slots
+			c.advance(time.Millisecond)
+			if ctl.TryReserve() {
+				taken++
+			}
+		}
+		ctl.SetAnswered(40) // the heartbeats' figure, behind the ramp
+		return ctl, c, taken
+	}
+	// burst gives the controller n 429s 5 ms apart; the decision is pressure or a cut
+	// when one of them was.
+	burst := func(ctl *Controller, c *clock, n int) Decision {
+		var any Decision
+		for range n {
+			c.advance(5 * time.Millisecond)
+			d := ctl.OnCapacity(Signal{RetryAfter: time.Second})
+			any.Pressure, any.Cut = any.Pressure || d.Pressure, any.Cut || d.Cut
+		}
+		return any
+	}
+	ctl, c, taken := ramp()
+	if taken < 30 {
+		t.Fatalf("took %d slots in a window at 160/s; want ~40", taken)
+	}
+	if d := burst(ctl, c, 5); d.Pressure {
+		t.Fatalf("5 429s among %d dispatches of a window (answers reported: 40/s): %+v; want lone 429s, no cut", taken, d)
+	}
+	if s := ctl.Snapshot(); !s.SlowStart || s.Decreases != 0 {
+		t.Fatalf("after 5 random 429s: %+v; want slow start going on", s)
+	}
+	// A limit crossed answers a quarter and more of the dispatches with 429s: pressure.
+	ctl, c, taken = ramp()
+	if d := burst(ctl, c, 12); !d.Pressure || !d.Cut {
+		t.Fatalf("12 429s among %d dispatches of a window: %+v; want pressure and a cut", taken, d)
+	}
+}
+
 // A served answer whose headers read the budget spent says the rate is at the limit
 // (no 429 yet): the last good rate is that rate, and the fleet holds at recover_to of it
 // — not at recover_to of a served figure that lags it (measured: holds of 8 s at 45 of
