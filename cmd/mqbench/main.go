@@ -28,6 +28,7 @@ func main() { os.Exit(run(os.Args[1:])) }
 // options is everything the command reads from its flags, by mode.
 type options struct {
 	bin, dir string
+	ownDir   bool // dir is the temporary directory mqbench made (finish removes it)
 	// Shared by the throttle cells, churn and start: llmsim's limit and latency, runs.
 	runs, burst int
 	rps         float64
@@ -105,6 +106,7 @@ func run(args []string) int {
 		return cli.ExitFailed
 	}
 	err = o.mode()(ctx, o)
+	o.finish(err)
 	if err == nil {
 		return cli.ExitOK
 	}
@@ -146,8 +148,25 @@ func (o *options) workDir() error {
 		return nil
 	}
 	d, err := os.MkdirTemp("", "mqbench-")
-	o.dir = d
+	o.dir, o.ownDir = d, err == nil
 	return err
+}
+
+// finish removes the temporary work directory after a run that succeeded (make bench
+// leaves ~400 MB of stores and logs there) or never started (a usage error), and names
+// it after one that failed, whose logs tell why. A --dir given is the user's: left as
+// it is.
+func (o *options) finish(err error) {
+	if !o.ownDir {
+		return
+	}
+	if err != nil && !errors.As(err, new(usageError)) {
+		fmt.Fprintln(os.Stderr, "mqbench: the run's logs and stores are kept in", o.dir)
+		return
+	}
+	if err := os.RemoveAll(o.dir); err != nil {
+		fmt.Fprintln(os.Stderr, "mqbench: remove the work directory:", err)
+	}
 }
 
 func parseFlags(args []string) (*options, error) {
@@ -155,7 +174,7 @@ func parseFlags(args []string) (*options, error) {
 	o := &options{}
 	ver := version.Register(fs)
 	fs.StringVar(&o.bin, "bin", "bin", "directory of the built binaries (make build)")
-	fs.StringVar(&o.dir, "dir", "", "work directory (default: a temp dir)")
+	fs.StringVar(&o.dir, "dir", "", "work directory (default: a temp dir, removed after a run that succeeded)")
 	fs.IntVar(&o.runs, "runs", 3, "runs per cell (the table keeps the worst)")
 	fs.StringVar(&o.modes, "modes", "fleet,naive", "throttle modes")
 	fs.Float64Var(&o.rps, "rps", 50, "llmsim request limit (token bucket)")

@@ -1,6 +1,11 @@
 package main
 
-import "testing"
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+)
 
 func TestRunUsageErrorsStartNothing(t *testing.T) {
 	dir := t.TempDir()
@@ -33,5 +38,42 @@ func TestPositiveInts(t *testing.T) {
 	}
 	if _, err := positiveInts("--x", "1,-2"); err == nil {
 		t.Error("positiveInts accepted -2")
+	}
+}
+
+func TestTheWorkDirectoryMqbenchMadeGoesUnlessTheRunFailed(t *testing.T) {
+	t.Setenv("TMPDIR", t.TempDir())
+	made := func() *options {
+		t.Helper()
+		o := &options{}
+		if err := o.workDir(); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(o.dir, "worker.log"), []byte("x"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return o
+	}
+	exists := func(dir string) bool { _, err := os.Stat(dir); return err == nil }
+
+	o := made()
+	o.finish(nil)
+	if exists(o.dir) {
+		t.Errorf("after a run that succeeded, %s is still there", o.dir)
+	}
+	o = made()
+	o.finish(usagef("--shapes: bad"))
+	if exists(o.dir) {
+		t.Errorf("after a usage error, %s is still there", o.dir)
+	}
+	o = made()
+	o.finish(errors.New("latency-bound: worker exited"))
+	if !exists(filepath.Join(o.dir, "worker.log")) {
+		t.Errorf("after a run that failed, its logs in %s are gone", o.dir)
+	}
+	given := &options{dir: t.TempDir()}
+	given.finish(nil)
+	if !exists(given.dir) {
+		t.Errorf("a --dir given (%s) was removed", given.dir)
 	}
 }
