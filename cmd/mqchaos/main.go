@@ -40,9 +40,9 @@ func run(args []string) int {
 			fmt.Fprintln(os.Stderr, err)
 			return cli.ExitFailed
 		}
-		if !runSeed(ctx, o.cfg, d, sd) {
-			failed = true
-		}
+		passed := runSeed(ctx, o.cfg, d, sd)
+		failed = failed || !passed
+		finishSeedDir(d, o.dir == "", passed)
 	}
 	if failed {
 		return cli.ExitFailed
@@ -96,6 +96,18 @@ func seedDir(dir string, seed uint64) (string, error) {
 	}
 	d := fmt.Sprintf("%s/seed-%d", dir, seed)
 	return d, os.MkdirAll(d, 0o755)
+}
+
+// finishSeedDir removes a seed's temporary directory (made, not given with --dir) once
+// the seed passed: each holds a few hundred MB of stores. A failed seed's stays, for its
+// logs (runSeed names it).
+func finishSeedDir(dir string, made, passed bool) {
+	if !made || !passed {
+		return
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		fmt.Fprintln(os.Stderr, "mqchaos: remove the seed's directory:", err)
+	}
 }
 
 // runSeed runs one chaos run, prints its report and verdict, and tells whether it passed.

@@ -1,6 +1,10 @@
 package main
 
-import "testing"
+import (
+	"os"
+	"path/filepath"
+	"testing"
+)
 
 func TestParseFlags(t *testing.T) {
 	o, err := parseFlags([]string{"--seeds", "3,5", "--faults", "429=1,500=2", "--rows", "10"})
@@ -18,5 +22,36 @@ func TestParseFlags(t *testing.T) {
 	}
 	if got := run([]string{"-h"}); got != 0 {
 		t.Errorf("run(-h) = %d, want 0", got)
+	}
+}
+
+func TestASeedsTemporaryDirectoryGoesOnlyWhenItPassed(t *testing.T) {
+	seed := func(base string) string {
+		t.Helper()
+		d := filepath.Join(base, "seed")
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(d, "collector.log"), []byte("x"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	exists := func(p string) bool { _, err := os.Stat(p); return err == nil }
+	for _, tt := range []struct {
+		name         string
+		made, passed bool
+		kept         bool
+	}{
+		{"made by mqchaos, passed", true, true, false},
+		{"made by mqchaos, failed: its logs", true, false, true},
+		{"given with --dir, passed", false, true, true},
+		{"given with --dir, failed", false, false, true},
+	} {
+		d := seed(t.TempDir())
+		finishSeedDir(d, tt.made, tt.passed)
+		if got := exists(filepath.Join(d, "collector.log")); got != tt.kept {
+			t.Errorf("%s: kept = %v, want %v", tt.name, got, tt.kept)
+		}
 	}
 }
