@@ -188,7 +188,7 @@ func (c *Collector) Run(ctx context.Context) error {
 		return fmt.Errorf("open kv %s: %w", c.names.BucketRetry(), err)
 	}
 	if !c.cfg.NoStore {
-		if c.obs, err = c.js.ObjectStore(ctx, c.names.BucketResults()); err != nil {
+		if c.obs, err = c.openResults(ctx); err != nil {
 			return fmt.Errorf("open object store %s: %w", c.names.BucketResults(), err)
 		}
 	}
@@ -207,6 +207,23 @@ func (c *Collector) Run(ctx context.Context) error {
 		c.fence = f
 		return c.active(ctx)
 	})
+}
+
+// openResults opens the results bucket, creating it again when it is gone: an operator
+// may delete it between the topology's check and this open, and a collector starting up
+// must not fail on that any more than store does at a run's end.
+func (c *Collector) openResults(ctx context.Context) (jetstream.ObjectStore, error) {
+	if err := c.injectFault(faultBeforeOpen); err != nil {
+		return nil, err
+	}
+	obs, err := c.js.ObjectStore(ctx, c.names.BucketResults())
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		if err := queue.EnsureResults(ctx, c.js, c.cfg.Topology); err != nil {
+			return nil, err
+		}
+		obs, err = c.js.ObjectStore(ctx, c.names.BucketResults())
+	}
+	return obs, err
 }
 
 // Started reports whether Run is up (holding the lease or standing by for it): the

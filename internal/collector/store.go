@@ -161,6 +161,7 @@ func loadSummaryTotal(dir string, r *run) {
 
 // Fault injection points, for tests that stop the collector where a crash could.
 const (
+	faultBeforeOpen   = "before-open"   // the topology is checked, the results bucket not yet opened
 	faultBeforeStore  = "before-store"  // the files are final, nothing stored yet
 	faultBeforeStatus = "before-status" // the files are stored, the status not written
 	faultMidSwap      = "mid-swap"      // a resubmission's merged files are half renamed in

@@ -263,6 +263,28 @@ func testCounter(c prometheus.Counter) float64 {
 }
 
 // A results bucket deleted by an operator is created again by the next store.
+// A bucket deleted while the collector starts, after it checked the topology and before
+// it opened the bucket, is created again there: before, the collector stopped with
+// "bucket not found" (seen under load, where the window is wide).
+func TestAResultsBucketDeletedAsTheCollectorStartsIsCreatedAgain(t *testing.T) {
+	t.Parallel()
+	b := setup(t, Config{})
+	b.stop()
+	b.fault = func(p string) error {
+		if p == faultBeforeOpen {
+			if err := b.js.DeleteObjectStore(context.Background(), wire.BucketResults); err != nil {
+				return fmt.Errorf("delete the results bucket: %w", err)
+			}
+		}
+		return nil
+	}
+	b.start()
+	const run = "bucket-deleted-at-start"
+	b.publishSmallRun(run)
+	b.waitFor("the run to finish", 15*time.Second, func() bool { st, _ := b.status(run); return st.Finished && st.Stored })
+	b.checkStoredOnce(run)
+}
+
 func TestADeletedResultsBucketIsCreatedAgain(t *testing.T) {
 	t.Parallel()
 	b := setup(t, Config{})
