@@ -212,18 +212,28 @@ func (c *Collector) Run(ctx context.Context) error {
 // openResults opens the results bucket, creating it again when it is gone: an operator
 // may delete it between the topology's check and this open, and a collector starting up
 // must not fail on that any more than store does at a run's end.
-func (c *Collector) openResults(ctx context.Context) (jetstream.ObjectStore, error) {
+func (c *Collector) openResults(ctx context.Context) (obs jetstream.ObjectStore, err error) {
 	if err := c.injectFault(faultBeforeOpen); err != nil {
 		return nil, err
 	}
-	obs, err := c.js.ObjectStore(ctx, c.names.BucketResults())
+	err = c.withResults(ctx, func() (err error) {
+		obs, err = c.js.ObjectStore(ctx, c.names.BucketResults())
+		return err
+	})
+	return obs, err
+}
+
+// withResults runs f, and once more after creating the results bucket again when f found
+// it gone (an operator deleted it).
+func (c *Collector) withResults(ctx context.Context, f func() error) error {
+	err := f()
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
 		if err := queue.EnsureResults(ctx, c.js, c.cfg.Topology); err != nil {
-			return nil, err
+			return err
 		}
-		obs, err = c.js.ObjectStore(ctx, c.names.BucketResults())
+		err = f()
 	}
-	return obs, err
+	return err
 }
 
 // Started reports whether Run is up (holding the lease or standing by for it): the

@@ -13,7 +13,6 @@ import (
 
 	"github.com/multiquery/multiquery/internal/archive"
 	"github.com/multiquery/multiquery/internal/lease"
-	"github.com/multiquery/multiquery/internal/queue"
 	"github.com/multiquery/multiquery/internal/sink"
 	"github.com/multiquery/multiquery/internal/wire"
 )
@@ -103,13 +102,11 @@ func (c *Collector) store(ctx context.Context, r *run) error {
 	}
 	dir := c.runDir(r.id)
 	names := outputFiles(dir, c.cfg.CSV)
-	n, err := archive.Store(ctx, c.obs, r.id, dir, names, c.fence.Check)
-	if errors.Is(err, jetstream.ErrBucketNotFound) {
-		if err := queue.EnsureResults(ctx, c.js, c.cfg.Topology); err != nil {
-			return err
-		}
+	var n int
+	err := c.withResults(ctx, func() (err error) {
 		n, err = archive.Store(ctx, c.obs, r.id, dir, names, c.fence.Check)
-	}
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("run %s: %w", r.id, err)
 	}

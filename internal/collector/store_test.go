@@ -262,7 +262,6 @@ func testCounter(c prometheus.Counter) float64 {
 	return m.GetCounter().GetValue()
 }
 
-// A results bucket deleted by an operator is created again by the next store.
 // A bucket deleted while the collector starts, after it checked the topology and before
 // it opened the bucket, is created again there: before, the collector stopped with
 // "bucket not found" (seen under load, where the window is wide).
@@ -285,6 +284,7 @@ func TestAResultsBucketDeletedAsTheCollectorStartsIsCreatedAgain(t *testing.T) {
 	b.checkStoredOnce(run)
 }
 
+// A results bucket deleted by an operator is created again by the next store.
 func TestADeletedResultsBucketIsCreatedAgain(t *testing.T) {
 	t.Parallel()
 	b := setup(t, Config{})

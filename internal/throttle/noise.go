@@ -101,21 +101,10 @@ func (c *Controller) noiseShare() float64 {
 	return all
 }
 
-// since counts the 429s seen after from.
-func (c *Controller) since(from time.Time) int {
-	n := 0
-	for _, r := range c.recent {
-		if r.After(from) {
-			n++
-		}
-	}
-	return n
-}
-
 // aboveNoise reports whether the 429s within probeHorizon are more than the noise
 // explains.
 func (c *Controller) aboveNoise(t time.Time) bool {
-	k := c.since(t.Add(-probeHorizon))
+	k := c.recent.since(t.Add(-probeHorizon))
 	if k < 2 {
 		return false
 	}
@@ -125,7 +114,7 @@ func (c *Controller) aboveNoise(t time.Time) bool {
 
 // unNoise takes the 429s that led to a cut out of the noise estimate.
 func (c *Controller) unNoise(t time.Time) {
-	k := c.since(maxTime(t.Add(-probeHorizon), c.lastCut.Add(inFlightAfterCut)))
+	k := c.recent.since(maxTime(t.Add(-probeHorizon), c.lastCut.Add(inFlightAfterCut)))
 	c.noise429 = max(c.noise429-float64(k), 0)
 }
 

@@ -197,11 +197,10 @@ type Controller struct {
 	grid        grid
 	cursor      slot // the last slot used
 	lastWaited  time.Time
-	recent      []time.Time // 429s seen fleet-wide within the last window
-	// taken holds this member's permits of the last window from takenHead on, kept in
-	// slow start only (windowRate): what the fleet dispatched, without a heartbeat's lag.
-	taken     []time.Time
-	takenHead int
+	recent      stamps // 429s seen fleet-wide within the last window (or probeHorizon)
+	// taken are this member's permits of the last window, kept in slow start only
+	// (windowRate): what the fleet dispatched, without a heartbeat's lag.
+	taken stamps
 
 	// What the provider and the fleet's memory say (learned.go).
 	ceiling   float64   // req/s the provider's rate-limit headers allow (0: unknown)
@@ -386,15 +385,8 @@ func (c *Controller) OnCapacity(s Signal) Decision {
 	t := c.now()
 	c.grow(t)
 	c.signals++
-	horizon := t.Add(-max(c.p.Window, probeHorizon))
-	keep := c.recent[:0]
-	for _, r := range c.recent {
-		if r.After(horizon) {
-			keep = append(keep, r)
-		}
-	}
-	c.recent = append(keep, t)
-	inWindow := c.since(t.Add(-c.p.Window))
+	c.recent.add(t, t.Add(-max(c.p.Window, probeHorizon)))
+	inWindow := c.recent.since(t.Add(-c.p.Window))
 	n := float64(inWindow)
 	answers := max(c.windowRate(t)*c.p.Window.Seconds(), 1)
 	var d Decision
@@ -439,8 +431,8 @@ func (c *Controller) OnCapacity(s Signal) Decision {
 // second. The answers alone are not the measure either: they come from the heartbeats,
 // a heartbeat behind a rate that doubles every window, and a 429 comes back at once
 // where a served answer takes the call's latency, so a share of the answers counted
-// random 429s as pressure (make demo, 5 % random 429s: about one run in twenty was cut
-// in slow start at ~60 calls a second and ran 7.6 or 15.7 s instead of 2.9 s).
+// random 429s as pressure (make demo, 5 % random 429s: 2 runs of 61 were cut in slow
+// start at ~60 calls a second and ran 7.6 and 15.7 s instead of 2.9 s).
 func (c *Controller) windowRate(t time.Time) float64 {
 	if c.slowStart && c.answered > 0 {
 		return min(c.rate, max(2*c.answered, c.dispatched(t)))
@@ -451,28 +443,16 @@ func (c *Controller) windowRate(t time.Time) float64 {
 // noteTaken records a permit this member took at t, in slow start only.
 func (c *Controller) noteTaken(t time.Time) {
 	if !c.slowStart {
-		c.taken, c.takenHead = nil, 0
+		c.taken = stamps{}
 		return
 	}
-	from := t.Add(-c.p.Window)
-	for c.takenHead < len(c.taken) && !c.taken[c.takenHead].After(from) {
-		c.takenHead++
-	}
-	if c.takenHead > len(c.taken)/2 { // reuse the front half once it is spent
-		c.taken = append(c.taken[:0], c.taken[c.takenHead:]...)
-		c.takenHead = 0
-	}
-	c.taken = append(c.taken, t)
+	c.taken.add(t, t.Add(-c.p.Window))
 }
 
 // dispatched is the fleet's dispatch rate over the window before t, from this member's
 // permits and its part of the grid (every member paces the same grid).
 func (c *Controller) dispatched(t time.Time) float64 {
-	from := t.Add(-c.p.Window)
-	n := 0
-	for i := len(c.taken) - 1; i >= c.takenHead && c.taken[i].After(from); i-- {
-		n++
-	}
+	n := c.taken.since(t.Add(-c.p.Window))
 	share := c.share()
 	if !(share > 0) {
 		share = 1
