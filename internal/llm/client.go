@@ -332,7 +332,11 @@ func (c *Client) encode(req wire.Request) ([]byte, error) {
 	default:
 		body.ResponseFormat = responseFormat{Type: "json_object"}
 	}
-	return json.Marshal(body)
+	size := 160 + len(body.Model)
+	for _, m := range body.Messages {
+		size += 32 + len(m.Role) + len(m.Content)
+	}
+	return appendChatRequest(make([]byte, 0, size), body)
 }
 
 func refusal(s string) string {
