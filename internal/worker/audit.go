@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/multiquery/multiquery/internal/jsonw"
 	"github.com/multiquery/multiquery/internal/llm"
 	"github.com/multiquery/multiquery/internal/wire"
 )
@@ -109,8 +110,14 @@ func newAuditor(js jetstream.JetStream, names wire.Names, dropped func(records i
 	return a, nil
 }
 
-func hashJSON(v any) string {
-	b, _ := json.Marshal(v) // encoding/json sorts map keys: canonical enough for a hash
+// hashRequest is the audit record's request_sha256: over the request's JSON, as
+// json.Marshal writes it (map keys sorted: canonical enough for a hash).
+func hashRequest(req wire.Request) string {
+	size := 256 + len(req.Model)
+	for _, m := range req.Messages {
+		size += 32 + len(m.Content)
+	}
+	b, _ := req.AppendJSON(make([]byte, 0, size))
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:])
 }
@@ -119,7 +126,7 @@ func hashJSON(v any) string {
 // reask its re-ask number (0: a first ask).
 func (a *auditor) record(job *wire.Job, req wire.Request, attempt, reask int, worker string, ans *llm.Answer, callErr error, latency time.Duration) {
 	rec := AuditRecord{V: wire.Version, Run: job.Run, Row: job.Row, Query: job.Query, Attempt: attempt, Reask: reask, Deployment: job.Deployment,
-		RequestHash: hashJSON(req), Status: 200, LatencyMS: float64(latency.Microseconds()) / 1000, Worker: worker, Time: time.Now().UTC()}
+		RequestHash: hashRequest(req), Status: 200, LatencyMS: float64(latency.Microseconds()) / 1000, Worker: worker, Time: time.Now().UTC()}
 	if ans != nil {
 		sum := sha256.Sum256([]byte(ans.Content))
 		rec.ResponseHash = hex.EncodeToString(sum[:])
@@ -136,17 +143,13 @@ func (a *auditor) record(job *wire.Job, req wire.Request, attempt, reask int, wo
 func (a *auditor) cached(job *wire.Job, attempt int, worker, content string, latency time.Duration) {
 	sum := sha256.Sum256([]byte(content))
 	a.add(AuditRecord{V: wire.Version, Run: job.Run, Row: job.Row, Query: job.Query, Attempt: attempt, Deployment: job.Deployment,
-		RequestHash: hashJSON(job.Request), ResponseHash: hex.EncodeToString(sum[:]), LatencyMS: float64(latency.Microseconds()) / 1000,
+		RequestHash: hashRequest(job.Request), ResponseHash: hex.EncodeToString(sum[:]), LatencyMS: float64(latency.Microseconds()) / 1000,
 		Worker: worker, Time: time.Now().UTC(), Cached: true, Resubmission: job.Resubmission})
 }
 
-// add appends rec to its run's batch and publishes the batch once it is full.
+// add appends rec to its run's batch and publishes the batch once it is full. The
+// record is written straight into the batch (appendJSON), under the lock.
 func (a *auditor) add(rec AuditRecord) {
-	line, err := json.Marshal(rec)
-	if err != nil {
-		a.dropped(1)
-		return
-	}
 	a.mu.Lock()
 	b := a.batches[rec.Run]
 	if b == nil {
@@ -154,9 +157,15 @@ func (a *auditor) add(rec AuditRecord) {
 		a.batches[rec.Run] = b
 	}
 	if b.buf == nil {
-		b.buf = make([]byte, 0, max(b.size, len(line)+1))
+		b.buf = make([]byte, 0, max(b.size, 1024))
 	}
-	b.buf = append(append(b.buf, line...), '\n')
+	line, err := rec.appendJSON(b.buf)
+	if err != nil {
+		a.mu.Unlock()
+		a.dropped(1)
+		return
+	}
+	b.buf = append(line, '\n')
 	b.records++
 	var full []byte
 	if b.records >= auditBatchRecords || len(b.buf) >= auditBatchBytes {
@@ -166,6 +175,57 @@ func (a *auditor) add(rec AuditRecord) {
 	if full != nil {
 		a.publish(rec.Run, full)
 	}
+}
+
+// appendJSON appends r's JSON to b as json.Marshal writes it, by hand (package jsonw):
+// a record for every attempt. The rare parts (an error, a resubmission) go through the
+// JSON package. On an error b is returned as it was.
+func (r *AuditRecord) appendJSON(b []byte) ([]byte, error) {
+	start := len(b)
+	b = jsonw.Int(append(b, `{"v":`...), int64(r.V))
+	b = jsonw.String(append(b, `,"run":`...), r.Run)
+	b = jsonw.Int(append(b, `,"row":`...), int64(r.Row))
+	b = jsonw.String(append(b, `,"query":`...), r.Query)
+	b = jsonw.Int(append(b, `,"attempt":`...), int64(r.Attempt))
+	if r.Reask != 0 {
+		b = jsonw.Int(append(b, `,"reask":`...), int64(r.Reask))
+	}
+	b = jsonw.String(append(b, `,"deployment":`...), r.Deployment)
+	b = jsonw.String(append(b, `,"request_sha256":`...), r.RequestHash)
+	if r.ResponseHash != "" {
+		b = jsonw.String(append(b, `,"response_sha256":`...), r.ResponseHash)
+	}
+	b = jsonw.Int(append(b, `,"status":`...), int64(r.Status))
+	if r.Error != nil {
+		e, err := json.Marshal(r.Error)
+		if err != nil {
+			return b[:start], fmt.Errorf("audit record error: %w", err)
+		}
+		b = append(append(b, `,"error":`...), e...)
+	}
+	var err error
+	if b, err = jsonw.Float(append(b, `,"latency_ms":`...), r.LatencyMS); err != nil {
+		return b[:start], fmt.Errorf("audit record latency_ms: %w", err)
+	}
+	if u := r.Usage; u != nil {
+		b = jsonw.Int(append(b, `,"usage":{"prompt_tokens":`...), u.PromptTokens)
+		b = jsonw.Int(append(b, `,"completion_tokens":`...), u.CompletionTokens)
+		b = jsonw.Int(append(b, `,"total_tokens":`...), u.TotalTokens)
+		b = append(b, '}')
+	}
+	b = jsonw.String(append(b, `,"worker":`...), r.Worker)
+	b = jsonw.Time(append(b, `,"time":`...), r.Time)
+	if r.Cached {
+		b = append(b, `,"cached":true`...)
+	}
+	if r.Resubmission != nil {
+		rs, err := json.Marshal(r.Resubmission)
+		if err != nil {
+			return b[:start], fmt.Errorf("audit record resubmission: %w", err)
+		}
+		b = append(append(b, `,"resubmission":`...), rs...)
+	}
+	return append(b, '}'), nil
 }
 
 // flush publishes every batch that holds records and forgets the runs that had none.

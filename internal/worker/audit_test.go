@@ -2,6 +2,10 @@ package worker
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	stdjson "encoding/json"
+	"math"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -122,5 +126,39 @@ func TestAnAuditBatchStartsAtItsRunsLastSizeAndAnIdleRunIsForgotten(t *testing.T
 	a.flush()
 	if _, ok := a.batches["r1"]; ok {
 		t.Error("a run without records since the last flush is still held")
+	}
+}
+
+// TestAnAuditRecordIsWrittenAsJSONMarshalWritesIt: the hand-written record is byte for
+// byte encoding/json's, with every optional part absent or present, and its
+// request_sha256 is over the request as json.Marshal writes it (the hash it always was).
+func TestAnAuditRecordIsWrittenAsJSONMarshalWritesIt(t *testing.T) {
+	at := time.Date(2026, 12, 2, 15, 4, 5, 123456789, time.UTC)
+	req := wire.Request{Model: "m", Messages: []wire.Message{{Role: "user", Content: "rate <this> \"row\"\n"}}, ResponseFormat: wire.FormatStandard}
+	std, _ := stdjson.Marshal(req)
+	sum := sha256.Sum256(std)
+	if got, want := hashRequest(req), hex.EncodeToString(sum[:]); got != want {
+		t.Errorf("request_sha256 %s, want %s (over encoding/json's bytes)", got, want)
+	}
+	for i, r := range []AuditRecord{
+		{V: 1, Run: "run-1", Row: 3, Query: "q<1>", Attempt: 1, Deployment: "east", RequestHash: hashRequest(req), ResponseHash: "ab",
+			Status: 200, LatencyMS: 51.234, Usage: &wire.Usage{PromptTokens: 93, CompletionTokens: 13, TotalTokens: 106}, Worker: "w-1", Time: at},
+		{V: 1, Run: "r", Attempt: 2, Reask: 1, Deployment: "d", RequestHash: "h", Status: 429,
+			Error: &AuditError{Type: "capacity", Code: "rate_limit", Message: "slow \"down\"", Retryable: true}, Worker: "w", Time: at},
+		{V: 1, Run: "r", Attempt: 1, RequestHash: "h", ResponseHash: "x", LatencyMS: 0.0004, Worker: "w", Time: at, Cached: true,
+			Resubmission: &wire.Resubmission{Run: "orig", Row: 4, Attempt: 2}},
+	} {
+		got, err := r.appendJSON([]byte("prefix "))
+		if err != nil {
+			t.Fatalf("record %d: %v", i, err)
+		}
+		want, _ := stdjson.Marshal(r)
+		if string(got) != "prefix "+string(want) {
+			t.Errorf("record %d:\n got  %s\n want prefix %s", i, got, want)
+		}
+	}
+	bad := AuditRecord{LatencyMS: math.NaN()}
+	if got, err := bad.appendJSON([]byte("prefix ")); err == nil || string(got) != "prefix " {
+		t.Errorf("a NaN latency: wrote %q, err %v; want an error and the batch as it was", got, err)
 	}
 }

@@ -476,7 +476,7 @@ func (w *Worker) publishResult(ctx context.Context, res *wire.Result) error {
 	if res.Data != nil {
 		res.V = wire.VersionCarried // a reader of version 1 would drop the row
 	}
-	data, err := json.Marshal(res)
+	data, err := res.AppendJSON(make([]byte, 0, 512+len(res.Data)))
 	if err != nil {
 		return fmt.Errorf("encode result: %w", err)
 	}
@@ -487,7 +487,7 @@ func (w *Worker) publishResult(ctx context.Context, res *wire.Result) error {
 		// from the pipeline, and the result is not lost.
 		trimmed := *res
 		trimmed.Job = nil
-		if data, err = json.Marshal(&trimmed); err != nil {
+		if data, err = trimmed.AppendJSON(data[:0]); err != nil {
 			return fmt.Errorf("encode result: %w", err)
 		}
 	}
@@ -501,7 +501,7 @@ func (w *Worker) publishResult(ctx context.Context, res *wire.Result) error {
 		res.Error = &wire.Error{Reason: wire.ReasonRowTooLarge, Message: fmt.Sprintf(
 			"the result of query %s is %d bytes, over the server's max_payload of %d less 1 KiB for headers", res.Query, size, limit),
 			Details: map[string]any{"query": res.Query, "size_bytes": size, "limit_bytes": limit}}
-		if data, err = json.Marshal(res); err != nil {
+		if data, err = res.AppendJSON(data[:0]); err != nil {
 			return fmt.Errorf("encode result: %w", err)
 		}
 	}
