@@ -300,7 +300,7 @@ func (r *run) fold(data json.RawMessage, results []wire.Result) ([]byte, bool) {
 		for ci, col := range q.Columns {
 			add(k.columns[ci], res.Fields[col]) // present: checked above
 		}
-		add(k.usage, appendUsage(ub[:0], res.Usage))
+		add(k.usage, res.Usage.AppendJSON(ub[:0]))
 		add(k.model, k.modelJSON(res.Model))
 		if r.open.Cache {
 			add(k.cached, strconv.AppendBool(nil, res.Cached))
@@ -350,20 +350,6 @@ func (k *queryKeys) modelJSON(model string) []byte {
 		k.lastModelJSON, _ = json.Marshal(model)
 	}
 	return k.lastModelJSON
-}
-
-// appendUsage appends u as encoding/json writes it.
-func appendUsage(b []byte, u *wire.Usage) []byte {
-	if u == nil {
-		return append(b, "null"...)
-	}
-	b = append(b, `{"prompt_tokens":`...)
-	b = strconv.AppendInt(b, u.PromptTokens, 10)
-	b = append(b, `,"completion_tokens":`...)
-	b = strconv.AppendInt(b, u.CompletionTokens, 10)
-	b = append(b, `,"total_tokens":`...)
-	b = strconv.AppendInt(b, u.TotalTokens, 10)
-	return append(b, '}')
 }
 
 // maxCSVPending bounds the rows held for a CSV header that no well-formed row gave yet.

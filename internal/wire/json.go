@@ -83,7 +83,7 @@ func (r *Result) AppendJSON(b []byte) ([]byte, error) {
 		b = append(b, '}')
 	}
 	if r.Usage != nil {
-		b = appendUsage(append(b, `,"usage":`...), r.Usage)
+		b = r.Usage.AppendJSON(append(b, `,"usage":`...))
 	}
 	if r.Model != "" {
 		b = jsonw.String(append(b, `,"model":`...), r.Model)
@@ -102,7 +102,7 @@ func (r *Result) AppendJSON(b []byte) ([]byte, error) {
 	b = omitZero(b, `,"calls":`, r.Calls)
 	b = omitZero(b, `,"retries":`, r.Retries)
 	if r.Billed != nil {
-		b = appendUsage(append(b, `,"billed":`...), r.Billed)
+		b = r.Billed.AppendJSON(append(b, `,"billed":`...))
 	}
 	if r.Worker != "" {
 		b = jsonw.String(append(b, `,"worker":`...), r.Worker)
@@ -139,7 +139,11 @@ func appendRaw(b []byte, raw json.RawMessage) []byte {
 	return append(b, raw...)
 }
 
-func appendUsage(b []byte, u *Usage) []byte {
+// AppendJSON appends u's JSON to b, as json.Marshal writes it (nil: null).
+func (u *Usage) AppendJSON(b []byte) []byte {
+	if u == nil {
+		return append(b, "null"...)
+	}
 	b = jsonw.Int(append(b, `{"prompt_tokens":`...), u.PromptTokens)
 	b = jsonw.Int(append(b, `,"completion_tokens":`...), u.CompletionTokens)
 	b = jsonw.Int(append(b, `,"total_tokens":`...), u.TotalTokens)

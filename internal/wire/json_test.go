@@ -69,3 +69,14 @@ func TestAResultIsWrittenAsJSONMarshalWritesIt(t *testing.T) {
 		}
 	}
 }
+
+// TestAUsageIsWrittenAsJSONMarshalWritesIt, a missing one as null (a row's _usage
+// column of a query answered without one).
+func TestAUsageIsWrittenAsJSONMarshalWritesIt(t *testing.T) {
+	for _, u := range []*Usage{nil, {}, {PromptTokens: 93, CompletionTokens: 13, TotalTokens: 106}} {
+		want, _ := stdjson.Marshal(u)
+		if got := u.AppendJSON(nil); string(got) != string(want) {
+			t.Errorf("%+v: got %s, want %s", u, got, want)
+		}
+	}
+}

@@ -207,11 +207,8 @@ func (r *AuditRecord) appendJSON(b []byte) ([]byte, error) {
 	if b, err = jsonw.Float(append(b, `,"latency_ms":`...), r.LatencyMS); err != nil {
 		return b[:start], fmt.Errorf("audit record latency_ms: %w", err)
 	}
-	if u := r.Usage; u != nil {
-		b = jsonw.Int(append(b, `,"usage":{"prompt_tokens":`...), u.PromptTokens)
-		b = jsonw.Int(append(b, `,"completion_tokens":`...), u.CompletionTokens)
-		b = jsonw.Int(append(b, `,"total_tokens":`...), u.TotalTokens)
-		b = append(b, '}')
+	if r.Usage != nil {
+		b = r.Usage.AppendJSON(append(b, `,"usage":`...))
 	}
 	b = jsonw.String(append(b, `,"worker":`...), r.Worker)
 	b = jsonw.Time(append(b, `,"time":`...), r.Time)
