@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/multiquery/multiquery/internal/jsonw"
 	"github.com/multiquery/multiquery/internal/wire"
 )
 
@@ -74,7 +75,7 @@ func typed(v any, o wire.OutputField) (json.RawMessage, error) {
 		if !ok {
 			return nil, fmt.Errorf("want string, got %s", kind(v))
 		}
-		return json.Marshal(s)
+		return jsonw.String(nil, s), nil
 	case wire.TypeEnum:
 		s, ok := v.(string)
 		if !ok {
@@ -82,7 +83,7 @@ func typed(v any, o wire.OutputField) (json.RawMessage, error) {
 		}
 		for _, allowed := range o.Values {
 			if s == allowed {
-				return json.Marshal(s)
+				return jsonw.String(nil, s), nil
 			}
 		}
 		return nil, fmt.Errorf("want one of %v, got %q", o.Values, s)
@@ -91,20 +92,20 @@ func typed(v any, o wire.OutputField) (json.RawMessage, error) {
 		if !ok {
 			return nil, fmt.Errorf("want boolean, got %s", kind(v))
 		}
-		return json.Marshal(b)
+		return jsonw.Bool(nil, b), nil
 	case wire.TypeInteger:
 		n, ok := v.(json.Number)
 		if !ok {
 			return nil, fmt.Errorf("want integer, got %s", kind(v))
 		}
 		if i, err := strconv.ParseInt(n.String(), 10, 64); err == nil {
-			return json.Marshal(i)
+			return jsonw.Int(nil, i), nil
 		}
 		f, err := n.Float64()
 		if err != nil || f != math.Trunc(f) || math.Abs(f) > 1<<53 {
 			return nil, fmt.Errorf("want integer, got %s", n)
 		}
-		return json.Marshal(int64(f))
+		return jsonw.Int(nil, int64(f)), nil
 	case wire.TypeNumber:
 		n, ok := v.(json.Number)
 		if !ok {
