@@ -14,19 +14,9 @@ import (
 // scripts/ab-workers.sh). Only a json_schema's schema, a user's map of any depth, goes
 // through the JSON package.
 func appendChatRequest(b []byte, body chatRequest) ([]byte, error) {
-	b = append(b, `{"model":`...)
-	b = jsonw.String(b, body.Model)
-	b = append(b, `,"messages":`...)
-	b = wire.AppendMessages(b, body.Messages)
-	if body.Temperature != nil {
-		var err error
-		if b, err = jsonw.Float(append(b, `,"temperature":`...), *body.Temperature); err != nil {
-			return nil, fmt.Errorf("temperature: %w", err)
-		}
-	}
-	if body.MaxCompletionTokens != 0 {
-		b = append(b, `,"max_completion_tokens":`...)
-		b = jsonw.Int(b, int64(body.MaxCompletionTokens))
+	b, err := wire.AppendRequestHead(b, body.Model, body.Messages, body.Temperature, body.MaxCompletionTokens)
+	if err != nil {
+		return nil, err
 	}
 	b = append(b, `,"response_format":{"type":`...)
 	b = jsonw.String(b, body.ResponseFormat.Type)

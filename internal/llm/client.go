@@ -332,11 +332,7 @@ func (c *Client) encode(req wire.Request) ([]byte, error) {
 	default:
 		body.ResponseFormat = responseFormat{Type: "json_object"}
 	}
-	size := 160 + len(body.Model)
-	for _, m := range body.Messages {
-		size += 32 + len(m.Role) + len(m.Content)
-	}
-	return appendChatRequest(make([]byte, 0, size), body)
+	return appendChatRequest(make([]byte, 0, req.SizeHint()), body)
 }
 
 func refusal(s string) string {

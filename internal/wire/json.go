@@ -13,18 +13,9 @@ import (
 // hand (package jsonw): a worker writes it for every attempt's audit record. Only the
 // schema, a user's map of any depth, goes through the JSON package.
 func (r Request) AppendJSON(b []byte) ([]byte, error) {
-	b = append(b, `{"model":`...)
-	b = jsonw.String(b, r.Model)
-	b = append(b, `,"messages":`...)
-	b = AppendMessages(b, r.Messages)
-	if r.Temperature != nil {
-		var err error
-		if b, err = jsonw.Float(append(b, `,"temperature":`...), *r.Temperature); err != nil {
-			return nil, fmt.Errorf("temperature: %w", err)
-		}
-	}
-	if r.MaxCompletionTokens != 0 {
-		b = jsonw.Int(append(b, `,"max_completion_tokens":`...), int64(r.MaxCompletionTokens))
+	b, err := AppendRequestHead(b, r.Model, r.Messages, r.Temperature, r.MaxCompletionTokens)
+	if err != nil {
+		return nil, err
 	}
 	b = jsonw.String(append(b, `,"response_format":`...), r.ResponseFormat)
 	if len(r.Schema) > 0 {
@@ -37,8 +28,36 @@ func (r Request) AppendJSON(b []byte) ([]byte, error) {
 	return append(b, '}'), nil
 }
 
-// AppendMessages appends ms as json.Marshal writes a []Message (nil: null).
-func AppendMessages(b []byte, ms []Message) []byte {
+// AppendRequestHead appends what a Request and the chat completion body sent for it
+// begin with, as json.Marshal writes them: `{"model":…,"messages":[…]`, then
+// "temperature" when set and "max_completion_tokens" when not 0. The caller writes the
+// response format and the closing brace.
+func AppendRequestHead(b []byte, model string, messages []Message, temperature *float64, maxCompletionTokens int) ([]byte, error) {
+	b = jsonw.String(append(b, `{"model":`...), model)
+	b = appendMessages(append(b, `,"messages":`...), messages)
+	if temperature != nil {
+		var err error
+		if b, err = jsonw.Float(append(b, `,"temperature":`...), *temperature); err != nil {
+			return nil, fmt.Errorf("temperature: %w", err)
+		}
+	}
+	if maxCompletionTokens != 0 {
+		b = jsonw.Int(append(b, `,"max_completion_tokens":`...), int64(maxCompletionTokens))
+	}
+	return b, nil
+}
+
+// SizeHint is about the length of r's JSON without its schema: a buffer's capacity.
+func (r Request) SizeHint() int {
+	size := 160 + len(r.Model)
+	for _, m := range r.Messages {
+		size += 32 + len(m.Role) + len(m.Content)
+	}
+	return size
+}
+
+// appendMessages appends ms as json.Marshal writes a []Message (nil: null).
+func appendMessages(b []byte, ms []Message) []byte {
 	if ms == nil {
 		return append(b, "null"...)
 	}

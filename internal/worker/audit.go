@@ -113,11 +113,7 @@ func newAuditor(js jetstream.JetStream, names wire.Names, dropped func(records i
 // hashRequest is the audit record's request_sha256: over the request's JSON, as
 // json.Marshal writes it (map keys sorted: canonical enough for a hash).
 func hashRequest(req wire.Request) string {
-	size := 256 + len(req.Model)
-	for _, m := range req.Messages {
-		size += 32 + len(m.Content)
-	}
-	b, _ := req.AppendJSON(make([]byte, 0, size))
+	b, _ := req.AppendJSON(make([]byte, 0, req.SizeHint()))
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:])
 }
