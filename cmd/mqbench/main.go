@@ -8,6 +8,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -194,6 +195,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.StringVar(&o.raw.NATSURL, "nats", "", "internal: NATS URL of --raw-loop-child")
 	fs.StringVar(&o.raw.SimURL, "raw-sim", "", "internal: llmsim URL of --raw-loop-child (empty: no HTTP call)")
 	fs.IntVar(&o.raw.Slots, "raw-slots", 512, "internal: slots of --raw-loop-child")
+	fs.IntVar(&o.raw.Passes, "raw-passes", 1, "internal: passes of --raw-loop-child (after each but the last it waits for a line on stdin)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -263,15 +265,22 @@ func (c *costOptions) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.record, "record", "", "cost benchmark: write the tables and the bounds into this document, between its make-bench marker lines")
 }
 
-// runRawLoopChild runs one raw loop for the cost benchmark's parent and prints its
-// result as JSON.
+// runRawLoopChild runs one raw loop for the cost benchmark's parent and prints each
+// pass's result as a line of JSON; after each pass but the last it waits for a line on
+// stdin (the parent has read what the other processes spent in the pass).
 func runRawLoopChild(ctx context.Context, o *options) error {
-	res, err := bench.RawLoop(ctx, o.raw)
-	if err != nil {
+	next := bufio.NewScanner(os.Stdin)
+	o.raw.After = func(res bench.RawLoopResult) error {
+		b, _ := json.Marshal(res)
+		fmt.Println(string(b))
+		if res.Pass < o.raw.Passes && !next.Scan() {
+			return fmt.Errorf("pass %d: the parent closed stdin", res.Pass)
+		}
+		return nil
+	}
+	if _, err := bench.RawLoop(ctx, o.raw); err != nil {
 		return fmt.Errorf("raw loop: %w", err)
 	}
-	b, _ := json.Marshal(res)
-	fmt.Println(string(b))
 	return nil
 }
 

@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -52,6 +53,22 @@ type CostRow struct {
 	// Left is what the run left in the job and result streams and the retry bucket
 	// once its summary was written (issue 9: nothing), by stream; nil when not read.
 	Left map[string]uint64
+	// Cold marks a measurement from the processes' start: the raw loop's first pass
+	// (its process started for it) and the pipeline's first run on a fleet started for
+	// it. A cold row's ratios are taken against the raw+HTTP loop's first pass; every
+	// other row's against its next pass.
+	Cold bool
+}
+
+// baseOf is the raw+HTTP row the ratios of r are taken against in its round: the loop's
+// first pass for a cold row, else the pass after it (or its only pass).
+func baseOf(rs []CostRow, r CostRow) *CostRow {
+	for i := range rs {
+		if strings.HasPrefix(rs[i].Name, "raw+http") && rs[i].Cold == r.Cold {
+			return &rs[i]
+		}
+	}
+	return nil
 }
 
 // PerQuery returns the CPU per query of every process but llmsim.
@@ -213,33 +230,77 @@ func (s *Stack) jszBytes() (int64, error) {
 	return v.Bytes, err
 }
 
-// rawLoop runs the baseline in a child process (its CPU from rusage) on the stack.
-func (c CostConfig) rawLoop(ctx context.Context, s *Stack, withHTTP bool, slots, jobs int) (CostRow, error) {
+// rawLoop runs the baseline in a child process on the stack, `passes` times in that
+// process, and returns a row per pass: the child's CPU in the pass (from its rusage),
+// the other processes' read between the passes. With more than one pass, the first is
+// named and marked Cold.
+func (c CostConfig) rawLoop(ctx context.Context, s *Stack, withHTTP bool, slots, jobs, passes int) ([]CostRow, error) {
 	name := "raw"
-	args := []string{"--raw-loop-child", "--nats", s.NATSURL, "--raw-jobs", strconv.Itoa(jobs), "--raw-slots", strconv.Itoa(slots)}
+	args := []string{"--raw-loop-child", "--nats", s.NATSURL, "--raw-jobs", strconv.Itoa(jobs), "--raw-slots", strconv.Itoa(slots),
+		"--raw-passes", strconv.Itoa(max(1, passes))}
 	if withHTTP {
 		name = "raw+http"
 		args = append(args, "--raw-sim", s.SimURL)
 	}
-	before := s.cpu()
-	in0, out0, _ := s.varz()
+	name = fmt.Sprintf("%s %d slots", name, slots)
 	cmd := exec.CommandContext(ctx, c.Self, args...)
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
-	outb, err := cmd.Output()
+	stdin, err := cmd.StdinPipe()
 	if err != nil {
-		return CostRow{}, fmt.Errorf("%s: %w: %s", name, err, stderr.String())
+		return nil, err
 	}
-	var res RawLoopResult
-	if err := json.Unmarshal(outb, &res); err != nil {
-		return CostRow{}, fmt.Errorf("%s printed %q: %w", name, outb, err)
+	defer stdin.Close()
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
 	}
-	in1, out1, _ := s.varz()
-	st, used := cmd.ProcessState, diffCPU(before, s.cpu())
-	row := CostRow{Name: fmt.Sprintf("%s %d slots", name, slots), Queries: res.Jobs, Wall: res.Wall,
-		CPU: map[string]time.Duration{"loop": st.UserTime() + st.SystemTime(), "nats-server": used["nats-server"]},
-		Sim: used["llmsim"], MsgsIn: in1 - in0, MsgsOut: out1 - out0}
-	return row, nil
+	before := s.cpu()
+	in0, out0, _ := s.varz()
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	failed := func(err error) ([]CostRow, error) {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		return nil, fmt.Errorf("%s: %w: %s", name, err, stderr.String())
+	}
+	// A line of JSON per pass; the child waits for a line on stdin before the next, so
+	// that what the other processes spent is read between the passes.
+	lines := bufio.NewScanner(stdout)
+	var rows []CostRow
+	for pass := 1; pass <= max(1, passes); pass++ {
+		if !lines.Scan() {
+			return failed(fmt.Errorf("pass %d: no result (%v)", pass, lines.Err()))
+		}
+		var res RawLoopResult
+		if err := json.Unmarshal(lines.Bytes(), &res); err != nil {
+			return failed(fmt.Errorf("pass %d printed %q: %w", pass, lines.Bytes(), err))
+		}
+		now := s.cpu()
+		in1, out1, _ := s.varz()
+		used := diffCPU(before, now)
+		row := CostRow{Name: name, Queries: res.Jobs, Wall: res.Wall,
+			CPU:    map[string]time.Duration{"loop": res.CPU, "nats-server": used["nats-server"]},
+			MsgsIn: in1 - in0, MsgsOut: out1 - out0}
+		if withHTTP {
+			row.Sim = used["llmsim"]
+		}
+		if passes > 1 && pass == 1 {
+			row.Name, row.Cold = name+", first pass", true
+		}
+		rows = append(rows, row)
+		before, in0, out0 = now, in1, out1
+		if pass < passes {
+			if _, err := io.WriteString(stdin, "next\n"); err != nil {
+				return failed(err)
+			}
+		}
+	}
+	if err := cmd.Wait(); err != nil {
+		return nil, fmt.Errorf("%s: %w: %s", name, err, stderr.String())
+	}
+	return rows, nil
 }
 
 // pipeline runs rows x queries through the real processes already started on s.
@@ -256,7 +317,7 @@ func (c CostConfig) pipeline(ctx context.Context, s *Stack, name string, rows, q
 	if c.Profile != "" {
 		profiled = make(chan error, 1)
 		go func() {
-			profiled <- s.Profile(c.Profile, strings.ReplaceAll(name, " ", "-"), max(c.ProfileFor, time.Second))
+			profiled <- s.Profile(c.Profile, strings.NewReplacer(" ", "-", ",", "").Replace(name), max(c.ProfileFor, time.Second))
 		}()
 	}
 	before := s.cpu()
@@ -314,8 +375,11 @@ func costPipeline(queries int) string {
 // cost, not pacing).
 var NonLimiting = ThrottleYAML("{start_rate: 100000, min_rate: 50000, max_rate: 1000000}")
 
-// Cost runs the rounds: in each, the raw loop, the raw loop with HTTP, and the pipeline
-// at 0 latency for every shape, interleaved so that every ratio is taken within a round.
+// Cost runs the rounds: in each, the raw loop and the raw loop with HTTP (two passes
+// each in one process: the first cold, the next on the loop that has run), then the
+// pipeline at 0 latency, its first shape on the fleet just started (cold) and then every
+// shape on the fleet that has run; interleaved so that every ratio is taken within a
+// round, a cold row's against the loop's first pass.
 func Cost(ctx context.Context, c CostConfig) ([][]CostRow, error) {
 	var rounds [][]CostRow
 	for r := range c.Rounds {
@@ -342,17 +406,28 @@ func (c CostConfig) round(ctx context.Context, s *Stack, dir string) ([]CostRow,
 	var out []CostRow
 	slots := c.Slots * c.Workers
 	for _, http := range []bool{false, true} {
-		row, err := c.rawLoop(ctx, s, http, slots, c.RawJobs)
+		rows, err := c.rawLoop(ctx, s, http, slots, c.RawJobs, 2)
 		if err != nil {
 			return out, err
 		}
-		out = append(out, row)
+		out = append(out, rows...)
 	}
 	if _, err := s.StartWorkers(c.Workers, NonLimiting, "--concurrency", strconv.Itoa(c.Slots), "--log-level", "warn"); err != nil {
 		return out, err
 	}
 	if err := s.StartCollector(); err != nil {
 		return out, err
+	}
+	// The first shape once on the fleet just started (cold, as the loop's first pass),
+	// then every shape on the fleet that has run.
+	if len(c.Shapes) > 0 {
+		sh := c.Shapes[0]
+		row, err := c.pipeline(ctx, s, fmt.Sprintf("pipeline %dx%d, first run", sh[0], sh[1]), sh[0], sh[1])
+		if err != nil {
+			return out, err
+		}
+		row.Cold = true
+		out = append(out, row)
 	}
 	for _, sh := range c.Shapes {
 		row, err := c.pipeline(ctx, s, fmt.Sprintf("pipeline %dx%d", sh[0], sh[1]), sh[0], sh[1])
@@ -382,7 +457,7 @@ func CostTable(rounds [][]CostRow) string {
 			rate = append(rate, r.Rate())
 			cpu = append(cpu, float64(r.PerQuery().Microseconds()))
 			msgs = append(msgs, float64(r.MsgsIn+r.MsgsOut)/float64(max(1, r.Queries)))
-			if base := findRow(rs, "raw+http"); base != nil {
+			if base := baseOf(rs, r); base != nil {
 				ratioCPU = append(ratioCPU, float64(r.PerQuery())/float64(base.PerQuery()))
 				ratioRate = append(ratioRate, r.Rate()/base.Rate())
 			}

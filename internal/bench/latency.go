@@ -94,10 +94,11 @@ func LatencyBound(ctx context.Context, c CostConfig, latency time.Duration, work
 	ideal := float64(slots) / latency.Seconds()
 	var out []LatencyRow
 	if c.Self != "" {
-		raw, err := c.rawLoop(ctx, s, true, slots, rows*queries)
+		passes, err := c.rawLoop(ctx, s, true, slots, rows*queries, 1)
 		if err != nil {
 			return out, err
 		}
+		raw := passes[0]
 		peak, _ := s.simPeak(true)
 		out = append(out, LatencyRow{Name: fmt.Sprintf("raw+http %d slots", slots), Slots: slots, Ideal: ideal, Achieved: raw.Rate(), Wall: raw.Wall, Peak: peak,
 			Queries: raw.Queries, Raw: true})

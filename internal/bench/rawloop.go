@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -24,53 +25,97 @@ type RawLoopConfig struct {
 	Jobs    int
 	Slots   int // jobs handled at once
 	Prefix  string
+	// Passes is how many times the loop runs its Jobs (at least once), in one process
+	// on the same streams and connections: the passes after the first measure a loop
+	// that has run before, as a long-running consumer has.
+	Passes int
+	// After, if set, is called with each pass's result before the next pass starts
+	// (the benchmark's child reports it and waits for its parent there).
+	After func(RawLoopResult) error
 }
 
-// RawLoopResult is what the loop measured of itself.
+// RawLoopResult is what the loop measured of itself in one pass.
 type RawLoopResult struct {
+	Pass int           `json:"pass"` // from 1
 	Jobs int           `json:"jobs"`
 	Wall time.Duration `json:"wall"`
+	// CPU is this process's user+system time in the pass; the first pass's counts from
+	// the process's start (connections and streams made, the heap grown).
+	CPU time.Duration `json:"cpu"`
 }
 
 // RawLoop runs the baseline: async publish of every job to a work-queue stream, pull
 // consume with Slots jobs at once, per job (optionally) one HTTP chat call to llmsim,
-// publish the result awaiting its ack, ack the job; then consume the results. No
-// templates, no throttle, no audit, no collector: the floor under the pipeline.
-func RawLoop(ctx context.Context, c RawLoopConfig) (RawLoopResult, error) {
+// publish the result awaiting its ack, ack the job; the results consumed as they come.
+// No templates, no throttle, no audit, no collector: the floor under the pipeline. It
+// returns each pass's result.
+func RawLoop(ctx context.Context, c RawLoopConfig) ([]RawLoopResult, error) {
 	nc, err := nats.Connect(c.NATSURL)
 	if err != nil {
-		return RawLoopResult{}, fmt.Errorf("connect: %w", err)
+		return nil, fmt.Errorf("connect: %w", err)
 	}
 	defer nc.Close()
 	js, err := jetstream.New(nc)
 	if err != nil {
-		return RawLoopResult{}, err
+		return nil, err
 	}
 	l := &rawLoop{c: c, js: js, jobsName: c.Prefix + "RAWJOBS", resName: c.Prefix + "RAWRES",
 		jobsSubj: c.Prefix + "rawjobs", resSubj: c.Prefix + "rawres", sem: make(chan struct{}, c.Slots)}
 	defer l.deleteStreams()
 	cons, err := l.createStreams(ctx)
 	if err != nil {
-		return RawLoopResult{}, err
+		return nil, err
 	}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.MaxIdleConns, tr.MaxIdleConnsPerHost = c.Slots, c.Slots
 	l.client = &http.Client{Transport: tr, Timeout: 30 * time.Second}
-
-	began := time.Now()
-	if err := l.publishJobs(ctx); err != nil {
-		return RawLoopResult{}, err
-	}
-	err = l.consume(ctx, cons)
-	wall := time.Since(began)
-	l.wg.Wait()
+	results, err := js.OrderedConsumer(ctx, l.resName, jetstream.OrderedConsumerConfig{})
 	if err != nil {
-		return RawLoopResult{}, err
+		return nil, err
 	}
-	if l.firstErr != nil {
-		return RawLoopResult{}, l.firstErr
+	resCtx, err := results.Consume(func(m jetstream.Msg) { l.done.Add(1) })
+	if err != nil {
+		return nil, err
 	}
-	return RawLoopResult{Jobs: c.Jobs, Wall: wall}, nil
+	defer resCtx.Stop()
+
+	var out []RawLoopResult
+	for pass := 1; pass <= max(1, c.Passes); pass++ {
+		var cpu0 time.Duration // the first pass counts from the process's start
+		if pass > 1 {
+			cpu0 = selfCPU()
+		}
+		began := time.Now()
+		if err := l.publishJobs(ctx, pass); err != nil {
+			return out, err
+		}
+		err = l.consume(ctx, cons, int64(pass*c.Jobs))
+		wall := time.Since(began)
+		l.wg.Wait()
+		if err != nil {
+			return out, err
+		}
+		if l.firstErr != nil {
+			return out, l.firstErr
+		}
+		res := RawLoopResult{Pass: pass, Jobs: c.Jobs, Wall: wall, CPU: selfCPU() - cpu0}
+		out = append(out, res)
+		if c.After != nil {
+			if err := c.After(res); err != nil {
+				return out, err
+			}
+		}
+	}
+	return out, nil
+}
+
+// selfCPU is this process's user+system time so far.
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // rawLoop is one run of the baseline.
@@ -114,10 +159,10 @@ func (l *rawLoop) deleteStreams() {
 	_ = l.js.DeleteStream(context.Background(), l.resName)
 }
 
-// publishJobs publishes every job asynchronously and waits for the acks.
-func (l *rawLoop) publishJobs(ctx context.Context) error {
+// publishJobs publishes every job of a pass asynchronously and waits for the acks.
+func (l *rawLoop) publishJobs(ctx context.Context, pass int) error {
 	payload := bytes.Repeat([]byte("x"), 600) // about a rendered job
-	for i := range l.c.Jobs {
+	for i := (pass - 1) * l.c.Jobs; i < pass*l.c.Jobs; i++ {
 		// A busy machine acks slowly: wait for room in the async window, never fail on it.
 		if _, err := l.js.PublishAsync(l.jobsSubj+"."+strconv.Itoa(i), payload, jetstream.WithStallWait(time.Minute)); err != nil {
 			return fmt.Errorf("publish job %d: %w", i, err)
@@ -131,19 +176,10 @@ func (l *rawLoop) publishJobs(ctx context.Context) error {
 	}
 }
 
-// consume fetches jobs into free slots, each handled in its own goroutine, until every
-// job's result is on the results stream.
-func (l *rawLoop) consume(ctx context.Context, cons jetstream.Consumer) error {
-	results, err := l.js.OrderedConsumer(ctx, l.resName, jetstream.OrderedConsumerConfig{})
-	if err != nil {
-		return err
-	}
-	resCtx, err := results.Consume(func(m jetstream.Msg) { l.done.Add(1) })
-	if err != nil {
-		return err
-	}
-	defer resCtx.Stop()
-	for l.done.Load() < int64(l.c.Jobs) {
+// consume fetches jobs into free slots, each handled in its own goroutine, until
+// `results` results in all have been consumed from the results stream.
+func (l *rawLoop) consume(ctx context.Context, cons jetstream.Consumer, results int64) error {
+	for l.done.Load() < results {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}

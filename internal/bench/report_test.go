@@ -110,6 +110,44 @@ func TestCostBoundsTellShapesApartWhoseNamesShareAPrefix(t *testing.T) {
 	}
 }
 
+// A fleet's first run is held against the raw loop's first pass, and a run on a fleet
+// that has run against the loop's next pass: each is judged on its own line, and the
+// table's ratio column takes the same base.
+func TestAFirstRunIsHeldAgainstTheLoopsFirstPass(t *testing.T) {
+	round := func(firstRun time.Duration) []CostRow {
+		rs := costRound(200*time.Microsecond, 300*time.Microsecond, 1000, 600, 0) // raw, raw+http, pipeline 1000x1 (1.5x)
+		coldRaw := rs[1]
+		coldRaw.Name, coldRaw.Cold = "raw+http 512 slots, first pass", true
+		coldRaw.CPU = map[string]time.Duration{"all": 300 * time.Microsecond * time.Duration(coldRaw.Queries)}
+		first := rs[2]
+		first.Name, first.Cold = "pipeline 1000x1, first run", true
+		first.CPU = map[string]time.Duration{"all": firstRun * time.Duration(first.Queries)}
+		return []CostRow{rs[0], coldRaw, rs[1], first, rs[2]}
+	}
+	// 500 µs: 1.67x the first pass (300 µs), 2.5x the next pass (200 µs).
+	bs := CostBounds([][]CostRow{round(500 * time.Microsecond), round(500 * time.Microsecond), round(500 * time.Microsecond)}, nil, nil)
+	steady, first := boundAsking(t, bs, "CPU per query <= 2x the raw+HTTP loop's"), boundAsking(t, bs, "first run")
+	if steady.Measured != "1000x1 1.50x" || !steady.Met {
+		t.Errorf("steady state: %+v, want 1000x1 1.50x held (the first run not in it)", steady)
+	}
+	if first.Point != 1 || first.Measured != "1000x1, first run 1.67x" || !first.Met {
+		t.Errorf("first run: %+v, want 1000x1, first run 1.67x against the first pass, held", first)
+	}
+	bs = CostBounds([][]CostRow{round(700 * time.Microsecond)}, nil, nil)
+	if first := boundAsking(t, bs, "first run"); first.Met || !boundAsking(t, bs, "CPU per query <= 2x the raw+HTTP loop's").Met {
+		t.Errorf("a first run at 2.33x its base held, or failed the steady line: %+v", bs[:4])
+	}
+	var firstRow string
+	for _, l := range strings.Split(CostTable([][]CostRow{round(500 * time.Microsecond)}), "\n") {
+		if strings.HasPrefix(l, "| pipeline 1000x1, first run |") {
+			firstRow = l
+		}
+	}
+	if cells := strings.Split(firstRow, "|"); len(cells) < 5 || strings.TrimSpace(cells[4]) != "1.67" {
+		t.Errorf("the table's first-run row %q: want its ratio 1.67, against the loop's first pass", firstRow)
+	}
+}
+
 // The latency points: 64 slots against slots / latency, the larger cells against the
 // raw loop of their round; the replaced system's scenario in its worst round.
 func TestLatencyAndReplacedBounds(t *testing.T) {
