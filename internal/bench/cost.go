@@ -420,20 +420,27 @@ func (c CostConfig) round(ctx context.Context, s *Stack, dir string) ([]CostRow,
 	}
 	// The first shape once on the fleet just started (cold, as the loop's first pass),
 	// then every shape on the fleet that has run.
+	type run struct {
+		shape [2]int
+		cold  bool
+	}
+	var runs []run
 	if len(c.Shapes) > 0 {
-		sh := c.Shapes[0]
-		row, err := c.pipeline(ctx, s, fmt.Sprintf("pipeline %dx%d, first run", sh[0], sh[1]), sh[0], sh[1])
-		if err != nil {
-			return out, err
-		}
-		row.Cold = true
-		out = append(out, row)
+		runs = append(runs, run{c.Shapes[0], true})
 	}
 	for _, sh := range c.Shapes {
-		row, err := c.pipeline(ctx, s, fmt.Sprintf("pipeline %dx%d", sh[0], sh[1]), sh[0], sh[1])
+		runs = append(runs, run{sh, false})
+	}
+	for _, r := range runs {
+		name := fmt.Sprintf("pipeline %dx%d", r.shape[0], r.shape[1])
+		if r.cold {
+			name += ", first run"
+		}
+		row, err := c.pipeline(ctx, s, name, r.shape[0], r.shape[1])
 		if err != nil {
 			return out, err
 		}
+		row.Cold = r.cold
 		out = append(out, row)
 	}
 	return out, nil
@@ -503,15 +510,6 @@ func maxLeft(rounds [][]CostRow, i int) string {
 		f = append(f, strconv.FormatUint(most[n], 10))
 	}
 	return strings.Join(f, " / ")
-}
-
-func findRow(rs []CostRow, prefix string) *CostRow {
-	for i := range rs {
-		if strings.HasPrefix(rs[i].Name, prefix) {
-			return &rs[i]
-		}
-	}
-	return nil
 }
 
 func mmm(v []float64, f string) string {
