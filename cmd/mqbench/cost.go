@@ -17,7 +17,11 @@ import (
 // each; it prints every table and issue 9's bounds, and with --record writes them into
 // a document.
 func runCost(ctx context.Context, o *options) error {
-	shapes, err := parseShapes(o.cost.shapes)
+	shapes, err := parsePairs("--shapes", "ROWSxQUERIES", o.cost.shapes)
+	if err != nil {
+		return err
+	}
+	cells, err := parsePairs("--latency-cells", "WORKERSxSLOTS", o.cost.cells)
 	if err != nil {
 		return err
 	}
@@ -39,7 +43,7 @@ func runCost(ctx context.Context, o *options) error {
 	}
 	var lat [][]bench.LatencyRow
 	if o.cost.latency {
-		if lat, err = runLatency(ctx, o, self); err != nil {
+		if lat, err = runLatency(ctx, o, self, cells); err != nil {
 			return err
 		}
 		tables = append(tables, bench.LatencyTable(flatten(lat)))
@@ -99,28 +103,32 @@ func flatten(rounds [][]bench.LatencyRow) []bench.LatencyRow {
 	return out
 }
 
-// parseShapes parses --shapes: ROWSxQUERIES, comma-separated.
-func parseShapes(v string) ([][2]int, error) {
+// parsePairs parses a flag of pairs NxM, comma-separated (--shapes: rows x queries,
+// --latency-cells: workers x slots each).
+func parsePairs(flag, form, v string) ([][2]int, error) {
 	var sh [][2]int
 	for _, f := range strings.Split(v, ",") {
 		var r, q int
 		if _, err := fmt.Sscanf(strings.TrimSpace(f), "%dx%d", &r, &q); err != nil || r < 1 || q < 1 {
-			return nil, usagef("--shapes: %q is not ROWSxQUERIES", f)
+			return nil, usagef("%s: %q is not %s", flag, f, form)
 		}
 		sh = append(sh, [2]int{r, q})
 	}
 	return sh, nil
 }
 
-// runLatency runs the latency-bound scenarios and the replaced system's, --rounds times.
-func runLatency(ctx context.Context, o *options, self string) ([][]bench.LatencyRow, error) {
+// runLatency runs the latency-bound cells (workers x slots each) and the replaced
+// system's scenario, --rounds times.
+func runLatency(ctx context.Context, o *options, self string, cells [][2]int) ([][]bench.LatencyRow, error) {
 	var lat [][]bench.LatencyRow
 	for r := range o.cost.rounds {
 		var round []bench.LatencyRow
-		// Issue 9's cells: 1 x 64, 2 x 128 and 4 x 256 slots (64, 256, 1024 in all).
-		for _, ws := range [][2]int{{1, 64}, {2, 256}, {4, 1024}} {
-			rows, err := bench.LatencyBound(ctx, bench.CostConfig{Bin: o.bin, Dir: o.dir, Self: self}, 50*time.Millisecond,
-				ws[0], ws[1], ws[1]*o.cost.callsPerSlot, 1, 1, bench.NonLimiting)
+		// Issue 9's cells by default: 1 x 64, 2 x 128 and 4 x 256 slots (64, 256, 1024 in all).
+		for _, c := range cells {
+			workers, slots := c[0], c[0]*c[1]
+			cc := bench.CostConfig{Bin: o.bin, Dir: o.dir, Self: self, Log: os.Stdout, Profile: o.cost.profile, ProfileFor: o.cost.profileFor}
+			rows, err := bench.LatencyBound(ctx, cc, 50*time.Millisecond,
+				workers, slots, slots*o.cost.callsPerSlot, 1, 1, bench.NonLimiting)
 			round = append(round, rows...)
 			if err != nil {
 				return append(lat, round), fmt.Errorf("latency-bound: %w", err)
@@ -131,7 +139,10 @@ func runLatency(ctx context.Context, o *options, self string) ([][]bench.Latency
 		// each fleet: its first run, and its next (a deployed fleet has run before).
 		// With --replaced-throttle, the same scenario again with those settings (not the
 		// shipped defaults: not judged against acceptance 4, shown beside it).
-		throttles := []string{""}
+		var throttles []string
+		if o.cost.replaced {
+			throttles = append(throttles, "")
+		}
 		if o.cost.replacedThrottle != "" {
 			throttles = append(throttles, o.cost.replacedThrottle)
 		}

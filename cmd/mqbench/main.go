@@ -85,6 +85,8 @@ type costOptions struct {
 	latency, demo        bool
 	demoScript, record   string
 	replacedThrottle     string
+	cells                string // latency-bound fleets, WxS (workers x slots each)
+	replaced             bool
 }
 
 type flowOptions struct{ rows, queries, ahead int }
@@ -259,6 +261,8 @@ func (c *costOptions) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.profile, "profile", "", "cost benchmark: a directory for CPU profiles (and allocation profiles since start) of workers, collector and nats-server during each pipeline run")
 	fs.DurationVar(&c.profileFor, "profile-for", 3*time.Second, "cost benchmark: length of each CPU profile")
 	fs.BoolVar(&c.latency, "cost-latency", true, "cost benchmark: also run the latency-bound and replaced-system scenarios")
+	fs.StringVar(&c.cells, "latency-cells", "1x64,2x128,4x256", "cost benchmark: the latency-bound fleets, workers x slots each, comma-separated (issue 9's 64, 256 and 1024 slots)")
+	fs.BoolVar(&c.replaced, "cost-replaced", true, "cost benchmark: with --cost-latency, also run the replaced system's scenario")
 	fs.BoolVar(&c.demo, "cost-demo", true, "cost benchmark: also run make demo's script (--demo-script) once a round")
 	fs.StringVar(&c.demoScript, "demo-script", "scripts/demo.sh", "cost benchmark: make demo's script")
 	fs.StringVar(&c.replacedThrottle, "replaced-throttle", "", `cost benchmark: also run the replaced system's scenario with these throttle settings (a YAML flow map, e.g. "{start_rate: 2000}"), beside the shipped defaults`)

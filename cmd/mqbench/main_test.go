@@ -17,6 +17,7 @@ func TestRunUsageErrorsStartNothing(t *testing.T) {
 		{[]string{"--version"}, 0}, // prints "<cmd> <version> (<revision>, <go version>)"
 		{[]string{"--bogus"}, 2},
 		{[]string{"--dir", dir, "--cost", "--shapes", "0x1"}, 2},
+		{[]string{"--dir", dir, "--cost", "--latency-cells", "4x"}, 2},
 		{[]string{"--dir", dir, "--collector-memory", "10,x"}, 2},
 		{[]string{"--dir", dir, "--start", "--start-workers", "0"}, 2},
 		{[]string{"--dir", dir, "--start", "--start-headers", "anthropic"}, 2},

@@ -80,6 +80,24 @@ func (r CostRow) PerQuery() time.Duration {
 	return t / time.Duration(max(1, r.Queries))
 }
 
+// byProcess is the CPU per query of each process kind, in µs ("worker 156, ...").
+func (r CostRow) byProcess() string {
+	var procs []string
+	for k, v := range r.CPU {
+		procs = append(procs, fmt.Sprintf("%s %d", k, (v/time.Duration(max(1, r.Queries))).Microseconds()))
+	}
+	sort.Strings(procs)
+	return strings.Join(procs, ", ")
+}
+
+// simPerQuery is llmsim's CPU per query in µs, "-" when not measured.
+func (r CostRow) simPerQuery() string {
+	if r.Sim <= 0 {
+		return "-"
+	}
+	return strconv.FormatInt((r.Sim / time.Duration(max(1, r.Queries))).Microseconds(), 10)
+}
+
 // Rate is queries per second.
 func (r CostRow) Rate() float64 { return float64(r.Queries) / r.Wall.Seconds() }
 
@@ -470,22 +488,13 @@ func CostTable(rounds [][]CostRow) string {
 			}
 		}
 		med := rounds[len(rounds)/2][i]
-		var procs []string
-		for k, v := range med.CPU {
-			procs = append(procs, fmt.Sprintf("%s %d", k, (v/time.Duration(max(1, med.Queries))).Microseconds()))
-		}
-		sort.Strings(procs)
 		var by []string
 		for k, v := range med.MsgsBy {
 			by = append(by, fmt.Sprintf("%s %.2f", strings.TrimPrefix(k, "multiquery-"), float64(v)/float64(max(1, med.Queries))))
 		}
 		sort.Strings(by)
-		sim := "-"
-		if med.Sim > 0 {
-			sim = strconv.FormatInt((med.Sim / time.Duration(max(1, med.Queries))).Microseconds(), 10)
-		}
 		fmt.Fprintf(&b, "| %s | %s | %s | %.2f | %.0f %% | %.2f | %s | %s | %s | %s |\n", rounds[0][i].Name, mmm(rate, "%.0f"), mmm(cpu, "%.0f"),
-			median(ratioCPU), 100*median(ratioRate), median(msgs), strings.Join(procs, ", "), strings.Join(by, ", "), maxLeft(rounds, i), sim)
+			median(ratioCPU), 100*median(ratioRate), median(msgs), med.byProcess(), strings.Join(by, ", "), maxLeft(rounds, i), med.simPerQuery())
 	}
 	return b.String()
 }

@@ -39,6 +39,9 @@ type LatencyRow struct {
 	// call, for a pipeline run whose calls span at most CallProfileSpan (the replaced
 	// system's scenario on a fleet that has run before): how the run's calls were spread.
 	Calls []int
+	// Cost is the run's CPU by process (llmsim apart) and its queries: what a call
+	// cost where the machine, not the latency, bounds the rate.
+	Cost CostRow
 }
 
 // CallBucket and CallProfileSpan bound LatencyRow.Calls: 10 ms buckets (a fifth of the
@@ -86,7 +89,7 @@ func LatencyBound(ctx context.Context, c CostConfig, latency time.Duration, work
 	if err != nil {
 		return nil, err
 	}
-	s, err := startStack(c.Bin, dir, []string{"--latency", latency.String()}, 1, false)
+	s, err := startStack(c.Bin, dir, []string{"--latency", latency.String()}, 1, c.Profile != "")
 	if err != nil {
 		return nil, err
 	}
@@ -101,7 +104,7 @@ func LatencyBound(ctx context.Context, c CostConfig, latency time.Duration, work
 		raw := passes[0]
 		peak, _ := s.simPeak(true)
 		out = append(out, LatencyRow{Name: fmt.Sprintf("raw+http %d slots", slots), Slots: slots, Ideal: ideal, Achieved: raw.Rate(), Wall: raw.Wall, Peak: peak,
-			Queries: raw.Queries, Raw: true})
+			Queries: raw.Queries, Raw: true, Cost: raw})
 	}
 	if _, err := s.StartWorkers(workers, throttle, "--concurrency", strconv.Itoa(slots/workers), "--log-level", "warn"); err != nil {
 		return out, err
@@ -123,7 +126,7 @@ func LatencyBound(ctx context.Context, c CostConfig, latency time.Duration, work
 			name += ", next run"
 		}
 		seq0 := s.lastSeq() // the raw loop's calls, and the run before's, are not this run's
-		row, err := c.pipeline(ctx, s, "", rows, queries)
+		row, err := c.pipeline(ctx, s, name, rows, queries)
 		if err != nil {
 			return out, err
 		}
@@ -135,7 +138,7 @@ func LatencyBound(ctx context.Context, c CostConfig, latency time.Duration, work
 		peak, _ := s.simPeak(true)
 		out = append(out, LatencyRow{Name: name, Slots: slots, Ideal: ideal, Achieved: row.Rate(), Wall: row.Wall, Peak: peak,
 			ToFirst: toFirst, AfterLast: sinceLast, Queries: rows * queries, Shipped: throttle == "", Next: i > 0,
-			Calls: callProfile(received, CallBucket, CallProfileSpan)})
+			Calls: callProfile(received, CallBucket, CallProfileSpan), Cost: row})
 	}
 	return out, nil
 }
@@ -235,7 +238,7 @@ func CallProfileTable(rows []LatencyRow) string {
 // LatencyTable prints latency-bound rows.
 func LatencyTable(rows []LatencyRow) string {
 	var b strings.Builder
-	b.WriteString("| measure | ideal calls/s (slots/latency) | achieved calls/s | achieved / ideal | wall | start to first call / last call to summary | llmsim peak in flight |\n|---|---|---|---|---|---|---|\n")
+	b.WriteString("| measure | ideal calls/s (slots/latency) | achieved calls/s | achieved / ideal | wall | start to first call / last call to summary | llmsim peak in flight | CPU/call µs, all but llmsim (by process) | llmsim CPU/call µs |\n|---|---|---|---|---|---|---|---|---|\n")
 	for _, r := range rows {
 		span := "-"
 		if r.ToFirst != 0 || r.AfterLast != 0 {
@@ -245,7 +248,12 @@ func LatencyTable(rows []LatencyRow) string {
 			}
 			span = fmt.Sprintf("%s / %s", toFirst, r.AfterLast.Round(time.Millisecond))
 		}
-		fmt.Fprintf(&b, "| %s | %.0f | %.0f | %.0f %% | %s | %s | %d |\n", r.Name, r.Ideal, r.Achieved, 100*r.Share(), r.Wall.Round(10*time.Millisecond), span, r.Peak)
+		cpu := "-"
+		if len(r.Cost.CPU) > 0 {
+			cpu = fmt.Sprintf("%d (%s)", r.Cost.PerQuery().Microseconds(), r.Cost.byProcess())
+		}
+		fmt.Fprintf(&b, "| %s | %.0f | %.0f | %.0f %% | %s | %s | %d | %s | %s |\n", r.Name, r.Ideal, r.Achieved, 100*r.Share(), r.Wall.Round(10*time.Millisecond), span, r.Peak,
+			cpu, r.Cost.simPerQuery())
 	}
 	return b.String()
 }
