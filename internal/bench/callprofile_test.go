@@ -85,12 +85,13 @@ func TestACallLogThatLostTheRunsFirstCallsIsNotWhole(t *testing.T) {
 	if !strings.Contains(table, "| not in llmsim's log / 58ms |") {
 		t.Errorf("a row whose first call the log lost shows\n%s", table)
 	}
-	if !strings.Contains(table, "| 1024 | - | - |") {
+	if !strings.Contains(table, "| 1024 | - | - | - |") {
 		t.Errorf("a row without CPU readings shows\n%s", table)
 	}
-	cost := CostRow{Queries: 1000, CPU: map[string]time.Duration{"worker": 200 * time.Millisecond, "nats-server": 90 * time.Millisecond}, Sim: 80 * time.Millisecond}
+	cost := CostRow{Queries: 1000, CPU: map[string]time.Duration{"worker": 200 * time.Millisecond, "nats-server": 90 * time.Millisecond}, Sim: 80 * time.Millisecond,
+		MsgsIn: 3000, MsgsOut: 3500}
 	table = LatencyTable([]LatencyRow{{Name: "pipeline 1x64 slots, 6400x1", Cost: cost}})
-	if !strings.Contains(table, "| 290 (nats-server 90, worker 200) | 80 |") {
-		t.Errorf("a row's CPU per call, all but llmsim's and by process, then llmsim's, shows\n%s", table)
+	if !strings.Contains(table, "| 290 (nats-server 90, worker 200) | 80 | 6.50 |") {
+		t.Errorf("a row's CPU per call, all but llmsim's and by process, then llmsim's, then its NATS messages, shows\n%s", table)
 	}
 }

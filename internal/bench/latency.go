@@ -238,7 +238,7 @@ func CallProfileTable(rows []LatencyRow) string {
 // LatencyTable prints latency-bound rows.
 func LatencyTable(rows []LatencyRow) string {
 	var b strings.Builder
-	b.WriteString("| measure | ideal calls/s (slots/latency) | achieved calls/s | achieved / ideal | wall | start to first call / last call to summary | llmsim peak in flight | CPU/call µs, all but llmsim (by process) | llmsim CPU/call µs |\n|---|---|---|---|---|---|---|---|---|\n")
+	b.WriteString("| measure | ideal calls/s (slots/latency) | achieved calls/s | achieved / ideal | wall | start to first call / last call to summary | llmsim peak in flight | CPU/call µs, all but llmsim (by process) | llmsim CPU/call µs | NATS msgs/call in+out |\n|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, r := range rows {
 		span := "-"
 		if r.ToFirst != 0 || r.AfterLast != 0 {
@@ -248,12 +248,13 @@ func LatencyTable(rows []LatencyRow) string {
 			}
 			span = fmt.Sprintf("%s / %s", toFirst, r.AfterLast.Round(time.Millisecond))
 		}
-		cpu := "-"
+		cpu, msgs := "-", "-"
 		if len(r.Cost.CPU) > 0 {
 			cpu = fmt.Sprintf("%d (%s)", r.Cost.PerQuery().Microseconds(), r.Cost.byProcess())
+			msgs = fmt.Sprintf("%.2f", float64(r.Cost.MsgsIn+r.Cost.MsgsOut)/float64(max(1, r.Cost.Queries)))
 		}
-		fmt.Fprintf(&b, "| %s | %.0f | %.0f | %.0f %% | %s | %s | %d | %s | %s |\n", r.Name, r.Ideal, r.Achieved, 100*r.Share(), r.Wall.Round(10*time.Millisecond), span, r.Peak,
-			cpu, r.Cost.simPerQuery())
+		fmt.Fprintf(&b, "| %s | %.0f | %.0f | %.0f %% | %s | %s | %d | %s | %s | %s |\n", r.Name, r.Ideal, r.Achieved, 100*r.Share(), r.Wall.Round(10*time.Millisecond), span, r.Peak,
+			cpu, r.Cost.simPerQuery(), msgs)
 	}
 	return b.String()
 }
