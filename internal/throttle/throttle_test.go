@@ -87,6 +87,23 @@ func TestSlowStartDoublesEachWindowUntilPressure(t *testing.T) {
 	}
 }
 
+func TestAPeersSlowStartRateIsDoubledAWindowAfterItIsTaken(t *testing.T) {
+	ctl, c := newCtl(t, params())
+	c.advance(200 * time.Millisecond) // 50 ms before its own window ends, at 10/s
+	ctl.Next()
+	ctl.Adopt(20, true) // a peer doubled at the end of its window
+	c.advance(100 * time.Millisecond)
+	ctl.Next()
+	if got := ctl.Snapshot().Rate; got != 20 {
+		t.Fatalf("rate = %g a tenth of a second after taking a peer's 20/s, want 20: doubled again at once, the member runs a window ahead of the fleet", got)
+	}
+	c.advance(150 * time.Millisecond) // a window after it was taken
+	ctl.Next()
+	if got := ctl.Snapshot().Rate; got != 40 {
+		t.Fatalf("rate = %g a window after taking 20/s, want 40", got)
+	}
+}
+
 func TestLeavingSlowStartContinuesFromWhatWasServed(t *testing.T) {
 	ctl, c := newCtl(t, params())
 	c.advance(time.Second) // 10 -> 160/s
