@@ -55,7 +55,7 @@ func CostBounds(cost [][]CostRow, lat [][]LatencyRow, demo []DemoRow) []Bound {
 			if r == nil {
 				continue
 			}
-			mq = append(mq, float64(r.MsgsIn+r.MsgsOut)/float64(max(1, r.Queries)))
+			mq = append(mq, r.MsgsPerQuery())
 			for _, v := range r.Left {
 				most = max(most, v)
 			}

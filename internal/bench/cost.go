@@ -90,6 +90,11 @@ func (r CostRow) byProcess() string {
 	return strings.Join(procs, ", ")
 }
 
+// MsgsPerQuery is the NATS messages (in + out, nats-server's /varz) per query.
+func (r CostRow) MsgsPerQuery() float64 {
+	return float64(r.MsgsIn+r.MsgsOut) / float64(max(1, r.Queries))
+}
+
 // simPerQuery is llmsim's CPU per query in µs, "-" when not measured.
 func (r CostRow) simPerQuery() string {
 	if r.Sim <= 0 {
@@ -481,7 +486,7 @@ func CostTable(rounds [][]CostRow) string {
 			r := rs[i]
 			rate = append(rate, r.Rate())
 			cpu = append(cpu, float64(r.PerQuery().Microseconds()))
-			msgs = append(msgs, float64(r.MsgsIn+r.MsgsOut)/float64(max(1, r.Queries)))
+			msgs = append(msgs, r.MsgsPerQuery())
 			if base := baseOf(rs, r); base != nil {
 				ratioCPU = append(ratioCPU, float64(r.PerQuery())/float64(base.PerQuery()))
 				ratioRate = append(ratioRate, r.Rate()/base.Rate())

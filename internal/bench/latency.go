@@ -251,7 +251,7 @@ func LatencyTable(rows []LatencyRow) string {
 		cpu, msgs := "-", "-"
 		if len(r.Cost.CPU) > 0 {
 			cpu = fmt.Sprintf("%d (%s)", r.Cost.PerQuery().Microseconds(), r.Cost.byProcess())
-			msgs = fmt.Sprintf("%.2f", float64(r.Cost.MsgsIn+r.Cost.MsgsOut)/float64(max(1, r.Cost.Queries)))
+			msgs = fmt.Sprintf("%.2f", r.Cost.MsgsPerQuery())
 		}
 		fmt.Fprintf(&b, "| %s | %.0f | %.0f | %.0f %% | %s | %s | %d | %s | %s | %s |\n", r.Name, r.Ideal, r.Achieved, 100*r.Share(), r.Wall.Round(10*time.Millisecond), span, r.Peak,
 			cpu, r.Cost.simPerQuery(), msgs)
