@@ -187,6 +187,56 @@ func TestABusyWorkerHoldsOneJobAheadPerFourSlots(t *testing.T) {
 	}
 }
 
+// Near a run's end a worker holds no job ahead of its calls while another worker has
+// slots to call it: the last jobs go to whichever call slot frees first. Two workers of
+// 4 call slots and one job ahead each, 16 jobs, calls of 3 s; B starts a second after A,
+// so A's calls end first, with 6 jobs queued. A refills its 3 free call slots and fetches
+// none ahead (3 left, B's 4 slots about to free), so when B's calls end it calls the last
+// 3 and all 8 slots are calling, with nothing held uncalled. (Holding one ahead, A left
+// B 2: the run then ends a call's length later, on A's job.)
+func TestNearARunsEndTheLastJobsGoToFreeCallSlots(t *testing.T) {
+	e := setup(t, llmsim.Config{Latency: 3 * time.Second})
+	e.topo.AckWait = time.Second
+	ctx := context.Background()
+	const rows, slots = 16, 4
+	rep, err := e.produce(e.pipeline(matrixPipeline(1, 1, "")), csvRows(rows, nil), input.CSV)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cons := e.jobConsumer(rep.Run)
+	state := func() (held, queued int) {
+		info, err := cons.Info(ctx)
+		if err != nil {
+			return -1, -1
+		}
+		return info.NumAckPending, int(info.NumPending)
+	}
+	e.startCollector("")
+	e.startWorker(workerOpts{concurrency: slots})
+	waitFor(t, 20*time.Second, "A calling with a job ahead", func() bool {
+		held, _ := state()
+		return e.sim.Stats().InFlight == slots && held == slots+1
+	})
+	time.Sleep(time.Second)
+	e.startWorker(workerOpts{concurrency: slots})
+	waitFor(t, 20*time.Second, "B calling with a job ahead", func() bool {
+		held, queued := state()
+		return e.sim.Stats().InFlight == 2*slots && held == 2*(slots+1) && queued == rows-2*(slots+1)
+	})
+	waitFor(t, 20*time.Second, "the last jobs all calling, none held uncalled", func() bool {
+		held, queued := state()
+		st := e.sim.Stats()
+		return st.Requests == 2*slots && st.InFlight == 2*slots && held == 2*slots && queued == 0
+	})
+	sum := e.waitSummary(rep.Run, 60*time.Second)
+	if sum.Stats.RowsOK != rows {
+		t.Fatalf("rows ok = %d, want %d", sum.Stats.RowsOK, rows)
+	}
+	if st := e.sim.Stats(); st.Requests != rows {
+		t.Fatalf("llmsim answered %d calls, want %d (one a job)", st.Requests, rows)
+	}
+}
+
 // Issue 8 item 7: summary.json counts what the provider billed, to the call and the
 // token: 429s, invalid JSON and truncated answers included, NAKs without a call not.
 func TestTheSummaryCountsWhatTheProviderBilled(t *testing.T) {

@@ -254,8 +254,9 @@ func (w *Worker) servedNames() []string {
 // fetchPool is fetchLoop's turn for a pool's runs whose jobs take their permits at
 // fetch, one slot taken: a permit of a member with spare capacity per job (waited for
 // the first, taken while there are slots and permits for more), then a fetch of at most
-// as many jobs, each handled with its member's permit. It reports false when ctx ended.
-func (w *Worker) fetchPool(ctx context.Context, p *deployment, pulls *pullers, runs []*runConsumer, slots chan struct{}, handlers chan<- fetched) bool {
+// as many jobs (and at most `most`), each handled with its member's permit. It reports
+// false when ctx ended.
+func (w *Worker) fetchPool(ctx context.Context, p *deployment, pulls *pullers, runs []*runConsumer, slots chan struct{}, most int, handlers chan<- fetched) bool {
 	first := w.waitMember(ctx, p, nil, 0)
 	if first == nil {
 		<-slots
@@ -263,7 +264,7 @@ func (w *Worker) fetchPool(ctx context.Context, p *deployment, pulls *pullers, r
 	}
 	granted := make([]*deployment, 1, cap(slots))
 	granted[0] = first
-	for len(granted) < cap(slots) && tryTake(slots) {
+	for len(granted) < most && tryTake(slots) {
 		m, _ := w.tryMember(p, nil)
 		if m == nil {
 			<-slots

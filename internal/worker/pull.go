@@ -25,6 +25,11 @@ type puller struct {
 	sub     *nats.Subscription
 	inbox   string
 	msgs    chan *nats.Msg
+	// pending is the consumer's backlog as the last pull read it, at read: the jobs
+	// queued after the last one delivered, or 0 when the server had none (-1: not
+	// pulled yet).
+	pending int
+	read    time.Time
 }
 
 // pullTimeout bounds the wait for the answer to one no-wait pull request (answered at
@@ -32,7 +37,7 @@ type puller struct {
 const pullTimeout = 5 * time.Second
 
 func newPuller(nc *nats.Conn, stream, consumer string, size int) *puller {
-	return &puller{nc: nc, subject: "$JS.API.CONSUMER.MSG.NEXT." + stream + "." + consumer, size: size}
+	return &puller{nc: nc, subject: "$JS.API.CONSUMER.MSG.NEXT." + stream + "." + consumer, size: size, pending: -1}
 }
 
 func (p *puller) subscribe() error {
@@ -55,6 +60,17 @@ func (p *puller) close() {
 	if p.sub != nil {
 		_ = p.sub.Unsubscribe()
 		p.sub = nil
+	}
+}
+
+// notePending reads the consumer's backlog from the last message a pull delivered
+// (nil: none, the backlog stays as it was read).
+func (p *puller) notePending(last *nats.Msg) {
+	if last == nil {
+		return
+	}
+	if md, err := last.Metadata(); err == nil {
+		p.pending, p.read = int(md.NumPending), time.Now()
 	}
 }
 
@@ -89,12 +105,15 @@ func (p *puller) pull(ctx context.Context, n int, expires time.Duration, start f
 	timer := time.NewTimer(pullTimeout + expires)
 	defer timer.Stop()
 	got := 0
+	var last *nats.Msg
+	defer func() { p.notePending(last) }()
 	for got < n {
 		select {
 		case m := <-p.msgs:
 			if len(m.Data) == 0 && m.Header.Get("Status") != "" {
 				switch status := m.Header.Get("Status"); status {
 				case "404", "408": // no more messages now
+					p.pending, p.read, last = 0, time.Now(), nil
 					return got, nil
 				case "100": // a heartbeat: not asked for, ignored
 					continue
@@ -103,6 +122,7 @@ func (p *puller) pull(ctx context.Context, n int, expires time.Duration, start f
 				}
 			}
 			start(&pulledMsg{m: m, nc: p.nc})
+			last = m
 			got++
 		case <-timer.C:
 			p.close() // late answers go nowhere: redelivered after AckWait
@@ -200,6 +220,22 @@ func (ps *pullers) of(rc *runConsumer) *puller {
 		ps.by[rc] = p
 	}
 	return p
+}
+
+// backlog is the jobs queued for runs, as their pullers last read it, and when the
+// oldest of those readings was made; -1 when a run's is not known yet.
+func (ps *pullers) backlog(runs []*runConsumer) (n int, read time.Time) {
+	for i, rc := range runs {
+		p := ps.by[rc]
+		if p == nil || p.pending < 0 {
+			return -1, time.Time{}
+		}
+		n += p.pending
+		if i == 0 || p.read.Before(read) {
+			read = p.read
+		}
+	}
+	return n, read
 }
 
 // keep drops the pullers of runs not in the rotation.

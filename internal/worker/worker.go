@@ -440,6 +440,7 @@ func (w *Worker) drain(inflight *sync.WaitGroup, cancelCalls context.CancelFunc)
 func (w *Worker) fetchLoop(ctx, callCtx context.Context, d *deployment, inflight *sync.WaitGroup) {
 	slots := make(chan struct{}, d.slots+reserveOf(d.slots))
 	release := func() { <-slots }
+	ahead := &reserve{slots: slots, calls: d.slots, size: reserveOf(d.slots)}
 	pulls := newPullers(w.js.Conn(), w.names.StreamJobs(), d.alias, cap(slots))
 	defer pulls.close()
 	handlers := w.handlers(callCtx, ctx.Done(), d, inflight, cap(slots), release)
@@ -462,10 +463,27 @@ func (w *Worker) fetchLoop(ctx, callCtx context.Context, d *deployment, inflight
 			d.idle(ctx, 50*time.Millisecond)
 			continue
 		}
+		// Jobs ahead of a free call slot only while the queue is long (reserve.go).
+		backlog, read := pulls.backlog(runs)
+		others := 0
+		if backlog >= 0 {
+			others = d.otherSlots()
+		}
+		fresh := time.Since(read) <= backlogFresh
+		if opens(backlog, others, fresh) {
+			ahead.open()
+		}
 		select {
 		case slots <- struct{}{}:
 		case <-ctx.Done():
 			return
+		}
+		most := ahead.limit(backlog, others, fresh)
+		if most < 1 {
+			if ahead.keep() {
+				continue
+			}
+			most = 1 // a call slot is free (the reserve is all shut)
 		}
 		cached, paced := d.splitCached(runs)
 		if len(cached) > 0 && (len(paced) == 0 || cached[0] == runs[0]) {
@@ -473,7 +491,7 @@ func (w *Worker) fetchLoop(ctx, callCtx context.Context, d *deployment, inflight
 			// without a permit, as many as slots are free; a job the cache does not
 			// answer takes its permit before its call (cache.go).
 			n := 1
-			for n < cap(slots) && tryTake(slots) {
+			for n < most && tryTake(slots) {
 				n++
 			}
 			// Nothing there: wait for jobs only when no other run could take the turn.
@@ -485,7 +503,7 @@ func (w *Worker) fetchLoop(ctx, callCtx context.Context, d *deployment, inflight
 		}
 		runs = paced
 		if d.pool != nil { // a pool: each job holds the permit of a member (pool.go)
-			if !w.fetchPool(ctx, d, pulls, runs, slots, handlers) {
+			if !w.fetchPool(ctx, d, pulls, runs, slots, most, handlers) {
 				return
 			}
 			continue
@@ -495,7 +513,7 @@ func (w *Worker) fetchLoop(ctx, callCtx context.Context, d *deployment, inflight
 			return
 		}
 		n := 1
-		for n < cap(slots) {
+		for n < most {
 			if ok, _ := d.tryPermit(); !ok {
 				break
 			}
@@ -522,6 +540,8 @@ func (w *Worker) fetchLoop(ctx, callCtx context.Context, d *deployment, inflight
 // there waits a fetch's round trip: with one per 16, a 64-slot worker at 50 ms reached
 // 86-89 % of slots / latency, with one per 4 89-91 % (docs/BENCHMARKS.md). A reserved
 // job waits, kept in progress, until a call of its worker ends: at most a call's length.
+// Near a run's end it is shut: jobs ahead only while the other workers' call slots'
+// worth stay queued (reserve.go).
 func reserveOf(slots int) int { return (slots + 3) / 4 }
 
 // handlers starts the goroutines that handle the jobs sent to the returned channel,

@@ -1,0 +1,88 @@
+package worker
+
+import "time"
+
+// reserve is the part of a fetch loop's slots that fetches jobs ahead of a free call
+// slot (reserveOf), used only while the backlog is long. A job fetched ahead waits in
+// its worker for one of the worker's calls to end. While the run's queue holds at least
+// as many jobs as the other workers have call slots, that costs nothing: every slot
+// that frees elsewhere finds a job. Near a run's end it does: a worker holds the last
+// jobs while another worker's slots stand idle, and the run waits up to a call's length
+// more for them. So a fetch takes jobs beyond its worker's free call slots only as far
+// as the other workers' call slots' worth stay queued after it (limit), and the last
+// jobs go to whichever call slot frees first, in any worker. A worker alone holds jobs
+// ahead to the last.
+//
+// A reserve that may not be used is shut: its slots are kept taken, each by a token of
+// its own in the fetch loop's slot channel (which holds one token per job held, plus
+// these), so the loop waits for a call slot instead of spinning. A reserve that is full
+// of jobs shuts as they move into call slots: each slot freed is kept by the reserve
+// until all of it is shut. A reserve is used by one goroutine (its fetch loop).
+type reserve struct {
+	slots chan struct{} // the fetch loop's slots: call slots and reserve
+	calls int           // the call slots
+	size  int           // the reserve's slots
+	shut  int           // reserve slots kept taken (a token each in slots)
+}
+
+// open gives the slots kept taken back to the fetch loop. It never waits: slots holds
+// a token for each of them.
+func (r *reserve) open() {
+	for ; r.shut > 0; r.shut-- {
+		<-r.slots
+	}
+}
+
+// keep reports whether a slot just taken by the fetch loop is kept by a reserve that is
+// not yet all shut, in which case the loop fetches nothing for it.
+func (r *reserve) keep() bool {
+	if r.shut >= r.size {
+		return false
+	}
+	r.shut++
+	return true
+}
+
+// limit is how many jobs a fetch may take, the fetch loop holding a slot just taken:
+// all it has slots for when the worker is alone (others, the call slots of the fleet's
+// other workers, is 0) or the backlog is not known yet (-1, as before a run's first
+// fetch); else its free call slots, and more only as far as others' worth stay queued
+// after the fetch, by a backlog read within backlogFresh (fresh). A backlog read
+// earlier was read before the other workers' last fetches, so a worker whose calls are
+// long fetches for its free call slots first and decides on jobs ahead by what that
+// fetch reads.
+func (r *reserve) limit(backlog, others int, fresh bool) int {
+	if backlog < 0 || others == 0 {
+		return cap(r.slots)
+	}
+	free := r.calls - (len(r.slots) - 1 - r.shut) // a job released meanwhile: one more free
+	if !fresh {
+		return free
+	}
+	return min(max(free, backlog-others), cap(r.slots))
+}
+
+// opens reports whether the reserve may be used at all, by limit's rule.
+func opens(backlog, others int, fresh bool) bool {
+	return backlog < 0 || others == 0 || fresh && backlog > others
+}
+
+// backlogFresh is how long a backlog read by a fetch stands for the queue. A busy
+// fleet fetches every few milliseconds; calls seconds long leave the reading of a
+// worker's last fetch seconds old.
+const backlogFresh = 100 * time.Millisecond
+
+// otherSlots is the call slots of the deployment's other workers, counted as the
+// members this worker shares the deployment's rate with (its throttle's share of the
+// grid, 1/members) times this worker's call slots. A pool's members are throttled one by
+// one: it counts as alone.
+func (d *deployment) otherSlots() int {
+	if d.ctrl == nil {
+		return 0
+	}
+	share := d.ctrl.Snapshot().Share
+	if !(share > 0) || share >= 1 {
+		return 0
+	}
+	return int(float64(d.slots)/share+0.5) - d.slots
+}
