@@ -157,11 +157,8 @@ func TestABusyWorkerHoldsOneJobAheadPerFourSlots(t *testing.T) {
 	e.startWorker(workerOpts{concurrency: slots})
 	e.startCollector("")
 	held := func() int {
-		info, err := cons.Info(ctx)
-		if err != nil {
-			return -1
-		}
-		return info.NumAckPending
+		held, _ := jobsHeld(ctx, cons)
+		return held
 	}
 	waitFor(t, 20*time.Second, "the first call", func() bool { return e.sim.Stats().InFlight > 0 })
 	first := time.Now()
@@ -204,13 +201,7 @@ func TestNearARunsEndTheLastJobsGoToFreeCallSlots(t *testing.T) {
 		t.Fatal(err)
 	}
 	cons := e.jobConsumer(rep.Run)
-	state := func() (held, queued int) {
-		info, err := cons.Info(ctx)
-		if err != nil {
-			return -1, -1
-		}
-		return info.NumAckPending, int(info.NumPending)
-	}
+	state := func() (held, queued int) { return jobsHeld(ctx, cons) }
 	e.startCollector("")
 	e.startWorker(workerOpts{concurrency: slots})
 	waitFor(t, 20*time.Second, "A calling with a job ahead", func() bool {
@@ -235,6 +226,16 @@ func TestNearARunsEndTheLastJobsGoToFreeCallSlots(t *testing.T) {
 	if st := e.sim.Stats(); st.Requests != rows {
 		t.Fatalf("llmsim answered %d calls, want %d (one a job)", st.Requests, rows)
 	}
+}
+
+// jobsHeld is a job consumer's jobs delivered and not yet acked (held by workers) and
+// those queued; -1, -1 when its info cannot be read.
+func jobsHeld(ctx context.Context, cons jetstream.Consumer) (held, queued int) {
+	info, err := cons.Info(ctx)
+	if err != nil {
+		return -1, -1
+	}
+	return info.NumAckPending, int(info.NumPending)
 }
 
 // Issue 8 item 7: summary.json counts what the provider billed, to the call and the

@@ -602,6 +602,14 @@ func (c *Controller) Snapshot() Snapshot {
 		Ceiling: c.ceiling, Source: c.source(), Budgets: c.budgets}
 }
 
+// Share is this member's part of the fleet's grid (1/members: equal weights), as
+// Snapshot's, without the rest of the snapshot.
+func (c *Controller) Share() float64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.share()
+}
+
 // SetMembers places this member in the fleet's grid: weights are the members' demand
 // weights in the order of their sorted ids, me this member's index.
 func (c *Controller) SetMembers(weights []float64, me int) {

@@ -20,8 +20,7 @@ import "time"
 // until all of it is shut. A reserve is used by one goroutine (its fetch loop).
 type reserve struct {
 	slots chan struct{} // the fetch loop's slots: call slots and reserve
-	calls int           // the call slots
-	size  int           // the reserve's slots
+	calls int           // the call slots (the rest of slots is the reserve)
 	shut  int           // reserve slots kept taken (a token each in slots)
 }
 
@@ -36,41 +35,59 @@ func (r *reserve) open() {
 // keep reports whether a slot just taken by the fetch loop is kept by a reserve that is
 // not yet all shut, in which case the loop fetches nothing for it.
 func (r *reserve) keep() bool {
-	if r.shut >= r.size {
+	if r.shut >= cap(r.slots)-r.calls {
 		return false
 	}
 	r.shut++
 	return true
 }
 
-// limit is how many jobs a fetch may take, the fetch loop holding a slot just taken:
-// all it has slots for when the worker is alone (others, the call slots of the fleet's
-// other workers, is 0) or the backlog is not known yet (-1, as before a run's first
-// fetch); else its free call slots, and more only as far as others' worth stay queued
-// after the fetch, by a backlog read within backlogFresh (fresh). A backlog read
-// earlier was read before the other workers' last fetches, so a worker whose calls are
-// long fetches for its free call slots first and decides on jobs ahead by what that
-// fetch reads.
-func (r *reserve) limit(backlog, others int, fresh bool) int {
-	if backlog < 0 || others == 0 {
-		return cap(r.slots)
-	}
-	free := r.calls - (len(r.slots) - 1 - r.shut) // a job released meanwhile: one more free
-	if !fresh {
-		return free
-	}
-	return min(max(free, backlog-others), cap(r.slots))
-}
-
-// opens reports whether the reserve may be used at all, by limit's rule.
-func opens(backlog, others int, fresh bool) bool {
-	return backlog < 0 || others == 0 || fresh && backlog > others
+// queueState is what a fetch loop knows of its runs' queue when it decides on jobs
+// ahead: backlog jobs queued (-1: not known yet, as before a run's first fetch), read
+// within backlogFresh (fresh), and others, the call slots of the fleet's other workers
+// (0: the worker is alone). A backlog read earlier was read before the other workers'
+// last fetches.
+type queueState struct {
+	backlog, others int
+	fresh           bool
 }
 
 // backlogFresh is how long a backlog read by a fetch stands for the queue. A busy
 // fleet fetches every few milliseconds; calls seconds long leave the reading of a
 // worker's last fetch seconds old.
 const backlogFresh = 100 * time.Millisecond
+
+// queueState reads what the fetch loop knows of runs' queue from their pullers.
+func (d *deployment) queueState(pulls *pullers, runs []*runConsumer) queueState {
+	backlog, read := pulls.backlog(runs)
+	if backlog < 0 {
+		return queueState{backlog: -1}
+	}
+	return queueState{backlog: backlog, others: d.otherSlots(), fresh: time.Since(read) <= backlogFresh}
+}
+
+// unbounded reports whether a fetch may take all it has slots for: the worker is alone,
+// or the backlog is not known yet.
+func (q queueState) unbounded() bool { return q.backlog < 0 || q.others == 0 }
+
+// opens reports whether the reserve may be used at all, by limit's rule.
+func (q queueState) opens() bool { return q.unbounded() || q.fresh && q.backlog > q.others }
+
+// limit is how many jobs a fetch may take, the fetch loop holding a slot just taken:
+// all it has slots for when unbounded; else its free call slots, and more only as far
+// as the other workers' call slots' worth stay queued after the fetch, by a fresh
+// backlog. With a stale one, a worker whose calls are long fetches for its free call
+// slots first and decides on jobs ahead by what that fetch reads.
+func (r *reserve) limit(q queueState) int {
+	if q.unbounded() {
+		return cap(r.slots)
+	}
+	free := r.calls - (len(r.slots) - 1 - r.shut) // a job released meanwhile: one more free
+	if !q.fresh {
+		return free
+	}
+	return min(max(free, q.backlog-q.others), cap(r.slots))
+}
 
 // otherSlots is the call slots of the deployment's other workers, counted as the
 // members this worker shares the deployment's rate with (its throttle's share of the
@@ -80,7 +97,7 @@ func (d *deployment) otherSlots() int {
 	if d.ctrl == nil {
 		return 0
 	}
-	share := d.ctrl.Snapshot().Share
+	share := d.ctrl.Share()
 	if !(share > 0) || share >= 1 {
 		return 0
 	}

@@ -6,7 +6,7 @@ import "testing"
 // held jobs and the slot the loop has just taken.
 func newTestReserve(t *testing.T, calls, held int) *reserve {
 	t.Helper()
-	r := &reserve{slots: make(chan struct{}, calls+reserveOf(calls)), calls: calls, size: reserveOf(calls)}
+	r := &reserve{slots: make(chan struct{}, calls+reserveOf(calls)), calls: calls}
 	for range held + 1 {
 		r.slots <- struct{}{}
 	}
@@ -17,13 +17,13 @@ func newTestReserve(t *testing.T, calls, held int) *reserve {
 // as it has slots for, call slots and reserve: nobody else could take them sooner.
 func TestAWorkerAloneFetchesAheadToTheLastJob(t *testing.T) {
 	r := newTestReserve(t, 8, 8) // every call slot calling
-	if n := r.limit(3, 0, false); n != 10 {
+	if n := r.limit(queueState{3, 0, false}); n != 10 {
 		t.Errorf("alone, 3 jobs queued: limit %d, want 10 (its slots)", n)
 	}
-	if n := r.limit(-1, 8, false); n != 10 {
+	if n := r.limit(queueState{-1, 8, false}); n != 10 {
 		t.Errorf("backlog not known yet: limit %d, want 10", n)
 	}
-	if !opens(3, 0, false) || !opens(-1, 8, false) {
+	if !(queueState{3, 0, false}).opens() || !(queueState{-1, 8, false}).opens() {
 		t.Error("the reserve is shut for a worker alone or a backlog not known")
 	}
 }
@@ -33,17 +33,17 @@ func TestAWorkerAloneFetchesAheadToTheLastJob(t *testing.T) {
 func TestAFleetMemberFetchesAheadOnlyWhileOthersStillFindJobs(t *testing.T) {
 	busy := newTestReserve(t, 8, 8) // no call slot free
 	for _, c := range []struct{ backlog, want int }{{40, 10}, {10, 2}, {9, 1}, {8, 0}, {3, 0}} {
-		if n := busy.limit(c.backlog, 8, true); n != c.want {
+		if n := busy.limit(queueState{c.backlog, 8, true}); n != c.want {
 			t.Errorf("all calls busy, %d queued, 8 call slots elsewhere: limit %d, want %d", c.backlog, n, c.want)
 		}
 	}
 	idle := newTestReserve(t, 8, 2) // 6 call slots free
 	for _, c := range []struct{ backlog, want int }{{20, 10}, {12, 6}, {4, 6}} {
-		if n := idle.limit(c.backlog, 8, true); n != c.want {
+		if n := idle.limit(queueState{c.backlog, 8, true}); n != c.want {
 			t.Errorf("6 call slots free, %d queued, 8 elsewhere: limit %d, want %d", c.backlog, n, c.want)
 		}
 	}
-	if opens(8, 8, true) || !opens(9, 8, true) {
+	if (queueState{8, 8, true}).opens() || !(queueState{9, 8, true}).opens() {
 		t.Error("the reserve opens at a queue of the other workers' slots, or stays shut above it")
 	}
 }
@@ -53,10 +53,10 @@ func TestAFleetMemberFetchesAheadOnlyWhileOthersStillFindJobs(t *testing.T) {
 // fetch reads.
 func TestAStaleBacklogFetchesForFreeCallSlotsOnly(t *testing.T) {
 	r := newTestReserve(t, 8, 5)
-	if n := r.limit(1000, 8, false); n != 3 {
+	if n := r.limit(queueState{1000, 8, false}); n != 3 {
 		t.Errorf("stale backlog of 1000, 3 call slots free: limit %d, want 3", n)
 	}
-	if opens(1000, 8, false) {
+	if (queueState{1000, 8, false}).opens() {
 		t.Error("a stale backlog opened the reserve")
 	}
 }
@@ -65,7 +65,7 @@ func TestAStaleBacklogFetchesForFreeCallSlotsOnly(t *testing.T) {
 // instead of fetching ahead; opened, it gives them back at once.
 func TestAShutReserveKeepsItsSlotsTakenUntilOpened(t *testing.T) {
 	r := newTestReserve(t, 8, 8) // 8 calling, a slot just taken
-	if n := r.limit(4, 8, true); n > 0 || !r.keep() {
+	if n := r.limit(queueState{4, 8, true}); n > 0 || !r.keep() {
 		t.Fatalf("limit %d with every call busy: the slot taken should be kept by the reserve", n)
 	}
 	r.slots <- struct{}{} // the loop takes the next slot
@@ -80,7 +80,7 @@ func TestAShutReserveKeepsItsSlotsTakenUntilOpened(t *testing.T) {
 	}
 	<-r.slots             // a call ends
 	r.slots <- struct{}{} // the loop takes its slot
-	if n := r.limit(4, 8, true); n != 1 {
+	if n := r.limit(queueState{4, 8, true}); n != 1 {
 		t.Fatalf("a call slot freed under a shut reserve: limit %d, want 1", n)
 	}
 	r.open()

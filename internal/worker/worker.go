@@ -440,7 +440,7 @@ func (w *Worker) drain(inflight *sync.WaitGroup, cancelCalls context.CancelFunc)
 func (w *Worker) fetchLoop(ctx, callCtx context.Context, d *deployment, inflight *sync.WaitGroup) {
 	slots := make(chan struct{}, d.slots+reserveOf(d.slots))
 	release := func() { <-slots }
-	ahead := &reserve{slots: slots, calls: d.slots, size: reserveOf(d.slots)}
+	ahead := &reserve{slots: slots, calls: d.slots}
 	pulls := newPullers(w.js.Conn(), w.names.StreamJobs(), d.alias, cap(slots))
 	defer pulls.close()
 	handlers := w.handlers(callCtx, ctx.Done(), d, inflight, cap(slots), release)
@@ -464,13 +464,8 @@ func (w *Worker) fetchLoop(ctx, callCtx context.Context, d *deployment, inflight
 			continue
 		}
 		// Jobs ahead of a free call slot only while the queue is long (reserve.go).
-		backlog, read := pulls.backlog(runs)
-		others := 0
-		if backlog >= 0 {
-			others = d.otherSlots()
-		}
-		fresh := time.Since(read) <= backlogFresh
-		if opens(backlog, others, fresh) {
+		queued := d.queueState(pulls, runs)
+		if queued.opens() {
 			ahead.open()
 		}
 		select {
@@ -478,7 +473,7 @@ func (w *Worker) fetchLoop(ctx, callCtx context.Context, d *deployment, inflight
 		case <-ctx.Done():
 			return
 		}
-		most := ahead.limit(backlog, others, fresh)
+		most := ahead.limit(queued)
 		if most < 1 {
 			if ahead.keep() {
 				continue
