@@ -370,6 +370,39 @@ criteria:
 	}
 }
 
+// A JSONL record's numbers arrive as json.Number (their text kept for the output row);
+// templates see them as numbers, at any depth, as Jinja does over parsed JSON.
+func TestTemplatesSeeJSONLNumbersAsNumbers(t *testing.T) {
+	t.Parallel()
+	src := llmBlock + `
+output_fields:
+  score: {type: integer}
+template: |-
+  big={% if row.amount > 10 %}yes{% else %}no{% endif %} double={{ row.amount * 2 }} plus={{ row.amount + 1 }} type={{ row.amount is number }}
+  price={{ row.price }} half={{ row.price / 2 }} nested={{ row.meta.n + 1 }} list={{ row.list[1] * 10 }} huge={{ row.huge }}
+case_studies:
+  - {name: cs1, input_fields: [amount]}
+criteria:
+  - {name: c}
+`
+	p := mustParse(t, src)
+	row := map[string]any{
+		"amount": json.Number("5"), "price": json.Number("2.5"), "huge": json.Number("1e400"),
+		"meta": map[string]any{"n": json.Number("3")}, "list": []any{json.Number("1"), json.Number("7")},
+	}
+	msgs, err := p.Queries()[0].Render(row, nil)
+	if err != nil {
+		t.Fatalf("Render: %v", err)
+	}
+	want := "big=no double=10 plus=6 type=True\nprice=2.5 half=1.25 nested=4 list=70 huge=1e400"
+	if got := msgs[len(msgs)-1].Content; got != want {
+		t.Errorf("user message:\n got %q\nwant %q", got, want)
+	}
+	if row["amount"] != json.Number("5") || row["meta"].(map[string]any)["n"] != json.Number("3") {
+		t.Error("Render changed the caller's row: the output row keeps the numbers' text")
+	}
+}
+
 func TestQueryRenderExplicitQueries(t *testing.T) {
 	t.Parallel()
 	tests := []struct {

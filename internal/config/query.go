@@ -95,6 +95,7 @@ func (e *RenderError) Unwrap() error { return e.Err }
 // criterion for matrix queries, and source_row, the whole row; these names win
 // over row columns of the same name) and `lookup`.
 func (q Query) Render(row map[string]any, lookup map[string]any) ([]Message, error) {
+	row = templateRow(row)
 	r := make(map[string]any, len(row)+len(q.InputFields)+3)
 	maps.Copy(r, row)
 	for i, f := range q.InputFields {
@@ -139,6 +140,64 @@ func (q Query) Render(row map[string]any, lookup map[string]any) ([]Message, err
 		return nil, q.renderError(err)
 	}
 	return append(msgs, Message{Role: "user", Content: user}), nil
+}
+
+// templateRow returns row as templates see it: a JSONL number (json.Number, kept as
+// its text for the output row) becomes an int64 when it is an integer that fits, else a
+// float64, at any depth, so that `row.amount > 10`, `row.amount * 2` and `is number`
+// work as in Jinja over parsed JSON. A number too large for a float64 stays its text.
+// row is not changed; it is returned as it is when it holds no number.
+func templateRow(row map[string]any) map[string]any {
+	if !holdsNumber(row) {
+		return row
+	}
+	return templateValue(row).(map[string]any)
+}
+
+func templateValue(v any) any {
+	switch v := v.(type) {
+	case json.Number:
+		if i, err := v.Int64(); err == nil {
+			return i
+		}
+		if f, err := v.Float64(); err == nil {
+			return f
+		}
+		return string(v)
+	case map[string]any:
+		m := make(map[string]any, len(v))
+		for k, e := range v {
+			m[k] = templateValue(e)
+		}
+		return m
+	case []any:
+		s := make([]any, len(v))
+		for i, e := range v {
+			s[i] = templateValue(e)
+		}
+		return s
+	}
+	return v
+}
+
+func holdsNumber(v any) bool {
+	switch v := v.(type) {
+	case json.Number:
+		return true
+	case map[string]any:
+		for _, e := range v {
+			if holdsNumber(e) {
+				return true
+			}
+		}
+	case []any:
+		for _, e := range v {
+			if holdsNumber(e) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func (q Query) renderError(err error) *RenderError {
