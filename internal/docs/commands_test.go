@@ -133,12 +133,20 @@ func TestDocumentedCommandsRunAsWritten(t *testing.T) {
 			t.Fatal(err)
 		}
 		var cmds []Command
+		sims := map[int]string{} // a command's index: the llmsim address its block started before it
 		for _, blk := range Blocks(string(b)) {
 			if blk.Lang != "sh" && blk.Lang != "indented" {
 				continue
 			}
+			sim := ""
 			for _, c := range Commands(blk.Text, nil) {
 				c.Line += blk.Line - 1
+				if sim != "" {
+					sims[len(cmds)] = sim
+				}
+				if c.Args[0] == "bin/llmsim" {
+					sim = llmsimAddr(c.Args[1:])
+				}
 				cmds = append(cmds, c)
 			}
 		}
@@ -148,7 +156,7 @@ func TestDocumentedCommandsRunAsWritten(t *testing.T) {
 				t.Errorf("%s: `make %s`: no such target in the Makefile", doc, m[1])
 			}
 		}
-		for _, c := range cmds {
+		for i, c := range cmds {
 			where := fmt.Sprintf("%s:%d: %s", doc, c.Line, strings.Join(c.Args, " "))
 			prog := c.Args[0]
 			isBin := strings.HasPrefix(prog, "bin/")
@@ -188,6 +196,9 @@ func TestDocumentedCommandsRunAsWritten(t *testing.T) {
 				}
 				if name == "worker" {
 					checkWorkerKey(t, where, c)
+				}
+				if cfg := workerConfigOf(c); cfg != "" && (name == "multiquery" || sims[i] != "") {
+					checkModelReached(t, where, c, cfg, sims[i])
 				}
 			}
 		}
@@ -274,4 +285,77 @@ func checkWorkerKey(t *testing.T, where string, c Command) {
 			}
 		}
 	}
+}
+
+// llmsimAddr is the address an llmsim command line listens on.
+func llmsimAddr(args []string) string {
+	for i, a := range args {
+		if v, ok := strings.CutPrefix(strings.TrimLeft(a, "-"), "addr="); ok {
+			return v
+		}
+		if strings.TrimLeft(a, "-") == "addr" && i+1 < len(args) {
+			return args[i+1]
+		}
+	}
+	return "127.0.0.1:8081" // llmsim's default
+}
+
+// workerConfigOf is the worker config a bin/worker (--config) or bin/multiquery run
+// (--workers) command reads, "" for none.
+func workerConfigOf(c Command) string {
+	flag := "config"
+	switch {
+	case c.Args[0] == "bin/multiquery" && len(c.Args) > 1 && c.Args[1] == "run":
+		flag = "workers"
+	case c.Args[0] != "bin/worker":
+		return ""
+	}
+	for i, a := range c.Args {
+		if strings.TrimLeft(a, "-") == flag && i+1 < len(c.Args) {
+			return c.Args[i+1]
+		}
+	}
+	return ""
+}
+
+// checkModelReached checks, with only the command's own environment (the variables
+// its config reads are unset otherwise), that its worker config loads and has every
+// deployment's key (multiquery run refuses to start without it), and, when sim is
+// set (the block started llmsim before it), that every deployment calls llmsim there:
+// a quick start that went to the file's default endpoint would call a real provider.
+func checkModelReached(t *testing.T, where string, c Command, cfg, sim string) {
+	t.Helper()
+	for _, k := range []string{"LLM_ENDPOINT", "OPENAI_API_KEY", "AZURE_OPENAI_API_KEY", "AZURE_OPENAI_ENDPOINT"} {
+		if _, ok := c.Env[k]; !ok {
+			withoutEnv(t, k)
+		}
+	}
+	for k, v := range c.Env {
+		t.Setenv(k, v)
+	}
+	defer func() { // the next command starts from the test's environment again
+		for k := range c.Env {
+			os.Unsetenv(k)
+		}
+	}()
+	w, err := config.LoadWorker(filepath.Join(root, cfg))
+	if err != nil {
+		t.Errorf("%s: %v", where, err)
+		return
+	}
+	for _, d := range w.Deployments {
+		if _, err := d.APIKey(); err != nil {
+			t.Errorf("%s: %v", where, err)
+		}
+		if sim != "" && !strings.Contains(d.Endpoint, "://"+sim+"/") && !strings.HasSuffix(d.Endpoint, "://"+sim) {
+			t.Errorf("%s: the block starts llmsim on %s, but deployment %s of %s calls %s", where, sim, d.Alias, cfg, d.Endpoint)
+		}
+	}
+}
+
+// withoutEnv unsets k for the rest of the test (restored after it).
+func withoutEnv(t *testing.T, k string) {
+	t.Helper()
+	t.Setenv(k, "") // records the value to restore
+	os.Unsetenv(k)
 }
