@@ -76,10 +76,12 @@ func Get(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, names wire.
 		return r, fmt.Errorf("open kv %s: %w", names.BucketRuns(), err)
 	}
 	found := false
+	var emittedAt time.Time // the collector's last progress of the run
 	if e, err := runs.Get(ctx, run); err == nil {
 		found = true
 		var st wire.RunStatus
 		if err := json.Unmarshal(e.Value(), &st); err == nil {
+			emittedAt = latest(st.Started, st.Updated)
 			r.State, r.RowsTotal, r.Emitted, r.OK, r.Failed, r.OldestOpen, r.OutDir, r.Deployments, r.Stored =
 				st.State, st.Total, st.Emitted, st.OK, st.Failed, st.Next, st.OutDir, st.Deployments, st.Stored
 			r.Attempt = st.Attempt
@@ -111,7 +113,8 @@ func Get(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, names wire.
 	if !found {
 		return r, fmt.Errorf("run %s: no status (unknown run, or nothing written yet)", run)
 	}
-	r.Published = max(r.Published, r.RowsTotal)
+	// The checkpoint lags the rows published, and a row is emitted only once published.
+	r.Published = max(r.Published, r.RowsTotal, r.Emitted)
 	if s, err := js.Stream(ctx, names.StreamJobs()); err == nil {
 		if info, err := s.Info(ctx, jetstream.WithSubjectFilter(names.JobRunFilter(run))); err == nil {
 			for _, n := range info.State.Subjects {
@@ -152,14 +155,46 @@ func Get(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, names wire.
 	case r.State == wire.RunCompleted || r.State == wire.ControlCancelled || r.State == wire.ControlPaused || r.State == wire.SubmitRejected:
 	case blocked != "":
 		r.State, r.Reason = "blocked", blocked
-	case r.State == wire.RunOpen && !r.ProducerSeen.IsZero() && time.Since(r.ProducerSeen) > StalledAfter:
-		r.State, r.Reason = "stalled", fmt.Sprintf("unsealed, and its producer has published nothing since %s", r.ProducerSeen.Format(time.RFC3339))
+	case r.State == wire.RunOpen:
+		if reason := stalled(r, emittedAt); reason != "" {
+			r.State, r.Reason = "stalled", reason
+		}
 	}
-	if r.RowsPerSec > 0 && r.State != wire.RunCompleted {
-		left := max(r.RowsTotal, r.Published) - r.Emitted
-		r.ETA = (time.Duration(float64(left)/r.RowsPerSec) * time.Second).Round(time.Second).String()
-	}
+	r.ETA = eta(r)
 	return r, nil
+}
+
+// stalled says why an open run is stalled, or "" when it is not: its producer's
+// checkpoint is older than StalledAfter or, before its first checkpoint (the file
+// producer writes one every 2048/(M+1) rows), so is the collector's last progress of
+// the run (emittedAt: its rows are emitted only once published).
+func stalled(r Report, emittedAt time.Time) string {
+	switch {
+	case !r.ProducerSeen.IsZero() && time.Since(r.ProducerSeen) > StalledAfter:
+		return fmt.Sprintf("unsealed, and its producer has published nothing since %s", r.ProducerSeen.Format(time.RFC3339))
+	case r.ProducerSeen.IsZero() && !emittedAt.IsZero() && time.Since(emittedAt) > StalledAfter:
+		return fmt.Sprintf("unsealed, its producer has written no checkpoint, and no row has been emitted since %s", emittedAt.Format(time.RFC3339))
+	}
+	return ""
+}
+
+// eta is the time the run takes, at its pace so far, to emit the rows published (all
+// of them once sealed) and not emitted yet; "" when it cannot be told: no pace yet, the
+// run completed, or counts that do not add up (never a negative ETA).
+func eta(r Report) string {
+	left := max(r.RowsTotal, r.Published) - r.Emitted
+	if r.RowsPerSec <= 0 || r.State == wire.RunCompleted || left < 0 {
+		return ""
+	}
+	return (time.Duration(float64(left)/r.RowsPerSec) * time.Second).Round(time.Second).String()
+}
+
+// latest is the later of two times.
+func latest(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
 }
 
 // learned adds the deployment's remembered rate, if any.

@@ -252,6 +252,48 @@ func TestGetReportsAStalledRunWhoseProducerIsSilent(t *testing.T) {
 	}
 }
 
+// A producer killed before its first checkpoint (every 2048/(M+1) rows) leaves none: the
+// run is stalled once the collector has emitted nothing of it for StalledAfter, the
+// reason naming the last time it did, and its emitted rows count as published. A run
+// whose rows are still being emitted stays open.
+func TestARunWhoseProducerDiedBeforeItsFirstCheckpointIsStalled(t *testing.T) {
+	e := start(t)
+	started := time.Now().Add(-StalledAfter - time.Minute).UTC()
+	last := started.Add(4 * time.Second)
+	e.status(wire.RunStatus{Run: run, State: "open", Emitted: 66, OK: 66, Next: 66, Started: started, Updated: last})
+	r := e.get(run, 0)
+	if r.State != "stalled" || !strings.Contains(r.Reason, "unsealed") || !strings.Contains(r.Reason, last.Format(time.RFC3339)) {
+		t.Fatalf("report = %+v, want stalled with a reason naming %s", r, last.Format(time.RFC3339))
+	}
+	if r.Published != 66 || r.Emitted != 66 {
+		t.Fatalf("published/emitted = %d/%d, want 66/66 (an emitted row was published)", r.Published, r.Emitted)
+	}
+	if eta, err := time.ParseDuration(r.ETA); r.ETA != "" && (err != nil || eta < 0) {
+		t.Fatalf("ETA = %q (%v), want none or not negative", r.ETA, err)
+	}
+
+	e.status(wire.RunStatus{Run: "run-fresh", State: "open", Emitted: 66, Next: 66, Started: started, Updated: time.Now().UTC()})
+	if r := e.get("run-fresh", 0); r.State != "open" || r.Reason != "" {
+		t.Fatalf("open run without a checkpoint whose rows are still emitted = %+v, want open", r)
+	}
+}
+
+// The producer's checkpoint lags the rows it published: a run never shows fewer rows
+// published than emitted, nor a negative ETA.
+func TestARunNeverShowsFewerRowsPublishedThanEmittedNorANegativeETA(t *testing.T) {
+	e := start(t)
+	started := time.Now().Add(-100 * time.Second).UTC()
+	e.status(wire.RunStatus{Run: run, State: "open", Emitted: 600, OK: 600, Next: 600, Started: started, Updated: time.Now().UTC()})
+	e.checkpoint(run, 512, time.Now())
+	r := e.get(run, 0)
+	if r.State != "open" || r.Published != 600 || r.Emitted != 600 {
+		t.Fatalf("report = %+v, want open, 600 published and emitted", r)
+	}
+	if eta, err := time.ParseDuration(r.ETA); r.ETA != "" && (err != nil || eta < 0) {
+		t.Fatalf("ETA = %q (%v), want none or not negative", r.ETA, err)
+	}
+}
+
 // An open breaker of one of the run's deployments makes it blocked, the reason naming
 // the deployment and the provider's answer; that deployment's throttle shows it.
 func TestGetReportsAnOpenBreakerAsBlocked(t *testing.T) {
