@@ -374,6 +374,58 @@ func TestARunFinishesAndRunningItAgainCallsNothing(t *testing.T) {
 	}
 }
 
+// A finished run's id given again (--run) with another input or another pipeline
+// config is refused with exit 2, as the producer refuses a reused run id: the run's
+// files answer another question. The same command again only prints where they are.
+func TestAFinishedRunsIDWithAnotherInputOrConfigIsRefused(t *testing.T) {
+	const exitOK, exitUsage = 0, 2
+	sim, simURL, stop, err := llmsim.Start(llmsim.Config{}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	f := writeFiles(t, simURL, 3)
+	var out, errs bytes.Buffer
+	if got := run(f.args("--run", "mine"), &out, &errs); got != exitOK {
+		t.Fatalf("exit %d, want %d; stderr: %s", got, exitOK, errs.String())
+	}
+	calls := sim.Stats().Requests
+
+	other := filepath.Join(f.dir, "other.csv")
+	if err := os.WriteFile(other, []byte("id,text\nx1,another row\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	otherInput := []string{"run", "--config", f.pipeline, "--workers", f.workers, "--input", other, "--out", f.out, "--run", "mine"}
+	out.Reset()
+	errs.Reset()
+	if got := run(otherInput, &out, &errs); got != exitUsage || !strings.Contains(errs.String(), "finished with another input") {
+		t.Errorf("another input: exit %d, want %d naming the input; stdout: %s\nstderr: %s", got, exitUsage, out.String(), errs.String())
+	}
+
+	changed, err := os.ReadFile(f.pipeline)
+	if err != nil {
+		t.Fatal(err)
+	}
+	otherPipeline := filepath.Join(f.dir, "other.yaml")
+	if err := os.WriteFile(otherPipeline, bytes.Replace(changed, []byte("Assess"), []byte("Judge"), 1), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	otherConfig := []string{"run", "--config", otherPipeline, "--workers", f.workers, "--input", f.input, "--out", f.out, "--run", "mine"}
+	out.Reset()
+	errs.Reset()
+	if got := run(otherConfig, &out, &errs); got != exitUsage || !strings.Contains(errs.String(), "finished with another pipeline config") {
+		t.Errorf("another config: exit %d, want %d naming the config; stdout: %s\nstderr: %s", got, exitUsage, out.String(), errs.String())
+	}
+
+	out.Reset()
+	if got := run(f.args("--run", "mine"), &out, &errs); got != exitOK || !strings.Contains(out.String(), "had already finished") {
+		t.Errorf("the same command again: exit %d, want %d and where the files are; stdout: %s", got, exitOK, out.String())
+	}
+	if n := sim.Stats().Requests; n != calls {
+		t.Errorf("%d calls after the run finished, want none", n-calls)
+	}
+}
+
 func TestVersionPrintsTheBuildAndExits0(t *testing.T) {
 	var out, errOut strings.Builder
 	if code := run([]string{"--version"}, &out, &errOut); code != 0 || !strings.HasPrefix(out.String(), "multiquery ") {

@@ -13,6 +13,7 @@ package local
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -32,6 +33,7 @@ import (
 	"github.com/multiquery/multiquery/internal/input"
 	"github.com/multiquery/multiquery/internal/producer"
 	"github.com/multiquery/multiquery/internal/queue"
+	"github.com/multiquery/multiquery/internal/sink"
 	"github.com/multiquery/multiquery/internal/status"
 	"github.com/multiquery/multiquery/internal/wire"
 	"github.com/multiquery/multiquery/internal/worker"
@@ -141,12 +143,12 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) (Result, error) {
 	if err := cfg.Check(); err != nil {
 		return Result{}, &producer.UsageError{Err: err}
 	}
+	digest, err := inputDigest(cfg.InputPath)
+	if err != nil {
+		return Result{}, &producer.UsageError{Err: err}
+	}
 	if cfg.Run == "" {
-		id, err := DefaultRunID(cfg.Pipeline.Hash(), cfg.InputPath)
-		if err != nil {
-			return Result{}, &producer.UsageError{Err: err}
-		}
-		cfg.Run = id
+		cfg.Run = runID(cfg.Pipeline.Hash(), digest)
 	}
 	res := Result{Run: cfg.Run, Dir: filepath.Join(cfg.OutDir, cfg.Run)}
 	total, err := countRows(cfg.InputPath, cfg.Format)
@@ -168,10 +170,13 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) (Result, error) {
 		return res, err
 	}
 	if st, ok, err := finished(ctx, js, cfg.Run); err != nil || ok {
-		res.AlreadyFinished, res.Status = ok, st
+		if err == nil {
+			err = sameRun(res.Dir, cfg.Run, cfg.Pipeline.Hash(), digest)
+		}
+		res.AlreadyFinished, res.Status = ok && err == nil, st
 		return res, err
 	}
-	r := &localRun{cfg: cfg, js: js, log: log, total: total, started: time.Now()}
+	r := &localRun{cfg: cfg, js: js, log: log, total: total, started: time.Now(), inputHash: digest}
 	return r.run(ctx, res, topo)
 }
 
@@ -181,6 +186,7 @@ type localRun struct {
 	js        jetstream.JetStream
 	log       zerolog.Logger
 	total     int
+	inputHash string // the input file's SHA-256, the open record's input_hash
 	started   time.Time
 	published atomic.Int64
 	metrics   *prometheus.Registry
@@ -252,7 +258,7 @@ func (r *localRun) flow(ctx context.Context, topo queue.Topology) (producer.Repo
 	}
 	defer f.Close()
 	rep, err := producer.Run(ctx, r.js, producer.Config{Pipeline: r.cfg.Pipeline, Input: f, Format: r.cfg.Format, Run: r.cfg.Run,
-		Topology: topo, Progress: func(n int) { r.published.Store(int64(n)) }}, r.log)
+		InputHash: r.inputHash, Topology: topo, Progress: func(n int) { r.published.Store(int64(n)) }}, r.log)
 	if err != nil {
 		return rep, wire.RunStatus{}, err
 	}
@@ -296,6 +302,32 @@ func (r *localRun) awaitCleanup(ctx context.Context) {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+}
+
+// sameRun refuses a finished run's id given with another pipeline config or input
+// (exit 2, as the producer refuses a reused run id): its files answer another question.
+// It compares with the open record in the run's directory; what that record does not
+// say (a run of an earlier build has no input_hash, a deleted directory nothing) is not
+// refused.
+func sameRun(dir, run, configHash, inputHash string) error {
+	b, err := os.ReadFile(filepath.Join(dir, sink.OpenJSON))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("run %s: %w", run, err)
+	}
+	var open wire.Open
+	if err := json.Unmarshal(b, &open); err != nil {
+		return fmt.Errorf("run %s: decode %s: %w", run, sink.OpenJSON, err)
+	}
+	switch {
+	case open.ConfigHash != "" && open.ConfigHash != configHash:
+		return &producer.UsageError{Err: fmt.Errorf("run %s finished with another pipeline config (hash %.12s, now %.12s); use a new run id, or no --run", run, open.ConfigHash, configHash)}
+	case open.InputHash != "" && open.InputHash != inputHash:
+		return &producer.UsageError{Err: fmt.Errorf("run %s finished with another input (SHA-256 %.12s, now %.12s); use a new run id, or no --run", run, open.InputHash, inputHash)}
+	}
+	return nil
 }
 
 // finished reads the run's status: ok when the run has finished.

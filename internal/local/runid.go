@@ -17,16 +17,29 @@ const runIDPrefix = "local-"
 // file's bytes. The same command on the same files gets the same id, so a rerun
 // resumes; another config or input is another run.
 func DefaultRunID(pipelineHash, inputPath string) (string, error) {
-	f, err := os.Open(inputPath)
+	in, err := inputDigest(inputPath)
+	if err != nil {
+		return "", err
+	}
+	return runID(pipelineHash, in), nil
+}
+
+func runID(pipelineHash, inputDigest string) string {
+	h := sha256.New()
+	fmt.Fprintf(h, "multiquery local run\nconfig %s\ninput %s\n", pipelineHash, inputDigest)
+	return runIDPrefix + hex.EncodeToString(h.Sum(nil))[:20]
+}
+
+// inputDigest is the hex SHA-256 of the input file's bytes.
+func inputDigest(path string) (string, error) {
+	f, err := os.Open(path)
 	if err != nil {
 		return "", fmt.Errorf("input: %w", err)
 	}
 	defer f.Close()
 	in := sha256.New()
 	if _, err := io.Copy(in, f); err != nil {
-		return "", fmt.Errorf("input %s: %w", inputPath, err)
+		return "", fmt.Errorf("input %s: %w", path, err)
 	}
-	h := sha256.New()
-	fmt.Fprintf(h, "multiquery local run\nconfig %s\ninput %x\n", pipelineHash, in.Sum(nil))
-	return runIDPrefix + hex.EncodeToString(h.Sum(nil))[:20], nil
+	return hex.EncodeToString(in.Sum(nil)), nil
 }

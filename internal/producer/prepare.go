@@ -44,6 +44,7 @@ func prepare(ctx context.Context, js jetstream.JetStream, cfg Config, log zerolo
 	}
 	fr := &fileRun{cfg: cfg, p: p, queries: p.Queries(), in: in, log: log, rolling: sha256.New()}
 	fr.open = openRecord(p, cfg.Run, in.header)
+	fr.open.InputHash = cfg.InputHash
 	runs, err := fr.resume(ctx, js)
 	if err != nil {
 		return nil, err

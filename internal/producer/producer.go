@@ -35,7 +35,10 @@ type Config struct {
 	Input    io.Reader
 	Format   input.Format
 	Run      string // run id; "" = a new UUIDv7
-	Topology queue.Topology
+	// InputHash, if set, is written as the open record's input_hash (provenance: local
+	// mode writes the input file's SHA-256 and checks it when the run id comes again).
+	InputHash string
+	Topology  queue.Topology
 	// Progress, if set, is called after each row is published.
 	Progress func(rows int)
 	// Window bounds publishes awaiting their ack.
