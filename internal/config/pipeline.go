@@ -37,9 +37,9 @@ type Pipeline struct {
 	ResponseFormat string `yaml:"response_format"`
 	// MaxCapacityRetrySeconds is the capacity-retry budget of a query job, counted
 	// from its first capacity error, default 3600.
-	MaxCapacityRetrySeconds int `yaml:"max_capacity_retry_seconds"`
+	MaxCapacityRetrySeconds int `yaml:"max_capacity_retry_seconds" zero:"refused"`
 	// MaxAttempts bounds transient retries per query, default 5.
-	MaxAttempts int `yaml:"max_attempts"`
+	MaxAttempts int `yaml:"max_attempts" zero:"refused"`
 	// MaxAnswerRetries is how many times a query whose answer is not usable (not one
 	// JSON object, a mapped field missing or of the wrong type) is asked again before
 	// it fails with that reason; nil means DefaultMaxAnswerRetries, 0 never asks again.
@@ -121,7 +121,7 @@ type Cache struct {
 	// TTL is the oldest cached answer a query accepts, default DefaultCacheTTL. The
 	// bucket keeps answers at most its own max age (30 days unless the operator chose
 	// otherwise), whatever TTL says.
-	TTL time.Duration `yaml:"ttl"`
+	TTL time.Duration `yaml:"ttl" zero:"refused"`
 }
 
 // DefaultCacheTTL is the oldest cached answer a query accepts when cache.ttl is not set.

@@ -140,6 +140,9 @@ func TestPipelineValidation(t *testing.T) {
 		{"suffix equal to another field's name", llmBlock + "output_fields:\n  a: {type: string}\n  b: {type: string, suffix: a}\nqueries:\n  - {name: q, template: x}\n", []string{`output_fields.b.suffix: duplicate suffix "a"`}},
 		{"duplicate field in an output mapping", llmBlock + "output_fields:\n  a: {type: string}\n  a: {type: integer, suffix: b}\nqueries:\n  - {name: q, template: x}\n", []string{`output_fields.a: duplicate field "a"`}},
 		{"query override names its path", llmBlock + "queries:\n  - name: a\n    template: x\n    output_fields:\n      s: {type: float}\n", []string{`queries[0].output_fields.s.type: unknown type "float"`}},
+		{"an explicit zero max_attempts is refused, not defaulted", llmBlock + "max_attempts: 0\noutput_fields:\n  s: {type: string}\nqueries:\n  - {name: a, template: x}\n", []string{"max_attempts: must be > 0, got 0 (leave it out for the default)"}},
+		{"an explicit zero capacity budget is refused, not defaulted", llmBlock + "max_capacity_retry_seconds: 0\noutput_fields:\n  s: {type: string}\nqueries:\n  - {name: a, template: x}\n", []string{"max_capacity_retry_seconds: must be > 0, got 0"}},
+		{"an explicit zero cache ttl is refused, not defaulted", llmBlock + "cache: {enabled: true, ttl: 0s}\noutput_fields:\n  s: {type: string}\nqueries:\n  - {name: a, template: x}\n", []string{"cache.ttl: must be > 0, got 0s"}},
 		{"output_fields not a mapping", llmBlock + "output_fields: [score]\nqueries:\n  - {name: a, template: x}\n", []string{"output_fields must be a mapping"}},
 
 		// column collisions across queries

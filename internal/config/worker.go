@@ -62,7 +62,7 @@ type Deployment struct {
 	// a relative path is resolved against the config file's directory at load.
 	APIKeyFile string `yaml:"api_key_file"`
 	// Timeout bounds each call, default 120s.
-	Timeout time.Duration `yaml:"timeout"`
+	Timeout time.Duration `yaml:"timeout" zero:"refused"`
 	// MaxConcurrency caps this deployment's in-flight calls per worker; 0 means the
 	// worker's --concurrency.
 	MaxConcurrency int `yaml:"max_concurrency"`
@@ -295,6 +295,11 @@ func (d Deployment) problems(alias string) []error {
 		add("endpoint", "must be an http(s) URL, got %q", d.Endpoint)
 	} else {
 		loopback = isLoopback(u.Hostname())
+		if d.Provider == ProviderAzure && u.Scheme == "http" && !loopback {
+			// openai-go's Azure client refuses to send the key in the clear: every call
+			// would fail.
+			add("endpoint", "azure over plain http only to a loopback host (a simulator); use https, got %q", d.Endpoint)
+		}
 	}
 
 	switch {

@@ -200,6 +200,8 @@ func TestWorkerValidate(t *testing.T) {
 		{"no key source on a remote endpoint", "deployments:\n  a:\n    provider: openai\n    endpoint: https://api.openai.com/v1\n", []string{"deployments.a: api_key_env or api_key_file required"}},
 		{"no key source for azure on loopback", "deployments:\n  a:\n    provider: azure\n    endpoint: http://127.0.0.1:9000\n", []string{"deployments.a: api_key_env or api_key_file required"}},
 		{"key env that is not a variable name", "deployments:\n  a:\n" + azure + "    api_key_env: sk-abc\n", []string{`deployments.a.api_key_env: must name an environment variable`}},
+		{"an explicit zero timeout is refused, not defaulted", "deployments:\n  a:\n" + azure + "    api_key_env: K\n    timeout: 0s\n", []string{"line 6: deployments.a.timeout: must be > 0, got 0s (leave it out for the default)"}},
+		{"azure over plain http to another host", "deployments:\n  a:\n    provider: azure\n    endpoint: http://example.invalid:18181\n    api_key_env: K\n", []string{`deployments.a.endpoint: azure over plain http only to a loopback host (a simulator); use https, got "http://example.invalid:18181"`}},
 		{"negative timeout", "deployments:\n  a:\n" + azure + "    api_key_env: K\n    timeout: -1s\n", []string{"deployments.a.timeout: must be > 0, got -1s"}},
 		{"negative max concurrency", "deployments:\n  a:\n" + azure + "    api_key_env: K\n    max_concurrency: -2\n", []string{"deployments.a.max_concurrency: must be >= 0, got -2"}},
 		{"throttle error names the deployment", "deployments:\n  gpt4:\n" + azure + "    api_key_env: K\n    throttle: {decrease: 1.2}\n", []string{"deployments.gpt4.throttle.decrease: must be in (0,1), got 1.2"}},

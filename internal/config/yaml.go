@@ -163,7 +163,7 @@ func checkKnownFields(n *yaml.Node, t reflect.Type, path string) []error {
 				errs = append(errs, checkKnownFields(v, t, path)...)
 				continue
 			}
-			ft, ok := fields[k.Value]
+			f, ok := fields[k.Value]
 			if !ok {
 				where := ""
 				if path != "" {
@@ -172,7 +172,10 @@ func checkKnownFields(n *yaml.Node, t reflect.Type, path string) []error {
 				errs = append(errs, fmt.Errorf("line %d: unknown field %q%s", k.Line, k.Value, where))
 				continue
 			}
-			errs = append(errs, checkKnownFields(v, ft, join(path, k.Value))...)
+			if f.refuseZero && writtenZero(v, f.typ) {
+				errs = append(errs, fmt.Errorf("line %d: %s: must be > 0, got %s (leave it out for the default)", v.Line, join(path, k.Value), v.Value))
+			}
+			errs = append(errs, checkKnownFields(v, f.typ, join(path, k.Value))...)
 		}
 		return errs
 	case reflect.Map:
@@ -197,9 +200,27 @@ func checkKnownFields(n *yaml.Node, t reflect.Type, path string) []error {
 	return nil
 }
 
-// yamlFields maps the YAML keys of struct type t to their field types.
-func yamlFields(t reflect.Type) map[string]reflect.Type {
-	m := make(map[string]reflect.Type, t.NumField())
+// yamlField is a struct field as the YAML checks see it.
+type yamlField struct {
+	typ reflect.Type
+	// refuseZero: the field's zero value stands for "not set" (the default applies),
+	// so a 0 written in the file is refused rather than silently replaced (tag
+	// `zero:"refused"`).
+	refuseZero bool
+}
+
+// writtenZero says whether scalar n decodes to the zero value of t.
+func writtenZero(n *yaml.Node, t reflect.Type) bool {
+	if n.Kind != yaml.ScalarNode {
+		return false
+	}
+	v := reflect.New(t)
+	return n.Decode(v.Interface()) == nil && v.Elem().IsZero()
+}
+
+// yamlFields maps the YAML keys of struct type t to their fields.
+func yamlFields(t reflect.Type) map[string]yamlField {
+	m := make(map[string]yamlField, t.NumField())
 	for i := range t.NumField() {
 		f := t.Field(i)
 		if !f.IsExported() {
@@ -212,7 +233,7 @@ func yamlFields(t reflect.Type) map[string]reflect.Type {
 		case "":
 			name = strings.ToLower(f.Name)
 		}
-		m[name] = f.Type
+		m[name] = yamlField{typ: f.Type, refuseZero: f.Tag.Get("zero") == "refused"}
 	}
 	return m
 }
