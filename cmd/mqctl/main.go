@@ -324,7 +324,7 @@ func resubmitCmd(ctx context.Context, c conn, args []string) int {
 		b, _ := json.MarshalIndent(out, "", "  ")
 		fmt.Println(string(b))
 	} else {
-		fmt.Printf("run %s: attempt %d (%s): %d error rows asked again (%d queries, %d rendered from the pipeline, %d answers kept), %d cannot be\n",
+		fmt.Printf("run %s: attempt %d (%s): %d error rows asked again (%d queries, %d rendered from the pipeline, %d answers kept), %d cannot be asked again (an error known before any call)\n",
 			rep.Run, rep.Attempt, rep.Resubmission, rep.Rows, rep.Jobs, rep.Rendered, rep.Reused, rep.Skipped)
 		if out.Status != nil {
 			fmt.Printf("run %s: %d rows: %d ok, %d failed\n", rep.Run, out.Status.Total, out.Status.OK, out.Status.Failed)

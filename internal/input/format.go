@@ -54,7 +54,7 @@ func FormatFromPath(path string) (Format, error) {
 	case ".jsonl", ".ndjson", ".jsonlines":
 		return JSONL, nil
 	}
-	return "", fmt.Errorf("cannot tell input format of %q from its extension (want .csv, .jsonl or .ndjson)", path)
+	return "", fmt.Errorf("cannot tell input format of %q from its extension (want .csv, .jsonl, .ndjson or .jsonlines)", path)
 }
 
 // NewReader returns a reader of format f over r. For CSV the header is read

@@ -41,10 +41,10 @@ func TestFormatFromPath(t *testing.T) {
 		{path: "rows.jsonl", want: JSONL},
 		{path: "dir.v2/rows.ndjson", want: JSONL},
 		{path: "rows.jsonlines", want: JSONL},
-		{path: "rows.json", wantErr: `cannot tell input format of "rows.json" from its extension (want .csv, .jsonl or .ndjson)`},
-		{path: "rows.csv.gz", wantErr: `cannot tell input format of "rows.csv.gz" from its extension (want .csv, .jsonl or .ndjson)`},
-		{path: "-", wantErr: `cannot tell input format of "-" from its extension (want .csv, .jsonl or .ndjson)`},
-		{path: "csv", wantErr: `cannot tell input format of "csv" from its extension (want .csv, .jsonl or .ndjson)`},
+		{path: "rows.json", wantErr: `cannot tell input format of "rows.json" from its extension (want .csv, .jsonl, .ndjson or .jsonlines)`},
+		{path: "rows.csv.gz", wantErr: `cannot tell input format of "rows.csv.gz" from its extension (want .csv, .jsonl, .ndjson or .jsonlines)`},
+		{path: "-", wantErr: `cannot tell input format of "-" from its extension (want .csv, .jsonl, .ndjson or .jsonlines)`},
+		{path: "csv", wantErr: `cannot tell input format of "csv" from its extension (want .csv, .jsonl, .ndjson or .jsonlines)`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.path, func(t *testing.T) {
