@@ -484,8 +484,23 @@ func (p *Pipeline) OutputColumns() []string {
 	return cols
 }
 
+// ColumnError is an input column that an output would overwrite.
+type ColumnError struct {
+	Column string // the input column
+	Query  string // the query whose output column it is; empty for "_error"
+}
+
+// Error says what the column collides with.
+func (e *ColumnError) Error() string {
+	if e.Query == "" {
+		return fmt.Sprintf("input column %q: reserved for error rows", e.Column)
+	}
+	return fmt.Sprintf("input column %q: collides with an output column of query %q", e.Column, e.Query)
+}
+
 // CheckInputColumns reports input columns that an output would overwrite: an
-// output column or "_error". The error names every such column.
+// output column or "_error". The error names every such column, each a *ColumnError
+// (errors.As finds the first).
 func (p *Pipeline) CheckInputColumns(cols []string) error {
 	owner := map[string]string{}
 	for _, q := range p.queries {
@@ -496,9 +511,9 @@ func (p *Pipeline) CheckInputColumns(cols []string) error {
 	var errs []error
 	for _, c := range cols {
 		if c == ErrorColumn {
-			errs = append(errs, fmt.Errorf("input column %q: reserved for error rows", c))
+			errs = append(errs, &ColumnError{Column: c})
 		} else if q, ok := owner[c]; ok {
-			errs = append(errs, fmt.Errorf("input column %q: collides with an output column of query %q", c, q))
+			errs = append(errs, &ColumnError{Column: c, Query: q})
 		}
 	}
 	return errors.Join(errs...)

@@ -39,8 +39,9 @@ type Row struct {
 
 // RecordError describes why a record is malformed.
 type RecordError struct {
-	Line int    // 1-based line where the record starts
-	Msg  string // what is wrong, e.g. "wrong number of fields: got 3, want 4"
+	Line  int    // 1-based line where the record starts
+	Msg   string // what is wrong, e.g. "wrong number of fields: got 3, want 4"
+	Field string // the key at fault when one is (e.g. a key an output also writes)
 }
 
 // Error returns "line N: msg".
@@ -109,6 +110,10 @@ func encodeTrimmed(buf *bytes.Buffer, enc *json.Encoder, v any) error {
 	buf.Truncate(buf.Len() - 1)
 	return nil
 }
+
+// CapRaw returns b as a string of at most 64 KiB (the cap of Row.Raw), never splitting
+// a UTF-8 sequence at the cut.
+func CapRaw(b []byte) string { return capRaw(b, maxRawBytes) }
 
 // capRaw returns b as a string of at most limit bytes, never splitting a
 // UTF-8 sequence at the cut.

@@ -33,7 +33,7 @@ func (fr *fileRun) planNext(rec input.Row) (plan, error) {
 	// A row of a run in input order rides in its first job (publishPlan can then tell
 	// a row already written by the run's watermark).
 	pl.carry = fr.p.Order == wire.OrderInput
-	hashRow(fr.rolling, rec, pl.row.Data) // before fit, which drops the data of a row too large
+	hashRow(fr.rolling, rec, pl.data)
 	pl, err := fit(pl, fr.pub.names, fr.limit)
 	if err != nil {
 		return pl, err
@@ -63,8 +63,8 @@ func (fr *fileRun) skipPublished(rec input.Row, pl plan) (bool, error) {
 }
 
 // hashRow feeds one record into the rolling hash of the input: its data as planRow
-// encoded it (nil when the record is malformed: its raw text), so that a rerun can prove
-// it reads the same rows.
+// encoded it (plan.data; nil when the record is malformed: its raw text), so that a
+// rerun can prove it reads the same rows.
 func hashRow(h hash.Hash, rec input.Row, data []byte) {
 	b := data
 	if b == nil {
@@ -82,6 +82,10 @@ type plan struct {
 	row    wire.Row
 	jobs   []wire.Job
 	rowErr bool
+	// data is the record as planRow encoded it (nil for a malformed record), also when
+	// the row does not carry it (a colliding key) and after fit drops it (too large):
+	// what the rolling hash of the input reads.
+	data []byte
 	// carry: the row's data may ride in its first job (wire.Job.Data) instead of an
 	// input row message; fit decides whether it does.
 	carry bool
@@ -100,28 +104,25 @@ func (pl *plan) carried() bool { return len(pl.jobs) > 0 && pl.jobs[0].Data != n
 // planRow renders all M prompts of a row before anything of it is published.
 func planRow(p *config.Pipeline, queries []config.Query, run string, rec input.Row, header []string) plan {
 	row := wire.Row{V: wire.Version, Run: run, Row: rec.Index}
+	var data []byte
 	fail := func(e *wire.Error) plan {
 		row.Error = e
-		return plan{row: row, rowErr: true}
+		return plan{row: row, rowErr: true, data: data}
 	}
 	if rec.Err != nil {
-		var re *input.RecordError
-		line := rec.Line
-		if errors.As(rec.Err, &re) {
-			line = re.Line
-		}
-		return fail(&wire.Error{Reason: wire.ReasonMalformedRecord, Message: rec.Err.Error(), Details: map[string]any{"line": line, "raw": rec.Raw}})
+		return fail(malformedError(rec))
 	}
 	data, err := rec.JSON()
 	if err != nil {
 		return fail(&wire.Error{Reason: wire.ReasonMalformedRecord, Message: err.Error(), Details: map[string]any{"line": rec.Line}})
 	}
-	row.Data = data
 	if header != nil && !sameColumns(header, rec.Columns) {
 		if err := p.CheckInputColumns(rec.Columns); err != nil {
-			return fail(&wire.Error{Reason: wire.ReasonMalformedRecord, Message: err.Error(), Details: map[string]any{"line": rec.Line}})
+			// Its data cannot be written beside the outputs: the error row keeps its text.
+			return fail(malformedError(collidingRecord(rec, data, err)))
 		}
 	}
+	row.Data = data
 	values := rec.Map()
 	jobs := make([]wire.Job, 0, len(queries))
 	now := time.Now().UTC()
@@ -137,7 +138,34 @@ func planRow(p *config.Pipeline, queries []config.Query, run string, rec input.R
 		}
 		jobs = append(jobs, p.Job(q, run, rec.Index, msgs, now))
 	}
-	return plan{row: row, jobs: jobs}
+	return plan{row: row, jobs: jobs, data: data}
+}
+
+// malformedError is the error of a malformed record: its line, its raw text, and the
+// key at fault when known.
+func malformedError(rec input.Row) *wire.Error {
+	line, field := rec.Line, ""
+	var re *input.RecordError
+	if errors.As(rec.Err, &re) {
+		line, field = re.Line, re.Field
+	}
+	details := map[string]any{"line": line, "raw": rec.Raw}
+	if field != "" {
+		details["field"] = field
+	}
+	return &wire.Error{Reason: wire.ReasonMalformedRecord, Message: rec.Err.Error(), Details: details}
+}
+
+// collidingRecord makes a record with a key that an output also writes (err, from
+// config.CheckInputColumns) a malformed one: its error names the first such key, and its
+// text (data, the record as encoded) is kept as its raw text.
+func collidingRecord(rec input.Row, data []byte, err error) input.Row {
+	re := &input.RecordError{Line: rec.Line, Msg: err.Error()}
+	var ce *config.ColumnError
+	if errors.As(err, &ce) {
+		re.Field = ce.Column
+	}
+	return input.Row{Index: rec.Index, Line: rec.Line, Raw: input.CapRaw(data), Err: re}
 }
 
 // fit encodes a plan's messages and checks each against limit (the server's

@@ -467,7 +467,7 @@ func submittedRow(p *config.Pipeline, data []byte, row int) (input.Row, error) {
 	}
 	if rec.Err == nil {
 		if err := p.CheckInputColumns(rec.Columns); err != nil {
-			rec.Err, rec.Raw = &input.RecordError{Line: row + 1, Msg: err.Error()}, string(sr.Data)
+			rec = collidingRecord(rec, sr.Data, err)
 		}
 	}
 	return rec, nil
