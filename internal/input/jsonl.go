@@ -69,11 +69,11 @@ func (j *JSONLReader) Next() (Row, error) {
 		if tooLong {
 			return malformed(idx, j.line, capRaw(text, j.maxRaw), fmt.Sprintf("line too long: more than %d bytes", j.maxLine)), nil
 		}
-		cols, vals, msg := decodeObject(text)
+		cols, vals, texts, msg := decodeObject(text)
 		if msg != "" {
 			return malformed(idx, j.line, capRaw(text, j.maxRaw), msg), nil
 		}
-		return Row{Index: idx, Line: j.line, Columns: cols, Values: vals}, nil
+		return Row{Index: idx, Line: j.line, Columns: cols, Values: vals, texts: texts}, nil
 	}
 }
 
@@ -114,20 +114,22 @@ func (j *JSONLReader) readLine() (text []byte, tooLong bool, err error) {
 }
 
 // decodeObject decodes one JSON object, keeping the order of its top-level
-// keys. A non-empty msg says why text is not an acceptable record.
-func decodeObject(text []byte) (cols []string, vals []any, msg string) {
+// keys. texts holds, by column, a copy of the text of each value that is an
+// object or an array (nil when there is none). A non-empty msg says why text is
+// not an acceptable record.
+func decodeObject(text []byte) (cols []string, vals []any, texts [][]byte, msg string) {
 	if !json.Valid(text) {
 		var v any
 		if err := json.Unmarshal(text, &v); err != nil {
-			return nil, nil, "invalid JSON: " + err.Error()
+			return nil, nil, nil, "invalid JSON: " + err.Error()
 		}
-		return nil, nil, "invalid JSON"
+		return nil, nil, nil, "invalid JSON"
 	}
 	// From here on text is known to be valid JSON, which keeps the walk
 	// over its top level simple.
 	i := skipSpace(text, 0)
 	if text[i] != '{' {
-		return nil, nil, "not a JSON object: got " + jsonKind(text[i])
+		return nil, nil, nil, "not a JSON object: got " + jsonKind(text[i])
 	}
 	cols, vals = []string{}, []any{}
 	var seen map[string]struct{} // built once the object is too big for a linear scan
@@ -136,7 +138,7 @@ func decodeObject(text []byte) (cols []string, vals []any, msg string) {
 		end := skipString(text, i)
 		key, err := decodeString(text[i:end])
 		if err != nil {
-			return nil, nil, "invalid JSON: " + err.Error()
+			return nil, nil, nil, "invalid JSON: " + err.Error()
 		}
 		if seen == nil && len(cols) >= 16 {
 			seen = make(map[string]struct{}, 2*len(cols))
@@ -145,7 +147,7 @@ func decodeObject(text []byte) (cols []string, vals []any, msg string) {
 			}
 		}
 		if duplicateKey(cols, seen, key) {
-			return nil, nil, fmt.Sprintf("duplicate key %q", key)
+			return nil, nil, nil, fmt.Sprintf("duplicate key %q", key)
 		}
 		if seen != nil {
 			seen[key] = struct{}{}
@@ -155,7 +157,15 @@ func decodeObject(text []byte) (cols []string, vals []any, msg string) {
 		end = skipValue(text, i)
 		v, err := decodeValue(text[i:end])
 		if err != nil {
-			return nil, nil, fmt.Sprintf("invalid JSON: value of key %q: %v", key, err)
+			return nil, nil, nil, fmt.Sprintf("invalid JSON: value of key %q: %v", key, err)
+		}
+		if t := nestedText(text[i:end]); t != nil {
+			if texts == nil {
+				texts = make([][]byte, len(cols), len(cols)+1)
+			}
+			texts = append(texts, t)
+		} else if texts != nil {
+			texts = append(texts, nil)
 		}
 		cols = append(cols, key)
 		vals = append(vals, v)
@@ -164,7 +174,17 @@ func decodeObject(text []byte) (cols []string, vals []any, msg string) {
 			i = skipSpace(text, i+1)
 		}
 	}
-	return cols, vals, ""
+	return cols, vals, texts, ""
+}
+
+// nestedText returns a copy of the text of a valid JSON object or array, to be
+// written back as it came; nil for any other value, and for text that is not
+// valid UTF-8 (encoding/json writes what it decoded, with U+FFFD, instead).
+func nestedText(raw []byte) []byte {
+	if (raw[0] != '{' && raw[0] != '[') || !utf8.Valid(raw) {
+		return nil
+	}
+	return bytes.Clone(raw)
 }
 
 // skipSpace returns the index of the first byte at or after i that is not

@@ -29,6 +29,9 @@ type Row struct {
 	// values with numbers as json.Number, nested objects as map[string]any,
 	// arrays as []any.
 	Values []any
+	// texts holds, by column, the JSON text of a JSONL value that is an object or
+	// an array (nil for the others): JSON writes it back as it came, key order kept.
+	texts [][]byte
 	// Raw is the raw text of the record without its line terminator, capped at
 	// 64 KiB. It is always set for malformed records and empty otherwise.
 	Raw string
@@ -72,8 +75,8 @@ func (r Row) Get(name string) (any, bool) {
 
 // JSON encodes the row as a JSON object whose keys are in column order.
 // JSON numbers of JSONL rows are written exactly as they appeared in the
-// input; nested values are re-encoded (nested object keys sorted). A
-// malformed row cannot be encoded.
+// input, and nested objects and arrays as their input text (compacted: key
+// order kept). A malformed row cannot be encoded.
 func (r Row) JSON() ([]byte, error) {
 	if r.Err != nil {
 		return nil, fmt.Errorf("encode malformed row: %w", r.Err)
@@ -94,6 +97,12 @@ func (r Row) JSON() ([]byte, error) {
 			return nil, fmt.Errorf("encode column %q: %w", c, err)
 		}
 		buf.WriteByte(':')
+		if i < len(r.texts) && r.texts[i] != nil {
+			if err := json.Compact(&buf, r.texts[i]); err != nil {
+				return nil, fmt.Errorf("encode column %q: %w", c, err)
+			}
+			continue
+		}
 		if err := encodeTrimmed(&buf, enc, r.Values[i]); err != nil {
 			return nil, fmt.Errorf("encode column %q: %w", c, err)
 		}

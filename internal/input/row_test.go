@@ -24,10 +24,16 @@ func TestRowJSON(t *testing.T) {
 			want:   `{"z":12345678901234567890,"a":1.50,"m":-1e-7,"b":1E+400,"s":"<&>","t":true,"n":null}`,
 		},
 		{
-			name:   "JSONL nested values are re-encoded, numbers kept",
+			name:   "JSONL nested values are written as they came, key order and numbers kept",
 			format: JSONL,
 			in:     `{ "o" : { "y" : [ 1.0 , "é" ] , "x" : 10000000000000000000001 } , "a" : [ ] }`,
-			want:   `{"o":{"x":10000000000000000000001,"y":[1.0,"é"]},"a":[]}`,
+			want:   `{"o":{"y":[1.0,"é"],"x":10000000000000000000001},"a":[]}`,
+		},
+		{
+			name:   "JSONL nested objects among other values keep their key order",
+			format: JSONL,
+			in:     `{"id":1,"tags":{"z":"<&>","a":"é"},"n":2,"l":[{"y":1,"x":{"q":0,"b":1}}]}`,
+			want:   `{"id":1,"tags":{"z":"<&>","a":"é"},"n":2,"l":[{"y":1,"x":{"q":0,"b":1}}]}`,
 		},
 		{
 			name:   "JSONL string escapes",
