@@ -29,6 +29,10 @@ type checkpoint struct {
 	Stats    Stats        `json:"stats"`
 	Started  time.Time    `json:"started"`
 	Finished bool         `json:"finished"`
+	// CSVExtra are the keys of the rows written that the CSV headers lack
+	// (sink.Run.CSVExtra): the CSV files are written again with them when the run
+	// finishes.
+	CSVExtra []string `json:"csv_extra,omitempty"`
 	// The lease under which it was written: a collector never overwrites a checkpoint
 	// of a later epoch of the same lease bucket (it has been fenced off).
 	LeaseEpoch  uint64 `json:"lease_epoch,omitempty"`
@@ -85,7 +89,7 @@ func (c *Collector) writeCheckpoint(r *run, off sink.Offsets) error {
 		return fmt.Errorf("run %s: checkpoint written under lease epoch %d, this collector holds %d: %w", r.id, disk.LeaseEpoch, c.fence.Epoch(), lease.ErrLost)
 	}
 	cp := checkpoint{Run: r.id, Next: r.next, Offsets: off, Stats: r.stats, Started: r.started, Finished: r.finished,
-		LeaseEpoch: c.fence.Epoch(), LeaseBucket: c.fence.Bucket()}
+		CSVExtra: r.out.CSVExtra(), LeaseEpoch: c.fence.Epoch(), LeaseBucket: c.fence.Bucket()}
 	for a := range r.above {
 		cp.Above = append(cp.Above, a)
 	}
@@ -306,6 +310,9 @@ func (c *Collector) finish(ctx context.Context, r *run) error {
 			return err
 		}
 	}
+	if err := c.widenCSV(r); err != nil {
+		return err
+	}
 	off, err := r.out.Sync()
 	if err != nil {
 		return fmt.Errorf("run %s: %w", r.id, err)
@@ -334,6 +341,22 @@ func (c *Collector) finish(ctx context.Context, r *run) error {
 	}
 	r.rows = nil
 	return c.complete(ctx, r)
+}
+
+// widenCSV writes the CSV files again, before the run's last checkpoint, when rows had
+// keys their headers lack (JSONL rows with keys the first well-formed row had not): the
+// keys then have their columns, nothing of a row is left out of the CSV. A crash before
+// the checkpoint is safe: the files are written again from the JSONL files then.
+func (c *Collector) widenCSV(r *run) error {
+	extra := r.out.CSVExtra()
+	if len(extra) == 0 {
+		return nil
+	}
+	c.log.Info().Str("run", r.id).Strs("columns", extra).Msg("rows have keys the CSV header lacked: CSV files written again with their columns")
+	if err := r.out.WidenCSV(); err != nil {
+		return fmt.Errorf("run %s: %w", r.id, err)
+	}
+	return nil
 }
 
 // cleanup removes everything of a finished run from the bus but its final status:

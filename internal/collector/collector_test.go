@@ -335,6 +335,53 @@ func TestCSVHeaderComesFromFirstWellFormedRow(t *testing.T) {
 	}
 }
 
+// A JSONL input's later rows may have keys its first well-formed row (the open record's
+// input columns) had not: results.csv and errors.csv get a column for each, after the
+// input columns, as results.jsonl keeps them; nothing is dropped.
+func TestCSVHasAColumnForEveryInputKeyOfAnyRow(t *testing.T) {
+	t.Parallel()
+	b := setup(t, Config{CSV: true})
+	const run = "csv-extra"
+	b.open(run, wire.OrderInput, "id", "text")
+	b.row(run, 0, `{"id":"r0","text":"a"}`)
+	b.result(run, 0, `{"q1_answer":"yes"}`)
+	b.row(run, 1, `{"id":"r1","text":"b","extra":"new col"}`)
+	b.result(run, 1, `{"q1_answer":"no"}`)
+	b.row(run, 2, `{"id":"r2","note":"n","text":"c"}`)
+	b.publish(wire.ResultSubject(run, 2, "q1"), wire.Result{V: 1, Run: run, Row: 2, Query: "q1", Attempt: 1,
+		Error: &wire.Error{Reason: wire.ReasonRetryExhausted, Message: "gave up"}})
+	b.seal(run, 3)
+	b.summary(run, 10*time.Second)
+	dir := filepath.Join(b.cfg.OutDir, run)
+	ok := readCSV(t, filepath.Join(dir, sink.ResultsCSV))
+	wantOK := [][]string{
+		{"id", "text", "extra", "note", "q1_answer", "q1_usage", "q1_model"},
+		{"r0", "a", "", "", "yes"},
+		{"r1", "b", "new col", "", "no"},
+	}
+	if len(ok) != len(wantOK) {
+		t.Fatalf("results.csv: %q", ok)
+	}
+	if diff := cmp.Diff(wantOK[0], ok[0]); diff != "" {
+		t.Fatalf("results.csv header (-want +got):\n%s", diff)
+	}
+	for i, w := range wantOK {
+		if diff := cmp.Diff(w, ok[i][:len(w)]); diff != "" {
+			t.Errorf("results.csv line %d (-want +got):\n%s", i+1, diff)
+		}
+	}
+	bad := readCSV(t, filepath.Join(dir, sink.ErrorsCSV))
+	if len(bad) != 2 {
+		t.Fatalf("errors.csv: %q", bad)
+	}
+	if diff := cmp.Diff([]string{"id", "text", "extra", "note", "_error"}, bad[0]); diff != "" {
+		t.Fatalf("errors.csv header (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff([]string{"r2", "c", "", "n"}, bad[1][:4]); diff != "" {
+		t.Errorf("errors.csv row (-want +got):\n%s", diff)
+	}
+}
+
 // Issue 11: a run opened with the cache on has a q_cached column after q_model in every
 // success row (JSONL and CSV), true for a result answered from the cache; the summary
 // counts those; an input key of that name is refused at the door.

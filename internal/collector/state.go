@@ -155,6 +155,7 @@ func (c *Collector) openRun(ctx context.Context, o *wire.Open) (*run, error) {
 		return nil, err
 	}
 	r.out = out
+	out.AddCSVExtra(cp.CSVExtra)
 	// Claim the run for this lease epoch before anything else is written: a stale
 	// collector that slipped past its fence cannot put an older checkpoint back.
 	if err := c.writeCheckpoint(r, cp.Offsets); err != nil {

@@ -16,6 +16,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -99,6 +100,10 @@ type Run struct {
 	// rebuilt from the JSONL files by Open) and written to the CSV files then.
 	okCols, errCols []string
 	pending         []pendingLine
+	// extra are the keys of rows written to the CSV files that their header lacks, in
+	// the order first seen (extraSet the same as a set): WidenCSV writes them.
+	extra    []string
+	extraSet map[string]bool
 }
 
 type pendingLine struct {
@@ -283,14 +288,107 @@ func (r *Run) write(jsonl, csvName string, cols []string, line []byte) error {
 }
 
 func (r *Run) writeCSVLine(csvName string, cols []string, line []byte) error {
-	rec, err := csvRecord(line, cols, !r.opts.RawFormulas)
+	rec, extra, err := csvRecord(line, cols, !r.opts.RawFormulas)
 	if err != nil {
 		return fmt.Errorf("%s: %w", csvName, err)
 	}
+	r.AddCSVExtra(extra)
 	if err := writeCSV(r.files[csvName].w, rec); err != nil {
 		return fmt.Errorf("write %s: %w", csvName, err)
 	}
 	return nil
+}
+
+// CSVExtra returns the keys of rows written to the CSV files that their header lacks
+// (a JSONL input whose later rows have keys its first well-formed row had not), in the
+// order first seen: their cells are missing from the CSV files until WidenCSV.
+func (r *Run) CSVExtra() []string { return r.extra }
+
+// AddCSVExtra records keys the CSV headers lack (CSVExtra): what a checkpoint kept of the
+// rows written before a restart.
+func (r *Run) AddCSVExtra(keys []string) {
+	for _, k := range keys {
+		if r.extraSet[k] {
+			continue
+		}
+		if r.extraSet == nil {
+			r.extraSet = map[string]bool{}
+		}
+		r.extraSet[k] = true
+		r.extra = append(r.extra, k)
+	}
+}
+
+// WidenCSV writes the CSV files again from the JSONL files when rows had keys their
+// headers lack (CSVExtra), with those keys after the input columns: the error header is
+// the input columns then "_error", the success header the input columns then the
+// outputs. Each file is replaced whole (WriteAtomic), so a crash leaves it old or new;
+// the caller makes the files durable (Sync) and checkpoints their new offsets after.
+func (r *Run) WidenCSV() error {
+	if !r.csv || len(r.extra) == 0 || r.errCols == nil {
+		return nil
+	}
+	n := len(r.errCols) - 1 // the input columns
+	ok := slices.Concat(r.okCols[:n], r.extra, r.okCols[n:])
+	errCols := slices.Concat(r.errCols[:n], r.extra, r.errCols[n:])
+	if err := r.rewriteCSV(ResultsJSONL, ResultsCSV, ok); err != nil {
+		return err
+	}
+	if err := r.rewriteCSV(ErrorsJSONL, ErrorsCSV, errCols); err != nil {
+		return err
+	}
+	r.okCols, r.errCols = ok, errCols
+	r.extra, r.extraSet = nil, nil
+	return nil
+}
+
+// rewriteCSV replaces CSV file name with the lines of JSONL file jsonl under header
+// cols, then reopens it at its end.
+func (r *Run) rewriteCSV(jsonl, name string, cols []string) error {
+	src, old := r.files[jsonl], r.files[name]
+	for n, f := range map[string]*file{jsonl: src, name: old} {
+		if err := f.w.Flush(); err != nil {
+			return fmt.Errorf("flush %s: %w", n, err)
+		}
+	}
+	size, err := src.f.Seek(0, io.SeekCurrent)
+	if err != nil {
+		return fmt.Errorf("seek %s: %w", jsonl, err)
+	}
+	write := func(w io.Writer) error {
+		bw := bufio.NewWriterSize(w, 256<<10)
+		if err := writeCSV(bw, r.escape(cols)); err != nil {
+			return err
+		}
+		br := bufio.NewReaderSize(io.NewSectionReader(src.f, 0, size), 256<<10)
+		for {
+			line, rerr := br.ReadBytes('\n')
+			if line = bytes.TrimSuffix(line, []byte("\n")); len(line) > 0 {
+				rec, _, err := csvRecord(line, cols, !r.opts.RawFormulas)
+				if err != nil {
+					return fmt.Errorf("%s: %w", jsonl, err)
+				}
+				if err := writeCSV(bw, rec); err != nil {
+					return err
+				}
+			}
+			if errors.Is(rerr, io.EOF) {
+				return bw.Flush()
+			}
+			if rerr != nil {
+				return fmt.Errorf("read %s: %w", jsonl, rerr)
+			}
+		}
+	}
+	if err := writeAtomic(r.dir, name, write, r.opts.guard); err != nil {
+		return err
+	}
+	old.f.Close()
+	st, err := os.Stat(filepath.Join(r.dir, name))
+	if err != nil {
+		return fmt.Errorf("stat %s: %w", name, err)
+	}
+	return r.openFile(name, st.Size())
 }
 
 func (r *Run) escape(rec []string) []string {
@@ -324,15 +422,19 @@ func writeCSV(w *bufio.Writer, rec []string) error {
 
 // csvRecord flattens a JSON object into cells: strings as they are (escaped, see
 // EscapeCell), anything else as JSON (a number, object, array or literal is never a
-// formula).
-func csvRecord(line []byte, cols []string, escape bool) ([]string, error) {
+// formula). extra are the object's keys that cols lacks, in order.
+func csvRecord(line []byte, cols []string, escape bool) (rec, extra []string, err error) {
 	var m map[string]json.RawMessage
 	if err := json.Unmarshal(line, &m); err != nil {
-		return nil, fmt.Errorf("row is not a JSON object: %w", err)
+		return nil, nil, fmt.Errorf("row is not a JSON object: %w", err)
 	}
-	rec := make([]string, len(cols))
+	rec = make([]string, len(cols))
+	found := 0
 	for i, c := range cols {
 		v, ok := m[c]
+		if ok {
+			found++
+		}
 		if !ok || string(v) == "null" {
 			continue
 		}
@@ -348,7 +450,33 @@ func csvRecord(line []byte, cols []string, escape bool) ([]string, error) {
 		}
 		rec[i] = string(v)
 	}
-	return rec, nil
+	if found < len(m) {
+		extra = keysBut(line, cols)
+	}
+	return rec, extra, nil
+}
+
+// keysBut returns the keys of a valid JSON object that cols lacks, in order.
+func keysBut(line []byte, cols []string) []string {
+	var out []string
+	dec := json.NewDecoder(bytes.NewReader(line))
+	if _, err := dec.Token(); err != nil {
+		return nil
+	}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return out
+		}
+		if k, _ := tok.(string); !slices.Contains(cols, k) {
+			out = append(out, k)
+		}
+		var skip json.RawMessage
+		if err := dec.Decode(&skip); err != nil {
+			return out
+		}
+	}
+	return out
 }
 
 // Sync flushes and fsyncs every file and returns their durable lengths.

@@ -6,6 +6,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/google/go-cmp/cmp"
 )
 
 // A collector killed mid-write leaves a torn last line and lines written after its last
@@ -231,6 +233,81 @@ func TestEveryFileOfARunHasTheSameMode(t *testing.T) {
 		}
 		if st.Mode().Perm() != want {
 			t.Errorf("%s: mode %v, want %v like every file of the run", name, st.Mode().Perm(), want)
+		}
+	}
+}
+
+// Rows with keys the CSV header lacks (JSONL rows with keys the first well-formed row
+// had not) are reported by CSVExtra; WidenCSV writes both CSV files again with those
+// columns after the input columns, and later rows go on under the wider header. A
+// collector killed after WidenCSV but before its checkpoint reopens the files at the
+// older offsets, replays the rows after them, and widens again: the CSV comes out whole.
+func TestWidenCSVGivesEveryKeyOfEveryRowAColumn(t *testing.T) {
+	dir := t.TempDir()
+	open := func(off Offsets) *Run {
+		t.Helper()
+		r, err := Open(dir, Options{CSV: true}, off)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := r.SetCSVColumns([]string{"id", "q_x"}, []string{"id", "_error"}); err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	write := func(r *Run, ok bool, lines ...string) {
+		t.Helper()
+		for _, l := range lines {
+			w := r.WriteOK
+			if !ok {
+				w = r.WriteError
+			}
+			if err := w([]byte(l)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	r := open(nil)
+	write(r, true, `{"id":"a","q_x":1}`, `{"id":"b","extra":"new col","q_x":2}`)
+	off, err := r.Sync()
+	if err != nil {
+		t.Fatal(err)
+	}
+	extra := r.CSVExtra() // what the checkpoint at off keeps
+	write(r, false, `{"id":"c","note":{"k":1},"extra":"e","_error":{"reason":"x"}}`)
+	if diff := cmp.Diff([]string{"extra", "note"}, r.CSVExtra()); diff != "" {
+		t.Fatalf("CSVExtra (-want +got):\n%s", diff)
+	}
+	if err := r.WidenCSV(); err != nil {
+		t.Fatal(err)
+	}
+	r.Close() // killed before its checkpoint
+
+	r = open(off)
+	r.AddCSVExtra(extra)
+	write(r, false, `{"id":"c","note":{"k":1},"extra":"e","_error":{"reason":"x"}}`) // replayed
+	write(r, true, `{"id":"d","q_x":4}`)
+	if err := r.WidenCSV(); err != nil {
+		t.Fatal(err)
+	}
+	write(r, true, `{"id":"e","extra":"late","q_x":5}`)
+	off, err = r.Sync()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
+	wantOK := "id,extra,note,q_x\na,,,1\nb,new col,,2\nd,,,4\ne,late,,5\n"
+	wantErr := "id,extra,note,_error\nc,e,\"{\"\"k\"\":1}\",\"{\"\"reason\"\":\"\"x\"\"}\"\n"
+	for name, want := range map[string]string{ResultsCSV: wantOK, ErrorsCSV: wantErr} {
+		got, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(got) != want {
+			t.Errorf("%s =\n%s\nwant\n%s", name, got, want)
+		}
+		if off[name] != int64(len(got)) {
+			t.Errorf("%s: Sync says %d bytes after WidenCSV, the file has %d", name, off[name], len(got))
 		}
 	}
 }
