@@ -79,6 +79,39 @@ func TestBadInputIsReportedAndNothingIsLost(t *testing.T) {
 			t.Fatalf("malformed error = %v, want malformed_record with line 3 and the raw text", mal)
 		}
 	})
+	t.Run("a later record with an output key is an error row naming the key and keeping the record", func(t *testing.T) {
+		e := setup(t, llmsim.Config{})
+		e.startWorker(workerOpts{})
+		e.startCollector("")
+		p := e.pipeline(matrixPipeline(1, 2, ""))
+		data := `{"id":"r0","text":"a","fault":"","fault_query":""}
+{"id":"r1","text":"b","fault":"","fault_query":"","cs1_k1_echo":"mine","tags":{"z":1,"a":2}}
+{"id":"r2","_error":"mine","text":"c","fault":"","fault_query":""}
+`
+		rep, err := e.produce(p, data, input.JSONL)
+		if err != nil {
+			t.Fatalf("produce: %v", err)
+		}
+		if rep.Rows != 3 || rep.RowErrors != 2 {
+			t.Fatalf("report = %+v, want 3 rows, 2 row errors", rep)
+		}
+		e.waitSummary(rep.Run, 60*time.Second)
+		bad := e.lines(rep.Run, sink.ErrorsJSONL)
+		if len(bad) != 2 {
+			t.Fatalf("got %d error rows, want 2", len(bad))
+		}
+		for i, want := range []struct {
+			field, raw string
+		}{
+			{"cs1_k1_echo", `{"id":"r1","text":"b","fault":"","fault_query":"","cs1_k1_echo":"mine","tags":{"z":1,"a":2}}`},
+			{"_error", `{"id":"r2","_error":"mine","text":"c","fault":"","fault_query":""}`},
+		} {
+			e := errorOf(t, bad[i])
+			if e["reason"] != wire.ReasonMalformedRecord || e["field"] != want.field || e["raw"] != want.raw || e["line"] != float64(i+2) {
+				t.Errorf("error row %d: _error = %v, want malformed_record at line %d naming %s with the record %s", i, e, i+2, want.field, want.raw)
+			}
+		}
+	})
 }
 
 // Malformed CSV records (a wrong field count, a stray quote) become error rows naming
