@@ -462,6 +462,9 @@ func TestUntrustedBodiesBecomeErrorRows(t *testing.T) {
 			if e["reason"] != tc.wantReason || (tc.wantField != "" && e["field"] != tc.wantField) {
 				t.Fatalf("_error %v: want reason %s, field %q", bad[0]["_error"], tc.wantReason, tc.wantField)
 			}
+			if tc.wantReason == wire.ReasonMalformedRecord && e["raw"] != tc.row {
+				t.Fatalf("_error %v: want the refused data kept as raw %s", bad[0]["_error"], tc.row)
+			}
 			if _, ok := bad[0]["q1_answer"]; ok && tc.wantField != "q1_answer" {
 				t.Fatalf("error row carries an output: %v", bad[0])
 			}

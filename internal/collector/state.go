@@ -11,6 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/multiquery/multiquery/internal/input"
 	"github.com/multiquery/multiquery/internal/sink"
 	"github.com/multiquery/multiquery/internal/wire"
 )
@@ -398,10 +399,10 @@ func (c *Collector) applyRow(ctx context.Context, r *run, ev event) error {
 // read back when it is not kept.
 func (c *Collector) setInput(r *run, rs *rowState, data json.RawMessage, preErr *wire.Error, inResult bool) {
 	if bad := r.checkRowData(data, preErr == nil); bad != nil {
-		data = nil
 		if preErr == nil {
-			preErr = bad
+			preErr = withRaw(bad, data)
 		}
+		data = nil
 	}
 	rs.input = true
 	c.waiting++
@@ -412,6 +413,21 @@ func (c *Collector) setInput(r *run, rs *rowState, data json.RawMessage, preErr 
 		rs.dataCached = true
 		c.cached += int64(len(data))
 	}
+}
+
+// withRaw keeps the text of data refused at the door in the error's raw (capped as a
+// malformed record's raw text is): the row is written without its data, and nothing of
+// the input is lost.
+func withRaw(e *wire.Error, data json.RawMessage) *wire.Error {
+	t := bytes.TrimSpace(data)
+	if len(t) == 0 {
+		return e
+	}
+	if e.Details == nil {
+		e.Details = map[string]any{}
+	}
+	e.Details["raw"] = input.CapRaw(t)
+	return e
 }
 
 // applyResult sets a query's bit in its row: the first result wins. Its body is kept in
