@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/multiquery/multiquery/internal/config"
 	"github.com/multiquery/multiquery/internal/input"
 	"github.com/multiquery/multiquery/internal/llmsim"
@@ -121,6 +123,39 @@ func TestProducerResumesWithoutDuplicateCalls(t *testing.T) {
 	}
 	if st := e.sim.Stats(); st.Requests != 800 {
 		t.Fatalf("llmsim saw %d calls for 800 jobs: some job was called twice", st.Requests)
+	}
+}
+
+// A producer stopped before its first checkpoint has left its open record on the bus and
+// no checkpoint: run again with the same run id, pipeline and input, it resumes (the
+// open record of its own pipeline is not another publisher's run) and the run completes
+// with every job called once.
+func TestAProducerKilledBeforeItsFirstCheckpointResumes(t *testing.T) {
+	e := setup(t, llmsim.Config{})
+	e.topo.Duplicates = 500 * time.Millisecond
+	e.startWorker(workerOpts{concurrency: 16})
+	e.startCollector("")
+	p := e.pipeline(matrixPipeline(1, 2, ""))
+	data := csvRows(50, nil)
+	const run = "early-kill"
+	e.interruptProducer(p, data, run, 1) // a checkpoint every 64/3 rows: none yet
+	kv, err := e.js.KeyValue(context.Background(), wire.BucketRuns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Get(context.Background(), wire.ProducerCheckpointKey(run)); !errors.Is(err, jetstream.ErrKeyNotFound) {
+		t.Fatalf("producer checkpoint after one row: %v, want none", err)
+	}
+	if n := streamMsgs(t, e.js, wire.StreamInput, wire.InputOpenSubject(run)); n != 1 {
+		t.Fatalf("%d open records of the run, want the first attempt's", n)
+	}
+	time.Sleep(time.Second) // past the dedup window
+	if _, err := producer.Run(context.Background(), e.js, producer.Config{Pipeline: p, Input: strings.NewReader(data), Format: input.CSV, Run: run, Topology: e.topo}, e.log); err != nil {
+		t.Fatalf("rerun: %v", err)
+	}
+	e.waitSummary(run, 60*time.Second)
+	if rows := e.lines(run, sink.ResultsJSONL); len(byID(rows)) != 50 {
+		t.Fatalf("%d distinct rows, want 50", len(byID(rows)))
 	}
 }
 

@@ -530,6 +530,57 @@ func TestAFinishedRunIDIsRefused(t *testing.T) {
 	}
 }
 
+// A run id another publisher has taken is refused by the file producer, and nothing of
+// it is published: a run the producer service accepted (its submission record), and a
+// run opened directly on the bus with another pipeline (docs/WIRE.md). Before, the file
+// producer's rows joined the other run: with other queries than its open record names,
+// the run never ended. (The same pipeline's open record without a checkpoint is the
+// producer's own earlier attempt, stopped before its first checkpoint: it resumes, as
+// TestAProducerKilledBeforeItsFirstCheckpointResumes shows.)
+func TestARunIDAnotherPublisherTookIsRefusedByTheFileProducer(t *testing.T) {
+	e := setup(t, llmsim.Config{})
+	e.startWorker(workerOpts{})
+	e.startCollector("")
+	pub := e.serve(e.pipeline(matrixPipeline(2, 2, "")), producer.ServiceConfig{})
+	pub(wire.SubmitOpenSubject("assess", "taken"), `{"v":1}`)
+	waitFor(t, 60*time.Second, "the service to accept run taken", func() bool {
+		kv, err := e.js.KeyValue(context.Background(), wire.BucketRuns)
+		if err != nil {
+			return false
+		}
+		_, err = kv.Get(context.Background(), wire.SubmissionKey("taken"))
+		return err == nil
+	})
+	other := e.pipeline(matrixPipeline(1, 1, ""))
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	produce := func(p *config.Pipeline, run string) error {
+		_, err := producer.Run(ctx, e.js, producer.Config{Pipeline: p, Input: strings.NewReader(csvRows(3, nil)), Format: input.CSV, Topology: e.topo, Run: run}, e.log)
+		return err
+	}
+	var usage *producer.UsageError
+	if err := produce(other, "taken"); !errors.As(err, &usage) || !strings.Contains(err.Error(), "submitted to the producer service") {
+		t.Fatalf("file producer on the service's run: %v, want a usage error naming the service", err)
+	}
+	if n := streamMsgs(t, e.js, wire.StreamJobs, "jobs.>"); n != 0 {
+		t.Fatalf("%d jobs on the bus after the refusal, want none", n)
+	}
+
+	open, err := json.Marshal(wire.Open{V: wire.Version, Run: "direct", ConfigHash: "another-publishers-pipeline", Queries: []wire.QueryInfo{{Name: "x", Columns: []string{"x_a"}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.js.Publish(ctx, wire.InputOpenSubject("direct"), open); err != nil {
+		t.Fatal(err)
+	}
+	if err := produce(other, "direct"); !errors.As(err, &usage) || !strings.Contains(err.Error(), "opened by another publisher") {
+		t.Fatalf("file producer on a run opened directly: %v, want a usage error naming the other publisher", err)
+	}
+	if n := streamMsgs(t, e.js, wire.StreamInput, "input.direct.>"); n != 1 {
+		t.Fatalf("%d input records of run direct, want only the other publisher's open record", n)
+	}
+}
+
 // A submitted run whose id belongs to a finished run is refused at the door, as the file
 // producer refuses it: nothing is published, no call is paid twice.
 func TestASubmittedRunReusingAFinishedRunIDIsRefused(t *testing.T) {

@@ -129,6 +129,9 @@ func (fr *fileRun) resume(ctx context.Context, js jetstream.JetStream) (jetstrea
 	if err := refuseFinished(ctx, runs, run); err != nil {
 		return nil, err
 	}
+	if err := refuseSubmitted(ctx, runs, run); err != nil {
+		return nil, err
+	}
 	fr.ck = &checkpointer{kv: runs, run: run, configHash: fr.open.ConfigHash}
 	prev, err := fr.ck.load(ctx)
 	if err != nil {
@@ -137,11 +140,56 @@ func (fr *fileRun) resume(ctx context.Context, js jetstream.JetStream) (jetstrea
 	if prev != nil && prev.ConfigHash != fr.open.ConfigHash {
 		return nil, &UsageError{fmt.Errorf("run %s was started with another pipeline config (hash %.12s, now %.12s); use a new run id", run, prev.ConfigHash, fr.open.ConfigHash)}
 	}
+	if prev == nil {
+		if err := refuseOpenedElsewhere(ctx, js, fr.cfg.Topology.Names, run, fr.open.ConfigHash); err != nil {
+			return nil, err
+		}
+	}
 	if prev != nil {
 		fr.log.Info().Str("run", run).Int("published_through", prev.Through).Msg("resuming from the checkpoint")
 	}
 	fr.prev = prev
 	return runs, nil
+}
+
+// refuseSubmitted refuses a run id the producer service has taken (its submission
+// record: accepted, sealed, or rejected until submitted again): the run is an upstream
+// system's, and rows published beside its own would complete it with other data, or
+// with jobs of queries its open record does not name (a run that never ends).
+func refuseSubmitted(ctx context.Context, runs jetstream.KeyValue, run string) error {
+	e, err := runs.Get(ctx, wire.SubmissionKey(run))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read submission of run %s: %w", run, err)
+	}
+	var sub wire.Submission
+	_ = json.Unmarshal(e.Value(), &sub) // the state only names the refusal
+	return &UsageError{fmt.Errorf("run %s was submitted to the producer service (%s, pipeline %q); a reused run id is refused (use a new one)", run, sub.State, sub.Pipeline)}
+}
+
+// refuseOpenedElsewhere refuses a run id whose open record is already on MQ_INPUT with
+// another pipeline config, when this producer has no checkpoint of it: a run opened by
+// another publisher (docs/WIRE.md). The same config's open record without a checkpoint
+// is this producer's earlier attempt, stopped before its first checkpoint: resumed.
+func refuseOpenedElsewhere(ctx context.Context, js jetstream.JetStream, names wire.Names, run, configHash string) error {
+	s, err := js.Stream(ctx, names.StreamInput())
+	if err != nil {
+		return fmt.Errorf("open %s: %w", names.StreamInput(), err)
+	}
+	m, err := s.GetLastMsgForSubject(ctx, names.InputOpenSubject(run))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("look up the open record of run %s: %w", run, err)
+	}
+	var open wire.Open
+	if err := json.Unmarshal(m.Data, &open); err != nil || open.ConfigHash != configHash {
+		return &UsageError{fmt.Errorf("run %s was opened by another publisher with another pipeline (config hash %.12q, this one %.12s); a reused run id is refused (use a new one)", run, open.ConfigHash, configHash)}
+	}
+	return nil
 }
 
 // refuseFinished refuses a run id whose run has finished: the collector purged its data
