@@ -58,8 +58,8 @@ func NewMetrics() *Metrics {
 		jobs: prometheus.NewCounter(prometheus.CounterOpts{Name: "mq_producer_jobs_published_total",
 			Help: "Query jobs published for submitted rows."}),
 	}
-	for _, r := range []string{RejectInvalidRunID, RejectUnknownPipeline, RejectMalformedSubject, RejectUndecodableSeal, RejectFinishedRun} {
-		m.rejected.WithLabelValues(r)
+	for _, r := range RejectReasons {
+		m.rejected.WithLabelValues(r) // every series at 0 from the start: rate() sees the first
 	}
 	for _, c := range []string{"flow_control", "paused"} {
 		m.parked.WithLabelValues(c)
@@ -96,6 +96,10 @@ const (
 	serviceControlFreshness = time.Second
 	serviceStatusFreshness  = 200 * time.Millisecond
 )
+
+// RejectReasons are every reason a submitted record is rejected for.
+var RejectReasons = []string{RejectInvalidRunID, RejectUnknownPipeline, RejectMalformedSubject, RejectUndecodableOpen,
+	RejectUndecodableSeal, RejectFinishedRun, RejectReusedRunID, RejectRowBeyondSeal, RejectRunRejected}
 
 // ServiceConsumer is the durable consumer of submitted runs on the submit stream,
 // shared by every replica.

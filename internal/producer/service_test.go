@@ -6,7 +6,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/rs/zerolog"
 
 	"github.com/multiquery/multiquery/internal/config"
@@ -35,9 +37,15 @@ func TestServiceMetrics(t *testing.T) {
 	}
 	m := NewMetrics()
 	t.Run("every label value starts at 0", func(t *testing.T) {
-		// 5 rejection reasons, 2 park causes, 3 record kinds, runs, rows, jobs.
-		if n := testutil.CollectAndCount(m.rejected) + testutil.CollectAndCount(m.parked) + testutil.CollectAndCount(m.accepted); n != 10 {
-			t.Errorf("%d labelled series before any submission, want 10", n)
+		// 9 rejection reasons, 2 park causes, 3 record kinds, runs, rows, jobs.
+		if n := testutil.CollectAndCount(m.rejected) + testutil.CollectAndCount(m.parked) + testutil.CollectAndCount(m.accepted); n != 14 {
+			t.Errorf("%d labelled series before any submission, want 14", n)
+		}
+		for _, r := range []string{RejectInvalidRunID, RejectUnknownPipeline, RejectMalformedSubject, RejectUndecodableOpen,
+			RejectUndecodableSeal, RejectFinishedRun, RejectReusedRunID, RejectRowBeyondSeal, RejectRunRejected} {
+			if !hasLabel(t, m, r) {
+				t.Errorf("rejection reason %s: no series at 0", r)
+			}
 		}
 	})
 	ctx, cancel := context.WithCancel(context.Background())
@@ -98,4 +106,24 @@ func TestServiceMetrics(t *testing.T) {
 			t.Errorf("runs %v rows %v jobs %v published, want 1, 3, 6 (2 queries a row)", runs, rows, jobs)
 		}
 	})
+}
+
+// hasLabel says whether the rejected counter has a series for reason.
+func hasLabel(t *testing.T, m *Metrics, reason string) bool {
+	t.Helper()
+	ch := make(chan prometheus.Metric, 64)
+	m.rejected.Collect(ch)
+	close(ch)
+	for mt := range ch {
+		var d dto.Metric
+		if err := mt.Write(&d); err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range d.GetLabel() {
+			if l.GetName() == "reason" && l.GetValue() == reason {
+				return true
+			}
+		}
+	}
+	return false
 }

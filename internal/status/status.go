@@ -303,7 +303,11 @@ func (r Report) Text() string {
 	if r.RowsTotal > 0 {
 		total = fmt.Sprint(r.RowsTotal)
 	}
-	fmt.Fprintf(&b, "\n  rows: %s total, %d published, %d emitted (%d ok, %d failed); oldest incomplete row %d\n", total, r.Published, r.Emitted, r.OK, r.Failed, r.OldestOpen)
+	oldest := fmt.Sprintf("; oldest incomplete row %d", r.OldestOpen)
+	if r.State == wire.RunCompleted || (r.RowsTotal > 0 && r.OldestOpen >= r.RowsTotal) {
+		oldest = "" // every row written: none is incomplete
+	}
+	fmt.Fprintf(&b, "\n  rows: %s total, %d published, %d emitted (%d ok, %d failed)%s\n", total, r.Published, r.Emitted, r.OK, r.Failed, oldest)
 	fmt.Fprintf(&b, "  queries: %d queued, %d in retry\n", r.JobsQueued, r.JobsInRetry)
 	if sub := r.Submission; sub != nil {
 		fmt.Fprintf(&b, "  submission: %s (pipeline %s", sub.State, sub.Pipeline)

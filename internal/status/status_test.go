@@ -591,7 +591,7 @@ func TestReportTextShowsTheKeyFigures(t *testing.T) {
 	// A completed run whose files are stored says how to fetch them.
 	r = Report{Run: "run-c", State: "completed", RowsTotal: 2, Published: 2, Emitted: 2, OK: 2, OldestOpen: 2, OutDir: "/out/run-c", Stored: true, ResultsBucket: wire.BucketResults}
 	want = "run run-c: completed\n" +
-		"  rows: 2 total, 2 published, 2 emitted (2 ok, 0 failed); oldest incomplete row 2\n" +
+		"  rows: 2 total, 2 published, 2 emitted (2 ok, 0 failed)\n" +
 		"  queries: 0 queued, 0 in retry\n" +
 		"  output: /out/run-c\n" +
 		"  stored in mq_results: mqctl get run-c\n"
@@ -602,7 +602,7 @@ func TestReportTextShowsTheKeyFigures(t *testing.T) {
 	// A run whose error rows were resubmitted says how many times.
 	r.Attempt = 2
 	want = "run run-c: completed\n" +
-		"  rows: 2 total, 2 published, 2 emitted (2 ok, 0 failed); oldest incomplete row 2\n" +
+		"  rows: 2 total, 2 published, 2 emitted (2 ok, 0 failed)\n" +
 		"  queries: 0 queued, 0 in retry\n" +
 		"  output: /out/run-c\n" +
 		"  resubmissions merged: 2 (the last: run-c-r2)\n" +
