@@ -13,6 +13,8 @@ package local
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -143,7 +145,7 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) (Result, error) {
 	if err := cfg.Check(); err != nil {
 		return Result{}, &producer.UsageError{Err: err}
 	}
-	digest, err := inputDigest(cfg.InputPath)
+	total, digest, err := scanInput(cfg.InputPath, cfg.Format)
 	if err != nil {
 		return Result{}, &producer.UsageError{Err: err}
 	}
@@ -151,10 +153,6 @@ func Run(ctx context.Context, cfg Config, log zerolog.Logger) (Result, error) {
 		cfg.Run = runID(cfg.Pipeline.Hash(), digest)
 	}
 	res := Result{Run: cfg.Run, Dir: filepath.Join(cfg.OutDir, cfg.Run)}
-	total, err := countRows(cfg.InputPath, cfg.Format)
-	if err != nil {
-		return res, &producer.UsageError{Err: err}
-	}
 	srv, err := startServer(cfg.Store(), log)
 	if err != nil {
 		return res, err
@@ -348,28 +346,35 @@ func runStatus(ctx context.Context, js jetstream.JetStream, run string) (*wire.R
 	return status.Read(ctx, kv, run)
 }
 
-// countRows counts the input's records (error records included): the progress total.
-func countRows(path string, f input.Format) (int, error) {
+// scanInput reads the input file once: it counts its records (error records included:
+// the progress total) and hashes its bytes (the digest of runID and the open record's
+// input_hash).
+func scanInput(path string, f input.Format) (rows int, digest string, err error) {
 	fh, err := os.Open(path)
 	if err != nil {
-		return 0, fmt.Errorf("input: %w", err)
+		return 0, "", fmt.Errorf("input: %w", err)
 	}
 	defer fh.Close()
-	rd, err := input.NewReader(fh, f)
+	h := sha256.New()
+	in := io.TeeReader(fh, h)
+	rd, err := input.NewReader(in, f)
 	if err != nil {
-		return 0, fmt.Errorf("input: %w", err)
+		return 0, "", fmt.Errorf("input: %w", err)
 	}
-	n := 0
 	for {
 		_, err := rd.Next()
 		if errors.Is(err, io.EOF) {
-			return n, nil
+			break
 		}
 		if err != nil {
-			return n, fmt.Errorf("read input: %w", err)
+			return rows, "", fmt.Errorf("read input: %w", err)
 		}
-		n++
+		rows++
 	}
+	if _, err := io.Copy(io.Discard, in); err != nil { // what the reader left unread
+		return rows, "", fmt.Errorf("input %s: %w", path, err)
+	}
+	return rows, hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // servesQuery reports whether the worker config serves a query's deployment: its

@@ -10,6 +10,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/multiquery/multiquery/internal/config"
+	"github.com/multiquery/multiquery/internal/input"
 	"github.com/multiquery/multiquery/internal/llm"
 	"github.com/multiquery/multiquery/internal/natstest"
 	"github.com/multiquery/multiquery/internal/worker"
@@ -59,6 +60,33 @@ func TestDefaultRunID(t *testing.T) {
 			t.Errorf("id %q", s)
 		}
 	})
+}
+
+// The one pass over the input that counts its records gives the run the same id as
+// DefaultRunID (what --dry-run prints), also when the reader stops before the file's end.
+func TestScanInputCountsRowsAndGivesTheDefaultRunID(t *testing.T) {
+	dir := t.TempDir()
+	for name, data := range map[string]string{
+		"rows.csv":   "id,text\n1,a\n2,\"b\nc\"\n3,bad\"x\n",
+		"rows.jsonl": "{\"id\":1}\n\n{\"id\":2}\nnot json\n",
+	} {
+		path := writeFile(t, dir, name, data)
+		f, err := input.FormatFromPath(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rows, digest, err := scanInput(path, f)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		want, err := DefaultRunID("h1", path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rows != 3 || runID("h1", digest) != want {
+			t.Errorf("%s: %d rows, id %s; want 3 rows and %s", name, rows, runID("h1", digest), want)
+		}
+	}
 }
 
 func TestCheck(t *testing.T) {

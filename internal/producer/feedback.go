@@ -195,7 +195,13 @@ func (s *service) submissionState(ctx context.Context, sub *submission) (*wire.S
 
 // loadSubmission reads a run's submission record and its revision (nil, 0: none).
 func (s *service) loadSubmission(ctx context.Context, run string) (*wire.Submission, uint64, error) {
-	e, err := s.runs.Get(ctx, wire.SubmissionKey(run))
+	return loadSubmission(ctx, s.runs, run)
+}
+
+// loadSubmission reads a run's submission record from the runs bucket and its revision
+// (nil, 0: none).
+func loadSubmission(ctx context.Context, runs jetstream.KeyValue, run string) (*wire.Submission, uint64, error) {
+	e, err := runs.Get(ctx, wire.SubmissionKey(run))
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return nil, 0, nil
 	}

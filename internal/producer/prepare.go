@@ -17,6 +17,7 @@ import (
 	"github.com/multiquery/multiquery/internal/config"
 	"github.com/multiquery/multiquery/internal/input"
 	"github.com/multiquery/multiquery/internal/queue"
+	"github.com/multiquery/multiquery/internal/status"
 	"github.com/multiquery/multiquery/internal/wire"
 )
 
@@ -157,15 +158,10 @@ func (fr *fileRun) resume(ctx context.Context, js jetstream.JetStream) (jetstrea
 // system's, and rows published beside its own would complete it with other data, or
 // with jobs of queries its open record does not name (a run that never ends).
 func refuseSubmitted(ctx context.Context, runs jetstream.KeyValue, run string) error {
-	e, err := runs.Get(ctx, wire.SubmissionKey(run))
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return nil
+	sub, _, err := loadSubmission(ctx, runs, run)
+	if err != nil || sub == nil {
+		return err
 	}
-	if err != nil {
-		return fmt.Errorf("read submission of run %s: %w", run, err)
-	}
-	var sub wire.Submission
-	_ = json.Unmarshal(e.Value(), &sub) // the state only names the refusal
 	return &UsageError{fmt.Errorf("run %s was submitted to the producer service (%s, pipeline %q); a reused run id is refused (use a new one)", run, sub.State, sub.Pipeline)}
 }
 
@@ -174,16 +170,9 @@ func refuseSubmitted(ctx context.Context, runs jetstream.KeyValue, run string) e
 // another publisher (docs/WIRE.md). The same config's open record without a checkpoint
 // is this producer's earlier attempt, stopped before its first checkpoint: resumed.
 func refuseOpenedElsewhere(ctx context.Context, js jetstream.JetStream, names wire.Names, run, configHash string) error {
-	s, err := js.Stream(ctx, names.StreamInput())
-	if err != nil {
-		return fmt.Errorf("open %s: %w", names.StreamInput(), err)
-	}
-	m, err := s.GetLastMsgForSubject(ctx, names.InputOpenSubject(run))
-	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("look up the open record of run %s: %w", run, err)
+	m, err := lastMsg(ctx, js, names.StreamInput(), names.InputOpenSubject(run))
+	if err != nil || m == nil {
+		return err
 	}
 	var open wire.Open
 	if err := json.Unmarshal(m.Data, &open); err != nil || open.ConfigHash != configHash {
@@ -196,16 +185,9 @@ func refuseOpenedElsewhere(ctx context.Context, js jetstream.JetStream, names wi
 // and checkpoints, so publishing it again would pay for every call a second time and
 // its output would go nowhere (the run's files are final).
 func refuseFinished(ctx context.Context, runs jetstream.KeyValue, run string) error {
-	e, err := runs.Get(ctx, run)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("read status of run %s: %w", run, err)
-	}
-	var st wire.RunStatus
-	if err := json.Unmarshal(e.Value(), &st); err != nil {
-		return fmt.Errorf("decode status of run %s: %w", run, err)
+	st, err := status.Read(ctx, runs, run)
+	if err != nil || st == nil {
+		return err
 	}
 	if st.Finished {
 		return &UsageError{fmt.Errorf("run %s already finished (%d rows: %d ok, %d failed, output in %s); use a new run id", run, st.Total, st.OK, st.Failed, st.OutDir)}

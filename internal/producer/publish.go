@@ -419,16 +419,22 @@ func (p *publisher) written(ctx context.Context, run string, row int) (bool, err
 
 // exists reports whether a stream holds a message on subject.
 func (p *publisher) exists(ctx context.Context, stream, subject string) (bool, error) {
-	s, err := p.js.Stream(ctx, stream)
+	m, err := lastMsg(ctx, p.js, stream, subject)
+	return m != nil, err
+}
+
+// lastMsg returns the last message of subject in stream, nil when there is none.
+func lastMsg(ctx context.Context, js jetstream.JetStream, stream, subject string) (*jetstream.RawStreamMsg, error) {
+	s, err := js.Stream(ctx, stream)
 	if err != nil {
-		return false, fmt.Errorf("open %s: %w", stream, err)
+		return nil, fmt.Errorf("open %s: %w", stream, err)
 	}
-	_, err = s.GetLastMsgForSubject(ctx, subject)
+	m, err := s.GetLastMsgForSubject(ctx, subject)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return false, nil
+		return nil, nil
 	}
 	if err != nil {
-		return false, fmt.Errorf("look up %s: %w", subject, err)
+		return nil, fmt.Errorf("look up %s: %w", subject, err)
 	}
-	return true, nil
+	return m, nil
 }
