@@ -33,6 +33,10 @@ type checkpoint struct {
 	// (sink.Run.CSVExtra): the CSV files are written again with them when the run
 	// finishes.
 	CSVExtra []string `json:"csv_extra,omitempty"`
+	// CSVInput are the input columns of the CSV headers once written (run.csvInput):
+	// a run without input columns in its open record keeps them across restarts.
+	// Null until the headers are fixed.
+	CSVInput []string `json:"csv_input"`
 	// The lease under which it was written: a collector never overwrites a checkpoint
 	// of a later epoch of the same lease bucket (it has been fenced off).
 	LeaseEpoch  uint64 `json:"lease_epoch,omitempty"`
@@ -89,7 +93,7 @@ func (c *Collector) writeCheckpoint(r *run, off sink.Offsets) error {
 		return fmt.Errorf("run %s: checkpoint written under lease epoch %d, this collector holds %d: %w", r.id, disk.LeaseEpoch, c.fence.Epoch(), lease.ErrLost)
 	}
 	cp := checkpoint{Run: r.id, Next: r.next, Offsets: off, Stats: r.stats, Started: r.started, Finished: r.finished,
-		CSVExtra: r.out.CSVExtra(), LeaseEpoch: c.fence.Epoch(), LeaseBucket: c.fence.Bucket()}
+		CSVExtra: r.out.CSVExtra(), CSVInput: r.csvInput, LeaseEpoch: c.fence.Epoch(), LeaseBucket: c.fence.Bucket()}
 	for a := range r.above {
 		cp.Above = append(cp.Above, a)
 	}

@@ -335,6 +335,81 @@ func TestCSVHeaderComesFromFirstWellFormedRow(t *testing.T) {
 	}
 }
 
+// A collector restarted after it wrote the CSV header of a run without input columns
+// keeps that header's columns: a later row whose keys come in another order, or with a
+// key the header lacks, is written under the header's columns, not under its own keys.
+func TestCSVHeaderOfARunWithoutInputColumnsHoldsAcrossARestart(t *testing.T) {
+	t.Parallel()
+	for name, tc := range map[string]struct {
+		row2 string
+		// older: the checkpoint has no csv_input (written by an earlier build): the
+		// columns are read back from errors.csv's header, formula escaping undone.
+		older bool
+		want  [][]string
+	}{
+		"same keys": {row2: `{"id":"r2","-text":"c"}`, want: [][]string{
+			{"id", "'-text", "q1_answer"}, {"r0", "a", "yes"}, {"r1", "b", "no"}, {"r2", "c", "maybe"}}},
+		"a key the header lacks": {row2: `{"extra":"e","id":"r2","-text":"c"}`, want: [][]string{
+			{"id", "'-text", "extra", "q1_answer"}, {"r0", "a", "", "yes"}, {"r1", "b", "", "no"}, {"r2", "c", "e", "maybe"}}},
+		"an older checkpoint": {row2: `{"id":"r2","-text":"c"}`, older: true, want: [][]string{
+			{"id", "'-text", "q1_answer"}, {"r0", "a", "yes"}, {"r1", "b", "no"}, {"r2", "c", "maybe"}}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			b := setup(t, Config{CSV: true})
+			const run = "csv-restart"
+			b.open(run, wire.OrderInput)
+			b.row(run, 0, `{"id":"r0","-text":"a"}`)
+			b.result(run, 0, `{"q1_answer":"yes"}`)
+			b.waitFor("row 0 written", 10*time.Second, func() bool { st, _ := b.status(run); return st.Emitted >= 1 })
+			b.stop()
+			if tc.older {
+				dropCheckpointKey(t, filepath.Join(b.cfg.OutDir, run), "csv_input")
+			}
+			b.start()
+			b.row(run, 1, `{"-text":"b","id":"r1"}`)
+			b.result(run, 1, `{"q1_answer":"no"}`)
+			b.row(run, 2, tc.row2)
+			b.result(run, 2, `{"q1_answer":"maybe"}`)
+			b.seal(run, 3)
+			b.summary(run, 15*time.Second)
+			ok := readCSV(t, filepath.Join(b.cfg.OutDir, run, sink.ResultsCSV))
+			if len(ok) != len(tc.want) {
+				t.Fatalf("results.csv: %q", ok)
+			}
+			for i, w := range tc.want {
+				if diff := cmp.Diff(w, ok[i][:len(w)]); diff != "" {
+					t.Errorf("results.csv line %d (-want +got):\n%s", i+1, diff)
+				}
+			}
+		})
+	}
+}
+
+// dropCheckpointKey removes key from the checkpoint in dir, as an earlier build wrote it.
+func dropCheckpointKey(t *testing.T, dir, key string) {
+	t.Helper()
+	p := filepath.Join(dir, sink.Checkpoint)
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(b, &m); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := m[key]; !ok {
+		t.Fatalf("the checkpoint has no %s: %s", key, b)
+	}
+	delete(m, key)
+	if b, err = json.Marshal(m); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // A JSONL input's later rows may have keys its first well-formed row (the open record's
 // input columns) had not: results.csv and errors.csv get a column for each, after the
 // input columns, as results.jsonl keeps them; nothing is dropped.

@@ -365,6 +365,7 @@ func headerRow(rs *rowState, data json.RawMessage) bool {
 }
 
 func (r *run) setCSVColumns(input []string) error {
+	r.csvInput = append([]string{}, input...)
 	okCols := append([]string{}, input...)
 	for _, q := range r.open.Queries {
 		okCols = append(okCols, q.Columns...)
@@ -378,6 +379,28 @@ func (r *run) setCSVColumns(input []string) error {
 	}
 	errCols := append(append([]string{}, input...), "_error")
 	return r.out.SetCSVColumns(okCols, errCols)
+}
+
+// restoreCSVColumns fixes the CSV headers of a run opened again: from its open record's
+// input columns, or, for a run without them whose headers are already written, from the
+// input columns the checkpoint kept (an older checkpoint has none: they are read back
+// from errors.csv's header). Taking them from the next row instead would write its
+// cells under the header in that row's key order.
+func (r *run) restoreCSVColumns(cp *checkpoint) error {
+	input := r.open.InputColumns
+	if len(input) == 0 {
+		if !r.out.CSVHeaderWritten() {
+			return nil // the next well-formed row's keys, as before the restart
+		}
+		input = cp.CSVInput
+		if input == nil {
+			var err error
+			if input, err = r.out.CSVHeaderInput(); err != nil {
+				return fmt.Errorf("run %s: %w", r.id, err)
+			}
+		}
+	}
+	return r.setCSVColumns(input)
 }
 
 // openObject returns the object without its closing brace ("{" for no data).

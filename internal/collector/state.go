@@ -26,6 +26,9 @@ type run struct {
 	total    int
 	finished bool
 	out      *sink.Run
+	// csvInput are the input columns of the CSV headers once fixed (setCSVColumns;
+	// empty, not nil, for headers without input columns); nil until then.
+	csvInput []string
 	// Emitted rows: every row < next, plus the sparse set above it (completion order).
 	next  int
 	above map[int]bool
@@ -163,10 +166,8 @@ func (c *Collector) openRun(ctx context.Context, o *wire.Open) (*run, error) {
 		out.Close()
 		return nil, err
 	}
-	if len(o.InputColumns) > 0 {
-		if err := r.setCSVColumns(o.InputColumns); err != nil {
-			return nil, err
-		}
+	if err := r.restoreCSVColumns(cp); err != nil {
+		return nil, err
 	}
 	c.log.Info().Str("run", o.Run).Int("queries", r.m).Str("order", r.order).Int("resume_at", r.next).Str("dir", dir).Msg("run opened")
 	return r, nil

@@ -104,6 +104,8 @@ type Run struct {
 	// the order first seen (extraSet the same as a set): WidenCSV writes them.
 	extra    []string
 	extraSet map[string]bool
+	// headerOnDisk: Open found the CSV headers written (the offsets cover them).
+	headerOnDisk bool
 }
 
 type pendingLine struct {
@@ -154,7 +156,8 @@ func Open(dir string, opts Options, offsets Offsets) (*Run, error) {
 			return nil, err
 		}
 	}
-	if withCSV && offsets[ResultsCSV] == 0 && offsets[ErrorsCSV] == 0 {
+	r.headerOnDisk = withCSV && (offsets[ResultsCSV] > 0 || offsets[ErrorsCSV] > 0)
+	if withCSV && !r.headerOnDisk {
 		// No CSV header yet: the rows written so far wait for it, as they did before.
 		for _, n := range []string{ResultsJSONL, ErrorsJSONL} {
 			if err := r.loadPending(n, n == ResultsJSONL, offsets[n]); err != nil {
@@ -579,6 +582,35 @@ func CountLines(path string) (int, error) {
 		n++
 	}
 	return n, sc.Err()
+}
+
+// CSVHeaderWritten reports whether Open found the CSV headers already written: the
+// columns they fixed must be fixed again (SetCSVColumns), not taken from a later row.
+func (r *Run) CSVHeaderWritten() bool { return r.headerOnDisk }
+
+// CSVHeaderInput reads the input columns back from errors.csv's header (every cell
+// before "_error"), formula escaping undone; nil when errors.csv holds no header.
+func (r *Run) CSVHeaderInput() ([]string, error) {
+	f := r.files[ErrorsCSV]
+	if f == nil {
+		return nil, nil
+	}
+	rec, err := csv.NewReader(io.NewSectionReader(f.f, 0, 1<<62)).Read()
+	if errors.Is(err, io.EOF) {
+		return nil, nil
+	}
+	if err != nil || len(rec) == 0 || rec[len(rec)-1] != "_error" {
+		return nil, fmt.Errorf("read the header of %s: %q: %v", ErrorsCSV, rec, err)
+	}
+	input := rec[:len(rec)-1]
+	if !r.opts.RawFormulas {
+		for i, c := range input {
+			if len(c) > 1 && c[0] == '\'' && EscapeCell(c[1:]) != c[1:] {
+				input[i] = c[1:]
+			}
+		}
+	}
+	return input, nil
 }
 
 // CSVNeedsColumns reports whether CSV output is on and its headers are not fixed yet
