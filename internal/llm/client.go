@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	json "github.com/goccy/go-json"
 	"github.com/openai/openai-go/v3"
@@ -242,7 +243,11 @@ func (c *Client) Call(ctx context.Context, req wire.Request) (*Answer, error) {
 		return nil, &TransientError{StatusCode: resp.StatusCode, Message: "error parsing response json: " + Redact(err.Error())}
 	}
 	if len(cc.Choices) == 0 {
-		return nil, &TransientError{StatusCode: 200, Message: "completion has no choices"}
+		msg := "completion has no choices"
+		if len(cc.Error) > 0 && string(cc.Error) != "null" { // a gateway's error with a 200
+			msg += ": error " + errorText(cc.Error)
+		}
+		return nil, &TransientError{StatusCode: 200, Message: Redact(msg)}
 	}
 	ch := cc.Choices[0]
 	a := &Answer{
@@ -300,6 +305,7 @@ type chatResponse struct {
 		CompletionTokens int64 `json:"completion_tokens"`
 		TotalTokens      int64 `json:"total_tokens"`
 	} `json:"usage"`
+	Error json.RawMessage `json:"error"` // a gateway's error sent with a 200
 }
 
 // encode builds the request body: the job's model (or the Azure deployment name),
@@ -350,6 +356,9 @@ func classify(err error, resp *http.Response, timedOut bool) error {
 		if msg == "" {
 			msg = strings.TrimSpace(apiErr.RawJSON())
 		}
+		if msg == "" { // not OpenAI's {"error":{"message"}}: vLLM's flat body, FastAPI's detail, a proxy's page
+			msg = bodyMessage(apiErr.Response)
+		}
 		code := apiErr.Code
 		var h http.Header
 		if apiErr.Response != nil {
@@ -359,6 +368,11 @@ func classify(err error, resp *http.Response, timedOut bool) error {
 	}
 	if timedOut {
 		return &TransientError{Message: "timeout: " + Redact(err.Error())}
+	}
+	if resp != nil && resp.StatusCode >= 400 {
+		// openai-go could not read the error body ({"error":"..."} of Ollama, TGI and
+		// gateways: its "error" is not an object). The status still says what it is.
+		return classifyStatus(resp.StatusCode, "", "", Redact(bodyMessage(resp)), resp.Header)
 	}
 	status := 0
 	if resp != nil {
@@ -409,4 +423,64 @@ func RetryAfter(h http.Header, now time.Time) time.Duration {
 		}
 	}
 	return 0
+}
+
+// maxErrorMessage bounds the provider's error text kept in a message.
+const maxErrorMessage = 1000
+
+// bodyMessage is the text of an error answer that is not OpenAI's {"error":{"message"}}:
+// its "error" when a string, its "message" or "detail" (vLLM, FastAPI), else the body's
+// own text (a proxy's page), at most maxErrorMessage bytes. openai-go keeps the body it
+// read for the error in resp.Body.
+func bodyMessage(resp *http.Response) string {
+	if resp == nil || resp.Body == nil {
+		return ""
+	}
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	return errorText(b)
+}
+
+// errorText is the message of an error value: a JSON string, an object's "message",
+// "error" or "detail", or the text itself.
+func errorText(b []byte) string {
+	var v any
+	if err := json.Unmarshal(b, &v); err == nil {
+		switch x := v.(type) {
+		case string:
+			return clip(x)
+		case map[string]any:
+			for _, k := range []string{"message", "error", "detail"} {
+				switch m := x[k].(type) {
+				case nil:
+				case string:
+					if m != "" {
+						return clip(m)
+					}
+				default:
+					if t := errorText(mustMarshal(m)); t != "" {
+						return t
+					}
+				}
+			}
+		}
+	}
+	return clip(strings.Join(strings.Fields(string(b)), " "))
+}
+
+func mustMarshal(v any) []byte {
+	b, _ := json.Marshal(v)
+	return b
+}
+
+// clip cuts s to maxErrorMessage bytes at a rune boundary.
+func clip(s string) string {
+	s = strings.TrimSpace(s)
+	if len(s) <= maxErrorMessage {
+		return s
+	}
+	cut := maxErrorMessage
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "..."
 }

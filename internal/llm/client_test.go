@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/multiquery/multiquery/internal/wire"
 )
@@ -250,5 +251,57 @@ func TestACallThatCannotConnectNamesTheURL(t *testing.T) {
 	var te *TransientError
 	if !errors.As(err, &te) || !strings.Contains(err.Error(), `Post "`+endpoint+`/chat/completions"`) {
 		t.Errorf("error %T %v, want a transient error naming the POST and its URL", err, err)
+	}
+}
+
+// TestErrorBodiesOfOtherServersAreClassifiedByTheirStatus: self-hosted servers and
+// gateways do not all send OpenAI's {"error":{"message",...}}: Ollama and TGI send
+// {"error":"..."}, vLLM a flat {"object":"error","message",...}, FastAPI {"detail":...},
+// a proxy an HTML page. The status still says what the error is (a 429 waits on the
+// capacity budget, a 401 or 404 pauses the deployment, a 400 fails the query at once),
+// and the message is the provider's text, not a decoding error of ours.
+func TestErrorBodiesOfOtherServersAreClassifiedByTheirStatus(t *testing.T) {
+	capacity := func(err error) bool { var e *CapacityError; return errors.As(err, &e) && e.RetryAfter == 2*time.Second }
+	deployment := func(err error) bool { var e *DeploymentError; return errors.As(err, &e) }
+	permanent := func(err error) bool {
+		var e *PermanentError
+		return errors.As(err, &e) && e.Reason == wire.ReasonLLMCallFailed && e.StatusCode == 400
+	}
+	transient := func(err error) bool { var e *TransientError; return errors.As(err, &e) }
+	for _, tc := range []struct {
+		name    string
+		status  int
+		body    string
+		check   func(error) bool
+		message string
+	}{
+		{"TGI 429 with a string error", 429, `{"error":"Model is overloaded","error_type":"overloaded"}`, capacity, "Model is overloaded"},
+		{"401 with a string error", 401, `{"error":"Unauthorized"}`, deployment, "Unauthorized"},
+		{"Ollama 404 with a string error", 404, `{"error":"model \"llama9\" not found, try pulling it first"}`, deployment, `model "llama9" not found`},
+		{"400 with a string error", 400, `{"error":"prompt is too long: 9000 tokens > 8192 maximum"}`, permanent, "prompt is too long"},
+		{"vLLM's flat 400", 400, `{"object":"error","message":"This model's maximum context length is 4096 tokens.","type":"BadRequestError","param":null,"code":400}`, permanent, "maximum context length is 4096"},
+		{"FastAPI 422", 422, `{"detail":[{"loc":["body","messages"],"msg":"field required"}]}`, func(err error) bool { var e *PermanentError; return errors.As(err, &e) && e.StatusCode == 422 }, "field required"},
+		{"a proxy's HTML 504", 504, `<html><body>504 Gateway Time-out</body></html>`, transient, "504 Gateway Time-out"},
+		{"a 200 that carries an error", 200, `{"error":{"message":"Upstream provider returned: model overloaded","code":502}}`, transient, "Upstream provider returned: model overloaded"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Retry-After", "2")
+				w.WriteHeader(tc.status)
+				_, _ = io.WriteString(w, tc.body)
+			}))
+			defer srv.Close()
+			c, err := New(Options{Endpoint: srv.URL})
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = c.Call(context.Background(), wire.Request{Model: "m", Messages: []wire.Message{{Role: "user", Content: "q"}}})
+			if !tc.check(err) {
+				t.Errorf("error %T %v: wrong class", err, err)
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.message) {
+				t.Errorf("error %v, want the provider's message %q", err, tc.message)
+			}
+		})
 	}
 }
