@@ -199,7 +199,7 @@ func (r *localRun) run(ctx context.Context, res Result, topo queue.Topology) (Re
 		drain = DefaultDrainTimeout
 	}
 	w, err := worker.New(r.js, worker.Config{Name: "local", Concurrency: cfg.Concurrency, Deployments: cfg.Deployments,
-		Topology: topo, DrainTimeout: drain}, r.log)
+		Topology: topo, DrainTimeout: drain, Run: cfg.Run}, r.log)
 	if err != nil {
 		return res, &producer.UsageError{Err: err}
 	}

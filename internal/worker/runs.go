@@ -65,6 +65,9 @@ func (w *Worker) watchRuns(ctx, callCtx context.Context) {
 		case <-tick.C:
 			register()
 		case o := <-opens:
+			if w.cfg.Run != "" && o.Run != w.cfg.Run {
+				continue
+			}
 			for _, alias := range o.Deployments {
 				if !wire.ValidToken(alias) {
 					continue

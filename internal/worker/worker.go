@@ -64,6 +64,10 @@ type Config struct {
 	// Naive turns the fleet throttle off (a baseline for benchmarks): no pacing, no
 	// shared signal, a fixed NAK delay on capacity errors.
 	Naive bool
+	// Run, when set, is the only run this worker serves: the open records of other runs
+	// are skipped (local mode: a command runs its own run, not another one left in its
+	// store).
+	Run string
 }
 
 // DefaultConcurrency is the in-flight calls per deployment when Config.Concurrency (the
