@@ -140,6 +140,9 @@ func (c *CSVReader) Next() (Row, error) {
 	fields := c.fieldStrings()
 	values := make([]any, len(fields))
 	for i, f := range fields {
+		if !utf8.ValidString(f) {
+			return malformed(idx, rec.line, c.rawText(), fmt.Sprintf("column %q is not valid UTF-8 (save the file as UTF-8)", c.header[i])), nil
+		}
 		values[i] = f
 	}
 	return Row{Index: idx, Line: rec.line, Columns: c.header, Values: values}, nil

@@ -176,6 +176,9 @@ func compareWithEncodingCSV(t *testing.T, data []byte, r *CSVReader, newErr erro
 	if stdClean {
 		for _, rec := range recs[1:] {
 			stdClean = stdClean && len(rec) == len(recs[0])
+			for _, f := range rec {
+				stdClean = stdClean && utf8.ValidString(f) // a value not UTF-8 is malformed
+			}
 		}
 	}
 	clean := newErr == nil
@@ -274,7 +277,7 @@ func compareWithOracle(t *testing.T, data []byte, rows []Row, maxLine, maxRaw in
 		var want map[string]any
 		dec := json.NewDecoder(bytes.NewReader(line))
 		dec.UseNumber()
-		isObject := !tooLong && json.Valid(line) && bytes.TrimLeft(line, " \t\r\n")[0] == '{' && dec.Decode(&want) == nil
+		isObject := !tooLong && utf8.Valid(line) && json.Valid(line) && bytes.TrimLeft(line, " \t\r\n")[0] == '{' && dec.Decode(&want) == nil
 		switch {
 		case !isObject:
 			if row.Err == nil {

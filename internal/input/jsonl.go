@@ -11,8 +11,8 @@ import (
 )
 
 // JSONLReader reads JSON Lines: one JSON object per line. Lines holding only
-// white space are skipped. A line that is not valid JSON, is valid JSON but
-// not an object, repeats a top-level key, or is longer than 16 MiB is
+// white space are skipped. A line that is not valid UTF-8 or not valid JSON, is
+// valid JSON but not an object, repeats a top-level key, or is longer than 16 MiB is
 // malformed. The last line needs no trailing newline, and a leading UTF-8
 // byte order mark is dropped.
 //
@@ -68,6 +68,11 @@ func (j *JSONLReader) Next() (Row, error) {
 		j.index++
 		if tooLong {
 			return malformed(idx, j.line, capRaw(text, j.maxRaw), fmt.Sprintf("line too long: more than %d bytes", j.maxLine)), nil
+		}
+		if !utf8.Valid(text) {
+			// encoding/json would read the bytes as U+FFFD: the row's data would not be
+			// what the file says.
+			return malformed(idx, j.line, capRaw(text, j.maxRaw), "not valid UTF-8 (save the file as UTF-8)"), nil
 		}
 		cols, vals, texts, msg := decodeObject(text)
 		if msg != "" {
