@@ -9,6 +9,7 @@ import (
 	"math"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/multiquery/multiquery/internal/jsonw"
 	"github.com/multiquery/multiquery/internal/wire"
@@ -156,9 +157,12 @@ func stripFence(s string) string {
 }
 
 func head(s string) string {
-	const n = 80
+	n := 80
 	if len(s) <= n {
 		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) { // not inside a character
+		n--
 	}
 	return s[:n] + "..."
 }

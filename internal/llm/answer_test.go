@@ -4,8 +4,10 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/multiquery/multiquery/internal/wire"
 )
@@ -176,5 +178,17 @@ func TestBudgetSpentTellsTheLimitFromABusyBackend(t *testing.T) {
 				t.Fatalf("classifyStatus: %#v, want a CapacityError with BudgetSpent %v", err, tt.want)
 			}
 		})
+	}
+}
+
+// The answer quoted in an invalid_json message is cut at a character, not inside one:
+// an answer in Chinese or emoji reads as itself, not as "\xe4\xb8...".
+func TestTheQuotedAnswerIsCutAtACharacter(t *testing.T) {
+	_, err := ParseAnswer(strings.Repeat("中", 30)+" not json", []wire.OutputField{{Field: "a", Column: "q_a", Type: wire.TypeString}})
+	if err == nil {
+		t.Fatal("no error")
+	}
+	if strings.Contains(err.Error(), `\x`) || !utf8.ValidString(err.Error()) {
+		t.Errorf("message %q quotes a character cut in two", err.Error())
 	}
 }
