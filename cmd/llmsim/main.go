@@ -75,18 +75,19 @@ func serve(ctx context.Context, opts options, log zerolog.Logger) error {
 func parseFlags(args []string) (options, error) {
 	fs := flag.NewFlagSet("llmsim", flag.ContinueOnError)
 	var (
-		opts       options
-		keys, deps string
-		cfg        = &opts.sim
-		faults     = llmsim.Faults{}
-		burstEvery time.Duration
-		burstFor   time.Duration
+		opts               options
+		keys, deps, models string
+		cfg                = &opts.sim
+		faults             = llmsim.Faults{}
+		burstEvery         time.Duration
+		burstFor           time.Duration
 	)
 	ver := version.Register(fs)
 	fs.StringVar(&opts.addr, "addr", "127.0.0.1:8081", "listen address")
 	fs.StringVar(&opts.logLevel, "log-level", "info", "log level: debug logs one line per request")
 	fs.StringVar(&keys, "keys", "", "comma-separated accepted API keys; empty accepts any")
 	fs.StringVar(&deps, "deployments", "", "comma-separated accepted Azure deployments; empty accepts any")
+	fs.StringVar(&models, "models", "", "comma-separated models the OpenAI route accepts (others: 404 model_not_found); empty accepts any")
 	fs.DurationVar(&cfg.Latency, "latency", 0, "base latency per answer")
 	fs.DurationVar(&cfg.Jitter, "jitter", 0, "extra uniform latency in [0, jitter)")
 	fs.Float64Var(&cfg.RPS, "rps", 0, "requests per second; 0 = unlimited")
@@ -130,6 +131,7 @@ func parseFlags(args []string) (options, error) {
 	}
 	cfg.Keys = cli.List(keys)
 	cfg.Deployments = cli.List(deps)
+	cfg.Models = cli.List(models)
 	cfg.Burst429 = llmsim.Burst429{Every: burstEvery, For: burstFor}
 	cfg.Faults = faults
 	if err := cfg.Validate(); err != nil {

@@ -293,3 +293,42 @@ func TestEveryAttemptIsAudited(t *testing.T) {
 		t.Fatalf("audit record of the invalid answer = %+v", rec)
 	}
 }
+
+// A run whose pipeline names a model the provider does not know (404 model_not_found)
+// fails its own queries at once, each called once, with that reason; the deployment is
+// not paused, and another run on it completes. Before, the 404 opened the deployment's
+// breaker: the run's jobs waited for ever and stalled every other run on the alias.
+func TestAModelTheProviderDoesNotKnowFailsItsOwnRunOnly(t *testing.T) {
+	e := setup(t, llmsim.Config{Models: []string{"sim-model"}})
+	e.startWorker(workerOpts{concurrency: 16})
+	e.startCollector("")
+	typo, err := e.produce(e.pipeline(strings.Replace(matrixPipeline(1, 2, ""), "model: sim-model", "model: sim-modle", 1)), csvRows(10, nil), input.CSV)
+	if err != nil {
+		t.Fatalf("produce the run with the unknown model: %v", err)
+	}
+	good, err := e.produce(e.pipeline(matrixPipeline(1, 2, "")), csvRows(30, nil), input.CSV)
+	if err != nil {
+		t.Fatalf("produce the run with a known model: %v", err)
+	}
+	if s := e.waitSummary(good.Run, 30*time.Second); s.Stats.RowsOK != 30 {
+		t.Errorf("the run with a known model: %+v, want 30 rows ok", s.Stats)
+	}
+	s := e.waitSummary(typo.Run, 30*time.Second)
+	if s.Stats.RowsFailed != 10 || s.Stats.Calls != 20 {
+		t.Errorf("the run with the unknown model: %+v, want 10 rows failed after 20 calls (each query once)", s.Stats)
+	}
+	for _, row := range e.lines(typo.Run, sink.ErrorsJSONL) {
+		for _, q := range queryNames(1, 2) {
+			if fe := failedQuery(t, row, q); fe["reason"] != wire.ReasonModelNotFound || !strings.Contains(fmt.Sprint(fe["message"]), "sim-modle") {
+				t.Errorf("row %v query %s: error %v, want %s naming the model", row["id"], q, fe, wire.ReasonModelNotFound)
+			}
+		}
+	}
+	runs, err := e.js.KeyValue(context.Background(), wire.BucketRuns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := runs.Get(context.Background(), wire.BreakerKey("default")); err == nil {
+		t.Error("the deployment's breaker was opened by the job's unknown model")
+	}
+}

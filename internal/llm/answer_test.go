@@ -90,6 +90,11 @@ func TestClassifyStatus(t *testing.T) {
 		{"insufficient_quota is deployment-wide", 429, "insufficient_quota", func(e error) bool { var d *DeploymentError; return errors.As(e, &d) }},
 		{"401 is deployment-wide", 401, "invalid_api_key", func(e error) bool { var d *DeploymentError; return errors.As(e, &d) }},
 		{"404 is deployment-wide", 404, "DeploymentNotFound", func(e error) bool { var d *DeploymentError; return errors.As(e, &d) }},
+		{"404 without a code is deployment-wide", 404, "", func(e error) bool { var d *DeploymentError; return errors.As(e, &d) }},
+		{"404 model_not_found fails the query: the job's model is unknown", 404, "model_not_found", func(e error) bool {
+			var p *PermanentError
+			return errors.As(e, &p) && p.Reason == wire.ReasonModelNotFound
+		}},
 		{"500 is transient", 500, "", func(e error) bool { var tr *TransientError; return errors.As(e, &tr) }},
 		{"400 context length is permanent", 400, "context_length_exceeded", func(e error) bool {
 			var p *PermanentError

@@ -391,6 +391,10 @@ func classifyStatus(status int, code, typ, msg string, h http.Header) error {
 		return &DeploymentError{StatusCode: status, Code: "insufficient_quota", Type: typ, Message: msg}
 	case status == 429 || status == 503 || status == 529:
 		return &CapacityError{StatusCode: status, RetryAfter: RetryAfter(h, time.Now()), BudgetSpent: ParseRateLimit(h).Spent(), Message: msg}
+	case status == 404 && code == "model_not_found":
+		// The job's model, not the deployment: one pipeline's unknown model fails its
+		// own queries; pausing the deployment would stall every run on it.
+		return &PermanentError{Reason: wire.ReasonModelNotFound, StatusCode: status, Message: msg}
 	case status == 401 || status == 403 || status == 404:
 		return &DeploymentError{StatusCode: status, Code: code, Type: typ, Message: msg}
 	case status == 408 || status == 409 || status >= 500:

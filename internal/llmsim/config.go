@@ -73,6 +73,7 @@ type Burst429 struct {
 type Config struct {
 	Keys        []string // accepted API keys; empty = accept any
 	Deployments []string // azure deployment names accepted; empty = any
+	Models      []string // models the OpenAI route accepts; empty = any
 
 	Latency time.Duration // base latency per answer
 	Jitter  time.Duration // + uniform [0, Jitter)
@@ -110,6 +111,11 @@ func (c Config) Validate() error {
 	for i, d := range c.Deployments {
 		if strings.TrimSpace(d) == "" {
 			errs = append(errs, fmt.Errorf("Config.Deployments[%d]: must not be empty", i))
+		}
+	}
+	for i, m := range c.Models {
+		if strings.TrimSpace(m) == "" {
+			errs = append(errs, fmt.Errorf("Config.Models[%d]: must not be empty", i))
 		}
 	}
 	errs = append(errs, c.settings().validate("Config.")...)

@@ -14,7 +14,8 @@
 //
 // With Config.Keys set, a missing or unknown key is a 401 whose code is
 // "invalid_api_key". With Config.Deployments set, an unknown Azure deployment
-// is a 404 whose code is "DeploymentNotFound". A body that is not a chat
+// is a 404 whose code is "DeploymentNotFound"; with Config.Models set, an unknown
+// model on the OpenAI route is a 404 whose code is "model_not_found". A body that is not a chat
 // request is a 400.
 //
 // # Processing order

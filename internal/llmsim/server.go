@@ -35,6 +35,7 @@ type Server struct {
 	start       time.Time
 	keys        map[string]bool
 	deployments map[string]bool
+	models      map[string]bool
 
 	mu       sync.Mutex // guards settings, rng and tries
 	settings Settings
@@ -67,6 +68,7 @@ func newServer(cfg Config, log zerolog.Logger, now func() time.Time) (*Server, e
 		start:       now(),
 		keys:        set(cfg.Keys),
 		deployments: set(cfg.Deployments),
+		models:      set(cfg.Models),
 		settings:    cfg.settings(),
 		rng:         rand.New(rand.NewPCG(uint64(cfg.Seed), 0x6c6c6d73696d)),
 		stats:       newCounters(),
@@ -252,6 +254,13 @@ func (s *Server) serveChat(w http.ResponseWriter, r *http.Request, rec *RequestL
 		return rep
 	}
 	rec.Model = req.Model
+	if rec.Route != "azure" && len(s.models) > 0 && !s.models[req.Model] {
+		return jsonReply(http.StatusNotFound, apiError{Error: apiErrorBody{
+			Type:    "invalid_request_error",
+			Code:    "model_not_found",
+			Message: fmt.Sprintf("The model `%s` does not exist or you do not have access to it.", req.Model),
+		}})
+	}
 	text := req.text()
 	if ms := markers(text); len(ms) > 0 {
 		rec.Marker = ms[0]

@@ -20,11 +20,11 @@ import (
 )
 
 // A local run is the run its command names, and only that one. A user whose first
-// command had a typo in the model (every call a 404 "model not found": its jobs wait for
-// the deployment) interrupts it, fixes the model and runs again: that is another run on
-// the same store. The new command must not call the abandoned run's jobs (calls the user
-// did not ask for, and whose 404s pause the deployment under the new run) and must finish
-// as fast as on an empty store.
+// command had a typo in the model (every call a 404 "model not found") interrupts it,
+// fixes the model and runs again: that is another run on the same store. The new
+// command must not call the abandoned run's jobs (calls the user did not ask for; with
+// an error the deployment waits on, such as a bad key, they also paused it under the new
+// run) and must finish as fast as on an empty store.
 func TestALocalRunCallsNoJobOfAnotherRunInItsStore(t *testing.T) {
 	var typo, good atomic.Int64
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

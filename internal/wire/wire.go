@@ -590,6 +590,9 @@ const (
 	ReasonMaxDeliveries         = "max_deliveries_exceeded"
 	ReasonEmptyResponse         = "empty_response"
 	ReasonContextLengthExceeded = "context_length_exceeded"
+	// ReasonModelNotFound: the provider does not know the job's model (a 404 whose
+	// code is model_not_found): the pipeline's fault, not the deployment's.
+	ReasonModelNotFound = "model_not_found"
 	// ReasonInvalidResult: a result record the collector cannot trust (a success result
 	// without one of its query's output columns); details name the field.
 	ReasonInvalidResult = "invalid_result"
