@@ -267,7 +267,12 @@ func describe(s local.Snapshot) string {
 	case s.ETA > 0:
 		eta = s.ETA.String()
 	}
-	return fmt.Sprintf("ok %d, failed %d | calls %d, 429s %d | %.1f calls/s | ETA %s", s.OK, s.Failed, s.Calls, s.Capacity, s.CallRate, eta)
+	line := fmt.Sprintf("ok %d, failed %d | calls %d, 429s %d | %.1f calls/s | ETA %s", s.OK, s.Failed, s.Calls, s.Capacity, s.CallRate, eta)
+	if s.Blocked != "" {
+		// Deployment-wide errors: the calls wait (retried every 15 s) until it is fixed.
+		line += " | BLOCKED: " + s.Blocked + " (calls retried every 15 s; to change the key or config, stop and run the command again: the run resumes)"
+	}
+	return line
 }
 
 func (pr *progress) update(s local.Snapshot) {

@@ -17,6 +17,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/multiquery/multiquery/internal/llmsim"
+	"github.com/multiquery/multiquery/internal/local"
 	"github.com/multiquery/multiquery/internal/natstest"
 	"github.com/multiquery/multiquery/internal/sink"
 )
@@ -471,5 +472,18 @@ func TestAnotherRunOfTheSameInputIsAnsweredFromTheCache(t *testing.T) {
 	}
 	if n := strings.Count(string(data), `_cached":true`); n != 40 || strings.Contains(string(data), `_cached":false`) {
 		t.Fatalf("second run's rows have %d cached queries, want all 40:\n%s", n, data)
+	}
+}
+
+// The progress line of a blocked run says why its calls wait and what to do; without
+// a breaker open it says nothing of it.
+func TestTheProgressLineSaysWhyARunIsBlocked(t *testing.T) {
+	s := local.Snapshot{Rows: 3, Blocked: "deployment default: status 401 invalid_api_key: Incorrect API key provided."}
+	if line := describe(s); !strings.Contains(line, "BLOCKED: deployment default: status 401 invalid_api_key") || !strings.Contains(line, "run the command again") {
+		t.Errorf("describe = %q", line)
+	}
+	s.Blocked = ""
+	if line := describe(s); strings.Contains(line, "BLOCKED") {
+		t.Errorf("describe of a run not blocked = %q", line)
 	}
 }

@@ -2,9 +2,14 @@ package local
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
+
+	"github.com/multiquery/multiquery/internal/wire"
 )
 
 // Snapshot is a local run's progress at one moment.
@@ -24,6 +29,10 @@ type Snapshot struct {
 	Elapsed time.Duration
 	// Done: the collector has written every row.
 	Done bool
+	// Blocked says why the run's calls wait, when a deployment's breaker is open (a
+	// bad key, quota spent: deployment-wide errors; the jobs wait, retried every 15 s):
+	// "deployment default: status 401 invalid_api_key: ...". Empty otherwise.
+	Blocked string
 }
 
 // report calls Config.Progress every ProgressEvery until ctx ends.
@@ -46,7 +55,7 @@ func (r *localRun) report(ctx context.Context) {
 		if first < 0 {
 			first = s.Emitted
 		}
-		if done := s.Emitted - first; done > 0 && s.Rows > s.Emitted {
+		if done := s.Emitted - first; done > 0 && s.Rows > s.Emitted && s.Blocked == "" {
 			s.ETA = time.Duration(float64(s.Rows-s.Emitted) / float64(done) * float64(s.Elapsed)).Round(time.Second)
 		}
 		r.cfg.Progress(s)
@@ -65,6 +74,9 @@ func (r *localRun) snapshot(ctx context.Context, prev *Snapshot) Snapshot {
 		}
 	}
 	s.Calls, s.Capacity = r.counters()
+	if !s.Done {
+		s.Blocked = r.blocked(ctx)
+	}
 	switch {
 	case prev != nil:
 		if dt := (s.Elapsed - prev.Elapsed).Seconds(); dt > 0 {
@@ -74,6 +86,26 @@ func (r *localRun) snapshot(ctx context.Context, prev *Snapshot) Snapshot {
 		s.CallRate = float64(s.Calls) / s.Elapsed.Seconds()
 	}
 	return s
+}
+
+// blocked describes the open breakers of the command's deployments ("" for none).
+func (r *localRun) blocked(ctx context.Context) string {
+	kv, err := r.js.KeyValue(ctx, wire.BucketRuns)
+	if err != nil {
+		return ""
+	}
+	var out []string
+	for _, d := range r.cfg.Deployments {
+		e, err := kv.Get(ctx, wire.BreakerKey(d.LLM.Alias))
+		if err != nil {
+			continue
+		}
+		var b wire.Breaker
+		if json.Unmarshal(e.Value(), &b) == nil {
+			out = append(out, fmt.Sprintf("deployment %s: status %d %s: %s", d.LLM.Alias, b.Status, b.Code, b.Message))
+		}
+	}
+	return strings.Join(out, "; ")
 }
 
 // counters sums the worker's calls and capacity answers over its deployments.
