@@ -222,8 +222,8 @@ template: |
 `
 
 // Issue 8, item 6: a row, or a rendered prompt, too large for one message becomes an
-// error row with its own reason (row_too_large, naming the row, its size and the
-// limit); the run goes on and completes.
+// error row with its own reason (row_too_large, naming the row, its input line, its size
+// and the limit); the run goes on and completes.
 func TestARowTooLargeForAMessageBecomesAnErrorRow(t *testing.T) {
 	e := setup(t, llmsim.Config{})
 	e.startWorker(workerOpts{})
@@ -262,9 +262,10 @@ func TestARowTooLargeForAMessageBecomesAnErrorRow(t *testing.T) {
 	}{{1, "r1"}, {3, nil}} {
 		er, _ := bad[i]["_error"].(map[string]any)
 		msg, _ := er["message"].(string)
-		if er["reason"] != "row_too_large" || er["row"] != float64(want.row) || er["limit_bytes"] == nil || er["size_bytes"] == nil ||
-			!strings.Contains(msg, fmt.Sprintf("row %d", want.row)) || bad[i]["id"] != want.id {
-			t.Fatalf("error row %d = id %v, _error %v; want reason %s naming row %d, its size and the limit", i, bad[i]["id"], er, wire.ReasonRowTooLarge, want.row)
+		line := want.row + 2 // the header is line 1
+		if er["reason"] != "row_too_large" || er["row"] != float64(want.row) || er["line"] != float64(line) || er["limit_bytes"] == nil || er["size_bytes"] == nil ||
+			!strings.Contains(msg, fmt.Sprintf("line %d (row %d)", line, want.row)) || bad[i]["id"] != want.id {
+			t.Fatalf("error row %d = id %v, _error %v; want reason %s naming line %d, row %d, its size and the limit", i, bad[i]["id"], er, wire.ReasonRowTooLarge, line, want.row)
 		}
 	}
 }

@@ -89,6 +89,8 @@ type plan struct {
 	// carry: the row's data may ride in its first job (wire.Job.Data) instead of an
 	// input row message; fit decides whether it does.
 	carry bool
+	// line is the record's line in the input (0: not from a file, a submitted row).
+	line int
 	// Set by fit: the encoded jobs and row (nil when the first job carries the row).
 	jobMsgs []*nats.Msg
 	rowMsg  *nats.Msg
@@ -138,7 +140,7 @@ func planRow(p *config.Pipeline, queries []config.Query, run string, rec input.R
 		}
 		jobs = append(jobs, p.Job(q, run, rec.Index, msgs, now))
 	}
-	return plan{row: row, jobs: jobs, data: data}
+	return plan{row: row, jobs: jobs, data: data, line: rec.Line}
 }
 
 // malformedError is the error of a malformed record: its line, its raw text, and the
@@ -193,7 +195,7 @@ func fit(pl plan, names wire.Names, limit int64) (plan, error) {
 		}
 		if size := msgSize(m); limit > 0 && size > limit {
 			pl.jobs, pl.jobMsgs, pl.rowErr = nil, nil, true
-			pl.row.Error = tooLarge(row, size, limit, map[string]any{"query": j.Query},
+			pl.row.Error = tooLarge(row, pl.line, size, limit, map[string]any{"query": j.Query},
 				fmt.Sprintf("the rendered prompt of query %s is %d bytes, over the server's max_payload of %d", j.Query, size, limit))
 			break
 		}
@@ -209,7 +211,7 @@ func fit(pl plan, names wire.Names, limit int64) (plan, error) {
 	if size := msgSize(m); limit > 0 && size > limit {
 		pl.jobs, pl.jobMsgs, pl.rowErr = nil, nil, true
 		pl.row.Data = nil
-		pl.row.Error = tooLarge(row, size, limit, nil, fmt.Sprintf("the row is %d bytes as a message, over the server's max_payload of %d; its data is left out", size, limit))
+		pl.row.Error = tooLarge(row, pl.line, size, limit, nil, fmt.Sprintf("the row is %d bytes as a message, over the server's max_payload of %d; its data is left out", size, limit))
 		if m, err = newMsg(m.Subject, m.Header.Get(wire.HeaderMsgID), pl.row); err != nil {
 			return pl, err
 		}
@@ -218,12 +220,19 @@ func fit(pl plan, names wire.Names, limit int64) (plan, error) {
 	return pl, nil
 }
 
-func tooLarge(row int, size, limit int64, details map[string]any, msg string) *wire.Error {
+// tooLarge is a row_too_large error naming the row, and its input line when it came
+// from a file (line > 0), as the other reasons of a record do.
+func tooLarge(row, line int, size, limit int64, details map[string]any, msg string) *wire.Error {
 	d := map[string]any{"row": row, "size_bytes": size, "limit_bytes": limit}
+	where := fmt.Sprintf("row %d", row)
+	if line > 0 {
+		d["line"] = line
+		where = fmt.Sprintf("line %d (row %d)", line, row)
+	}
 	for k, v := range details {
 		d[k] = v
 	}
-	return &wire.Error{Reason: wire.ReasonRowTooLarge, Message: fmt.Sprintf("row %d: %s", row, msg), Details: d}
+	return &wire.Error{Reason: wire.ReasonRowTooLarge, Message: where + ": " + msg, Details: d}
 }
 
 // msgSize is what a message counts against max_payload: its data and its encoded
