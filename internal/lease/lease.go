@@ -158,6 +158,21 @@ func (f *Fence) keep(ctx context.Context, kv jetstream.KeyValue, key, holder str
 			// in between. Never reopen a closed fence.
 			err = f.Check()
 		}
+		if queue.IsKeyExists(err) && f.Check() == nil {
+			// The revision moved on. While the fence is open the key cannot have
+			// expired, and other holders only create it: if it still names this
+			// holder, an earlier refresh of ours was applied and its reply lost (a
+			// NATS restart, a request flushed after reconnecting). Carry on from its
+			// revision; the fence still counts from the last acknowledged refresh.
+			gctx, gcancel := context.WithTimeout(ctx, f.ttl/5)
+			e, gerr := kv.Get(gctx, key)
+			gcancel()
+			if gerr == nil && string(e.Value()) == holder && e.Revision() > f.rev {
+				log.Warn().Uint64("revision", e.Revision()).Str("lease", key).Msg("lease: a refresh's reply was lost; continuing from its revision")
+				f.rev = e.Revision()
+				continue
+			}
+		}
 		if queue.IsKeyExists(err) || errors.Is(err, jetstream.ErrKeyNotFound) || f.Check() != nil {
 			f.lost.Store(true)
 			log.Error().Err(err).Str("lease", key).Msg("lease lost: stopping")

@@ -77,3 +77,54 @@ func TestLaterHolderHasLargerEpoch(t *testing.T) {
 		t.Fatalf("epochs %v (bucket %q): want increasing, non-empty bucket id", epochs, bucket)
 	}
 }
+
+// A refresh the server applied but whose reply the holder never got (sent just before a
+// NATS restart, or buffered by the client while it reconnected and flushed after the
+// holder's request had timed out) moves the key's revision on without the holder
+// knowing. The key is still the holder's and no one else can have taken it (the fence is
+// open): the holder keeps its lease instead of stopping. A key that now names another
+// holder is still lost.
+func TestARefreshWhoseReplyWasLostKeepsTheLease(t *testing.T) {
+	t.Parallel()
+	srv := natstest.Start(t)
+	_, js := srv.Connect(t)
+	ctx := context.Background()
+	const ttl = 2 * time.Second
+	kv, err := Ensure(ctx, js, wire.BucketLease, 1, ttl, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	refreshes := func() { time.Sleep(3 * ttl / 5) } // three refresh periods of TTL/5
+
+	err = Hold(ctx, kv, "k", "a", ttl, zerolog.Nop(), func(ctx context.Context, f *Fence) error {
+		e, err := kv.Get(ctx, "k")
+		if err != nil {
+			return err
+		}
+		if _, err := kv.Update(ctx, "k", []byte("a"), e.Revision()); err != nil { // a's own refresh, reply lost
+			return err
+		}
+		refreshes()
+		if ctx.Err() != nil || f.Check() != nil {
+			t.Errorf("a refresh whose reply was lost lost the lease: %v, fence %v", context.Cause(ctx), f.Check())
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("hold a: %v", err)
+	}
+
+	err = Hold(ctx, kv, "k", "c", ttl, zerolog.Nop(), func(ctx context.Context, f *Fence) error {
+		if _, err := kv.Put(ctx, "k", []byte("someone-else")); err != nil {
+			return err
+		}
+		refreshes()
+		if ctx.Err() == nil {
+			t.Errorf("a key that names another holder kept the lease")
+		}
+		return nil
+	})
+	if !errors.Is(err, ErrLost) {
+		t.Fatalf("hold c after another holder's write: %v, want ErrLost", err)
+	}
+}
