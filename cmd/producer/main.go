@@ -3,7 +3,7 @@
 //
 // Exit codes: 0 all rows published, 2 nothing published (invalid config, input header,
 // usage), 3 published but some rows failed to parse or render (they appear as error
-// rows), 1 any other failure.
+// rows), 1 any other failure, a run cancelled before every row was published included.
 package main
 
 import (
@@ -128,6 +128,9 @@ func runFile(o options, log zerolog.Logger) int {
 			log.Error().Err(err).Msg("wait")
 			return cli.ExitFailed
 		}
+	}
+	if rep.Cancelled { // not every row was published: no success
+		return cli.ExitFailed
 	}
 	if rep.RowErrors > 0 {
 		return exitRowErrors
