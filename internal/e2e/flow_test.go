@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"errors"
+	"io"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -15,6 +16,7 @@ import (
 	"github.com/multiquery/multiquery/internal/llmsim"
 	"github.com/multiquery/multiquery/internal/producer"
 	"github.com/multiquery/multiquery/internal/sink"
+	"github.com/multiquery/multiquery/internal/status"
 	"github.com/multiquery/multiquery/internal/wire"
 )
 
@@ -205,5 +207,83 @@ func TestASmallRunIsNotStuckBehindABigOne(t *testing.T) {
 	t.Logf("the big run got %d calls while the small run's 100 ran", bigCalls)
 	if bigCalls >= 500 {
 		t.Fatalf("the big run got %d calls while the small run's 100 waited: the small run was queued behind it", bigCalls)
+	}
+}
+
+// An operator cancels a run whose producer died before the seal (it stays `open`), then
+// reruns the producer to seal it. A producer resumes from its last checkpoint, and the
+// crashed one had published rows after it; the rerun meets the cancellation at a row
+// the crashed one had already published. The seal must still count every row on the
+// bus: the summary's rows_total equals the rows written, and every published row is
+// written (none refused as beyond the seal).
+func TestACancelledRunResumedAfterAProducerCrashSealsEveryPublishedRow(t *testing.T) {
+	e := setup(t, llmsim.Config{})
+	e.topo.Duplicates = 500 * time.Millisecond
+	p := e.pipeline(matrixPipeline(1, 2, ""))
+	data := csvRows(400, nil)
+	const run = "cancel-after-crash"
+	// A window of 64 publishes checkpoints every 21 rows: the last before row 205 is
+	// at 189, and the rerun's first control check is at row 200. The rows after 190
+	// come slowly, so that their jobs go out (a batch waits at most 25 ms to fill)
+	// before the producer is stopped at row 205.
+	first, kill := context.WithCancel(context.Background())
+	pr, pw := io.Pipe()
+	go func() {
+		lines := strings.SplitAfter(data, "\n")
+		_, _ = io.WriteString(pw, strings.Join(lines[:191], "")) // the header and rows 0..189
+		for _, l := range lines[191:] {
+			if first.Err() != nil {
+				break
+			}
+			time.Sleep(40 * time.Millisecond)
+			_, _ = io.WriteString(pw, l)
+		}
+		pw.Close()
+	}()
+	_, err := producer.Run(first, e.js, producer.Config{Pipeline: p, Input: pr, Format: input.CSV, Run: run,
+		Topology: e.topo, Window: 64, Progress: func(n int) {
+			if n == 205 {
+				time.Sleep(100 * time.Millisecond) // its jobs are stored
+				kill()
+			}
+		}}, e.log)
+	pr.Close() // the writer stops
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("first producer: err = %v, want it interrupted", err)
+	}
+	ctx := context.Background()
+	s, err := e.js.Stream(ctx, wire.StreamJobs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(ctx, jetstream.WithSubjectFilter(e.topo.Names.JobRunFilter(run)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	published := map[string]bool{}
+	for subj := range info.State.Subjects { // jobs.<deployment>.<run>.<row>.<query>
+		published["r"+strings.Split(subj, ".")[3]] = true
+	}
+	if len(published) <= 200 {
+		t.Fatalf("the first producer published %d rows, want more than 200 for this test", len(published))
+	}
+	if err := status.SetControl(ctx, e.js, e.topo.Names, run, wire.ControlCancelled); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second) // past the dedup window
+	if _, err := producer.Run(ctx, e.js, producer.Config{Pipeline: p, Input: strings.NewReader(data), Format: input.CSV, Run: run, Topology: e.topo}, e.log); err != nil {
+		t.Fatalf("rerun: %v", err)
+	}
+	e.startWorker(workerOpts{concurrency: 8})
+	e.startCollector("")
+	sum := e.waitSummary(run, 60*time.Second)
+	rows := byID(append(e.lines(run, sink.ResultsJSONL), e.lines(run, sink.ErrorsJSONL)...))
+	if sum.Rows != len(rows) || sum.Stats.RowsOK+sum.Stats.RowsFailed != len(rows) {
+		t.Errorf("summary: rows_total %d, %d ok + %d failed, but %d rows written", sum.Rows, sum.Stats.RowsOK, sum.Stats.RowsFailed, len(rows))
+	}
+	for id := range published {
+		if rows[id] == nil {
+			t.Errorf("row %s was published but not written", id)
+		}
 	}
 }

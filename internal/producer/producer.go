@@ -173,7 +173,16 @@ func (fr *fileRun) publishRows(ctx context.Context) error {
 // every few rows. cancelled reports that the run was cancelled before the row: it is
 // not published, nor counted.
 func (fr *fileRun) publishRow(ctx context.Context, rec input.Row, pl plan) (cancelled bool, err error) {
-	if err := fr.flow.wait(ctx, rec.Index); errors.Is(err, errCancelled) {
+	careful := fr.prev != nil && rec.Index < fr.prev.Through+fr.every
+	err = fr.flow.wait(ctx, rec.Index)
+	if errors.Is(err, errCancelled) && careful {
+		// A crashed producer may have published this row and the next ones up to
+		// the end of the careful window: the seal must count them, or the collector
+		// refuses them as beyond it. Go on carefully (nothing on the bus is
+		// published again); the next control check past the window stops.
+		err = nil
+	}
+	if errors.Is(err, errCancelled) {
 		fr.rep.Rows-- // this row is not published
 		if pl.rowErr {
 			fr.rep.RowErrors--
@@ -184,7 +193,6 @@ func (fr *fileRun) publishRow(ctx context.Context, rec input.Row, pl plan) (canc
 	} else if err != nil {
 		return false, err
 	}
-	careful := fr.prev != nil && rec.Index < fr.prev.Through+fr.every
 	n, err := publishPlan(ctx, fr.pub, fr.cfg.Run, pl, careful)
 	fr.rep.Jobs += n
 	if err != nil {
