@@ -447,12 +447,14 @@ func (w *Worker) done(ctx context.Context, msg jetstream.Msg, job *wire.Job, att
 // full, unavailable, a network cut) the job stays this worker's (InProgress), so no
 // other delivery pays for the call again.
 func (w *Worker) storeResult(ctx context.Context, msg jetstream.Msg, res *wire.Result, alias string, log zerolog.Logger) error {
+	// Kept from the start: publishResult itself waits out a full stream, a timeout or
+	// a reconnect (queue.RetryPublish), which may last longer than AckWait.
+	defer w.keep.hold(msg)()
 	err := w.publishResult(ctx, res)
 	if err == nil {
 		return nil
 	}
 	_ = msg.InProgress()
-	defer w.keep.hold(msg)()
 	wait := 100 * time.Millisecond
 	for ctx.Err() == nil {
 		w.m.resultRetries.WithLabelValues(alias).Inc()
