@@ -413,3 +413,41 @@ func TestABudgetSpentAtTheLimitHoldsJustBelowIt(t *testing.T) {
 		t.Fatalf("a 429 with the budget spent at 50/s, 40 served: %+v; want the last good rate from what was served (<= 45)", d)
 	}
 }
+
+// A paused deployment (an open breaker: a refused key, quota spent; or a Retry-After)
+// dispatches nothing and learns nothing: its rate does not grow while the pause lasts, or
+// the calls would burst when it ends (measured: a fleet blocked by a 401 from its first
+// call climbed in slow start to max_rate). Recovery toward the last good rate still runs.
+func TestTheRateDoesNotGrowWhilePaused(t *testing.T) {
+	t.Run("slow start", func(t *testing.T) {
+		ctl, c := newCtl(t, params())
+		before := ctl.Snapshot().Rate
+		ctl.Pause(15 * time.Second)
+		for range 40 { // 10 s of waiting permits
+			c.advance(250 * time.Millisecond)
+			ctl.Next()
+		}
+		if s := ctl.Snapshot(); !near(s.Rate, before) || !s.SlowStart {
+			t.Fatalf("after 10 s paused in slow start: %+v; want the rate still %g", s, before)
+		}
+		c.advance(6 * time.Second) // the pause is over: slow start goes on
+		ctl.Next()
+		if r := ctl.Snapshot().Rate; r <= before {
+			t.Fatalf("after the pause slow start did not go on: rate %g", r)
+		}
+	})
+	t.Run("probing", func(t *testing.T) {
+		ctl, c := steady(t, 50)
+		c.advance(5 * time.Second) // past any hold: probing
+		ctl.Next()
+		before := ctl.Snapshot().Rate
+		ctl.Pause(15 * time.Second)
+		for range 40 {
+			c.advance(250 * time.Millisecond)
+			ctl.Next()
+		}
+		if r := ctl.Snapshot().Rate; !near(r, before) {
+			t.Fatalf("after 10 s paused while probing the rate is %g, want %g", r, before)
+		}
+	})
+}

@@ -269,7 +269,12 @@ func (c *Controller) grow(t time.Time) {
 	}
 	c.lastGrow = t
 	c.countAnswers(dt)
-	if !c.growth {
+	// Paused (a Retry-After, an open breaker): nothing is dispatched, so nothing is
+	// probed; a rate grown meanwhile would burst when the pause ends (a fleet blocked by
+	// a refused key doubled to max_rate). Only the recovery toward the last good rate,
+	// a rate that was served, goes on.
+	paused := t.Before(c.pausedUntil) && (c.slowStart || c.rate >= c.good*c.p.RecoverTo)
+	if !c.growth || paused {
 		// Not rate-bound: nothing is probed, so the probe's acceleration waits too.
 		c.lastDouble = t
 		c.probeFrom = c.probeFrom.Add(dt)
