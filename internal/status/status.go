@@ -179,11 +179,12 @@ func stalled(r Report, emittedAt time.Time) string {
 }
 
 // eta is the time the run takes, at its pace so far, to emit the rows published (all
-// of them once sealed) and not emitted yet; "" when it cannot be told: no pace yet, the
-// run completed, or counts that do not add up (never a negative ETA).
+// of them once sealed) and not emitted yet; "" when it cannot be told: no pace yet, a
+// run that is not going (completed, paused, cancelled, blocked, stalled), or counts that
+// do not add up (never a negative ETA).
 func eta(r Report) string {
 	left := max(r.RowsTotal, r.Published) - r.Emitted
-	if r.RowsPerSec <= 0 || r.State == wire.RunCompleted || left < 0 {
+	if r.RowsPerSec <= 0 || (r.State != wire.RunOpen && r.State != wire.RunSealed) || left < 0 {
 		return ""
 	}
 	return (time.Duration(float64(left)/r.RowsPerSec) * time.Second).Round(time.Second).String()

@@ -228,7 +228,8 @@ func TestGetAndSetControlWithoutTheRunsBucketFailNamingIt(t *testing.T) {
 }
 
 // An unsealed run whose producer has published nothing for StalledAfter is stalled, the
-// reason naming the time of its last progress; a sealed run is never stalled.
+// reason naming the time of its last progress, and has no ETA; a sealed run is never
+// stalled.
 func TestGetReportsAStalledRunWhoseProducerIsSilent(t *testing.T) {
 	e := start(t)
 	old := time.Now().Add(-StalledAfter - time.Minute).UTC()
@@ -237,6 +238,9 @@ func TestGetReportsAStalledRunWhoseProducerIsSilent(t *testing.T) {
 	r := e.get(run, 0)
 	if r.State != "stalled" || !strings.Contains(r.Reason, "unsealed") || !strings.Contains(r.Reason, old.Format(time.RFC3339)) {
 		t.Fatalf("report = %+v, want stalled with a reason naming %s", r, old.Format(time.RFC3339))
+	}
+	if r.ETA != "" { // no pace to tell one from: nothing moves
+		t.Errorf("a stalled run's ETA = %q, want none", r.ETA)
 	}
 
 	e.status(wire.RunStatus{Run: "run-sealed", State: "sealed", Total: 10, Emitted: 5, Next: 5})
