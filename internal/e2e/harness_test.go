@@ -26,7 +26,9 @@ import (
 	"github.com/multiquery/multiquery/internal/producer"
 	"github.com/multiquery/multiquery/internal/queue"
 	"github.com/multiquery/multiquery/internal/sink"
+	"github.com/multiquery/multiquery/internal/status"
 	"github.com/multiquery/multiquery/internal/throttle"
+	"github.com/multiquery/multiquery/internal/wire"
 	"github.com/multiquery/multiquery/internal/worker"
 )
 
@@ -336,5 +338,48 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 			t.Fatalf("after %s: still waiting for %s", timeout, what)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// startWorkerWithResultsFull starts a worker while run is held paused (its start-up
+// ensures the topology, which would undo a limit set before), then limits MQ_RESULTS to
+// maxMsgs messages and resumes the run. The returned func lifts the limit.
+func (e *env) startWorkerWithResultsFull(run string, maxMsgs int64) (lift func()) {
+	e.t.Helper()
+	ctx := context.Background()
+	if err := status.SetControl(ctx, e.js, e.topo.Names, run, wire.ControlPaused); err != nil {
+		e.t.Fatal(err)
+	}
+	e.startWorker(workerOpts{})
+	waitFor(e.t, 60*time.Second, "the worker to register its alias", func() bool {
+		kv, err := e.js.KeyValue(ctx, wire.BucketFleet)
+		if err != nil {
+			return false
+		}
+		_, err = kv.Get(ctx, "default")
+		return err == nil
+	})
+	res, err := e.js.Stream(ctx, wire.StreamResults)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	info, err := res.Info(ctx)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	full := info.Config
+	full.MaxMsgs = maxMsgs
+	if _, err := e.js.UpdateStream(ctx, full); err != nil {
+		e.t.Fatal(err)
+	}
+	if err := status.SetControl(ctx, e.js, e.topo.Names, run, wire.ControlRunning); err != nil {
+		e.t.Fatal(err)
+	}
+	return func() {
+		e.t.Helper()
+		full.MaxMsgs = -1
+		if _, err := e.js.UpdateStream(ctx, full); err != nil {
+			e.t.Fatal(err)
+		}
 	}
 }

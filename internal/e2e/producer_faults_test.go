@@ -145,42 +145,12 @@ func TestAFullJobsStreamMakesTheProducerWaitNotDrop(t *testing.T) {
 // publish it once there is room, never ack the job as if the result were stored.
 func TestAFullResultsStreamMakesTheWorkerWaitNotAck(t *testing.T) {
 	e := setup(t, llmsim.Config{})
-	ctx := context.Background()
 	p := e.pipeline(matrixPipeline(1, 1, ""))
 	rep, err := e.produce(p, csvRows(5, nil), input.CSV)
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Hold the run while the worker starts (its start-up ensures the topology, which
-	// would undo the limit below), then limit MQ_RESULTS to 2 messages and resume.
-	if err := status.SetControl(ctx, e.js, e.topo.Names, rep.Run, wire.ControlPaused); err != nil {
-		t.Fatal(err)
-	}
-	e.startWorker(workerOpts{})
-	waitFor(t, 60*time.Second, "the worker to register its alias", func() bool {
-		kv, err := e.js.KeyValue(ctx, wire.BucketFleet)
-		if err != nil {
-			return false
-		}
-		_, err = kv.Get(ctx, "default")
-		return err == nil
-	})
-	res, err := e.js.Stream(ctx, wire.StreamResults)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := res.Info(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	full := info.Config
-	full.MaxMsgs = 2
-	if _, err := e.js.UpdateStream(ctx, full); err != nil {
-		t.Fatal(err)
-	}
-	if err := status.SetControl(ctx, e.js, e.topo.Names, rep.Run, wire.ControlRunning); err != nil {
-		t.Fatal(err)
-	}
+	lift := e.startWorkerWithResultsFull(rep.Run, 2)
 	var dropped bool
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -197,10 +167,7 @@ func TestAFullResultsStreamMakesTheWorkerWaitNotAck(t *testing.T) {
 	if dropped {
 		t.Fatal("every job was acked while MQ_RESULTS holds 2 of the 5 results: 3 paid results were dropped")
 	}
-	full.MaxMsgs = -1
-	if _, err := e.js.UpdateStream(ctx, full); err != nil {
-		t.Fatal(err)
-	}
+	lift()
 	e.startCollector("")
 	e.waitSummary(rep.Run, 60*time.Second)
 	if ok := e.lines(rep.Run, sink.ResultsJSONL); len(ok) != 5 {

@@ -474,48 +474,15 @@ func TestAProviderErrorIsStoredWithoutKeyMaterial(t *testing.T) {
 func TestAPaidCallIsNotRepeatedWhileTheResultsStreamIsFull(t *testing.T) {
 	e := setup(t, llmsim.Config{})
 	e.topo.AckWait = time.Second
-	ctx := context.Background()
 	const rows = 5
 	rep, err := e.produce(e.pipeline(matrixPipeline(1, 1, "")), csvRows(rows, nil), input.CSV)
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Hold the run while the worker starts (its start-up ensures the topology), then
-	// limit MQ_RESULTS to 2 messages and resume.
-	if err := status.SetControl(ctx, e.js, e.topo.Names, rep.Run, wire.ControlPaused); err != nil {
-		t.Fatal(err)
-	}
-	e.startWorker(workerOpts{})
-	waitFor(t, 60*time.Second, "the worker to register its alias", func() bool {
-		kv, err := e.js.KeyValue(ctx, wire.BucketFleet)
-		if err != nil {
-			return false
-		}
-		_, err = kv.Get(ctx, "default")
-		return err == nil
-	})
-	res, err := e.js.Stream(ctx, wire.StreamResults)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := res.Info(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	full := info.Config
-	full.MaxMsgs = 2
-	if _, err := e.js.UpdateStream(ctx, full); err != nil {
-		t.Fatal(err)
-	}
-	if err := status.SetControl(ctx, e.js, e.topo.Names, rep.Run, wire.ControlRunning); err != nil {
-		t.Fatal(err)
-	}
+	lift := e.startWorkerWithResultsFull(rep.Run, 2)
 	waitFor(t, 20*time.Second, "one call per job", func() bool { return e.sim.Stats().Requests >= rows })
 	time.Sleep(4 * e.topo.AckWait) // the stream stays full for four AckWaits
-	full.MaxMsgs = -1
-	if _, err := e.js.UpdateStream(ctx, full); err != nil {
-		t.Fatal(err)
-	}
+	lift()
 	e.startCollector("")
 	sum := e.waitSummary(rep.Run, 60*time.Second)
 	if sum.Stats.RowsOK != rows {

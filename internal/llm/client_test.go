@@ -110,17 +110,7 @@ func TestCallClassifiesBadBodiesAndStatuses(t *testing.T) {
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				w.Header().Set("Content-Type", "application/json")
-				w.WriteHeader(tc.status)
-				_, _ = io.WriteString(w, tc.body)
-			}))
-			defer srv.Close()
-			c, err := New(Options{Endpoint: srv.URL})
-			if err != nil {
-				t.Fatal(err)
-			}
-			_, err = c.Call(context.Background(), wire.Request{Model: "m", Messages: []wire.Message{{Role: "user", Content: "q"}}})
+			err := callAnswered(t, tc.status, http.Header{"Content-Type": {"application/json"}}, tc.body)
 			if !tc.check(err) {
 				t.Fatalf("error %T %v", err, err)
 			}
@@ -285,17 +275,7 @@ func TestErrorBodiesOfOtherServersAreClassifiedByTheirStatus(t *testing.T) {
 		{"a 200 that carries an error", 200, `{"error":{"message":"Upstream provider returned: model overloaded","code":502}}`, transient, "Upstream provider returned: model overloaded"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				w.Header().Set("Retry-After", "2")
-				w.WriteHeader(tc.status)
-				_, _ = io.WriteString(w, tc.body)
-			}))
-			defer srv.Close()
-			c, err := New(Options{Endpoint: srv.URL})
-			if err != nil {
-				t.Fatal(err)
-			}
-			_, err = c.Call(context.Background(), wire.Request{Model: "m", Messages: []wire.Message{{Role: "user", Content: "q"}}})
+			err := callAnswered(t, tc.status, http.Header{"Retry-After": {"2"}}, tc.body)
 			if !tc.check(err) {
 				t.Errorf("error %T %v: wrong class", err, err)
 			}
@@ -304,4 +284,24 @@ func TestErrorBodiesOfOtherServersAreClassifiedByTheirStatus(t *testing.T) {
 			}
 		})
 	}
+}
+
+// callAnswered makes one call to a server that answers every request with status, the
+// headers h and body, and returns the call's error.
+func callAnswered(t *testing.T, status int, h http.Header, body string) error {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		for k, v := range h {
+			w.Header()[k] = v
+		}
+		w.WriteHeader(status)
+		_, _ = io.WriteString(w, body)
+	}))
+	defer srv.Close()
+	c, err := New(Options{Endpoint: srv.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.Call(context.Background(), wire.Request{Model: "m", Messages: []wire.Message{{Role: "user", Content: "q"}}})
+	return err
 }

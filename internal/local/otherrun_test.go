@@ -42,33 +42,8 @@ func TestALocalRunCallsNoJobOfAnotherRunInItsStore(t *testing.T) {
 	defer srv.Close()
 
 	dir := t.TempDir()
-	pipeline := func(model string) *config.Pipeline {
-		path := writeFile(t, dir, model+".yaml", `llm: {deployment: default, model: `+model+`}
-output_fields:
-  score: {type: integer}
-queries:
-  - {name: q, template: "Assess {{ row.text }} in json"}
-`)
-		p, err := config.LoadPipeline(path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	wc, err := config.LoadWorker(writeFile(t, dir, "worker.yaml", fmt.Sprintf(`deployments:
-  default:
-    provider: openai
-    endpoint: %s/v1
-    timeout: 5s
-    throttle: {start_rate: 200, min_rate: 50, max_pause: 2s}
-`, srv.URL)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	deps, err := worker.DeploymentsFromConfig(wc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	pipeline := func(model string) *config.Pipeline { return scorePipeline(t, dir, model) }
+	deps := deploymentsAt(t, dir, srv.URL, "{start_rate: 200, min_rate: 50, max_pause: 2s}")
 	var rows strings.Builder
 	rows.WriteString("text\n")
 	for i := range 40 {
@@ -108,4 +83,41 @@ queries:
 	if n := typo.Load() - refused; n != 0 {
 		t.Errorf("the second command called the abandoned run's jobs %d times (in %s)", n, time.Since(start).Round(time.Millisecond))
 	}
+}
+
+// scorePipeline is a pipeline of one query q on deployment default asking model for an
+// integer score.
+func scorePipeline(t *testing.T, dir, model string) *config.Pipeline {
+	t.Helper()
+	p, err := config.LoadPipeline(writeFile(t, dir, model+".yaml", `llm: {deployment: default, model: `+model+`}
+output_fields:
+  score: {type: integer}
+queries:
+  - {name: q, template: "Assess {{ row.text }} in json"}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// deploymentsAt is deployment default on the OpenAI-compatible server at url, with the
+// throttle given as a YAML flow map.
+func deploymentsAt(t *testing.T, dir, url, throttle string) []worker.Deployment {
+	t.Helper()
+	wc, err := config.LoadWorker(writeFile(t, dir, "worker.yaml", fmt.Sprintf(`deployments:
+  default:
+    provider: openai
+    endpoint: %s/v1
+    timeout: 5s
+    throttle: %s
+`, url, throttle)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	deps, err := worker.DeploymentsFromConfig(wc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return deps
 }

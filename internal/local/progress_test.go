@@ -2,7 +2,6 @@ package local
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -14,9 +13,7 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"github.com/multiquery/multiquery/internal/config"
 	"github.com/multiquery/multiquery/internal/input"
-	"github.com/multiquery/multiquery/internal/worker"
 )
 
 // A run whose deployment refuses its key (401: deployment-wide, the calls wait) says
@@ -31,29 +28,8 @@ func TestTheProgressOfARunWhoseKeyIsRefusedSaysItIsBlocked(t *testing.T) {
 	}))
 	defer srv.Close()
 	dir := t.TempDir()
-	p, err := config.LoadPipeline(writeFile(t, dir, "pipeline.yaml", `llm: {deployment: default, model: m}
-output_fields:
-  score: {type: integer}
-queries:
-  - {name: q, template: "Assess {{ row.text }} in json"}
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	wc, err := config.LoadWorker(writeFile(t, dir, "worker.yaml", fmt.Sprintf(`deployments:
-  default:
-    provider: openai
-    endpoint: %s/v1
-    timeout: 5s
-    throttle: {start_rate: 200, min_rate: 50}
-`, srv.URL)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	deps, err := worker.DeploymentsFromConfig(wc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := scorePipeline(t, dir, "m")
+	deps := deploymentsAt(t, dir, srv.URL, "{start_rate: 200, min_rate: 50}")
 	in := writeFile(t, dir, "rows.csv", "text\na\nb\nc\n")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
