@@ -2,13 +2,12 @@ package local
 
 import (
 	"context"
-	"encoding/json"
-	"fmt"
 	"strings"
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/multiquery/multiquery/internal/status"
 	"github.com/multiquery/multiquery/internal/wire"
 )
 
@@ -96,13 +95,8 @@ func (r *localRun) blocked(ctx context.Context) string {
 	}
 	var out []string
 	for _, d := range r.cfg.Deployments {
-		e, err := kv.Get(ctx, wire.BreakerKey(d.LLM.Alias))
-		if err != nil {
-			continue
-		}
-		var b wire.Breaker
-		if json.Unmarshal(e.Value(), &b) == nil {
-			out = append(out, fmt.Sprintf("deployment %s: status %d %s: %s", d.LLM.Alias, b.Status, b.Code, b.Message))
+		if b, ok := status.OpenBreaker(ctx, kv, d.LLM.Alias); ok {
+			out = append(out, status.BlockedReason(d.LLM.Alias, b))
 		}
 	}
 	return strings.Join(out, "; ")

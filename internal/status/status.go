@@ -132,12 +132,9 @@ func Get(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, names wire.
 	blocked := ""
 	for _, dep := range r.Deployments {
 		t := heartbeats(ctx, nc, names, dep, listen)
-		if e, err := runs.Get(ctx, wire.BreakerKey(dep)); err == nil {
-			var b wire.Breaker
-			if json.Unmarshal(e.Value(), &b) == nil {
-				t.Breaker = fmt.Sprintf("open since %s: status %d %s: %s", b.Since.Format(time.RFC3339), b.Status, b.Code, b.Message)
-				blocked = fmt.Sprintf("deployment %s: status %d %s: %s", dep, b.Status, b.Code, b.Message)
-			}
+		if b, ok := OpenBreaker(ctx, runs, dep); ok {
+			t.Breaker = fmt.Sprintf("open since %s: status %d %s: %s", b.Since.Format(time.RFC3339), b.Status, b.Code, b.Message)
+			blocked = BlockedReason(dep, b)
 		}
 		learned(ctx, js, names, dep, &t)
 		r.Throttle[dep] = t
@@ -196,6 +193,21 @@ func latest(a, b time.Time) time.Time {
 		return b
 	}
 	return a
+}
+
+// OpenBreaker reads deployment dep's breaker record from the runs bucket; ok is false
+// while the breaker is closed (no record) or the record cannot be read.
+func OpenBreaker(ctx context.Context, runs jetstream.KeyValue, dep string) (b wire.Breaker, ok bool) {
+	e, err := runs.Get(ctx, wire.BreakerKey(dep))
+	if err != nil {
+		return b, false
+	}
+	return b, json.Unmarshal(e.Value(), &b) == nil
+}
+
+// BlockedReason says why a run on deployment dep waits while its breaker b is open.
+func BlockedReason(dep string, b wire.Breaker) string {
+	return fmt.Sprintf("deployment %s: status %d %s: %s", dep, b.Status, b.Code, b.Message)
 }
 
 // learned adds the deployment's remembered rate, if any.
