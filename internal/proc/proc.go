@@ -151,7 +151,8 @@ type Component interface {
 
 // Serve runs c next to the ops endpoints (with cs and the NATS connection's state among
 // the metrics) until ctx ends or either fails, ready while nc is connected and c started
-// and ctx not over, and returns the exit code; a failure is logged ("<what> stopped").
+// and ctx not over, and returns the exit code. It logs when ctx ends (a signal: the
+// drain starts), a failure ("<what> stopped") and a clean end ("<what> stopped cleanly").
 // /metrics and /healthz answer until c has drained (ops.Server.Serve).
 func (p *Flags) Serve(ctx context.Context, what string, nc *nats.Conn, c Component, log zerolog.Logger, cs ...prometheus.Collector) int {
 	srv := ops.NewServer(p.OpsAddr, log, append(ops.NATSMetrics(nc), cs...)...)
@@ -162,9 +163,13 @@ func (p *Flags) Serve(ctx context.Context, what string, nc *nats.Conn, c Compone
 		srv.EnablePprof()
 	}
 	srv.ReadyWhen(func() bool { return nc.IsConnected() && c.Started() })
+	// SIGTERM or SIGINT: say so at once, as the drain may take a while.
+	stopLog := context.AfterFunc(ctx, func() { log.Info().Msg("shutdown requested: " + what + " drains and exits") })
+	defer stopLog()
 	if err := srv.Serve(ctx, c.Run); err != nil {
 		log.Error().Err(err).Msg(what + " stopped")
 		return cli.ExitFailed
 	}
+	log.Info().Msg(what + " stopped cleanly")
 	return cli.ExitOK
 }
