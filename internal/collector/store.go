@@ -39,7 +39,7 @@ func (c *Collector) complete(ctx context.Context, r *run) error {
 			r.storeWait = min(max(2*r.storeWait, time.Second), time.Minute)
 			r.storeAt = time.Now().Add(r.storeWait)
 			c.m.storeFailures.Inc()
-			c.log.Warn().Err(err).Str("run", r.id).Dur("retry_in", r.storeWait).Msg("store a completed run's files; the run says finished once they are stored")
+			c.log.Warn().Err(err).Str("run", r.id).Stringer("retry_in", r.storeWait).Msg("store a completed run's files; the run says finished once they are stored")
 			return nil
 		}
 		r.storeDone = true

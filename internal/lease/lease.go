@@ -64,7 +64,7 @@ func Ensure(ctx context.Context, js jetstream.JetStream, bucket string, replicas
 		if ukv, err := js.UpdateKeyValue(uctx, cfg); err == nil {
 			kv = ukv
 		} else {
-			log.Warn().Err(err).Dur("bucket_ttl", b.ttl).Dur("lease_ttl", cfg.TTL).
+			log.Warn().Err(err).Stringer("bucket_ttl", b.ttl).Stringer("lease_ttl", cfg.TTL).
 				Msg("lease bucket has another TTL and could not be updated (provision it with the collectors' --lease-ttl)")
 		}
 	}
@@ -107,7 +107,7 @@ func Hold(ctx context.Context, kv jetstream.KeyValue, key, holder string, ttl ti
 		}
 	}
 	f.waited = f.clock() - began
-	log.Info().Str("lease", key).Dur("waited", f.waited).Uint64("epoch", f.epoch).Msg("lease acquired: active")
+	log.Info().Str("lease", key).Stringer("waited", f.waited).Uint64("epoch", f.epoch).Msg("lease acquired: active")
 	actx, cancel := context.WithCancelCause(ctx)
 	done := make(chan struct{})
 	go func() {

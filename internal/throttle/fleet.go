@@ -158,7 +158,7 @@ func (f *Fleet) recall(ctx context.Context) {
 	f.mu.Unlock()
 	age := time.Since(l.Learned)
 	if f.ctrl.Seed(l.Rate, l.Ceiling, age) {
-		f.log.Info().Float64("rate", l.Rate).Float64("ceiling", l.Ceiling).Dur("age", age).Msg("starting from the remembered rate")
+		f.log.Info().Float64("rate", l.Rate).Float64("ceiling", l.Ceiling).Stringer("age", age).Msg("starting from the remembered rate")
 	}
 }
 

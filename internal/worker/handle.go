@@ -458,7 +458,7 @@ func (w *Worker) storeResult(ctx context.Context, msg jetstream.Msg, res *wire.R
 	wait := 100 * time.Millisecond
 	for ctx.Err() == nil {
 		w.m.resultRetries.WithLabelValues(alias).Inc()
-		log.Warn().Err(err).Dur("retry_in", wait).Msg("result not stored: job kept, publish retried")
+		log.Warn().Err(err).Stringer("retry_in", wait).Msg("result not stored: job kept, publish retried")
 		sleep(ctx, jitter(wait))
 		wait = min(wait*2, 5*time.Second)
 		if err = w.publishResult(ctx, res); err == nil {

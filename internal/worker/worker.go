@@ -429,7 +429,7 @@ func (w *Worker) drain(inflight *sync.WaitGroup, cancelCalls context.CancelFunc)
 	select {
 	case <-done:
 	case <-time.After(w.cfg.DrainTimeout):
-		w.log.Warn().Dur("drain_timeout", w.cfg.DrainTimeout).Msg("drain timeout: cancelling in-flight calls, their jobs are NAKed")
+		w.log.Warn().Stringer("drain_timeout", w.cfg.DrainTimeout).Msg("drain timeout: cancelling in-flight calls, their jobs are NAKed")
 		cancelCalls()
 		<-done
 	}
