@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/multiquery/multiquery/internal/config"
@@ -18,18 +19,41 @@ const root = "../.."
 // documents are the documents whose shell commands must run verbatim.
 var documents = []string{"README.md", "docs/OPERATIONS.md", "docs/WIRE.md", "deploy/README.md"}
 
-// buildBinaries builds every command and nats-server the way `make build` does.
+var (
+	buildOnce sync.Once
+	binDir    string // the binaries buildBinaries built, removed by TestMain
+	buildErr  error
+)
+
+// buildBinaries builds every command and nats-server the way `make build` does, once
+// for the tests of the package.
 func buildBinaries(t *testing.T) string {
 	t.Helper()
-	bin := t.TempDir()
-	for _, pkg := range []string{"./cmd/...", "github.com/nats-io/nats-server/v2"} {
-		cmd := exec.Command("go", "build", "-o", bin+"/", pkg)
-		cmd.Dir = root
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("go build %s: %v\n%s", pkg, err, out)
+	buildOnce.Do(func() {
+		if binDir, buildErr = os.MkdirTemp("", "mq-docs-bin-"); buildErr != nil {
+			return
 		}
+		for _, pkg := range []string{"./cmd/...", "github.com/nats-io/nats-server/v2"} {
+			cmd := exec.Command("go", "build", "-o", binDir+"/", pkg)
+			cmd.Dir = root
+			if out, err := cmd.CombinedOutput(); err != nil {
+				buildErr = fmt.Errorf("go build %s: %v\n%s", pkg, err, out)
+				return
+			}
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
 	}
-	return bin
+	return binDir
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
+	os.Exit(code)
 }
 
 var optionToken = regexp.MustCompile(`-{1,2}[A-Za-z][\w-]*`)
