@@ -14,7 +14,7 @@ type PoolDeployment struct {
 	Alias string `yaml:"alias"`
 	// Weight is the member's share of the calls when several members have spare
 	// capacity; default 1.
-	Weight float64 `yaml:"weight"`
+	Weight float64 `yaml:"weight" zero:"refused"`
 }
 
 // DefaultPoolWeight is a pool member's weight when none is given.

@@ -53,6 +53,7 @@ func TestDeploymentPoolConfig(t *testing.T) {
 		{"an invalid alias", "{model: m, deployments: [{alias: 'a.b'}]}", "llm.deployments[0].alias: must match"},
 		{"a duplicate alias", "{model: m, deployments: [{alias: a}, {alias: a}]}", "llm.deployments[1].alias: duplicate"},
 		{"a negative weight", "{model: m, deployments: [{alias: a, weight: -1}]}", "llm.deployments[0].weight: must be in"},
+		{"an explicit weight of 0 (not a way to switch a member off)", "{model: m, deployments: [{alias: a}, {alias: b, weight: 0}]}", "llm.deployments[1].weight: must be > 0, got 0"},
 		{"a pool named as a member", "{model: m, pool: a, deployments: [{alias: a}]}", "llm.pool: \"a\" is also a member's alias"},
 		{"an invalid pool name", "{model: m, pool: 'p.q', deployments: [{alias: a}]}", "llm.pool: must match"},
 	} {
