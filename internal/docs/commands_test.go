@@ -265,6 +265,7 @@ func checkMQCtl(t *testing.T, where string, args []string, global map[string]boo
 			i++ // its value
 		}
 	}
+	i = min(i, len(args)) // a global flag last, its value missing: no subcommand
 	names := make([]string, 0, len(subs))
 	for n := range subs {
 		names = append(names, n)
