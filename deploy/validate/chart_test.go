@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"helm.sh/helm/v3/pkg/chart"
 	"helm.sh/helm/v3/pkg/chart/loader"
@@ -24,6 +25,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/multiquery/multiquery/internal/config"
+	"github.com/multiquery/multiquery/internal/provision"
 )
 
 const (
@@ -321,8 +323,8 @@ func checkWorkloads(t *testing.T, r *rendered) {
 			}
 			checkFilesMounted(t, comp, ctr)
 			if comp == "provision" {
-				if ctr.Args[len(ctr.Args)-1] != "provision" {
-					t.Errorf("provision: args %q do not end in the subcommand", ctr.Args)
+				if !slices.Contains(ctr.Args, "provision") {
+					t.Errorf("provision: args %q lack the subcommand", ctr.Args)
 				}
 				continue
 			}
@@ -446,6 +448,9 @@ func TestChartConfigsLoadWithTheBinariesLoaders(t *testing.T) {
 			}
 			dir := t.TempDir()
 			for _, cm := range r.configMaps {
+				if cm.Labels["app.kubernetes.io/component"] == "provision" {
+					continue // mqctl provision's limits: TestChartProvisionsWithTheChartsLimits
+				}
 				for file, body := range cm.Data {
 					if err := os.WriteFile(filepath.Join(dir, file), []byte(body), 0o600); err != nil {
 						t.Fatal(err)
@@ -580,6 +585,68 @@ func TestChartGivesEveryProcessTheSamePrefix(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// Every process creates the streams and buckets that are missing with its --replicas,
+// and the provision Job creates them all: each must have the chart's streamReplicas, or
+// the streams of a 3-node cluster come out with one replica (mqctl provision's default).
+func TestChartGivesEveryProcessTheStreamReplicas(t *testing.T) {
+	r := mustRender(t, map[string]any{"natsClient": map[string]any{"url": "nats://nats:4222"}, "streamReplicas": 3,
+		"provision": map[string]any{"enabled": true}})
+	pods := r.podSpecs()
+	if pods["provision"] == nil {
+		t.Fatal("no provision Job rendered")
+	}
+	for comp, pod := range pods {
+		for _, ctr := range pod.Spec.Containers {
+			var got []string
+			for _, a := range ctr.Args {
+				if strings.HasPrefix(a, "--replicas") {
+					got = append(got, a)
+				}
+			}
+			if !slices.Equal(got, []string{"--replicas=3"}) {
+				t.Errorf("%s: replicas flags %q, want [--replicas=3]", comp, got)
+			}
+			if j := slices.Index(ctr.Args, "--replicas=3"); comp == "provision" && j >= 0 && j < slices.Index(ctr.Args, "provision") {
+				t.Errorf("provision: --replicas comes before the subcommand, which takes it: %q", ctr.Args)
+			}
+		}
+	}
+}
+
+// The provision Job's limits file loads with mqctl provision's loader, with the values'
+// stream limits and the collectors' lease TTL (the lease bucket's TTL).
+func TestChartProvisionsWithTheChartsLimits(t *testing.T) {
+	r := mustRender(t, map[string]any{"natsClient": map[string]any{"url": "nats://nats:4222"},
+		"collector": map[string]any{"leaseTTL": "20s"},
+		"provision": map[string]any{"enabled": true, "update": true,
+			"limits": map[string]any{"streams": map[string]any{"MQ_JOBS": map[string]any{"max_bytes": "8GiB"}}}}})
+	cm := r.configMaps["mq-multiquery-provision"]
+	if cm == nil {
+		t.Fatalf("no provision ConfigMap: %v", slices.Collect(maps.Keys(r.configMaps)))
+	}
+	file := filepath.Join(t.TempDir(), "limits.yaml")
+	if err := os.WriteFile(file, []byte(cm.Data["limits.yaml"]), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	l, err := provision.Load(file)
+	if err != nil {
+		t.Fatalf("the chart's limits: %v", err)
+	}
+	if l.LeaseTTL != 20*time.Second {
+		t.Errorf("lease_ttl %s, want the collectors' 20s", l.LeaseTTL)
+	}
+	if got := l.Streams["MQ_JOBS"].MaxBytes; got != 8<<30 {
+		t.Errorf("MQ_JOBS max_bytes %d, want 8 GiB", got)
+	}
+	ctr := r.podSpecs()["provision"].Spec.Containers[0]
+	checkFilesMounted(t, "provision", ctr)
+	for _, want := range []string{"--limits=/etc/multiquery/provision/limits.yaml", "--update"} {
+		if !slices.Contains(ctr.Args, want) {
+			t.Errorf("provision: args %q lack %s", ctr.Args, want)
+		}
 	}
 }
 
