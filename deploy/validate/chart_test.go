@@ -650,6 +650,25 @@ func TestChartProvisionsWithTheChartsLimits(t *testing.T) {
 	}
 }
 
+// A PodDisruptionBudget must not block a node drain for ever: with the default policy
+// (IfHealthyBudget) a pod that is not ready counts against maxUnavailable, so one
+// crash-looping worker (a revoked key) or a collector cut off from NATS leaves no
+// disruption allowed, and `kubectl drain` waits until someone deletes the pod by hand.
+func TestChartDisruptionBudgetsNeverBlockADrain(t *testing.T) {
+	r := mustRender(t, map[string]any{"natsClient": map[string]any{"url": "nats://nats:4222"}})
+	if len(r.pdbs) != 3 {
+		t.Fatalf("%d PodDisruptionBudgets, want one per component", len(r.pdbs))
+	}
+	for _, p := range r.pdbs {
+		if pol := p.Spec.UnhealthyPodEvictionPolicy; pol == nil || *pol != policyv1.AlwaysAllow {
+			t.Errorf("%s: unhealthyPodEvictionPolicy %v, want AlwaysAllow", p.Name, pol)
+		}
+		if p.Spec.MinAvailable != nil || p.Spec.MaxUnavailable == nil || p.Spec.MaxUnavailable.IntValue() < 1 {
+			t.Errorf("%s: minAvailable %v, maxUnavailable %v: one pod at a time must be allowed to go", p.Name, p.Spec.MinAvailable, p.Spec.MaxUnavailable)
+		}
+	}
+}
+
 func TestChartDeclaresNATSAsAConditionalDependency(t *testing.T) {
 	c := loadChart(t)
 	deps := c.Metadata.Dependencies
