@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -541,6 +542,10 @@ func TestChartRefusesValuesThatCannotWork(t *testing.T) {
 			map[string]any{"natsClient": url, "prefix": "team.a"}, "prefix"},
 		{"a prefix the default names' subjects start with",
 			map[string]any{"natsClient": url, "prefix": "jobs"}, "prefix"},
+		{"a collector holding more row bodies than its memory limit",
+			map[string]any{"natsClient": url, "collector": map[string]any{"memoryLimit": 2147483648}}, "must be below collector.resources.limits.memory"},
+		{"a memory limit GOMEMLIMIT cannot be derived from",
+			map[string]any{"natsClient": url, "worker": map[string]any{"resources": map[string]any{"limits": map[string]any{"memory": "5e8"}}}}, "GOMEMLIMIT cannot be derived"},
 		{"a producer file that would load as a pipeline",
 			map[string]any{"natsClient": url, "producer": map[string]any{"files": map[string]any{"lookup.yaml": "a: b"}}}, "name it .yml"},
 	}
@@ -666,6 +671,68 @@ func TestChartDisruptionBudgetsNeverBlockADrain(t *testing.T) {
 		if p.Spec.MinAvailable != nil || p.Spec.MaxUnavailable == nil || p.Spec.MaxUnavailable.IntValue() < 1 {
 			t.Errorf("%s: minAvailable %v, maxUnavailable %v: one pod at a time must be allowed to go", p.Name, p.Spec.MinAvailable, p.Spec.MaxUnavailable)
 		}
+	}
+}
+
+// The processes raise the garbage collector's target to GOGC=400 (internal/proc): the
+// heap may grow to five times what is live before a collection. Without a GOMEMLIMIT
+// below the container's memory limit, the kernel kills the container before the
+// collector runs; with one, the GC works harder near the limit instead.
+func TestChartSetsGOMEMLIMITBelowEveryMemoryLimit(t *testing.T) {
+	for name, files := range map[string][]string{"default values": nil, "every feature on": {fullValues}} {
+		t.Run("with "+name, func(t *testing.T) {
+			r := mustRender(t, map[string]any{"natsClient": map[string]any{"url": "nats://nats:4222"}, "provision": map[string]any{"enabled": true},
+				"producer": map[string]any{"resources": map[string]any{"limits": map[string]any{"memory": 536870912}}}}, files...)
+			for comp, pod := range r.podSpecs() {
+				for _, ctr := range pod.Spec.Containers {
+					var vals []string
+					for _, e := range ctr.Env {
+						if e.Name == "GOMEMLIMIT" {
+							vals = append(vals, e.Value)
+						}
+					}
+					if len(vals) != 1 {
+						t.Errorf("%s: GOMEMLIMIT %q, want one", comp, vals)
+						continue
+					}
+					if comp == "worker" && slices.Contains(files, fullValues) {
+						if vals[0] != "400MiB" {
+							t.Errorf("worker: GOMEMLIMIT %s, want extraEnv's 400MiB", vals[0])
+						}
+						continue
+					}
+					limit := ctr.Resources.Limits.Memory().Value()
+					got, err := strconv.ParseInt(vals[0], 10, 64)
+					if err != nil || got < limit*8/10 || got >= limit {
+						t.Errorf("%s: GOMEMLIMIT %s for a memory limit of %d bytes: want bytes between 80 %% and the limit", comp, vals[0], limit)
+					}
+				}
+			}
+		})
+	}
+	t.Run("off with goMemLimitRatio 0", func(t *testing.T) {
+		r := mustRender(t, map[string]any{"natsClient": map[string]any{"url": "nats://nats:4222"}, "goMemLimitRatio": 0})
+		for comp, pod := range r.podSpecs() {
+			if slices.ContainsFunc(pod.Spec.Containers[0].Env, func(e corev1.EnvVar) bool { return e.Name == "GOMEMLIMIT" }) {
+				t.Errorf("%s: GOMEMLIMIT set", comp)
+			}
+		}
+	})
+}
+
+// The Go runtime sets GOMAXPROCS from the container's CPU limit by itself from Go 1.25
+// on (the go directive of the main module): the chart sets none, and the values say so.
+func TestTheBinariesFollowTheCPULimit(t *testing.T) {
+	b, err := os.ReadFile("../../go.mod")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^go 1\.(\d+)`).FindSubmatch(b)
+	if m == nil {
+		t.Fatal("no go directive in go.mod")
+	}
+	if minor, _ := strconv.Atoi(string(m[1])); minor < 25 {
+		t.Errorf("go 1.%d: before 1.25 GOMAXPROCS ignores the CPU limit, and the chart must set it", minor)
 	}
 }
 

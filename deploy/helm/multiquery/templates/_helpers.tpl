@@ -180,3 +180,33 @@ imagePullSecrets:
 securityContext:
   {{- toYaml .Values.podSecurityContext | nindent 2 }}
 {{- end }}
+
+{{/* Bytes of a Kubernetes memory quantity ("512Mi", "1G", 536870912), or "" if it is
+none the chart can read (an exponent, millibytes). */}}
+{{- define "multiquery.bytes" -}}
+{{- $q := kindIs "string" . | ternary . (printf "%d" (int64 .)) }}
+{{- $m := regexFind "^[0-9]+(\\.[0-9]+)?" $q }}
+{{- $units := dict "" 1.0 "k" 1e3 "M" 1e6 "G" 1e9 "T" 1e12 "P" 1e15 "Ki" 1024.0 "Mi" 1048576.0 "Gi" 1073741824.0 "Ti" 1099511627776.0 "Pi" 1125899906842624.0 }}
+{{- $unit := trimPrefix $m $q }}
+{{- if and $m (hasKey $units $unit) }}
+{{- printf "%.0f" (mulf (float64 $m) (get $units $unit)) }}
+{{- end }}
+{{- end }}
+
+{{/* GOMEMLIMIT of a container: goMemLimitRatio of its memory limit, in bytes, unless
+its extraEnv sets GOMEMLIMIT; call with (dict "ctx" $ "resources" .resources "extraEnv"
+.extraEnv "what" "worker"). */}}
+{{- define "multiquery.goMemLimit" -}}
+{{- $ratio := float64 .ctx.Values.goMemLimitRatio }}
+{{- $limit := dig "limits" "memory" "" (.resources | default dict) }}
+{{- $own := false }}
+{{- range .extraEnv }}{{- if eq .name "GOMEMLIMIT" }}{{- $own = true }}{{- end }}{{- end }}
+{{- if and (gt $ratio 0.0) $limit (not $own) }}
+{{- $bytes := include "multiquery.bytes" $limit }}
+{{- if not $bytes }}
+{{- fail (printf "%s.resources.limits.memory %v: GOMEMLIMIT cannot be derived from it (write it like 512Mi or 1G), or set goMemLimitRatio: 0" .what $limit) }}
+{{- end }}
+- name: GOMEMLIMIT
+  value: {{ printf "%.0f" (floor (mulf (float64 $bytes) $ratio)) | quote }}
+{{- end }}
+{{- end }}
