@@ -546,6 +546,8 @@ func TestChartRefusesValuesThatCannotWork(t *testing.T) {
 			map[string]any{"natsClient": url, "collector": map[string]any{"memoryLimit": 2147483648}}, "must be below collector.resources.limits.memory"},
 		{"a memory limit GOMEMLIMIT cannot be derived from",
 			map[string]any{"natsClient": url, "worker": map[string]any{"resources": map[string]any{"limits": map[string]any{"memory": "5e8"}}}}, "GOMEMLIMIT cannot be derived"},
+		{"pod labels that would change a component's selector",
+			map[string]any{"natsClient": url, "worker": map[string]any{"podLabels": map[string]any{"app.kubernetes.io/component": "collector"}}}, "invalid propertyName 'app.kubernetes.io/component'"},
 		{"a producer file that would load as a pipeline",
 			map[string]any{"natsClient": url, "producer": map[string]any{"files": map[string]any{"lookup.yaml": "a: b"}}}, "name it .yml"},
 	}

@@ -41,8 +41,14 @@ app.kubernetes.io/component: {{ .component }}
 {{- default .Chart.AppVersion .Values.image.tag }}
 {{- end }}
 
+{{/* The image: repository@digest with image.digest (what admission policies that
+require digests want), else repository:tag. */}}
 {{- define "multiquery.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
 {{- printf "%s:%s" .Values.image.repository (include "multiquery.tag" .) }}
+{{- end }}
 {{- end }}
 
 {{- define "multiquery.serviceAccountName" -}}
@@ -152,11 +158,40 @@ item per flag). */}}
 {{- end }}
 {{- end }}
 
-{{/* Topology spread constraints of a component; call with (dict "ctx" $ "component" "worker"). */}}
+{{/* Topology spread constraints of a component: its own topologySpread if it has one,
+else the chart's; call with (dict "ctx" $ "component" "worker" "values" $w). */}}
 {{- define "multiquery.topologySpread" -}}
 {{- $sel := include "multiquery.selectorLabels" . | fromYaml }}
-{{- range .ctx.Values.topologySpread }}
+{{- $spread := .ctx.Values.topologySpread }}
+{{- if hasKey .values "topologySpread" }}
+{{- $spread = .values.topologySpread }}
+{{- end }}
+{{- range $spread }}
 - {{ toYaml (merge (dict "labelSelector" (dict "matchLabels" $sel)) .) | nindent 2 | trim }}
+{{- end }}
+{{- end }}
+
+{{/* Where a component's pods run: priority class, spread, node selector, tolerations,
+affinity; call with (dict "ctx" $ "component" "worker" "values" $w). */}}
+{{- define "multiquery.scheduling" -}}
+{{- with .values.priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- with include "multiquery.topologySpread" . | trim }}
+topologySpreadConstraints:
+  {{- . | nindent 2 }}
+{{- end }}
+{{- with .values.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .values.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .values.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
 {{- end }}
 {{- end }}
 
