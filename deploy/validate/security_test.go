@@ -3,6 +3,7 @@ package validate
 import (
 	"maps"
 	"os"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -153,5 +154,123 @@ func TestTheCollectorsVolumeIsNotWalkedAtEachStart(t *testing.T) {
 	sc := pod.Spec.SecurityContext
 	if sc == nil || sc.FSGroup == nil || *sc.FSGroup != 65532 || sc.FSGroupChangePolicy == nil || *sc.FSGroupChangePolicy != corev1.FSGroupChangeOnRootMismatch {
 		t.Errorf("collector: pod securityContext %+v, want fsGroup 65532 with fsGroupChangePolicy OnRootMismatch", sc)
+	}
+}
+
+// deploy/nats/accounts.conf gives each role its own NATS user, allowed only what the role
+// needs; a shared user would need the union of every role's permissions, stream
+// administration included (the provision Job's). Each component takes its own user from
+// an existing Secret (natsAuth): a .creds file, an nkey seed, or a user and password,
+// and exactly one credential reaches each process ("Exactly one method",
+// docs/OPERATIONS.md).
+func TestEveryRoleConnectsAsItsOwnNATSUser(t *testing.T) {
+	set := map[string]any{
+		"natsClient": map[string]any{"url": "tls://nats:4222", "creds": map[string]any{"enabled": true, "existingSecret": "mq-shared-nats"},
+			"tls": map[string]any{"enabled": true, "existingSecret": "mq-nats-tls", "clientCert": true}},
+		"worker":    map[string]any{"natsAuth": map[string]any{"existingSecret": "mq-worker-nats", "type": "password"}},
+		"collector": map[string]any{"natsAuth": map[string]any{"existingSecret": "mq-collector-nats", "type": "creds", "key": "collector.creds"}},
+		"producer":  map[string]any{"natsAuth": map[string]any{"existingSecret": "mq-producer-nats", "type": "nkey", "key": "seed.nk"}},
+		"provision": map[string]any{"enabled": true, "natsAuth": map[string]any{"existingSecret": "mq-admin-nats"}},
+	}
+	r := mustRender(t, set)
+	checkWorkloads(t, r) // every file a flag names is mounted
+	want := map[string]struct{ secret, cred string }{
+		"worker":    {"mq-worker-nats", "NATS_USER"},
+		"collector": {"mq-collector-nats", "--nats-creds=/etc/multiquery/nats-auth/collector.creds"},
+		"producer":  {"mq-producer-nats", "--nats-nkey=/etc/multiquery/nats-auth/seed.nk"},
+		"provision": {"mq-admin-nats", "--nats-creds=/etc/multiquery/nats-auth/nats.creds"},
+	}
+	for comp, pod := range r.podSpecs() {
+		w := want[comp]
+		ctr := pod.Spec.Containers[0]
+		creds := credentialsOf(ctr)
+		if !slices.Equal(creds, []string{w.cred}) {
+			t.Errorf("%s: NATS credentials %q, want only %s", comp, creds, w.cred)
+		}
+		for _, v := range pod.Spec.Volumes {
+			if v.Secret != nil && v.Secret.SecretName == "mq-shared-nats" {
+				t.Errorf("%s: mounts the shared NATS credentials", comp)
+			}
+		}
+		var refs []string
+		for _, e := range ctr.Env {
+			if e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil && e.Name != "AZURE_OPENAI_API_KEY" {
+				refs = append(refs, e.ValueFrom.SecretKeyRef.Name)
+			}
+		}
+		for _, v := range pod.Spec.Volumes {
+			if v.Name == "nats-auth" && v.Secret != nil {
+				refs = append(refs, v.Secret.SecretName)
+			}
+		}
+		if len(refs) == 0 || slices.ContainsFunc(refs, func(s string) bool { return s != w.secret }) {
+			t.Errorf("%s: credentials from Secrets %q, want %s", comp, refs, w.secret)
+		}
+		if !slices.Contains(ctr.Args, "--nats-tls-cert=/etc/multiquery/nats-tls/tls.crt") {
+			t.Errorf("%s: lost the shared TLS client certificate: %q", comp, ctr.Args)
+		}
+	}
+	t.Run("and a component without its own user keeps the shared one", func(t *testing.T) {
+		set["collector"] = map[string]any{}
+		r := mustRender(t, set)
+		ctr := r.deployments["collector"].Spec.Template.Spec.Containers[0]
+		if got := credentialsOf(ctr); !slices.Equal(got, []string{"--nats-creds=/etc/multiquery/nats-creds/nats.creds"}) {
+			t.Errorf("collector: NATS credentials %q, want the shared .creds", got)
+		}
+	})
+}
+
+// credentialsOf lists the NATS credentials a container is given: flags and variables.
+func credentialsOf(ctr corev1.Container) []string {
+	var got []string
+	for _, a := range ctr.Args {
+		for _, f := range []string{"--nats-creds", "--nats-nkey", "--nats-user", "--nats-token"} {
+			if strings.HasPrefix(a, f+"=") {
+				got = append(got, a)
+			}
+		}
+	}
+	for _, e := range ctr.Env {
+		if slices.Contains([]string{"NATS_CREDS", "NATS_NKEY", "NATS_USER", "NATS_TOKEN"}, e.Name) {
+			got = append(got, e.Name)
+		}
+	}
+	return got
+}
+
+// No secret is written where anyone who may read ConfigMaps, or the pod spec, reads it:
+// each chart-made Secret's values appear in no ConfigMap, and every variable that looks
+// like a credential comes from a Secret.
+func TestNoSecretOutsideASecret(t *testing.T) {
+	r := mustRender(t, map[string]any{
+		"llmSecret":  map[string]any{"data": map[string]any{"api-key": "sk-do-not-leak-1"}},
+		"natsClient": map[string]any{"creds": map[string]any{"content": "do-not-leak-2"}}}, fullValues)
+	var values []string
+	for _, s := range r.secrets {
+		for _, v := range s.StringData {
+			values = append(values, strings.TrimSpace(v))
+		}
+	}
+	if !slices.Contains(values, "sk-do-not-leak-1") || !slices.Contains(values, "do-not-leak-2") {
+		t.Fatalf("the chart's Secrets lack the test values: %q", values)
+	}
+	for _, cm := range r.configMaps {
+		for file, body := range cm.Data {
+			for _, v := range values {
+				if strings.Contains(body, v) {
+					t.Errorf("ConfigMap %s, %s holds a Secret's value", cm.Name, file)
+				}
+			}
+		}
+	}
+	secretish := regexp.MustCompile(`(?i)(KEY|PASSWORD|TOKEN|SECRET|CREDS|SEED)$`)
+	for comp, pod := range r.podSpecs() {
+		for _, ctr := range pod.Spec.Containers {
+			for _, e := range ctr.Env {
+				if secretish.MatchString(e.Name) && (e.ValueFrom == nil || e.ValueFrom.SecretKeyRef == nil) {
+					t.Errorf("%s: $%s is not read from a Secret", comp, e.Name)
+				}
+			}
+		}
 	}
 }

@@ -83,14 +83,31 @@ require digests want), else repository:tag. */}}
 {{- default (printf "%s-nats-creds" (include "multiquery.fullname" .)) .Values.natsClient.creds.existingSecret }}
 {{- end }}
 
-{{/* Connection flags and the deployment's --prefix, shared by every process (one list
-item per flag). */}}
-{{- define "multiquery.natsArgs" -}}
-{{- if .Values.prefix }}
-- --prefix={{ .Values.prefix }}
+{{/* A component's own NATS user (<component>.natsAuth) if it names a Secret, else
+nothing; call with (dict "ctx" $ "auth" .natsAuth). */}}
+{{- define "multiquery.ownNATSAuth" -}}
+{{- if and .auth .auth.existingSecret }}
+{{- if not (has .auth.type (list "creds" "nkey" "password")) }}
+{{- fail (printf "natsAuth.type %q: creds, nkey or password" .auth.type) }}
 {{- end }}
-{{- with .Values.natsClient }}
-{{- if .creds.enabled }}
+{{- .auth.type }}
+{{- end }}
+{{- end }}
+
+{{/* Connection flags and the deployment's --prefix, shared by every process (one list
+item per flag); call with (dict "ctx" $ "auth" <component>.natsAuth). */}}
+{{- define "multiquery.natsArgs" -}}
+{{- $own := include "multiquery.ownNATSAuth" . }}
+{{- if .ctx.Values.prefix }}
+- --prefix={{ .ctx.Values.prefix }}
+{{- end }}
+{{- if eq $own "creds" }}
+- --nats-creds=/etc/multiquery/nats-auth/{{ .auth.key }}
+{{- else if eq $own "nkey" }}
+- --nats-nkey=/etc/multiquery/nats-auth/{{ .auth.key }}
+{{- end }}
+{{- with .ctx.Values.natsClient }}
+{{- if and .creds.enabled (not $own) }}
 - --nats-creds=/etc/multiquery/nats-creds/{{ .creds.key }}
 {{- end }}
 {{- if .tls.enabled }}
@@ -106,20 +123,39 @@ item per flag). */}}
 {{- end }}
 {{- end }}
 
-{{/* Environment shared by every process. */}}
+{{/* Environment shared by every process; call with (dict "ctx" $ "auth" ...). */}}
 {{- define "multiquery.natsEnv" -}}
 - name: NATS_URL
-  value: {{ include "multiquery.natsURL" . | quote }}
-{{- if .Values.natsClient.context.name }}
+  value: {{ include "multiquery.natsURL" .ctx | quote }}
+{{- if .ctx.Values.natsClient.context.name }}
 - name: XDG_CONFIG_HOME
   value: /etc/multiquery/xdg
 {{- end }}
+{{- if eq (include "multiquery.ownNATSAuth" .) "password" }}
+- name: NATS_USER
+  valueFrom:
+    secretKeyRef:
+      name: {{ .auth.existingSecret }}
+      key: {{ .auth.userKey }}
+- name: NATS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ .auth.existingSecret }}
+      key: {{ .auth.passwordKey }}
+{{- end }}
 {{- end }}
 
-{{/* Volume mounts for the NATS credentials, TLS files and contexts. */}}
+{{/* Volume mounts for the NATS credentials, TLS files and contexts; call with (dict
+"ctx" $ "auth" ...). */}}
 {{- define "multiquery.natsVolumeMounts" -}}
-{{- with .Values.natsClient }}
-{{- if .creds.enabled }}
+{{- $own := include "multiquery.ownNATSAuth" . }}
+{{- if has $own (list "creds" "nkey") }}
+- name: nats-auth
+  mountPath: /etc/multiquery/nats-auth
+  readOnly: true
+{{- end }}
+{{- with .ctx.Values.natsClient }}
+{{- if and .creds.enabled (not $own) }}
 - name: nats-creds
   mountPath: /etc/multiquery/nats-creds
   readOnly: true
@@ -137,8 +173,20 @@ item per flag). */}}
 {{- end }}
 {{- end }}
 
+{{/* The volumes of those mounts; call with (dict "ctx" $ "auth" ...). */}}
 {{- define "multiquery.natsVolumes" -}}
-{{- if .Values.natsClient.creds.enabled }}
+{{- $own := include "multiquery.ownNATSAuth" . }}
+{{- if has $own (list "creds" "nkey") }}
+- name: nats-auth
+  secret:
+    secretName: {{ .auth.existingSecret }}
+    defaultMode: 0440
+    items:
+      - key: {{ .auth.key }}
+        path: {{ .auth.key }}
+{{- end }}
+{{- with .ctx }}
+{{- if and .Values.natsClient.creds.enabled (not $own) }}
 - name: nats-creds
   secret:
     secretName: {{ include "multiquery.natsCredsSecret" . }}
@@ -155,6 +203,7 @@ item per flag). */}}
   secret:
     secretName: {{ required "natsClient.context.existingSecret is required with natsClient.context.name" .Values.natsClient.context.existingSecret }}
     defaultMode: 0440
+{{- end }}
 {{- end }}
 {{- end }}
 
