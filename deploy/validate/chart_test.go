@@ -21,6 +21,7 @@ import (
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
@@ -110,6 +111,7 @@ type rendered struct {
 	jobs            []*batchv1.Job
 	pvcs            []*corev1.PersistentVolumeClaim
 	serviceAccounts []*corev1.ServiceAccount
+	netpols         []*networkingv1.NetworkPolicy
 	kinds           map[string]int
 }
 
@@ -215,6 +217,8 @@ func (r *rendered) add(doc string) error {
 		r.pdbs, err = appendDecoded(r.pdbs, doc)
 	case "autoscaling/v2/HorizontalPodAutoscaler":
 		r.hpas, err = appendDecoded(r.hpas, doc)
+	case "networking.k8s.io/v1/NetworkPolicy":
+		r.netpols, err = appendDecoded(r.netpols, doc)
 	case "batch/v1/Job":
 		r.jobs, err = appendDecoded(r.jobs, doc)
 	case "keda.sh/v1alpha1/ScaledObject":
@@ -261,14 +265,15 @@ func TestChartRendersStrictly(t *testing.T) {
 			set:   map[string]any{"natsClient": map[string]any{"url": "nats://nats.nats.svc:4222"}},
 			kinds: []string{"apps/v1/Deployment", "v1/ConfigMap", "v1/Service", "policy/v1/PodDisruptionBudget", "v1/PersistentVolumeClaim", "v1/ServiceAccount"},
 			none: []string{"autoscaling/v2/HorizontalPodAutoscaler", "keda.sh/v1alpha1/ScaledObject", "monitoring.coreos.com/v1/ServiceMonitor",
-				"monitoring.coreos.com/v1/PrometheusRule", "batch/v1/Job", "v1/Secret"}},
+				"monitoring.coreos.com/v1/PrometheusRule", "batch/v1/Job", "v1/Secret", "networking.k8s.io/v1/NetworkPolicy"}},
 		{name: "with the default values and the bundled NATS",
 			set:   map[string]any{"nats": map[string]any{"enabled": true}},
 			kinds: []string{"apps/v1/Deployment"}},
 		{name: "with every optional feature on and KEDA",
 			files: []string{fullValues},
-			kinds: []string{"keda.sh/v1alpha1/ScaledObject", "monitoring.coreos.com/v1/ServiceMonitor", "monitoring.coreos.com/v1/PrometheusRule", "batch/v1/Job", "v1/Secret"},
-			none:  []string{"autoscaling/v2/HorizontalPodAutoscaler"}},
+			kinds: []string{"keda.sh/v1alpha1/ScaledObject", "monitoring.coreos.com/v1/ServiceMonitor", "monitoring.coreos.com/v1/PrometheusRule", "batch/v1/Job", "v1/Secret",
+				"networking.k8s.io/v1/NetworkPolicy"},
+			none: []string{"autoscaling/v2/HorizontalPodAutoscaler"}},
 		{name: "with every optional feature on and the HPA",
 			files: []string{fullValues},
 			set:   map[string]any{"worker": map[string]any{"autoscaling": map[string]any{"kind": "hpa"}}},
@@ -408,6 +413,12 @@ func checkSelectors(t *testing.T, r *rendered) {
 		})
 		if !found {
 			t.Errorf("ServiceMonitor %s selects no Service with port %q", sm.Name, sm.Spec.Endpoints[0].Port)
+		}
+	}
+	for _, np := range r.netpols {
+		comp := np.Labels["app.kubernetes.io/component"]
+		if p := pods[comp]; p == nil || !matchLabels(np.Spec.PodSelector.MatchLabels, p.Labels) {
+			t.Errorf("NetworkPolicy %s does not select the %s pods", np.Name, comp)
 		}
 	}
 	w := r.deployments["worker"]

@@ -11,6 +11,7 @@ import (
 	"helm.sh/helm/v3/pkg/releaseutil"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	psaapi "k8s.io/pod-security-admission/api"
 	"k8s.io/pod-security-admission/policy"
 )
@@ -273,4 +274,80 @@ func TestNoSecretOutsideASecret(t *testing.T) {
 			}
 		}
 	}
+}
+
+// With networkPolicy.enabled, each component's pods may reach DNS and NATS (the workers
+// also the model endpoints) and nothing else, and take connections on their ops port
+// only (the provision Job on none).
+func TestNetworkPoliciesLetEachPodReachOnlyWhatItNeeds(t *testing.T) {
+	monitoring := map[string]any{"namespaceSelector": map[string]any{"matchLabels": map[string]any{"kubernetes.io/metadata.name": "monitoring"}}}
+	base := func(extra map[string]any) map[string]any {
+		m := map[string]any{"provision": map[string]any{"enabled": true},
+			"networkPolicy": map[string]any{"enabled": true, "metrics": map[string]any{"from": []any{monitoring}}}}
+		maps.Copy(m, extra)
+		return m
+	}
+	for _, tc := range []struct {
+		name   string
+		set    map[string]any
+		natsTo map[string]string // the labels the NATS rule's pod selector must have; nil: any destination
+	}{
+		{"with NATS elsewhere", base(map[string]any{"natsClient": map[string]any{"url": "nats://nats.nats.svc:4222"}}), nil},
+		{"with the bundled NATS", base(map[string]any{"nats": map[string]any{"enabled": true}}),
+			map[string]string{"app.kubernetes.io/name": "nats", "app.kubernetes.io/instance": release, "app.kubernetes.io/component": "nats"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := mustRender(t, tc.set)
+			checkSelectors(t, r)
+			pods := r.podSpecs()
+			if len(r.netpols) != len(pods) {
+				t.Fatalf("%d NetworkPolicies for %d components", len(r.netpols), len(pods))
+			}
+			for _, np := range r.netpols {
+				comp := np.Labels["app.kubernetes.io/component"]
+				if !slices.Equal(np.Spec.PolicyTypes, []networkingv1.PolicyType{networkingv1.PolicyTypeIngress, networkingv1.PolicyTypeEgress}) {
+					t.Errorf("%s: policyTypes %v, want both", comp, np.Spec.PolicyTypes)
+				}
+				var egress []int
+				for _, rule := range np.Spec.Egress {
+					for _, p := range rule.Ports {
+						egress = append(egress, p.Port.IntValue())
+						if p.Port.IntValue() == 4222 && tc.natsTo != nil &&
+							(len(rule.To) != 1 || rule.To[0].PodSelector == nil || !maps.Equal(rule.To[0].PodSelector.MatchLabels, tc.natsTo)) {
+							t.Errorf("%s: NATS egress to %+v, want the bundled NATS's pods %v", comp, rule.To, tc.natsTo)
+						}
+					}
+				}
+				slices.Sort(egress)
+				egress = slices.Compact(egress)
+				want := []int{53, 4222}
+				if comp == "worker" {
+					want = []int{53, 443, 4222}
+				}
+				if !slices.Equal(egress, want) {
+					t.Errorf("%s: egress ports %v, want %v", comp, egress, want)
+				}
+				var ops int
+				for _, p := range pods[comp].Spec.Containers[0].Ports {
+					if p.Name == "ops" {
+						ops = int(p.ContainerPort)
+					}
+				}
+				switch {
+				case ops == 0 && len(np.Spec.Ingress) != 0:
+					t.Errorf("%s: ingress %+v, want none", comp, np.Spec.Ingress)
+				case ops != 0 && (len(np.Spec.Ingress) != 1 || len(np.Spec.Ingress[0].Ports) != 1 ||
+					np.Spec.Ingress[0].Ports[0].Port.IntValue() != ops || len(np.Spec.Ingress[0].From) != 1 ||
+					np.Spec.Ingress[0].From[0].NamespaceSelector == nil):
+					t.Errorf("%s: ingress %+v, want the ops port %d from the monitoring namespace only", comp, np.Spec.Ingress, ops)
+				}
+			}
+		})
+	}
+	t.Run("it refuses a NATS URL on a port the policy does not open", func(t *testing.T) {
+		_, err := renderChart(t, base(map[string]any{"natsClient": map[string]any{"url": "nats://a:4222,nats://b:4333"}}))
+		if err == nil || !strings.Contains(err.Error(), "lacks port 4333") {
+			t.Fatalf("render error %v, want one naming port 4333", err)
+		}
+	})
 }
