@@ -3,10 +3,12 @@ package validate
 import (
 	"maps"
 	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"helm.sh/helm/v3/pkg/releaseutil"
 	appsv1 "k8s.io/api/apps/v1"
@@ -14,6 +16,8 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	psaapi "k8s.io/pod-security-admission/api"
 	"k8s.io/pod-security-admission/policy"
+
+	"github.com/multiquery/multiquery/internal/config"
 )
 
 // restricted evaluates pods against the Pod Security Standards' "restricted" level with
@@ -350,4 +354,52 @@ func TestNetworkPoliciesLetEachPodReachOnlyWhatItNeeds(t *testing.T) {
 			t.Fatalf("render error %v, want one naming port 4333", err)
 		}
 	})
+}
+
+// A rollout or a node drain lets a worker finish its calls: the grace period is above
+// --drain-timeout, which is at or above every call timeout of the worker config, and the
+// liveness probe tolerates failures for longer than the grace period (it cannot kill a
+// draining worker).
+func TestWorkersDrainWithinTheirGracePeriod(t *testing.T) {
+	for name, files := range map[string][]string{"default values": nil, "every feature on": {fullValues}} {
+		t.Run("with "+name, func(t *testing.T) {
+			r := mustRender(t, map[string]any{"natsClient": map[string]any{"url": "nats://nats:4222"}}, files...)
+			pod := r.deployments["worker"].Spec.Template.Spec
+			ctr := pod.Containers[0]
+			var drain time.Duration
+			for _, a := range ctr.Args {
+				if v, ok := strings.CutPrefix(a, "--drain-timeout="); ok {
+					var err error
+					if drain, err = time.ParseDuration(v); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			grace := time.Duration(*pod.TerminationGracePeriodSeconds) * time.Second
+			if drain == 0 || grace <= drain {
+				t.Errorf("grace period %s, --drain-timeout %s: want the grace period above the drain", grace, drain)
+			}
+			lp := ctr.LivenessProbe
+			if budget := time.Duration(lp.InitialDelaySeconds+lp.PeriodSeconds*lp.FailureThreshold) * time.Second; budget <= grace {
+				t.Errorf("the liveness probe gives up after %s, within the grace period %s", budget, grace)
+			}
+			dir := t.TempDir()
+			file := filepath.Join(dir, "worker.yaml")
+			if err := os.WriteFile(file, []byte(r.configMaps["mq-multiquery-worker"].Data["worker.yaml"]), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			for _, e := range ctr.Env {
+				t.Setenv(e.Name, "placeholder")
+			}
+			wc, err := config.LoadWorker(file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for alias, d := range wc.Deployments {
+				if d.Timeout > drain {
+					t.Errorf("deployment %s: call timeout %s above --drain-timeout %s: a drain cancels its calls", alias, d.Timeout, drain)
+				}
+			}
+		})
+	}
 }
