@@ -403,3 +403,42 @@ func TestWorkersDrainWithinTheirGracePeriod(t *testing.T) {
 		})
 	}
 }
+
+// Keys may reach the workers as files rather than variables (llmSecret.mountPath): every
+// api_key_file of the worker config lies on the mounted Secret.
+func TestWorkersMayReadTheirKeysFromFiles(t *testing.T) {
+	r := mustRender(t, map[string]any{"natsClient": map[string]any{"url": "nats://nats:4222"},
+		"llmSecret": map[string]any{"mountPath": "/etc/multiquery/llm-keys"},
+		"worker": map[string]any{"apiKeyEnv": nil, "config": map[string]any{"deployments": map[string]any{"default": map[string]any{
+			"api_key_env": nil, "api_key_file": "/etc/multiquery/llm-keys/api-key"}}}}})
+	pod := r.deployments["worker"].Spec.Template.Spec
+	ctr := pod.Containers[0]
+	if slices.ContainsFunc(ctr.Env, func(e corev1.EnvVar) bool { return e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil }) {
+		t.Errorf("the keys are still in the environment: %+v", ctr.Env)
+	}
+	dir := t.TempDir()
+	file := filepath.Join(dir, "worker.yaml")
+	if err := os.WriteFile(file, []byte(r.configMaps["mq-multiquery-worker"].Data["worker.yaml"]), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), "api_key_file: /etc/multiquery/llm-keys/api-key") || strings.Contains(string(b), "api_key_env") {
+		t.Fatalf("the worker config does not read the key from the file:\n%s", b)
+	}
+	var mount *corev1.VolumeMount
+	for i, m := range ctr.VolumeMounts {
+		if strings.HasPrefix("/etc/multiquery/llm-keys/api-key", m.MountPath+"/") {
+			mount = &ctr.VolumeMounts[i]
+		}
+	}
+	if mount == nil || !mount.ReadOnly {
+		t.Fatalf("no read-only mount holds the key file: %+v", ctr.VolumeMounts)
+	}
+	i := slices.IndexFunc(pod.Volumes, func(v corev1.Volume) bool { return v.Name == mount.Name })
+	if i < 0 || pod.Volumes[i].Secret == nil || pod.Volumes[i].Secret.SecretName != "multiquery-llm" {
+		t.Errorf("the key files come from %+v, want the Secret multiquery-llm", pod.Volumes)
+	}
+}
