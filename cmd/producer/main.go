@@ -16,6 +16,7 @@ import (
 	"os"
 	"slices"
 	"sort"
+	"sync/atomic"
 	"time"
 
 	"github.com/mattn/go-isatty"
@@ -254,10 +255,13 @@ func runService(o options, log zerolog.Logger) int {
 	m := producer.NewMetrics()
 	cs := slices.Concat(ops.NATSMetrics(nc), m.Collectors(), queue.Collectors())
 	srv := ops.NewServer(o.OpsAddr, log, cs...)
-	srv.ReadyWhen(nc.IsConnected)
-	// Ready until SIGTERM; /metrics and /healthz answer until the service has returned.
+	var started atomic.Bool
+	srv.ReadyWhen(func() bool { return nc.IsConnected() && started.Load() })
+	// Ready from the start of the service (its streams exist) until SIGTERM; /metrics and
+	// /healthz answer until the service has returned.
 	err = srv.Serve(ctx, func(ctx context.Context) error {
-		return producer.Serve(ctx, js, producer.ServiceConfig{Pipelines: pipelines, Topology: o.Topology(), MaxAhead: o.ahead, Metrics: m}, log)
+		return producer.Serve(ctx, js, producer.ServiceConfig{Pipelines: pipelines, Topology: o.Topology(), MaxAhead: o.ahead, Metrics: m,
+			Started: func() { started.Store(true) }}, log)
 	})
 	if err != nil {
 		log.Error().Err(err).Msg("producer service")

@@ -165,7 +165,7 @@ func New(js jetstream.JetStream, cfg Config, log zerolog.Logger) (*Collector, er
 // Run folds events until ctx ends, checkpointing as it goes; it returns after a last
 // checkpoint and once every goroutine it started has exited.
 func (c *Collector) Run(ctx context.Context) error {
-	if err := queue.EnsureLog(ctx, c.js, c.cfg.Topology, c.log); err != nil {
+	if err := queue.EnsureAwait(ctx, c.js, c.cfg.Topology, c.log); err != nil {
 		return err
 	}
 	var err error

@@ -157,13 +157,27 @@ func TestPipelineRunsWithLeastPrivilegeRoles(t *testing.T) {
 			t.Fatal("a client without TLS (and without a client certificate) connected")
 		}
 	})
-	t.Run("a process started before provision fails and names mqctl provision", func(t *testing.T) {
+	t.Run("a one-off process started before provision fails and names mqctl provision", func(t *testing.T) {
 		err := queue.Ensure(ctx, e.jsFor("worker"), e.topo)
-		if !errors.Is(err, queue.ErrNotAllowed) || !strings.Contains(err.Error(), "mqctl provision") {
-			t.Fatalf("Ensure as mq-worker on an empty server = %v, want ErrNotAllowed naming mqctl provision", err)
+		if !errors.Is(err, queue.ErrNotAllowed) || !errors.Is(err, queue.ErrNotProvisioned) || !strings.Contains(err.Error(), "mqctl provision") {
+			t.Fatalf("Ensure as mq-worker on an empty server = %v, want ErrNotAllowed and ErrNotProvisioned naming mqctl provision", err)
 		}
 	})
 
+	// The long-running processes started before provision (a Helm install, where the
+	// provision hook runs after the pods) wait for it, not ready, instead of exiting
+	// into a crash loop; they start once the streams exist.
+	// With the prompt cache on, so that the worker's role reads and writes mq_cache.
+	p := e.pipeline(matrixPipeline(1, 2, "cache: {enabled: true}\n"))
+	e.startWorker(workerOpts{})
+	e.startCollector("")
+	// An upstream system submits a run to the producer service (docs/WIRE.md).
+	e.run("producer-service", func(ctx context.Context) error {
+		return producer.Serve(ctx, e.jsFor("producer"), producer.ServiceConfig{Pipelines: map[string]*config.Pipeline{"assess": p}, Topology: e.topo}, e.log)
+	})
+	waitFor(t, 20*time.Second, "the worker, the collector and the producer service waiting for mqctl provision", func() bool {
+		return strings.Count(e.logBuf.String(), "waiting for mqctl provision") >= 3
+	})
 	results, err := provision.Run(ctx, e.js, e.topo.Names, provision.Default(), provision.Options{})
 	if err != nil {
 		t.Fatalf("provision as mq-admin: %v", err)
@@ -175,18 +189,10 @@ func TestPipelineRunsWithLeastPrivilegeRoles(t *testing.T) {
 	}
 
 	mark := len(e.logBuf.String()) // the logs of the runs start here
-	e.startWorker(workerOpts{})
-	e.startCollector("")
-	// With the prompt cache on, so that the worker's role reads and writes mq_cache.
-	p := e.pipeline(matrixPipeline(1, 2, "cache: {enabled: true}\n"))
 	rep, err := e.produce(p, csvRows(20, nil), input.CSV)
 	if err != nil {
 		t.Fatalf("produce as mq-producer: %v", err)
 	}
-	// An upstream system submits a run to the producer service (docs/WIRE.md).
-	e.run("producer-service", func(ctx context.Context) error {
-		return producer.Serve(ctx, e.jsFor("producer"), producer.ServiceConfig{Pipelines: map[string]*config.Pipeline{"assess": p}, Topology: e.topo}, e.log)
-	})
 	upNC, upstream := w.connect(t, e, "mq-upstream")
 	const submitted = "submitted-run"
 	// The submitter subscribes to its run's events first (docs/WIRE.md).

@@ -29,6 +29,9 @@ type ServiceConfig struct {
 	ParkDelay time.Duration
 	// Metrics, if set, counts rejected and parked submissions (see NewMetrics).
 	Metrics *Metrics
+	// Started, if set, is called once the service takes submissions (after the streams
+	// exist: it waits for mqctl provision when its user may not create them).
+	Started func()
 }
 
 // Metrics are the producer service's counters.
@@ -127,7 +130,7 @@ func Serve(ctx context.Context, js jetstream.JetStream, cfg ServiceConfig, log z
 		cfg.Metrics = NewMetrics()
 	}
 	log = log.With().Str("component", "producer-service").Logger()
-	if err := queue.EnsureLog(ctx, js, cfg.Topology, log); err != nil {
+	if err := queue.EnsureAwait(ctx, js, cfg.Topology, log); err != nil {
 		return err
 	}
 	names := cfg.Topology.Names
@@ -153,6 +156,9 @@ func Serve(ctx context.Context, js jetstream.JetStream, cfg ServiceConfig, log z
 		limit: js.Conn().MaxPayload(), states: map[string]*runState{}, seen: map[string]int{}}
 	defer s.pub.drain()
 	log.Info().Int("pipelines", len(cfg.Pipelines)).Msg("producer service: waiting for submitted runs")
+	if cfg.Started != nil {
+		cfg.Started()
+	}
 	for ctx.Err() == nil {
 		batch, err := cons.Fetch(serviceFetch, jetstream.FetchMaxWait(time.Second))
 		if err != nil {

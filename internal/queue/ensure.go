@@ -18,6 +18,10 @@ import (
 // first (mqctl provision).
 var ErrNotAllowed = errors.New("not allowed for this NATS user")
 
+// ErrNotProvisioned means a stream or bucket is missing and this connection's user may
+// not create it: an operator must run mqctl provision. It comes with ErrNotAllowed.
+var ErrNotProvisioned = errors.New("not provisioned")
+
 // Ensure creates every stream and KV bucket of the topology that does not exist yet.
 // Safe to call from every process at start-up; API calls are retried through cluster
 // elections. It never updates an existing stream or bucket: an operator's limits and
@@ -35,7 +39,55 @@ func Ensure(ctx context.Context, js jetstream.JetStream, t Topology) error {
 // retention, discard, per-subject rules, storage) or has fewer replicas than asked.
 // Different limits (max age, bytes, messages) are the operator's and are not logged.
 func EnsureLog(ctx context.Context, js jetstream.JetStream, t Topology, log zerolog.Logger) error {
-	t = t.Defaults()
+	return ensure(ctx, js, topologyItems(js, t.Defaults()), log)
+}
+
+// EnsureAwait is EnsureLog for a long-running process (worker, collector, producer
+// service): when a stream or bucket is missing and this user may not create it
+// (ErrNotProvisioned: least-privilege roles, a Helm install whose provision hook runs
+// after the pods start), it waits for an operator's mqctl provision instead of failing,
+// so that the process stays up (not ready, as it has not started) rather than
+// restarting in a crash loop, and starts within a second of the provisioning. It logs
+// the wait at once and every minute after, and looks the streams up each second (only
+// looks: a create this user may not make is a permission violation the server
+// reports). Other errors are returned.
+func EnsureAwait(ctx context.Context, js jetstream.JetStream, t Topology, log zerolog.Logger) error {
+	const poll, remind = time.Second, time.Minute
+	items := topologyItems(js, t.Defaults())
+	for {
+		err := ensure(ctx, js, items, log)
+		if !errors.Is(err, ErrNotProvisioned) {
+			return err
+		}
+		log.Error().Err(err).Msg("waiting for mqctl provision: not ready until every stream and bucket exists")
+		since, reminded := time.Now(), time.Now()
+		for missing := err; missing != nil; missing = firstMissing(ctx, js, items) {
+			if time.Since(reminded) >= remind {
+				reminded = time.Now()
+				log.Warn().Err(missing).Stringer("waited", time.Since(since).Round(time.Second)).Msg("still waiting for mqctl provision")
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(poll):
+			}
+		}
+	}
+}
+
+// firstMissing looks the items' streams up and returns an error naming the first one
+// that does not exist (or cannot be looked up now), nil when all exist.
+func firstMissing(ctx context.Context, js jetstream.JetStream, items []ensureItem) error {
+	for _, it := range items {
+		if _, err := js.Stream(ctx, it.want.Name); err != nil {
+			return fmt.Errorf("stream %s: %w", it.want.Name, err)
+		}
+	}
+	return nil
+}
+
+// topologyItems are the streams, KV buckets and object stores of t, to look up or create.
+func topologyItems(js jetstream.JetStream, t Topology) []ensureItem {
 	var items []ensureItem
 	for _, cfg := range t.Streams() {
 		items = append(items, ensureItem{want: cfg, create: func(ctx context.Context) error {
@@ -52,8 +104,7 @@ func EnsureLog(ctx context.Context, js jetstream.JetStream, t Topology, log zero
 			return err
 		}})
 	}
-	items = append(items, objectStoreItems(js, t)...)
-	return ensure(ctx, js, items, log)
+	return append(items, objectStoreItems(js, t)...)
 }
 
 // EnsureResults creates the results bucket (wire.BucketResults, an object store) if it
@@ -153,7 +204,7 @@ func ensureOne(ctx context.Context, js jetstream.JetStream, it ensureItem) (*jet
 		case errors.Is(err, jetstream.ErrStreamNameAlreadyInUse):
 			return nil // another process created it meanwhile
 		case err != nil && Denied(js, apiCreate+name):
-			return fmt.Errorf("stream %s does not exist and this NATS user may not create it (%w): run mqctl provision", name, ErrNotAllowed)
+			return fmt.Errorf("stream %s is missing (%w) and this NATS user may not create it (%w): run mqctl provision", name, ErrNotProvisioned, ErrNotAllowed)
 		}
 		return err
 	})

@@ -298,7 +298,7 @@ func (w *Worker) Run(ctx context.Context) error {
 // openBus ensures the topology and opens the buckets and streams the worker reads and
 // writes; it returns the throttle's memory bucket (the fleets remember rates in it).
 func (w *Worker) openBus(ctx context.Context) (jetstream.KeyValue, error) {
-	if err := queue.EnsureLog(ctx, w.js, w.cfg.Topology, w.log); err != nil {
+	if err := queue.EnsureAwait(ctx, w.js, w.cfg.Topology, w.log); err != nil {
 		return nil, err
 	}
 	kv, err := w.js.KeyValue(ctx, w.names.BucketRetry())
